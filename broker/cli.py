@@ -1,0 +1,140 @@
+"""Command line and composition root: ``minibroker start|version``.
+
+Why here: this is the only module allowed to import every layer. It turns a TOML file plus
+command-line flags into one validated ``BrokerConfig`` and hands it to the node runtime, which
+owns listeners, signals and the banner. Flags win over the file.
+
+Exit codes: 0 success or Ctrl-C, 1 ``--test-config`` found a problem, 2 bad usage or a
+configuration error at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+
+from broker.server.banner import broker_version
+from broker.server.config import BrokerConfig, ConfigError, apply_overrides, load_config
+
+__all__ = ["build_parser", "main"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _port(text: str) -> int:
+    """argparse type for a port: 0 (ephemeral) or 1..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, separate from main() so tests and docs can inspect it."""
+    parser = argparse.ArgumentParser(
+        prog="minibroker", description="An MQTT 3.1.1/5.0 broker with clustering."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    start = sub.add_parser("start", help="run a broker node in the foreground")
+    start.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
+    start.add_argument("--node-name", metavar="NAME", help="node name, e.g. minibroker@10.0.0.1")
+    start.add_argument("--host", metavar="ADDR", help="bind address for every listener")
+    start.add_argument("--mqtt-port", type=_port, metavar="N", help="MQTT/TCP port (1883)")
+    start.add_argument("--ws-port", type=_port, metavar="N", help="MQTT/WebSocket port (8083)")
+    start.add_argument("--http-port", type=_port, metavar="N", help="management API port (8080)")
+    start.add_argument("--cluster-port", type=_port, metavar="N", help="cluster port (7946)")
+    start.add_argument(
+        "--join",
+        action="append",
+        metavar="HOST:PORT,...",
+        help="cluster peers to join (comma-separated, may be repeated)",
+    )
+    start.add_argument("--data-dir", metavar="DIR", help="directory for persistent state")
+    start.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    start.add_argument(
+        "--test-config",
+        action="store_true",
+        help="check the configuration file and flags, then exit",
+    )
+
+    sub.add_parser("version", help="print the version and exit")
+    return parser
+
+
+def _join_list(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
+    cfg = load_config(args.config)
+    return apply_overrides(
+        cfg,
+        node_name=args.node_name,
+        host=args.host,
+        mqtt_port=args.mqtt_port,
+        ws_port=args.ws_port,
+        http_port=args.http_port,
+        cluster_port=args.cluster_port,
+        join=_join_list(args.join),
+        data_dir=args.data_dir,
+    )
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
+    )
+
+
+def _error(message: str) -> None:
+    print(f"minibroker: error: {message}", file=sys.stderr)
+
+
+def _start(args: argparse.Namespace) -> int:
+    if args.test_config:
+        try:
+            _config_from_args(args)
+        except ConfigError as exc:
+            _error(str(exc))
+            return 1
+        print(f"configuration OK: {args.config or '(built-in defaults)'}")
+        return 0
+    try:
+        cfg = _config_from_args(args)
+    except ConfigError as exc:
+        _error(str(exc))
+        return 2
+    _configure_logging(args.verbose)
+    # Imported here so `version` and `--test-config` stay fast and free of runtime imports.
+    from broker.server.node import run_node
+
+    # Ctrl-C before the node installed its signal handlers is still a clean stop.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_node(cfg))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minibroker`` console script; returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error; argparse already printed it
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command == "version":
+        print(f"minibroker {broker_version()}")
+        return 0
+    return _start(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The `Broker`: owner of every registry (sessions, connections, routes, retained messages).
+
+All state changes happen on one thread through these methods; the transports (`broker.server`)
+only feed bytes into channels and write what channels hand them. Packet handling per client lives
+in `broker.core.channel`; this module holds what is shared between clients: routing a message to
+sessions, session lookup/takeover, subscriptions and the periodic housekeeping.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from broker.core.hooks import Hooks
+from broker.core.message import Message
+from broker.core.metrics import Metrics, Stats
+from broker.core.retained import RetainedStore
+from broker.core.session import Session, Subscription
+from broker.core.settings import Settings
+from broker.core.shared import SharedGroupPicker
+from broker.core.topics import parse_shared
+from broker.core.trie import SubscriptionTrie
+
+if TYPE_CHECKING:
+    from broker.core.channel import Channel
+
+#: Callback told about route changes: (real topic filter, True = first subscriber / False = last gone).
+RouteListener = Callable[[str, bool], None]
+#: Callback given every message routed from a local publisher (the cluster forwards it).
+ForwardHook = Callable[[Message], None]
+
+
+class Broker:
+    """One node's broker state. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        clock: Callable[[], float] | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.clock: Callable[[], float] = clock or (lambda: 0.0)
+        self.hooks = hooks or Hooks()
+        self.metrics = Metrics()
+        self.stats = Stats()
+        self.router: SubscriptionTrie[Subscription] = SubscriptionTrie()
+        self.retained: RetainedStore[Message] = RetainedStore()
+        self.sessions: dict[str, Session] = {}
+        self.connected: dict[str, Channel] = {}
+        self.channels: set[Channel] = set()
+        self.picker = SharedGroupPicker(self.settings.shared_subscription_strategy)
+        self.route_listeners: list[RouteListener] = []
+        self.forward_hooks: list[ForwardHook] = []
+        self.started_at = self.clock()
+        self.clients_total = 0
+        self.route_count = 0
+        self.shared_count = 0
+
+    @property
+    def node_name(self) -> str:
+        return self.settings.node_name
+
+    # -- connections ----------------------------------------------------------------------
+
+    def channel_opened(self, channel: Channel) -> None:
+        self.channels.add(channel)
+
+    def channel_closed(self, channel: Channel) -> None:
+        self.channels.discard(channel)
+        client_id = channel.client_id
+        if client_id is not None and self.connected.get(client_id) is channel:
+            del self.connected[client_id]
+            session = self.sessions.get(client_id)
+            if session is not None and session.outlet is channel:
+                session.detach(self.clock())
+                if session.expiry_interval == 0:
+                    self.discard_session(client_id)
+        self.update_stats()
+
+    def accepting(self) -> bool:
+        """False when `max_connections` is reached: the listener refuses new clients."""
+        limit = self.settings.max_connections
+        return limit <= 0 or len(self.channels) < limit
+
+    def assign_client_id(self) -> str:
+        return "auto-" + secrets.token_hex(8)
+
+    def open_session(
+        self, channel: Channel, client_id: str, clean_start: bool, expiry_interval: int
+    ) -> tuple[Session, bool]:
+        """Bind `channel` to the session of `client_id`, taking over any existing connection.
+
+        Returns the session and `session_present` (MQTT-3.2.2-2/3).
+        """
+        now = self.clock()
+        previous = self.connected.get(client_id)
+        if previous is not None and previous is not channel:
+            previous.taken_over()  # MQTT-3.1.4-3: disconnect the existing client
+        session = self.sessions.get(client_id)
+        present = False
+        if session is not None and clean_start:
+            self.discard_session(client_id)
+            session = None
+        if session is None:
+            session = Session(
+                client_id,
+                clean_start=clean_start,
+                expiry_interval=expiry_interval,
+                max_inflight=self.settings.max_inflight_messages,
+                max_queued=self.settings.max_queued_messages,
+                metrics=self.metrics,
+                now=now,
+                queue_qos0=self.settings.queue_qos0_messages,
+            )
+            self.sessions[client_id] = session
+        else:
+            present = True
+            session.clean_start = clean_start
+            session.expiry_interval = expiry_interval
+        session.attach(channel)
+        self.connected[client_id] = channel
+        self.clients_total += 1
+        self.update_stats()
+        return session, present
+
+    def discard_session(self, client_id: str) -> None:
+        """Drop a session and all its subscriptions (clean start, expiry, or clean disconnect)."""
+        session = self.sessions.pop(client_id, None)
+        if session is None:
+            return
+        for filt in list(session.subscriptions):
+            self.unsubscribe(session, filt)
+        self.update_stats()
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    def subscribe(self, session: Session, subscription: Subscription) -> bool:
+        """Add or replace a subscription (MQTT-3.8.4-3). Returns True if it already existed."""
+        previous = session.subscriptions.get(subscription.filter)
+        session.subscriptions[subscription.filter] = subscription
+        if subscription.share_group is not None and previous is None:
+            self.shared_count += 1
+        if self.router.add(subscription.filter, session.client_id, subscription):
+            self.route_count += 1
+            for listener in self.route_listeners:
+                listener(subscription.topic_filter, True)
+        self.update_stats()
+        return previous is not None
+
+    def unsubscribe(self, session: Session, filt: str) -> bool:
+        subscription = session.subscriptions.pop(filt, None)
+        if subscription is None:
+            return False
+        if subscription.share_group is not None:
+            self.shared_count -= 1
+        self._unroute(session.client_id, filt)
+        self.update_stats()
+        return True
+
+    def _unroute(self, client_id: str, filt: str) -> None:
+        removed, last = self.router.remove(filt, client_id)
+        if removed and last:
+            self.route_count -= 1
+            topic_filter = parse_shared(filt)[1]
+            for listener in self.route_listeners:
+                listener(topic_filter, False)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def publish(self, message: Message, *, forward: bool = True) -> int:
+        """Route one message to every matching session; returns the number of deliveries.
+
+        Retained state is updated first (MQTT-3.3.1-5/10/11). A client with several matching
+        subscriptions gets one copy at the highest granted QoS (MQTT-3.3.5-1), with every
+        matching subscription identifier. Each shared group gets one copy, for one member.
+        """
+        counters = self.metrics.counters
+        if message.retain:
+            self.retain(message)
+        normal, shared = self.router.match_all(message.topic)
+        now = self.clock()
+        sessions = self.sessions
+        delivered = 0
+        publisher = message.publisher
+        if len(normal) == 1 and not shared:
+            client_id, sub = normal[0]
+            session = sessions.get(client_id)
+            if session is not None and not (sub.no_local and client_id == publisher):
+                qos = message.qos if message.qos < sub.qos else sub.qos
+                retain = message.retain and sub.retain_as_published
+                ids = [sub.identifier] if sub.identifier is not None else None
+                session.deliver(message, qos, retain, ids, now)
+                delivered = 1
+        else:
+            merged: dict[str, tuple[int, bool, list[int] | None]] = {}
+            for client_id, sub in normal:
+                if sub.no_local and client_id == publisher:
+                    continue  # MQTT-3.8.3-3
+                qos = message.qos if message.qos < sub.qos else sub.qos
+                retain = message.retain and sub.retain_as_published
+                previous = merged.get(client_id)
+                if previous is None:
+                    ids = [sub.identifier] if sub.identifier is not None else None
+                    merged[client_id] = (qos, retain, ids)
+                else:
+                    ids = previous[2]
+                    if sub.identifier is not None:
+                        ids = [*(ids or ()), sub.identifier]
+                    merged[client_id] = (max(qos, previous[0]), retain or previous[1], ids)
+            for client_id, (qos, retain, ids) in merged.items():
+                session = sessions.get(client_id)
+                if session is not None:
+                    session.deliver(message, qos, retain, ids, now)
+                    delivered += 1
+            for group, topic_filter, members in shared:
+                delivered += self._deliver_shared(message, group, topic_filter, members, now)
+        if delivered == 0:
+            counters["messages/dropped"] += 1
+        if forward and self.forward_hooks:
+            for hook in self.forward_hooks:
+                hook(message)
+        return delivered
+
+    def _deliver_shared(
+        self,
+        message: Message,
+        group: str,
+        topic_filter: str,
+        members: dict[str, Subscription],
+        now: float,
+    ) -> int:
+        """One member of the group gets the message; online members are preferred."""
+        sessions = self.sessions
+        online = [cid for cid in members if cid in self.connected]
+        candidates = online or list(members)
+        chosen = self.picker.pick(group, topic_filter, candidates, message.publisher, message.topic)
+        if chosen is None:
+            return 0
+        session = sessions.get(chosen)
+        if session is None:
+            return 0
+        sub = members[chosen]
+        qos = message.qos if message.qos < sub.qos else sub.qos
+        ids = [sub.identifier] if sub.identifier is not None else None
+        session.deliver(message, qos, False, ids, now)
+        return 1
+
+    def retain(self, message: Message) -> None:
+        """Store, replace or clear (empty payload) the retained message of a topic."""
+        if not message.payload:
+            self.retained.delete(message.topic)
+        else:
+            if self.retained.get(message.topic) is None:
+                self.metrics.counters["messages/retained"] += 1
+            stored = Message(
+                message.topic,
+                message.payload,
+                message.qos,
+                True,
+                message.properties,
+                message.publisher,
+                message.timestamp,
+                message.node,
+            )
+            self.retained.set(message.topic, stored)
+        self.stats.set("retained/count", len(self.retained))
+
+    def retained_for(self, topic_filter: str) -> Iterator[Message]:
+        for _topic, message in self.retained.match(topic_filter):
+            yield message
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Called about once a second: keepalive and connect timeouts, expired sessions."""
+        now = self.clock()
+        for channel in list(self.channels):
+            channel.check_timeouts(now)
+        expired = [cid for cid, s in self.sessions.items() if s.expired(now)]
+        for client_id in expired:
+            self.discard_session(client_id)
+        self.update_slow_stats()
+
+    def update_stats(self) -> None:
+        """Refresh the gauges that are cheap to read; called on every registry change."""
+        stats = self.stats
+        stats.set("connections/count", len(self.connected))
+        stats.set("sessions/count", len(self.sessions))
+        subscriptions = len(self.router)
+        stats.set("subscriptions/count", subscriptions)
+        stats.set("subscribers/count", subscriptions)
+        stats.set("subscriptions/shared/count", self.shared_count)
+        stats.set("routes/count", self.route_count)
+        stats.set("topics/count", self.route_count)
+        stats.set("retained/count", len(self.retained))
+
+    def update_slow_stats(self) -> None:
+        """Gauges that need a scan; refreshed once per tick."""
+        persistent = sum(1 for s in self.sessions.values() if s.expiry_interval > 0)
+        self.stats.set("sessions/persistent/count", persistent)

@@ -1,0 +1,69 @@
+"""Hook points that auth backends and plugins attach to.
+
+Each hook point is an ordered list of callables. Authentication and authorization run as a chain:
+the first callable that returns a decision wins; `None` means "no opinion, ask the next one".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.core.message import Message
+
+
+@dataclass(slots=True)
+class ClientInfo:
+    """What hooks learn about a client: identity and where it comes from."""
+
+    client_id: str
+    username: str | None
+    peer_host: str
+    peer_port: int
+    protocol_level: int
+    listener: str = "tcp"
+
+
+#: (client, password) -> True (accept), False (refuse), None (no opinion)
+AuthenticateHook = Callable[[ClientInfo, "bytes | None"], "bool | None"]
+#: (client, action "publish"|"subscribe", topic) -> True/False/None
+AuthorizeHook = Callable[[ClientInfo, str, str], "bool | None"]
+#: (message) -> the message to route, or None to drop it
+PublishHook = Callable[["Message"], "Message | None"]
+ClientConnectedHook = Callable[[ClientInfo], None]
+ClientDisconnectedHook = Callable[[ClientInfo, str], None]
+SessionSubscribedHook = Callable[[ClientInfo, str, int], None]
+
+
+@dataclass(slots=True)
+class Hooks:
+    authenticate: list[AuthenticateHook] = field(default_factory=list)
+    authorize: list[AuthorizeHook] = field(default_factory=list)
+    message_publish: list[PublishHook] = field(default_factory=list)
+    client_connected: list[ClientConnectedHook] = field(default_factory=list)
+    client_disconnected: list[ClientDisconnectedHook] = field(default_factory=list)
+    session_subscribed: list[SessionSubscribedHook] = field(default_factory=list)
+
+    def run_authenticate(self, client: ClientInfo, password: bytes | None) -> bool | None:
+        for hook in self.authenticate:
+            decision = hook(client, password)
+            if decision is not None:
+                return decision
+        return None
+
+    def run_authorize(self, client: ClientInfo, action: str, topic: str) -> bool:
+        for hook in self.authorize:
+            decision = hook(client, action, topic)
+            if decision is not None:
+                return decision
+        return True
+
+    def run_message_publish(self, message: Message) -> Message | None:
+        for hook in self.message_publish:
+            result = hook(message)
+            if result is None:
+                return None
+            message = result
+        return message

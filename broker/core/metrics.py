@@ -1,0 +1,141 @@
+"""Counters (the 43 EMQX 3.x metrics) and gauges with high-water marks (the 18 stats).
+
+Counters are plain dict entries bumped on the event loop; nothing here is shared across threads.
+"""
+
+from __future__ import annotations
+
+from broker.protocol.constants import PacketType
+
+METRIC_NAMES: tuple[str, ...] = (
+    "bytes/received",
+    "bytes/sent",
+    "packets/received",
+    "packets/sent",
+    "packets/connect",
+    "packets/connack",
+    "packets/publish/received",
+    "packets/publish/sent",
+    "packets/puback/received",
+    "packets/puback/sent",
+    "packets/puback/missed",
+    "packets/pubrec/received",
+    "packets/pubrec/sent",
+    "packets/pubrec/missed",
+    "packets/pubrel/received",
+    "packets/pubrel/sent",
+    "packets/pubrel/missed",
+    "packets/pubcomp/received",
+    "packets/pubcomp/sent",
+    "packets/pubcomp/missed",
+    "packets/subscribe",
+    "packets/suback",
+    "packets/unsubscribe",
+    "packets/unsuback",
+    "packets/pingreq",
+    "packets/pingresp",
+    "packets/disconnect/received",
+    "packets/disconnect/sent",
+    "packets/auth",
+    "messages/received",
+    "messages/sent",
+    "messages/qos0/received",
+    "messages/qos0/sent",
+    "messages/qos1/received",
+    "messages/qos1/sent",
+    "messages/qos2/received",
+    "messages/qos2/expired",
+    "messages/qos2/sent",
+    "messages/qos2/dropped",
+    "messages/retained",
+    "messages/dropped",
+    "messages/expired",
+    "messages/forward",
+)
+
+STAT_NAMES: tuple[str, ...] = (
+    "connections/count",
+    "connections/max",
+    "sessions/count",
+    "sessions/max",
+    "sessions/persistent/count",
+    "sessions/persistent/max",
+    "topics/count",
+    "topics/max",
+    "subscribers/count",
+    "subscribers/max",
+    "subscriptions/count",
+    "subscriptions/max",
+    "subscriptions/shared/count",
+    "subscriptions/shared/max",
+    "routes/count",
+    "routes/max",
+    "retained/count",
+    "retained/max",
+)
+
+#: Per packet type: the counter bumped when one is received / sent (None = no such counter).
+RECEIVED_COUNTER: dict[int, str] = {
+    PacketType.CONNECT: "packets/connect",
+    PacketType.PUBLISH: "packets/publish/received",
+    PacketType.PUBACK: "packets/puback/received",
+    PacketType.PUBREC: "packets/pubrec/received",
+    PacketType.PUBREL: "packets/pubrel/received",
+    PacketType.PUBCOMP: "packets/pubcomp/received",
+    PacketType.SUBSCRIBE: "packets/subscribe",
+    PacketType.UNSUBSCRIBE: "packets/unsubscribe",
+    PacketType.PINGREQ: "packets/pingreq",
+    PacketType.DISCONNECT: "packets/disconnect/received",
+    PacketType.AUTH: "packets/auth",
+}
+SENT_COUNTER: dict[int, str] = {
+    PacketType.CONNACK: "packets/connack",
+    PacketType.PUBLISH: "packets/publish/sent",
+    PacketType.PUBACK: "packets/puback/sent",
+    PacketType.PUBREC: "packets/pubrec/sent",
+    PacketType.PUBREL: "packets/pubrel/sent",
+    PacketType.PUBCOMP: "packets/pubcomp/sent",
+    PacketType.SUBACK: "packets/suback",
+    PacketType.UNSUBACK: "packets/unsuback",
+    PacketType.PINGRESP: "packets/pingresp",
+    PacketType.DISCONNECT: "packets/disconnect/sent",
+    PacketType.AUTH: "packets/auth",
+}
+
+
+class Metrics:
+    """Monotonic counters by EMQX name. `counters` is a plain dict so hot paths can bump it directly."""
+
+    __slots__ = ("counters",)
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = dict.fromkeys(METRIC_NAMES, 0)
+
+    def inc(self, name: str, amount: int = 1) -> None:
+        self.counters[name] += amount
+
+    def get(self, name: str) -> int:
+        return self.counters[name]
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counters)
+
+
+class Stats:
+    """Gauges whose current value is set by the owner of the registry; `*/max` keeps the high-water mark."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+
+    def set(self, name: str, value: int) -> None:
+        """Set `<x>/count` and raise `<x>/max` when exceeded."""
+        values = self.values
+        values[name] = value
+        max_name = name[: -len("count")] + "max"
+        if value > values[max_name]:
+            values[max_name] = value
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.values)

@@ -1,0 +1,317 @@
+"""Session state: what survives a connection (subscriptions, inflight window, offline queue).
+
+Theory of operation
+-------------------
+A session exists per client id. While a connection is attached (`outlet` is set), QoS 1/2
+deliveries go straight out as long as the inflight window has room (`max_inflight_messages`,
+narrowed by the client's 5.0 Receive Maximum); beyond it they wait in `queue`. The queue is
+bounded (`max_queued_messages`): an arriving message that does not fit is dropped and counted,
+as mosquitto does. QoS 0 messages are sent immediately when online (dropped and counted if the
+client's outgoing buffer is over its cap) and, by default, not queued while offline.
+
+Outgoing QoS 1: PUBLISH -> PUBACK frees the slot. Outgoing QoS 2: PUBLISH -> PUBREC, we answer
+PUBREL and keep the slot until PUBCOMP. On reconnect of a persistent session, every inflight
+entry is resent in its original order: unacknowledged PUBLISHes with DUP=1, and PUBREL for the
+ones already PUBREC'd (MQTT-4.4.0-1); then the queue drains into the freed window.
+
+Incoming QoS 2 uses `awaiting_rel`: the message is routed once, when its PUBLISH first arrives;
+a resent PUBLISH with a packet id still awaiting PUBREL is acknowledged but not routed again,
+which gives exactly-once delivery.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from broker.core.message import Message
+from broker.core.metrics import Metrics
+
+
+class Outlet(Protocol):
+    """The connection side of a session: implemented by `Channel`."""
+
+    receive_maximum: int
+
+    def send_publish(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        packet_id: int | None,
+        dup: bool,
+        subscription_ids: list[int] | None,
+    ) -> bool: ...
+
+    def send_pubrel(self, packet_id: int) -> None: ...
+
+
+class Subscription:
+    """One subscription of one client. `topic_filter` is the filter without a `$share/<g>/` prefix."""
+
+    __slots__ = (
+        "client_id",
+        "filter",
+        "identifier",
+        "no_local",
+        "qos",
+        "retain_as_published",
+        "retain_handling",
+        "share_group",
+        "topic_filter",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        filter: str,
+        topic_filter: str,
+        share_group: str | None,
+        qos: int,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+        identifier: int | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.filter = filter
+        self.topic_filter = topic_filter
+        self.share_group = share_group
+        self.qos = qos
+        self.no_local = no_local
+        self.retain_as_published = retain_as_published
+        self.retain_handling = retain_handling
+        self.identifier = identifier
+
+
+class InflightEntry:
+    __slots__ = ("awaiting_comp", "message", "qos", "retain", "sent_at", "subscription_ids")
+
+    def __init__(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: list[int] | None,
+        sent_at: float,
+    ) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.subscription_ids = subscription_ids
+        self.sent_at = sent_at
+        self.awaiting_comp = False
+
+
+QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
+
+
+class Session:
+    """The per-client-id state of the broker; see the module docstring for the flows."""
+
+    __slots__ = (
+        "awaiting_rel",
+        "clean_start",
+        "client_id",
+        "created_at",
+        "deliver_msg",
+        "disconnected_at",
+        "enqueue_msg",
+        "expiry_interval",
+        "inflight",
+        "max_inflight",
+        "max_queued",
+        "metrics",
+        "mqueue_dropped",
+        "outlet",
+        "queue",
+        "queue_qos0",
+        "subscriptions",
+        "username",
+        "_next_packet_id",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        clean_start: bool,
+        expiry_interval: int,
+        max_inflight: int,
+        max_queued: int,
+        metrics: Metrics,
+        now: float,
+        queue_qos0: bool = False,
+        username: str | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.clean_start = clean_start
+        self.expiry_interval = expiry_interval
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.metrics = metrics
+        self.created_at = now
+        self.queue_qos0 = queue_qos0
+        self.username = username
+        self.subscriptions: dict[str, Subscription] = {}
+        self.inflight: dict[int, InflightEntry] = {}
+        self.queue: deque[QueuedDelivery] = deque()
+        self.awaiting_rel: dict[int, float] = {}
+        self.outlet: Outlet | None = None
+        self.disconnected_at: float | None = None
+        self.mqueue_dropped = 0
+        self.deliver_msg = 0
+        self.enqueue_msg = 0
+        self._next_packet_id = 1
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def attach(self, outlet: Outlet) -> None:
+        self.outlet = outlet
+        self.disconnected_at = None
+
+    def detach(self, now: float) -> None:
+        self.outlet = None
+        self.disconnected_at = now
+
+    def resume(self, now: float) -> None:
+        """Resend the inflight window in order, then fill it from the queue (MQTT-4.4.0-1)."""
+        outlet = self.outlet
+        if outlet is None:
+            return
+        for packet_id, entry in list(self.inflight.items()):
+            entry.sent_at = now
+            if entry.awaiting_comp:
+                outlet.send_pubrel(packet_id)
+            else:
+                outlet.send_publish(
+                    entry.message, entry.qos, entry.retain, packet_id, True, entry.subscription_ids
+                )
+        self._drain(now)
+
+    def expired(self, now: float) -> bool:
+        """An offline session past its expiry interval (0xFFFFFFFF never expires)."""
+        if self.outlet is not None or self.disconnected_at is None:
+            return False
+        if self.expiry_interval == 0xFFFFFFFF:
+            return False
+        return now - self.disconnected_at >= self.expiry_interval
+
+    # -- outgoing messages ----------------------------------------------------------------
+
+    def window(self) -> int:
+        outlet = self.outlet
+        if outlet is None:
+            return 0
+        return min(self.max_inflight, outlet.receive_maximum)
+
+    def deliver(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: list[int] | None,
+        now: float,
+    ) -> None:
+        """Send or queue one delivery of `message` at the (already downgraded) `qos`."""
+        outlet = self.outlet
+        if qos == 0:
+            if outlet is not None:
+                if outlet.send_publish(message, 0, retain, None, False, subscription_ids):
+                    self.deliver_msg += 1
+                else:
+                    self._drop()
+            elif self.queue_qos0:
+                self._enqueue((message, 0, retain, subscription_ids))
+            return
+        if outlet is not None and not self.queue and len(self.inflight) < self.window():
+            self._send_new(message, qos, retain, subscription_ids, now)
+        else:
+            self._enqueue((message, qos, retain, subscription_ids))
+
+    def _enqueue(self, item: QueuedDelivery) -> None:
+        if len(self.queue) >= self.max_queued:
+            self._drop()
+            if item[1] == 2:
+                self.metrics.counters["messages/qos2/dropped"] += 1
+            return
+        self.queue.append(item)
+        self.enqueue_msg += 1
+
+    def _drop(self) -> None:
+        self.mqueue_dropped += 1
+        self.metrics.counters["messages/dropped"] += 1
+
+    def _send_new(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: list[int] | None,
+        now: float,
+    ) -> None:
+        packet_id = self.next_packet_id()
+        self.inflight[packet_id] = InflightEntry(message, qos, retain, subscription_ids, now)
+        assert self.outlet is not None
+        self.outlet.send_publish(message, qos, retain, packet_id, False, subscription_ids)
+        self.deliver_msg += 1
+
+    def _drain(self, now: float) -> None:
+        """Move queued deliveries into the inflight window while it has room."""
+        outlet = self.outlet
+        queue = self.queue
+        while outlet is not None and queue:
+            message, qos, retain, subscription_ids = queue[0]
+            if qos == 0:
+                queue.popleft()
+                if outlet.send_publish(message, 0, retain, None, False, subscription_ids):
+                    self.deliver_msg += 1
+                continue
+            if len(self.inflight) >= self.window():
+                return
+            queue.popleft()
+            self._send_new(message, qos, retain, subscription_ids, now)
+
+    def next_packet_id(self) -> int:
+        """Next free packet id in 1..65535, skipping ids still inflight (MQTT-2.2.1-3)."""
+        packet_id = self._next_packet_id
+        inflight = self.inflight
+        for _ in range(65535):
+            if packet_id not in inflight:
+                break
+            packet_id = packet_id % 65535 + 1
+        else:  # pragma: no cover - the window is always smaller than the id space
+            raise RuntimeError("no free packet identifier")
+        self._next_packet_id = packet_id % 65535 + 1
+        return packet_id
+
+    # -- acknowledgements from the client -------------------------------------------------
+
+    def on_puback(self, packet_id: int, now: float) -> bool:
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.qos != 1:
+            return False
+        del self.inflight[packet_id]
+        self._drain(now)
+        return True
+
+    def on_pubrec(self, packet_id: int, now: float) -> bool:
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.qos != 2:
+            return False
+        entry.awaiting_comp = True
+        entry.sent_at = now
+        return True
+
+    def on_pubcomp(self, packet_id: int, now: float) -> bool:
+        entry = self.inflight.get(packet_id)
+        if entry is None or not entry.awaiting_comp:
+            return False
+        del self.inflight[packet_id]
+        self._drain(now)
+        return True
+
+    def on_pubrec_error(self, packet_id: int, now: float) -> None:
+        """A 5.0 PUBREC with a failure code ends the QoS 2 flow for that id (MQTT-4.3.3)."""
+        if self.inflight.pop(packet_id, None) is not None:
+            self._drain(now)

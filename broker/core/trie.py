@@ -1,0 +1,273 @@
+"""The subscription router: topic filter -> subscribers, as a trie of topic levels.
+
+Theory of operation
+-------------------
+A filter such as `sport/+/score/#` is split on `/` into levels, and each level is one edge of a
+trie (mosquitto's subscription tree, `sub__add` / `sub__remove` / `sub__search`). The node reached
+by the last level holds the subscribers of that filter: normal subscribers as
+`{subscriber_key: value}` and shared subscribers (`$share/<group>/<filter>`) as
+`{group: {subscriber_key: value}}`. A shared filter is stored under its *real* filter, so one node
+answers both "who subscribed normally" and "which groups want this", and one count per node says
+whether the real filter has any subscriber at all (which is what the cluster route table needs).
+
+Wildcard rules, applied while walking the trie with the levels of a published topic:
+  * a literal level follows the child with exactly that name (empty levels are levels: `a//b`,
+    `/a` and `a/` have an empty level);
+  * `+` matches exactly one level, including an empty one, so at each node the walk also follows
+    the `+` child;
+  * `#` matches the rest of the topic, however many levels, and also the parent level itself
+    (`a/#` matches `a`); so at each node the `#` child is a match, and when the topic's levels run
+    out, the `#` child of the node we stopped at is a match too;
+  * a topic whose first level starts with `$` (`$SYS/...`) is not matched by a filter whose first
+    level is `+` or `#` (MQTT-4.7.2-1); this is checked at the root only, deeper `$` levels are
+    ordinary.
+
+Cost: at each node the walk does at most three dict lookups (the level, `+`, `#`), and it only
+ever descends into nodes that lie on some matching path. So the work is bounded by the topic's
+depth times the number of wildcard branches that actually apply, plus the matches returned; it
+does not depend on how many unrelated filters are stored (a million `other/...` filters are never
+touched by a publish to `sport/tennis`). The walk uses an explicit stack, not recursion or
+generators, because it runs on every PUBLISH.
+
+Nodes are pruned on removal when they hold no subscriber and have no children, so memory follows
+the live subscriptions, not the history of subscribe/unsubscribe churn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+from broker.core.topics import parse_shared, validate_topic_filter
+
+V = TypeVar("V")
+
+
+class _Node(Generic[V]):
+    """One level of the trie; `filter` is the real filter this node stands for."""
+
+    __slots__ = ("children", "count", "filter", "shared", "subs")
+
+    def __init__(self, filt: str) -> None:
+        self.filter = filt
+        self.children: dict[str, _Node[V]] = {}
+        self.subs: dict[str, V] = {}
+        self.shared: dict[str, dict[str, V]] = {}
+        # Number of (key, group-or-none) subscriptions held here, normal and shared.
+        self.count = 0
+
+
+class SubscriptionTrie(Generic[V]):
+    """filter -> {subscriber_key: V} plus shared groups filter -> group -> {subscriber_key: V}."""
+
+    __slots__ = ("_len", "_root")
+
+    def __init__(self) -> None:
+        self._root: _Node[V] = _Node("")
+        self._len = 0
+
+    # -- mutation ----------------------------------------------------------------------------
+
+    def add(self, filt: str, key: str, value: V) -> bool:
+        """Store or replace `key`'s subscription to `filt` (which may be `$share/...`).
+
+        Returns True when this created the first subscriber (normal or shared, any group) of the
+        real filter: the node must then announce a route for it. Raises ValueError on an invalid
+        filter, because a bad filter in the trie would silently never match.
+        """
+        if not validate_topic_filter(filt):
+            raise ValueError(f"invalid topic filter: {filt!r}")
+        group, real = parse_shared(filt)
+        node = self._root
+        for level in real.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                child = _Node(level if node is self._root else f"{node.filter}/{level}")
+                node.children[level] = child
+            node = child
+        if group is None:
+            table = node.subs
+        else:
+            members = node.shared.get(group)
+            if members is None:
+                members = node.shared[group] = {}
+            table = members
+        if key in table:
+            table[key] = value
+            return False
+        table[key] = value
+        node.count += 1
+        self._len += 1
+        return node.count == 1
+
+    def remove(self, filt: str, key: str) -> tuple[bool, bool]:
+        """Drop `key`'s subscription to `filt`; returns (removed, last).
+
+        `last` is True only when this removal left the real filter with no subscriber at all, i.e.
+        exactly when the route must be withdrawn; it is False when nothing was removed.
+        """
+        group, real = parse_shared(filt)
+        path: list[tuple[_Node[V], str]] = []
+        node = self._root
+        for level in real.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                return False, False
+            path.append((node, level))
+            node = child
+        if group is None:
+            if key not in node.subs:
+                return False, False
+            del node.subs[key]
+        else:
+            members = node.shared.get(group)
+            if members is None or key not in members:
+                return False, False
+            del members[key]
+            if not members:
+                del node.shared[group]
+        node.count -= 1
+        self._len -= 1
+        last = node.count == 0
+        if last:
+            # Prune upwards while nodes are empty leaves.
+            for parent, level in reversed(path):
+                child = parent.children[level]
+                if child.count or child.children:
+                    break
+                del parent.children[level]
+        return True, last
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def _find(self, real: str) -> _Node[V] | None:
+        node = self._root
+        for level in real.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def get(self, filt: str, key: str) -> V | None:
+        """The value stored for `key` on `filt` (normal or `$share/...`), or None."""
+        group, real = parse_shared(filt)
+        node = self._find(real)
+        if node is None:
+            return None
+        if group is None:
+            return node.subs.get(key)
+        members = node.shared.get(group)
+        return None if members is None else members.get(key)
+
+    def has_filter(self, filt: str) -> bool:
+        """Plain filter: has any subscriber (normal or shared, as in `filters()`).
+
+        Shared filter: that group has at least one member on its real filter.
+        """
+        group, real = parse_shared(filt)
+        node = self._find(real)
+        if node is None:
+            return False
+        if group is None:
+            return node.count > 0
+        return group in node.shared
+
+    def _match_nodes(self, topic: str) -> list[_Node[V]]:
+        """Every node whose real filter matches `topic` (each at most once)."""
+        levels = topic.split("/")
+        n = len(levels)
+        out: list[_Node[V]] = []
+        root = self._root
+        children = root.children
+        # Root level handled apart: the `$` rule only applies here.
+        stack: list[tuple[_Node[V], int]] = []
+        if not topic.startswith("$"):
+            wild = children.get("#")
+            if wild is not None:
+                out.append(wild)
+            wild = children.get("+")
+            if wild is not None:
+                stack.append((wild, 1))
+        child = children.get(levels[0])
+        if child is not None:
+            stack.append((child, 1))
+        pop = stack.pop
+        push = stack.append
+        while stack:
+            node, i = pop()
+            children = node.children
+            if i == n:
+                if node.count:
+                    out.append(node)
+                if children:
+                    wild = children.get("#")
+                    if wild is not None:
+                        out.append(wild)
+                continue
+            if not children:
+                continue
+            wild = children.get("#")
+            if wild is not None:
+                out.append(wild)
+            wild = children.get("+")
+            if wild is not None:
+                push((wild, i + 1))
+            child = children.get(levels[i])
+            if child is not None:
+                push((child, i + 1))
+        return out
+
+    def match(self, topic: str) -> list[tuple[str, V]]:
+        """(key, value) of normal subscribers, one per (matching filter, key); duplicates kept."""
+        out: list[tuple[str, V]] = []
+        for node in self._match_nodes(topic):
+            if node.subs:
+                out.extend(node.subs.items())
+        return out
+
+    def match_shared(self, topic: str) -> list[tuple[str, str, dict[str, V]]]:
+        """(group, real filter, members) per matching shared group.
+
+        `members` is the trie's own dict, returned without a copy for speed: treat it as
+        read-only, and copy it before changing subscriptions while still holding it.
+        """
+        out: list[tuple[str, str, dict[str, V]]] = []
+        for node in self._match_nodes(topic):
+            if node.shared:
+                filt = node.filter
+                out.extend((group, filt, members) for group, members in node.shared.items())
+        return out
+
+    def match_all(
+        self, topic: str
+    ) -> tuple[list[tuple[str, V]], list[tuple[str, str, dict[str, V]]]]:
+        """`match` and `match_shared` in one walk (the PUBLISH hot path)."""
+        normal: list[tuple[str, V]] = []
+        shared: list[tuple[str, str, dict[str, V]]] = []
+        for node in self._match_nodes(topic):
+            if node.subs:
+                normal.extend(node.subs.items())
+            if node.shared:
+                filt = node.filter
+                shared.extend((group, filt, members) for group, members in node.shared.items())
+        return normal, shared
+
+    # -- enumeration -------------------------------------------------------------------------
+
+    def filters(self) -> Iterator[str]:
+        """Every real filter with at least one subscriber (normal or shared): the route table."""
+        stack = list(self._root.children.values())
+        while stack:
+            node = stack.pop()
+            if node.count:
+                yield node.filter
+            stack.extend(node.children.values())
+
+    def __len__(self) -> int:
+        """Number of (filter, key) subscriptions, each shared group membership counted."""
+        return self._len
+
+    def _is_empty_tree(self) -> bool:
+        """True when no node is left below the root (used by tests to check pruning)."""
+        return not self._root.children

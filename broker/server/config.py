@@ -1,0 +1,490 @@
+"""Broker configuration: one TOML file, validated up front.
+
+Why this shape: operators come from mosquitto and EMQX, so the top-level keys use mosquitto's
+names where the meaning is the same and the node/cluster/management sections follow EMQX. Every
+mistake (unknown key, wrong type, out-of-range value) is reported once, on one line, naming the
+file, the section and the key, because a broker that silently ignores a typo in
+``max_inflight_messages`` is worse than one that refuses to start.
+
+File layout::
+
+    allow_anonymous = true        # and the other mosquitto-named keys at the top level
+    [node]            name, data_dir, cookie
+    [listener.tcp]    bind, port, enabled
+    [listener.ws]     bind, port, path, enabled
+    [management]      bind, port, enabled
+    [cluster]         bind, port, join, enabled
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SHARED_SUBSCRIPTION_STRATEGIES",
+    "BrokerConfig",
+    "ConfigError",
+    "ListenerConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_config",
+    "validate_host_port",
+]
+
+MAX_PACKET_SIZE_LIMIT = 268_435_460  # largest MQTT packet: 1 + 4-byte varint + 268435455
+MAX_SESSION_EXPIRY = 0xFFFF_FFFF  # MQTT 5 Session Expiry Interval is a four-byte integer
+UNLIMITED_INFLIGHT = 65535  # MQTT 5 Receive Maximum upper bound; mosquitto's "0 = unlimited"
+SHARED_SUBSCRIPTION_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a one-line message fit to show the operator as is."""
+
+
+@dataclass(slots=True)
+class ListenerConfig:
+    """One socket the node binds: MQTT/TCP, MQTT/WebSocket, management HTTP or cluster."""
+
+    bind: str
+    port: int
+    enabled: bool = True
+    path: str = "/mqtt"  # only meaningful for the WebSocket listener
+
+
+def _tcp_default() -> ListenerConfig:
+    return ListenerConfig(bind="127.0.0.1", port=1883)
+
+
+def _ws_default() -> ListenerConfig:
+    return ListenerConfig(bind="127.0.0.1", port=8083, path="/mqtt")
+
+
+def _management_default() -> ListenerConfig:
+    return ListenerConfig(bind="127.0.0.1", port=8080)
+
+
+def _cluster_default() -> ListenerConfig:
+    return ListenerConfig(bind="127.0.0.1", port=7946)
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    """Everything the node needs to start; defaults match a config-less mosquitto 2.0 / EMQX."""
+
+    allow_anonymous: bool = True
+    password_file: str = ""
+    acl_file: str = ""
+    max_inflight_messages: int = 32
+    max_queued_messages: int = 1000
+    max_packet_size: int = 1_048_576
+    max_keepalive: int = 65535
+    sys_interval: float = 10
+    persistence: bool = False
+    session_expiry_interval: int = 7200
+    retain_available: bool = True
+    max_connections: int = 0
+    shared_subscription_strategy: str = "round_robin"
+    max_outgoing_buffer: int = 8 * 1024 * 1024
+    node_name: str = "minibroker@127.0.0.1"
+    data_dir: str = "./data"
+    cookie: str = "minibroker"
+    tcp: ListenerConfig = field(default_factory=_tcp_default)
+    ws: ListenerConfig = field(default_factory=_ws_default)
+    management: ListenerConfig = field(default_factory=_management_default)
+    cluster: ListenerConfig = field(default_factory=_cluster_default)
+    cluster_join: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- value checks
+# A check takes the raw TOML value and a description of where it came from ("'port' in
+# [listener.tcp]") and returns the converted value or raises a message without the file prefix.
+
+_Check = Callable[[object, str], Any]
+_IntCheck = Callable[[object, str], int]
+
+
+class _Invalid(Exception):
+    """Internal: a value check failed; the caller adds the file name."""
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return f"{_toml_type(value)} {value!r}"
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"{where} must be true or false, got {_show(value)}")
+    return value
+
+
+def _int(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"{where} must be an integer, got {_show(value)}")
+    return value
+
+
+def _int_range(lo: int, hi: int | None, why: str = "") -> _IntCheck:
+    def check(value: object, where: str) -> int:
+        n = _int(value, where)
+        if n < lo or (hi is not None and n > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise _Invalid(f"{where} must be {bound}, got {n}{why}")
+        return n
+
+    return check
+
+
+def _inflight(value: object, where: str) -> int:
+    n = _int_range(0, UNLIMITED_INFLIGHT)(value, where)
+    return UNLIMITED_INFLIGHT if n == 0 else n  # mosquitto: 0 means "no limit"
+
+
+def _queued(value: object, where: str) -> int:
+    n = _int(value, where)
+    if n < 1:
+        raise _Invalid(
+            f"{where} must be >= 1, got {n}: queues are bounded so that one offline client "
+            "cannot exhaust the broker's memory (unlike mosquitto, 0 = unlimited is not allowed)"
+        )
+    return n
+
+
+def _seconds(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"{where} must be a number of seconds, got {_show(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise _Invalid(f"{where} must be >= 0 seconds (0 disables it), got {value}")
+    return float(value)
+
+
+def _str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"{where} must be a string, got {_show(value)}")
+    return value
+
+
+def _nonempty_str(value: object, where: str) -> str:
+    s = _str(value, where)
+    if not s.strip():
+        raise _Invalid(f"{where} must not be empty")
+    return s
+
+
+def _node_name(value: object, where: str) -> str:
+    s = _nonempty_str(value, where)
+    if any(c.isspace() for c in s) or len(s) > 255:
+        raise _Invalid(f"{where} must be at most 255 characters without spaces, got {s!r}")
+    return s
+
+
+def _bind(value: object, where: str) -> str:
+    s = _str(value, where)
+    if not s or any(c.isspace() for c in s):
+        raise _Invalid(
+            f"{where} must be an address or host name without spaces "
+            f'(use "0.0.0.0" or "::" for all interfaces), got {s!r}'
+        )
+    return s
+
+
+def _port(value: object, where: str) -> int:
+    return _int_range(0, 65535, " (0 picks a free port)")(value, where)
+
+
+def _ws_path(value: object, where: str) -> str:
+    s = _str(value, where)
+    if not s.startswith("/") or any(c.isspace() for c in s):
+        raise _Invalid(f"{where} must be a URL path starting with '/', got {s!r}")
+    return s
+
+
+def _strategy(value: object, where: str) -> str:
+    s = _str(value, where)
+    if s not in SHARED_SUBSCRIPTION_STRATEGIES:
+        raise _Invalid(
+            f"{where} must be one of {', '.join(SHARED_SUBSCRIPTION_STRATEGIES)}, got {s!r}"
+        )
+    return s
+
+
+def _join_list(value: object, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise _Invalid(f'{where} must be an array of "host:port" strings, got {_show(value)}')
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _Invalid(f'{where} entries must be "host:port" strings, got {_show(item)}')
+        try:
+            validate_host_port(item)
+        except ConfigError as exc:
+            raise _Invalid(f"{where}: {exc}") from None
+        out.append(item.strip())
+    return out
+
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def validate_host_port(s: str) -> tuple[str, int]:
+    """Parse a peer address ``host:port`` or ``[ipv6]:port``; port must be 1..65535.
+
+    Returned host has no brackets, ready for ``asyncio.open_connection``.
+    """
+    text = s.strip()
+    usage = f"{s!r} is not a valid peer address: expected HOST:PORT or [IPv6]:PORT"
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ConfigError(usage)
+        host, port_text = text[1:close], text[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{usage} ({host!r} is not an IPv6 address)") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(usage)
+        if ":" in host:
+            raise ConfigError(f"{usage} (put IPv6 addresses in brackets: [{host}]:{port_text})")
+        if not _HOSTNAME_RE.match(host):
+            raise ConfigError(f"{usage} ({host!r} is not a host name or address)")
+    if not port_text.isdigit() or not port_text.isascii():
+        raise ConfigError(f"{usage} (port {port_text!r} is not a number)")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{usage} (port must be between 1 and 65535, got {port})")
+    return host, port
+
+
+# --------------------------------------------------------------------------- schema
+# TOML key -> (BrokerConfig / ListenerConfig attribute, check).
+
+_Schema = Mapping[str, tuple[str, _Check]]
+
+_TOP: _Schema = {
+    "allow_anonymous": ("allow_anonymous", _bool),
+    "password_file": ("password_file", _str),
+    "acl_file": ("acl_file", _str),
+    "max_inflight_messages": ("max_inflight_messages", _inflight),
+    "max_queued_messages": ("max_queued_messages", _queued),
+    "max_packet_size": ("max_packet_size", _int_range(1, MAX_PACKET_SIZE_LIMIT)),
+    "max_keepalive": ("max_keepalive", _int_range(0, 65535)),
+    "sys_interval": ("sys_interval", _seconds),
+    "persistence": ("persistence", _bool),
+    "session_expiry_interval": ("session_expiry_interval", _int_range(0, MAX_SESSION_EXPIRY)),
+    "retain_available": ("retain_available", _bool),
+    "max_connections": ("max_connections", _int_range(0, None, " (0 = unlimited)")),
+    "shared_subscription_strategy": ("shared_subscription_strategy", _strategy),
+    "max_outgoing_buffer": ("max_outgoing_buffer", _int_range(1, None)),
+}
+
+_NODE: _Schema = {
+    "name": ("node_name", _node_name),
+    "data_dir": ("data_dir", _nonempty_str),
+    "cookie": ("cookie", _nonempty_str),
+}
+
+_LISTENER: _Schema = {
+    "bind": ("bind", _bind),
+    "port": ("port", _port),
+    "enabled": ("enabled", _bool),
+}
+
+_WS_LISTENER: _Schema = {**_LISTENER, "path": ("path", _ws_path)}
+
+_CLUSTER: _Schema = {**_LISTENER, "join": ("join", _join_list)}
+
+# Every table the file may contain, by its dotted name.
+_SECTIONS = ("node", "listener", "listener.tcp", "listener.ws", "management", "cluster")
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _suggest_section(name: str) -> str:
+    close = difflib.get_close_matches(name, _SECTIONS, n=1, cutoff=0.6)
+    return f" (did you mean [{close[0]}]?)" if close else ""
+
+
+class _Loader:
+    """Walks the parsed TOML document and fills a BrokerConfig, failing on the first problem."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {message}")
+
+    def table(self, doc: Mapping[str, object], key: str, section: str) -> dict[str, object]:
+        value = doc[key]
+        if not isinstance(value, dict):
+            full = key if section == "top level" else f"{section}.{key}"
+            raise self.fail(f"'{key}' in [{section}] must be a table [{full}], got {_show(value)}")
+        return value
+
+    def fill(self, values: Mapping[str, object], schema: _Schema, section: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in schema:
+                raise self.fail(f"unknown key '{key}' in [{section}]{_suggest(key, schema)}")
+            attr, check = schema[key]
+            try:
+                out[attr] = check(value, f"'{key}' in [{section}]")
+            except _Invalid as exc:
+                raise self.fail(str(exc)) from None
+        return out
+
+    def listener(
+        self, values: Mapping[str, object], schema: _Schema, section: str, default: ListenerConfig
+    ) -> ListenerConfig:
+        return dataclasses.replace(default, **self.fill(values, schema, section))
+
+    def load(self, doc: dict[str, object]) -> BrokerConfig:
+        cfg = BrokerConfig()
+        top: dict[str, object] = {}
+        for key, value in doc.items():
+            if key in _TOP:
+                top[key] = value
+            elif key == "node":
+                for attr, v in self.fill(self.table(doc, key, "top level"), _NODE, "node").items():
+                    setattr(cfg, attr, v)
+            elif key == "listener":
+                self.listeners(cfg, self.table(doc, key, "top level"))
+            elif key == "management":
+                values = self.table(doc, key, "top level")
+                cfg.management = self.listener(values, _LISTENER, key, cfg.management)
+            elif key == "cluster":
+                fields = self.fill(self.table(doc, key, "top level"), _CLUSTER, key)
+                if "join" in fields:
+                    cfg.cluster_join = fields.pop("join")
+                cfg.cluster = dataclasses.replace(cfg.cluster, **fields)
+            elif isinstance(value, dict):
+                raise self.fail(f"unknown section [{key}]{_suggest_section(key)}")
+            else:
+                raise self.fail(f"unknown key '{key}' in [top level]{_suggest(key, _TOP)}")
+        for attr, v in self.fill(top, _TOP, "top level").items():
+            setattr(cfg, attr, v)
+        return cfg
+
+    def listeners(self, cfg: BrokerConfig, tables: dict[str, object]) -> None:
+        for kind in tables:
+            section = f"listener.{kind}"
+            if kind not in ("tcp", "ws"):
+                raise self.fail(f"unknown section [{section}]{_suggest_section(section)}")
+            values = self.table(tables, kind, "listener")
+            if kind == "tcp":
+                cfg.tcp = self.listener(values, _LISTENER, section, cfg.tcp)
+            else:
+                cfg.ws = self.listener(values, _WS_LISTENER, section, cfg.ws)
+
+
+def parse_config(text: str, source: str = "<string>") -> BrokerConfig:
+    """Parse and validate TOML text; ``source`` names the file in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return _Loader(source).load(doc)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> BrokerConfig:
+    """Read one TOML file; ``None`` means "no file": built-in defaults."""
+    if path is None:
+        return BrokerConfig()
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read configuration: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not valid UTF-8 at byte {exc.start}") from None
+    return parse_config(text, source)
+
+
+def _override(check: _Check, value: object, flag: str) -> Any:
+    try:
+        return check(value, flag)
+    except _Invalid as exc:
+        raise ConfigError(f"command line: {exc}") from None
+
+
+def apply_overrides(
+    cfg: BrokerConfig,
+    *,
+    node_name: str | None = None,
+    host: str | None = None,
+    mqtt_port: int | None = None,
+    ws_port: int | None = None,
+    http_port: int | None = None,
+    cluster_port: int | None = None,
+    join: Iterable[str] | None = None,
+    data_dir: str | None = None,
+) -> BrokerConfig:
+    """Return a copy of ``cfg`` with command-line values applied (flags win over the file).
+
+    ``host`` sets the bind address of every listener; ``join`` replaces the file's list.
+    The input config is not modified.
+    """
+    out = dataclasses.replace(
+        cfg,
+        tcp=dataclasses.replace(cfg.tcp),
+        ws=dataclasses.replace(cfg.ws),
+        management=dataclasses.replace(cfg.management),
+        cluster=dataclasses.replace(cfg.cluster),
+        cluster_join=list(cfg.cluster_join),
+    )
+    if node_name is not None:
+        out.node_name = _override(_node_name, node_name, "--node-name")
+    if data_dir is not None:
+        out.data_dir = _override(_nonempty_str, data_dir, "--data-dir")
+    if host is not None:
+        bind = _override(_bind, host, "--host")
+        for listener in (out.tcp, out.ws, out.management, out.cluster):
+            listener.bind = bind
+    ports = (
+        (mqtt_port, out.tcp, "--mqtt-port"),
+        (ws_port, out.ws, "--ws-port"),
+        (http_port, out.management, "--http-port"),
+        (cluster_port, out.cluster, "--cluster-port"),
+    )
+    for port, listener, flag in ports:
+        if port is not None:
+            listener.port = _override(_port, port, flag)
+    if join is not None:
+        out.cluster_join = _override(_join_list, list(join), "--join")
+    return out

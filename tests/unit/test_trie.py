@@ -1,0 +1,246 @@
+"""The subscription trie against a model dict and the naive `topic_matches` oracle."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.core.shared import SharedGroupPicker
+from broker.core.topics import parse_shared, topic_matches
+from broker.core.trie import SubscriptionTrie
+
+LEVELS = ["a", "b", "", "$x"]
+KEYS = ["c1", "c2", "c3"]
+GROUPS = ["g1", "g2"]
+
+levels_st = st.sampled_from(LEVELS)
+
+
+@st.composite
+def plain_filters(draw: st.DrawFn) -> str:
+    body = draw(st.lists(st.sampled_from([*LEVELS, "+"]), min_size=0, max_size=4))
+    if not body or draw(st.booleans()):
+        body.append("#")
+    filt = "/".join(body)
+    return filt or "#"  # [""] joins to "", which is not a filter
+
+
+@st.composite
+def any_filters(draw: st.DrawFn) -> str:
+    filt = draw(plain_filters())
+    if draw(st.integers(0, 3)) == 0:
+        return f"$share/{draw(st.sampled_from(GROUPS))}/{filt}"
+    return filt
+
+
+topics_st = st.lists(levels_st, min_size=1, max_size=4).map("/".join).filter(bool)
+
+Model = dict[tuple[str, str], int]
+
+
+def build(subs: list[tuple[str, str, int]]) -> tuple[SubscriptionTrie[int], Model]:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    model: Model = {}
+    for filt, key, value in subs:
+        trie.add(filt, key, value)
+        model[(filt, key)] = value
+    return trie, model
+
+
+def expected_normal(model: Model, topic: str) -> list[tuple[str, int]]:
+    return sorted(
+        (key, value)
+        for (filt, key), value in model.items()
+        if parse_shared(filt)[0] is None and topic_matches(filt, topic)
+    )
+
+
+def expected_shared(model: Model, topic: str) -> dict[tuple[str, str], dict[str, int]]:
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for (filt, key), value in model.items():
+        group, real = parse_shared(filt)
+        if group is not None and topic_matches(real, topic):
+            out.setdefault((group, real), {})[key] = value
+    return out
+
+
+def real_filters(model: Model) -> set[str]:
+    return {parse_shared(filt)[1] for filt, _ in model}
+
+
+subs_st = st.lists(st.tuples(any_filters(), st.sampled_from(KEYS), st.integers(0, 9)), max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subs=subs_st, topics=st.lists(topics_st, min_size=1, max_size=8))
+def test_match_equals_naive_matcher(subs: list[tuple[str, str, int]], topics: list[str]) -> None:
+    trie, model = build(subs)
+    for topic in topics:
+        assert sorted(trie.match(topic)) == expected_normal(model, topic)
+        shared = trie.match_shared(topic)
+        got = {(group, real): dict(members) for group, real, members in shared}
+        assert len(got) == len(shared)  # one entry per (group, real filter)
+        assert got == expected_shared(model, topic)
+        normal_all, shared_all = trie.match_all(topic)
+        assert sorted(normal_all) == expected_normal(model, topic)
+        assert {(g, r): dict(m) for g, r, m in shared_all} == got
+
+
+ops_st = st.lists(
+    st.tuples(st.booleans(), any_filters(), st.sampled_from(KEYS), st.integers(0, 9)),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops_st)
+def test_add_remove_against_model(ops: list[tuple[bool, str, str, int]]) -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    model: Model = {}
+    for is_add, filt, key, value in ops:
+        real = parse_shared(filt)[1]
+        had_real = real in real_filters(model)
+        if is_add:
+            first = trie.add(filt, key, value)
+            model[(filt, key)] = value
+            assert first == (not had_real)
+        else:
+            removed, last = trie.remove(filt, key)
+            assert removed == ((filt, key) in model)
+            model.pop((filt, key), None)
+            assert last == (removed and real not in real_filters(model))
+        assert len(trie) == len(model)
+        assert sorted(trie.filters()) == sorted(real_filters(model))
+        assert trie.get(filt, key) == model.get((filt, key))
+        assert trie.has_filter(real) == (real in real_filters(model))
+    # Remove everything, in a shuffled order: nothing may be left behind.
+    items = list(model)
+    random.Random(len(items)).shuffle(items)
+    for filt, key in items:
+        assert trie.remove(filt, key)[0]
+    assert len(trie) == 0
+    assert list(trie.filters()) == []
+    assert trie._is_empty_tree()
+
+
+def test_add_replaces_value_and_reports_first_only() -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    assert trie.add("a/+", "c1", 1) is True
+    assert trie.add("a/+", "c1", 2) is False  # replace, not a new subscriber
+    assert trie.get("a/+", "c1") == 2
+    assert trie.add("$share/g/a/+", "c2", 3) is False  # same real filter already routed
+    assert trie.add("$share/g/b", "c2", 3) is True  # a shared group's first member routes too
+    assert len(trie) == 3
+    assert trie.remove("a/+", "c1") == (True, False)  # the shared member keeps the route
+    assert trie.remove("a/+", "c1") == (False, False)
+    assert trie.remove("$share/g/a/+", "c2") == (True, True)
+    assert trie.remove("nope/x", "c1") == (False, False)
+
+
+def test_overlapping_filters_yield_one_entry_each() -> None:
+    trie: SubscriptionTrie[str] = SubscriptionTrie()
+    trie.add("a/#", "c1", "wide")
+    trie.add("a/b", "c1", "exact")
+    trie.add("+/b", "c2", "plus")
+    assert sorted(trie.match("a/b")) == [("c1", "exact"), ("c1", "wide"), ("c2", "plus")]
+    assert sorted(trie.match("a")) == [("c1", "wide")]  # a/# matches a
+    assert trie.match("$x/b") == []
+
+
+def test_dollar_rule_only_at_first_level() -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("#", "c1", 1)
+    trie.add("+/monitor/Clients", "c2", 2)
+    trie.add("$SYS/#", "c3", 3)
+    trie.add("a/+", "c4", 4)
+    assert trie.match("$SYS/monitor/Clients") == [("c3", 3)]
+    assert sorted(trie.match("a/$x")) == [("c1", 1), ("c4", 4)]
+
+
+def test_shared_groups_by_real_filter() -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("$share/g1/s/+", "c1", 1)
+    trie.add("$share/g1/s/+", "c2", 1)
+    trie.add("$share/g2/s/#", "c3", 1)
+    trie.add("$queue/s/x", "c4", 1)
+    trie.add("s/x", "c5", 0)
+    got = sorted((g, f, sorted(m)) for g, f, m in trie.match_shared("s/x"))
+    assert got == [("$queue", "s/x", ["c4"]), ("g1", "s/+", ["c1", "c2"]), ("g2", "s/#", ["c3"])]
+    assert trie.match("s/x") == [("c5", 0)]
+    assert trie.has_filter("$share/g1/s/+")
+    assert not trie.has_filter("$share/g2/s/+")
+    assert sorted(trie.filters()) == ["s/#", "s/+", "s/x"]
+
+
+def test_invalid_filter_rejected() -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    for bad in ["", "a/#/b", "a+", "$share/g", "$share//a"]:
+        with pytest.raises(ValueError):
+            trie.add(bad, "c1", 1)
+    assert len(trie) == 0 and trie._is_empty_tree()
+
+
+def test_match_walks_only_relevant_nodes() -> None:
+    """Not a timing test: many unrelated filters do not change what a match touches."""
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("sport/tennis/+", "c1", 1)
+    baseline = len(trie._match_nodes("sport/tennis/p1"))
+    for i in range(2000):
+        trie.add(f"other/{i}/+", "c2", i)
+        trie.add(f"sport/golf/{i}", "c2", i)
+    assert len(trie._match_nodes("sport/tennis/p1")) == baseline == 1
+
+
+# -- shared group picker -----------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 7), k=st.integers(1, 5))
+def test_round_robin_is_fair_and_in_turn(n: int, k: int) -> None:
+    picker = SharedGroupPicker()
+    members = [f"m{i}" for i in range(n)]
+    picks = [picker.pick("g", "f/+", members, "pub", "f/x") for _ in range(k * n)]
+    assert picks == members * k
+    assert Counter(picks) == {m: k for m in members}
+
+
+def test_round_robin_cursor_per_group_and_filter() -> None:
+    picker = SharedGroupPicker("round_robin")
+    members = ["a", "b", "c"]
+    assert picker.pick("g1", "f", members, "p", "t") == "a"
+    assert picker.pick("g2", "f", members, "p", "t") == "a"
+    assert picker.pick("g1", "h", members, "p", "t") == "a"
+    assert picker.pick("g1", "f", members, "p", "t") == "b"
+    # Only eligible members passed: the choice stays within them.
+    assert picker.pick("g1", "f", ["a"], "p", "t") == "a"
+    picker.forget("g1", "f")
+    assert picker.pick("g1", "f", members, "p", "t") == "a"
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "random", "hash_clientid", "hash_topic"])
+def test_pick_empty_is_none(strategy: str) -> None:
+    assert SharedGroupPicker(strategy).pick("g", "f", [], "p", "t") is None
+
+
+def test_random_uses_rng_and_stays_in_members() -> None:
+    picker = SharedGroupPicker("random", rng=random.Random(7))
+    members = ["a", "b", "c"]
+    picks = [picker.pick("g", "f", members, "p", "t") for _ in range(300)]
+    assert set(picks) == set(members)
+
+
+def test_hash_strategies_are_sticky() -> None:
+    members = ["a", "b", "c", "d"]
+    by_client = SharedGroupPicker("hash_clientid")
+    assert len({by_client.pick("g", "f", members, "pub1", f"t/{i}") for i in range(20)}) == 1
+    by_topic = SharedGroupPicker("hash_topic")
+    assert len({by_topic.pick("g", "f", members, f"p{i}", "t/1") for i in range(20)}) == 1
+
+
+def test_unknown_strategy_rejected() -> None:
+    with pytest.raises(ValueError):
+        SharedGroupPicker("sticky-ish")
