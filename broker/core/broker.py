@@ -216,8 +216,8 @@ class Broker:
                     delivered += 1
             for group, topic_filter, members in shared:
                 delivered += self._deliver_shared(message, group, topic_filter, members, now)
-        if delivered == 0:
-            counters["messages/dropped"] += 1
+        if delivered == 0 and not message.topic.startswith("$SYS/"):
+            counters["messages/dropped"] += 1  # EMQX counts "no subscribers" as dropped
         if forward and self.forward_hooks:
             for hook in self.forward_hooks:
                 hook(message)

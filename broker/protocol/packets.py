@@ -1,14 +1,15 @@
 """Packet objects: the events the codec produces on decode and consumes on encode.
 
 Fields are protocol-version neutral. Version-specific parts (properties, reason codes) are simply
-ignored when encoding for 3.1/3.1.1. Properties are a dict keyed by `PropertyId`; the two properties
-that may repeat are lists: USER_PROPERTY -> list[tuple[str, str]], SUBSCRIPTION_IDENTIFIER -> list[int].
+ignored when encoding for 3.1/3.1.1. Properties are a dict keyed by `PropertyId`; the two
+properties that may repeat are lists: USER_PROPERTY -> list[tuple[str, str]],
+SUBSCRIPTION_IDENTIFIER -> list[int].
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from broker.protocol.constants import MQTT_3_1_1, PacketType
 
@@ -161,20 +162,20 @@ class Auth:
     packet_type = PacketType.AUTH
 
 
-Packet = Union[
-    Connect,
-    ConnAck,
-    Publish,
-    PubAck,
-    PubRec,
-    PubRel,
-    PubComp,
-    Subscribe,
-    SubAck,
-    Unsubscribe,
-    UnsubAck,
-    PingReq,
-    PingResp,
-    Disconnect,
-    Auth,
-]
+Packet: TypeAlias = (
+    Connect
+    | ConnAck
+    | Publish
+    | PubAck
+    | PubRec
+    | PubRel
+    | PubComp
+    | Subscribe
+    | SubAck
+    | Unsubscribe
+    | UnsubAck
+    | PingReq
+    | PingResp
+    | Disconnect
+    | Auth
+)

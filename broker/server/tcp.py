@@ -1,0 +1,114 @@
+"""MQTT over TCP (and TLS): an `asyncio.Protocol` per connection that drives a `Channel`.
+
+Writes made during one event-loop turn are batched into one `writelines` call. Backpressure:
+when the kernel buffer fills, asyncio calls `pause_writing`; we then stop reading from that
+client too, so a client that does not read cannot make us buffer its acks and replies without
+bound. Deliveries to such a client are capped by the channel (`max_outgoing_buffer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from broker.core.channel import Channel
+
+if TYPE_CHECKING:
+    from broker.core.broker import Broker
+    from broker.server.listeners import ListenerStats
+
+log = logging.getLogger(__name__)
+
+
+class MqttConnection(asyncio.Protocol):
+    """One accepted TCP connection; also the channel's `Link`."""
+
+    def __init__(self, broker: Broker, stats: ListenerStats, kind: str = "tcp") -> None:
+        self.broker = broker
+        self.stats = stats
+        self.kind = kind
+        self.transport: asyncio.Transport | None = None
+        self.channel: Channel | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._flush_scheduled = False
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.broker.accepting() or not self.stats.accepting():
+            self.stats.refused += 1
+            transport.abort()
+            return
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.stats.opened()
+        self.channel = Channel(self.broker, self, str(peer[0]), int(peer[1]), self.kind)
+
+    def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is not None:
+            channel.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        self.channel = None
+        if exc is not None and not channel.disconnect_reason:
+            channel.disconnect_reason = "socket_error"
+        channel.connection_lost()
+        self.stats.closed(channel.disconnect_reason or "closed")
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    # -- Link -----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending = self._pending
+        if not pending or self.transport is None:
+            return
+        self._pending = []
+        self._pending_size = 0
+        if len(pending) == 1:
+            self.transport.write(pending[0])
+        else:
+            self.transport.write(b"".join(pending))
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._flush()
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def buffered(self) -> int:
+        transport = self.transport
+        size = self._pending_size
+        if transport is not None:
+            size += transport.get_write_buffer_size()
+        return size

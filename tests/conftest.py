@@ -1,0 +1,49 @@
+"""Shared fixtures: an in-process broker node on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.server.config import BrokerConfig, ListenerConfig
+from broker.server.node import Node
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> BrokerConfig:
+    """A config that binds every listener to 127.0.0.1 port 0 and keeps $SYS quiet."""
+    cfg = BrokerConfig(
+        node_name="test@127.0.0.1",
+        data_dir=str(tmp_path / "data"),
+        sys_interval=0,
+        tcp=ListenerConfig(bind="127.0.0.1", port=0),
+        ws=ListenerConfig(bind="127.0.0.1", port=0, path="/mqtt"),
+        management=ListenerConfig(bind="127.0.0.1", port=0),
+        cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=False),
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+@pytest.fixture
+async def node_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start nodes with config overrides; every node started is stopped at teardown."""
+    nodes: list[Node] = []
+
+    async def start(**overrides: Any) -> Node:
+        node = Node(make_config(tmp_path, **overrides))
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        await node.stop()
+
+
+@pytest.fixture
+async def node(node_factory: Callable[..., Any]) -> Node:
+    started: Node = await node_factory()
+    return started
