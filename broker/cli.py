@@ -17,7 +17,13 @@ import logging
 import sys
 
 from broker.server.banner import broker_version
-from broker.server.config import BrokerConfig, ConfigError, apply_overrides, load_config
+from broker.server.config import (
+    BrokerConfig,
+    ConfigError,
+    apply_overrides,
+    check_implemented,
+    load_config,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -76,6 +82,7 @@ def _join_list(values: list[str] | None) -> list[str] | None:
 
 def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
     cfg = load_config(args.config)
+    check_implemented(cfg)
     return apply_overrides(
         cfg,
         node_name=args.node_name,
@@ -118,8 +125,12 @@ def _start(args: argparse.Namespace) -> int:
     from broker.server.node import run_node
 
     # Ctrl-C before the node installed its signal handlers is still a clean stop.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_node(cfg))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_node(cfg))
+    except OSError as exc:  # typically a port already in use
+        _error(f"cannot start listeners: {exc}")
+        return 1
     return 0
 
 

@@ -25,7 +25,7 @@ from broker.core.trie import SubscriptionTrie
 if TYPE_CHECKING:
     from broker.core.channel import Channel
 
-#: Callback told about route changes: (real topic filter, True = first subscriber / False = last gone).
+#: Told about route changes: (real topic filter, True = first subscriber / False = last gone).
 RouteListener = Callable[[str, bool], None]
 #: Callback given every message routed from a local publisher (the cluster forwards it).
 ForwardHook = Callable[[Message], None]

@@ -17,7 +17,8 @@ the will is published unless a DISCONNECT (without 0x04) arrived, and the sessio
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.core.hooks import ClientInfo
 from broker.core.message import Message
@@ -269,10 +270,12 @@ class Channel:
         if self.state == CONNECTING:
             if now - self.opened_at > CONNECT_TIMEOUT:
                 self.close(None, "connect_timeout")
-        elif self.state == CONNECTED and self.keepalive:
-            # MQTT-3.1.2-24: one and a half times the keepalive without a packet.
-            if now - self.last_received > self.keepalive * 1.5:
-                self.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive_timeout")
+        elif (
+            self.state == CONNECTED
+            and self.keepalive
+            and now - self.last_received > self.keepalive * 1.5  # MQTT-3.1.2-24
+        ):
+            self.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive_timeout")
 
     def _finish(self) -> None:
         if self._finished:
@@ -638,17 +641,20 @@ class Channel:
     def _before_connect(self, packet: Packet) -> None:
         self.protocol_violation(ReasonCode.PROTOCOL_ERROR, "first packet must be CONNECT")
 
-    _handlers: dict[type, object]
+    _handlers: dict[type, Handler]
 
 
-def _connected_only(handler: object) -> object:
+Handler = Callable[[Channel, Any], None]
+
+
+def _connected_only(handler: Handler) -> Handler:
     """Wrap a handler so that it runs only after CONNECT (MQTT-3.1.0-1)."""
 
     def guarded(channel: Channel, packet: Packet) -> None:
         if channel.state != CONNECTED:
             channel.protocol_violation(ReasonCode.PROTOCOL_ERROR, "first packet must be CONNECT")
             return
-        handler(channel, packet)  # type: ignore[operator]
+        handler(channel, packet)
 
     return guarded
 

@@ -6,7 +6,7 @@ from broker.protocol.packets import Properties
 
 
 class Message:
-    """One published application message. Immutable by convention: it is shared by every delivery."""
+    """One published application message; immutable by convention, as deliveries share it."""
 
     __slots__ = (
         "encoded",

@@ -104,7 +104,7 @@ SENT_COUNTER: dict[int, str] = {
 
 
 class Metrics:
-    """Monotonic counters by EMQX name. `counters` is a plain dict so hot paths can bump it directly."""
+    """Monotonic counters by EMQX name; a plain dict so hot paths can bump it directly."""
 
     __slots__ = ("counters",)
 
@@ -122,7 +122,7 @@ class Metrics:
 
 
 class Stats:
-    """Gauges whose current value is set by the owner of the registry; `*/max` keeps the high-water mark."""
+    """Gauges set by the registry owner; `*/max` keeps the high-water mark."""
 
     __slots__ = ("values",)
 

@@ -47,7 +47,7 @@ class Outlet(Protocol):
 
 
 class Subscription:
-    """One subscription of one client. `topic_filter` is the filter without a `$share/<g>/` prefix."""
+    """One subscription of one client; `topic_filter` lacks any `$share/<g>/` prefix."""
 
     __slots__ = (
         "client_id",
@@ -110,6 +110,7 @@ class Session:
     """The per-client-id state of the broker; see the module docstring for the flows."""
 
     __slots__ = (
+        "_next_packet_id",
         "awaiting_rel",
         "clean_start",
         "client_id",
@@ -128,7 +129,6 @@ class Session:
         "queue_qos0",
         "subscriptions",
         "username",
-        "_next_packet_id",
     )
 
     def __init__(

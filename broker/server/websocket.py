@@ -74,7 +74,7 @@ class WebSocketLink:
         self.close()
         try:
             await asyncio.wait_for(self._task, timeout=5)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             self._task.cancel()
 
 
