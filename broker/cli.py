@@ -122,7 +122,7 @@ def _start(args: argparse.Namespace) -> int:
         return 2
     _configure_logging(args.verbose)
     # Imported here so `version` and `--test-config` stay fast and free of runtime imports.
-    from broker.server.node import run_node
+    from broker.app import run as run_node
 
     # Ctrl-C before the node installed its signal handlers is still a clean stop.
     try:

@@ -1,7 +1,7 @@
 """The node runtime: binds the listeners, runs the timers, shuts down gracefully.
 
-`Node` is what tests embed (ports 0, then read `tcp_port`/`ws_port`); `run_node` is what the CLI
-runs: it adds signal handling and the start banner.
+`Node` is what tests embed (ports 0, then read `tcp_port`/`ws_port`); `broker.app` composes it
+with the management API and the cluster and runs it under signal handling.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import time
 
@@ -19,7 +18,7 @@ from broker.core.broker import Broker
 from broker.core.channel import Channel
 from broker.core.settings import Settings
 from broker.protocol.constants import ReasonCode
-from broker.server.banner import broker_version, format_banner
+from broker.server.banner import broker_version
 from broker.server.config import BrokerConfig, ListenerConfig
 from broker.server.listeners import ListenerStats
 from broker.server.systopics import publish_sys
@@ -143,20 +142,3 @@ def auth_mode(cfg: BrokerConfig) -> str:
     if cfg.password_file:
         return f"password file {cfg.password_file}"
     return "anonymous allowed" if cfg.allow_anonymous else "anonymous refused"
-
-
-async def run_node(config: BrokerConfig) -> None:
-    """Run a node until SIGINT or SIGTERM, then shut it down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    node = Node(config)
-    await node.start()
-    print(format_banner(config, node.bound_listeners(), auth_mode(config)), flush=True)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await node.stop()

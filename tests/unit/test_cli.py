@@ -30,15 +30,15 @@ def bad_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fake_node(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Stand-in for broker.server.node: records the config run_node was given."""
+    """Stand-in for broker.app: records the config `run` was given."""
     calls: list[object] = []
-    module = types.ModuleType("broker.server.node")
+    module = types.ModuleType("broker.app")
 
-    async def run_node(config: BrokerConfig) -> None:
+    async def run(config: BrokerConfig) -> None:
         calls.append(config)
 
-    module.run_node = run_node  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "broker.server.node", module)
+    module.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "broker.app", module)
     monkeypatch.setattr(cli, "_configure_logging", lambda verbose: calls.append(verbose))
     return calls
 
@@ -132,7 +132,7 @@ def test_start_ctrl_c_exits_zero(monkeypatch: pytest.MonkeyPatch, fake_node: lis
     async def interrupted(config: BrokerConfig) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sys.modules["broker.server.node"], "run_node", interrupted)
+    monkeypatch.setattr(sys.modules["broker.app"], "run", interrupted)
     assert cli.main(["start"]) == 0
 
 
