@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from broker.core.banned import BannedTable
 from broker.core.hooks import Hooks
 from broker.core.message import Message
 from broker.core.metrics import Metrics, Stats
@@ -48,6 +49,7 @@ class Broker:
         self.router: SubscriptionTrie[Subscription] = SubscriptionTrie()
         self.retained: RetainedStore[Message] = RetainedStore()
         self.sessions: dict[str, Session] = {}
+        self.banned = BannedTable()
         self.connected: dict[str, Channel] = {}
         self.channels: set[Channel] = set()
         self.picker = SharedGroupPicker(self.settings.shared_subscription_strategy)
@@ -133,6 +135,16 @@ class Broker:
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
         self.update_stats()
+
+    def kick_banned(self) -> int:
+        """Disconnect every connected client that the banned list now refuses."""
+        now = self.clock()
+        kicked = 0
+        for channel in list(self.connected.values()):
+            if self.banned.check(channel.client_id, channel.username, channel.peer_host, now):
+                channel.kick()
+                kicked += 1
+        return kicked
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -276,6 +288,7 @@ class Broker:
     def tick(self) -> None:
         """Called about once a second: keepalive and connect timeouts, expired sessions."""
         now = self.clock()
+        self.banned.expire(now)
         for channel in list(self.channels):
             channel.check_timeouts(now)
         expired = [cid for cid, s in self.sessions.items() if s.expired(now)]

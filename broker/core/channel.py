@@ -367,6 +367,11 @@ class Channel:
             self._refuse_connect(ReasonCode.BAD_AUTHENTICATION_METHOD, "bad_auth_method")
             return
 
+        now = self.broker.clock()
+        if self.broker.banned.check(client_id, packet.username, self.peer_host, now):
+            self._refuse_connect(ReasonCode.NOT_AUTHORIZED, "banned")
+            return
+
         self.client_id = client_id
         self.username = packet.username
         self.info = info = ClientInfo(
