@@ -364,7 +364,7 @@ class Decoder:
         self.max_packet_size: int = max_packet_size
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[Packet]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Packet]:
         """Add `data`; return every packet now complete, in order. Raises only ProtocolError."""
         buf = self._buf
         buf += data
@@ -416,7 +416,7 @@ class Decoder:
         except ProtocolError as exc:
             exc.packets = out
             raise
-        except (ZeroDivisionError,) as exc:  # TEMP
+        except (IndexError, ValueError) as exc:  # defence in depth; should be unreachable
             err = MalformedPacket(f"undecodable packet: {exc}")
             err.packets = out
             raise err from exc

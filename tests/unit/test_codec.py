@@ -1,4 +1,4 @@
-"""Hand-written codec cases: known byte strings, one test per validation rule (spec statement named)."""
+"""Hand-written codec cases: known byte strings, one test per validation rule (spec named)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from broker.protocol import (
     PacketTooLarge,
     PingReq,
     PingResp,
+    Properties,
     PropertyId,
     ProtocolError,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     SubAck,
     Subscribe,
     SubscriptionRequest,
@@ -217,7 +218,7 @@ def test_publish_known_bytes() -> None:
 
 
 def test_publish_fast_path_matches_encode() -> None:
-    props = {P.MESSAGE_EXPIRY_INTERVAL: 5, P.SUBSCRIPTION_IDENTIFIER: [1, 2]}
+    props: Properties = {P.MESSAGE_EXPIRY_INTERVAL: 5, P.SUBSCRIPTION_IDENTIFIER: [1, 2]}
     for version in (MQTT_3_1, MQTT_3_1_1, MQTT_5):
         for qos, pid in ((0, None), (1, 5), (2, 65535)):
             packet = Publish("x/y", b"p" * 300, qos, True, False, pid, props)
@@ -575,8 +576,14 @@ def test_property_value_out_of_range_is_protocol_error(packet: int, block: bytes
 
 
 def test_property_value_out_of_range_on_encode() -> None:
-    for props in ({P.RECEIVE_MAXIMUM: 0}, {P.MAXIMUM_PACKET_SIZE: 0}, {P.SESSION_EXPIRY_INTERVAL: -1},
-                  {P.SESSION_EXPIRY_INTERVAL: 2**32}, {P.AUTHENTICATION_METHOD: b"bytes"}):
+    bad: list[Properties] = [
+        {P.RECEIVE_MAXIMUM: 0},
+        {P.MAXIMUM_PACKET_SIZE: 0},
+        {P.SESSION_EXPIRY_INTERVAL: -1},
+        {P.SESSION_EXPIRY_INTERVAL: 2**32},
+        {P.AUTHENTICATION_METHOD: b"bytes"},
+    ]
+    for props in bad:
         with pytest.raises(ProtocolError):
             encode(Connect("c", MQTT_5, properties=props))
     with pytest.raises(ProtocolError):
