@@ -136,10 +136,19 @@ class Channel:
             self._refuse_version(exc)
             return
         except ProtocolError as exc:
-            self.protocol_violation(exc.reason_code, str(exc))
+            # Packets that were complete before the bad bytes are handled first: a client's
+            # valid PUBLISH is not lost because garbage followed it in the same read.
+            self._handle(exc.packets)
+            if self.state != CLOSED:
+                self.protocol_violation(exc.reason_code, str(exc))
             return
+        if packets:
+            self._handle(packets)
+
+    def _handle(self, packets: list[Packet]) -> None:
         if not packets:
             return
+        counters = self.broker.metrics.counters
         self.last_received = self.broker.clock()
         handlers = self._handlers
         for packet in packets:
@@ -250,6 +259,7 @@ class Channel:
         log.info("closing %s (%s:%s): %s", self.client_id, self.peer_host, self.peer_port, message)
         if self.state == CONNECTING:
             if self.decoder.version == MQTT_5:
+                self.version = MQTT_5  # a 5.0 CONNACK, not the 3.1.1 default's mapped code
                 self._send_connack(False, reason_code, {})
             self.disconnect_reason = "protocol_error"
             self.state = CLOSED
@@ -312,6 +322,7 @@ class Channel:
     def _refuse_version(self, exc: UnsupportedProtocolVersion) -> None:
         level = getattr(exc, "protocol_level", None)
         if level == MQTT_5:
+            self.version = MQTT_5  # else _send_connack would map 0x84 to a 3.1.1 CONNACK 0x01
             self._send_connack(False, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, {})
         else:
             # MQTT-3.1.2-2: answer 0x01 and close.

@@ -88,9 +88,11 @@ class Node:
             stats = ListenerStats("mqtt:ws", cfg.ws.bind, self.ws_port, cfg.max_connections)
             self.listeners.append(stats)
             app = make_websocket_app(self.broker, stats, cfg.ws.path)
-            self._ws_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self._ws_runner = web.AppRunner(
+                app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+            )
             await self._ws_runner.setup()
-            await web.SockSite(self._ws_runner, sock, shutdown_timeout=1.0).start()
+            await web.SockSite(self._ws_runner, sock).start()
         self._tasks.append(loop.create_task(self._ticker()))
         if cfg.sys_interval > 0:
             self._tasks.append(loop.create_task(self._sys_publisher(cfg.sys_interval)))
