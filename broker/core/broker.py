@@ -173,9 +173,13 @@ class Broker:
 
     def _unroute(self, client_id: str, filt: str) -> None:
         removed, last = self.router.remove(filt, client_id)
-        if removed and last:
+        if not removed:
+            return
+        group, topic_filter = parse_shared(filt)
+        if group is not None and not self.router.has_filter(filt):
+            self.picker.forget(group, topic_filter)  # the group is gone: drop its cursor
+        if last:
             self.route_count -= 1
-            topic_filter = parse_shared(filt)[1]
             for listener in self.route_listeners:
                 listener(topic_filter, False)
 

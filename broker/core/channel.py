@@ -366,6 +366,11 @@ class Channel:
                 self._refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "invalid_clientid")
                 return
 
+        if packet.will is not None and not validate_topic_name(packet.will.topic):
+            # The will is a PUBLISH to come: no wildcards (MQTT-3.3.2-2), not empty (MQTT-4.7.3-1).
+            self.protocol_violation(ReasonCode.TOPIC_NAME_INVALID, "invalid will topic")
+            return
+
         keepalive = packet.keepalive
         if settings.max_keepalive and keepalive > settings.max_keepalive:
             if not is_v5:  # 3.x cannot be told: refuse, as mosquitto does
@@ -410,7 +415,9 @@ class Channel:
             if not settings.retain_available:
                 ack_props[PropertyId.RETAIN_AVAILABLE] = 0
         else:
-            expiry = 0 if packet.clean_start else settings.session_expiry_interval
+            # 3.x persistent sessions never end by the spec (MQTT-3.1.2-5); the configured
+            # interval bounds how long an abandoned one is kept (0 = for ever, as mosquitto).
+            expiry = 0 if packet.clean_start else (settings.session_expiry_interval or 0xFFFFFFFF)
 
         self.clean_start = packet.clean_start
         self.keepalive = keepalive
@@ -420,7 +427,8 @@ class Channel:
         session, present = self.broker.open_session(self, client_id, packet.clean_start, expiry)
         session.username = packet.username
         self.session = session
-        self._send_connack(present, ReasonCode.SUCCESS, ack_props)
+        # MQTT 3.1 has no Session Present flag: that CONNACK byte is reserved (0).
+        self._send_connack(present and version != MQTT_3_1, ReasonCode.SUCCESS, ack_props)
         for hook in self.broker.hooks.client_connected:
             hook(info)
         session.resume(self.broker.clock())

@@ -223,6 +223,8 @@ class Session:
                     self._drop()
             elif self.queue_qos0:
                 self._enqueue((message, 0, retain, subscription_ids))
+            else:
+                self._drop()  # QoS 0 is not queued for an offline client, but it is counted
             return
         if outlet is not None and not self.queue and len(self.inflight) < self.window():
             self._send_new(message, qos, retain, subscription_ids, now)

@@ -77,10 +77,11 @@ class Node:
         if cfg.tcp.enabled:
             sock = _bind_socket(cfg.tcp)
             self.tcp_port = sock.getsockname()[1]
-            stats = ListenerStats("mqtt:tcp", cfg.tcp.bind, self.tcp_port, cfg.max_connections)
-            self.listeners.append(stats)
+            tcp_stats = ListenerStats("mqtt:tcp", cfg.tcp.bind, self.tcp_port, cfg.max_connections)
+            self.listeners.append(tcp_stats)
+            # (a name of its own: the factory runs later, after `stats` below is rebound)
             self._tcp_server = await loop.create_server(
-                lambda: MqttConnection(self.broker, stats, "tcp"), sock=sock
+                lambda: MqttConnection(self.broker, tcp_stats, "tcp"), sock=sock
             )
         if cfg.ws.enabled:
             sock = _bind_socket(cfg.ws)

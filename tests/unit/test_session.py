@@ -90,10 +90,11 @@ def test_qos0_not_queued_offline_and_dropped_when_outlet_refuses() -> None:
     session, metrics = make_session()
     session.deliver(msg(0, 0), 0, False, None, 0.0)
     assert not session.queue
+    assert metrics.get("messages/dropped") == 1  # offline QoS 0: not queued, but counted
     outlet = FakeOutlet(accept_qos0=False)
     session.attach(outlet)
     session.deliver(msg(1, 0), 0, False, None, 0.0)
-    assert metrics.get("messages/dropped") == 1
+    assert metrics.get("messages/dropped") == 2
 
 
 def test_resume_resends_publish_with_dup_and_pubrel_in_order_MQTT_4_4_0_1() -> None:
