@@ -12,9 +12,15 @@ import logging
 import signal
 
 from broker.core.broker import Broker
+from broker.plugins.manager import PluginManager
+from broker.server.alarms import AlarmManager
+from broker.server.banned_store import BannedStore
 from broker.server.banner import format_banner
 from broker.server.config import BrokerConfig
 from broker.server.node import Node, auth_mode
+from management.queries import NodeContext
+from management.server import DEFAULT_APP_WARNING, ManagementServer
+from management.view import ClusterView, LocalView
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +28,72 @@ log = logging.getLogger(__name__)
 class NodeApp:
     """A whole node: MQTT listeners plus the services that the config enables."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, view: ClusterView | None = None) -> None:
         self.config = config
         self.node = Node(config)
+        broker = self.node.broker
+        self.banned_store = BannedStore(broker.banned, config.data_dir)
+        self.plugins = PluginManager(broker, config, config.data_dir, config.node_name)
+        self.alarms = AlarmManager(broker, config.alarms, config.node_name)
+        # What the management queries see of this node. The cluster may replace `view` (before
+        # start()) with one that reaches the other nodes and serves `context` to them.
+        self.context = NodeContext(
+            broker=broker,
+            node=self.node,
+            config=config,
+            version=self.node.version,
+            started_at=broker.started_at,
+            plugins=self.plugins,
+            alarms=self.alarms,
+        )
+        self.view: ClusterView = view if view is not None else LocalView(self.context)
+        self.management: ManagementServer | None = None
+        self.http_port = 0
 
     @property
     def broker(self) -> Broker:
         return self.node.broker
 
     async def start(self) -> None:
-        await self.node.start()
+        # Bans and plugins (authentication, ACL) are in place before the first client can
+        # connect; a corrupt banned.json or a plugin that cannot load is a StartupError.
+        self.banned_store.open()
+        try:
+            await self.plugins.start()
+            try:
+                await self.node.start()
+            except BaseException:
+                await self.plugins.stop()
+                raise
+        except BaseException:
+            self.banned_store.close()
+            raise
+        await self.alarms.start()
+        if self.config.management.enabled:
+            self.management = ManagementServer(
+                self.view, self.config.management, self.config.data_dir
+            )
+            self.context.extra_listeners = [self.management.stats]
+            try:
+                await self.management.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self.http_port = self.management.port
 
     async def stop(self) -> None:
-        await self.node.stop()
+        if self.management is not None:
+            await self.management.stop()
+        await self.alarms.stop()
+        await self.node.stop()  # clients leave while presence/web_hook still see them go
+        await self.plugins.stop()
+        self.banned_store.close()
 
     def bound_listeners(self) -> list[tuple[str, str, int]]:
-        return self.node.bound_listeners()
+        bound = self.node.bound_listeners()
+        if self.management is not None and self.http_port:
+            bound.append(("http", self.management.config.bind, self.http_port))
+        return bound
 
 
 async def run(config: BrokerConfig) -> None:
@@ -50,6 +106,8 @@ async def run(config: BrokerConfig) -> None:
     app = NodeApp(config)
     await app.start()
     print(format_banner(config, app.bound_listeners(), auth_mode(config)), flush=True)
+    if app.management is not None and app.management.apps.default_in_use():
+        print(f"WARNING: {DEFAULT_APP_WARNING}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import sys
 
+from broker.plugins.passwd_file import add_passwd_parser, passwd_main
 from broker.server.banner import broker_version
 from broker.server.config import (
     BrokerConfig,
@@ -24,6 +25,8 @@ from broker.server.config import (
     check_implemented,
     load_config,
 )
+from broker.server.errors import StartupError
+from management.apps import add_apps_parser, apps_main
 
 __all__ = ["build_parser", "main"]
 
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("version", help="print the version and exit")
+    add_apps_parser(sub)
+    add_passwd_parser(sub)
     return parser
 
 
@@ -128,6 +133,9 @@ def _start(args: argparse.Namespace) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_node(cfg))
+    except StartupError as exc:  # a corrupt data file, a plugin that cannot load
+        _error(str(exc))
+        return 1
     except OSError as exc:  # typically a port already in use
         _error(f"cannot start listeners: {exc}")
         return 1
@@ -141,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error; argparse already printed it
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command == "apps":
+        return apps_main(args)
+    if args.command == "passwd":
+        return passwd_main(args)
     if args.command == "version":
         print(f"minibroker {broker_version()}")
         return 0

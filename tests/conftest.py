@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from broker.server.config import BrokerConfig, ListenerConfig
+from broker.app import NodeApp
+from broker.server.config import BrokerConfig, ListenerConfig, ManagementConfig
 from broker.server.node import Node
 
 
@@ -21,7 +22,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> BrokerConfig:
         sys_interval=0,
         tcp=ListenerConfig(bind="127.0.0.1", port=0),
         ws=ListenerConfig(bind="127.0.0.1", port=0, path="/mqtt"),
-        management=ListenerConfig(bind="127.0.0.1", port=0),
+        management=ManagementConfig(bind="127.0.0.1", port=0),
         cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=False),
     )
     return dataclasses.replace(cfg, **overrides)
@@ -47,3 +48,21 @@ async def node_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 async def node(node_factory: Callable[..., Any]) -> Node:
     started: Node = await node_factory()
     return started
+
+
+@pytest.fixture
+async def app_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start whole nodes (`NodeApp`: MQTT, plugins, alarms and the management API on port 0)
+    with config overrides; `management=` may be a ManagementConfig with API settings. Every app
+    started is stopped at teardown. Read `app.http_port` / `app.node.tcp_port`."""
+    apps: list[NodeApp] = []
+
+    async def start(**overrides: Any) -> NodeApp:
+        app = NodeApp(make_config(tmp_path, **overrides))
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in reversed(apps):
+        await app.stop()

@@ -12,8 +12,13 @@ File layout::
     [node]            name, data_dir, cookie
     [listener.tcp]    bind, port, enabled
     [listener.ws]     bind, port, path, enabled
-    [management]      bind, port, enabled
+    [management]      bind, port, enabled, max_row_limit, metrics_auth, default_app
+    [[management.apps]] id, secret, name, desc, status, expired (API apps; repeatable)
     [cluster]         bind, port, join, enabled
+    [alarms]          sysmem_high_watermark, procmem_high_watermark, cpu_high_watermark,
+                      connections_high_watermark, check_interval
+    [plugins.<name>]  enabled, plus each plugin's own keys (PLUGIN_SCHEMAS for the built-ins;
+                      a plugin installed from elsewhere has its keys checked when it loads)
 """
 
 from __future__ import annotations
@@ -30,10 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "PLUGIN_SCHEMAS",
     "SHARED_SUBSCRIPTION_STRATEGIES",
+    "WEB_HOOK_EVENTS",
+    "AlarmsConfig",
     "BrokerConfig",
     "ConfigError",
     "ListenerConfig",
+    "ManagementApp",
+    "ManagementConfig",
     "apply_overrides",
     "check_implemented",
     "load_config",
@@ -45,6 +55,13 @@ MAX_PACKET_SIZE_LIMIT = 268_435_460  # largest MQTT packet: 1 + 4-byte varint + 
 MAX_SESSION_EXPIRY = 0xFFFF_FFFF  # MQTT 5 Session Expiry Interval is a four-byte integer
 UNLIMITED_INFLIGHT = 65535  # MQTT 5 Receive Maximum upper bound; mosquitto's "0 = unlimited"
 SHARED_SUBSCRIPTION_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic")
+#: Events the web_hook plugin can post (EMQX's hook names).
+WEB_HOOK_EVENTS = (
+    "client.connected",
+    "client.disconnected",
+    "session.subscribed",
+    "message.publish",
+)
 
 
 class ConfigError(Exception):
@@ -69,12 +86,45 @@ def _ws_default() -> ListenerConfig:
     return ListenerConfig(bind="127.0.0.1", port=8083, path="/mqtt")
 
 
-def _management_default() -> ListenerConfig:
-    return ListenerConfig(bind="127.0.0.1", port=8080)
+@dataclass(slots=True)
+class ManagementApp:
+    """An API app from [[management.apps]]: HTTP Basic user `id`, password `secret`."""
+
+    id: str
+    secret: str
+    name: str = ""
+    desc: str = ""
+    status: bool = True  # false = disabled
+    expired: int | None = None  # Unix seconds after which the app is refused; None = never
+
+
+@dataclass(slots=True)
+class ManagementConfig(ListenerConfig):
+    """The management HTTP listener plus the API's own settings (EMQX's names)."""
+
+    max_row_limit: int = 10000  # largest `_limit`, and its default
+    metrics_auth: bool = False  # GET /metrics requires an app's credentials
+    default_app: bool = True  # keep EMQX's default app admin/public
+    apps: list[ManagementApp] = field(default_factory=list)
+
+
+def _management_default() -> ManagementConfig:
+    return ManagementConfig(bind="127.0.0.1", port=8080)
 
 
 def _cluster_default() -> ListenerConfig:
     return ListenerConfig(bind="127.0.0.1", port=7946)
+
+
+@dataclass(slots=True)
+class AlarmsConfig:
+    """High-water marks of the node's monitors (EMQX os_mon names); fractions of 1."""
+
+    sysmem_high_watermark: float = 0.70  # used / total system memory
+    procmem_high_watermark: float = 0.05  # this process's RSS / total system memory
+    cpu_high_watermark: float = 0.80  # load1 / number of cores
+    connections_high_watermark: int = 0  # connected clients; 0 = off
+    check_interval: float = 5.0  # seconds between two checks; 0 = no timer
 
 
 @dataclass(slots=True)
@@ -100,9 +150,12 @@ class BrokerConfig:
     cookie: str = "minibroker"
     tcp: ListenerConfig = field(default_factory=_tcp_default)
     ws: ListenerConfig = field(default_factory=_ws_default)
-    management: ListenerConfig = field(default_factory=_management_default)
+    management: ManagementConfig = field(default_factory=_management_default)
     cluster: ListenerConfig = field(default_factory=_cluster_default)
     cluster_join: list[str] = field(default_factory=list)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    #: plugin name -> its validated [plugins.<name>] table (only the keys the file sets)
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- value checks
@@ -187,6 +240,22 @@ def _seconds(value: object, where: str) -> float:
     return float(value)
 
 
+def _fraction(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"{where} must be a number, got {_show(value)}")
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise _Invalid(f"{where} must be a fraction above 0 and at most 1 (0.7 = 70%), got {value}")
+    return float(value)
+
+
+def _positive(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"{where} must be a number, got {_show(value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise _Invalid(f"{where} must be a number above 0, got {value}")
+    return float(value)
+
+
 def _str(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"{where} must be a string, got {_show(value)}")
@@ -225,6 +294,31 @@ def _ws_path(value: object, where: str) -> str:
     s = _str(value, where)
     if not s.startswith("/") or any(c.isspace() for c in s):
         raise _Invalid(f"{where} must be a URL path starting with '/', got {s!r}")
+    return s
+
+
+def _http_url(value: object, where: str) -> str:
+    s = _str(value, where)
+    if not re.match(r"^https?://[^\s/]+", s) or any(c.isspace() for c in s):
+        raise _Invalid(f"{where} must be an http:// or https:// URL, got {s!r}")
+    return s
+
+
+def _web_hook_events(value: object, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise _Invalid(f"{where} must be an array of event names, got {_show(value)}")
+    for item in value:
+        if item not in WEB_HOOK_EVENTS:
+            raise _Invalid(
+                f"{where} entries must be among {', '.join(WEB_HOOK_EVENTS)}, got {_show(item)}"
+            )
+    return list(value)
+
+
+def _payload_encoding(value: object, where: str) -> str:
+    s = _str(value, where)
+    if s not in ("plain", "base64"):
+        raise _Invalid(f'{where} must be "plain" or "base64", got {s!r}')
     return s
 
 
@@ -325,8 +419,88 @@ _WS_LISTENER: _Schema = {**_LISTENER, "path": ("path", _ws_path)}
 
 _CLUSTER: _Schema = {**_LISTENER, "join": ("join", _join_list)}
 
+_APP: _Schema = {
+    "id": ("id", _nonempty_str),
+    "secret": ("secret", _nonempty_str),
+    "name": ("name", _str),
+    "desc": ("desc", _str),
+    "status": ("status", _bool),
+    "expired": ("expired", _int_range(0, None, " (Unix seconds)")),
+}
+
+
+def _apps(value: object, where: str) -> list[ManagementApp]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _Invalid(
+            f"{where} must be an array of tables [[management.apps]], got {_show(value)}"
+        )
+    apps: list[ManagementApp] = []
+    for item in value:
+        fields: dict[str, Any] = {}
+        for key, raw in item.items():
+            if key not in _APP:
+                raise _Invalid(f"unknown key '{key}' in [[management.apps]]{_suggest(key, _APP)}")
+            fields[key] = _APP[key][1](raw, f"'{key}' in [[management.apps]]")
+        missing = [key for key in ("id", "secret") if key not in fields]
+        if missing:
+            raise _Invalid(f"[[management.apps]] needs {' and '.join(repr(k) for k in missing)}")
+        if any(app.id == fields["id"] for app in apps):
+            raise _Invalid(f"[[management.apps]] defines app {fields['id']!r} twice")
+        apps.append(ManagementApp(**fields))
+    return apps
+
+
+_MANAGEMENT: _Schema = {
+    **_LISTENER,
+    "max_row_limit": ("max_row_limit", _int_range(1, None)),
+    "metrics_auth": ("metrics_auth", _bool),
+    "default_app": ("default_app", _bool),
+    "apps": ("apps", _apps),
+}
+
+_ALARMS: _Schema = {
+    "sysmem_high_watermark": ("sysmem_high_watermark", _fraction),
+    "procmem_high_watermark": ("procmem_high_watermark", _fraction),
+    "cpu_high_watermark": ("cpu_high_watermark", _positive),
+    "connections_high_watermark": ("connections_high_watermark", _int_range(0, None, " (0 = off)")),
+    "check_interval": ("check_interval", _seconds),
+}
+
+_PLUGIN_ENABLED: _Schema = {"enabled": ("enabled", _bool)}
+_FILE_PLUGIN: _Schema = {**_PLUGIN_ENABLED, "file": ("file", _nonempty_str)}
+
+#: The keys of each built-in plugin's [plugins.<name>] table. A table for another name is kept
+#: as is (only `enabled` checked here); the plugin manager checks it against that plugin's keys.
+PLUGIN_SCHEMAS: dict[str, _Schema] = {
+    "auth_passwd": _FILE_PLUGIN,
+    "acl_file": _FILE_PLUGIN,
+    "delayed_publish": {**_PLUGIN_ENABLED, "max_pending": ("max_pending", _int_range(1, None))},
+    "web_hook": {
+        **_PLUGIN_ENABLED,
+        "url": ("url", _http_url),
+        "events": ("events", _web_hook_events),
+        "queue_size": ("queue_size", _int_range(1, None)),
+        "max_retries": ("max_retries", _int_range(0, 100)),
+        "retry_backoff": ("retry_backoff", _seconds),
+        "timeout": ("timeout", _positive),
+        "encode_payload": ("encode_payload", _payload_encoding),
+    },
+    "presence": {**_PLUGIN_ENABLED, "qos": ("qos", _int_range(0, 2))},
+}
+
 # Every table the file may contain, by its dotted name.
-_SECTIONS = ("node", "listener", "listener.tcp", "listener.ws", "management", "cluster")
+_SECTIONS = (
+    "node",
+    "listener",
+    "listener.tcp",
+    "listener.ws",
+    "management",
+    "management.apps",
+    "cluster",
+    "alarms",
+    "plugins",
+    *(f"plugins.{name}" for name in PLUGIN_SCHEMAS),
+)
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -385,19 +559,48 @@ class _Loader:
                 self.listeners(cfg, self.table(doc, key, "top level"))
             elif key == "management":
                 values = self.table(doc, key, "top level")
-                cfg.management = self.listener(values, _LISTENER, key, cfg.management)
+                cfg.management = dataclasses.replace(
+                    cfg.management, **self.fill(values, _MANAGEMENT, key)
+                )
             elif key == "cluster":
                 fields = self.fill(self.table(doc, key, "top level"), _CLUSTER, key)
                 if "join" in fields:
                     cfg.cluster_join = fields.pop("join")
                 cfg.cluster = dataclasses.replace(cfg.cluster, **fields)
+            elif key == "alarms":
+                values = self.table(doc, key, "top level")
+                cfg.alarms = dataclasses.replace(cfg.alarms, **self.fill(values, _ALARMS, key))
+            elif key == "plugins":
+                self.plugins(cfg, self.table(doc, key, "top level"))
             elif isinstance(value, dict):
                 raise self.fail(f"unknown section [{key}]{_suggest_section(key)}")
             else:
                 raise self.fail(f"unknown key '{key}' in [top level]{_suggest(key, _TOP)}")
         for attr, v in self.fill(top, _TOP, "top level").items():
             setattr(cfg, attr, v)
+        for name, top_key in (("auth_passwd", "password_file"), ("acl_file", "acl_file")):
+            file = cfg.plugins.get(name, {}).get("file")
+            if file and getattr(cfg, top_key) and file != getattr(cfg, top_key):
+                raise self.fail(
+                    f"'{top_key}' at the top level and 'file' in [plugins.{name}] name different "
+                    "files; set only one of them"
+                )
         return cfg
+
+    def plugins(self, cfg: BrokerConfig, tables: dict[str, object]) -> None:
+        for name in tables:
+            section = f"plugins.{name}"
+            values = self.table(tables, name, "plugins")
+            schema = PLUGIN_SCHEMAS.get(name)
+            if schema is None:  # not a built-in: its own keys are checked when it loads
+                checked = self.fill({k: v for k, v in values.items() if k == "enabled"},
+                                    _PLUGIN_ENABLED, section)  # fmt: skip
+                cfg.plugins[name] = {**values, **checked}
+                continue
+            fields = self.fill(values, schema, section)
+            if name == "web_hook" and fields.get("enabled") and "url" not in fields:
+                raise self.fail(f"'url' in [{section}] is required when the plugin is enabled")
+            cfg.plugins[name] = fields
 
     def listeners(self, cfg: BrokerConfig, tables: dict[str, object]) -> None:
         for kind in tables:
@@ -414,8 +617,6 @@ class _Loader:
 #: Keys the loader knows (they keep their mosquitto meaning) whose feature has not landed yet.
 #: Refusing them beats silently running without the authentication or durability they ask for.
 NOT_YET_IMPLEMENTED = {
-    "password_file": "password file authentication",
-    "acl_file": "ACL files",
     "persistence": "persistence",
 }
 
@@ -481,9 +682,11 @@ def apply_overrides(
         cfg,
         tcp=dataclasses.replace(cfg.tcp),
         ws=dataclasses.replace(cfg.ws),
-        management=dataclasses.replace(cfg.management),
+        management=dataclasses.replace(cfg.management, apps=list(cfg.management.apps)),
         cluster=dataclasses.replace(cfg.cluster),
         cluster_join=list(cfg.cluster_join),
+        alarms=dataclasses.replace(cfg.alarms),
+        plugins={name: dict(table) for name, table in cfg.plugins.items()},
     )
     if node_name is not None:
         out.node_name = _override(_node_name, node_name, "--node-name")

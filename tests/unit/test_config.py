@@ -10,6 +10,8 @@ from broker.server.config import (
     BrokerConfig,
     ConfigError,
     ListenerConfig,
+    ManagementApp,
+    ManagementConfig,
     apply_overrides,
     load_config,
     parse_config,
@@ -94,7 +96,11 @@ def test_defaults() -> None:
     assert cfg.cookie == "minibroker"
     assert cfg.tcp == ListenerConfig("127.0.0.1", 1883)
     assert cfg.ws == ListenerConfig("127.0.0.1", 8083, True, "/mqtt")
-    assert cfg.management == ListenerConfig("127.0.0.1", 8080)
+    assert cfg.management == ManagementConfig("127.0.0.1", 8080)
+    assert cfg.management.max_row_limit == 10000
+    assert cfg.management.metrics_auth is False
+    assert cfg.management.default_app is True
+    assert cfg.management.apps == []
     assert cfg.cluster == ListenerConfig("127.0.0.1", 7946)
     assert cfg.cluster_join == []
 
@@ -138,7 +144,7 @@ def test_full_file(tmp_path: Path) -> None:
     assert cfg.cookie == "s3cret"
     assert cfg.tcp == ListenerConfig("0.0.0.0", 11883, True)
     assert cfg.ws == ListenerConfig("::", 18083, False, "/ws")
-    assert cfg.management == ListenerConfig("127.0.0.1", 18080, False)
+    assert cfg.management == ManagementConfig("127.0.0.1", 18080, False)
     assert cfg.cluster == ListenerConfig("10.0.0.1", 17946, True)
     assert cfg.cluster_join == ["10.0.0.2:7946", "[fd00::3]:7946", "node4.local:7946"]
 
@@ -377,3 +383,64 @@ def test_bad_override(kwargs: dict[str, object], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         apply_overrides(BrokerConfig(), **kwargs)  # type: ignore[arg-type]
     assert str(info.value).startswith(f"command line: {expected}")
+
+
+# --------------------------------------------------------------------------- [management] API keys
+
+MANAGEMENT = """
+[management]
+port = 8081
+max_row_limit = 500
+metrics_auth = true
+default_app = false
+
+[[management.apps]]
+id = "ops"
+secret = "s3cret"
+name = "Operations"
+desc = "dashboards"
+
+[[management.apps]]
+id = "old"
+secret = "x"
+status = false
+expired = 1700000000
+"""
+
+
+def test_management_api_keys() -> None:
+    cfg = parse_config(MANAGEMENT)
+    m = cfg.management
+    assert (m.port, m.max_row_limit, m.metrics_auth, m.default_app) == (8081, 500, True, False)
+    assert m.apps == [
+        ManagementApp("ops", "s3cret", "Operations", "dashboards", True, None),
+        ManagementApp("old", "x", "", "", False, 1700000000),
+    ]
+    copy = apply_overrides(cfg, http_port=0)
+    assert copy.management.apps == m.apps and copy.management.apps is not m.apps
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[management]\nmax_row_limit = 0", "'max_row_limit' in [management] must be >= 1"),
+        ("[management]\nmetrics_auth = 1", "'metrics_auth' in [management] must be true or false"),
+        ("[management]\napps = 3", "'apps' in [management] must be an array of tables"),
+        ("[[management.apps]]\nid = 'a'", "[[management.apps]] needs 'secret'"),
+        (
+            "[[management.apps]]\nid = 'a'\nsecret = 'b'\nsecrte = 'c'",
+            "unknown key 'secrte' in [[management.apps]] (did you mean 'secret'?)",
+        ),
+        (
+            "[[management.apps]]\nid = 'a'\nsecret = 'b'\nexpired = -1",
+            "'expired' in [[management.apps]] must be >= 0",
+        ),
+        (
+            "[[management.apps]]\nid = 'a'\nsecret = 'b'\n[[management.apps]]\nid = 'a'\n"
+            "secret = 'c'",
+            "[[management.apps]] defines app 'a' twice",
+        ),
+    ],
+)
+def test_management_api_key_errors(text: str, expected: str) -> None:
+    assert _error(text).startswith(f"config.toml: {expected}")

@@ -14,8 +14,10 @@ ALLOWED: dict[str, set[str]] = {
     "broker.protocol": set(),
     "broker.core": {"broker.protocol"},
     "broker.server": {"broker.protocol", "broker.core"},
+    # plugins sit beside management: they use the core's hooks and the server's config/files
+    "broker.plugins": {"broker.protocol", "broker.core", "broker.server"},
     "cluster": {"broker.protocol", "broker.core"},
-    "management": {"broker.protocol", "broker.core", "broker.server", "cluster"},
+    "management": {"broker.protocol", "broker.core", "broker.server", "broker.plugins", "cluster"},
 }
 FIRST_PARTY = ("broker", "cluster", "management", "benchmarks")
 #: stdlib modules that would mean I/O or a clock inside the sans-IO layers.

@@ -1,0 +1,1 @@
+"""Plugins: hook bundles loaded and unloaded at runtime (see `base` and `manager`)."""

@@ -1,0 +1,121 @@
+"""delayed_publish: ``$delayed/<seconds>/<topic>`` publishes `<topic>` after a delay (EMQX).
+
+The message_publish hook swallows the `$delayed` message and schedules the real one with
+``loop.call_later``. At most ``max_pending`` messages wait at once (default 10000); beyond
+that, and for a malformed `$delayed` topic (delay not an integer in 0..4294967, or a target
+topic that is empty, has wildcards, or starts with `$delayed` or `$SYS`), the message is
+dropped, counted (`dropped_full`, `dropped_invalid` and the broker's ``messages/dropped``) and
+logged. Pending messages live in memory only: unloading the plugin or stopping the node
+discards them (counted in `discarded`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from broker.core.message import Message
+from broker.core.topics import validate_topic_name
+from broker.plugins.base import Plugin, PluginContext
+
+__all__ = ["MAX_DELAY", "DelayedPublishPlugin", "parse_delayed"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "$delayed/"
+MAX_DELAY = 4294967  # seconds, as EMQX
+DEFAULT_MAX_PENDING = 10000
+
+
+def parse_delayed(topic: str) -> tuple[int, str] | None:
+    """(delay, target topic) of a valid `$delayed/<seconds>/<topic>`; None otherwise."""
+    if not topic.startswith(PREFIX):
+        return None
+    delay_text, sep, target = topic[len(PREFIX) :].partition("/")
+    if not sep or not delay_text.isdigit() or not delay_text.isascii():
+        return None
+    delay = int(delay_text)
+    if delay > MAX_DELAY or not validate_topic_name(target):
+        return None
+    if target.startswith(("$delayed/", "$SYS")):
+        return None
+    return delay, target
+
+
+class DelayedPublishPlugin(Plugin):
+    name = "delayed_publish"
+    description = "Delayed publish: $delayed/<seconds>/<topic>"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_pending = DEFAULT_MAX_PENDING
+        self._pending: dict[int, asyncio.TimerHandle] = {}
+        self._next_id = 0
+        self.scheduled = 0
+        self.published = 0
+        self.dropped_full = 0
+        self.dropped_invalid = 0
+        self.discarded = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def load(self, ctx: PluginContext) -> None:
+        super().load(ctx)
+        self.max_pending = int(ctx.config.get("max_pending", DEFAULT_MAX_PENDING))
+        self.attach(ctx.broker.hooks.message_publish, self.on_message_publish)
+
+    def unload(self) -> None:
+        super().unload()
+        self.discarded += len(self._pending)
+        if self._pending:
+            log.warning("delayed_publish: discarding %d pending messages", len(self._pending))
+        for handle in self._pending.values():
+            handle.cancel()
+        self._pending.clear()
+
+    def on_message_publish(self, message: Message) -> Message | None:
+        if not message.topic.startswith(PREFIX):
+            return message
+        parsed = parse_delayed(message.topic)
+        counters = self.broker.metrics.counters
+        if parsed is None:
+            self.dropped_invalid += 1
+            counters["messages/dropped"] += 1
+            log.info("delayed_publish: dropping malformed %r", message.topic)
+            return None
+        if len(self._pending) >= self.max_pending:
+            self.dropped_full += 1
+            counters["messages/dropped"] += 1
+            log.warning(
+                "delayed_publish: %d messages pending, dropping %r", self.max_pending, message.topic
+            )
+            return None
+        delay, target = parsed
+        delayed = Message(
+            target,
+            message.payload,
+            message.qos,
+            message.retain,
+            dict(message.properties),
+            message.publisher,
+            message.timestamp,
+            message.node,
+        )
+        self._next_id += 1
+        key = self._next_id
+        loop = asyncio.get_running_loop()
+        self._pending[key] = loop.call_later(delay, self._fire, key, delayed)
+        self.scheduled += 1
+        return None
+
+    def _fire(self, key: int, message: Message) -> None:
+        if self._pending.pop(key, None) is None:
+            return
+        broker = self.broker
+        message.timestamp = broker.clock()
+        hooked = broker.hooks.run_message_publish(message)  # web_hook etc. see it now
+        if hooked is not None:
+            broker.publish(hooked)
+        self.published += 1

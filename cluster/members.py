@@ -1,0 +1,109 @@
+"""The member table of one node: who is known, in which state, and random choice among them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+
+from cluster.gossip import Member, MemberState
+
+LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
+
+
+class MemberTable:
+    """name -> Member (this node included, dead/left tombstones too).
+
+    Keeps the number of live (alive or suspect) members, a list of the other members for O(1)
+    random choice, and the shuffled round-robin order in which SWIM probes them.
+    """
+
+    def __init__(self, me: Member, rng: random.Random) -> None:
+        self.me = me
+        self.rng = rng
+        self.live = 1 if me.state in LIVE_STATES else 0
+        #: name -> Member; read it freely, change it only through this class.
+        self.by_name: dict[str, Member] = {me.name: me}
+        self._members = self.by_name
+        self._peers: list[str] = []
+        self._peer_index: dict[str, int] = {}
+        self._probe_order: list[str] = []
+        self._probe_pos = 0
+
+    def get(self, name: str) -> Member | None:
+        return self._members.get(name)
+
+    def view(self) -> Mapping[str, Member]:
+        return MappingProxyType(self._members)
+
+    def values(self) -> Iterator[Member]:
+        return iter(self._members.values())
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(self, m: Member) -> None:
+        self._members[m.name] = m
+        self._peer_index[m.name] = len(self._peers)
+        self._peers.append(m.name)
+        if m.state in LIVE_STATES:
+            self.live += 1
+        # Probe the newcomer within this round, at a random place (memberlist does the same).
+        span = len(self._probe_order) - self._probe_pos + 1
+        pos = self._probe_pos + int(self.rng.random() * span)
+        self._probe_order.insert(pos, m.name)
+
+    def set_state(self, m: Member, state: MemberState, now: float) -> None:
+        was_live = m.state in LIVE_STATES
+        m.state = state
+        m.state_change_at = now
+        self.live += (state in LIVE_STATES) - was_live
+
+    def reap(self, horizon: float) -> list[str]:
+        """Forget dead/left members whose state changed at or before `horizon`."""
+        gone = [
+            name
+            for name, m in self._members.items()
+            if m.state not in LIVE_STATES and m.state_change_at <= horizon and m is not self.me
+        ]
+        for name in gone:
+            del self._members[name]
+            index = self._peer_index.pop(name)
+            last = self._peers.pop()
+            if last != name:
+                self._peers[index] = last
+                self._peer_index[last] = index
+        return gone
+
+    def next_probe_target(self) -> Member | None:
+        """The next live member of the round robin; reshuffled at the end of each round."""
+        order = self._probe_order
+        members = self._members
+        for _ in range(2):
+            while self._probe_pos < len(order):
+                m = members.get(order[self._probe_pos])
+                self._probe_pos += 1
+                if m is not None and m.state in LIVE_STATES:
+                    return m
+            order[:] = [name for name in self._peers if members[name].state in LIVE_STATES]
+            self.rng.shuffle(order)
+            self._probe_pos = 0
+        return None
+
+    def sample(self, k: int, accept: Callable[[Member], bool]) -> list[Member]:
+        """Up to `k` distinct random other members that `accept` admits."""
+        peers = self._peers
+        n = len(peers)
+        if k <= 0 or n == 0:
+            return []
+        members = self._members
+        if n > 4 * k:  # large table: random draws, without building a candidate list
+            chosen: dict[str, Member] = {}
+            for _ in range(6 * k):
+                m = members[peers[int(self.rng.random() * n)]]
+                if m.name not in chosen and accept(m):
+                    chosen[m.name] = m
+                    if len(chosen) == k:
+                        return list(chosen.values())
+        pool = [members[name] for name in peers if accept(members[name])]
+        return self.rng.sample(pool, min(k, len(pool)))

@@ -1,0 +1,378 @@
+"""The inter-node wire format: length-prefixed frames of `[version][type][msgpack body]`.
+
+Theory of operation
+-------------------
+Every message between two nodes is one frame::
+
+    +----------------+---------+------+------------------------+
+    | length (4, BE) | version | type | body (msgpack map)     |
+    +----------------+---------+------+------------------------+
+                     '--------------- length bytes -------------'
+
+`length` counts the version byte, the type byte and the body, so a reader can skip a frame it
+does not understand without decoding it. The body is always a msgpack map with string keys at the
+top level (`use_bin_type=True`: `bytes` stay `bytes`, `str` stays `str`; maps nested inside, such
+as MQTT properties, may have integer keys).
+
+Versioning. `PROTOCOL_VERSION` is the version this code speaks; each `MessageType` records the
+version that introduced it (`INTRODUCED_IN`). A frame is decoded as follows:
+
+* version 0, or a version older than the one that introduced its type: `WireError`;
+* a known type at our version or any *newer* version: decoded. Handlers read the fields they know
+  and ignore any others, so a newer peer may add fields freely (forward compatible);
+* an unknown type at our version or older: `WireError` (such a peer is broken);
+* an unknown type at a newer version: skipped and counted in `FrameDecoder.skipped` (a newer peer
+  may send new message types; we cannot answer them but need not drop the link).
+
+A sender talks to a peer at `min(our version, the version in the peer's HELLO)`.
+
+Errors. `FrameDecoder.feed` raises only `WireError`, whatever the bytes; after an error the decoder
+stays failed (the connection must be closed). The length is checked against `max_frame` before any
+body is buffered.
+
+Handshake. The connecting node sends HELLO (cookie, name, epoch, address, version); the accepting
+node checks the cookie with `check_hello` and answers HELLO_ACK (or HELLO_ACK with `error` and
+closes). Nothing else is accepted on a link before the handshake. The cookie is a shared secret
+that keeps strangers out; it is not encryption: run the cluster port on a trusted network.
+
+Message bodies (keys of the top-level map; `addr` is `[host, port]`):
+
+==============  ===============================================================================
+HELLO           cookie, name, epoch, addr, version
+HELLO_ACK       name, epoch, addr, version, error (absent or None when accepted)
+PING            seq, from, target, [updates], [deltas]
+ACK             seq, from, [updates], [deltas]
+PING_REQ        seq, from, target, target_addr, [updates], [deltas]
+NACK            seq, from
+GOSSIP          from, updates, [deltas]          (membership updates, piggybacked route deltas)
+ROUTE_DELTA     from, deltas                     (route deltas only)
+PUSH_PULL_REQ   from, join, members, state       (full membership + route state)
+PUSH_PULL_RESP  from, join, members, state
+LEAVE           from, updates                    (carries the `left` update of the sender)
+FORWARD         topic, payload, qos, retain, props, publisher, origin, ts
+RPC_REQUEST     id, method, args
+RPC_RESPONSE    id, ok, result | error
+==============  ===============================================================================
+
+A membership update is `[state, name, host, port, incarnation, epoch]` (see `cluster.gossip`); a
+route delta is `[origin, epoch, seq, filter, present]` (see `cluster.routes`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from broker.core.message import Message
+from broker.protocol.constants import PropertyId
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+HEADER_SIZE = 4
+
+#: A node's cluster address as advertised in HELLO and membership: (host, port).
+Address = tuple[str, int]
+Body = dict[str, Any]
+
+_LENGTH = struct.Struct(">I")
+
+
+class WireError(Exception):
+    """Bad bytes or a bad message on a cluster link; the link should be closed."""
+
+
+class HandshakeError(WireError):
+    """A HELLO that is malformed or does not present the cluster cookie."""
+
+
+class MessageType(IntEnum):
+    """Inter-node message types. Never renumber; add new types at the end."""
+
+    HELLO = 1
+    HELLO_ACK = 2
+    PING = 3
+    ACK = 4
+    PING_REQ = 5
+    NACK = 6
+    GOSSIP = 7
+    ROUTE_DELTA = 8
+    PUSH_PULL_REQ = 9
+    PUSH_PULL_RESP = 10
+    LEAVE = 11
+    FORWARD = 12
+    RPC_REQUEST = 13
+    RPC_RESPONSE = 14
+
+
+#: The protocol version that introduced each message type.
+INTRODUCED_IN: dict[MessageType, int] = dict.fromkeys(MessageType, 1)
+
+_KNOWN_TYPES = frozenset(int(t) for t in MessageType)
+
+
+def negotiate(peer_version: int) -> int:
+    """The version to speak to a peer that announced `peer_version` in its HELLO."""
+    return max(1, min(PROTOCOL_VERSION, peer_version))
+
+
+def encode_frame(
+    msg_type: MessageType,
+    body: Body,
+    version: int = PROTOCOL_VERSION,
+    max_frame: int = DEFAULT_MAX_FRAME,
+) -> bytes:
+    """One complete frame. Raises WireError if the body cannot be packed or is too large."""
+    if not 1 <= version <= 255:
+        raise WireError(f"bad protocol version {version}")
+    if version < INTRODUCED_IN[msg_type]:
+        raise WireError(f"{msg_type.name} does not exist in protocol version {version}")
+    try:
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError(f"cannot encode {msg_type.name} body: {exc}") from exc
+    length = len(packed) + 2
+    if length > max_frame:
+        raise WireError(f"{msg_type.name} frame of {length} bytes exceeds {max_frame}")
+    return _LENGTH.pack(length) + bytes((version, int(msg_type))) + packed
+
+
+def decode_body(data: bytes) -> Body:
+    """Unpack one msgpack body; raises WireError unless it is a map with string keys."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises many kinds (ValueError, ExtraData, TypeError...)
+        raise WireError(f"undecodable body: {exc!r}") from exc
+    if not isinstance(body, dict):
+        raise WireError(f"body is a {type(body).__name__}, not a map")
+    for key in body:
+        if not isinstance(key, str):
+            raise WireError("body keys must be strings")
+    return body
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get `(version, type, body)` per complete frame."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self.skipped = 0  # frames of unknown types from newer peers
+        self._buffer = bytearray()
+        self._failed: WireError | None = None
+
+    def feed(self, data: bytes) -> list[tuple[int, MessageType, Body]]:
+        if self._failed is not None:
+            raise WireError(f"decoder failed earlier: {self._failed}")
+        try:
+            return self._feed(data)
+        except WireError as exc:
+            self._failed = exc
+            self._buffer.clear()
+            raise
+
+    def _feed(self, data: bytes) -> list[tuple[int, MessageType, Body]]:
+        buf = self._buffer
+        buf += data
+        out: list[tuple[int, MessageType, Body]] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= HEADER_SIZE:
+            (length,) = _LENGTH.unpack_from(buf, pos)
+            if length < 2:
+                raise WireError(f"frame length {length} is shorter than its header")
+            if length > self.max_frame:
+                raise WireError(f"frame length {length} exceeds {self.max_frame}")
+            if end - pos - HEADER_SIZE < length:
+                break
+            start = pos + HEADER_SIZE
+            version, type_byte = buf[start], buf[start + 1]
+            body_bytes = bytes(buf[start + 2 : start + length])
+            pos = start + length
+            if version == 0:
+                raise WireError("protocol version 0 does not exist")
+            if type_byte not in _KNOWN_TYPES:
+                if version > PROTOCOL_VERSION:
+                    self.skipped += 1
+                    continue
+                raise WireError(f"unknown message type {type_byte} in version {version}")
+            msg_type = MessageType(type_byte)
+            if version < INTRODUCED_IN[msg_type]:
+                raise WireError(f"{msg_type.name} does not exist in version {version}")
+            out.append((version, msg_type, decode_body(body_bytes)))
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buffer)
+
+
+# -- field helpers ------------------------------------------------------------------------------
+
+
+def get_str(body: Body, key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise WireError(f"field {key!r} must be a string")
+    return value
+
+
+def get_int(body: Body, key: str) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WireError(f"field {key!r} must be an integer")
+    return value
+
+
+def to_address(value: Any) -> Address:
+    """`[host, port]` from the wire; raises WireError."""
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+        and 0 <= value[1] <= 65535
+    ):
+        return (value[0], value[1])
+    raise WireError(f"bad address {value!r}")
+
+
+# -- handshake ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What a peer says about itself in HELLO / HELLO_ACK."""
+
+    name: str
+    epoch: int
+    address: Address
+    version: int
+
+
+def hello_body(cookie: str, name: str, epoch: int, address: Address) -> Body:
+    return {
+        "cookie": cookie,
+        "name": name,
+        "epoch": epoch,
+        "addr": list(address),
+        "version": PROTOCOL_VERSION,
+    }
+
+
+def _parse_hello(body: Body) -> Hello:
+    try:
+        return Hello(
+            get_str(body, "name"),
+            get_int(body, "epoch"),
+            to_address(body.get("addr")),
+            get_int(body, "version"),
+        )
+    except WireError as exc:
+        raise HandshakeError(f"malformed handshake: {exc}") from exc
+
+
+def check_hello(body: Body, cookie: str) -> Hello:
+    """Validate a HELLO against our cookie (constant-time compare); raises HandshakeError."""
+    presented = body.get("cookie")
+    if not isinstance(presented, str) or not hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), cookie.encode("utf-8", "surrogatepass")
+    ):
+        raise HandshakeError("peer did not present the cluster cookie")
+    return _parse_hello(body)
+
+
+def hello_ack_body(
+    name: str, epoch: int, address: Address, peer_version: int, error: str | None = None
+) -> Body:
+    return {
+        "name": name,
+        "epoch": epoch,
+        "addr": list(address),
+        "version": negotiate(peer_version),
+        "error": error,
+    }
+
+
+def parse_hello_ack(body: Body) -> Hello:
+    """The acceptor's identity; raises HandshakeError if it refused us (`error` set)."""
+    error = body.get("error")
+    if error is not None:
+        raise HandshakeError(f"peer refused the handshake: {error}")
+    return _parse_hello(body)
+
+
+# -- forwarded messages and RPC -----------------------------------------------------------------
+
+
+def forward_body(message: Message, origin: str) -> Body:
+    """FORWARD body for one message published on node `origin`."""
+    return {
+        "topic": message.topic,
+        "payload": message.payload,
+        "qos": message.qos,
+        "retain": message.retain,
+        "props": message.properties,
+        "publisher": message.publisher,
+        "origin": origin,
+        "ts": message.timestamp,
+    }
+
+
+def parse_forward(body: Body) -> Message:
+    """The Message of a FORWARD body (node = origin); raises WireError.
+
+    msgpack turns tuples into lists, so USER_PROPERTY pairs are turned back into tuples.
+    """
+    payload = body.get("payload")
+    if not isinstance(payload, bytes):
+        raise WireError("field 'payload' must be bytes")
+    qos = get_int(body, "qos")
+    if qos not in (0, 1, 2):
+        raise WireError(f"bad qos {qos}")
+    retain = body.get("retain")
+    if not isinstance(retain, bool):
+        raise WireError("field 'retain' must be a boolean")
+    props = body.get("props", {})
+    if not isinstance(props, dict) or not all(
+        isinstance(k, int) and not isinstance(k, bool) for k in props
+    ):
+        raise WireError("field 'props' must be a map with integer keys")
+    pairs = props.get(PropertyId.USER_PROPERTY)
+    if pairs is not None:
+        if not isinstance(pairs, list) or not all(
+            isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(s, str) for s in p)
+            for p in pairs
+        ):
+            raise WireError("bad user properties")
+        props = {**props, int(PropertyId.USER_PROPERTY): [(p[0], p[1]) for p in pairs]}
+    ts = body.get("ts", 0.0)
+    if not isinstance(ts, int | float) or isinstance(ts, bool):
+        raise WireError("field 'ts' must be a number")
+    return Message(
+        get_str(body, "topic"),
+        payload,
+        qos,
+        retain,
+        props,
+        get_str(body, "publisher"),
+        float(ts),
+        get_str(body, "origin"),
+    )
+
+
+def rpc_request_body(request_id: int, method: str, args: Body) -> Body:
+    return {"id": request_id, "method": method, "args": args}
+
+
+def rpc_response_body(request_id: int, result: Any = None, error: str | None = None) -> Body:
+    if error is not None:
+        return {"id": request_id, "ok": False, "error": error}
+    return {"id": request_id, "ok": True, "result": result}

@@ -1,0 +1,215 @@
+"""Handlers of the client-level endpoints: connections, sessions, subscriptions, routes, pub/sub.
+
+Cluster lists gather the rows of every running node (each row carries `node`) and paginate the
+whole, so `meta.count` is the cluster total. Lookups by client id ask every node too: a client id
+is connected on at most one node, but an offline session may remain on another.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from broker.core.topics import validate_topic_filter, validate_topic_name
+from management.common import (
+    CODE_BAD_TOPIC,
+    CODE_SESSION_NOT_FOUND,
+    ApiError,
+    all_rows,
+    as_bool,
+    as_int,
+    as_str,
+    check_result,
+    missing,
+    node_call,
+    paginate,
+    params,
+    view_of,
+)
+
+
+def _client_id(request: web.Request) -> str:
+    return request.match_info["clientid"]
+
+
+async def _cluster_list(request: web.Request, query: str) -> web.Response:
+    return paginate(request, await all_rows(request, query, {}))
+
+
+async def _node_list(request: web.Request, query: str) -> web.Response:
+    rows = await node_call(request, request.match_info["node"], query, {})
+    return paginate(request, rows)
+
+
+async def _cluster_lookup(request: web.Request, query: str) -> web.Response:
+    return web.json_response(await all_rows(request, query, {"client_id": _client_id(request)}))
+
+
+async def _node_lookup(request: web.Request, query: str) -> web.Response:
+    args = {"client_id": _client_id(request)}
+    return web.json_response(await node_call(request, request.match_info["node"], query, args))
+
+
+# -- connections ---------------------------------------------------------------------------------
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    return await _cluster_list(request, "connections")
+
+
+async def list_node_connections(request: web.Request) -> web.Response:
+    return await _node_list(request, "connections")
+
+
+async def lookup_connections(request: web.Request) -> web.Response:
+    return await _cluster_lookup(request, "connections")
+
+
+async def lookup_node_connections(request: web.Request) -> web.Response:
+    return await _node_lookup(request, "connections")
+
+
+async def kickout_connections(request: web.Request) -> web.Response:
+    answers = await view_of(request).call_all("kick", {"client_id": _client_id(request)})
+    if not any(kicked for _node, kicked in answers):
+        raise ApiError(404, "not_found")
+    return web.json_response("ok")
+
+
+# -- sessions and subscriptions ------------------------------------------------------------------
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    return await _cluster_list(request, "sessions")
+
+
+async def lookup_session(request: web.Request) -> web.Response:
+    return await _cluster_lookup(request, "sessions")
+
+
+async def list_node_sessions(request: web.Request) -> web.Response:
+    return await _node_list(request, "sessions")
+
+
+async def lookup_node_session(request: web.Request) -> web.Response:
+    return await _node_lookup(request, "sessions")
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    return await _cluster_list(request, "subscriptions")
+
+
+async def lookup_client_subscriptions(request: web.Request) -> web.Response:
+    return await _cluster_lookup(request, "subscriptions")
+
+
+async def list_node_subscriptions(request: web.Request) -> web.Response:
+    return await _node_list(request, "subscriptions")
+
+
+async def lookup_client_subscriptions_with_node(request: web.Request) -> web.Response:
+    return await _node_lookup(request, "subscriptions")
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+async def _route_rows(request: web.Request) -> list[dict[str, Any]]:
+    """The cluster route table (filter, node), built from each node's local route filters."""
+    answers = await view_of(request).call_all("local_routes", {})
+    return [{"topic": topic, "node": node} for node, topics in answers for topic in topics]
+
+
+async def list_routes(request: web.Request) -> web.Response:
+    return paginate(request, await _route_rows(request))
+
+
+async def lookup_routes(request: web.Request) -> web.Response:
+    topic = request.match_info["topic"]
+    return web.json_response([r for r in await _route_rows(request) if r["topic"] == topic])
+
+
+# -- publish / subscribe / unsubscribe -----------------------------------------------------------
+
+
+def _topics(p: dict[str, Any]) -> list[str]:
+    """`topic` and `topics`, each a comma-separated string (or a JSON array), merged."""
+    out: list[str] = []
+    for key in ("topic", "topics"):
+        value = p.get(key)
+        if value is None:
+            continue
+        parts = value if isinstance(value, list) else as_str(value, key).split(",")
+        for part in parts:
+            topic = as_str(part, key).strip()
+            if topic:
+                out.append(topic)
+    if not out:
+        raise ApiError(400, "missing mandatory params: ['topic']")
+    return out
+
+
+def _bad_topic() -> ApiError:
+    return ApiError(400, "bad_topic", CODE_BAD_TOPIC)
+
+
+async def mqtt_publish(request: web.Request) -> web.Response:
+    p = await params(request)
+    topics = _topics(p)
+    if not all(validate_topic_name(t) for t in topics):
+        raise _bad_topic()
+    payload = p.get("payload", "")
+    if not isinstance(payload, str):
+        payload = json.dumps(payload)  # a JSON value given unquoted is published as JSON text
+    encoding = as_str(p.get("encoding", "plain"), "encoding")
+    if encoding not in ("plain", "base64"):
+        raise ApiError(400, "bad_encoding")
+    args = {
+        "topics": topics,
+        "payload": payload,
+        "encoding": encoding,
+        "qos": as_int(p.get("qos", 0), "qos", 0, 2),
+        "retain": as_bool(p.get("retain", False), "retain"),
+        "client_id": as_str(p.get("client_id", "http_api"), "client_id"),
+    }
+    view = view_of(request)
+    check_result(await node_call(request, view.local_node, "publish", args))
+    return web.json_response({"code": 0})
+
+
+async def _session_node(request: web.Request, client_id: str) -> str:
+    """The node that holds the session of `client_id` (404 session_not_found if none)."""
+    for node, rows in await view_of(request).call_all("sessions", {"client_id": client_id}):
+        if rows:
+            return node
+    raise ApiError(404, "session_not_found", CODE_SESSION_NOT_FOUND)
+
+
+async def mqtt_subscribe(request: web.Request) -> web.Response:
+    p = await params(request)
+    missing(p, "client_id")
+    client_id = as_str(p["client_id"], "client_id")
+    topics = _topics(p)
+    if not all(validate_topic_filter(t) for t in topics):
+        raise _bad_topic()
+    qos = as_int(p.get("qos", 0), "qos", 0, 2)
+    node = await _session_node(request, client_id)
+    args = {"client_id": client_id, "topics": topics, "qos": qos}
+    check_result(await node_call(request, node, "subscribe", args))
+    return web.json_response({"code": 0})
+
+
+async def mqtt_unsubscribe(request: web.Request) -> web.Response:
+    p = await params(request)
+    missing(p, "client_id")
+    client_id = as_str(p["client_id"], "client_id")
+    missing(p, "topic")
+    topic = as_str(p["topic"], "topic").strip()
+    if not validate_topic_filter(topic):
+        raise _bad_topic()
+    node = await _session_node(request, client_id)
+    args = {"client_id": client_id, "topic": topic}
+    check_result(await node_call(request, node, "unsubscribe", args))
+    return web.json_response({"code": 0})

@@ -1,0 +1,114 @@
+"""Handlers of the node-level endpoints: brokers, nodes, plugins, listeners, metrics, stats, alarms.
+
+Cluster forms (`/brokers/`, `/metrics/`...) ask every running node through the view and tag each
+answer with `node`; node forms (`/nodes/:node/...`) ask that node only (404 unknown, 503 down).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from management.common import ApiError, check_result, node_call, view_of
+from management.queries import node_info_list_form
+
+
+def _node(request: web.Request) -> str:
+    return request.match_info["node"]
+
+
+async def _per_node(request: web.Request, query: str, key: str | None) -> web.Response:
+    """`[{node, <key>: answer}]`, or `[{node, **answer}]` when key is None (flat)."""
+    out: list[dict[str, Any]] = []
+    for node, answer in await view_of(request).call_all(query, {}):
+        out.append({"node": node, **answer} if key is None else {"node": node, key: answer})
+    return web.json_response(out)
+
+
+async def _of_node(request: web.Request, query: str) -> web.Response:
+    return web.json_response(await node_call(request, _node(request), query, {}))
+
+
+# -- brokers and nodes ---------------------------------------------------------------------------
+
+
+async def list_brokers(request: web.Request) -> web.Response:
+    return await _per_node(request, "broker_info", None)
+
+
+async def get_broker(request: web.Request) -> web.Response:
+    return await _of_node(request, "broker_info")
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    answers = await view_of(request).call_all("node_info", {})
+    return web.json_response(
+        [{"node": node, **node_info_list_form(info)} for node, info in answers]
+    )
+
+
+async def get_node(request: web.Request) -> web.Response:
+    return await _of_node(request, "node_info")
+
+
+# -- plugins -------------------------------------------------------------------------------------
+
+
+async def list_all_plugins(request: web.Request) -> web.Response:
+    return await _per_node(request, "plugins", "plugins")
+
+
+async def list_node_plugins(request: web.Request) -> web.Response:
+    return await _of_node(request, "plugins")
+
+
+async def _plugin_action(request: web.Request, query: str) -> web.Response:
+    plugin = request.match_info["plugin"]
+    if not plugin:
+        raise ApiError(404, "not_found")
+    result = await node_call(request, _node(request), query, {"name": plugin})
+    return web.json_response(check_result(result))
+
+
+async def load_plugin(request: web.Request) -> web.Response:
+    return await _plugin_action(request, "plugin_load")
+
+
+async def unload_plugin(request: web.Request) -> web.Response:
+    return await _plugin_action(request, "plugin_unload")
+
+
+# -- listeners, metrics, stats, alarms -----------------------------------------------------------
+
+
+async def list_listeners(request: web.Request) -> web.Response:
+    return await _per_node(request, "listeners", "listeners")
+
+
+async def list_node_listeners(request: web.Request) -> web.Response:
+    return await _of_node(request, "listeners")
+
+
+async def list_all_metrics(request: web.Request) -> web.Response:
+    return await _per_node(request, "metrics", "metrics")
+
+
+async def list_node_metrics(request: web.Request) -> web.Response:
+    return await _of_node(request, "metrics")
+
+
+async def list_stats(request: web.Request) -> web.Response:
+    return await _per_node(request, "stats", None)
+
+
+async def lookup_node_stats(request: web.Request) -> web.Response:
+    return await _of_node(request, "stats")
+
+
+async def list_all_alarms(request: web.Request) -> web.Response:
+    return await _per_node(request, "alarms", "alarms")
+
+
+async def list_node_alarms(request: web.Request) -> web.Response:
+    return await _of_node(request, "alarms")

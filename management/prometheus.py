@@ -1,0 +1,60 @@
+"""Prometheus exposition of the broker's counters and gauges (`GET /metrics`).
+
+Names: `minibroker_<metric with '/' -> '_'>_total` counters for the 43 metrics and
+`minibroker_<stat with '/' -> '_'>` gauges for the 18 stats, each labelled `node`. The node
+exposes its own figures, as every node is scraped on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker.core.metrics import METRIC_NAMES, STAT_NAMES
+from management.view import ClusterView
+
+PREFIX = "minibroker_"
+
+
+def metric_name(name: str) -> str:
+    return PREFIX + name.replace("/", "_")
+
+
+#: (node, metrics, stats) as the `metrics` and `stats` queries answer them.
+NodeFigures = tuple[str, dict[str, int], dict[str, int]]
+
+
+class BrokerCollector(Collector):
+    """Yields one family per metric/stat with a sample per node."""
+
+    def __init__(self, figures: list[NodeFigures]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        for name in METRIC_NAMES:
+            counter = CounterMetricFamily(
+                metric_name(name),
+                f"EMQX metric {name}: counted since the node started",
+                labels=["node"],
+            )
+            for node, metrics, _stats in self.figures:
+                counter.add_metric([node], metrics.get(name, 0))
+            yield counter
+        for name in STAT_NAMES:
+            gauge = GaugeMetricFamily(metric_name(name), f"EMQX stat {name}", labels=["node"])
+            for node, _metrics, stats in self.figures:
+                gauge.add_metric([node], stats.get(name, 0))
+            yield gauge
+
+
+async def exposition(view: ClusterView) -> tuple[bytes, str]:
+    """The text exposition of the local node's figures, and its content type."""
+    node = view.local_node
+    metrics = await view.call(node, "metrics", {})
+    stats = await view.call(node, "stats", {})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector([(node, metrics, stats)]))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
