@@ -1,4 +1,4 @@
-"""Command line and composition root: ``minibroker start|version``.
+"""Command line and composition root: ``minibroker start|version|apps``.
 
 Why here: this is the only module allowed to import every layer. It turns a TOML file plus
 command-line flags into one validated ``BrokerConfig`` and hands it to the node runtime, which

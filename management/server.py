@@ -70,9 +70,7 @@ class ManagementServer:
         app = self.build_app()
         sock = _bind(self.config.bind, self.config.port)
         self.port = self.stats.port = sock.getsockname()[1]
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         try:
             await runner.setup()
             self._count_connections(runner)
