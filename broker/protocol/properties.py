@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple, TypeAlias
 
-from broker.protocol.constants import PacketType, PropertyId
+from broker.protocol.constants import PacketType, PropertyId, ReasonCode
 from broker.protocol.errors import MalformedPacket, ProtocolError
 from broker.protocol.packets import Properties
 
@@ -295,7 +295,13 @@ def decode_properties(
             value = int.from_bytes(buf[pos : pos + dtype], "big")
             pos += dtype
         if dtype != UTF8 and dtype != BINARY and not spec.low <= value <= spec.high:
-            raise ProtocolError(f"invalid value for property {key.name}: {value}")
+            # MQTT-3.3.2-8: a Topic Alias of 0 is answered with 0x94, not a generic 0x82.
+            code = (
+                ReasonCode.TOPIC_ALIAS_INVALID
+                if key == PropertyId.TOPIC_ALIAS
+                else ReasonCode.PROTOCOL_ERROR
+            )
+            raise ProtocolError(f"invalid value for property {key.name}: {value}", code)
         if key == PropertyId.SUBSCRIPTION_IDENTIFIER:
             ids = props.setdefault(key, [])
             if ids and packet_type != PacketType.PUBLISH:  # at most once in SUBSCRIBE

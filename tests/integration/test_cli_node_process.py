@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,11 +18,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from rawclient import RawClient
 
+from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_5, ReasonCode
-from broker.protocol.packets import ConnAck, Disconnect
+from broker.protocol.packets import ConnAck, Connect, Disconnect
 
 pytestmark = pytest.mark.interop
 
@@ -35,13 +38,6 @@ needs_mosquitto = pytest.mark.skipif(
     shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None,
     reason="mosquitto-clients not installed",
 )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cli_env() -> dict[str, str]:
@@ -91,17 +87,17 @@ async def _wait_accepting(port: int) -> None:
 
 @pytest.fixture
 async def cli_node(tmp_path: Path) -> AsyncIterator[CliNode]:
-    mqtt_port, ws_port, http_port, cluster_port = (free_port() for _ in range(4))
+    """The CLI on port 0 everywhere: the banner tells the ports really bound (no port race)."""
     stderr_path = tmp_path / "stderr.log"
     with open(stderr_path, "wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", ENTRY, "start",
             "--node-name", NODE_NAME,
             "--host", "127.0.0.1",
-            "--mqtt-port", str(mqtt_port),
-            "--ws-port", str(ws_port),
-            "--http-port", str(http_port),
-            "--cluster-port", str(cluster_port),
+            "--mqtt-port", "0",
+            "--ws-port", "0",
+            "--http-port", "0",
+            "--cluster-port", "0",
             "--data-dir", str(tmp_path / "data"),
             stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=REPO, env=cli_env(),
         )  # fmt: skip
@@ -115,8 +111,14 @@ async def cli_node(tmp_path: Path) -> AsyncIterator[CliNode]:
                 if not line:
                     pytest.fail(f"CLI exited early: {stderr_path.read_text()}")
                 lines.append(line.decode().rstrip("\n"))
+        banner = "\n".join(lines)
+        mqtt = re.search(r"mqtt://127\.0\.0\.1:(\d+)", banner)
+        ws = re.search(r"ws://127\.0\.0\.1:(\d+)/mqtt", banner)
+        assert mqtt and ws, banner
+        mqtt_port, ws_port = int(mqtt.group(1)), int(ws.group(1))
+        assert mqtt_port and ws_port, banner  # resolved ports, not the 0 we asked for
         await _wait_accepting(mqtt_port)
-        yield CliNode(proc, mqtt_port, ws_port, "\n".join(lines), stderr_path)
+        yield CliNode(proc, mqtt_port, ws_port, banner, stderr_path)
     finally:
         if proc.returncode is None:
             proc.kill()  # our own child, by its PID
@@ -133,6 +135,16 @@ async def test_cli_banner_names_node_and_listeners(cli_node: CliNode) -> None:
     assert f"ws://127.0.0.1:{cli_node.ws_port}/mqtt" in banner
     assert "auth: anonymous allowed" in banner
     assert "WARNING" not in banner  # loopback only: no open-broker warning
+    # Both addresses are real: MQTT answers on each.
+    client, ack = await RawClient.connect(cli_node.mqtt_port, "banner-tcp", version=MQTT_5)
+    assert isinstance(ack, ConnAck) and ack.reason_code == 0
+    await client.close()
+    url = f"http://127.0.0.1:{cli_node.ws_port}/mqtt"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("mqtt",)) as ws:
+        await ws.send_bytes(encode(Connect("banner-ws")))
+        msg = await ws.receive(timeout=TIMEOUT)
+        assert msg.type == aiohttp.WSMsgType.BINARY
+        assert msg.data == b"\x20\x02\x00\x00"  # CONNACK, accepted
 
 
 async def _mosquitto_roundtrip(port: int, version: str, payload: str) -> str:

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from rawclient import RawClient
 from test_core_support import (
     TIMEOUT,

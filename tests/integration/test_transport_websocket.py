@@ -197,9 +197,10 @@ async def test_websocket_paho_roundtrip(node: Node, protocol: int) -> None:
     ("subprotocol", "version"),
     [("mqtt", MQTT_3_1_1), ("mqtt", MQTT_5), ("mqttv3.1", MQTT_3_1)],
 )
-async def test_websocket_subprotocols_MQTT_6_0_0_3(
+async def test_websocket_subprotocol_selected_MQTT_6_0_0_4(
     node: Node, subprotocol: str, version: int
 ) -> None:
+    """The server selects "mqtt"; legacy MQTT 3.1 clients offering "mqttv3.1" get that one."""
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(ws_url(node), protocols=(subprotocol,)) as ws,
