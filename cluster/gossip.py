@@ -123,26 +123,28 @@ class TransmitQueue(Generic[K]):
                 self._count -= len(bucket)
             del buckets[limit:]
         items: list[Any] = []
+        append = items.append
         used = 0
+        room = max_items
         moves: list[tuple[int, list[K]]] = []
         for count, bucket in enumerate(buckets):
             if not bucket:
                 continue
             taken: list[K] = []
-            full = False
-            for key in reversed(bucket):
-                item, size = bucket[key]
+            for key, (item, size) in reversed(bucket.items()):
                 if used + size > max_bytes:
+                    if max_bytes - used < 16:
+                        break
                     continue
-                items.append(item)
+                append(item)
                 used += size
                 taken.append(key)
-                if len(items) >= max_items or max_bytes - used < 16:
-                    full = True
+                room -= 1
+                if not room:
                     break
             if taken:
                 moves.append((count, taken))
-            if full:
+            if not room or max_bytes - used < 16:
                 break
         for count, taken in moves:
             src = buckets[count]
@@ -154,8 +156,12 @@ class TransmitQueue(Generic[K]):
             if count + 1 == len(buckets):
                 buckets.append({})
             dst = buckets[count + 1]
+            if len(taken) == len(src) and not dst:  # the whole bucket moves up
+                buckets[count], buckets[count + 1] = dst, src
+                continue
+            pop = src.pop
             for key in taken:
-                dst[key] = src.pop(key)
+                dst[key] = pop(key)
         return items, used
 
     def __iter__(self) -> Iterator[K]:
@@ -202,7 +208,9 @@ class MembershipConfig:
     gossip_to_the_dead_time: float = 10.0
     push_pull_interval: float = 10.0
     join_retry_interval: float = 1.0
-    dead_reclaim_time: float = 60.0
+    reconnect_interval: float = 10.0
+    dead_reclaim_time: float = 3600.0
+    left_reclaim_time: float = 300.0
     leave_fanout: int = 8
     max_piggyback_bytes: int = 4096
     max_piggyback_items: int = 128
@@ -286,6 +294,3 @@ class Delegate:
 
     def on_event(self, event: MemberEvent) -> None:
         """A member joined, came back, became suspect, died or left."""
-
-    def on_refute(self, state: MemberState) -> None:
-        """This node refuted a claim that it was `state` (SUSPECT, DEAD or LEFT)."""

@@ -27,6 +27,7 @@ class MemberTable:
         self._members = self.by_name
         self._peers: list[str] = []
         self._peer_index: dict[str, int] = {}
+        self._down: dict[str, Member] = {}  # dead or left (never `me`)
         self._probe_order: list[str] = []
         self._probe_pos = 0
 
@@ -58,16 +59,25 @@ class MemberTable:
         m.state = state
         m.state_change_at = now
         self.live += (state in LIVE_STATES) - was_live
+        if state in LIVE_STATES:
+            self._down.pop(m.name, None)
+        elif m is not self.me:
+            self._down[m.name] = m
 
-    def reap(self, horizon: float) -> list[str]:
-        """Forget dead/left members whose state changed at or before `horizon`."""
+    def dead(self) -> list[Member]:
+        """Members in state DEAD (not LEFT)."""
+        return [m for m in self._down.values() if m.state is MemberState.DEAD]
+
+    def reap(self, dead_horizon: float, left_horizon: float) -> list[str]:
+        """Forget members dead since `dead_horizon` or left since `left_horizon` (or earlier)."""
         gone = [
             name
-            for name, m in self._members.items()
-            if m.state not in LIVE_STATES and m.state_change_at <= horizon and m is not self.me
+            for name, m in self._down.items()
+            if m.state_change_at <= (dead_horizon if m.state is MemberState.DEAD else left_horizon)
         ]
         for name in gone:
             del self._members[name]
+            del self._down[name]
             index = self._peer_index.pop(name)
             last = self._peers.pop()
             if last != name:

@@ -40,8 +40,19 @@ deltas) fill the rest of each message's budget; with nothing else to send they g
 
 Anti-entropy. Every `push_pull_interval` (scaled up above 32 nodes, as memberlist does) the node
 exchanges its full member list and the delegate's state with one random member
-(PUSH_PULL_REQ/RESP). Joining is a push/pull with each seed, retried every `join_retry_interval`
-while no other member is known. A remote `dead` learned this way only makes us suspect.
+(PUSH_PULL_REQ/RESP). Joining is a push/pull with each seed; a node with no other live member
+retries its seeds and a few dead members every `join_retry_interval`. A remote `dead` learned
+from a full state only makes us suspect.
+
+Partitions. Each side soon holds the other side dead: routes to it are purged, so messages for
+subscribers over there are not forwarded (not queued either) until it heals. Every
+`reconnect_interval` a node tries a push/pull with one random dead member (as Serf's reconnect)
+or with a seed address that no live member has (groups that formed apart, e.g. nodes restarted
+during the split, find each other through their seeds). Once one crosses, each side's full state
+tells the other "you are dead": those nodes refute with a higher incarnation and the alive news
+spreads by gossip on both sides. A member back from the dead triggers an early push/pull with
+it, which restores its routes. Dead members are remembered (and retried) for
+`dead_reclaim_time`; after that only seeds reconnect.
 
 Leaving. `leave()` marks this node left (incarnation + 1) and sends LEAVE to a few members; the
 `left` update then spreads by gossip. A leaving node no longer probes or refutes.
@@ -53,7 +64,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any
 
 from cluster.gossip import (
     EVENT_OF,
@@ -67,8 +78,10 @@ from cluster.gossip import (
     TransmitQueue,
     Update,
 )
-from cluster.members import LIVE_STATES, MemberTable
-from cluster.wire import Address, Body, MessageType, WireError, get_int, get_str, to_address
+from cluster.members import LIVE_STATES as _LIVE
+from cluster.members import MemberTable
+from cluster.probe import Prober
+from cluster.wire import Address, Body, MessageType, WireError
 
 __all__ = [
     "Delegate",
@@ -80,32 +93,14 @@ __all__ = [
     "Outgoing",
 ]
 
-ALIVE, SUSPECT, DEAD, LEFT = (
-    MemberState.ALIVE,
-    MemberState.SUSPECT,
-    MemberState.DEAD,
-    MemberState.LEFT,
-)
-_LIVE = LIVE_STATES
+ALIVE, SUSPECT, DEAD, LEFT = MemberState
 
 
-class _Probe:
-    __slots__ = ("epoch", "indirect_sent", "sent_at", "seq", "target")
-
-    def __init__(self, seq: int, target: str, epoch: int, sent_at: float) -> None:
-        self.seq = seq
-        self.target = target
-        self.epoch = epoch
-        self.sent_at = sent_at
-        self.indirect_sent = False
+def _is_alive(m: Member) -> bool:
+    return m.state is ALIVE
 
 
-class _Relay(NamedTuple):
-    """A ping we send for someone else's PING_REQ."""
-
-    requester: Address
-    seq: int
-    deadline: float
+_Handler = Callable[[MessageType, Address, Body, float, list[Outgoing]], None]
 
 
 def _advance(at: float, interval: float, now: float) -> float:
@@ -135,23 +130,23 @@ class Membership:
         self._me = Member(name, address, ALIVE, 0, epoch, 0.0)
         self._table = MemberTable(self._me, rng)
         self._queue: TransmitQueue[str] = TransmitQueue()
+        self._members_wire: list[Any] | None = None  # cached member list for push/pull
         self._events: list[MemberEvent] = []
-        self._seq = 0
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
+        self._prober = Prober(name, config, self._table, self._piggyback, self.stats)
         self._suspicions: dict[str, tuple[float, int, int]] = {}  # name -> deadline, epoch, inc
         self._seeds: list[Address] = []
         self._leaving = False
         self._started = False
         self._next_probe = self._next_gossip = self._next_push_pull = 0.0
-        self._next_join = self._next_reap = 0.0
+        self._next_join = self._next_reap = self._next_reconnect = 0.0
+        self._resync: dict[str, None] = {}  # members back from the dead: push/pull with them
         self._gossip(self._me.update())
-        self._handlers: dict[MessageType, Callable[[Address, Body, float, list[Outgoing]], None]]
+        self._handlers: dict[MessageType, _Handler]
         self._handlers = {
-            MessageType.PING: self._on_ping,
-            MessageType.ACK: self._on_ack,
-            MessageType.PING_REQ: self._on_ping_req,
-            MessageType.NACK: self._on_nack,
+            MessageType.PING: self._on_probe,
+            MessageType.ACK: self._on_probe,
+            MessageType.PING_REQ: self._on_probe,
+            MessageType.NACK: self._on_probe,
             MessageType.GOSSIP: self._on_gossip,
             MessageType.ROUTE_DELTA: self._on_gossip,
             MessageType.LEAVE: self._on_gossip,
@@ -180,6 +175,11 @@ class Membership:
     def leaving(self) -> bool:
         return self._leaving
 
+    @property
+    def queued(self) -> int:
+        """Membership updates waiting to be gossiped."""
+        return len(self._queue)
+
     def get(self, name: str) -> Member | None:
         return self._table.get(name)
 
@@ -197,23 +197,19 @@ class Membership:
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do."""
-        at = self._next_probe
-        probe = self._probe
-        if probe is not None:
-            end = probe.sent_at + self.config.probe_interval
-            at = min(at, end if probe.indirect_sent else probe.sent_at + self.config.probe_timeout)
-        for relay in self._relays.values():
-            at = min(at, relay.deadline)
+        at = min(self._next_probe, self._prober.next_deadline())
         for deadline, _, _ in self._suspicions.values():
             at = min(at, deadline)
         if self._queue or self.delegate.has_broadcasts():
             at = min(at, self._next_gossip)
         if not self._leaving:
             at = min(at, self._next_push_pull)
-            if self._seeds and self._table.live <= 1:
+            if self._table.live <= 1 and len(self._table) + len(self._seeds) > 1:
                 at = min(at, self._next_join)
         if len(self._table) > self._table.live:
             at = min(at, self._next_reap)
+        if len(self._table) > self._table.live or self._seeds:
+            at = min(at, self._next_reconnect)
         return at
 
     # -- inputs ----------------------------------------------------------------------------
@@ -230,9 +226,10 @@ class Membership:
         self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * cfg.push_pull_interval
         self._next_join = now + cfg.join_retry_interval
         self._next_reap = now + 1.0
+        self._next_reconnect = now + self.rng.uniform(0, cfg.reconnect_interval)
 
     def join(self, seeds: list[Address], now: float) -> list[Outgoing]:
-        """Push/pull (join=True) with every seed; retried from `tick` while alone."""
+        """Push/pull (join=True) with every seed; `tick` retries while we are alone."""
         self._start(now)
         self._seeds = [s for s in seeds if s != self.address]
         self._next_join = now + self.config.join_retry_interval
@@ -265,7 +262,7 @@ class Membership:
             return out
         self.stats["received/" + msg_type.name] += 1
         try:
-            handler(from_addr, body, now, out)
+            handler(msg_type, from_addr, body, now, out)
         except WireError:
             self.stats["malformed"] += 1
         return out
@@ -274,15 +271,10 @@ class Membership:
         self._start(now)
         out: list[Outgoing] = []
         cfg = self.config
-        self._check_probe(now, out)
-        for seq, relay in list(self._relays.items()):
-            if relay.deadline <= now:
-                del self._relays[seq]
-                out.append(
-                    Outgoing(
-                        relay.requester, MessageType.NACK, {"seq": relay.seq, "from": self.name}
-                    )
-                )
+        failed = self._prober.check(now, out)
+        if failed is not None:  # ignored if it refuted meanwhile (a higher incarnation)
+            target, incarnation = failed
+            self._apply(replace(target.update(), state=SUSPECT, incarnation=incarnation), now)
         for name, (deadline, epoch, inc) in list(self._suspicions.items()):
             if deadline <= now:
                 del self._suspicions[name]
@@ -297,131 +289,77 @@ class Membership:
             # From now, not from the last schedule: a probe must end before the next starts.
             self._next_probe = now + cfg.probe_interval
             if not self._leaving:
-                self._start_probe(now, out)
+                self._prober.start(now, out)
         if now >= self._next_gossip:
             self._next_gossip = _advance(self._next_gossip, cfg.gossip_interval, now)
             self._gossip_round(now, out)
         if now >= self._next_push_pull:
             self._next_push_pull = now + cfg.push_pull_period(self._table.live)
-            if not self._leaving:
-                peers = self._table.sample(1, lambda m: m.state is ALIVE)
-                if peers:
-                    body = self._push_pull_body(join=False)
-                    out.append(Outgoing(peers[0].address, MessageType.PUSH_PULL_REQ, body))
+            back = None
+            while self._resync and back is None:
+                back = self._table.get(self._resync.popitem()[0])
+                back = back if back is not None and back.state in _LIVE else None
+            if self._resync:  # more to come: the next one soon
+                self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * cfg.probe_interval
+            peers = [back] if back is not None else self._table.sample(1, _is_alive)
+            if peers and not self._leaving:
+                body = self._push_pull_body(join=False)
+                out.append(Outgoing(peers[0].address, MessageType.PUSH_PULL_REQ, body))
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + cfg.reconnect_interval
+            target = self._reconnect_target()
+            if target is not None and not self._leaving:
+                body = self._push_pull_body(join=False)
+                out.append(Outgoing(target, MessageType.PUSH_PULL_REQ, body))
         if now >= self._next_join:
             self._next_join = now + cfg.join_retry_interval
-            if self._seeds and self._table.live <= 1 and not self._leaving:
-                out.extend(self.join(self._seeds, now))
+            if self._table.live <= 1 and not self._leaving:  # alone: seeds and the dead
+                dead = self._table.dead()
+                dead = self.rng.sample(dead, min(3, len(dead)))
+                body = self._push_pull_body(join=True)
+                for address in [*self._seeds, *(m.address for m in dead)]:
+                    out.append(Outgoing(address, MessageType.PUSH_PULL_REQ, body))
         if now >= self._next_reap:
             self._next_reap = now + 1.0
-            for name in self._table.reap(now - cfg.dead_reclaim_time):
+            reaped = self._table.reap(now - cfg.dead_reclaim_time, now - cfg.left_reclaim_time)
+            for name in reaped:
                 self._queue.discard(name)
+                self._members_wire = None
         return out
 
-    # -- probing ---------------------------------------------------------------------------
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _start_probe(self, now: float, out: list[Outgoing]) -> None:
-        target = self._table.next_probe_target()
-        if target is None:
-            return
-        probe = _Probe(self._next_seq(), target.name, target.epoch, now)
-        self._probe = probe
-        # A suspect target is told so, so that it can refute at once.
-        first = [target.update().to_wire()] if target.state is SUSPECT else None
-        body = self._piggyback({"seq": probe.seq, "from": self.name, "target": target.name}, first)
-        out.append(Outgoing(target.address, MessageType.PING, body))
-        self.stats["probes"] += 1
-
-    def _check_probe(self, now: float, out: list[Outgoing]) -> None:
-        probe = self._probe
-        if probe is None:
-            return
-        cfg = self.config
-        target = self._table.get(probe.target)
-        if target is None or target.epoch != probe.epoch:
-            self._probe = None
-            return
-        if not probe.indirect_sent and now >= probe.sent_at + cfg.probe_timeout:
-            probe.indirect_sent = True
-            helpers = self._table.sample(
-                cfg.indirect_checks, lambda m: m.state is ALIVE and m.name != probe.target
-            )
-            for helper in helpers:
-                body = self._piggyback(
-                    {
-                        "seq": probe.seq,
-                        "from": self.name,
-                        "target": target.name,
-                        "target_addr": list(target.address),
-                    }
-                )
-                out.append(Outgoing(helper.address, MessageType.PING_REQ, body))
-            self.stats["indirect_probes"] += 1
-        if now >= probe.sent_at + cfg.probe_interval:
-            self._probe = None
-            self.stats["probe_failures"] += 1
-            if target.state is ALIVE:
-                self._apply(replace(target.update(), state=SUSPECT), now)
+    def _reconnect_target(self) -> Address | None:
+        """A dead member (as Serf's reconnect) or a seed that is not a live member: partitions
+        heal through them, even between groups that formed apart."""
+        dead = self._table.dead()
+        options = [self.rng.choice(dead).address] if dead else []
+        if self._seeds:
+            live = {m.address for m in self._table.values() if m.state in _LIVE}
+            options.extend(seed for seed in self._seeds if seed not in live)
+        return self.rng.choice(options) if options else None
 
     # -- message handlers ------------------------------------------------------------------
 
-    def _on_ping(self, from_addr: Address, body: Body, now: float, out: list[Outgoing]) -> None:
-        seq = get_int(body, "seq")
+    def _on_probe(
+        self, msg_type: MessageType, from_addr: Address, body: Body, now: float, out: list[Outgoing]
+    ) -> None:
         self._receive_piggyback(body, now)
-        target = body.get("target")
-        if target is not None and target != self.name:
-            self.stats["misdirected"] += 1  # meant for a node that had our address before
-            return
-        out.append(
-            Outgoing(from_addr, MessageType.ACK, self._piggyback({"seq": seq, "from": self.name}))
-        )
+        self._prober.handle(msg_type, from_addr, body, now, out)
 
-    def _on_ack(self, from_addr: Address, body: Body, now: float, out: list[Outgoing]) -> None:
-        seq = get_int(body, "seq")
-        self._receive_piggyback(body, now)
-        if self._probe is not None and self._probe.seq == seq:
-            self._probe = None
-            return
-        relay = self._relays.pop(seq, None)
-        if relay is not None:
-            out.append(
-                Outgoing(
-                    relay.requester,
-                    MessageType.ACK,
-                    self._piggyback({"seq": relay.seq, "from": self.name}),
-                )
-            )
-
-    def _on_ping_req(self, from_addr: Address, body: Body, now: float, out: list[Outgoing]) -> None:
-        seq = get_int(body, "seq")
-        target = get_str(body, "target")
-        target_addr = to_address(body.get("target_addr"))
-        self._receive_piggyback(body, now)
-        mine = self._next_seq()
-        self._relays[mine] = _Relay(from_addr, seq, now + self.config.probe_timeout)
-        ping = self._piggyback({"seq": mine, "from": self.name, "target": target})
-        out.append(Outgoing(target_addr, MessageType.PING, ping))
-
-    def _on_nack(self, from_addr: Address, body: Body, now: float, out: list[Outgoing]) -> None:
-        get_int(body, "seq")
-        self.stats["nacks"] += 1
-
-    def _on_gossip(self, from_addr: Address, body: Body, now: float, out: list[Outgoing]) -> None:
+    def _on_gossip(
+        self, msg_type: MessageType, from_addr: Address, body: Body, now: float, out: list[Outgoing]
+    ) -> None:
         self._receive_piggyback(body, now)
 
     def _on_push_pull_req(
-        self, from_addr: Address, body: Body, now: float, out: list[Outgoing]
+        self, msg_type: MessageType, from_addr: Address, body: Body, now: float, out: list[Outgoing]
     ) -> None:
         join = body.get("join") is True
-        out.append(Outgoing(from_addr, MessageType.PUSH_PULL_RESP, self._push_pull_body(join)))
+        # Merge first: a refutation it provokes (it says we are dead) goes back in the answer.
         self._merge_push_pull(body, join, now)
+        out.append(Outgoing(from_addr, MessageType.PUSH_PULL_RESP, self._push_pull_body(join)))
 
     def _on_push_pull_resp(
-        self, from_addr: Address, body: Body, now: float, out: list[Outgoing]
+        self, msg_type: MessageType, from_addr: Address, body: Body, now: float, out: list[Outgoing]
     ) -> None:
         self._merge_push_pull(body, body.get("join") is True, now)
 
@@ -433,17 +371,21 @@ class Membership:
         self.delegate.merge_remote_state(body.get("state"), join, now)
 
     def _push_pull_body(self, join: bool) -> Body:
+        if self._members_wire is None:
+            self._members_wire = [m.update().to_wire() for m in self._table.values()]
         return {
             "from": self.name,
             "join": join,
-            "members": [m.update().to_wire() for m in self._table.values()],
+            "members": self._members_wire,
             "state": self.delegate.local_state(join),
         }
 
     # -- gossip ----------------------------------------------------------------------------
 
     def _gossip(self, update: Update) -> None:
+        """Queue an accepted change (every change of the table passes here)."""
         self._queue.push(update.name, update.to_wire(), update.wire_size())
+        self._members_wire = None
 
     def _piggyback(self, body: Body, first: list[Any] | None = None) -> Body:
         """Add queued membership updates, then delegate broadcasts, within the budget."""
@@ -490,11 +432,10 @@ class Membership:
             self.delegate.receive_broadcasts(deltas, now)
 
     def _merge_updates(self, items: list[Any], now: float, remote_state: bool) -> None:
-        members = self._table.by_name
+        get = self._table.by_name.get
         for item in items:
-            # Fast path: most gossip repeats what we already know.
-            if isinstance(item, list) and len(item) >= 6 and isinstance(item[1], str):
-                known = members.get(item[1])
+            try:  # fast path: most gossip repeats what we already know
+                known = get(item[1])
                 if (
                     known is not None
                     and known.incarnation == item[4]
@@ -502,6 +443,8 @@ class Membership:
                     and known.state == item[0]
                 ):
                     continue
+            except (LookupError, TypeError):
+                pass  # malformed: from_wire says so below
             try:
                 update = Update.from_wire(item)
             except WireError:
@@ -536,6 +479,8 @@ class Membership:
                 self._table.set_state(m, ALIVE, now)
                 self._emit("join", m)
                 if u.state is SUSPECT:
+                    self._table.set_state(m, SUSPECT, now)
+                    self._emit("suspect", m)
                     self._suspect(m, now)
             else:
                 self._table.set_state(m, u.state, now)
@@ -551,6 +496,12 @@ class Membership:
             if old is not ALIVE:
                 self._table.set_state(m, ALIVE, now)
                 self._emit("alive", m)
+            if old is DEAD:  # what we dropped when it died (its routes) we get back at once
+                self._resync[m.name] = None
+                while len(self._resync) > 8:  # bounded: a few are enough to heal a partition
+                    del self._resync[next(iter(self._resync))]
+                soon = now + self.rng.uniform(0, self.config.probe_interval)
+                self._next_push_pull = min(self._next_push_pull, soon)
         elif u.state is SUSPECT:
             if m.state in (DEAD, LEFT) or u.incarnation < m.incarnation:
                 return
@@ -577,12 +528,12 @@ class Membership:
         me = self._me
         if u.epoch != self.epoch or u.state is ALIVE or self._leaving:
             return
-        if u.incarnation < me.incarnation:
+        if u.incarnation < me.incarnation:  # someone is behind: spread our alive again
+            self._gossip(me.update())
             return
         me.incarnation = u.incarnation + 1
         self._gossip(me.update())
         self.stats["refutes"] += 1
-        self.delegate.on_refute(u.state)
 
     def _suspect(self, m: Member, now: float) -> None:
         deadline = now + self.config.suspicion_timeout(self._table.live)

@@ -9,10 +9,11 @@ two kinds of events, ordered by virtual time:
   address when it lands (a restarted node gets the traffic for its address; a killed one drops it);
 * *wake*: a node's `Membership.next_deadline()`, when its `tick` must run.
 
-Sending applies, in order: the blocks (`block`/`partition`: drop everything to or from a node, or
-between groups), random loss (`loss`), and a random latency (`latency`, uniform). With
+Sending applies, in order: the blocks (`block`: everything to or from a node; `cut`: one link;
+`partition`: between groups), random loss (`loss`), and a random latency (`latency`, uniform). With
 `wire=True` every message is encoded with `cluster.wire` and decoded again on arrival, so the
-nodes see exactly what msgpack gives back; `measure_bytes=True` only counts encoded sizes.
+nodes see exactly what msgpack gives back; `measure_bytes=True` only counts encoded sizes, of a
+random `byte_sample` fraction of the messages if that is below 1 (an estimate, for big runs).
 
 Everything is driven by one `random.Random(seed)`, so a run is reproducible.
 """
@@ -74,6 +75,7 @@ class SimNetwork:
         latency: tuple[float, float] = (0.001, 0.005),
         wire: bool = False,
         measure_bytes: bool = False,
+        byte_sample: float = 1.0,
         route_gossip: bool = True,
         record_events: bool = True,
     ) -> None:
@@ -83,6 +85,7 @@ class SimNetwork:
         self.latency = latency
         self.wire = wire
         self.measure_bytes = measure_bytes or wire
+        self.byte_sample = 1.0 if wire else byte_sample
         self.route_gossip = route_gossip
         self.record_events = record_events
         self.now = 0.0
@@ -90,6 +93,7 @@ class SimNetwork:
         self.stats = SimStats()
         self._by_address: dict[Address, SimNode] = {}
         self._blocked: set[str] = set()
+        self._cuts: set[frozenset[str]] = set()
         self._groups: dict[str, int] | None = None
         self._heap: list[tuple[float, int, int, Any]] = []
         self._counter = 0
@@ -157,6 +161,13 @@ class SimNetwork:
     def unblock(self, name: str) -> None:
         self._blocked.discard(name)
 
+    def cut(self, a: str, b: str) -> None:
+        """Drop every message between `a` and `b` (both ways) until `heal`."""
+        self._cuts.add(frozenset((a, b)))
+
+    def heal(self, a: str, b: str) -> None:
+        self._cuts.discard(frozenset((a, b)))
+
     def partition(self, *groups: Iterable[str]) -> None:
         """Only nodes of the same group can talk; `partition()` heals."""
         self._groups = {n: i for i, g in enumerate(groups) for n in g} if groups else None
@@ -207,14 +218,18 @@ class SimNetwork:
         """Every running node holds every other running node alive."""
         live = self.live_nodes()
         names = {n.name for n in live}
+        if any(node.membership.live_count < len(live) for node in live):
+            return False  # the cheap test first
         for node in live:
-            if node.membership.live_count < len(live):
-                return False
             for name in names:
                 m = node.membership.get(name)
                 if m is None or m.state is not MemberState.ALIVE:
                     return False
         return True
+
+    def quiet(self) -> bool:
+        """No running node has membership updates or route deltas left to gossip."""
+        return not any(n.membership.queued or n.sync.has_broadcasts() for n in self.live_nodes())
 
     def states_of(self, name: str) -> set[MemberState | None]:
         """What the other running nodes think of `name` (None: unknown or forgotten)."""
@@ -262,9 +277,9 @@ class SimNetwork:
         stats = self.stats
         stats.messages += 1
         stats.by_type[msg_type.name] += 1
-        if self.measure_bytes:
+        if self.measure_bytes and (self.byte_sample >= 1.0 or self.rng.random() < self.byte_sample):
             frame = encode_frame(msg_type, body)
-            stats.bytes += len(frame)
+            stats.bytes += round(len(frame) / self.byte_sample)
             if self.wire:
                 ((_, msg_type, body),) = self._decoder.feed(frame)
         dst = self._by_address.get(address)
@@ -279,6 +294,8 @@ class SimNetwork:
 
     def _can_talk(self, a: str, b: str) -> bool:
         if a in self._blocked or b in self._blocked:
+            return False
+        if self._cuts and frozenset((a, b)) in self._cuts:
             return False
         groups = self._groups
         return groups is None or groups.get(a, -1) == groups.get(b, -2)

@@ -6,18 +6,21 @@
   spread).
 * Push/pull carries the whole table (`RouteTable.state_for_push_pull`), which repairs anything
   gossip lost.
-* Only routes of origins that membership holds alive or suspect, in the same epoch, are accepted:
-  news from a dead, left or unknown node, or from another run of it, is dropped. A `dead`/`left`
-  event purges the origin; a `join` (fresh run) purges what is left of its older runs.
-* A node that refutes being dead re-announces its routes with new seqs, since every node that
-  believed it dead purged them.
+* Only routes of origins that membership holds alive or suspect are accepted (of that run, or of
+  a newer one: a restart membership has not heard of yet): news from a dead, left or unknown
+  node, or from an older run, is dropped. A `dead`/`left` event purges that run's routes; a `join`
+  (fresh run) purges what is left of older runs.
+* A node that was wrongly declared dead (a partition, heavy loss) comes back alive in the same
+  epoch; every node that purged its routes then runs a push/pull with it at once (membership does
+  that on such a resurrection), which brings its routes back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cluster.gossip import Delegate, MemberEvent, MemberState, TransmitQueue
+from cluster.gossip import Delegate, MemberEvent, TransmitQueue
+from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.routes import RouteDelta, RouteTable
 from cluster.wire import WireError
@@ -26,9 +29,12 @@ from cluster.wire import WireError
 class RouteSync(Delegate):
     """Gossip and push/pull of a `RouteTable`. Create it, then pass it to `Membership`."""
 
-    def __init__(self, table: RouteTable, *, gossip: bool = True) -> None:
+    def __init__(self, table: RouteTable, *, gossip: bool = True, limit_factor: int = 2) -> None:
         self.table = table
         self.gossip = gossip  # False: push/pull only (for the simulation's comparison)
+        #: Route deltas are sent `limit_factor` times as often as membership updates: a route
+        #: that gossip misses loses messages until the next push/pull repairs it.
+        self.limit_factor = limit_factor
         self.membership: Membership | None = None
         self.malformed = 0
         self._queue: TransmitQueue[tuple[str, str]] = TransmitQueue()
@@ -46,8 +52,15 @@ class RouteSync(Delegate):
             self._queue.push((delta.origin, delta.filter), delta.to_wire(), delta.wire_size())
 
     def _accept(self, origin: str, epoch: int) -> bool:
-        m = self.membership
-        return m is not None and origin != m.name and m.is_live(origin, epoch)
+        """Routes of `origin`'s run `epoch` are welcome if that node is alive (or suspect).
+
+        A newer epoch than membership knows is a restart that gossip has not told us about yet;
+        the old run being alive still, it is accepted (its routes replace the old run's).
+        """
+        if self.membership is None or origin == self.membership.name:
+            return False
+        m = self.membership.get(origin)
+        return m is not None and epoch >= m.epoch and m.state in LIVE_STATES
 
     # -- Delegate ----------------------------------------------------------------------------
 
@@ -58,7 +71,7 @@ class RouteSync(Delegate):
         return bool(self._queue)
 
     def broadcasts(self, limit: int, max_bytes: int, max_items: int) -> list[Any]:
-        items, _ = self._queue.take(limit, max_bytes, max_items)
+        items, _ = self._queue.take(limit * self.limit_factor, max_bytes, max_items)
         return items
 
     def receive_broadcasts(self, items: list[Any], now: float) -> None:
@@ -79,16 +92,11 @@ class RouteSync(Delegate):
             self.table.merge_full(state, self._accept)
 
     def on_event(self, event: MemberEvent) -> None:
-        if event.kind in ("dead", "left"):
-            self.table.purge(event.name)
-            self._drop_queued(event.name)
+        if event.kind in ("dead", "left"):  # that run, not a newer one we already heard of
+            if self.table.purge(event.name, older_than=event.epoch + 1):
+                self._drop_queued(event.name)
         elif event.kind == "join":
             self.table.purge(event.name, older_than=event.epoch)
-
-    def on_refute(self, state: MemberState) -> None:
-        if state in (MemberState.DEAD, MemberState.LEFT):
-            for filt in sorted(self.table.local_routes()):
-                self.local_update(filt, True)
 
     def _drop_queued(self, origin: str) -> None:
         # Rare (a death), so a scan of the queued keys is fine.

@@ -1,0 +1,189 @@
+"""cluster.wire: frame round-trips, chunking invariance, hostile bytes, handshake, FORWARD."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.core.message import Message
+from broker.protocol.constants import PropertyId
+from cluster.wire import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    HandshakeError,
+    MessageType,
+    WireError,
+    check_hello,
+    encode_frame,
+    forward_body,
+    hello_ack_body,
+    hello_body,
+    negotiate,
+    parse_forward,
+    parse_hello_ack,
+    rpc_request_body,
+    rpc_response_body,
+)
+
+# msgpack values as our bodies hold them (no floats NaN: NaN != NaN breaks equality checks).
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers(0, 300), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_bodies = st.dictionaries(st.text(max_size=10), _values, max_size=6)
+_types = st.sampled_from(list(MessageType))
+
+
+def _frames(items: list[tuple[MessageType, dict[str, Any]]]) -> bytes:
+    return b"".join(encode_frame(t, b) for t, b in items)
+
+
+@given(st.lists(st.tuples(_types, _bodies), max_size=6))
+def test_round_trip(items: list[tuple[MessageType, dict[str, Any]]]) -> None:
+    decoded = FrameDecoder().feed(_frames(items))
+    assert [(t, b) for _, t, b in decoded] == items
+    assert all(v == PROTOCOL_VERSION for v, _, _ in decoded)
+
+
+@given(st.lists(st.tuples(_types, _bodies), min_size=1, max_size=5), st.data())
+def test_chunking_invariance(items: list[tuple[MessageType, dict[str, Any]]], data: Any) -> None:
+    stream = _frames(items)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder = FrameDecoder()
+    out = []
+    previous = 0
+    for cut in [*cuts, len(stream)]:
+        out.extend(decoder.feed(stream[previous:cut]))
+        previous = cut
+    assert [(t, b) for _, t, b in out] == items
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.binary(max_size=50))
+def test_arbitrary_bytes_raise_only_wire_error(data: bytes, more: bytes) -> None:
+    decoder = FrameDecoder(max_frame=1024)
+    try:
+        decoder.feed(data)
+        decoder.feed(more)
+    except WireError:
+        pass
+
+
+@given(st.binary(max_size=100))
+def test_arbitrary_body_in_valid_frame_raises_only_wire_error(body: bytes) -> None:
+    frame = struct.pack(">I", len(body) + 2) + bytes((1, int(MessageType.GOSSIP))) + body
+    try:
+        ((_, msg_type, decoded),) = FrameDecoder().feed(frame)
+    except WireError:
+        return
+    assert msg_type is MessageType.GOSSIP and isinstance(decoded, dict)
+
+
+def _raw(version: int, type_byte: int, body: bytes) -> bytes:
+    return struct.pack(">I", len(body) + 2) + bytes((version, type_byte)) + body
+
+
+def test_bad_inputs() -> None:
+    ok = msgpack.packb({"a": 1})
+    cases = [
+        _raw(0, 3, ok),  # version 0
+        _raw(1, 200, ok),  # unknown type at our version
+        _raw(1, 3, b"\xc1"),  # never-used msgpack byte
+        _raw(1, 3, msgpack.packb([1, 2])),  # not a map
+        _raw(1, 3, msgpack.packb({1: 2})),  # non-string top-level key
+        _raw(1, 3, ok + b"\x00"),  # trailing bytes
+        struct.pack(">I", 1) + b"\x01",  # shorter than its header
+    ]
+    for frame in cases:
+        with pytest.raises(WireError):
+            FrameDecoder().feed(frame)
+
+
+def test_max_frame_checked_before_buffering() -> None:
+    decoder = FrameDecoder(max_frame=100)
+    with pytest.raises(WireError):
+        decoder.feed(struct.pack(">I", 101))
+    with pytest.raises(WireError):  # stays failed
+        decoder.feed(encode_frame(MessageType.PING, {}))
+    with pytest.raises(WireError):
+        encode_frame(MessageType.GOSSIP, {"x": b"y" * 200}, max_frame=100)
+
+
+def test_newer_version_forward_compatible() -> None:
+    decoder = FrameDecoder()
+    newer = PROTOCOL_VERSION + 1
+    frames = (
+        _raw(newer, int(MessageType.PING), msgpack.packb({"seq": 1, "new_field": [1, 2]}))
+        + _raw(newer, 250, msgpack.packb({"whatever": 1}))  # a type we do not know yet
+        + encode_frame(MessageType.ACK, {"seq": 1})
+    )
+    out = decoder.feed(frames)
+    assert [(v, t) for v, t, _ in out] == [(newer, MessageType.PING), (1, MessageType.ACK)]
+    assert out[0][2]["seq"] == 1
+    assert decoder.skipped == 1
+    assert negotiate(newer) == PROTOCOL_VERSION and negotiate(1) == 1
+
+
+def test_unencodable_body() -> None:
+    with pytest.raises(WireError):
+        encode_frame(MessageType.GOSSIP, {"x": object()})
+
+
+def test_handshake() -> None:
+    body = hello_body("s3cret", "node1@h", 1234, ("127.0.0.1", 7946))
+    ((_, _, decoded),) = FrameDecoder().feed(encode_frame(MessageType.HELLO, body))
+    hello = check_hello(decoded, "s3cret")
+    assert (hello.name, hello.epoch, hello.address) == ("node1@h", 1234, ("127.0.0.1", 7946))
+    with pytest.raises(HandshakeError):
+        check_hello(decoded, "other")
+    with pytest.raises(HandshakeError):
+        check_hello({**decoded, "cookie": None}, "s3cret")
+    with pytest.raises(HandshakeError):
+        check_hello({**decoded, "addr": ["h", "port"]}, "s3cret")
+    ack = hello_ack_body("node2@h", 99, ("127.0.0.1", 7947), peer_version=7)
+    assert parse_hello_ack(ack).version == PROTOCOL_VERSION
+    with pytest.raises(HandshakeError):
+        parse_hello_ack(hello_ack_body("n", 1, ("h", 1), 1, error="bad cookie"))
+
+
+def test_forward_round_trip_keeps_properties() -> None:
+    props = {
+        int(PropertyId.USER_PROPERTY): [("k", "v"), ("k", "w")],
+        int(PropertyId.CORRELATION_DATA): b"\x00\xff",
+        int(PropertyId.CONTENT_TYPE): "text/plain",
+        int(PropertyId.MESSAGE_EXPIRY_INTERVAL): 30,
+    }
+    message = Message("a/b", b"\x00payload", 1, True, props, "client-1", 12.5)
+    frame = encode_frame(MessageType.FORWARD, forward_body(message, "node1"))
+    ((_, _, body),) = FrameDecoder().feed(frame)
+    out = parse_forward(body)
+    assert (out.topic, out.payload, out.qos, out.retain) == ("a/b", b"\x00payload", 1, True)
+    assert (out.publisher, out.node, out.timestamp) == ("client-1", "node1", 12.5)
+    assert out.properties == props
+    for bad in ({"payload": "str"}, {"qos": 3}, {"retain": 1}, {"props": {"x": 1}}):
+        with pytest.raises(WireError):
+            parse_forward({**body, **bad})
+
+
+def test_rpc_bodies() -> None:
+    assert rpc_request_body(1, "clients.list", {"page": 1})["method"] == "clients.list"
+    assert rpc_response_body(1, result=[1])["ok"] is True
+    assert rpc_response_body(1, error="nodedown") == {"id": 1, "ok": False, "error": "nodedown"}
