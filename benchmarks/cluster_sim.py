@@ -18,8 +18,9 @@ in *rounds* = probe intervals (0.5 s with the defaults). Per N, in order:
 
 Simplifications: byte counts come from encoding a random 10% of the messages with the real codec
 (every message below 1,000 nodes is cheap enough, but the sample keeps the 1,000-node run short);
-convergence is checked every 0.1 round (so a figure may be up to 0.1 round late); the push/pull
-phase is capped by `--pp-timeout` virtual seconds (">" in the table when reached).
+convergence is checked every 0.1 round (every round in the push/pull phase), so a figure may be
+that much late; the push/pull phase is capped by `--pp-timeout` virtual seconds (">" in the
+table when reached).
 
 Usage: `python -m benchmarks.cluster_sim [--sizes 10,100,1000] [--seed 1]`
 """
@@ -95,7 +96,10 @@ def run(n: int, seed: int, pp_timeout: float) -> Result:
     for node in sim.live_nodes():
         node.sync.gossip = False
     sim.announce(other, "bench/pushpull")
-    pp = sim.run_until_true(lambda: sim.route_everywhere("bench/pushpull", other), pp_timeout, step)
+    pp_step = interval  # slow by nature: checked once a round
+    pp = sim.run_until_true(
+        lambda: sim.route_everywhere("bench/pushpull", other), pp_timeout, pp_step
+    )
     return Result(
         n,
         join / interval,

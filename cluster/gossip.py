@@ -257,6 +257,9 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class MemberEvent:
+    """`join`: a new member, or a new run (epoch) of a known one; `alive`: back from suspect or
+    dead in the same run; `suspect`, `dead`, `left`: that run's state changed."""
+
     kind: EventKind
     name: str
     address: Address

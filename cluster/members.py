@@ -64,9 +64,9 @@ class MemberTable:
         elif m is not self.me:
             self._down[m.name] = m
 
-    def dead(self) -> list[Member]:
-        """Members in state DEAD (not LEFT)."""
-        return [m for m in self._down.values() if m.state is MemberState.DEAD]
+    def down(self) -> list[Member]:
+        """Members dead or left."""
+        return list(self._down.values())
 
     def reap(self, dead_horizon: float, left_horizon: float) -> list[str]:
         """Forget members dead since `dead_horizon` or left since `left_horizon` (or earlier)."""

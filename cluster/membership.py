@@ -41,18 +41,18 @@ deltas) fill the rest of each message's budget; with nothing else to send they g
 Anti-entropy. Every `push_pull_interval` (scaled up above 32 nodes, as memberlist does) the node
 exchanges its full member list and the delegate's state with one random member
 (PUSH_PULL_REQ/RESP). Joining is a push/pull with each seed; a node with no other live member
-retries its seeds and a few dead members every `join_retry_interval`. A remote `dead` learned
-from a full state only makes us suspect.
+retries its seeds and a few dead or left members every `join_retry_interval`. A remote `dead`
+learned from a full state only makes us suspect.
 
 Partitions. Each side soon holds the other side dead: routes to it are purged, so messages for
 subscribers over there are not forwarded (not queued either) until it heals. Every
-`reconnect_interval` a node tries a push/pull with one random dead member (as Serf's reconnect)
-or with a seed address that no live member has (groups that formed apart, e.g. nodes restarted
-during the split, find each other through their seeds). Once one crosses, each side's full state
-tells the other "you are dead": those nodes refute with a higher incarnation and the alive news
-spreads by gossip on both sides. A member back from the dead triggers an early push/pull with
-it, which restores its routes. Dead members are remembered (and retried) for
-`dead_reclaim_time`; after that only seeds reconnect.
+`reconnect_interval` a node tries a push/pull with one random dead or left member (as Serf's
+reconnect) or with a seed address that no live member has (groups that formed apart, e.g. nodes
+restarted during the split, find each other through their seeds). Once one crosses, each side's
+full state tells the other "you are dead": those nodes refute with a higher incarnation and the
+alive news spreads by gossip on both sides. A member back from the dead triggers an early
+push/pull with it, which restores its routes. Dead members are remembered (and retried) for
+`dead_reclaim_time`, left ones for `left_reclaim_time`; after that only seeds reconnect.
 
 Leaving. `leave()` marks this node left (incarnation + 1) and sends LEAVE to a few members; the
 `left` update then spreads by gossip. A leaving node no longer probes or refutes.
@@ -273,8 +273,8 @@ class Membership:
         cfg = self.config
         failed = self._prober.check(now, out)
         if failed is not None:  # ignored if it refuted meanwhile (a higher incarnation)
-            target, incarnation = failed
-            self._apply(replace(target.update(), state=SUSPECT, incarnation=incarnation), now)
+            member, incarnation = failed
+            self._apply(replace(member.update(), state=SUSPECT, incarnation=incarnation), now)
         for name, (deadline, epoch, inc) in list(self._suspicions.items()):
             if deadline <= now:
                 del self._suspicions[name]
@@ -313,11 +313,11 @@ class Membership:
                 out.append(Outgoing(target, MessageType.PUSH_PULL_REQ, body))
         if now >= self._next_join:
             self._next_join = now + cfg.join_retry_interval
-            if self._table.live <= 1 and not self._leaving:  # alone: seeds and the dead
-                dead = self._table.dead()
-                dead = self.rng.sample(dead, min(3, len(dead)))
+            if self._table.live <= 1 and not self._leaving:  # alone: seeds, the dead and left
+                down = self._table.down()
+                down = self.rng.sample(down, min(3, len(down)))
                 body = self._push_pull_body(join=True)
-                for address in [*self._seeds, *(m.address for m in dead)]:
+                for address in [*self._seeds, *(m.address for m in down)]:
                     out.append(Outgoing(address, MessageType.PUSH_PULL_REQ, body))
         if now >= self._next_reap:
             self._next_reap = now + 1.0
@@ -328,10 +328,11 @@ class Membership:
         return out
 
     def _reconnect_target(self) -> Address | None:
-        """A dead member (as Serf's reconnect) or a seed that is not a live member: partitions
-        heal through them, even between groups that formed apart."""
-        dead = self._table.dead()
-        options = [self.rng.choice(dead).address] if dead else []
+        """A dead or left member (Serf reconnects the dead; a left node may have come back) or a
+        seed that is not a live member: partitions heal through them, even between groups that
+        formed apart."""
+        down = self._table.down()
+        options = [self.rng.choice(down).address] if down else []
         if self._seeds:
             live = {m.address for m in self._table.values() if m.state in _LIVE}
             options.extend(seed for seed in self._seeds if seed not in live)

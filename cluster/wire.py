@@ -326,10 +326,13 @@ def forward_body(message: Message, origin: str) -> Body:
     }
 
 
-def parse_forward(body: Body) -> Message:
+def parse_forward(body: Body, now: float | None = None) -> Message:
     """The Message of a FORWARD body (node = origin); raises WireError.
 
-    msgpack turns tuples into lists, so USER_PROPERTY pairs are turned back into tuples.
+    msgpack turns tuples into lists, so USER_PROPERTY pairs are turned back into tuples. With
+    `now`, the message is stamped with the receiver's clock (its Message Expiry Interval then
+    counts from its arrival here: the origin forwards as it routes, so only transit time is
+    added, and clock skew between nodes does not matter); without, the origin's `ts` is kept.
     """
     payload = body.get("payload")
     if not isinstance(payload, bytes):
@@ -363,7 +366,7 @@ def parse_forward(body: Body) -> Message:
         retain,
         props,
         get_str(body, "publisher"),
-        float(ts),
+        float(ts) if now is None else now,
         get_str(body, "origin"),
     )
 

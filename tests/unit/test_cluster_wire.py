@@ -178,6 +178,7 @@ def test_forward_round_trip_keeps_properties() -> None:
     assert (out.topic, out.payload, out.qos, out.retain) == ("a/b", b"\x00payload", 1, True)
     assert (out.publisher, out.node, out.timestamp) == ("client-1", "node1", 12.5)
     assert out.properties == props
+    assert parse_forward(body, now=99.0).timestamp == 99.0  # stamped with the receiver's clock
     for bad in ({"payload": "str"}, {"qos": 3}, {"retain": 1}, {"props": {"x": 1}}):
         with pytest.raises(WireError):
             parse_forward({**body, **bad})
