@@ -1,7 +1,8 @@
-"""`python -m benchmarks` runs the baseline throughput benchmark."""
+"""`python -m benchmarks`: the `minibroker-bench` load tool (see benchmarks/cli.py)."""
 
 from __future__ import annotations
 
-from benchmarks.throughput import main
+from benchmarks.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

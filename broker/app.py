@@ -10,17 +10,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from broker.core.broker import Broker
 from broker.plugins.manager import PluginManager
 from broker.server.alarms import AlarmManager
 from broker.server.banned_store import BannedStore
 from broker.server.banner import format_banner
-from broker.server.config import BrokerConfig
+from broker.server.config import BrokerConfig, validate_host_port
 from broker.server.node import Node, auth_mode
+from cluster.runtime import ClusterConfig, ClusterNode
+from cluster.wire import Address
+from management.cluster_view import ClusterNodeView
 from management.queries import NodeContext
 from management.server import DEFAULT_APP_WARNING, ManagementServer
-from management.view import ClusterView, LocalView
+from management.view import ClusterView, LocalView, run_query
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,12 @@ log = logging.getLogger(__name__)
 class NodeApp:
     """A whole node: MQTT listeners plus the services that the config enables."""
 
-    def __init__(self, config: BrokerConfig, view: ClusterView | None = None) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        view: ClusterView | None = None,
+        cluster_config: ClusterConfig | None = None,
+    ) -> None:
         self.config = config
         self.node = Node(config)
         broker = self.node.broker
@@ -47,12 +56,27 @@ class NodeApp:
             alarms=self.alarms,
         )
         self.view: ClusterView = view if view is not None else LocalView(self.context)
+        # With [cluster] enabled (and no view given), the node joins the cluster and the API
+        # sees every node through it; peers' RPCs run this node's management queries.
+        self.cluster: ClusterNode | None = None
+        if config.cluster.enabled and view is None:
+            self.cluster = make_cluster_node(self.broker, config, self._rpc, cluster_config)
+            self.view = ClusterNodeView(self.context, self.cluster)
         self.management: ManagementServer | None = None
         self.http_port = 0
 
     @property
     def broker(self) -> Broker:
         return self.node.broker
+
+    @property
+    def cluster_port(self) -> int:
+        """The bound cluster port (0 without a cluster)."""
+        return self.cluster.port if self.cluster is not None else 0
+
+    async def _rpc(self, method: str, args: dict[str, Any]) -> Any:
+        """What another node's RPC runs here: the management query of that name."""
+        return await run_query(self.context, method, args)
 
     async def start(self) -> None:
         # Bans and plugins (authentication, ACL) are in place before the first client can
@@ -68,6 +92,14 @@ class NodeApp:
         except BaseException:
             self.banned_store.close()
             raise
+        if self.cluster is not None:
+            try:
+                await self.cluster.start()
+            except BaseException:
+                await self.node.stop()
+                await self.plugins.stop()
+                self.banned_store.close()
+                raise
         await self.alarms.start()
         if self.config.management.enabled:
             self.management = ManagementServer(
@@ -84,6 +116,8 @@ class NodeApp:
     async def stop(self) -> None:
         if self.management is not None:
             await self.management.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()  # a graceful leave: the others purge our routes at once
         await self.alarms.stop()
         await self.node.stop()  # clients leave while presence/web_hook still see them go
         await self.plugins.stop()
@@ -93,7 +127,40 @@ class NodeApp:
         bound = self.node.bound_listeners()
         if self.management is not None and self.http_port:
             bound.append(("http", self.management.config.bind, self.http_port))
+        if self.cluster is not None and self.cluster.port:
+            bound.append(("cluster", self.config.cluster.bind, self.cluster.port))
         return bound
+
+
+def parse_advertise(text: str) -> Address | None:
+    """`[cluster] advertise`: "host", "host:port" or "[v6]:port"; port 0 = the bound port."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("[") or text.count(":") == 1:
+        return validate_host_port(text)
+    return (text, 0)
+
+
+def make_cluster_node(
+    broker: Broker,
+    config: BrokerConfig,
+    rpc_handler: Any,
+    cluster_config: ClusterConfig | None = None,
+) -> ClusterNode:
+    """The ClusterNode that `config` asks for: [cluster] bind/port/join/advertise, [node]
+    name and cookie."""
+    seeds = [validate_host_port(seed) for seed in config.cluster_join]
+    return ClusterNode(
+        broker,
+        config.node_name,
+        (config.cluster.bind, config.cluster.port),
+        parse_advertise(config.cluster_advertise),
+        seeds,
+        config.cookie,
+        rpc_handler,
+        cluster_config,
+    )
 
 
 async def run(config: BrokerConfig) -> None:

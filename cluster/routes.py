@@ -30,6 +30,15 @@ updates from origins membership does not consider alive, so stale gossip cannot 
 Lookups: `match(topic)` walks a `SubscriptionTrie` whose keys are node names (no scan of all
 filters); `nodes_for(filter)` is a dict lookup. Filters are real filters (a `$share/g/f`
 subscription is routed as `f`); the local node's routes are included.
+
+Shared routes. The same table (same origins, epochs, seqs, gossip and push/pull) also carries
+"node N has at least one member of shared group g on real filter f", under the key
+`$share/g/f` (`shared_route_key`; `$queue/f` is group `$queue`), announced by
+`local_shared_update` when the first local member joins and withdrawn after the last leaves. These
+keys sit in the trie as shared entries, so `match` (normal routes, for forwarding) never sees
+them and `match_shared(topic)` returns `(group, filter, nodes)` per matching group, for the
+cluster-wide dispatch of shared subscriptions (`cluster.shared_dispatch`). `routes()` and
+`len()` count normal routes only; `shared_routes()` lists the others.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from broker.core.topics import parse_shared, validate_topic_filter
+from broker.core.topics import SHARE_PREFIX, parse_shared, validate_topic_filter
 from broker.core.trie import SubscriptionTrie
 from cluster.wire import WireError
 
@@ -53,6 +62,27 @@ def valid_route_filter(filt: str) -> bool:
         return validate_topic_filter(filt) and parse_shared(filt)[0] is None
     except ValueError:
         return False
+
+
+def shared_route_key(group: str, filt: str) -> str:
+    """The route key of shared group `group` on the real filter `filt`: `$share/<group>/<filt>`."""
+    return f"{SHARE_PREFIX}/{group}/{filt}"
+
+
+def valid_route_key(key: str) -> bool:
+    """A plain filter, or a shared route key in its canonical `$share/<group>/<filter>` form."""
+    if not key.startswith(_SHARED_KEY_START):
+        return valid_route_filter(key)
+    try:
+        if not validate_topic_filter(key):
+            return False
+        group, real = parse_shared(key)
+    except ValueError:
+        return False
+    return group is not None and shared_route_key(group, real) == key
+
+
+_SHARED_KEY_START = SHARE_PREFIX + "/"
 
 
 def _is_int(value: Any) -> bool:
@@ -88,7 +118,7 @@ class RouteDelta:
             or not _is_int(seq)
             or seq < 1
             or not isinstance(filt, str)
-            or not valid_route_filter(filt)
+            or not valid_route_key(filt)
             or not isinstance(present, bool)
         ):
             raise WireError(f"bad route delta {item!r}")
@@ -132,6 +162,7 @@ class RouteTable:
         self._by_filter: dict[str, set[str]] = {}
         self._trie: SubscriptionTrie[None] = SubscriptionTrie()
         self._len = 0
+        self._shared_len = 0
 
     # -- the local node's own routes ---------------------------------------------------------
 
@@ -143,6 +174,17 @@ class RouteTable:
         real = parse_shared(filt)[1]
         if not valid_route_filter(real):
             raise ValueError(f"invalid route filter: {filt!r}")
+        return self._local_change(real, present)
+
+    def local_shared_update(self, group: str, filt: str, present: bool) -> RouteDelta:
+        """Record that this node has a first member (True) or no member left (False) of shared
+        group `group` on the real filter `filt`; returns the delta to gossip."""
+        key = shared_route_key(group, filt)
+        if not valid_route_key(key):
+            raise ValueError(f"invalid shared route: {group!r} {filt!r}")
+        return self._local_change(key, present)
+
+    def _local_change(self, real: str, present: bool) -> RouteDelta:
         own = self._origins[self.node]
         own.top += 1
         own.base_seq = own.top
@@ -290,12 +332,32 @@ class RouteTable:
         """Nodes with at least one route whose filter matches `topic` (this node included)."""
         return {node for node, _ in self._trie.match(topic)}
 
+    def match_shared(self, topic: str) -> list[tuple[str, str, list[str]]]:
+        """(group, real filter, nodes with a member) per shared group matching `topic`."""
+        return [(g, f, list(nodes)) for g, f, nodes in self._trie.match_shared(topic)]
+
     def routes(self) -> list[tuple[str, str]]:
-        """Every (filter, node) pair, sorted."""
-        return sorted((f, node) for f, nodes in self._by_filter.items() for node in nodes)
+        """Every (filter, node) pair of normal routes, sorted."""
+        return sorted(
+            (f, node)
+            for f, nodes in self._by_filter.items()
+            if not f.startswith(_SHARED_KEY_START)
+            for node in nodes
+        )
+
+    def shared_routes(self) -> list[tuple[str, str, str]]:
+        """Every (group, real filter, node) of shared routes, sorted."""
+        out: list[tuple[str, str, str]] = []
+        for key, nodes in self._by_filter.items():
+            if key.startswith(_SHARED_KEY_START):
+                group, real = parse_shared(key)
+                assert group is not None
+                out.extend((group, real, node) for node in nodes)
+        return sorted(out)
 
     def __len__(self) -> int:
-        return self._len
+        """The number of normal (filter, node) routes."""
+        return self._len - self._shared_len
 
     # -- the materialized view ---------------------------------------------------------------
 
@@ -310,6 +372,8 @@ class RouteTable:
         self._by_filter.setdefault(filt, set()).add(origin)
         self._trie.add(filt, origin, None)
         self._len += 1
+        if filt.startswith(_SHARED_KEY_START):
+            self._shared_len += 1
 
     def _index_remove(self, origin: str, filt: str) -> None:
         nodes = self._by_filter[filt]
@@ -318,6 +382,8 @@ class RouteTable:
             del self._by_filter[filt]
         self._trie.remove(filt, origin)
         self._len -= 1
+        if filt.startswith(_SHARED_KEY_START):
+            self._shared_len -= 1
 
 
 def _parse_origin(item: Any) -> tuple[str, int, int, set[str], list[tuple[str, int, bool]]]:
@@ -334,7 +400,7 @@ def _parse_origin(item: Any) -> tuple[str, int, int, set[str], list[tuple[str, i
         or not isinstance(deltas, list | tuple)
     ):
         raise WireError("bad origin state")
-    if not all(isinstance(f, str) and valid_route_filter(f) for f in base):
+    if not all(isinstance(f, str) and valid_route_key(f) for f in base):
         raise WireError("bad filter in origin state")
     filters = set(base)
     parsed: list[tuple[str, int, bool]] = []
@@ -343,7 +409,7 @@ def _parse_origin(item: Any) -> tuple[str, int, int, set[str], list[tuple[str, i
             not isinstance(d, list | tuple)
             or len(d) < 3
             or not isinstance(d[0], str)
-            or not valid_route_filter(d[0])
+            or not valid_route_key(d[0])
             or not _is_int(d[1])
             or d[1] < 1
             or not isinstance(d[2], bool)

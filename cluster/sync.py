@@ -47,6 +47,13 @@ class RouteSync(Delegate):
         self._queue_delta(delta)
         return delta
 
+    def local_shared_update(self, group: str, filt: str, present: bool) -> RouteDelta:
+        """This node's first member of shared group `group` on `filt` arrived (True) or its
+        last left (False); wired to the broker's `shared_route_listeners`."""
+        delta = self.table.local_shared_update(group, filt, present)
+        self._queue_delta(delta)
+        return delta
+
     def _queue_delta(self, delta: RouteDelta) -> None:
         if self.gossip:
             self._queue.push((delta.origin, delta.filter), delta.to_wire(), delta.wire_size())

@@ -28,6 +28,7 @@ from management.common import (
     params,
     view_of,
 )
+from management.view import RouteSource
 
 
 def _client_id(request: web.Request) -> str:
@@ -117,8 +118,12 @@ async def lookup_client_subscriptions_with_node(request: web.Request) -> web.Res
 
 
 async def _route_rows(request: web.Request) -> list[dict[str, Any]]:
-    """The cluster route table (filter, node), built from each node's local route filters."""
-    answers = await view_of(request).call_all("local_routes", {})
+    """The cluster route table (filter, node): the replicated table when clustered, else built
+    from each node's local route filters."""
+    view = view_of(request)
+    if isinstance(view, RouteSource):
+        return [{"topic": topic, "node": node} for topic, node in view.route_rows()]
+    answers = await view.call_all("local_routes", {})
     return [{"topic": topic, "node": node} for node, topics in answers for topic in topics]
 
 

@@ -10,7 +10,7 @@ same table; that is why every query's arguments and result are plain msgpack-abl
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from management.queries import NodeContext
@@ -52,6 +52,15 @@ class ClusterView(Protocol):
 
     async def call_all(self, query: str, args: dict[str, Any]) -> list[tuple[str, Any]]:
         """Run one query on every running node, local first; a node that fails is skipped."""
+        ...
+
+
+@runtime_checkable
+class RouteSource(Protocol):
+    """A view that holds the replicated cluster route table (`/routes` reads it directly)."""
+
+    def route_rows(self) -> list[tuple[str, str]]:
+        """Every (filter, node) pair of the cluster."""
         ...
 
 

@@ -8,28 +8,36 @@ sessions, session lookup/takeover, subscriptions and the periodic housekeeping.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from broker.core.banned import BannedTable
+from broker.core.cluster_port import SessionLocator, SessionState, SharedDispatcher
 from broker.core.hooks import Hooks
-from broker.core.message import Message
+from broker.core.message import Message, is_expired
 from broker.core.metrics import Metrics, Stats
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.settings import Settings
 from broker.core.shared import SharedGroupPicker
-from broker.core.topics import parse_shared
+from broker.core.topics import parse_shared, validate_topic_filter
 from broker.core.trie import SubscriptionTrie
+from broker.core.wills import WillTimers, publish_will
 
 if TYPE_CHECKING:
     from broker.core.channel import Channel
 
+log = logging.getLogger(__name__)
+
 #: Told about route changes: (real topic filter, True = first subscriber / False = last gone).
 RouteListener = Callable[[str, bool], None]
-#: Callback given every message routed from a local publisher (the cluster forwards it).
-ForwardHook = Callable[[Message], None]
+#: Told about shared groups: (group, real filter, True = first local member / False = last gone).
+SharedRouteListener = Callable[[str, str, bool], None]
+#: Callback given every message routed from a local publisher (the cluster forwards it);
+#: returns the number of nodes it went to (a message forwarded is not counted as dropped).
+ForwardHook = Callable[[Message], "int | None"]
 
 
 class Broker:
@@ -54,7 +62,12 @@ class Broker:
         self.channels: set[Channel] = set()
         self.picker = SharedGroupPicker(self.settings.shared_subscription_strategy)
         self.route_listeners: list[RouteListener] = []
+        self.shared_route_listeners: list[SharedRouteListener] = []
         self.forward_hooks: list[ForwardHook] = []
+        # Cluster ports (broker.core.cluster_port); None on a single node.
+        self.shared_dispatcher: SharedDispatcher | None = None
+        self.session_locator: SessionLocator | None = None
+        self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
         self.started_at = self.clock()
         self.clients_total = 0
         self.route_count = 0
@@ -136,6 +149,89 @@ class Broker:
             self.unsubscribe(session, filt)
         self.update_stats()
 
+    # -- moving sessions between nodes (cluster takeover, broker.core.cluster_port) ---------
+
+    def import_session(self, state: SessionState) -> Session:
+        """Install a session that another node surrendered (`Session.export_state`), offline.
+
+        Its subscriptions go through `subscribe`, so routes are announced; its inflight window
+        is resent when a connection resumes it. A local session of the same client id (only
+        after a partition can there be two) is replaced. Raises ValueError on malformed state,
+        before anything is changed.
+        """
+        client_id = state.get("client_id")
+        username = state.get("username")
+        clean_start = state.get("clean_start", False)
+        expiry = state.get("expiry_interval", 0)
+        if (
+            not isinstance(client_id, str)
+            or not client_id
+            or not (username is None or isinstance(username, str))
+            or not isinstance(clean_start, bool)
+            or not isinstance(expiry, int)
+            or isinstance(expiry, bool)
+            or not 0 <= expiry <= 0xFFFFFFFF
+        ):
+            raise ValueError("malformed session state")
+        subscriptions = [_subscription_from_state(client_id, item)
+                         for item in state.get("subscriptions") or []]  # fmt: skip
+        now = self.clock()
+        session = Session(
+            client_id,
+            clean_start=clean_start,
+            expiry_interval=expiry,
+            max_inflight=self.settings.max_inflight_messages,
+            max_queued=self.settings.max_queued_messages,
+            metrics=self.metrics,
+            now=now,
+            queue_qos0=self.settings.queue_qos0_messages,
+            username=username,
+        )
+        session.load_deliveries(state, now)
+        created_at = state.get("created_at")
+        if isinstance(created_at, int | float) and not isinstance(created_at, bool):
+            session.created_at = float(created_at)
+        disconnected_at = state.get("disconnected_at")
+        session.disconnected_at = (
+            float(disconnected_at)
+            if isinstance(disconnected_at, int | float) and not isinstance(disconnected_at, bool)
+            else now
+        )
+        previous = self.connected.get(client_id)
+        if previous is not None:
+            previous.taken_over()
+        self.discard_session(client_id)
+        self.sessions[client_id] = session
+        for subscription in subscriptions:
+            self.subscribe(session, subscription)
+        self.update_stats()
+        return session
+
+    def surrender_session(
+        self, client_id: str, new_node: str = "", *, clean_start: bool = False
+    ) -> SessionState | None:
+        """`client_id` connected on node `new_node`: give it up here.
+
+        A connection is closed with 0x8E (Session taken over), its will handled as for a local
+        takeover. A delayed will still pending is published now if the new connection starts
+        clean (that ends the session, MQTT-3.1.2-8) and dropped otherwise (the session goes on
+        there, MQTT-3.1.3-9). Then the session is exported and discarded here (its routes
+        withdrawn); the state is returned, or None when there is none or `clean_start`.
+        """
+        channel = self.connected.get(client_id)
+        if channel is not None:
+            log.info("client %s connected on %s: taking it over", client_id, new_node or "?")
+            channel.taken_over()
+        pending = self.wills.take(client_id)
+        if pending is not None and clean_start:
+            publish_will(self, pending.info, pending.will)
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        state = None if clean_start else session.export_state()
+        self.discard_session(client_id)
+        return state
+
     def kick_banned(self) -> int:
         """Disconnect every connected client that the banned list now refuses."""
         now = self.clock()
@@ -152,12 +248,19 @@ class Broker:
         """Add or replace a subscription (MQTT-3.8.4-3). Returns True if it already existed."""
         previous = session.subscriptions.get(subscription.filter)
         session.subscriptions[subscription.filter] = subscription
-        if subscription.share_group is not None and previous is None:
+        group = subscription.share_group
+        new_group = False
+        if group is not None and previous is None:
             self.shared_count += 1
+            new_group = not self.router.has_filter(subscription.filter)
         if self.router.add(subscription.filter, session.client_id, subscription):
             self.route_count += 1
             for listener in self.route_listeners:
                 listener(subscription.topic_filter, True)
+        if new_group:
+            assert group is not None
+            for shared_listener in self.shared_route_listeners:
+                shared_listener(group, subscription.topic_filter, True)
         self.update_stats()
         return previous is not None
 
@@ -178,6 +281,8 @@ class Broker:
         group, topic_filter = parse_shared(filt)
         if group is not None and not self.router.has_filter(filt):
             self.picker.forget(group, topic_filter)  # the group is gone: drop its cursor
+            for shared_listener in self.shared_route_listeners:
+                shared_listener(group, topic_filter, False)
         if last:
             self.route_count -= 1
             for listener in self.route_listeners:
@@ -185,22 +290,29 @@ class Broker:
 
     # -- routing --------------------------------------------------------------------------
 
-    def publish(self, message: Message, *, forward: bool = True) -> int:
+    def publish(self, message: Message, *, forward: bool = True, shared: bool = True) -> int:
         """Route one message to every matching session; returns the number of deliveries.
 
         Retained state is updated first (MQTT-3.3.1-5/10/11). A client with several matching
         subscriptions gets one copy at the highest granted QoS (MQTT-3.3.5-1), with every
-        matching subscription identifier. Each shared group gets one copy, for one member.
+        matching subscription identifier. Each shared group gets one copy, for one member:
+        here, or in a cluster by the `shared_dispatcher` for the groups of the whole cluster.
+        `shared=False` (a copy forwarded by another node, whose groups that node served)
+        leaves shared groups out; `forward=False` does not give it to the `forward_hooks`.
         """
         counters = self.metrics.counters
         if message.retain:
             self.retain(message)
-        normal, shared = self.router.match_all(message.topic)
+        normal, groups = self.router.match_all(message.topic)
         now = self.clock()
         sessions = self.sessions
         delivered = 0
+        if self.shared_dispatcher is not None or not shared:
+            groups = []
+            if shared and self.shared_dispatcher is not None:
+                delivered = self.shared_dispatcher.dispatch(message)
         publisher = message.publisher
-        if len(normal) == 1 and not shared:
+        if len(normal) == 1 and not groups:
             client_id, sub = normal[0]
             session = sessions.get(client_id)
             if session is not None and not (sub.no_local and client_id == publisher):
@@ -208,7 +320,7 @@ class Broker:
                 retain = message.retain and sub.retain_as_published
                 ids = [sub.identifier] if sub.identifier is not None else None
                 session.deliver(message, qos, retain, ids, now)
-                delivered = 1
+                delivered += 1
         else:
             merged: dict[str, tuple[int, bool, list[int] | None]] = {}
             for client_id, sub in normal:
@@ -230,13 +342,26 @@ class Broker:
                 if session is not None:
                     session.deliver(message, qos, retain, ids, now)
                     delivered += 1
-            for group, topic_filter, members in shared:
+            for group, topic_filter, members in groups:
                 delivered += self._deliver_shared(message, group, topic_filter, members, now)
-        if delivered == 0 and not message.topic.startswith("$SYS/"):
-            counters["messages/dropped"] += 1  # EMQX counts "no subscribers" as dropped
+        forwarded = 0
         if forward and self.forward_hooks:
             for hook in self.forward_hooks:
-                hook(message)
+                forwarded += hook(message) or 0
+        if delivered == 0 and not forwarded and not message.topic.startswith("$SYS/"):
+            counters["messages/dropped"] += 1  # EMQX counts "no subscribers" as dropped
+        return delivered
+
+    def deliver_shared_local(self, message: Message, group: str, topic_filter: str) -> int:
+        """Give `message` to one local member of `group` on the real filter `topic_filter`
+        (the cluster's shared dispatch chose this node). 0, counted as dropped, when the group
+        has no member here any more."""
+        members = self.router.shared_members(group, topic_filter)
+        delivered = 0
+        if members:
+            delivered = self._deliver_shared(message, group, topic_filter, members, self.clock())
+        if not delivered:
+            self.metrics.counters["messages/dropped"] += 1
         return delivered
 
     def _deliver_shared(
@@ -284,7 +409,13 @@ class Broker:
         self.stats.set("retained/count", len(self.retained))
 
     def retained_for(self, topic_filter: str) -> Iterator[Message]:
-        for _topic, message in self.retained.match(topic_filter):
+        now = self.clock()
+        for topic, message in self.retained.match(topic_filter):
+            if message.properties and is_expired(message, now):
+                self.retained.delete(topic)  # MQTT-3.3.2-5: an expired one is never sent
+                self.metrics.counters["messages/expired"] += 1
+                self.stats.set("retained/count", len(self.retained))
+                continue
             yield message
 
     # -- housekeeping ---------------------------------------------------------------------
@@ -298,6 +429,8 @@ class Broker:
         expired = [cid for cid, s in self.sessions.items() if s.expired(now)]
         for client_id in expired:
             self.discard_session(client_id)
+        for pending in self.wills.due(now):  # delayed wills (broker.core.wills)
+            publish_will(self, pending.info, pending.will)
         self.update_slow_stats()
 
     def update_stats(self) -> None:
@@ -317,3 +450,24 @@ class Broker:
         """Gauges that need a scan; refreshed once per tick."""
         persistent = sum(1 for s in self.sessions.values() if s.expiry_interval > 0)
         self.stats.set("sessions/persistent/count", persistent)
+
+
+def _subscription_from_state(client_id: str, item: object) -> Subscription:
+    """A `Subscription` from its exported form (`Session.export_state`); raises ValueError."""
+    if not isinstance(item, list | tuple) or len(item) < 6:
+        raise ValueError(f"bad subscription {item!r:.200}")
+    filt, qos, no_local, rap, handling, identifier = item[:6]
+    if (
+        not isinstance(filt, str)
+        or not validate_topic_filter(filt)
+        or qos not in (0, 1, 2)
+        or not isinstance(no_local, bool)
+        or not isinstance(rap, bool)
+        or handling not in (0, 1, 2)
+        or not (identifier is None or isinstance(identifier, int))
+    ):
+        raise ValueError(f"bad subscription {item!r:.200}")
+    group, topic_filter = parse_shared(filt)
+    return Subscription(
+        client_id, filt, topic_filter, group, qos, no_local, rap, handling, identifier
+    )

@@ -10,19 +10,31 @@ Handlers change broker state through `Broker` methods and write replies through 
 never await. A protocol violation closes only this connection: with a CONNACK (before the
 session exists) or a DISCONNECT (after) carrying the 5.0 reason code, or a bare close in 3.x.
 
-States: CONNECTING (only CONNECT allowed, MQTT-3.1.0-1) -> CONNECTED (a second CONNECT is a
-protocol error, MQTT-3.1.0-2) -> CLOSED. Whatever way the connection ends, `finish` runs once:
-the will is published unless a DISCONNECT (without 0x04) arrived, and the session is detached.
+States: CONNECTING (only CONNECT allowed, MQTT-3.1.0-1; then only AUTH while an enhanced
+authentication is in progress, `auth` set) -> [TAKEOVER, in a cluster only: other nodes give
+the client id up; input is held, then handled in order; `broker.core.cluster_port`] ->
+CONNECTED (a second CONNECT is a protocol error, MQTT-3.1.0-2) -> CLOSED. Whatever way the
+connection ends, `finish` runs once: the will is published (or, with a 5.0 Will Delay Interval,
+scheduled: `broker.core.wills`) unless a DISCONNECT (without 0x04) arrived, and the session is
+detached.
+
+What a 5.0 client asked for in CONNECT is kept here and applied to everything sent:
+`max_packet_out` (its Maximum Packet Size: a larger PUBLISH is dropped and counted, an ack loses
+its Reason String and User Properties first, MQTT-3.1.2-24/25), `out_aliases` (its Topic Alias
+Maximum: `broker.core.topic_alias`), `problem_info` (Request Problem Information, MQTT-3.1.2-29)
+and `receive_maximum` (read by the session's window, MQTT-3.3.4-9).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from broker.core.conn_state import CLOSED, CONNECTED, CONNECTING
+from broker.core.conn_state import CLOSED, CONNECTED, CONNECTING, TAKEOVER
 from broker.core.handle_connect import (
+    PendingConnect,
     handle_auth,
     handle_connect,
     handle_disconnect,
@@ -39,10 +51,12 @@ from broker.core.handle_publish import (
 )
 from broker.core.handle_subscribe import handle_subscribe, handle_unsubscribe
 from broker.core.hooks import ClientInfo
-from broker.core.message import Message
+from broker.core.message import Message, expiry_left
 from broker.core.metrics import RECEIVED_COUNTER, SENT_COUNTER
 from broker.core.session import Session
-from broker.protocol.codec import Decoder, encode, encode_publish
+from broker.core.topic_alias import OutgoingAliases
+from broker.core.wills import publish_will
+from broker.protocol.codec import DEFAULT_MAX_PACKET_SIZE, Decoder, encode, encode_publish
 from broker.protocol.constants import (
     MQTT_5,
     PacketType,
@@ -69,10 +83,11 @@ from broker.protocol.packets import (
 
 if TYPE_CHECKING:
     from broker.core.broker import Broker
+    from broker.core.enhanced_auth import Authenticator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLOSED", "CONNECTED", "CONNECTING", "Channel", "Link"]
+__all__ = ["CLOSED", "CONNECTED", "CONNECTING", "TAKEOVER", "Channel", "Link"]
 
 #: Seconds a new connection may take to send CONNECT before it is dropped.
 CONNECT_TIMEOUT = 30.0
@@ -117,6 +132,18 @@ class Channel:
         self.info: ClientInfo | None = None
         self.receive_maximum = 65535
         self.topic_aliases: dict[int, str] = {}
+        # What a 5.0 client asked for in CONNECT (module docstring).
+        self.max_packet_out = DEFAULT_MAX_PACKET_SIZE
+        self.out_aliases: OutgoingAliases | None = None
+        self.problem_info = True
+        self.dropped_too_large = 0
+        #: Enhanced authentication: the method and the exchange in progress (CONNECT or re-auth).
+        self.auth_method: str | None = None
+        self.auth: Authenticator | None = None
+        self.pending_connect: PendingConnect | None = None
+        #: Input that arrived while in TAKEOVER, handled once the CONNECT goes on.
+        self.held_packets: list[Packet] = []
+        self.held_bytes = bytearray()
         self.opened_at = self.last_received = broker.clock()
         self.connected_at = 0.0
         self.disconnect_reason = ""
@@ -130,7 +157,9 @@ class Channel:
     # -- input ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.state == CLOSED:
+        if self.state >= CLOSED:
+            if self.state == TAKEOVER:
+                self._hold(data)
             return
         counters = self.broker.metrics.counters
         self.recv_oct += len(data)
@@ -146,7 +175,7 @@ class Channel:
             # valid PUBLISH is not lost because garbage followed it in the same read.
             self._handle(exc.packets)
             if self.state != CLOSED:
-                self.protocol_violation(exc.reason_code, str(exc))
+                self.protocol_violation(exc.reason_code, str(exc), explain=True)
             return
         if packets:
             self._handle(packets)
@@ -157,8 +186,12 @@ class Channel:
         counters = self.broker.metrics.counters
         self.last_received = self.broker.clock()
         handlers = self._handlers
-        for packet in packets:
-            if self.state == CLOSED:
+        remaining = iter(packets)
+        for packet in remaining:
+            if self.state >= CLOSED:
+                if self.state == TAKEOVER:  # the CONNECT waits for another node: keep the rest
+                    self.held_packets.append(packet)
+                    self.held_packets.extend(remaining)
                 return
             self.recv_pkt += 1
             counters["packets/received"] += 1
@@ -168,10 +201,29 @@ class Channel:
             handler = handlers.get(type(packet))
             if handler is None:
                 self.protocol_violation(
-                    ReasonCode.PROTOCOL_ERROR, f"a client may not send {type(packet).__name__}"
+                    ReasonCode.PROTOCOL_ERROR,
+                    f"a client may not send {type(packet).__name__}",
+                    explain=True,
                 )
                 return
             handler(self, packet)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep input that arrives during TAKEOVER; more than one maximum-size packet's worth
+        (a client is to wait for CONNACK) closes the connection."""
+        held = self.held_bytes
+        if len(held) + len(data) > self.broker.settings.max_packet_size + 5:
+            self.close(None, "takeover_overflow")
+            return
+        held += data
+
+    def resume_input(self) -> None:
+        """The CONNECT went on after TAKEOVER: handle what arrived meanwhile, in order."""
+        packets, self.held_packets = self.held_packets, []
+        data, self.held_bytes = bytes(self.held_bytes), bytearray()
+        self._handle(packets)
+        if data:
+            self.data_received(data)
 
     def connection_lost(self) -> None:
         """The transport is gone (peer closed, error, or after our own close)."""
@@ -184,8 +236,46 @@ class Channel:
 
     def send(self, packet: Packet) -> None:
         data = encode(packet, self.version)
+        if len(data) > self.max_packet_out:
+            data = self._shrink(packet)
+            if not data:
+                if packet.packet_type == PacketType.CONNACK:
+                    self.close(None, "connack_too_large")  # the client would wait for ever
+                return
         self._count_sent(packet.packet_type, len(data))
         self.link.write(data)
+
+    def _shrink(self, packet: Packet) -> bytes:
+        """Fit a packet to the client's Maximum Packet Size by leaving out its Reason String
+        and User Properties (MQTT-3.1.2-24, 3.4.2-2/3 etc.); b"" (not sent) if it still does
+        not fit."""
+        properties: Properties | None = getattr(packet, "properties", None)
+        if properties:
+            kept = {
+                k: v
+                for k, v in properties.items()
+                if k not in (PropertyId.REASON_STRING, PropertyId.USER_PROPERTY)
+            }
+            smaller: Packet = dataclasses.replace(packet, properties=kept)  # type: ignore[arg-type]
+            data = encode(smaller, self.version)
+            if len(data) <= self.max_packet_out:
+                return data
+        log.info("not sending %s to %s: larger than its Maximum Packet Size",
+                 type(packet).__name__, self.client_id)  # fmt: skip
+        return b""
+
+    def reason(self, text: str) -> Properties:
+        """A Reason String for an ack, unless the client asked for no problem information
+        (MQTT-3.1.2-29); CONNACK and DISCONNECT use `reason_always`."""
+        if self.problem_info and self.version == MQTT_5 and text:
+            return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
+        return {}
+
+    def reason_always(self, text: str) -> Properties:
+        """A Reason String for CONNACK/DISCONNECT, which MQTT-3.1.2-29 leaves allowed."""
+        if self.version == MQTT_5 and text:
+            return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
+        return {}
 
     def _count_sent(self, packet_type: int, size: int) -> None:
         counters = self.broker.metrics.counters
@@ -205,14 +295,39 @@ class Channel:
         dup: bool,
         subscription_ids: list[int] | None,
     ) -> bool:
-        """Write one PUBLISH; a QoS 0 one is dropped (False) when the client is not reading."""
+        """Write one PUBLISH; False if the delivery ends unsent (see `session.Outlet`).
+
+        Unsent and counted: a QoS 0 one when the client is not reading, an expired message
+        (MQTT-3.3.2-5) and one larger than the client's Maximum Packet Size (MQTT-3.1.2-25).
+        The Message Expiry Interval sent is what is left of it (MQTT-3.3.2-6). QoS 0 bytes are
+        shared between subscribers (`Message.encoded`) unless this PUBLISH is per connection:
+        subscription identifiers, an expiry interval already counting down, or topic aliases.
+        """
         if self.state != CONNECTED:
-            return False
+            return qos > 0  # QoS 1/2 stays inflight for the resend on resume
         link = self.link
         if qos == 0 and link.buffered() > self.broker.settings.max_outgoing_buffer:
             return False
+        properties = message.properties
+        shared = True
+        if properties:
+            interval = properties.get(PropertyId.MESSAGE_EXPIRY_INTERVAL)
+            if interval:
+                left = expiry_left(message, self.broker.clock())
+                assert left is not None
+                if left <= 0:
+                    counters = self.broker.metrics.counters
+                    counters["messages/expired"] += 1
+                    if qos == 2:
+                        counters["messages/qos2/expired"] += 1
+                    return False
+                if left != interval:
+                    properties = {**properties, PropertyId.MESSAGE_EXPIRY_INTERVAL: left}
+                    shared = False
         is_v5 = self.version == MQTT_5
-        if qos == 0 and subscription_ids is None:
+        aliases = self.out_aliases
+        alias = 0
+        if qos == 0 and subscription_ids is None and shared and aliases is None:
             cache = message.encoded
             if cache is None:
                 cache = message.encoded = {}
@@ -224,16 +339,27 @@ class Channel:
                     message.properties if is_v5 else None, self.version,
                 )  # fmt: skip
         else:
-            properties: Properties | None = None
+            topic = message.topic
             if is_v5:
-                properties = message.properties
                 if subscription_ids:
                     properties = dict(properties)
                     properties[PropertyId.SUBSCRIPTION_IDENTIFIER] = subscription_ids
+                if aliases is not None:
+                    alias = aliases.lookup(topic)
+                    if alias:
+                        properties = {**properties, PropertyId.TOPIC_ALIAS: abs(alias)}
+                        if alias > 0:
+                            topic = ""  # the client knows the alias (3.3.2.3.4)
             data = encode_publish(
-                message.topic, message.payload, qos, retain, dup, packet_id, properties,
-                self.version,
+                topic, message.payload, qos, retain, dup, packet_id,
+                properties if is_v5 else None, self.version,
             )  # fmt: skip
+        if len(data) > self.max_packet_out:
+            if alias < 0:
+                assert aliases is not None
+                aliases.forget(-alias)  # the client never learns this mapping
+            self.dropped_too_large += 1
+            return False
         self._count_sent(PacketType.PUBLISH, len(data))
         self.send_msg += 1
         counters = self.broker.metrics.counters
@@ -247,12 +373,13 @@ class Channel:
 
     # -- closing --------------------------------------------------------------------------
 
-    def close(self, reason_code: int | None = None, reason: str = "") -> None:
-        """Close from the broker side, telling a 5.0 client why with DISCONNECT."""
+    def close(self, reason_code: int | None = None, reason: str = "", detail: str = "") -> None:
+        """Close from the broker side, telling a 5.0 client why with DISCONNECT (and `detail`
+        as its Reason String). A server DISCONNECT never carries a Session Expiry Interval."""
         if self.state == CLOSED:
             return
         if reason_code is not None and self.state == CONNECTED and self.version == MQTT_5:
-            self.send(Disconnect(reason_code))
+            self.send(Disconnect(reason_code, self.reason_always(detail)))
         self.disconnect_reason = reason or (
             f"reason_{reason_code:#04x}" if reason_code is not None else "closed"
         )
@@ -260,19 +387,25 @@ class Channel:
         self.link.close()
         self.finish()
 
-    def protocol_violation(self, reason_code: int, message: str) -> None:
-        """Bad input: answer with the reason code where the spec asks for one, then close."""
+    def protocol_violation(self, reason_code: int, message: str, explain: bool = False) -> None:
+        """Bad input: answer with the reason code where the spec asks for one, then close.
+
+        With `explain`, a 5.0 DISCONNECT carries `message` as its Reason String (not for the
+        codes that say it all, `_SELF_EXPLANATORY`); a CONNACK refusing a broken CONNECT never.
+        """
         log.info("closing %s (%s:%s): %s", self.client_id, self.peer_host, self.peer_port, message)
+        # Codes that say it all go out bare; the others carry the message as Reason String.
+        detail = message if explain and reason_code not in _SELF_EXPLANATORY else ""
         if self.state == CONNECTING:
             if self.decoder.version == MQTT_5:
                 self.version = MQTT_5  # a 5.0 CONNACK, not the 3.1.1 default's mapped code
-                send_connack(self, False, reason_code, {})
+                send_connack(self, False, reason_code, {})  # a broken CONNECT: code only
             self.disconnect_reason = "protocol_error"
             self.state = CLOSED
             self.link.close()
             self.finish()
         else:
-            self.close(reason_code, "protocol_error")
+            self.close(reason_code, "protocol_error", detail)
 
     def taken_over(self) -> None:
         """Another connection CONNECTed with our client id (MQTT-3.1.4-3)."""
@@ -286,6 +419,9 @@ class Channel:
         if self.state == CONNECTING:
             if now - self.opened_at > CONNECT_TIMEOUT:
                 self.close(None, "connect_timeout")
+        elif self.state == TAKEOVER:  # a safety net: the locator always answers, even failing
+            if now - self.last_received > CONNECT_TIMEOUT:
+                self.close(None, "takeover_timeout")
         elif (
             self.state == CONNECTED
             and self.keepalive
@@ -300,28 +436,25 @@ class Channel:
         broker = self.broker
         if self.info is not None:
             if self.will is not None and self.publish_will:
-                self._send_will(self.will)
+                self._send_will(self.will, self.info)
             broker.channel_closed(self)
             for hook in broker.hooks.client_disconnected:
                 hook(self.info, self.disconnect_reason)
         else:
             broker.channel_closed(self)
 
-    def _send_will(self, will: Will) -> None:
-        assert self.info is not None
-        if not self.broker.hooks.run_authorize(self.info, "publish", will.topic):
-            return
-        message = Message(
-            will.topic,
-            will.payload,
-            will.qos,
-            will.retain,
-            dict(will.properties),
-            self.client_id or "",
-            self.broker.clock(),
-            self.broker.node_name,
-        )
-        self.route(message)
+    def _send_will(self, will: Will, info: ClientInfo) -> None:
+        """Publish the will now, or schedule it after its Will Delay Interval: at the earlier
+        of the delay and the end of the session (MQTT-3.1.2-8, MQTT-3.1.3-9; `core.wills`)."""
+        broker = self.broker
+        if will.properties and self.version == MQTT_5:
+            delay = will.properties.get(PropertyId.WILL_DELAY_INTERVAL, 0)
+            session = self.session
+            if delay and session is not None and session.expiry_interval > 0:
+                wait = min(delay, session.expiry_interval)
+                broker.wills.add(info.client_id, info, will, broker.clock() + wait)
+                return
+        publish_will(broker, info, will)
 
     def route(self, message: Message) -> int:
         """Run the publish hooks (plugins may rewrite or swallow it), then route it."""
@@ -341,7 +474,9 @@ def _connected_only(handler: Handler) -> Handler:
 
     def guarded(channel: Channel, packet: Packet) -> None:
         if channel.state != CONNECTED:
-            channel.protocol_violation(ReasonCode.PROTOCOL_ERROR, "first packet must be CONNECT")
+            channel.protocol_violation(
+                ReasonCode.PROTOCOL_ERROR, "first packet must be CONNECT", explain=True
+            )
             return
         handler(channel, packet)
 
@@ -359,6 +494,18 @@ Channel._handlers = {
     Unsubscribe: _connected_only(handle_unsubscribe),
     PingReq: _connected_only(handle_pingreq),
     Disconnect: _connected_only(handle_disconnect),
-    Auth: _connected_only(handle_auth),
+    Auth: handle_auth,  # also during CONNECTING: the enhanced authentication exchange
 }
 _QOS_SENT = ("messages/qos0/sent", "messages/qos1/sent", "messages/qos2/sent")
+#: Longest Reason String sent, in characters (it is diagnostics, not data).
+_REASON_MAX = 1000
+#: Server DISCONNECT/CONNACK codes sent without a Reason String: the code is the whole story.
+_SELF_EXPLANATORY = frozenset(
+    {
+        ReasonCode.SERVER_SHUTTING_DOWN,
+        ReasonCode.SESSION_TAKEN_OVER,
+        ReasonCode.KEEP_ALIVE_TIMEOUT,
+        ReasonCode.PACKET_TOO_LARGE,
+        ReasonCode.ADMINISTRATIVE_ACTION,
+    }
+)

@@ -3,6 +3,15 @@
 Incoming QoS 2 is routed once, when the PUBLISH first arrives; its packet id then waits in the
 session's `awaiting_rel` until PUBREL, so a resent PUBLISH is acknowledged without being routed
 again (exactly once). Outgoing acks advance the session's inflight window.
+
+The QoS 2 messages in `awaiting_rel` are the ones this server has not finished acknowledging, so
+`max_awaiting_rel` is the Receive Maximum announced in CONNACK: one more from a 5.0 client is
+DISCONNECT 0x93 (3.3.4). A 5.0 PUBLISH is also checked against what CONNACK promised or the
+spec requires of its properties: Maximum QoS (0x9B, MQTT-3.2.2-11), Retain Available (0x9A),
+a Response Topic that is a topic name (MQTT-3.3.2-14, 0x82), and a payload that is UTF-8 when
+its Payload Format Indicator says so (3.3.2.3.2: PUBACK/PUBREC 0x99, or DISCONNECT 0x99 for
+QoS 0, which has no ack). Message properties then travel unchanged; only the hop properties
+(Topic Alias, Subscription Identifier) are taken off.
 """
 
 from __future__ import annotations
@@ -10,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from broker.core.message import Message
-from broker.core.topics import validate_topic_name
+from broker.core.topics import is_utf8, validate_topic_name
 from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import PubAck, PubComp, Publish, PubRec, PubRel
 
@@ -33,25 +42,54 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         alias = properties.get(PropertyId.TOPIC_ALIAS)
         if alias is not None:
             if alias == 0 or alias > channel.broker.settings.topic_alias_maximum:
-                channel.protocol_violation(ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid")
+                channel.protocol_violation(
+                    ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid", explain=True
+                )
                 return
             if topic:
                 channel.topic_aliases[alias] = topic
             else:
                 known = channel.topic_aliases.get(alias)
                 if known is None:
-                    channel.protocol_violation(ReasonCode.PROTOCOL_ERROR, "unknown topic alias")
+                    channel.protocol_violation(
+                        ReasonCode.PROTOCOL_ERROR, "unknown topic alias", explain=True
+                    )
                     return
                 topic = known
-        properties = {k: v for k, v in properties.items() if k not in _HOP_PROPERTIES}
+        response_topic = properties.get(PropertyId.RESPONSE_TOPIC)
+        if response_topic is not None and not validate_topic_name(response_topic):
+            channel.protocol_violation(  # MQTT-3.3.2-14: no wildcards, not empty
+                ReasonCode.PROTOCOL_ERROR,
+                f"response topic {response_topic!r} is not a topic name",
+                explain=True,
+            )
+            return
+        if properties.get(PropertyId.PAYLOAD_FORMAT_INDICATOR) == 1 and not is_utf8(packet.payload):
+            _refuse(channel, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
+                    "payload is not UTF-8 but its Payload Format Indicator says so")  # fmt: skip
+            return
+        if PropertyId.TOPIC_ALIAS in properties or PropertyId.SUBSCRIPTION_IDENTIFIER in properties:
+            properties = {k: v for k, v in properties.items() if k not in _HOP_PROPERTIES}
     if not validate_topic_name(topic):
         # MQTT-3.3.2-2 (wildcards) / MQTT-4.7.3-1 (empty).
-        channel.protocol_violation(ReasonCode.TOPIC_NAME_INVALID, f"invalid topic {topic!r}")
+        channel.protocol_violation(
+            ReasonCode.TOPIC_NAME_INVALID, f"invalid topic {topic!r}", explain=True
+        )
         return
-    if packet.retain and not channel.broker.settings.retain_available:
-        channel.protocol_violation(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not supported")
+    settings = channel.broker.settings
+    if packet.retain and not settings.retain_available:
+        channel.protocol_violation(
+            ReasonCode.RETAIN_NOT_SUPPORTED, "retain not supported", explain=True
+        )
         return
     qos = packet.qos
+    if qos > settings.max_qos_allowed:  # MQTT-3.2.2-11
+        channel.protocol_violation(
+            ReasonCode.QOS_NOT_SUPPORTED,
+            f"QoS {qos} is above the Maximum QoS in CONNACK",
+            explain=True,
+        )
+        return
     counters = channel.broker.metrics.counters
     counters["messages/received"] += 1
     counters[_QOS_RECEIVED[qos]] += 1
@@ -64,12 +102,14 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
             # A resent QoS 2 PUBLISH: acknowledge, never route twice (MQTT-4.3.3-9).
             channel.send(PubRec(packet_id))
             return
-        if len(session.awaiting_rel) >= channel.broker.settings.max_awaiting_rel:
+        if len(session.awaiting_rel) >= settings.max_awaiting_rel:
             counters["messages/qos2/dropped"] += 1
-            if is_v5:
-                channel.send(PubRec(packet_id, ReasonCode.QUOTA_EXCEEDED))
-            else:
-                channel.close(None, "awaiting_rel_full")
+            # More unacknowledged QoS 2 than the Receive Maximum of CONNACK (3.3.4).
+            channel.protocol_violation(
+                ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                f"more than {settings.max_awaiting_rel} QoS 2 PUBLISH awaiting PUBREL",
+                explain=True,
+            )
             return
 
     allowed = not topic.startswith("$SYS") and channel.broker.hooks.run_authorize(
@@ -90,26 +130,19 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         matched = channel.route(message)
     else:
         counters["messages/dropped"] += 1
-    if qos == 1:
+    if qos:
         assert packet_id is not None
-        code = 0
-        if is_v5:
-            if not allowed:
-                code = ReasonCode.NOT_AUTHORIZED
-            elif matched == 0:
-                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
-        channel.send(PubAck(packet_id, code))
-    elif qos == 2:
-        assert packet_id is not None
-        if allowed:
+        if qos == 2 and allowed:
             session.awaiting_rel[packet_id] = channel.broker.clock()
-        code = 0
-        if is_v5:
-            if not allowed:
-                code = ReasonCode.NOT_AUTHORIZED
-            elif matched == 0:
-                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
-        channel.send(PubRec(packet_id, code))
+        ack = PubAck if qos == 1 else PubRec
+        if not is_v5 or (allowed and matched):
+            channel.send(ack(packet_id))
+        elif not allowed:
+            reason = channel.reason(f"not authorized to publish to {topic!r}")
+            channel.send(ack(packet_id, ReasonCode.NOT_AUTHORIZED, reason))
+        else:
+            reason = channel.reason("no matching subscribers")
+            channel.send(ack(packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS, reason))
 
 
 def handle_puback(channel: Channel, packet: PubAck) -> None:
@@ -130,7 +163,8 @@ def handle_pubrec(channel: Channel, packet: PubRec) -> None:
     else:
         channel.broker.metrics.counters["packets/pubrec/missed"] += 1
         code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if channel.version == MQTT_5 else 0
-        channel.send(PubRel(packet.packet_id, code))
+        reason = channel.reason("packet identifier not found") if code else {}
+        channel.send(PubRel(packet.packet_id, code, reason))
 
 
 def handle_pubrel(channel: Channel, packet: PubRel) -> None:
@@ -141,10 +175,25 @@ def handle_pubrel(channel: Channel, packet: PubRel) -> None:
     else:
         channel.broker.metrics.counters["packets/pubrel/missed"] += 1
         code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if channel.version == MQTT_5 else 0
-        channel.send(PubComp(packet.packet_id, code))
+        reason = channel.reason("packet identifier not found") if code else {}
+        channel.send(PubComp(packet.packet_id, code, reason))
 
 
 def handle_pubcomp(channel: Channel, packet: PubComp) -> None:
     assert channel.session is not None
     if not channel.session.on_pubcomp(packet.packet_id, channel.broker.clock()):
         channel.broker.metrics.counters["packets/pubcomp/missed"] += 1
+
+
+def _refuse(channel: Channel, packet: Publish, code: int, text: str) -> None:
+    """Refuse one PUBLISH without routing it: ack it with `code` (QoS 1/2), or DISCONNECT with
+    `code` for QoS 0, which has no ack."""
+    counters = channel.broker.metrics.counters
+    counters["messages/received"] += 1
+    counters["messages/dropped"] += 1
+    if packet.qos == 0:
+        channel.protocol_violation(code, text, explain=True)
+    else:
+        assert packet.packet_id is not None
+        ack = PubAck if packet.qos == 1 else PubRec
+        channel.send(ack(packet.packet_id, code, channel.reason(text)))

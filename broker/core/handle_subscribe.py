@@ -2,6 +2,13 @@
 
 Each requested filter gets its own reason code; a refused one never fails the others. Retained
 messages go out after the SUBACK, for non-shared filters only, as Retain Handling allows.
+
+The capabilities CONNACK announced are enforced per filter with the SUBACK codes the spec has
+for them: Wildcard Subscription Available 0 -> 0xA2, Shared Subscription Available 0 -> 0x9E,
+Subscription Identifiers Available 0 -> 0xA1 (for every filter of a SUBSCRIBE carrying one).
+The granted QoS is at most `max_qos_allowed` (MQTT-3.2.2-9, 3.9.3). A 5.0 SUBACK/UNSUBACK with
+a failure carries a Reason String naming the filters, unless the client asked for no problem
+information (MQTT-3.1.2-29).
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from broker.core.session import Subscription
-from broker.core.topics import parse_shared, validate_topic_filter
+from broker.core.topics import has_wildcard, parse_shared, validate_topic_filter
 from broker.protocol.constants import MQTT_5, SUBACK_FAILURE_311, PropertyId, ReasonCode
 from broker.protocol.packets import SubAck, Subscribe, UnsubAck, Unsubscribe
 
@@ -22,24 +29,47 @@ def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
     assert session is not None and channel.info is not None
     broker = channel.broker
     is_v5 = channel.version == MQTT_5
+    settings = broker.settings
     ids = packet.properties.get(PropertyId.SUBSCRIPTION_IDENTIFIER) if is_v5 else None
     identifier = ids[0] if ids else None
+    if identifier is not None and not settings.subscription_identifier_available:
+        refused = [int(ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)] * len(
+            packet.subscriptions
+        )
+        reason = channel.reason("subscription identifiers are not supported")
+        channel.send(SubAck(packet.packet_id, refused, reason))
+        return
     codes: list[int] = []
+    problems: list[str] = []
     retained_to_send: list[tuple[Subscription, bool]] = []
     for request in packet.subscriptions:
         filt = request.topic_filter
         if not validate_topic_filter(filt):
             codes.append(ReasonCode.TOPIC_FILTER_INVALID if is_v5 else SUBACK_FAILURE_311)
+            problems.append(f"{filt!r}: invalid topic filter")
             continue
         group, topic_filter = parse_shared(filt)
+        if group is not None and not settings.shared_subscription_available:
+            codes.append(ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                         if is_v5 else SUBACK_FAILURE_311)  # fmt: skip
+            problems.append(f"{filt!r}: shared subscriptions are not supported")
+            continue
+        if not settings.wildcard_subscription_available and has_wildcard(topic_filter):
+            codes.append(ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                         if is_v5 else SUBACK_FAILURE_311)  # fmt: skip
+            problems.append(f"{filt!r}: wildcard subscriptions are not supported")
+            continue
         if group is not None and request.no_local and is_v5:
             # MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
-            channel.protocol_violation(ReasonCode.PROTOCOL_ERROR, "no local on shared filter")
+            channel.protocol_violation(
+                ReasonCode.PROTOCOL_ERROR, "no local on shared filter", explain=True
+            )
             return
         if not broker.hooks.run_authorize(channel.info, "subscribe", topic_filter):
             codes.append(ReasonCode.NOT_AUTHORIZED if is_v5 else SUBACK_FAILURE_311)
+            problems.append(f"{filt!r}: not authorized")
             continue
-        qos = min(request.qos, 2)
+        qos = min(request.qos, settings.max_qos_allowed)
         subscription = Subscription(
             session.client_id,
             filt,
@@ -57,7 +87,8 @@ def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
             hook(channel.info, filt, qos)
         if group is None:
             retained_to_send.append((subscription, existed))
-    channel.send(SubAck(packet.packet_id, codes))
+    reason = channel.reason("; ".join(problems)) if problems else {}
+    channel.send(SubAck(packet.packet_id, codes, reason))
     now = broker.clock()
     for subscription, existed in retained_to_send:
         # Retain Handling: 0 always, 1 only for a new subscription, 2 never (MQTT-3.3.1-9..11).
@@ -75,12 +106,19 @@ def handle_unsubscribe(channel: Channel, packet: Unsubscribe) -> None:
     session = channel.session
     assert session is not None
     codes: list[int] = []
+    problems: list[str] = []
     for filt in packet.topic_filters:
         if not validate_topic_filter(filt):
             codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+            problems.append(f"{filt!r}: invalid topic filter")
         elif channel.broker.unsubscribe(session, filt):
             codes.append(ReasonCode.SUCCESS)
         else:
             codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+            problems.append(f"{filt!r}: no subscription existed")
     # MQTT-3.10.4-4/5: UNSUBACK even when nothing was removed; codes in 5.0 only.
-    channel.send(UnsubAck(packet.packet_id, codes if channel.version == MQTT_5 else []))
+    if channel.version != MQTT_5:
+        channel.send(UnsubAck(packet.packet_id, []))
+        return
+    reason = channel.reason("; ".join(problems)) if problems else {}
+    channel.send(UnsubAck(packet.packet_id, codes, reason))

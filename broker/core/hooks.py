@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from broker.core.enhanced_auth import AuthMethod
     from broker.core.message import Message
 
 
@@ -45,6 +46,8 @@ class Hooks:
     client_connected: list[ClientConnectedHook] = field(default_factory=list)
     client_disconnected: list[ClientDisconnectedHook] = field(default_factory=list)
     session_subscribed: list[SessionSubscribedHook] = field(default_factory=list)
+    #: MQTT 5.0 enhanced authentication methods by name (see `broker.core.enhanced_auth`).
+    auth_methods: dict[str, AuthMethod] = field(default_factory=dict)
 
     def run_authenticate(self, client: ClientInfo, password: bytes | None) -> bool | None:
         for hook in self.authenticate:

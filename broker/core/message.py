@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from broker.protocol.constants import PropertyId
 from broker.protocol.packets import Properties
+
+_EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
+_USER_PROPERTY = int(PropertyId.USER_PROPERTY)
 
 
 class Message:
@@ -48,3 +54,77 @@ class Message:
             f"Message(topic={self.topic!r}, payload={self.payload[:32]!r}, qos={self.qos}, "
             f"retain={self.retain}, publisher={self.publisher!r})"
         )
+
+
+def expiry_left(message: Message, now: float) -> int | None:
+    """Seconds left of the message's Message Expiry Interval, None if it has none (or 0).
+
+    The interval runs from `timestamp`, the arrival at the broker; whole seconds waited are
+    taken off (MQTT-3.3.2-6), so a message forwarded within its first second keeps its value
+    and its encode-once cache. A result <= 0 means expired: never delivered (MQTT-3.3.2-5).
+    An interval of 0 is taken as "no expiry", as mosquitto does.
+    """
+    interval = message.properties.get(_EXPIRY)
+    if not interval:
+        return None
+    waited = now - message.timestamp
+    left: int = interval - int(waited) if waited > 0 else interval
+    return left
+
+
+def is_expired(message: Message, now: float) -> bool:
+    """True for a message whose Message Expiry Interval has passed."""
+    if not message.properties:
+        return False
+    left = expiry_left(message, now)
+    return left is not None and left <= 0
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """A plain dict of the message (str keys; bytes, ints, lists: msgpack-able as it is).
+
+    Used to carry messages inside exported session state (`Session.export_state`). The wire
+    turns tuples into lists; `message_from_dict` turns User Property pairs back into tuples.
+    """
+    return {
+        "topic": message.topic,
+        "payload": message.payload,
+        "qos": message.qos,
+        "retain": message.retain,
+        "props": message.properties,
+        "publisher": message.publisher,
+        "ts": message.timestamp,
+        "node": message.node,
+    }
+
+
+def message_from_dict(data: Any) -> Message:
+    """The inverse of `message_to_dict`; raises ValueError on anything malformed."""
+    if not isinstance(data, dict):
+        raise ValueError("a message must be a map")
+    topic, payload, qos = data.get("topic"), data.get("payload"), data.get("qos")
+    retain, props = data.get("retain", False), data.get("props") or {}
+    publisher, ts, node = data.get("publisher", ""), data.get("ts", 0.0), data.get("node", "")
+    if (
+        not isinstance(topic, str)
+        or not isinstance(payload, bytes)
+        or qos not in (0, 1, 2)
+        or isinstance(qos, bool)
+        or not isinstance(retain, bool)
+        or not isinstance(props, dict)
+        or not all(isinstance(k, int) and not isinstance(k, bool) for k in props)
+        or not isinstance(publisher, str)
+        or not isinstance(ts, int | float)
+        or isinstance(ts, bool)
+        or not isinstance(node, str)
+    ):
+        raise ValueError(f"malformed message {data!r:.200}")
+    pairs = props.get(_USER_PROPERTY)
+    if pairs is not None:
+        if not isinstance(pairs, list | tuple) or not all(
+            isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(s, str) for s in p)
+            for p in pairs
+        ):
+            raise ValueError("malformed user properties")
+        props = {**props, _USER_PROPERTY: [(p[0], p[1]) for p in pairs]}
+    return Message(topic, payload, qos, retain, props, publisher, float(ts), node)

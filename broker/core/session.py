@@ -14,6 +14,12 @@ PUBREL and keep the slot until PUBCOMP. On reconnect of a persistent session, ev
 entry is resent in its original order: unacknowledged PUBLISHes with DUP=1, and PUBREL for the
 ones already PUBREC'd (MQTT-4.4.0-1); then the queue drains into the freed window.
 
+A delivery can also end unsent: `send_publish` returns False for an expired message (MQTT-3.3.2-5)
+or one larger than the client's Maximum Packet Size. A QoS 1/2 one then never enters the window
+(MQTT-3.1.2-25: "as if it had completed sending"); an inflight one being resent on reconnect that
+has expired meanwhile leaves the window the same way. A full queue first sheds its expired
+messages before it drops the newcomer.
+
 Incoming QoS 2 uses `awaiting_rel`: the message is routed once, when its PUBLISH first arrives;
 a resent PUBLISH with a packet id still awaiting PUBREL is acknowledged but not routed again,
 which gives exactly-once delivery.
@@ -22,14 +28,19 @@ which gives exactly-once delivery.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
-from broker.core.message import Message
+from broker.core.message import Message, is_expired, message_from_dict, message_to_dict
 from broker.core.metrics import Metrics
 
 
 class Outlet(Protocol):
-    """The connection side of a session: implemented by `Channel`."""
+    """The connection side of a session: implemented by `Channel`.
+
+    `send_publish` returns False when the delivery ended without being written (a QoS 0 one to a
+    client that is not reading, an expired message, one too large for the client); a QoS 1/2 one
+    for a connection that is closing returns True: it stays inflight and is resent on resume.
+    """
 
     receive_maximum: int
 
@@ -183,10 +194,11 @@ class Session:
             entry.sent_at = now
             if entry.awaiting_comp:
                 outlet.send_pubrel(packet_id)
-            else:
-                outlet.send_publish(
-                    entry.message, entry.qos, entry.retain, packet_id, True, entry.subscription_ids
-                )
+            elif not outlet.send_publish(
+                entry.message, entry.qos, entry.retain, packet_id, True, entry.subscription_ids
+            ):
+                del self.inflight[packet_id]  # expired meanwhile, or too large: as completed
+                self._drop()
         self._drain(now)
 
     def expired(self, now: float) -> bool:
@@ -222,23 +234,36 @@ class Session:
                 else:
                     self._drop()
             elif self.queue_qos0:
-                self._enqueue((message, 0, retain, subscription_ids))
+                self._enqueue((message, 0, retain, subscription_ids), now)
             else:
                 self._drop()  # QoS 0 is not queued for an offline client, but it is counted
             return
         if outlet is not None and not self.queue and len(self.inflight) < self.window():
             self._send_new(message, qos, retain, subscription_ids, now)
         else:
-            self._enqueue((message, qos, retain, subscription_ids))
+            self._enqueue((message, qos, retain, subscription_ids), now)
 
-    def _enqueue(self, item: QueuedDelivery) -> None:
-        if len(self.queue) >= self.max_queued:
+    def _enqueue(self, item: QueuedDelivery, now: float) -> None:
+        if len(self.queue) >= self.max_queued and not self._shed_expired(now):
             self._drop()
             if item[1] == 2:
                 self.metrics.counters["messages/qos2/dropped"] += 1
             return
         self.queue.append(item)
         self.enqueue_msg += 1
+
+    def _shed_expired(self, now: float) -> bool:
+        """Drop the expired messages of a full queue; True if that made room."""
+        queue = self.queue
+        kept = [item for item in queue if not is_expired(item[0], now)]
+        shed = len(queue) - len(kept)
+        if not shed:
+            return False
+        self.queue = deque(kept)
+        self.metrics.counters["messages/expired"] += shed
+        for _ in range(shed):
+            self._drop()
+        return True
 
     def _drop(self) -> None:
         self.mqueue_dropped += 1
@@ -253,10 +278,12 @@ class Session:
         now: float,
     ) -> None:
         packet_id = self.next_packet_id()
-        self.inflight[packet_id] = InflightEntry(message, qos, retain, subscription_ids, now)
         assert self.outlet is not None
-        self.outlet.send_publish(message, qos, retain, packet_id, False, subscription_ids)
-        self.deliver_msg += 1
+        if self.outlet.send_publish(message, qos, retain, packet_id, False, subscription_ids):
+            self.inflight[packet_id] = InflightEntry(message, qos, retain, subscription_ids, now)
+            self.deliver_msg += 1
+        else:
+            self._drop()  # expired or too large: as if completed, no window slot (MQTT-3.1.2-25)
 
     def _drain(self, now: float) -> None:
         """Move queued deliveries into the inflight window while it has room."""
@@ -268,6 +295,8 @@ class Session:
                 queue.popleft()
                 if outlet.send_publish(message, 0, retain, None, False, subscription_ids):
                     self.deliver_msg += 1
+                else:
+                    self._drop()
                 continue
             if len(self.inflight) >= self.window():
                 return
@@ -317,3 +346,98 @@ class Session:
         """A 5.0 PUBREC with a failure code ends the QoS 2 flow for that id (MQTT-4.3.3)."""
         if self.inflight.pop(packet_id, None) is not None:
             self._drain(now)
+
+    # -- moving a session between nodes (cluster takeover) --------------------------------
+
+    def export_state(self) -> SessionState:
+        """What survives a move to another node, as plain msgpack-able data.
+
+        Subscriptions are `[filter, qos, no_local, retain_as_published, retain_handling,
+        identifier]` (the filter with any `$share/` prefix); queued deliveries
+        `[message, qos, retain, subscription_ids]`; inflight ones `[packet_id, message, qos,
+        retain, subscription_ids, awaiting_comp]` in window order; `awaiting_rel` the ids of
+        incoming QoS 2 messages already routed. Messages are `message_to_dict` maps.
+        """
+        subscriptions = [
+            [s.filter, s.qos, s.no_local, s.retain_as_published, s.retain_handling, s.identifier]
+            for s in self.subscriptions.values()
+        ]
+        queue = [
+            [message_to_dict(m), qos, retain, _ids_out(ids)] for m, qos, retain, ids in self.queue
+        ]
+        inflight = []
+        for pid, e in self.inflight.items():
+            ids_out = _ids_out(e.subscription_ids)
+            message = message_to_dict(e.message)
+            inflight.append([pid, message, e.qos, e.retain, ids_out, e.awaiting_comp])
+        return {
+            "v": 1,
+            "client_id": self.client_id,
+            "username": self.username,
+            "clean_start": self.clean_start,
+            "expiry_interval": self.expiry_interval,
+            "created_at": self.created_at,
+            "disconnected_at": self.disconnected_at,
+            "subscriptions": subscriptions,
+            "queue": queue,
+            "inflight": inflight,
+            "awaiting_rel": list(self.awaiting_rel),
+        }
+
+    def load_deliveries(self, state: SessionState, now: float) -> None:
+        """Take the queue, inflight window and `awaiting_rel` of an exported state (the
+        subscriptions are the broker's business: `Broker.import_session`). Inflight entries keep
+        their packet ids and are resent by `resume` (DUP=1, or PUBREL once PUBREC'd); queued
+        deliveries beyond `max_queued` are dropped and counted. Raises ValueError."""
+        for item in _items(state, "queue", 4):
+            if len(self.queue) >= self.max_queued:
+                self._drop()
+                continue
+            qos, retain, ids = item[1], item[2], _sub_ids(item[3])
+            if qos not in (0, 1, 2) or not isinstance(retain, bool):
+                raise ValueError(f"bad queued delivery {item!r:.200}")
+            self.queue.append((message_from_dict(item[0]), qos, retain, ids))
+        for item in _items(state, "inflight", 6):
+            packet_id, qos, retain, awaiting_comp = item[0], item[2], item[3], item[5]
+            if (
+                not isinstance(packet_id, int)
+                or not 1 <= packet_id <= 65535
+                or qos not in (1, 2)
+                or not isinstance(retain, bool)
+                or not isinstance(awaiting_comp, bool)
+            ):
+                raise ValueError(f"bad inflight entry {item!r:.200}")
+            entry = InflightEntry(message_from_dict(item[1]), qos, retain, _sub_ids(item[4]), now)
+            entry.awaiting_comp = awaiting_comp and qos == 2
+            self.inflight[packet_id] = entry
+            self._next_packet_id = packet_id % 65535 + 1
+        rel = state.get("awaiting_rel") or []
+        if not isinstance(rel, list) or not all(isinstance(i, int) for i in rel):
+            raise ValueError("bad awaiting_rel")
+        for packet_id in rel:
+            self.awaiting_rel[packet_id] = now
+
+
+#: `Session.export_state()`: a msgpack-able map (see there).
+SessionState = dict[str, Any]
+
+
+def _items(state: SessionState, key: str, width: int) -> list[list[Any]]:
+    items = state.get(key) or []
+    if not isinstance(items, list) or not all(
+        isinstance(i, list | tuple) and len(i) >= width for i in items
+    ):
+        raise ValueError(f"bad {key!r} in session state")
+    return [list(i) for i in items]
+
+
+def _ids_out(ids: list[int] | None) -> list[int] | None:
+    return None if ids is None else list(ids)
+
+
+def _sub_ids(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(i, int) for i in value):
+        raise ValueError(f"bad subscription identifiers {value!r:.100}")
+    return list(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -21,3 +21,16 @@ class Settings:
     max_awaiting_rel: int = 100
     topic_alias_maximum: int = 65535
     queue_qos0_messages: bool = False
+    # MQTT 5.0 capabilities announced in CONNACK and enforced (see README "MQTT 5.0 features").
+    max_qos_allowed: int = 2
+    wildcard_subscription_available: bool = True
+    shared_subscription_available: bool = True
+    subscription_identifier_available: bool = True
+    #: Server Keep Alive imposed on 5.0 clients; 0 = the client's own (capped by max_keepalive).
+    server_keepalive: int = 0
+    #: Response Information for clients that send Request Response Information = 1; "" = none.
+    response_information: str = ""
+    #: Topic aliases this server uses towards a client that allows them; 0 = never.
+    outgoing_topic_alias_maximum: int = 128
+    #: SCRAM-SHA-256 users: user name -> stored credential (`enhanced_auth.scram_credential`).
+    scram_credentials: dict[str, str] = field(default_factory=dict)

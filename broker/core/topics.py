@@ -23,6 +23,20 @@ def _utf8_ok(s: str) -> bool:
     return n <= MAX_TOPIC_BYTES
 
 
+def is_utf8(payload: bytes) -> bool:
+    """Well-formed UTF-8 (RFC 3629): what Payload Format Indicator 1 promises (3.3.2.3.2)."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def has_wildcard(filt: str) -> bool:
+    """A Wildcard Subscription (MQTT 5 3.2.2.3.11): `+` or `#` anywhere in the filter."""
+    return "+" in filt or "#" in filt
+
+
 def validate_topic_name(topic: str) -> bool:
     """A topic a PUBLISH may carry: non-empty (MQTT-4.7.3-1), no wildcards (MQTT-3.3.2-2)."""
     return _utf8_ok(topic) and "+" not in topic and "#" not in topic

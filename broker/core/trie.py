@@ -173,6 +173,12 @@ class SubscriptionTrie(Generic[V]):
             return node.count > 0
         return group in node.shared
 
+    def shared_members(self, group: str, real: str) -> dict[str, V] | None:
+        """The members of `group` on the real filter `real` (the trie's own dict: read-only),
+        or None when that group has no member there."""
+        node = self._find(real)
+        return None if node is None else node.shared.get(group)
+
     def _match_nodes(self, topic: str) -> list[_Node[V]]:
         """Every node whose real filter matches `topic` (each at most once)."""
         levels = topic.split("/")

@@ -14,7 +14,7 @@ File layout::
     [listener.ws]     bind, port, path, enabled
     [management]      bind, port, enabled, max_row_limit, metrics_auth, default_app
     [[management.apps]] id, secret, name, desc, status, expired (API apps; repeatable)
-    [cluster]         bind, port, join, enabled
+    [cluster]         bind, port, join, enabled, advertise
     [alarms]          sysmem_high_watermark, procmem_high_watermark, cpu_high_watermark,
                       connections_high_watermark, check_interval
     [plugins.<name>]  enabled, plus each plugin's own keys (PLUGIN_SCHEMAS for the built-ins;
@@ -33,6 +33,8 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from broker.core.enhanced_auth import parse_scram_credential
 
 __all__ = [
     "PLUGIN_SCHEMAS",
@@ -145,6 +147,18 @@ class BrokerConfig:
     max_connections: int = 0
     shared_subscription_strategy: str = "round_robin"
     max_outgoing_buffer: int = 8 * 1024 * 1024
+    # MQTT 5.0 (EMQX's names where it has the setting; see README "MQTT 5.0 features").
+    max_awaiting_rel: int = 100
+    max_topic_alias: int = 65535
+    outgoing_topic_alias_maximum: int = 128
+    max_qos_allowed: int = 2
+    wildcard_subscription_available: bool = True
+    shared_subscription_available: bool = True
+    subscription_identifier_available: bool = True
+    server_keepalive: int = 0
+    response_information: str = ""
+    #: SCRAM-SHA-256 users for enhanced authentication: user name -> stored credential.
+    scram_credentials: dict[str, str] = field(default_factory=dict)
     node_name: str = "minibroker@127.0.0.1"
     data_dir: str = "./data"
     cookie: str = "minibroker"
@@ -153,6 +167,9 @@ class BrokerConfig:
     management: ManagementConfig = field(default_factory=_management_default)
     cluster: ListenerConfig = field(default_factory=_cluster_default)
     cluster_join: list[str] = field(default_factory=list)
+    #: The cluster address peers dial ("host" or "host:port"); "" = the bind address (127.0.0.1
+    #: for a wildcard bind) and the bound port.
+    cluster_advertise: str = ""
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     #: plugin name -> its validated [plugins.<name>] table (only the keys the file sets)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -331,6 +348,46 @@ def _strategy(value: object, where: str) -> str:
     return s
 
 
+def _scram_credentials(value: object, where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Invalid(
+            f"{where} must be a table of user name = stored credential, got {_show(value)}"
+        )
+    out: dict[str, str] = {}
+    for user, entry in value.items():
+        if not isinstance(entry, str):
+            raise _Invalid(f"{where}: the entry of {user!r} must be a string, got {_show(entry)}")
+        try:
+            parse_scram_credential(entry)
+        except ValueError as exc:
+            raise _Invalid(
+                f"{where}: the entry of {user!r} is not a SCRAM-SHA-256 credential ({exc}); "
+                "make one with: python -m broker.core.enhanced_auth USERNAME"
+            ) from None
+        out[user] = entry
+    return out
+
+
+def _advertise(value: object, where: str) -> str:
+    """`host`, `host:port` or `[ipv6]:port` (no port: the bound cluster port)."""
+    text = _str(value, where).strip()
+    if not text:
+        return ""
+    try:
+        validate_host_port(text if _has_port(text) else f"{_bracket(text)}:1")
+    except ConfigError as exc:
+        raise _Invalid(f"{where}: {exc}") from None
+    return text
+
+
+def _has_port(text: str) -> bool:
+    return text.startswith("[") or (text.count(":") == 1)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _join_list(value: object, where: str) -> list[str]:
     if not isinstance(value, list):
         raise _Invalid(f'{where} must be an array of "host:port" strings, got {_show(value)}')
@@ -401,6 +458,16 @@ _TOP: _Schema = {
     "max_connections": ("max_connections", _int_range(0, None, " (0 = unlimited)")),
     "shared_subscription_strategy": ("shared_subscription_strategy", _strategy),
     "max_outgoing_buffer": ("max_outgoing_buffer", _int_range(1, None)),
+    "max_awaiting_rel": ("max_awaiting_rel", _int_range(1, 65535, " (the Receive Maximum)")),
+    "max_topic_alias": ("max_topic_alias", _int_range(0, 65535, " (0 = no topic aliases)")),
+    "outgoing_topic_alias_maximum": ("outgoing_topic_alias_maximum", _int_range(0, 65535)),
+    "max_qos_allowed": ("max_qos_allowed", _int_range(0, 2)),
+    "wildcard_subscription_available": ("wildcard_subscription_available", _bool),
+    "shared_subscription_available": ("shared_subscription_available", _bool),
+    "subscription_identifier_available": ("subscription_identifier_available", _bool),
+    "server_keepalive": ("server_keepalive", _int_range(0, 65535, " (0 = the client's)")),
+    "response_information": ("response_information", _str),
+    "scram_credentials": ("scram_credentials", _scram_credentials),
 }
 
 _NODE: _Schema = {
@@ -417,7 +484,11 @@ _LISTENER: _Schema = {
 
 _WS_LISTENER: _Schema = {**_LISTENER, "path": ("path", _ws_path)}
 
-_CLUSTER: _Schema = {**_LISTENER, "join": ("join", _join_list)}
+_CLUSTER: _Schema = {
+    **_LISTENER,
+    "join": ("join", _join_list),
+    "advertise": ("advertise", _advertise),
+}
 
 _APP: _Schema = {
     "id": ("id", _nonempty_str),
@@ -566,6 +637,8 @@ class _Loader:
                 fields = self.fill(self.table(doc, key, "top level"), _CLUSTER, key)
                 if "join" in fields:
                     cfg.cluster_join = fields.pop("join")
+                if "advertise" in fields:
+                    cfg.cluster_advertise = fields.pop("advertise")
                 cfg.cluster = dataclasses.replace(cfg.cluster, **fields)
             elif key == "alarms":
                 values = self.table(doc, key, "top level")
@@ -687,6 +760,7 @@ def apply_overrides(
         cluster_join=list(cfg.cluster_join),
         alarms=dataclasses.replace(cfg.alarms),
         plugins={name: dict(table) for name, table in cfg.plugins.items()},
+        scram_credentials=dict(cfg.scram_credentials),
     )
     if node_name is not None:
         out.node_name = _override(_node_name, node_name, "--node-name")

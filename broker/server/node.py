@@ -43,6 +43,16 @@ def settings_from_config(cfg: BrokerConfig) -> Settings:
         max_connections=cfg.max_connections,
         shared_subscription_strategy=cfg.shared_subscription_strategy,
         max_outgoing_buffer=cfg.max_outgoing_buffer,
+        max_awaiting_rel=cfg.max_awaiting_rel,
+        topic_alias_maximum=cfg.max_topic_alias,
+        outgoing_topic_alias_maximum=cfg.outgoing_topic_alias_maximum,
+        max_qos_allowed=cfg.max_qos_allowed,
+        wildcard_subscription_available=cfg.wildcard_subscription_available,
+        shared_subscription_available=cfg.shared_subscription_available,
+        subscription_identifier_available=cfg.subscription_identifier_available,
+        server_keepalive=cfg.server_keepalive,
+        response_information=cfg.response_information,
+        scram_credentials=dict(cfg.scram_credentials),
     )
 
 

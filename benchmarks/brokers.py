@@ -1,0 +1,247 @@
+"""Starting brokers to measure: our `minibroker` and, when installed, mosquitto.
+
+Both listen on free loopback ports, with a temporary data directory or generated config, and
+are pinned to one core with `taskset -c CORE` when taskset exists and the core is given. The
+pid is the broker's own (taskset execs it), so /proc readings are the broker's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "RunningBroker",
+    "find_mosquitto",
+    "free_port",
+    "start_broker",
+    "start_minibroker",
+    "start_mosquitto",
+    "wait_port",
+]
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(
+    host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until `host:port` accepts a TCP connection (or raise after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"broker exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class RunningBroker:
+    name: str
+    label: str
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log: Path
+    cleanup: list[Path] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def target(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RunningBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _pin(cmd: list[str], core: int | None) -> list[str]:
+    if core is None or shutil.which("taskset") is None:
+        return cmd
+    return ["taskset", "-c", str(core), *cmd]
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+
+
+def minibroker_version() -> str:
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        return version("minibroker")
+    return "dev"
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def mqtt_probe(host: str, port: int, timeout: float = 5.0) -> bool:
+    """True when `host:port` answers a CONNECT with a successful CONNACK (blocking)."""
+    from broker.protocol.codec import encode
+    from broker.protocol.packets import Connect
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(encode(Connect("bench-probe")))
+            reply = sock.recv(4)
+    except OSError:
+        return False
+    return len(reply) == 4 and reply[0] == 0x20 and reply[3] == 0
+
+
+#: Set once our broker failed to serve MQTT on uvloop, so later starts go straight to asyncio.
+_UVLOOP_BROKEN: list[str] = []
+
+
+def start_minibroker(core: int | None = None, use_uvloop: bool = True) -> RunningBroker:
+    """`minibroker start` on free ports with a temporary data directory, `core`-pinned.
+
+    On uvloop when asked for and installed; if the broker then fails a CONNECT probe, it is
+    restarted on asyncio (and stays there for this process) with a warning on stderr.
+    """
+    if use_uvloop and uvloop_available() and not _UVLOOP_BROKEN:
+        broker = _start_minibroker(core, "uvloop")
+        if mqtt_probe(broker.host, broker.port):
+            return broker
+        broker.stop()
+        _UVLOOP_BROKEN.append(broker.log.name)
+        print(
+            "warning: minibroker refused MQTT on uvloop (see its log); using asyncio instead",
+            file=sys.stderr,
+        )
+    return _start_minibroker(core, "asyncio")
+
+
+def _start_minibroker(core: int | None, loop: str) -> RunningBroker:
+    workdir = Path(tempfile.mkdtemp(prefix="minibroker-bench-"))
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.launch",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--mqtt-port",
+        str(port),
+        "--ws-port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+        "--cluster-port",
+        str(free_port()),
+        "--data-dir",
+        str(workdir / "data"),
+    ]
+    env = dict(os.environ, MINIBROKER_BENCH_LOOP=loop)
+    log = workdir / "broker.log"
+    proc = _spawn(_pin(cmd, core), log, env)
+    broker = RunningBroker(
+        "minibroker",
+        f"minibroker {minibroker_version()} ({loop})",
+        "127.0.0.1",
+        port,
+        proc,
+        workdir,
+        log,
+    )
+    try:
+        wait_port("127.0.0.1", port, proc=proc)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+def find_mosquitto() -> str | None:
+    for path in MOSQUITTO_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("mosquitto")
+
+
+def mosquitto_version(binary: str) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([binary, "-h"], capture_output=True, timeout=5).stdout.decode()
+        for word in out.split():
+            if word[:1].isdigit() and "." in word:
+                return word
+    return "?"
+
+
+def mosquitto_config(port: int) -> str:
+    return f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+
+
+def start_mosquitto(core: int | None = None, binary: str | None = None) -> RunningBroker:
+    """mosquitto with a generated config (`listener PORT 127.0.0.1`, anonymous), pinned."""
+    binary = binary or find_mosquitto()
+    if binary is None:
+        raise FileNotFoundError("mosquitto is not installed (apt-get install -y mosquitto)")
+    workdir = Path(tempfile.mkdtemp(prefix="mosquitto-bench-"))
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(mosquitto_config(port))
+    log = workdir / "broker.log"
+    proc = _spawn(_pin([binary, "-c", str(conf)], core), log)
+    broker = RunningBroker(
+        "mosquitto", f"mosquitto {mosquitto_version(binary)}", "127.0.0.1", port, proc, workdir, log
+    )
+    try:
+        wait_port("127.0.0.1", port, proc=proc)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+def start_broker(name: str, core: int | None = None, use_uvloop: bool = True) -> RunningBroker:
+    if name == "minibroker":
+        return start_minibroker(core, use_uvloop)
+    if name == "mosquitto":
+        return start_mosquitto(core)
+    raise ValueError(f"unknown broker {name!r} (minibroker or mosquitto)")

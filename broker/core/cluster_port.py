@@ -1,0 +1,47 @@
+"""The ports through which a cluster runtime extends the broker beyond one node.
+
+The core stays synchronous and I/O-free: it calls these ports and the cluster side (`cluster/`)
+does the I/O. A single node sets none of them (`Broker.shared_dispatcher` and
+`Broker.session_locator` stay None) and behaves exactly as without a cluster.
+
+* `SharedDispatcher`: shared subscription groups cluster-wide. When set, `Broker.publish` does not
+  deliver to shared groups itself; it hands each message published on this node to `dispatch`,
+  which sees every group of the cluster (from the replicated shared-route table, so groups with
+  members on other nodes only are included), picks one node per group, and either delivers
+  locally through `Broker.deliver_shared_local` or sends the message to the chosen node (which
+  calls `deliver_shared_local` there). Forwarded copies are published with `shared=False`, so a
+  member never gets a message twice.
+* `SessionLocator`: a client id unique in the cluster. After authentication, a CONNECT asks
+  `takeover`; when it returns True the channel waits (state TAKEOVER: input held, no keepalive)
+  until `done` is called with the session state that another node surrendered (or None), then
+  goes on as a local CONNECT does (`broker.core.handle_connect`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from broker.core.message import Message
+
+#: `Session.export_state()`: a msgpack-able map.
+SessionState = dict[str, Any]
+#: Called once, on the event loop, with the surrendered session state or None.
+TakeoverDone = Callable[[SessionState | None], None]
+
+
+class SharedDispatcher(Protocol):
+    def dispatch(self, message: Message) -> int:
+        """Give `message` to one member of every shared group in the cluster whose filter
+        matches its topic; returns the deliveries made or handed to another node."""
+        ...
+
+
+class SessionLocator(Protocol):
+    def takeover(self, client_id: str, clean_start: bool, done: TakeoverDone) -> bool:
+        """Make every other node give up `client_id`: close its connection (0x8E) and, unless
+        `clean_start`, hand over its session state. Returns False when there is nothing to ask
+        (single node, no live peer): `done` is then never called and the CONNECT goes on at
+        once. Otherwise `done` is called exactly once, later or before returning, with the
+        state (None if no node had one, or on failure/timeout)."""
+        ...

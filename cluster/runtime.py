@@ -1,0 +1,519 @@
+"""The cluster runtime of one node: drives membership and route sync, forwards messages, RPC.
+
+Theory of operation
+-------------------
+`ClusterNode` is the asyncio driver of the pure parts (`cluster.membership`, `cluster.sync`) and
+the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.publish`):
+
+* **Timer.** One task calls `Membership.tick(now)` at `next_deadline()` (the clock is the event
+  loop's monotonic time) and sends what it returns over `cluster.transport`. Anything that may
+  bring the deadline forward (a frame handled, a route change) wakes it.
+* **Frames in.** Membership types go to `Membership.handle(sender's advertised address, ...)`;
+  FORWARD is delivered locally (below); RPC_REQUEST/RESPONSE go to `cluster.rpc`.
+* **Routes.** The broker tells us when a filter gets its first local subscriber or loses its
+  last (`route_listeners`); `RouteSync.local_update` records it and membership gossips it. At
+  start the broker's existing filters are announced. A member that dies or leaves has its routes
+  purged by `RouteSync`.
+* **Forwarding.** Every message published on this node passes `forward()` (a forward hook): the
+  route table is matched and ONE FORWARD goes to each remote node with a matching route (never
+  one per subscriber). The receiver calls `Broker.publish(message, forward=False)`: it delivers
+  to its own subscribers (QoS min(pub, sub), the message keeps its QoS) and never forwards again.
+  A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
+  in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
+  `$SYS/` topics are node-local and never forwarded.
+* **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
+  every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
+  delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
+  (RPC `banned_dump`) from the first live peer it meets, once.
+
+Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
+`register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
+`send_forward(node, message, kind, extra)` sends one; `forward_targets(message)` decides which
+nodes get a message and may be overridden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.core.banned import BanEntry
+from broker.core.broker import Broker
+from broker.core.message import Message
+from cluster.gossip import MemberEvent, MembershipConfig, Outgoing
+from cluster.members import LIVE_STATES
+from cluster.membership import Membership
+from cluster.routes import RouteTable
+from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
+from cluster.sync import RouteSync
+from cluster.transport import Transport, TransportConfig
+from cluster.wire import Address, Body, Hello, MessageType, WireError, forward_body, parse_forward
+
+__all__ = ["ClusterConfig", "ClusterNode", "ForwardHandler"]
+
+log = logging.getLogger(__name__)
+
+#: A FORWARD variant's receiver: (message, the raw body, the sender's HELLO).
+ForwardHandler = Callable[[Message, Body, Hello], None]
+
+_MEMBERSHIP_TYPES = frozenset(
+    {
+        MessageType.PING,
+        MessageType.ACK,
+        MessageType.PING_REQ,
+        MessageType.NACK,
+        MessageType.GOSSIP,
+        MessageType.ROUTE_DELTA,
+        MessageType.PUSH_PULL_REQ,
+        MessageType.PUSH_PULL_RESP,
+        MessageType.LEAVE,
+    }
+)
+_MAX_TIMER_SLEEP = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    rpc_timeout: float = 5.0
+    #: Bounds of one `retained_dump` answer (what a joining node pulls).
+    retained_dump_max: int = 10_000
+    retained_dump_bytes: int = 8 * 1024 * 1024
+    #: How long `stop()` waits for the LEAVE to go out.
+    leave_timeout: float = 1.0
+
+
+class ClusterNode:
+    """One node's membership in the cluster. See the module docstring."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        name: str,
+        bind_addr: Address,
+        advertise_addr: Address | None,
+        seeds: list[Address],
+        cookie: str,
+        rpc_handler: RpcHandler | None,
+        config: ClusterConfig | None = None,
+    ) -> None:
+        self.broker = broker
+        self.name = name
+        self.bind_addr = bind_addr
+        #: None: the bind host (127.0.0.1 for a wildcard bind); port 0: the bound port.
+        self.advertise_addr = advertise_addr
+        self.seeds = list(seeds)
+        self.config = config or ClusterConfig()
+        self.epoch = int(time.time() * 1000)  # grows across restarts (cluster.membership)
+        self.table = RouteTable(name, self.epoch)
+        self.sync = RouteSync(self.table)
+        self.stats: Counter[str] = Counter()
+        self.transport = Transport(
+            name, self.epoch, cookie, self._on_frame, self._on_drop, self.config.transport
+        )
+        self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
+        self.rpc.register("retained_dump", self._retained_dump)
+        self.rpc.register("banned_dump", self._banned_dump)
+        self.port = 0
+        self.address: Address = ("127.0.0.1", 0)
+        self._membership: Membership | None = None
+        self._forward_kinds: dict[str, ForwardHandler] = {
+            "publish": self._deliver,
+            "retain": self._store_retained,
+        }
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._synced = False
+        self._syncing = False
+        self._running = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        if self._membership is None:
+            raise RuntimeError("the cluster node is not started")
+        return self._membership
+
+    async def start(self) -> None:
+        host, port = self.bind_addr
+        self.port = await self.transport.listen(host, port)
+        adv_host, adv_port = self.advertise_addr or ("", 0)
+        if not adv_host:
+            adv_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.address = (adv_host, adv_port or self.port)
+        self.transport.address = self.address
+        self._membership = Membership(
+            self.name,
+            self.address,
+            self.epoch,
+            self.config.membership,
+            random.Random(),
+            delegate=self.sync,
+        )
+        self._running = True
+        for filt in sorted(self.broker.router.filters()):
+            self._on_route(filt, True)
+        self.broker.route_listeners.append(self._on_route)
+        self.broker.forward_hooks.append(self.forward)
+        seeds = [s for s in self.seeds if s != self.address]
+        self._send(self.membership.join(seeds, self._now()))
+        self._timer = asyncio.get_running_loop().create_task(self._run_timer())
+        log.info(
+            "cluster: node %s listening on %s:%d (advertised %s:%d), seeds %s",
+            self.name, host, self.port, *self.address,
+            ", ".join(f"{h}:{p}" for h, p in seeds) or "none",
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Leave gracefully (the LEAVE goes out, bounded), then close every link."""
+        if not self._running:
+            return
+        self._running = False
+        with contextlib.suppress(ValueError):
+            self.broker.route_listeners.remove(self._on_route)
+        with contextlib.suppress(ValueError):
+            self.broker.forward_hooks.remove(self.forward)
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        self._send(self.membership.leave(self._now()))
+        await self.transport.flush(self.config.leave_timeout)
+        await self.rpc.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.transport.close()
+        log.info("cluster: node %s left", self.name)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def live_nodes(self) -> list[str]:
+        """Members alive or suspect: this node first, then the others by name."""
+        others = sorted(m.name for m in self.membership.live_members())
+        return [self.name, *others]
+
+    def is_live(self, node: str) -> bool:
+        member = self.membership.get(node)
+        return member is not None and member.state in LIVE_STATES
+
+    def knows(self, node: str) -> bool:
+        """Any member ever seen (alive, suspect, dead or left, until reaped)."""
+        return self.membership.get(node) is not None
+
+    def cluster_stats(self) -> dict[str, int]:
+        out = dict(self.stats)
+        out.update({"transport/" + k: v for k, v in self.transport.stats.items()})
+        out.update({"rpc/" + k: v for k, v in self.rpc.stats.items()})
+        out.update({"membership/" + k: v for k, v in self.membership.stats.items()})
+        out["members/live"] = self.membership.live_count
+        out["routes"] = len(self.table)
+        return out
+
+    # -- RPC -------------------------------------------------------------------------------
+
+    def register_rpc(self, method: str, handler: MethodHandler) -> None:
+        """Serve `method` with `async handler(args, from_node)`."""
+        self.rpc.register(method, handler)
+
+    async def call(
+        self, node: str, method: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        """Run `method` on `node` (this node too); raises NodeUnreachable/RpcTimeout/RemoteError."""
+        if node == self.name:
+            return await self.rpc.dispatch(method, args, self.name)
+        member = self.membership.get(node)
+        if member is None or member.state not in LIVE_STATES:
+            raise NodeUnreachable(node)
+        wait = self.config.rpc_timeout if timeout is None else timeout
+        return await self.rpc.call(node, member.address, method, args, wait)
+
+    async def call_all(
+        self, method: str, args: dict[str, Any], timeout: float | None = None
+    ) -> list[tuple[str, Any]]:
+        """Run `method` on every live node (this one first) at once; failures are logged and
+        skipped."""
+        nodes = self.live_nodes()
+        results = await asyncio.gather(
+            *(self.call(node, method, args, timeout) for node in nodes), return_exceptions=True
+        )
+        out: list[tuple[str, Any]] = []
+        for node, result in zip(nodes, results, strict=True):
+            if isinstance(result, RpcError):
+                log.warning("cluster: %s did not answer %s: %s", node, method, result)
+            elif isinstance(result, BaseException):
+                log.warning("cluster: %s failed on %s: %r", method, node, result)
+            else:
+                out.append((node, result))
+        return out
+
+    # -- forwarding ------------------------------------------------------------------------
+
+    def register_forward_kind(self, kind: str, handler: ForwardHandler) -> None:
+        """Receive FORWARD frames whose body has `kind` with `handler(message, body, hello)`."""
+        self._forward_kinds[kind] = handler
+
+    def forward_targets(self, message: Message) -> set[str]:
+        """The remote nodes with a route matching the message's topic."""
+        targets = self.table.match(message.topic)
+        targets.discard(self.name)
+        return targets
+
+    def forward(self, message: Message) -> int:
+        """The broker's forward hook; returns the number of nodes the message was sent to."""
+        if not self._running or message.topic.startswith("$SYS/"):
+            return 0
+        targets = self.forward_targets(message)
+        sent = 0
+        if targets:
+            body = forward_body(message, self.broker.node_name)
+            for node in targets:
+                sent += self.send_forward(node, message, body=body)
+        if message.retain:  # replicated everywhere: a new subscriber on any node gets it
+            body = forward_body(message, self.broker.node_name)
+            body["kind"] = "retain"
+            for member in self.membership.live_members():
+                if member.name not in targets:
+                    self.stats["retained/replicated"] += 1
+                    self._send_frame(member.address, MessageType.FORWARD, body)
+        return sent
+
+    def send_forward(
+        self,
+        node: str,
+        message: Message,
+        kind: str = "publish",
+        extra: dict[str, Any] | None = None,
+        body: Body | None = None,
+    ) -> int:
+        """Send one FORWARD of `message` to `node`; 1 if queued, 0 if dropped (counted)."""
+        if body is None:
+            body = forward_body(message, self.broker.node_name)
+            if kind != "publish":
+                body["kind"] = kind
+            if extra:
+                body.update(extra)
+        member = self.membership.get(node)
+        ok = member is not None and member.state in LIVE_STATES
+        if ok and member is not None:
+            ok = self._send_frame(member.address, MessageType.FORWARD, body, drops_counted=True)
+        counters = self.broker.metrics.counters
+        if ok:
+            counters["messages/forward"] += 1
+            self.stats["forward/sent"] += 1
+            return 1
+        if member is None or member.state not in LIVE_STATES:
+            self._count_forward_dropped(1)  # (a queue drop is counted by _on_drop)
+        log.debug("cluster: message on %r to %s dropped", message.topic, node)
+        return 0
+
+    def _count_forward_dropped(self, count: int) -> None:
+        self.broker.metrics.counters["messages/dropped"] += count
+        self.stats["forward/dropped"] += count
+
+    def _deliver(self, message: Message, body: Body, hello: Hello) -> None:
+        self.stats["forward/received"] += 1
+        self.broker.publish(message, forward=False)
+
+    def _store_retained(self, message: Message, body: Body, hello: Hello) -> None:
+        self.stats["retained/received"] += 1
+        if self.broker.settings.retain_available:
+            self.broker.retain(message)
+
+    # -- frames in -------------------------------------------------------------------------
+
+    def _on_frame(self, hello: Hello, msg_type: MessageType, body: Body) -> None:
+        if not self._running:
+            return
+        if msg_type in _MEMBERSHIP_TYPES:
+            self._send(self.membership.handle(hello.address, msg_type, body, self._now()))
+            self._wake.set()
+        elif msg_type is MessageType.FORWARD:
+            self._on_forward(hello, body)
+        elif msg_type is MessageType.RPC_REQUEST:
+            self.rpc.handle_request(hello.name, hello.address, body)
+        elif msg_type is MessageType.RPC_RESPONSE:
+            self.rpc.handle_response(hello.name, body)
+        else:
+            self.stats["frames/unexpected"] += 1
+
+    def _on_forward(self, hello: Hello, body: Body) -> None:
+        kind = body.get("kind", "publish")
+        handler = self._forward_kinds.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self.stats["forward/unknown_kind"] += 1
+            return
+        try:
+            message = parse_forward(body, now=self.broker.clock())
+        except WireError as exc:
+            self.stats["forward/malformed"] += 1
+            log.warning("cluster: malformed FORWARD from %s: %s", hello.name, exc)
+            return
+        handler(message, body, hello)
+
+    def _on_drop(self, address: Address, msg_type: MessageType, count: int) -> None:
+        if msg_type is MessageType.FORWARD:
+            self._count_forward_dropped(count)
+
+    # -- membership driving ----------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _on_route(self, filt: str, present: bool) -> None:
+        try:
+            self.sync.local_update(filt, present)
+        except ValueError:
+            log.warning("cluster: cannot route filter %r", filt)
+            return
+        self._wake.set()
+
+    async def _run_timer(self) -> None:
+        membership = self.membership
+        while True:
+            try:
+                self._send(membership.tick(self._now()))
+            except Exception:  # a bug must not stop failure detection for good
+                log.exception("cluster: membership tick failed")
+            self._wake.clear()
+            delay = membership.next_deadline() - self._now()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(delay, _MAX_TIMER_SLEEP))
+            else:
+                await asyncio.sleep(0)
+
+    def _send(self, out: list[Outgoing]) -> None:
+        for address, msg_type, body in out:
+            self._send_frame(address, msg_type, body)
+        if self._membership is not None:
+            for event in self._membership.take_events():
+                self._on_event(event)
+
+    def _send_frame(
+        self, address: Address, msg_type: MessageType, body: Body, drops_counted: bool = False
+    ) -> bool:
+        try:
+            return self.transport.send(address, msg_type, body)
+        except WireError as exc:
+            self.stats["send/unencodable"] += 1
+            log.error("cluster: cannot send %s to %s:%d: %s", msg_type.name, *address, exc)
+            if drops_counted and msg_type is MessageType.FORWARD:
+                self._count_forward_dropped(1)
+            return False
+
+    def _on_event(self, event: MemberEvent) -> None:
+        name = event.name
+        if name == self.name:
+            return
+        self.stats["events/" + event.kind] += 1
+        host, port = event.address
+        if event.kind == "join":
+            log.info("cluster: node %s joined (%s:%d)", name, host, port)
+            if not self._synced and not self._syncing and self._running:
+                self._spawn(self._initial_sync(name))
+        elif event.kind == "alive":
+            log.info("cluster: node %s is alive again", name)
+        elif event.kind == "suspect":
+            log.info("cluster: node %s is suspect", name)
+        elif event.kind == "dead":
+            log.warning("cluster: node %s is dead; its routes are purged", name)
+            self.rpc.fail_node(name)
+        elif event.kind == "left":
+            log.info("cluster: node %s left; its routes are purged", name)
+            self.rpc.fail_node(name)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- state pulled by a joining node ----------------------------------------------------
+
+    async def _initial_sync(self, first: str) -> None:
+        """Pull retained messages and bans from one live peer (the first that answers)."""
+        self._syncing = True
+        try:
+            candidates = [first, *(n for n in self.live_nodes()[1:] if n != first)]
+            for node in candidates:
+                try:
+                    retained = await self.call(node, "retained_dump", {})
+                    banned = await self.call(node, "banned_dump", {})
+                except RpcError as exc:
+                    log.info("cluster: initial sync from %s failed: %s", node, exc)
+                    continue
+                added = self._merge_retained(retained)
+                bans = self._merge_banned(banned)
+                log.info(
+                    "cluster: pulled %d retained messages and %d bans from %s", added, bans, node
+                )
+                self._synced = True
+                return
+        finally:
+            self._syncing = False
+
+    async def _retained_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
+        cfg = self.config
+        out: list[Body] = []
+        size = 0
+        truncated = False
+        for _topic, message in self.broker.retained.match("#"):
+            if len(out) >= cfg.retained_dump_max or size >= cfg.retained_dump_bytes:
+                truncated = True
+                break
+            out.append(forward_body(message, message.node or self.name))
+            size += len(message.payload) + len(message.topic) + 64
+        if truncated:
+            log.warning(
+                "cluster: retained_dump for %s truncated at %d messages", from_node, len(out)
+            )
+        return {"messages": out, "truncated": truncated}
+
+    def _merge_retained(self, answer: Any) -> int:
+        messages = answer.get("messages") if isinstance(answer, dict) else None
+        if not isinstance(messages, list) or not self.broker.settings.retain_available:
+            return 0
+        added = 0
+        for body in messages:
+            try:
+                message = parse_forward(body) if isinstance(body, dict) else None
+            except WireError:
+                message = None
+            if message is None or not message.payload:
+                continue
+            if self.broker.retained.get(message.topic) is None:
+                self.broker.retain(message)
+                added += 1
+        return added
+
+    async def _banned_dump(self, args: dict[str, Any], from_node: str) -> list[dict[str, object]]:
+        return [entry.to_dict() for entry in self.broker.banned.entries()]
+
+    def _merge_banned(self, answer: Any) -> int:
+        if not isinstance(answer, list):
+            return 0
+        table = self.broker.banned
+        added = 0
+        for item in answer:
+            try:
+                entry = BanEntry.from_dict(item)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+            if table.get(entry.kind, entry.who) is None:
+                table.add(entry)
+                added += 1
+        if added:
+            self.broker.kick_banned()
+        return added

@@ -1,0 +1,382 @@
+"""TCP links between nodes: framed messages, the cookie handshake, bounded send queues.
+
+Theory of operation
+-------------------
+Each node listens on its cluster port and keeps **one outgoing link per peer address**. A link
+carries frames one way only, from us to that peer: whatever the peer has to tell us (an ACK, an
+RPC response) comes back over *its* outgoing link to *our* advertised address. So every frame a
+node receives arrives on an accepted connection whose HELLO named the sender, and the runtime
+hands `Membership.handle` the sender's advertised address, as SWIM wants.
+
+Handshake. The dialling side sends HELLO (cookie, name, epoch, advertised address, version); the
+accepting side checks the cookie in constant time (`wire.check_hello`) and answers HELLO_ACK, or
+HELLO_ACK with `error` and closes: a peer without the cookie is refused and logged, and nothing
+it sends is ever decoded past its HELLO. After the handshake the accepting side only reads; the
+dialling side only writes (it reads to notice the connection closing).
+
+Send queues. `send(address, type, body)` encodes the frame at once and appends it to that
+link's queue, which holds at most `max_queue` frames and `max_queue_bytes` bytes; a full queue
+drops the frame. A link that failed to connect is in *backoff* (from `backoff_min`, doubling up
+to `backoff_max`) and drops what it is given until the backoff ends; the next send after that
+reconnects (links reconnect lazily: a peer that nobody talks to costs nothing). Frames still
+queued when a connection fails are dropped too. Every drop is counted in `stats` (by message
+type) and reported through `on_drop`, so the runtime can count a lost FORWARD as a dropped
+message: nothing is lost silently, and nothing is queued without bound for a dead peer.
+
+`close()` stops listening, lets the queues drain for up to `flush_timeout` (so a LEAVE goes
+out), then closes every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cluster.wire import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    Address,
+    Body,
+    FrameDecoder,
+    HandshakeError,
+    Hello,
+    MessageType,
+    WireError,
+    check_hello,
+    encode_frame,
+    hello_ack_body,
+    hello_body,
+    negotiate,
+    parse_hello_ack,
+)
+
+__all__ = ["DropHandler", "FrameHandler", "Transport", "TransportConfig"]
+
+log = logging.getLogger(__name__)
+
+#: Called for every frame received after a handshake: (sender's HELLO, type, body).
+FrameHandler = Callable[[Hello, MessageType, Body], None]
+#: Called when frames to `address` are dropped: (address, type, number of frames).
+DropHandler = Callable[[Address, MessageType, int], None]
+
+_READ_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    max_queue: int = 10_000  # frames waiting per peer
+    max_queue_bytes: int = 32 * 1024 * 1024  # bytes waiting per peer
+    connect_timeout: float = 2.0
+    handshake_timeout: float = 2.0
+    backoff_min: float = 0.05
+    backoff_max: float = 2.0
+    flush_timeout: float = 1.0
+    max_frame: int = DEFAULT_MAX_FRAME
+
+
+class _Link:
+    """The outgoing connection to one peer address, with its bounded queue."""
+
+    def __init__(self, transport: Transport, address: Address) -> None:
+        self.transport = transport
+        self.address = address
+        self.queue: deque[tuple[MessageType, bytes]] = deque()
+        self.queued_bytes = 0
+        self.version = PROTOCOL_VERSION
+        self.peer: Hello | None = None  # who answered our HELLO (while connected)
+        self.up = False
+        self.retry_at = 0.0
+        self.backoff = transport.config.backoff_min
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.closed = False
+
+    def enqueue(self, msg_type: MessageType, frame: bytes, now: float) -> bool:
+        cfg = self.transport.config
+        stats = self.transport.stats
+        if self.closed:
+            return self._drop(msg_type, "closed")
+        if self.task is None:
+            if now < self.retry_at:
+                return self._drop(msg_type, "unreachable")
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        if len(self.queue) >= cfg.max_queue or self.queued_bytes + len(frame) > cfg.max_queue_bytes:
+            return self._drop(msg_type, "queue_full")
+        self.queue.append((msg_type, frame))
+        self.queued_bytes += len(frame)
+        self.idle.clear()
+        self.wake.set()
+        stats["queued"] += 1
+        return True
+
+    def _drop(self, msg_type: MessageType, why: str, count: int = 1) -> bool:
+        stats = self.transport.stats
+        stats["dropped"] += count
+        stats["dropped/" + why] += count
+        stats["dropped/" + msg_type.name] += count
+        self.transport.on_drop(self.address, msg_type, count)
+        return False
+
+    def _drop_queue(self, why: str) -> None:
+        dropped: Counter[MessageType] = Counter(t for t, _ in self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.idle.set()
+        for msg_type, count in dropped.items():
+            self._drop(msg_type, why, count)
+
+    async def _run(self) -> None:
+        transport = self.transport
+        cfg = transport.config
+        writer: asyncio.StreamWriter | None = None
+        watch: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            host, port = self.address
+            reader, conn = await asyncio.wait_for(
+                asyncio.open_connection(host, port), cfg.connect_timeout
+            )
+            writer = conn
+            peer = await asyncio.wait_for(self._handshake(reader, conn), cfg.handshake_timeout)
+            self.peer = peer
+            self.up = True
+            self.backoff = cfg.backoff_min
+            transport.stats["connects"] += 1
+            log.debug("cluster link to %s:%d (%s) is up", host, port, peer.name)
+            watch = loop.create_task(self._watch(reader))
+            while not self.closed:
+                if not self.queue:
+                    self.idle.set()
+                    self.wake.clear()
+                    waiter = loop.create_task(self.wake.wait())
+                    await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                if watch.done():
+                    raise ConnectionError("closed by the peer")
+                if not self.queue:
+                    continue
+                frames = [frame for _, frame in self.queue]
+                sent = len(frames)
+                self.queue.clear()
+                self.queued_bytes = 0
+                conn.write(b"".join(frames))
+                await conn.drain()
+                transport.stats["sent"] += sent
+        except asyncio.CancelledError:
+            raise
+        except HandshakeError as exc:
+            transport.stats["link_failures"] += 1
+            transport.stats["handshake_refused"] += 1
+            log.warning("cluster: %s:%d refused our handshake: %s", *self.address, exc)
+        except (OSError, EOFError, TimeoutError, WireError, ConnectionError) as exc:
+            if not self.closed:
+                level = logging.INFO if self.up else logging.DEBUG
+                why = str(exc) or type(exc).__name__
+                log.log(level, "cluster link to %s:%d failed: %s", *self.address, why)
+                transport.stats["link_failures"] += 1
+        finally:
+            self.up = False
+            self.peer = None
+            if watch is not None:
+                watch.cancel()
+            if writer is not None:
+                writer.close()
+            if not self.closed:
+                self.retry_at = loop.time() + self.backoff
+                self.backoff = min(self.backoff * 2, cfg.backoff_max)
+            self._drop_queue("link_failed" if not self.closed else "closed")
+            self.task = None
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Hello:
+        t = self.transport
+        writer.write(
+            encode_frame(MessageType.HELLO, hello_body(t.cookie, t.name, t.epoch, t.address))
+        )
+        await writer.drain()
+        decoder = FrameDecoder(t.config.max_frame)
+        while True:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            frames = decoder.feed(data)
+            if not frames:
+                continue
+            _, msg_type, body = frames[0]
+            if msg_type is not MessageType.HELLO_ACK:
+                raise HandshakeError(f"expected HELLO_ACK, got {msg_type.name}")
+            hello = parse_hello_ack(body)
+            self.version = negotiate(hello.version)
+            return hello
+
+    async def _watch(self, reader: asyncio.StreamReader) -> None:
+        """Returns when the peer closes the connection (it never sends after HELLO_ACK)."""
+        with contextlib.suppress(OSError):
+            while await reader.read(_READ_SIZE):
+                pass
+
+    async def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class Transport:
+    """Listener plus outgoing links of one node. See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        epoch: int,
+        cookie: str,
+        on_frame: FrameHandler,
+        on_drop: DropHandler | None = None,
+        config: TransportConfig | None = None,
+    ) -> None:
+        self.name = name
+        self.epoch = epoch
+        self.cookie = cookie
+        self.on_frame = on_frame
+        self.on_drop: DropHandler = on_drop or (lambda address, msg_type, count: None)
+        self.config = config or TransportConfig()
+        #: Our advertised address (what peers dial); set by the runtime once bound.
+        self.address: Address = ("127.0.0.1", 0)
+        self.stats: Counter[str] = Counter()
+        self._links: dict[Address, _Link] = {}
+        self._server: asyncio.Server | None = None
+        self._inbound: set[asyncio.StreamWriter] = set()
+        self._closing = False
+
+    # -- listening -------------------------------------------------------------------------
+
+    async def listen(self, host: str, port: int) -> int:
+        """Start accepting peers on host:port; returns the bound port (port 0 works)."""
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            writer.close()
+            return
+        self._inbound.add(writer)
+        peername = writer.get_extra_info("peername")
+        decoder = FrameDecoder(self.config.max_frame)
+        try:
+            accepted = await asyncio.wait_for(
+                self._accept_hello(reader, writer, decoder, peername), self.config.handshake_timeout
+            )
+            if accepted is None:
+                return
+            hello, frames = accepted
+            self.stats["accepted"] += 1
+            while True:
+                for _, msg_type, body in frames:
+                    self.stats["received"] += 1
+                    try:
+                        self.on_frame(hello, msg_type, body)
+                    except Exception:  # a bug in one handler must not drop the link
+                        log.exception(
+                            "cluster: handling %s from %s failed", msg_type.name, hello.name
+                        )
+                data = await reader.read(_READ_SIZE)
+                if not data:
+                    break
+                frames = decoder.feed(data)
+        except (OSError, TimeoutError, WireError) as exc:
+            self.stats["inbound_errors"] += 1
+            why = str(exc) or type(exc).__name__
+            log.info("cluster connection from %s closed: %s", peername, why)
+        finally:
+            self._inbound.discard(writer)
+            writer.close()
+
+    async def _accept_hello(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: FrameDecoder,
+        peername: object,
+    ) -> tuple[Hello, list[tuple[int, MessageType, Body]]] | None:
+        """The peer's HELLO (cookie checked) and any frames that came right behind it."""
+        frames: list[tuple[int, MessageType, Body]] = []
+        while not frames:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                return None
+            frames = decoder.feed(data)
+        _, msg_type, body = frames[0]
+        try:
+            if msg_type is not MessageType.HELLO:
+                raise HandshakeError(f"expected HELLO, got {msg_type.name}")
+            hello = check_hello(body, self.cookie)
+        except HandshakeError as exc:
+            self.stats["refused"] += 1
+            log.warning("cluster: refused a connection from %s: %s", peername, exc)
+            reply = hello_ack_body(self.name, self.epoch, self.address, 1, error="refused")
+            writer.write(encode_frame(MessageType.HELLO_ACK, reply))
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            return None
+        ack = hello_ack_body(self.name, self.epoch, self.address, hello.version)
+        writer.write(encode_frame(MessageType.HELLO_ACK, ack))
+        await writer.drain()
+        return hello, frames[1:]
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, address: Address, msg_type: MessageType, body: Body) -> bool:
+        """Queue one frame for `address`; False (counted, reported) if it was dropped.
+
+        Raises WireError if `body` cannot be encoded (a bug or an oversized message).
+        """
+        if self._closing:
+            return False
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link(self, address)
+        frame = encode_frame(msg_type, body, link.version, self.config.max_frame)
+        return link.enqueue(msg_type, frame, asyncio.get_running_loop().time())
+
+    def is_up(self, address: Address) -> bool:
+        link = self._links.get(address)
+        return link is not None and link.up
+
+    def queued(self) -> int:
+        return sum(len(link.queue) for link in self._links.values())
+
+    def forget(self, address: Address) -> None:
+        """Close the link to `address` (a member that left or was reaped); dropping its queue."""
+        link = self._links.pop(address, None)
+        if link is not None:
+            asyncio.get_running_loop().create_task(link.close())
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until every connected link has written its queue."""
+        waits = [link.idle.wait() for link in self._links.values() if link.task is not None]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), timeout)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self.flush(self.config.flush_timeout)
+        self._closing = True
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            await link.close()
+        for writer in list(self._inbound):
+            writer.close()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None

@@ -1,0 +1,147 @@
+"""benchmarks.stats and benchmarks.topics: percentiles, samplers, topic patterns, filter sets."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from benchmarks.stats import LatencySampler, latency_summary, median, percentile, rate
+from benchmarks.topics import expand, unrelated_filters
+
+
+def _numpy_linear(values: list[float], p: float) -> float:
+    """numpy.percentile(..., method="linear") written out, as the reference."""
+    data = sorted(values)
+    rank = p / 100 * (len(data) - 1)
+    lo = int(rank)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (rank - lo)
+
+
+def test_percentile_known_values() -> None:
+    data = [15.0, 20.0, 35.0, 40.0, 50.0]
+    assert percentile(data, 0) == 15.0
+    assert percentile(data, 100) == 50.0
+    assert percentile(data, 50) == 35.0
+    assert percentile(data, 40) == pytest.approx(29.0)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0], 50) == 1.5
+
+
+def test_percentile_matches_linear_definition_on_random_data() -> None:
+    rng = random.Random(5)
+    for _ in range(50):
+        data = [rng.uniform(0, 1000) for _ in range(rng.randint(1, 60))]
+        for p in (0, 1, 50, 95, 99, 99.9, 100):
+            assert percentile(data, p) == pytest.approx(_numpy_linear(data, p))
+
+
+def test_percentile_does_not_sort_the_caller_list_and_honours_presorted() -> None:
+    data = [3.0, 1.0, 2.0]
+    assert percentile(data, 100) == 3.0
+    assert data == [3.0, 1.0, 2.0]
+    assert percentile([1.0, 2.0, 3.0], 100, presorted=True) == 3.0
+
+
+@pytest.mark.parametrize("p", [-1, 100.5, float("nan")])
+def test_percentile_rejects_out_of_range(p: float) -> None:
+    with pytest.raises(ValueError):
+        percentile([1.0], p)
+
+
+def test_percentile_and_median_reject_empty() -> None:
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        median([])
+
+
+def test_median_and_rate() -> None:
+    assert median([5, 1, 3]) == 3
+    assert median([4, 1, 3, 2]) == 2.5
+    assert rate(10, 2) == 5
+    assert rate(10, 0) == 0.0
+
+
+def test_latency_summary_in_milliseconds() -> None:
+    samples = [i * 1_000_000 for i in range(1, 101)]  # 1..100 ms
+    s = latency_summary(samples)
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert s["max_ms"] == 100.0
+    assert s["samples"] == 100
+    assert latency_summary([]) == {}
+
+
+def test_sampler_keeps_everything_below_cap() -> None:
+    sampler = LatencySampler(cap=100)
+    for i in range(99):
+        sampler.add(i)
+    assert list(sampler.values) == list(range(99))
+    assert sampler.stride == 1
+
+
+@pytest.mark.parametrize("cap", [100, 101, 7])
+def test_sampler_decimates_evenly_above_cap(cap: int) -> None:
+    sampler = LatencySampler(cap=cap)
+    for i in range(10_000):
+        sampler.add(i)
+    assert sampler.offered == 10_000
+    assert len(sampler.values) < cap
+    values = list(sampler.values)
+    assert values == sorted(values)
+    gaps = {b - a for a, b in itertools.pairwise(values)}
+    assert gaps == {sampler.stride}  # evenly spread over the whole stream
+    assert values[-1] >= 10_000 - sampler.stride  # and up to its end
+
+
+def test_sampler_cap_must_allow_halving() -> None:
+    with pytest.raises(ValueError):
+        LatencySampler(cap=1)
+
+
+def test_expand_patterns() -> None:
+    assert expand("bench/%i", 7) == "bench/7"
+    assert expand("t/%c/x", 3, "bench-pub-3") == "t/bench-pub-3/x"
+    assert expand("100%%/%i", 2) == "100%/2"
+    assert expand("plain/topic", 9) == "plain/topic"
+    assert expand("%i%i", 1) == "11"
+
+
+@pytest.mark.parametrize("pattern", ["bench/%", "bench/%x", "%d"])
+def test_expand_rejects_unknown_sequences(pattern: str) -> None:
+    with pytest.raises(ValueError):
+        expand(pattern, 1)
+
+
+def _matches(filt: str, topic: str) -> bool:
+    f, t = filt.split("/"), topic.split("/")
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(f) == len(t)
+
+
+def test_unrelated_filters_count_spread_and_never_match_the_published_topics() -> None:
+    lists = unrelated_filters(1000, 100)
+    assert len(lists) == 100
+    assert all(len(fl) == 10 for fl in lists)
+    flat = [f for fl in lists for f in fl]
+    assert len(set(flat)) == 1000
+    assert any("+" in f for f in flat) and any(f.endswith("#") for f in flat)
+    for f in flat:
+        for n in range(20):
+            assert not _matches(f, f"bench/ms/pub/{n}"), f
+    assert _matches("bench/ms/pub/+", "bench/ms/pub/3")  # the scenario's real subscriber
+
+
+def test_unrelated_filters_fewer_filters_than_clients() -> None:
+    lists = unrelated_filters(10, 100)
+    assert len(lists) == 10
+    assert sum(len(fl) for fl in lists) == 10
+    with pytest.raises(ValueError):
+        unrelated_filters(10, 0)
