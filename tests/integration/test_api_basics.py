@@ -237,9 +237,10 @@ async def test_apps_added_in_the_data_dir_while_running(app_factory: AppFactory)
 
 
 def test_secret_hashing() -> None:
-    stored = hash_secret("pw", iterations=1000)
-    assert stored.startswith("pbkdf2_sha256$1000$") and "pw" not in stored.split("$", 2)[2]
-    assert verify_secret("pw", stored) and not verify_secret("pW", stored)
+    secret = "correct horse battery staple"  # long enough never to appear by chance in base64
+    stored = hash_secret(secret, iterations=1000)
+    assert stored.startswith("pbkdf2_sha256$1000$") and secret not in stored
+    assert verify_secret(secret, stored) and not verify_secret(secret.upper(), stored)
     assert not verify_secret("pw", "garbage") and not verify_secret("pw", "md5$1$a$b")
     assert hash_secret("pw") != hash_secret("pw")  # salted
 
