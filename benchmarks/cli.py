@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -127,6 +128,14 @@ def _add_scenario(sub: Any, name: str) -> None:
             default=argparse.SUPPRESS,
             help=text.replace("(%s)", f"({base[dest]})"),
         )
+    if name not in ("conn", "conn-scale"):
+        g.add_argument(
+            "--spin",
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=f"busy-poll the generator's loops while publishing, so the wake-up time of an "
+            f"idle core is not measured; costs a core ({'on' if base['spin'] else 'off'})",
+        )
     if name in ("pub", "sub", "fan-in", "fan-out", "cluster"):
         g.add_argument(
             "--latency",
@@ -170,7 +179,8 @@ def _targets(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 
 def scenario_params(args: argparse.Namespace) -> Params:
-    given = {dest: getattr(args, dest) for dest in [*OPTIONS, "latency"] if hasattr(args, dest)}
+    names = [*OPTIONS, "latency", "spin"]
+    given = {dest: getattr(args, dest) for dest in names if hasattr(args, dest)}
     merged = dataclasses.asdict(Params()) | DEFAULTS.get(args.scenario, {}) | given
     params = Params(**merged)
     if params.qos not in (0, 1, 2):
@@ -226,7 +236,8 @@ def _report(args: argparse.Namespace) -> int:
     if not records:
         print("minibroker-bench: error: no records in those files", file=sys.stderr)
         return 1
-    text = render_report(records, baseline=args.baseline, charts=args.charts)
+    link_from = os.path.dirname(os.path.abspath(args.output)) if args.output else "."
+    text = render_report(records, baseline=args.baseline, charts=args.charts, link_from=link_from)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)

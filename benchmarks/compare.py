@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{len(records)} runs in {time.monotonic() - started:.0f} s; results in {out}\n")
     if not records:
         return 1
-    table = render_report(records, charts=args.charts)
+    link_from = os.path.dirname(os.path.abspath(args.markdown)) if args.markdown else "."
+    table = render_report(records, charts=args.charts, link_from=link_from)
     print(table)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:

@@ -31,6 +31,7 @@ __all__ = ["Channel", "ConnRole", "PubRole", "SubRole", "WorkerPlan", "run_worke
 Message = tuple[str, dict[str, Any]]
 MAX_ERRORS = 20
 PROGRESS_INTERVAL = 0.5
+MIN_SLEEP = 0.001
 
 
 class Channel(Protocol):
@@ -80,6 +81,7 @@ class WorkerPlan:
     latency: bool = False  # subscribers read timestamps from payloads
     latency_cap: int = 200_000
     coalesce: float = 0.001  # subscribers: seconds to pause reading after a chunk (see client)
+    spin: bool = False  # busy-poll the loop while publishing (see `spin`)
 
 
 class Worker:
@@ -236,7 +238,9 @@ class Worker:
             elif role.rate > 0:
                 wait = t0 + client.sent / role.rate - monotonic()
                 if wait > 0:
-                    await asyncio.sleep(min(wait, max(deadline - monotonic(), 0)))
+                    # At least 1 ms: uvloop (libuv) rounds shorter timers down to 0 and would
+                    # spin; the next turn sends whatever fell due meanwhile, in one write.
+                    await asyncio.sleep(max(min(wait, deadline - monotonic()), MIN_SLEEP))
                 else:
                     await client.drain(max(deadline - monotonic(), 0.001))
             else:
@@ -280,12 +284,24 @@ class Worker:
         return out
 
 
+async def spin() -> None:
+    """Keep the event loop polling without sleeping (`--spin`, on for latency runs).
+
+    An idle core takes a while to wake up on a virtual machine (about 2 ms at the p99 on the
+    development machine), which would otherwise be measured as broker latency. Costs the
+    generator a whole core, so the CPU figures of a spinning run read 100%.
+    """
+    while True:
+        await asyncio.sleep(0)
+
+
 async def run_worker(plan: WorkerPlan, channel: Channel) -> None:
     """Run one worker to completion (see the module docstring for the protocol)."""
     worker = Worker(plan, channel)
     progress = asyncio.create_task(worker.report_progress())
     pinger = asyncio.create_task(worker.keep_alive())
     publishing: asyncio.Task[None] | None = None
+    spinner: asyncio.Task[None] | None = None
     cpu_go = time.process_time()
     try:
         await worker.connect_all()
@@ -298,7 +314,11 @@ async def run_worker(plan: WorkerPlan, channel: Channel) -> None:
                 publishing = asyncio.create_task(
                     worker.publish_all(float(body["t0"]), float(body["deadline"]))
                 )
+                if plan.spin:
+                    spinner = asyncio.create_task(spin())
             elif kind == "stop":
+                if spinner is not None:
+                    spinner.cancel()
                 break
         if publishing is not None and not publishing.done():
             publishing.cancel()
@@ -311,5 +331,7 @@ async def run_worker(plan: WorkerPlan, channel: Channel) -> None:
     finally:
         progress.cancel()
         pinger.cancel()
+        if spinner is not None:
+            spinner.cancel()
         for client in worker.clients():
             client.close(graceful=False)

@@ -10,6 +10,7 @@ Charts (matplotlib, imported only here and only when asked for) are one bar char
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ _UNITS = {
     "received_per_s": "msg/s",
     "deliveries_per_s": "deliveries/s",
     "sent_per_s": "msg/s",
+    "acked_per_s": "msg/s",
     "connects_per_s": "conn/s",
     "broker_kb_per_conn": "KB/conn",
     "filters_ratio": "x",
@@ -201,9 +203,13 @@ def machines(records: Iterable[Record]) -> list[str]:
 
 
 def render_report(
-    records: Sequence[Record], baseline: str | None = None, charts: str | Path | None = None
+    records: Sequence[Record],
+    baseline: str | None = None,
+    charts: str | Path | None = None,
+    link_from: str | Path = ".",
 ) -> str:
-    """The whole Markdown report: caption, table and (optionally) chart links."""
+    """The whole Markdown report: caption, table and (optionally) charts, linked relative to
+    the directory `link_from` (where the Markdown file goes)."""
     rows, labels = build_rows(records)
     if baseline is None:
         baseline = default_baseline(labels)
@@ -211,5 +217,6 @@ def render_report(
     parts = [caption, markdown_table(rows, labels, baseline)]
     if charts is not None:
         for path in render_charts(rows, labels, charts, baseline):
-            parts.append(f"![{path.stem}]({path.as_posix()})")
+            link = Path(os.path.relpath(path.resolve(), Path(link_from).resolve()))
+            parts.append(f"![{path.stem}]({link.as_posix()})")
     return "\n".join(parts) + "\n"

@@ -88,6 +88,7 @@ def summary_line(record: Record) -> str:
     gen = record.get("generator", {})
     if gen:
         phase = " (connect phase)" if gen.get("phase") == "connect" else ""
+        phase += " (spinning)" if gen.get("spin") else ""
         parts.append(
             f"| generator cpu{phase} {gen.get('cpu_s', 0):.2f}s = {gen.get('cpu_pct', 0):.0f}%"
             f" of a core (busiest worker {gen.get('busiest_worker_pct', 0):.0f}%)"

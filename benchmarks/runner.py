@@ -48,6 +48,7 @@ class LoadPlan:
     settle: float = 0.0  # seconds to wait after `ready` before reading the broker's memory
     recv_limit: int = 0  # without publishers: stop holding once this many were received
     coalesce: float = 0.001  # subscribers pause reading this long per chunk (not with latency)
+    spin: bool = False  # workers busy-poll while publishing (load.spin)
 
 
 @dataclass
@@ -168,6 +169,7 @@ def split_plan(plan: LoadPlan, workers: int) -> list[WorkerPlan]:
             keepalive=plan.keepalive,
             latency=plan.latency,
             coalesce=plan.coalesce,
+            spin=plan.spin,
         )
         for k in range(workers)
     ]

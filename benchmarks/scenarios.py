@@ -58,6 +58,7 @@ class Params:
     settle: float = 1.0  # conn-scale: idle seconds before reading the broker's memory
     coalesce_ms: float = 1.0  # subscribers batch reads (see client.BenchClient); 0 = off
     drain: float = 10.0  # after publishing, wait at most this long for deliveries
+    spin: bool = False  # busy-poll the generator's loops while publishing (load.spin)
 
 
 @dataclass
@@ -124,6 +125,7 @@ def _plan(s: Settings, p: Params, **kw: Any) -> LoadPlan:
     return LoadPlan(
         targets=s.targets,
         coalesce=p.coalesce_ms / 1000.0,
+        spin=p.spin,
         duration=p.duration,
         connect_rate=p.connect_rate,
         connect_concurrency=p.connect_concurrency,
@@ -203,6 +205,7 @@ def _result(
         "cpu_pct": pct(sum(workers)),
         "busiest_worker_pct": pct(max(workers, default=0.0)),
         "active_s": round(active, 3),
+        "spin": p.spin,
         "wall_s": round(out.wall_s, 3),
     }
     broker: dict[str, Any] = {}
@@ -371,7 +374,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sub": {"subscribers": 10, "filter": "bench/#", "duration": 10.0},
     "fan-in": {"publishers": 10, "subscribers": 1},
     "fan-out": {"publishers": 1, "subscribers": 100},
-    "latency": {"publishers": 1, "subscribers": 1, "rate": 1000.0, "latency": True},
+    "latency": {"publishers": 1, "subscribers": 1, "rate": 1000.0, "latency": True, "spin": True},
     "conn-scale": {"connections": 10_000, "duration": 1.0},
     "many-subs": {"publishers": 10, "subscribers": 1, "filters": 10_000, "filter_clients": 100},
     "cluster": {"publishers": 1, "subscribers": 10},

@@ -1,4 +1,4 @@
-"""Command line and composition root: ``minibroker start|version|apps``.
+"""Command line and composition root: ``minibroker start|cluster|version|apps``.
 
 Why here: this is the only module allowed to import every layer. It turns a TOML file plus
 command-line flags into one validated ``BrokerConfig`` and hands it to the node runtime, which
@@ -16,6 +16,7 @@ import contextlib
 import logging
 import sys
 
+from broker.cluster_cli import add_cluster_parser, cluster_main
 from broker.plugins.passwd_file import add_passwd_parser, passwd_main
 from broker.server.banner import broker_version
 from broker.server.config import (
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the configuration file and flags, then exit",
     )
 
+    add_cluster_parser(sub, _port)
     sub.add_parser("version", help="print the version and exit")
     add_apps_parser(sub)
     add_passwd_parser(sub)
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return apps_main(args)
     if args.command == "passwd":
         return passwd_main(args)
+    if args.command == "cluster":
+        return cluster_main(args)
     if args.command == "version":
         print(f"minibroker {broker_version()}")
         return 0

@@ -1,4 +1,4 @@
-"""minibroker clustering: the pure (sans-IO) parts.
+"""minibroker clustering: pure (sans-IO) parts, and the asyncio runtime that drives them.
 
 * `cluster.wire`: frames `[length][version][type][msgpack body]`, `MessageType`, handshake,
   FORWARD and RPC bodies (the only module that imports msgpack);
@@ -7,7 +7,17 @@
   `cluster.probe` (failure detector);
 * `cluster.routes`: the cluster route table (`RouteTable`, `RouteDelta`);
 * `cluster.sync`: `RouteSync`, the membership delegate that gossips and push/pulls routes;
-* `cluster.sim`: an in-memory network with a virtual clock (tests, `benchmarks.cluster_sim`).
+* `cluster.sim`: an in-memory network with a virtual clock (tests, `benchmarks.cluster_sim`);
+* `cluster.shared_dispatch`: `ClusterSharedDispatcher`, one member per shared group cluster-wide;
+* `cluster.takeover`: a client id unique in the cluster (surrender RPC, `ClusterSessionLocator`);
+* `cluster.ports`: plugs those two into the broker's ports (`broker.core.cluster_port`) and the
+  runtime (`cluster.runtime`, asyncio).
+* `cluster.transport` (asyncio): TCP links, the cookie handshake, bounded per-peer send queues;
+* `cluster.rpc`: request/response with ids and timeouts (`RpcError`: `NodeUnreachable`,
+  `RpcTimeout`, `RemoteError`);
+* `cluster.runtime`: `ClusterNode`, which runs membership, route sync, forwarding, retained
+  replication and RPC for one node.
 
-Nothing here does I/O or reads a clock: the runtime passes `now` and sends what it is given.
+The pure modules do no I/O and read no clock: the runtime passes `now` and sends what it is
+given. Only `transport`, `rpc` and `runtime` touch asyncio.
 """

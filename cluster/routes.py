@@ -355,6 +355,10 @@ class RouteTable:
                 out.extend((group, real, node) for node in nodes)
         return sorted(out)
 
+    def shared_count(self) -> int:
+        """The number of (group, filter, node) shared routes."""
+        return self._shared_len
+
     def __len__(self) -> int:
         """The number of normal (filter, node) routes."""
         return self._len - self._shared_len

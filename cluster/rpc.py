@@ -109,7 +109,8 @@ class RpcEndpoint:
             raise NodeUnreachable(node)
         self._pending[request_id] = (node, future)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             self.stats["timeouts"] += 1
             raise RpcTimeout(f"{node} did not answer {method} within {timeout:g} s") from None

@@ -16,8 +16,12 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   purged by `RouteSync`.
 * **Forwarding.** Every message published on this node passes `forward()` (a forward hook): the
   route table is matched and ONE FORWARD goes to each remote node with a matching route (never
-  one per subscriber). The receiver calls `Broker.publish(message, forward=False)`: it delivers
-  to its own subscribers (QoS min(pub, sub), the message keeps its QoS) and never forwards again.
+  one per subscriber). The receiver calls `Broker.publish(message, forward=False, shared=False)`:
+  it delivers to its own subscribers (QoS min(pub, sub), the message keeps its QoS) and never
+  forwards again. Shared groups are not served from forwarded copies: the origin dispatches each
+  message to one member per group in the whole cluster (`cluster.ports`, FORWARD kind `shared`).
+* **Takeover.** A CONNECT asks the other live nodes to give its client id up (RPC
+  `surrender_session`), carrying the session over (`cluster.ports`, `cluster.takeover`).
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
   `$SYS/` topics are node-local and never forwarded.
@@ -50,6 +54,7 @@ from broker.core.message import Message
 from cluster.gossip import MemberEvent, MembershipConfig, Outgoing
 from cluster.members import LIVE_STATES
 from cluster.membership import Membership
+from cluster.ports import ClusterPorts
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
 from cluster.sync import RouteSync
@@ -135,6 +140,8 @@ class ClusterNode:
         self._synced = False
         self._syncing = False
         self._running = False
+        #: Shared groups cluster-wide and client takeover: the broker's cluster ports.
+        self.ports = ClusterPorts(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -165,6 +172,7 @@ class ClusterNode:
             self._on_route(filt, True)
         self.broker.route_listeners.append(self._on_route)
         self.broker.forward_hooks.append(self.forward)
+        self.ports.attach()
         seeds = [s for s in self.seeds if s != self.address]
         self._send(self.membership.join(seeds, self._now()))
         self._timer = asyncio.get_running_loop().create_task(self._run_timer())
@@ -183,10 +191,12 @@ class ClusterNode:
             self.broker.route_listeners.remove(self._on_route)
         with contextlib.suppress(ValueError):
             self.broker.forward_hooks.remove(self.forward)
+        self.ports.detach()
         if self._timer is not None:
-            self._timer.cancel()
+            self._wake.set()  # the timer sees `_running` is False and returns
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
+            self._timer = None
         self._send(self.membership.leave(self._now()))
         await self.transport.flush(self.config.leave_timeout)
         await self.rpc.close()
@@ -220,6 +230,7 @@ class ClusterNode:
         out.update({"membership/" + k: v for k, v in self.membership.stats.items()})
         out["members/live"] = self.membership.live_count
         out["routes"] = len(self.table)
+        out.update(self.ports.stats())
         return out
 
     # -- RPC -------------------------------------------------------------------------------
@@ -272,15 +283,15 @@ class ClusterNode:
         return targets
 
     def forward(self, message: Message) -> int:
-        """The broker's forward hook; returns the number of nodes the message was sent to."""
+        """The broker's forward hook; returns the number of remote nodes the message was routed
+        to (sent, or counted as dropped here: the broker then does not count it again)."""
         if not self._running or message.topic.startswith("$SYS/"):
             return 0
         targets = self.forward_targets(message)
-        sent = 0
         if targets:
             body = forward_body(message, self.broker.node_name)
             for node in targets:
-                sent += self.send_forward(node, message, body=body)
+                self.send_forward(node, message, body=body)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
             body = forward_body(message, self.broker.node_name)
             body["kind"] = "retain"
@@ -288,7 +299,7 @@ class ClusterNode:
                 if member.name not in targets:
                     self.stats["retained/replicated"] += 1
                     self._send_frame(member.address, MessageType.FORWARD, body)
-        return sent
+        return len(targets)
 
     def send_forward(
         self,
@@ -325,7 +336,7 @@ class ClusterNode:
 
     def _deliver(self, message: Message, body: Body, hello: Hello) -> None:
         self.stats["forward/received"] += 1
-        self.broker.publish(message, forward=False)
+        self.broker.publish(message, forward=False, shared=False)
 
     def _store_retained(self, message: Message, body: Body, hello: Hello) -> None:
         self.stats["retained/received"] += 1
@@ -372,6 +383,10 @@ class ClusterNode:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
+    def wake(self) -> None:
+        """Run the timer now: something to gossip was queued (a route change)."""
+        self._wake.set()
+
     def _on_route(self, filt: str, present: bool) -> None:
         try:
             self.sync.local_update(filt, present)
@@ -382,7 +397,7 @@ class ClusterNode:
 
     async def _run_timer(self) -> None:
         membership = self.membership
-        while True:
+        while self._running:
             try:
                 self._send(membership.tick(self._now()))
             except Exception:  # a bug must not stop failure detection for good
@@ -390,8 +405,10 @@ class ClusterNode:
             self._wake.clear()
             delay = membership.next_deadline() - self._now()
             if delay > 0:
+                # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(delay, _MAX_TIMER_SLEEP))
+                    async with asyncio.timeout(min(delay, _MAX_TIMER_SLEEP)):
+                        await self._wake.wait()
             else:
                 await asyncio.sleep(0)
 
@@ -423,6 +440,7 @@ class ClusterNode:
         if event.kind == "join":
             log.info("cluster: node %s joined (%s:%d)", name, host, port)
             if not self._synced and not self._syncing and self._running:
+                self._syncing = True
                 self._spawn(self._initial_sync(name))
         elif event.kind == "alive":
             log.info("cluster: node %s is alive again", name)
@@ -431,9 +449,11 @@ class ClusterNode:
         elif event.kind == "dead":
             log.warning("cluster: node %s is dead; its routes are purged", name)
             self.rpc.fail_node(name)
+            self.transport.forget(event.address)  # a later send reconnects (lazily)
         elif event.kind == "left":
             log.info("cluster: node %s left; its routes are purged", name)
             self.rpc.fail_node(name)
+            self.transport.forget(event.address)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -444,7 +464,6 @@ class ClusterNode:
 
     async def _initial_sync(self, first: str) -> None:
         """Pull retained messages and bans from one live peer (the first that answers)."""
-        self._syncing = True
         try:
             candidates = [first, *(n for n in self.live_nodes()[1:] if n != first)]
             for node in candidates:
@@ -456,8 +475,13 @@ class ClusterNode:
                     continue
                 added = self._merge_retained(retained)
                 bans = self._merge_banned(banned)
-                log.info(
-                    "cluster: pulled %d retained messages and %d bans from %s", added, bans, node
+                level = logging.INFO if added or bans else logging.DEBUG
+                log.log(
+                    level,
+                    "cluster: pulled %d retained messages and %d bans from %s",
+                    added,
+                    bans,
+                    node,
                 )
                 self._synced = True
                 return

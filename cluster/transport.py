@@ -139,11 +139,11 @@ class _Link:
         loop = asyncio.get_running_loop()
         try:
             host, port = self.address
-            reader, conn = await asyncio.wait_for(
-                asyncio.open_connection(host, port), cfg.connect_timeout
-            )
+            async with asyncio.timeout(cfg.connect_timeout):
+                reader, conn = await asyncio.open_connection(host, port)
             writer = conn
-            peer = await asyncio.wait_for(self._handshake(reader, conn), cfg.handshake_timeout)
+            async with asyncio.timeout(cfg.handshake_timeout):
+                peer = await self._handshake(reader, conn)
             self.peer = peer
             self.up = True
             self.backoff = cfg.backoff_min
@@ -180,6 +180,9 @@ class _Link:
                 why = str(exc) or type(exc).__name__
                 log.log(level, "cluster link to %s:%d failed: %s", *self.address, why)
                 transport.stats["link_failures"] += 1
+        except Exception:  # a bug: the link backs off and is retried, the node keeps running
+            transport.stats["link_failures"] += 1
+            log.exception("cluster link to %s:%d failed", *self.address)
         finally:
             self.up = False
             self.peer = None
@@ -271,9 +274,8 @@ class Transport:
         peername = writer.get_extra_info("peername")
         decoder = FrameDecoder(self.config.max_frame)
         try:
-            accepted = await asyncio.wait_for(
-                self._accept_hello(reader, writer, decoder, peername), self.config.handshake_timeout
-            )
+            async with asyncio.timeout(self.config.handshake_timeout):
+                accepted = await self._accept_hello(reader, writer, decoder, peername)
             if accepted is None:
                 return
             hello, frames = accepted
@@ -357,14 +359,20 @@ class Transport:
         """Close the link to `address` (a member that left or was reaped); dropping its queue."""
         link = self._links.pop(address, None)
         if link is not None:
-            asyncio.get_running_loop().create_task(link.close())
+            link.closed = True
+            link.wake.set()
+            if link.task is not None:
+                link.task.cancel()  # its `finally` drops (and counts) what was queued
+            else:
+                link._drop_queue("closed")
 
     async def flush(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every connected link has written its queue."""
         waits = [link.idle.wait() for link in self._links.values() if link.task is not None]
         if waits:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*waits)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -378,5 +386,6 @@ class Transport:
             writer.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
             self._server = None

@@ -49,13 +49,15 @@ ROUTE_DELTA     from, deltas                     (route deltas only)
 PUSH_PULL_REQ   from, join, members, state       (full membership + route state)
 PUSH_PULL_RESP  from, join, members, state
 LEAVE           from, updates                    (carries the `left` update of the sender)
-FORWARD         topic, payload, qos, retain, props, publisher, origin, ts
+FORWARD         topic, payload, qos, retain, props, publisher, origin, ts, [kind], [shared]
+                (kind publish | retain | shared; `shared: [group, filter]` with kind shared)
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================
 
 A membership update is `[state, name, host, port, incarnation, epoch]` (see `cluster.gossip`); a
-route delta is `[origin, epoch, seq, filter, present]` (see `cluster.routes`).
+route delta is `[origin, epoch, seq, filter, present]` (see `cluster.routes`; `filter` may be a
+shared route key `$share/<group>/<filter>`).
 """
 
 from __future__ import annotations

@@ -348,21 +348,20 @@ class Broker:
         if forward and self.forward_hooks:
             for hook in self.forward_hooks:
                 forwarded += hook(message) or 0
-        if delivered == 0 and not forwarded and not message.topic.startswith("$SYS/"):
-            counters["messages/dropped"] += 1  # EMQX counts "no subscribers" as dropped
+        if delivered == 0 and not forwarded and shared and not message.topic.startswith("$SYS/"):
+            # EMQX counts "no subscribers" as dropped; not for a forwarded copy (`shared=False`),
+            # which a node also gets for a route that only its shared groups make.
+            counters["messages/dropped"] += 1
         return delivered
 
     def deliver_shared_local(self, message: Message, group: str, topic_filter: str) -> int:
         """Give `message` to one local member of `group` on the real filter `topic_filter`
-        (the cluster's shared dispatch chose this node). 0, counted as dropped, when the group
-        has no member here any more."""
+        (the cluster's shared dispatch chose this node). 0 when the group has no member here
+        any more: the caller counts that drop (the dispatcher may try another node first)."""
         members = self.router.shared_members(group, topic_filter)
-        delivered = 0
-        if members:
-            delivered = self._deliver_shared(message, group, topic_filter, members, self.clock())
-        if not delivered:
-            self.metrics.counters["messages/dropped"] += 1
-        return delivered
+        if not members:
+            return 0
+        return self._deliver_shared(message, group, topic_filter, members, self.clock())
 
     def _deliver_shared(
         self,

@@ -143,3 +143,10 @@ def test_charts_are_png_files(tmp_path: Path) -> None:
     paths = render_charts(rows, labels, tmp_path)
     assert len(paths) == len(rows)
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib missing")
+def test_report_links_charts_relative_to_the_markdown_file(tmp_path: Path) -> None:
+    text = render_report(_records(), charts=tmp_path / "out" / "charts", link_from=tmp_path / "out")
+    assert "![ratios](charts/ratios.png)" in text
+    assert (tmp_path / "out" / "charts" / "ratios.png").exists()

@@ -189,7 +189,8 @@ def test_shared_prefix_is_stripped_and_bad_filters_refused() -> None:
         table.local_update("a/#/b", True)
     for bad in (
         ["n1", 1, 1, "a/#/b", True],
-        ["n1", 1, 1, "$share/g/x", True],
+        ["n1", 1, 1, "$queue/x", True],  # shared keys travel only as `$share/<g>/<f>`
+        ["n1", 1, 1, "$share/g/a/#/b", True],
         ["n1", 1, 0, "a", True],
         ["n1", 1, 1, "a", 1],
         "junk",

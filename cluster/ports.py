@@ -1,0 +1,157 @@
+"""Plugs the broker's cluster ports into a `ClusterNode`: shared groups and client takeover.
+
+`ClusterPorts(node)` (created by `ClusterNode.__init__`) registers what the other nodes call:
+
+* FORWARD kind `shared` (body field `shared: [group, real filter]`): the origin's dispatcher
+  chose this node for one member of the group (`Broker.deliver_shared_local`); when the group
+  has no member here any more the message is counted in `messages/dropped` and
+  `stats["shared/dropped"]`;
+* RPC `surrender_session {client_id, clean_start}` -> the session state or None
+  (`cluster.takeover.serve_surrender`).
+
+`attach()` (from `ClusterNode.start`) sets the broker's ports: `shared_route_listeners` feed
+`RouteSync.local_shared_update` (the groups that exist already are announced at once),
+`shared_dispatcher` is a `ClusterSharedDispatcher` over the node's route table and
+`session_locator` a `ClusterSessionLocator` asking the other live nodes. `detach()` (from `stop`)
+undoes that. Normal FORWARDs must then be published with `shared=False` by the receiver.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from broker.core.cluster_port import SessionState
+from broker.core.message import Message
+from cluster.shared_dispatch import ClusterSharedDispatcher
+from cluster.takeover import (
+    MAX_STATE_BYTES,
+    SURRENDER_METHOD,
+    ClusterSessionLocator,
+    serve_surrender,
+)
+from cluster.wire import Body, Hello
+
+if TYPE_CHECKING:
+    from cluster.runtime import ClusterNode
+
+log = logging.getLogger(__name__)
+
+#: The FORWARD `kind` of a message for one member of a shared group.
+SHARED_KIND = "shared"
+#: How long a CONNECT waits at most for the other nodes to give its client id up.
+TAKEOVER_TIMEOUT = 3.0
+
+
+def shared_extra(group: str, filt: str) -> dict[str, Any]:
+    """The FORWARD body fields of a shared delivery."""
+    return {"shared": [group, filt]}
+
+
+def parse_shared_target(body: Body) -> tuple[str, str] | None:
+    """(group, real filter) of a `shared` FORWARD body, None if malformed."""
+    target = body.get("shared")
+    if (
+        isinstance(target, list)
+        and len(target) == 2
+        and isinstance(target[0], str)
+        and isinstance(target[1], str)
+        and target[0]
+        and target[1]
+    ):
+        return target[0], target[1]
+    return None
+
+
+class ClusterPorts:
+    """See the module docstring."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        broker = node.broker
+        self.dispatcher = ClusterSharedDispatcher(
+            node.table,
+            node.name,
+            broker.deliver_shared_local,
+            self._send_shared,
+            strategy=broker.settings.shared_subscription_strategy,
+            alive=node.is_live,
+        )
+        self.locator = ClusterSessionLocator(
+            self._peers, node.call, timeout=min(node.config.rpc_timeout, TAKEOVER_TIMEOUT)
+        )
+        self.attached = False
+        node.register_rpc(SURRENDER_METHOD, self._surrender)
+        node.register_forward_kind(SHARED_KIND, self._on_shared_forward)
+
+    def attach(self) -> None:
+        broker = self.node.broker
+        existing: set[tuple[str, str]] = set()
+        for session in broker.sessions.values():
+            for sub in session.subscriptions.values():
+                if sub.share_group is not None:
+                    existing.add((sub.share_group, sub.topic_filter))
+        for group, filt in sorted(existing):
+            self._on_shared_route(group, filt, True)
+        broker.shared_route_listeners.append(self._on_shared_route)
+        broker.shared_dispatcher = self.dispatcher
+        broker.session_locator = self.locator
+        self.attached = True
+
+    def detach(self) -> None:
+        if not self.attached:
+            return
+        self.attached = False
+        broker = self.node.broker
+        if self._on_shared_route in broker.shared_route_listeners:
+            broker.shared_route_listeners.remove(self._on_shared_route)
+        if broker.shared_dispatcher is self.dispatcher:
+            broker.shared_dispatcher = None
+        if broker.session_locator is self.locator:
+            broker.session_locator = None
+        self.locator.close()
+
+    def stats(self) -> dict[str, int]:
+        d = self.dispatcher
+        out = {
+            "shared/dispatched": d.dispatched,
+            "shared/sent": d.sent,
+            "shared/unrouted": d.dropped,
+        }
+        out.update({"takeover/" + k: v for k, v in self.locator.stats.items()})
+        return out
+
+    # -- shared groups ---------------------------------------------------------------------
+
+    def _on_shared_route(self, group: str, filt: str, present: bool) -> None:
+        try:
+            self.node.sync.local_shared_update(group, filt, present)
+        except ValueError:
+            log.warning("cluster: cannot route shared group %r on %r", group, filt)
+            return
+        self.node.wake()
+
+    def _send_shared(self, node: str, group: str, filt: str, message: Message) -> bool:
+        sent = self.node.send_forward(node, message, SHARED_KIND, shared_extra(group, filt))
+        return sent == 1
+
+    def _on_shared_forward(self, message: Message, body: Body, hello: Hello) -> None:
+        stats = self.node.stats
+        target = parse_shared_target(body)
+        if target is None:
+            stats["forward/malformed"] += 1
+            return
+        stats["shared/received"] += 1
+        broker = self.node.broker
+        if not broker.deliver_shared_local(message, *target):
+            broker.metrics.counters["messages/dropped"] += 1
+            stats["shared/dropped"] += 1
+
+    # -- takeover ----------------------------------------------------------------------------
+
+    def _peers(self) -> list[str]:
+        return self.node.live_nodes()[1:]  # this node comes first
+
+    async def _surrender(self, args: dict[str, Any], from_node: str) -> SessionState | None:
+        budget = min(MAX_STATE_BYTES, self.node.config.transport.max_frame // 2)
+        return serve_surrender(self.node.broker, args, from_node, budget)

@@ -1,0 +1,297 @@
+"""The cluster runtime in one process: three `NodeApp`s with the cluster on port 0 join node A.
+
+Real sockets throughout (MQTT clients with aiomqtt, the cluster links, the management API over
+HTTP). Every wait is bounded (`eventually`); nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import pytest
+from api_support import ADMIN, basic, eventually, next_message, q
+from conftest import make_config
+
+from broker.app import NodeApp
+from broker.server.config import ListenerConfig
+from cluster.gossip import MemberState
+from cluster.rpc import NodeUnreachable, RemoteError
+from cluster.transport import TransportConfig
+
+A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
+TIMEOUT = 5.0
+
+Start = Callable[..., Awaitable[NodeApp]]
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path) -> AsyncIterator[Start]:
+    """Start a NodeApp with the cluster enabled on port 0 (`join`: apps to join through)."""
+    apps: list[NodeApp] = []
+
+    async def start(name: str, *join: NodeApp, **overrides: Any) -> NodeApp:
+        cfg = make_config(
+            tmp_path,
+            node_name=name,
+            data_dir=str(tmp_path / name),
+            cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
+            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
+        )
+        app = NodeApp(dataclasses.replace(cfg, **overrides))
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in reversed(apps):
+        await app.stop()
+
+
+def live(app: NodeApp) -> list[str]:
+    assert app.cluster is not None
+    return app.cluster.live_nodes()
+
+
+async def converged(*apps: NodeApp) -> None:
+    names = sorted(app.config.node_name for app in apps)
+    await eventually(lambda: all(sorted(live(app)) == names for app in apps))
+
+
+@pytest.fixture
+async def trio(start_node: Start) -> tuple[NodeApp, NodeApp, NodeApp]:
+    a = await start_node(A)
+    b = await start_node(B, a)
+    c = await start_node(C, a)
+    await converged(a, b, c)
+    return a, b, c
+
+
+def client(app: NodeApp, client_id: str, **kwargs: Any) -> aiomqtt.Client:
+    kwargs.setdefault("timeout", TIMEOUT)
+    return aiomqtt.Client("127.0.0.1", app.node.tcp_port, identifier=client_id, **kwargs)
+
+
+def routes(app: NodeApp) -> list[tuple[str, str]]:
+    assert app.cluster is not None
+    return app.cluster.table.routes()
+
+
+def counter(app: NodeApp, name: str) -> int:
+    return app.broker.metrics.counters[name]
+
+
+async def routed(filt: str, node: str, *apps: NodeApp) -> None:
+    await eventually(lambda: all((filt, node) in routes(app) for app in apps))
+
+
+async def test_cross_node_delivery_keeps_qos(trio: tuple[NodeApp, NodeApp, NodeApp]) -> None:
+    a, b, c = trio
+    async with client(c, "sub2") as sub2, client(b, "sub1") as sub1, client(a, "pub") as pub:
+        await sub2.subscribe("x/#", qos=2)
+        await sub1.subscribe("x/#", qos=1)
+        await routed("x/#", C, a)
+        await routed("x/#", B, a)
+        for qos in (0, 1, 2):
+            payload = f"q{qos}".encode()
+            await pub.publish(f"x/{qos}", payload, qos=qos)
+            got2 = await next_message(sub2)
+            got1 = await next_message(sub1)
+            assert (got2.payload, got2.qos) == (payload, qos)  # min(pub, sub 2)
+            assert (got1.payload, got1.qos) == (payload, min(qos, 1))
+    # one FORWARD per node with a matching route, not per subscriber
+    assert counter(a, "messages/forward") == 6
+    assert counter(b, "messages/forward") == counter(c, "messages/forward") == 0
+
+
+async def test_one_forward_per_node_whatever_the_subscribers(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    a, b, _ = trio
+    async with client(b, "s1") as s1, client(b, "s2") as s2, client(a, "pub") as pub:
+        await s1.subscribe("m/+")
+        await s2.subscribe("m/#")
+        await routed("m/+", B, a)
+        await routed("m/#", B, a)
+        await pub.publish("m/1", b"one")
+        assert (await next_message(s1)).payload == b"one"
+        assert (await next_message(s2)).payload == b"one"
+    assert counter(a, "messages/forward") == 1
+    assert counter(a, "messages/dropped") == 0  # forwarded is not dropped
+
+
+async def test_route_withdrawn_when_the_last_subscriber_leaves(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    a, b, c = trio
+    async with client(b, "w1") as w1, client(b, "w2") as w2, client(a, "pub") as pub:
+        await w1.subscribe("w/t")
+        await w2.subscribe("w/t")
+        await routed("w/t", B, a, c)
+        await pub.publish("w/t", b"1")
+        await next_message(w1)
+        assert counter(a, "messages/forward") == 1
+        await w1.unsubscribe("w/t")
+        await asyncio.sleep(0.3)  # (a withdrawal would have reached A by now: it must not)
+        assert ("w/t", B) in routes(a)
+        await w2.unsubscribe("w/t")
+        await eventually(lambda: ("w/t", B) not in routes(a) and ("w/t", B) not in routes(c))
+        dropped = counter(a, "messages/dropped")
+        await pub.publish("w/t", b"2", qos=1)
+        await eventually(lambda: counter(a, "messages/dropped") == dropped + 1)
+        assert counter(a, "messages/forward") == 1  # no subscriber anywhere: not forwarded
+
+
+async def test_retained_replicated_to_every_node(
+    trio: tuple[NodeApp, NodeApp, NodeApp], start_node: Start
+) -> None:
+    a, b, c = trio
+    async with client(a, "pub") as pub:
+        await pub.publish("r/1", b"kept", qos=1, retain=True)
+        await eventually(lambda: all(app.broker.retained.get("r/1") for app in trio))
+        async with client(c, "late") as late:
+            await late.subscribe("r/#", qos=1)
+            got = await next_message(late)
+            assert (got.topic.value, got.payload, got.retain) == ("r/1", b"kept", True)
+        # a node that joins later pulls the retained set
+        d = await start_node("d@127.0.0.1", b)
+        await eventually(lambda: d.broker.retained.get("r/1") is not None)
+        async with client(d, "on-d") as on_d:
+            await on_d.subscribe("r/1")
+            assert (await next_message(on_d)).payload == b"kept"
+        # clearing with an empty payload clears it on every node (that A knows of)
+        await converged(*trio, d)
+        await pub.publish("r/1", b"", qos=1, retain=True)
+        await eventually(lambda: all(app.broker.retained.get("r/1") is None for app in (*trio, d)))
+
+
+async def http(app: NodeApp, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(
+            f"http://127.0.0.1:{app.http_port}", headers=basic(*ADMIN)
+        ) as session,
+        session.request(method, path, **kw) as reply,
+    ):
+        return reply.status, await reply.json()
+
+
+async def test_rest_api_of_any_node_sees_the_cluster(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    a, b, c = trio
+    async with client(b, "dev-b") as dev_b, client(c, "dev-c"):
+        await dev_b.subscribe("rest/#")
+        await routed("rest/#", B, a, c)
+        status, page = await http(a, "GET", "/api/v3/connections")
+        assert status == 200
+        assert {(r["client_id"], r["node"]) for r in page["items"]} == {("dev-b", B), ("dev-c", C)}
+        status, nodes = await http(c, "GET", "/api/v3/nodes")
+        assert status == 200 and [n["name"] for n in nodes] == [C, A, B]  # local first
+        status, on_b = await http(a, "GET", f"/api/v3/nodes/{q(B)}/connections")
+        assert status == 200 and [r["client_id"] for r in on_b["items"]] == ["dev-b"]
+        status, page = await http(c, "GET", "/api/v3/routes")
+        assert status == 200 and {"topic": "rest/#", "node": B} in page["items"]
+        status, body = await http(a, "GET", "/api/v3/nodes/nobody@127.0.0.1/connections")
+        assert (status, body) == (404, {"message": "not_found"})
+        # actions reach the node holding the client: publish on A, kick on B
+        status, body = await http(a, "POST", "/api/v3/mqtt/publish",
+                                  json={"topic": "rest/1", "payload": "hi", "qos": 1})  # fmt: skip
+        assert (status, body) == (200, {"code": 0})
+        assert (await next_message(dev_b)).payload == b"hi"
+        status, body = await http(c, "DELETE", "/api/v3/connections/dev-b")
+        assert (status, body) == (200, "ok")
+        await eventually(lambda: "dev-b" not in b.broker.connected)
+
+
+async def test_ban_from_any_node_and_pulled_by_a_new_node(
+    trio: tuple[NodeApp, NodeApp, NodeApp], start_node: Start
+) -> None:
+    _, b, c = trio
+    async with client(c, "evil"):
+        status, _ = await http(b, "POST", "/api/v3/banned", json={"who": "evil", "as": "client_id"})
+        assert status == 201
+        await eventually(lambda: "evil" not in c.broker.connected)
+    for app in trio:
+        assert app.broker.banned.get("client_id", "evil") is not None
+    d = await start_node("d@127.0.0.1", c)
+    await eventually(lambda: d.broker.banned.get("client_id", "evil") is not None)
+    with pytest.raises(aiomqtt.MqttError):
+        async with client(d, "evil"):
+            pass
+
+
+async def test_leaving_node_is_purged_and_answers_503(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    a, b, c = trio
+    keep = client(c, "keep")
+    await keep.__aenter__()
+    try:
+        await keep.subscribe("bye/#")
+        await routed("bye/#", C, a, b)
+        await c.stop()  # a graceful leave, with the route still there
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await keep.__aexit__(None, None, None)
+    await eventually(lambda: live(a) == [A, B] and ("bye/#", C) not in routes(a))
+    assert a.cluster is not None and a.cluster.membership.get(C) is not None
+    assert a.cluster.membership.get(C).state is MemberState.LEFT  # type: ignore[union-attr]
+    status, body = await http(a, "GET", f"/api/v3/nodes/{q(C)}/stats")
+    assert (status, body) == (503, {"message": "nodedown"})
+    status, nodes = await http(a, "GET", "/api/v3/nodes")
+    assert [n["name"] for n in nodes] == [A, B]
+
+
+async def test_rpc_call_and_errors(trio: tuple[NodeApp, NodeApp, NodeApp]) -> None:
+    a, b, _ = trio
+    assert a.cluster is not None and b.cluster is not None
+
+    async def echo(args: dict[str, Any], from_node: str) -> Any:
+        return {"args": args, "from": from_node}
+
+    b.cluster.register_rpc("test.echo", echo)
+    assert await a.cluster.call(B, "test.echo", {"x": [1, b"2"]}) == {
+        "args": {"x": [1, b"2"]},
+        "from": A,
+    }
+    assert (await a.cluster.call(B, "stats", {}))["connections/count"] == 0  # a query
+    with pytest.raises(RemoteError):
+        await a.cluster.call(B, "no.such.method", {})
+    with pytest.raises(NodeUnreachable):
+        await a.cluster.call("nobody@127.0.0.1", "stats", {})
+    answers = await a.cluster.call_all("test.echo", {})
+    assert [node for node, _ in answers] == [B]  # A and C have no such method: skipped
+
+
+async def test_wrong_cookie_is_refused(start_node: Start) -> None:
+    a = await start_node(A)
+    stranger = await start_node("x@127.0.0.1", a, cookie="not-the-cookie")
+    assert a.cluster is not None and stranger.cluster is not None
+    await eventually(lambda: a.cluster.transport.stats["refused"] >= 1)  # type: ignore[union-attr]
+    await asyncio.sleep(0.3)
+    assert live(a) == [A] and live(stranger) == ["x@127.0.0.1"]
+    assert a.cluster.membership.get("x@127.0.0.1") is None
+
+
+async def test_send_queue_is_bounded_and_drops_are_counted(start_node: Start) -> None:
+    a = await start_node(A)
+    assert a.cluster is not None
+    transport = a.cluster.transport
+    transport.config = TransportConfig(max_queue=3, backoff_min=5.0)
+    from cluster.wire import MessageType
+
+    # a peer address where nobody listens: the first sends queue while connecting, then the
+    # link fails and the queue is dropped; during the backoff every send is dropped at once
+    sent = [transport.send(("127.0.0.1", 1), MessageType.GOSSIP, {"from": A}) for _ in range(5)]
+    assert sent == [True, True, True, False, False]
+    await eventually(lambda: transport.stats["dropped"] == 5)
+    assert transport.stats["dropped/queue_full"] == 2
+    assert transport.stats["dropped/link_failed"] == 3
+    assert not transport.send(("127.0.0.1", 1), MessageType.GOSSIP, {"from": A})
+    assert transport.stats["dropped/unreachable"] == 1
