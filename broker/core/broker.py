@@ -291,7 +291,8 @@ class Broker:
     # -- routing --------------------------------------------------------------------------
 
     def publish(self, message: Message, *, forward: bool = True, shared: bool = True) -> int:
-        """Route one message to every matching session; returns the number of deliveries.
+        """Route one message to every matching session; returns the local deliveries plus the
+        remote nodes it was forwarded to (0 means nobody matched: 5.0 PUBACK 0x10).
 
         Retained state is updated first (MQTT-3.3.1-5/10/11). A client with several matching
         subscriptions gets one copy at the highest granted QoS (MQTT-3.3.5-1), with every
@@ -352,7 +353,7 @@ class Broker:
             # EMQX counts "no subscribers" as dropped; not for a forwarded copy (`shared=False`),
             # which a node also gets for a route that only its shared groups make.
             counters["messages/dropped"] += 1
-        return delivered
+        return delivered + forwarded
 
     def deliver_shared_local(self, message: Message, group: str, topic_filter: str) -> int:
         """Give `message` to one local member of `group` on the real filter `topic_filter`

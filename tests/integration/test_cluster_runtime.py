@@ -18,8 +18,11 @@ import aiomqtt
 import pytest
 from api_support import ADMIN, basic, eventually, next_message, q
 from conftest import make_config
+from rawclient import RawClient
 
 from broker.app import NodeApp
+from broker.protocol.constants import MQTT_5, ReasonCode
+from broker.protocol.packets import ConnAck, PubAck, Publish
 from broker.server.config import ListenerConfig
 from cluster.gossip import MemberState
 from cluster.rpc import NodeUnreachable, RemoteError
@@ -124,6 +127,26 @@ async def test_one_forward_per_node_whatever_the_subscribers(
         assert (await next_message(s2)).payload == b"one"
     assert counter(a, "messages/forward") == 1
     assert counter(a, "messages/dropped") == 0  # forwarded is not dropped
+
+
+async def test_puback_success_when_only_remote_subscribers_match_MQTT_3_4_2_1(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    """A 5.0 publisher whose only subscriber is on another node gets PUBACK 0x00, not 0x10."""
+    a, b, _ = trio
+    async with client(b, "far-sub") as sub:
+        await sub.subscribe("far/t", qos=1)
+        await routed("far/t", B, a)
+        pub, ack = await RawClient.connect(a.node.tcp_port, "near-pub", MQTT_5)
+        try:
+            assert isinstance(ack, ConnAck) and ack.reason_code == 0
+            pub.send(Publish("far/t", b"x", qos=1, packet_id=7))
+            puback = await pub.recv()
+            assert isinstance(puback, PubAck) and puback.packet_id == 7
+            assert puback.reason_code == ReasonCode.SUCCESS
+            assert (await next_message(sub)).payload == b"x"
+        finally:
+            await pub.close()
 
 
 async def test_route_withdrawn_when_the_last_subscriber_leaves(
