@@ -30,7 +30,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
-from broker.core.message import Message, is_expired, message_from_dict, message_to_dict
+from broker.core.message import (
+    Message,
+    expiry_left,
+    is_expired,
+    message_from_dict,
+    message_to_dict,
+)
 from broker.core.metrics import Metrics
 
 
@@ -114,6 +120,8 @@ class InflightEntry:
         self.awaiting_comp = False
 
 
+_NEVER = float("inf")
+
 QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
 
 
@@ -121,6 +129,7 @@ class Session:
     """The per-client-id state of the broker; see the module docstring for the flows."""
 
     __slots__ = (
+        "_earliest_expiry",
         "_next_packet_id",
         "awaiting_rel",
         "clean_start",
@@ -174,6 +183,10 @@ class Session:
         self.deliver_msg = 0
         self.enqueue_msg = 0
         self._next_packet_id = 1
+        #: A lower bound of when a queued message can first expire: a full queue is scanned
+        #: for expired messages only after it, so a full queue without expiring messages costs
+        #: O(1) per refused message instead of a scan of the whole queue.
+        self._earliest_expiry = _NEVER
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -251,11 +264,25 @@ class Session:
             return
         self.queue.append(item)
         self.enqueue_msg += 1
+        message = item[0]
+        if message.properties:
+            left = expiry_left(message, now)
+            if left is not None and now + left < self._earliest_expiry:
+                self._earliest_expiry = now + left
 
     def _shed_expired(self, now: float) -> bool:
         """Drop the expired messages of a full queue; True if that made room."""
+        if now < self._earliest_expiry:
+            return False
         queue = self.queue
         kept = [item for item in queue if not is_expired(item[0], now)]
+        earliest = _NEVER
+        for message, *_ in kept:
+            if message.properties:
+                left = expiry_left(message, now)
+                if left is not None and now + left < earliest:
+                    earliest = now + left
+        self._earliest_expiry = earliest
         shed = len(queue) - len(kept)
         if not shed:
             return False
@@ -397,6 +424,7 @@ class Session:
             if qos not in (0, 1, 2) or not isinstance(retain, bool):
                 raise ValueError(f"bad queued delivery {item!r:.200}")
             self.queue.append((message_from_dict(item[0]), qos, retain, ids))
+        self._earliest_expiry = 0.0  # imported messages: let the next full-queue check scan
         for item in _items(state, "inflight", 6):
             packet_id, qos, retain, awaiting_comp = item[0], item[2], item[3], item[5]
             if (

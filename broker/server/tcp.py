@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from broker.core.channel import Channel
 
@@ -39,7 +39,8 @@ class MqttConnection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports are not asyncio.Transport.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         if not self.broker.accepting() or not self.stats.accepting():
             self.stats.refused += 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.core.message import Message
 from broker.core.metrics import Metrics
 from broker.core.session import Session
+from broker.protocol.constants import PropertyId
 
 
 class FakeOutlet:
@@ -193,3 +195,38 @@ def test_window_never_exceeded_and_nothing_lost(ops: list[str], max_inflight: in
         assert len(session.inflight) <= max_inflight
         assert len(set(session.inflight)) == len(session.inflight)
         assert completed + len(session.inflight) + len(session.queue) == delivered
+
+
+def test_full_queue_without_expiring_messages_is_not_rescanned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refusing a message at a full queue is O(1) unless something in it can expire (a scan
+    per refused message made QoS 1 fan-in collapse under load)."""
+    import broker.core.session as session_module
+
+    calls = 0
+    real = session_module.is_expired
+
+    def counting(message: Message, now: float) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(message, now)
+
+    monkeypatch.setattr(session_module, "is_expired", counting)
+    session, metrics = make_session(max_queued=5)
+    for i in range(105):
+        session.deliver(msg(i), 1, False, None, 0.0)
+    assert len(session.queue) == 5 and metrics.get("messages/dropped") == 100
+    assert calls == 0
+
+
+def test_full_queue_sheds_a_message_once_it_expires_MQTT_3_3_2_5() -> None:
+    session, metrics = make_session(max_queued=2)
+    expiring = Message("t/e", b"x", 1, properties={PropertyId.MESSAGE_EXPIRY_INTERVAL: 10})
+    session.deliver(expiring, 1, False, None, 0.0)
+    session.deliver(msg(1), 1, False, None, 0.0)
+    session.deliver(msg(2), 1, False, None, 5.0)  # full, nothing expired yet: dropped
+    assert [m.topic for m, *_ in session.queue] == ["t/e", "t/1"]
+    session.deliver(msg(3), 1, False, None, 11.0)  # t/e has expired: it makes room
+    assert [m.topic for m, *_ in session.queue] == ["t/1", "t/3"]
+    assert metrics.get("messages/expired") == 1
