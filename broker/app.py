@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from typing import Any
@@ -123,6 +124,12 @@ class NodeApp:
         await self.plugins.stop()
         self.banned_store.close()
 
+    def reload(self) -> dict[str, bool]:
+        """SIGHUP: re-read the password and ACL files (each atomically; a bad file is logged
+        and the old one kept). Returns plugin name -> whether its new file was taken."""
+        log.info("SIGHUP: reloading the password and ACL files")
+        return self.plugins.reload()
+
     def bound_listeners(self) -> list[tuple[str, str, int]]:
         bound = self.node.bound_listeners()
         if self.management is not None and self.http_port:
@@ -150,7 +157,12 @@ def make_cluster_node(
 ) -> ClusterNode:
     """The ClusterNode that `config` asks for: [cluster] bind/port/join/advertise, [node]
     name and cookie."""
-    seeds = [validate_host_port(seed) for seed in config.cluster_join]
+    seeds = [validate_host_port(s) for s in config.cluster_join if not s.startswith("dns:")]
+    dns_seeds = [validate_host_port(s[4:]) for s in config.cluster_join if s.startswith("dns:")]
+    cluster_config = dataclasses.replace(
+        cluster_config or ClusterConfig(),
+        dns_refresh_interval=config.cluster_dns_refresh_interval,
+    )
     return ClusterNode(
         broker,
         config.node_name,
@@ -160,6 +172,7 @@ def make_cluster_node(
         config.cookie,
         rpc_handler,
         cluster_config,
+        dns_seeds,
     )
 
 
@@ -172,6 +185,8 @@ async def run(config: BrokerConfig) -> None:
             loop.add_signal_handler(signum, stop.set)
     app = NodeApp(config)
     await app.start()
+    with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
+        loop.add_signal_handler(signal.SIGHUP, app.reload)
     print(format_banner(config, app.bound_listeners(), auth_mode(config)), flush=True)
     if app.management is not None and app.management.apps.default_in_use():
         print(f"WARNING: {DEFAULT_APP_WARNING}", flush=True)

@@ -27,7 +27,10 @@ from broker.server.config import (
     load_config,
 )
 from broker.server.errors import StartupError
+from broker.server.logs import LOG_FORMATS
+from broker.server.logs import configure as configure_logging
 from management.apps import add_apps_parser, apps_main
+from management.ctl import add_ctl_parser, ctl_main
 
 __all__ = ["build_parser", "main"]
 
@@ -64,10 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--join",
         action="append",
         metavar="HOST:PORT,...",
-        help="cluster peers to join (comma-separated, may be repeated)",
+        help="cluster peers to join (comma-separated, may be repeated); dns:NAME:PORT joins "
+        "every A/AAAA record of NAME, re-resolved periodically",
     )
+    start.add_argument(
+        "--advertise", metavar="HOST[:PORT]",
+        help="the cluster address peers dial ([cluster] advertise), e.g. the pod IP",
+    )  # fmt: skip
     start.add_argument("--data-dir", metavar="DIR", help="directory for persistent state")
     start.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    start.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text",
+        help="log lines: human-readable text (default) or JSON lines",
+    )  # fmt: skip
     start.add_argument(
         "--test-config",
         action="store_true",
@@ -75,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_cluster_parser(sub, _port)
+    add_ctl_parser(sub)
     sub.add_parser("version", help="print the version and exit")
     add_apps_parser(sub)
     add_passwd_parser(sub)
@@ -100,13 +113,12 @@ def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
         cluster_port=args.cluster_port,
         join=_join_list(args.join),
         data_dir=args.data_dir,
+        advertise=getattr(args, "advertise", None),
     )
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
-    )
+def _configure_logging(verbose: bool, fmt: str = "text") -> None:
+    configure_logging(logging.DEBUG if verbose else logging.INFO, fmt)
 
 
 def _error(message: str) -> None:
@@ -127,7 +139,7 @@ def _start(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _error(str(exc))
         return 2
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, args.log_format)
     # Imported here so `version` and `--test-config` stay fast and free of runtime imports.
     from broker.app import run as run_node
 
@@ -157,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return passwd_main(args)
     if args.command == "cluster":
         return cluster_main(args)
+    if args.command == "ctl":
+        return ctl_main(args)
     if args.command == "version":
         print(f"minibroker {broker_version()}")
         return 0

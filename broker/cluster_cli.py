@@ -53,6 +53,10 @@ def add_cluster_parser(sub: Any, port_type: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR", help="bind address (127.0.0.1)")
     p.add_argument("-c", "--config", metavar="FILE", help="TOML configuration for every node")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="log lines of every node: text (default) or JSON lines",
+    )  # fmt: skip
 
 
 def _port(base: int, i: int) -> int:
@@ -84,6 +88,8 @@ def node_commands(args: argparse.Namespace, seed_port: int | None = None) -> lis
             cmd += ["--config", args.config]
         if args.verbose:
             cmd.append("--verbose")
+        if getattr(args, "log_format", "text") != "text":
+            cmd += ["--log-format", args.log_format]
         if i > 1:
             cmd += ["--join", f"{join_host}:{seed}"]
         commands.append(cmd)

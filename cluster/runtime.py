@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -94,6 +95,9 @@ class ClusterConfig:
     retained_dump_bytes: int = 8 * 1024 * 1024
     #: How long `stop()` waits for the LEAVE to go out.
     leave_timeout: float = 1.0
+    #: Seconds between two resolutions of the DNS seeds (`dns:NAME:PORT`), and the bound of one.
+    dns_refresh_interval: float = 30.0
+    dns_timeout: float = 5.0
 
 
 class ClusterNode:
@@ -109,6 +113,7 @@ class ClusterNode:
         cookie: str,
         rpc_handler: RpcHandler | None,
         config: ClusterConfig | None = None,
+        dns_seeds: list[Address] | None = None,
     ) -> None:
         self.broker = broker
         self.name = name
@@ -116,6 +121,10 @@ class ClusterNode:
         #: None: the bind host (127.0.0.1 for a wildcard bind); port 0: the bound port.
         self.advertise_addr = advertise_addr
         self.seeds = list(seeds)
+        #: (name, port) looked up (A/AAAA) at start and every `dns_refresh_interval` seconds;
+        #: what they resolve to is joined (Kubernetes headless services).
+        self.dns_seeds = list(dns_seeds or [])
+        self.resolved: list[Address] = []
         self.config = config or ClusterConfig()
         self.epoch = int(time.time() * 1000)  # grows across restarts (cluster.membership)
         self.table = RouteTable(name, self.epoch)
@@ -173,14 +182,70 @@ class ClusterNode:
         self.broker.route_listeners.append(self._on_route)
         self.broker.forward_hooks.append(self.forward)
         self.ports.attach()
-        seeds = [s for s in self.seeds if s != self.address]
+        if self.dns_seeds:
+            self.resolved = await self.resolve_dns_seeds()
+        seeds = self._all_seeds()
         self._send(self.membership.join(seeds, self._now()))
         self._timer = asyncio.get_running_loop().create_task(self._run_timer())
+        if self.dns_seeds:
+            self._spawn(self._refresh_dns())
         log.info(
             "cluster: node %s listening on %s:%d (advertised %s:%d), seeds %s",
             self.name, host, self.port, *self.address,
             ", ".join(f"{h}:{p}" for h, p in seeds) or "none",
         )  # fmt: skip
+
+    # -- DNS discovery ---------------------------------------------------------------------
+
+    def _all_seeds(self) -> list[Address]:
+        out: list[Address] = []
+        for seed in [*self.seeds, *self.resolved]:
+            if seed != self.address and seed not in out:
+                out.append(seed)
+        return out
+
+    def _is_self(self, address: Address) -> bool:
+        """Our own record in the DNS answer (a pod resolving its headless service)."""
+        host, port = address
+        own_host = self.name.rpartition("@")[2]
+        return port == self.port and host in (self.address[0], own_host)
+
+    async def resolve_dns_seeds(self) -> list[Address]:
+        """Every A/AAAA address of the DNS seeds (names that do not resolve are logged)."""
+        loop = asyncio.get_running_loop()
+        out: list[Address] = []
+        for name, port in self.dns_seeds:
+            try:
+                async with asyncio.timeout(self.config.dns_timeout):
+                    infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+            except (OSError, TimeoutError) as exc:
+                self.stats["dns/failed"] += 1
+                log.warning("cluster: cannot resolve %s: %s", name, exc)
+                continue
+            for _family, _type, _proto, _canon, sockaddr in infos:
+                address: Address = (str(sockaddr[0]), int(sockaddr[1]))
+                if address not in out and not self._is_self(address):
+                    out.append(address)
+        self.stats["dns/resolved"] += 1
+        return out
+
+    async def _refresh_dns(self) -> None:
+        """Re-resolve the DNS seeds periodically; join addresses that are not members yet."""
+        while self._running:
+            await asyncio.sleep(self.config.dns_refresh_interval)
+            if not self._running:
+                return
+            resolved = await self.resolve_dns_seeds()
+            members = {m.address for m in self.membership.live_members()}
+            new = [a for a in resolved if a not in members and a != self.address]
+            changed = resolved != self.resolved
+            self.resolved = resolved
+            if new or changed:
+                if new:
+                    log.info("cluster: DNS discovery: joining %s",
+                             ", ".join(f"{h}:{p}" for h, p in new))  # fmt: skip
+                self._send(self.membership.join(self._all_seeds(), self._now()))
+                self._wake.set()
 
     async def stop(self) -> None:
         """Leave gracefully (the LEAVE goes out, bounded), then close every link."""

@@ -115,6 +115,9 @@ ROUTES: tuple[Route, ...] = (
           clients.list_routes, "page:route"),
     Route("lookup_routes", "GET", "/routes/:topic", "Lookup the routes of a topic filter",
           clients.lookup_routes, "array:route"),
+    # retained messages (minibroker's read-only addition, for the dashboard)
+    Route("list_retained", "GET", "/retained/", "List the retained messages (our addition)",
+          clients.list_retained, "page:retained"),
     # publish / subscribe
     Route("mqtt_publish", "POST", "/mqtt/publish", "Publish a MQTT message",
           clients.mqtt_publish, "code", "publish"),
@@ -157,6 +160,11 @@ ROUTES: tuple[Route, ...] = (
           banned.create_banned, "created:banned", "banned"),
     Route("delete_banned", "DELETE", "/banned/:who", "Lift a ban (`as` in the query string)",
           banned.delete_banned, "ok"),
+    # log level (minibroker's addition; EMQX has it in emqx_ctl only)
+    Route("set_log_level", "PUT", "/log_level", "Set the log level of every node",
+          cluster.set_log_level, "ok", "log_level"),
+    Route("set_node_log_level", "PUT", "/nodes/:node/log_level", "Set the log level of a node",
+          cluster.set_node_log_level, "ok", "log_level"),
 )  # fmt: skip
 
 
@@ -221,10 +229,12 @@ def make_app(
     view: ClusterView, apps: AppStore, settings: ApiSettings | None = None
 ) -> web.Application:
     """The whole management app (what the node serves on its management listener)."""
-    app = web.Application(middlewares=[error_middleware])
+    settings = settings or ApiSettings()
+    # client_max_size: a larger body is refused with 413 (JSON, via error_middleware) when read.
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_size)
     app[VIEW_KEY] = view
     app[APPS_KEY] = apps
-    app[SETTINGS_KEY] = settings or ApiSettings()
+    app[SETTINGS_KEY] = settings
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", prometheus_metrics)
     app.add_subapp(API_PREFIX, make_api_app())

@@ -25,6 +25,8 @@ CODE_BAD_TOPIC = 115
 class ApiSettings:
     max_row_limit: int = 10000
     metrics_auth: bool = False
+    #: Largest request body in bytes (aiohttp's client_max_size); larger is answered 413.
+    max_body_size: int = 1_048_576
 
 
 VIEW_KEY: web.AppKey[ClusterView] = web.AppKey("view")
@@ -55,6 +57,7 @@ REASONS: dict[str, tuple[int, int | None]] = {
     "bad_topic": (400, CODE_BAD_TOPIC),
     "bad_payload": (400, CODE_BAD_PARAM),
     "bad_as": (400, CODE_BAD_PARAM),
+    "bad_level": (400, CODE_BAD_PARAM),
     "retain_not_supported": (400, CODE_BAD_PARAM),
     "already_started": (409, None),
     "not_started": (409, None),
@@ -108,7 +111,7 @@ async def params(request: web.Request) -> dict[str, Any]:
             if raw.strip():
                 try:
                     body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: 400
                     raise ApiError(400, "bad_json", CODE_BAD_JSON) from None
                 if not isinstance(body, dict):
                     raise ApiError(400, "bad_json", CODE_BAD_JSON)

@@ -136,6 +136,13 @@ async def lookup_routes(request: web.Request) -> web.Response:
     return web.json_response([r for r in await _route_rows(request) if r["topic"] == topic])
 
 
+async def list_retained(request: web.Request) -> web.Response:
+    """The retained messages (our read-only addition): every node holds the same replicated set,
+    so the node that takes the call answers for the cluster."""
+    view = view_of(request)
+    return paginate(request, await node_call(request, view.local_node, "retained", {}))
+
+
 # -- publish / subscribe / unsubscribe -----------------------------------------------------------
 
 

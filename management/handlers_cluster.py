@@ -10,7 +10,17 @@ from typing import Any
 
 from aiohttp import web
 
-from management.common import ApiError, check_result, node_call, view_of
+from broker.server.logs import LEVELS
+from management.common import (
+    CODE_BAD_PARAM,
+    ApiError,
+    as_str,
+    check_result,
+    missing,
+    node_call,
+    params,
+    view_of,
+)
 from management.queries import node_info_list_form
 
 
@@ -112,3 +122,29 @@ async def list_all_alarms(request: web.Request) -> web.Response:
 
 async def list_node_alarms(request: web.Request) -> web.Response:
     return await _of_node(request, "alarms")
+
+
+# -- log level -----------------------------------------------------------------------------------
+
+
+async def _level(request: web.Request) -> str:
+    p = await params(request)
+    missing(p, "level")
+    level = as_str(p["level"], "level").strip().lower()
+    if level not in LEVELS:
+        raise ApiError(400, "bad_level", CODE_BAD_PARAM)
+    return level
+
+
+async def set_node_log_level(request: web.Request) -> web.Response:
+    level = await _level(request)
+    result = await node_call(request, _node(request), "log_set_level", {"level": level})
+    return web.json_response(check_result(result))
+
+
+async def set_log_level(request: web.Request) -> web.Response:
+    """Every running node (a node that does not answer is skipped, as in the cluster lists)."""
+    level = await _level(request)
+    for _node_name, answer in await view_of(request).call_all("log_set_level", {"level": level}):
+        check_result(answer)
+    return web.json_response("ok")

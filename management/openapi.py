@@ -120,6 +120,18 @@ SCHEMAS: dict[str, Schema] = {
     "session": obj(_SESSION),
     "subscription": obj({"node": STR, "topic": STR, "client_id": STR, "qos": INT}),
     "route": obj({"topic": STR, "node": STR}),
+    # Our addition: GET /retained/ (`payload` is base64 when `encoding` says so).
+    "retained": obj(
+        {
+            "topic": STR,
+            "qos": INT,
+            "payload": STR,
+            "encoding": {"enum": ["plain", "base64"]},
+            "client_id": STR,
+            "published_at": INT,
+            "node": STR,
+        }
+    ),
     "plugin": obj({"name": STR, "version": STR, "description": STR, "active": BOOL}),
     "node_plugins": obj({"node": STR, "plugins": array(ref("plugin"))}),
     "listener": obj(
@@ -184,6 +196,7 @@ SCHEMAS: dict[str, Schema] = {
         optional=["topic", "topics", "qos"],
     ),
     "unsubscribe": obj({"topic": STR, "client_id": STR}),
+    "log_level": obj({"level": {"enum": ["debug", "info", "warning", "error", "critical"]}}),
 }
 # The request form of a ban: who and as required, the rest optional; `at` is set by the server.
 SCHEMAS["banned_request"] = obj(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 
 from broker.core.banned import BAN_KINDS, BanEntry
-from broker.core.message import Message
+from broker.core.message import Message, is_expired
 from broker.core.metrics import METRIC_NAMES, STAT_NAMES
 from broker.core.session import Session, Subscription
 from broker.core.topics import parse_shared, validate_topic_filter, validate_topic_name
@@ -42,6 +42,7 @@ from broker.plugins.manager import (
     PluginNotLoaded,
 )
 from broker.server.listeners import ListenerStats
+from broker.server.logs import set_level
 from management.formats import human_bytes, local_datetime, undefined, uptime
 
 if TYPE_CHECKING:
@@ -298,6 +299,33 @@ async def subscriptions(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     return [row for s in list(table.values()) for row in _subscription_rows(ctx, s)]
 
 
+@query("retained")
+async def retained(ctx: NodeContext, args: dict[str, Any]) -> Rows:
+    """The retained messages this node holds (the cluster replicates them to every node), by
+    topic; a payload that is not UTF-8 is given in base64 (`encoding`)."""
+    now = time.time()
+    rows: Rows = []
+    for topic, message in sorted(ctx.broker.retained, key=lambda item: item[0]):
+        if is_expired(message, now):
+            continue
+        try:
+            payload, encoding = message.payload.decode("utf-8"), "plain"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(message.payload).decode("ascii"), "base64"
+        rows.append(
+            {
+                "topic": topic,
+                "qos": int(message.qos),
+                "payload": payload,
+                "encoding": encoding,
+                "client_id": message.publisher or "undefined",
+                "published_at": int(message.timestamp),
+                "node": ctx.node_name,
+            }
+        )
+    return rows
+
+
 @query("local_routes")
 async def local_routes(ctx: NodeContext, args: dict[str, Any]) -> list[str]:
     """The real filters with at least one local subscriber: this node's share of the routes."""
@@ -314,7 +342,10 @@ def _payload(args: dict[str, Any]) -> bytes | None:
             return base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             return None
-    return payload.encode("utf-8")
+    try:
+        return payload.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON) is no UTF-8
+        return None
 
 
 @query("publish")
@@ -508,3 +539,16 @@ async def ban_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
 @query("kick_banned")
 async def kick_banned(ctx: NodeContext, args: dict[str, Any]) -> int:
     return ctx.broker.kick_banned()
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+@query("log_set_level")
+async def log_set_level(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """Set this node's (process's) log level: debug, info, warning, error or critical."""
+    level = args.get("level")
+    if not isinstance(level, str) or not set_level(level):
+        return error("bad_level")
+    log.warning("log level of %s set to %s", ctx.node_name, level.strip().lower())
+    return "ok"

@@ -18,6 +18,7 @@ from broker.server.listeners import ListenerStats
 from management.api import make_app
 from management.apps import DEFAULT_APP_ID, DEFAULT_APP_SECRET, AppStore
 from management.common import ApiSettings
+from management.dashboard_app import add_dashboard
 from management.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,13 @@ class ManagementServer:
 
     def build_app(self) -> web.Application:
         """The aiohttp application this server serves (tests also drive it in-process)."""
-        settings = ApiSettings(self.config.max_row_limit, self.config.metrics_auth)
-        return make_app(self.view, self.apps, settings)
+        settings = ApiSettings(
+            self.config.max_row_limit, self.config.metrics_auth, self.config.max_body_size
+        )
+        app = make_app(self.view, self.apps, settings)
+        if self.config.dashboard:
+            add_dashboard(app)
+        return app
 
     async def start(self) -> None:
         app = self.build_app()

@@ -53,6 +53,8 @@ class Broker:
         self.clock: Callable[[], float] = clock or (lambda: 0.0)
         self.hooks = hooks or Hooks()
         self.metrics = Metrics()
+        #: Limit hits by name (`broker.core.metrics.LIMIT_NAMES`); shared with the sessions.
+        self.limits = self.metrics.limits
         self.stats = Stats()
         self.router: SubscriptionTrie[Subscription] = SubscriptionTrie()
         self.retained: RetainedStore[Message] = RetainedStore()
@@ -68,6 +70,10 @@ class Broker:
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None
         self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
+        # Persistence (broker.server.persistence) sets these: the client ids and retained topics
+        # changed since its last flush. None = nothing is persisted (no bookkeeping at all).
+        self.dirty_sessions: set[str] | None = None
+        self.dirty_retained: set[str] | None = None
         self.started_at = self.clock()
         self.clients_total = 0
         self.route_count = 0
@@ -128,7 +134,9 @@ class Broker:
                 metrics=self.metrics,
                 now=now,
                 queue_qos0=self.settings.queue_qos0_messages,
+                max_queued_bytes=self.settings.max_queued_bytes,
             )
+            session.dirty = self.dirty_sessions
             self.sessions[client_id] = session
         else:
             present = True
@@ -145,6 +153,7 @@ class Broker:
         session = self.sessions.pop(client_id, None)
         if session is None:
             return
+        session.touch()
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
         self.update_stats()
@@ -185,8 +194,10 @@ class Broker:
             metrics=self.metrics,
             now=now,
             queue_qos0=self.settings.queue_qos0_messages,
+            max_queued_bytes=self.settings.max_queued_bytes,
             username=username,
         )
+        session.dirty = self.dirty_sessions
         session.load_deliveries(state, now)
         created_at = state.get("created_at")
         if isinstance(created_at, int | float) and not isinstance(created_at, bool):
@@ -248,6 +259,7 @@ class Broker:
         """Add or replace a subscription (MQTT-3.8.4-3). Returns True if it already existed."""
         previous = session.subscriptions.get(subscription.filter)
         session.subscriptions[subscription.filter] = subscription
+        session.touch()
         group = subscription.share_group
         new_group = False
         if group is not None and previous is None:
@@ -268,6 +280,7 @@ class Broker:
         subscription = session.subscriptions.pop(filt, None)
         if subscription is None:
             return False
+        session.touch()
         if subscription.share_group is not None:
             self.shared_count -= 1
         self._unroute(session.client_id, filt)
@@ -390,6 +403,8 @@ class Broker:
 
     def retain(self, message: Message) -> None:
         """Store, replace or clear (empty payload) the retained message of a topic."""
+        if self.dirty_retained is not None:
+            self.dirty_retained.add(message.topic)
         if not message.payload:
             self.retained.delete(message.topic)
         else:
@@ -413,6 +428,8 @@ class Broker:
         for topic, message in self.retained.match(topic_filter):
             if message.properties and is_expired(message, now):
                 self.retained.delete(topic)  # MQTT-3.3.2-5: an expired one is never sent
+                if self.dirty_retained is not None:
+                    self.dirty_retained.add(topic)
                 self.metrics.counters["messages/expired"] += 1
                 self.stats.set("retained/count", len(self.retained))
                 continue

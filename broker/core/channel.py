@@ -124,6 +124,12 @@ class Channel:
         self.version = 4
         self.client_id: str | None = None
         self.username: str | None = None
+        #: Set by a TLS transport with `use_identity_as_username`: the certificate's CN, which
+        #: replaces the CONNECT's username and stands for its authentication.
+        self.cert_username: str | None = None
+        #: The `publish_limit` token bucket (-1 = not used yet) and when it was last filled.
+        self.pub_tokens = -1.0
+        self.pub_stamp = 0.0
         self.proto_name = "MQTT"
         self.clean_start = True
         self.keepalive = 0
@@ -168,12 +174,21 @@ class Channel:
         try:
             packets = self.decoder.feed(data)
         except UnsupportedProtocolVersion as exc:
-            refuse_version(self, exc)
+            if self.state == CONNECTING and not exc.packets:
+                refuse_version(self, exc)
+                return
+            # A CONNECT of an unknown version after the first one is a second CONNECT
+            # (MQTT-3.1.0-2), not one to answer with a CONNACK (fuzz finding).
+            self._handle(exc.packets)
+            if self.state != CLOSED:
+                self.protocol_violation(ReasonCode.PROTOCOL_ERROR, str(exc), explain=True)
             return
         except ProtocolError as exc:
             # Packets that were complete before the bad bytes are handled first: a client's
             # valid PUBLISH is not lost because garbage followed it in the same read.
             self._handle(exc.packets)
+            if exc.reason_code == ReasonCode.PACKET_TOO_LARGE:
+                self.broker.limits["max_packet_size"] += 1
             if self.state != CLOSED:
                 self.protocol_violation(exc.reason_code, str(exc), explain=True)
             return
@@ -307,6 +322,7 @@ class Channel:
             return qos > 0  # QoS 1/2 stays inflight for the resend on resume
         link = self.link
         if qos == 0 and link.buffered() > self.broker.settings.max_outgoing_buffer:
+            self.broker.limits["max_outgoing_buffer"] += 1
             return False
         properties = message.properties
         shared = True

@@ -8,6 +8,7 @@ CONNACK tells a 5.0 client the limits it must respect.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -115,6 +116,9 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
         return
     broker = channel.broker
     settings = broker.settings
+    if channel.cert_username is not None:
+        # TLS use_identity_as_username: the certificate is the authentication (mosquitto).
+        packet = dataclasses.replace(packet, username=channel.cert_username, password=None)
     channel.version = version = packet.protocol_level
     channel.proto_name = packet.protocol_name
     is_v5 = version == MQTT_5
@@ -191,7 +195,10 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
     info = ClientInfo(
         client_id, packet.username, channel.peer_host, channel.peer_port, version, channel.listener
     )
-    decision = broker.hooks.run_authenticate(info, packet.password)
+    if channel.cert_username is not None:
+        decision: bool | None = True
+    else:
+        decision = broker.hooks.run_authenticate(info, packet.password)
     if decision is False:
         refuse_connect(channel, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad_username_or_password")
         return

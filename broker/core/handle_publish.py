@@ -12,6 +12,13 @@ a Response Topic that is a topic name (MQTT-3.3.2-14, 0x82), and a payload that 
 its Payload Format Indicator says so (3.3.2.3.2: PUBACK/PUBREC 0x99, or DISCONNECT 0x99 for
 QoS 0, which has no ack). Message properties then travel unchanged; only the hop properties
 (Topic Alias, Subscription Identifier) are taken off.
+
+Limits (each hit counted in `broker.limits`): a topic with more than `max_topic_levels` levels or
+longer than `max_topic_length` UTF-8 bytes is refused like an invalid topic name (5.0 QoS 1/2:
+PUBACK/PUBREC 0x90; 5.0 QoS 0: DISCONNECT 0x90; 3.x: the connection is closed). A client over
+`publish_limit` (a token bucket per connection) is disconnected: 5.0 DISCONNECT 0x96 (Message
+rate too high), 3.x a plain close. We disconnect rather than pause reading, so that a runaway
+publisher is visible and cannot hold its socket buffers and session open indefinitely.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from broker.protocol.packets import PubAck, PubComp, Publish, PubRec, PubRel
 
 if TYPE_CHECKING:
     from broker.core.channel import Channel
+    from broker.core.settings import Settings
 
 #: Properties of an incoming PUBLISH that describe the hop, not the message; never forwarded.
 _HOP_PROPERTIES = (PropertyId.TOPIC_ALIAS, PropertyId.SUBSCRIPTION_IDENTIFIER)
@@ -32,9 +40,39 @@ _HOP_PROPERTIES = (PropertyId.TOPIC_ALIAS, PropertyId.SUBSCRIPTION_IDENTIFIER)
 _QOS_RECEIVED = ("messages/qos0/received", "messages/qos1/received", "messages/qos2/received")
 
 
+def topic_limit(settings: Settings, topic: str) -> str:
+    """The limit (`max_topic_levels` / `max_topic_length`) that `topic` breaks, or ""."""
+    levels = settings.max_topic_levels
+    if levels and topic.count("/") >= levels:
+        return "max_topic_levels"
+    length = settings.max_topic_length
+    if length and len(topic) * 4 > length and len(topic.encode("utf-8")) > length:
+        return "max_topic_length"
+    return ""
+
+
+def _publish_allowed(channel: Channel, rate: float, burst: float) -> bool:
+    """Take one token from the channel's publish bucket (`publish_limit`)."""
+    now = channel.broker.clock()
+    tokens = channel.pub_tokens
+    # The first PUBLISH finds a full bucket.
+    tokens = burst if tokens < 0 else min(burst, tokens + (now - channel.pub_stamp) * rate)
+    channel.pub_stamp = now
+    if tokens < 1.0:
+        channel.pub_tokens = tokens
+        return False
+    channel.pub_tokens = tokens - 1.0
+    return True
+
+
 def handle_publish(channel: Channel, packet: Publish) -> None:
     session = channel.session
     assert session is not None and channel.info is not None
+    publish_limit = channel.broker.settings.publish_limit
+    if publish_limit is not None and not _publish_allowed(channel, *publish_limit):
+        channel.broker.limits["publish_limit"] += 1
+        channel.close(ReasonCode.MESSAGE_RATE_TOO_HIGH, "publish_limit", "publish rate too high")
+        return
     is_v5 = channel.version == MQTT_5
     topic = packet.topic
     properties = packet.properties
@@ -77,6 +115,15 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         )
         return
     settings = channel.broker.settings
+    limit = topic_limit(settings, topic)
+    if limit:
+        channel.broker.limits[limit] += 1
+        text = f"topic over {limit} ({getattr(settings, limit)})"
+        if is_v5 and packet.qos:
+            _refuse(channel, packet, ReasonCode.TOPIC_NAME_INVALID, text)
+        else:
+            channel.protocol_violation(ReasonCode.TOPIC_NAME_INVALID, text, explain=True)
+        return
     if packet.retain and not settings.retain_available:
         channel.protocol_violation(
             ReasonCode.RETAIN_NOT_SUPPORTED, "retain not supported", explain=True
@@ -134,6 +181,7 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         assert packet_id is not None
         if qos == 2 and allowed:
             session.awaiting_rel[packet_id] = channel.broker.clock()
+            session.touch()
         ack = PubAck if qos == 1 else PubRec
         if not is_v5 or (allowed and matched):
             channel.send(ack(packet_id))
@@ -171,6 +219,7 @@ def handle_pubrel(channel: Channel, packet: PubRel) -> None:
     session = channel.session
     assert session is not None
     if session.awaiting_rel.pop(packet.packet_id, None) is not None:
+        session.touch()
         channel.send(PubComp(packet.packet_id))
     else:
         channel.broker.metrics.counters["packets/pubrel/missed"] += 1

@@ -9,12 +9,17 @@ Subscription Identifiers Available 0 -> 0xA1 (for every filter of a SUBSCRIBE ca
 The granted QoS is at most `max_qos_allowed` (MQTT-3.2.2-9, 3.9.3). A 5.0 SUBACK/UNSUBACK with
 a failure carries a Reason String naming the filters, unless the client asked for no problem
 information (MQTT-3.1.2-29).
+
+Limits (counted in `broker.limits`): a filter over `max_topic_levels` / `max_topic_length` is
+refused as invalid (0x8F; 3.1.1 0x80), and a new filter beyond `max_subscriptions` per client
+as Quota exceeded (0x97; 3.1.1 0x80); replacing an existing subscription is always allowed.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from broker.core.handle_publish import topic_limit
 from broker.core.session import Subscription
 from broker.core.topics import has_wildcard, parse_shared, validate_topic_filter
 from broker.protocol.constants import MQTT_5, SUBACK_FAILURE_311, PropertyId, ReasonCode
@@ -49,6 +54,12 @@ def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
             problems.append(f"{filt!r}: invalid topic filter")
             continue
         group, topic_filter = parse_shared(filt)
+        limit = topic_limit(settings, topic_filter)
+        if limit:
+            broker.limits[limit] += 1
+            codes.append(ReasonCode.TOPIC_FILTER_INVALID if is_v5 else SUBACK_FAILURE_311)
+            problems.append(f"{filt!r}: over {limit} ({getattr(settings, limit)})")
+            continue
         if group is not None and not settings.shared_subscription_available:
             codes.append(ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
                          if is_v5 else SUBACK_FAILURE_311)  # fmt: skip
@@ -68,6 +79,12 @@ def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
         if not broker.hooks.run_authorize(channel.info, "subscribe", topic_filter):
             codes.append(ReasonCode.NOT_AUTHORIZED if is_v5 else SUBACK_FAILURE_311)
             problems.append(f"{filt!r}: not authorized")
+            continue
+        quota = settings.max_subscriptions
+        if quota and filt not in session.subscriptions and len(session.subscriptions) >= quota:
+            broker.limits["max_subscriptions"] += 1
+            codes.append(ReasonCode.QUOTA_EXCEEDED if is_v5 else SUBACK_FAILURE_311)
+            problems.append(f"{filt!r}: more than {quota} subscriptions")
             continue
         qos = min(request.qos, settings.max_qos_allowed)
         subscription = Subscription(

@@ -103,13 +103,33 @@ SENT_COUNTER: dict[int, str] = {
 }
 
 
-class Metrics:
-    """Monotonic counters by EMQX name; a plain dict so hot paths can bump it directly."""
+#: What happened at each configured limit (README "Security and limits"), kept apart from the
+#: EMQX counters; published as `$SYS/broker/limits/<name>`.
+LIMIT_NAMES: tuple[str, ...] = (
+    "max_connections",  # total connections: refused at accept
+    "max_listener_connections",  # a listener's max_connections: refused at accept
+    "max_connection_rate",  # a listener's max_connection_rate: refused at accept
+    "max_packet_size",  # an incoming packet too large: connection closed
+    "max_queued_messages",  # a delivery dropped: the session's queue was full
+    "max_queued_bytes",  # a delivery dropped: the session's queued payload bytes were full
+    "max_outgoing_buffer",  # a QoS 0 delivery dropped: the client does not read
+    "max_topic_levels",  # a PUBLISH or SUBSCRIBE refused
+    "max_topic_length",  # a PUBLISH or SUBSCRIBE refused
+    "max_subscriptions",  # a SUBSCRIBE filter refused (quota exceeded)
+    "publish_limit",  # a client over its publish rate: disconnected
+)
 
-    __slots__ = ("counters",)
+
+class Metrics:
+    """Monotonic counters by EMQX name; a plain dict so hot paths can bump it directly.
+
+    `limits` counts the limit hits by `LIMIT_NAMES` (not EMQX metrics: a separate dict)."""
+
+    __slots__ = ("counters", "limits")
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = dict.fromkeys(METRIC_NAMES, 0)
+        self.limits: dict[str, int] = dict.fromkeys(LIMIT_NAMES, 0)
 
     def inc(self, name: str, amount: int = 1) -> None:
         self.counters[name] += amount

@@ -5,8 +5,9 @@ Theory of operation
 A session exists per client id. While a connection is attached (`outlet` is set), QoS 1/2
 deliveries go straight out as long as the inflight window has room (`max_inflight_messages`,
 narrowed by the client's 5.0 Receive Maximum); beyond it they wait in `queue`. The queue is
-bounded (`max_queued_messages`): an arriving message that does not fit is dropped and counted,
-as mosquitto does. QoS 0 messages are sent immediately when online (dropped and counted if the
+bounded (`max_queued_messages`, and `max_queued_bytes` of payload when set): an arriving message
+that does not fit is dropped and counted (also in `metrics.limits`), as mosquitto does.
+QoS 0 messages are sent immediately when online (dropped and counted if the
 client's outgoing buffer is over its cap) and, by default, not queued while offline.
 
 Outgoing QoS 1: PUBLISH -> PUBACK frees the slot. Outgoing QoS 2: PUBLISH -> PUBREC, we answer
@@ -136,17 +137,20 @@ class Session:
         "client_id",
         "created_at",
         "deliver_msg",
+        "dirty",
         "disconnected_at",
         "enqueue_msg",
         "expiry_interval",
         "inflight",
         "max_inflight",
         "max_queued",
+        "max_queued_bytes",
         "metrics",
         "mqueue_dropped",
         "outlet",
         "queue",
         "queue_qos0",
+        "queued_bytes",
         "subscriptions",
         "username",
     )
@@ -163,12 +167,15 @@ class Session:
         now: float,
         queue_qos0: bool = False,
         username: str | None = None,
+        max_queued_bytes: int = 0,
     ) -> None:
         self.client_id = client_id
         self.clean_start = clean_start
         self.expiry_interval = expiry_interval
         self.max_inflight = max_inflight
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0  # payload bytes in `queue`
         self.metrics = metrics
         self.created_at = now
         self.queue_qos0 = queue_qos0
@@ -179,6 +186,8 @@ class Session:
         self.awaiting_rel: dict[int, float] = {}
         self.outlet: Outlet | None = None
         self.disconnected_at: float | None = None
+        #: The broker's set of changed client ids (persistence), None when nothing is persisted.
+        self.dirty: set[str] | None = None
         self.mqueue_dropped = 0
         self.deliver_msg = 0
         self.enqueue_msg = 0
@@ -190,19 +199,28 @@ class Session:
 
     # -- connection lifecycle -------------------------------------------------------------
 
+    def touch(self) -> None:
+        """Record that the persisted state changed (a set.add; nothing when not persisting)."""
+        dirty = self.dirty
+        if dirty is not None:
+            dirty.add(self.client_id)
+
     def attach(self, outlet: Outlet) -> None:
         self.outlet = outlet
         self.disconnected_at = None
+        self.touch()
 
     def detach(self, now: float) -> None:
         self.outlet = None
         self.disconnected_at = now
+        self.touch()
 
     def resume(self, now: float) -> None:
         """Resend the inflight window in order, then fill it from the queue (MQTT-4.4.0-1)."""
         outlet = self.outlet
         if outlet is None:
             return
+        self.touch()
         for packet_id, entry in list(self.inflight.items()):
             entry.sent_at = now
             if entry.awaiting_comp:
@@ -240,6 +258,10 @@ class Session:
     ) -> None:
         """Send or queue one delivery of `message` at the (already downgraded) `qos`."""
         outlet = self.outlet
+        if qos or outlet is None:
+            dirty = self.dirty
+            if dirty is not None:
+                dirty.add(self.client_id)
         if qos == 0:
             if outlet is not None:
                 if outlet.send_publish(message, 0, retain, None, False, subscription_ids):
@@ -257,18 +279,33 @@ class Session:
             self._enqueue((message, qos, retain, subscription_ids), now)
 
     def _enqueue(self, item: QueuedDelivery, now: float) -> None:
-        if len(self.queue) >= self.max_queued and not self._shed_expired(now):
+        size = len(item[0].payload)
+        limit = self._full(size)
+        if limit and self._shed_expired(now):
+            limit = self._full(size)
+        if limit:
             self._drop()
+            self.metrics.limits[limit] += 1
             if item[1] == 2:
                 self.metrics.counters["messages/qos2/dropped"] += 1
             return
         self.queue.append(item)
+        self.queued_bytes += size
         self.enqueue_msg += 1
         message = item[0]
         if message.properties:
             left = expiry_left(message, now)
             if left is not None and now + left < self._earliest_expiry:
                 self._earliest_expiry = now + left
+
+    def _full(self, size: int) -> str:
+        """The limit that one more queued delivery of `size` payload bytes breaks, or ""."""
+        if len(self.queue) >= self.max_queued:
+            return "max_queued_messages"
+        cap = self.max_queued_bytes
+        if cap and self.queued_bytes + size > cap:
+            return "max_queued_bytes"
+        return ""
 
     def _shed_expired(self, now: float) -> bool:
         """Drop the expired messages of a full queue; True if that made room."""
@@ -287,6 +324,7 @@ class Session:
         if not shed:
             return False
         self.queue = deque(kept)
+        self.queued_bytes = sum(len(item[0].payload) for item in kept)
         self.metrics.counters["messages/expired"] += shed
         for _ in range(shed):
             self._drop()
@@ -320,6 +358,7 @@ class Session:
             message, qos, retain, subscription_ids = queue[0]
             if qos == 0:
                 queue.popleft()
+                self.queued_bytes -= len(message.payload)
                 if outlet.send_publish(message, 0, retain, None, False, subscription_ids):
                     self.deliver_msg += 1
                 else:
@@ -328,6 +367,7 @@ class Session:
             if len(self.inflight) >= self.window():
                 return
             queue.popleft()
+            self.queued_bytes -= len(message.payload)
             self._send_new(message, qos, retain, subscription_ids, now)
 
     def next_packet_id(self) -> int:
@@ -350,6 +390,7 @@ class Session:
         if entry is None or entry.qos != 1:
             return False
         del self.inflight[packet_id]
+        self.touch()
         self._drain(now)
         return True
 
@@ -359,6 +400,7 @@ class Session:
             return False
         entry.awaiting_comp = True
         entry.sent_at = now
+        self.touch()
         return True
 
     def on_pubcomp(self, packet_id: int, now: float) -> bool:
@@ -366,12 +408,14 @@ class Session:
         if entry is None or not entry.awaiting_comp:
             return False
         del self.inflight[packet_id]
+        self.touch()
         self._drain(now)
         return True
 
     def on_pubrec_error(self, packet_id: int, now: float) -> None:
         """A 5.0 PUBREC with a failure code ends the QoS 2 flow for that id (MQTT-4.3.3)."""
         if self.inflight.pop(packet_id, None) is not None:
+            self.touch()
             self._drain(now)
 
     # -- moving a session between nodes (cluster takeover) --------------------------------
@@ -423,7 +467,9 @@ class Session:
             qos, retain, ids = item[1], item[2], _sub_ids(item[3])
             if qos not in (0, 1, 2) or not isinstance(retain, bool):
                 raise ValueError(f"bad queued delivery {item!r:.200}")
-            self.queue.append((message_from_dict(item[0]), qos, retain, ids))
+            message = message_from_dict(item[0])
+            self.queue.append((message, qos, retain, ids))
+            self.queued_bytes += len(message.payload)
         self._earliest_expiry = 0.0  # imported messages: let the next full-queue check scan
         for item in _items(state, "inflight", 6):
             packet_id, qos, retain, awaiting_comp = item[0], item[2], item[3], item[5]

@@ -18,6 +18,13 @@ class Settings:
     max_connections: int = 0
     shared_subscription_strategy: str = "round_robin"
     max_outgoing_buffer: int = 8 * 1024 * 1024
+    #: Limits (0 = unlimited): payload bytes queued per session, topic levels and length,
+    #: subscriptions per client, and the publish rate (messages per second, burst) or None.
+    max_queued_bytes: int = 0
+    max_topic_levels: int = 0
+    max_topic_length: int = 0
+    max_subscriptions: int = 0
+    publish_limit: tuple[float, float] | None = None
     max_awaiting_rel: int = 100
     topic_alias_maximum: int = 65535
     queue_qos0_messages: bool = False

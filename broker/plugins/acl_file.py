@@ -144,6 +144,12 @@ class AclFilePlugin(Plugin):
         self.file = str(ctx.config.get("file") or ctx.node_config.acl_file)
         if not self.file:
             raise PluginLoadError("no ACL file: set acl_file, or file in [plugins.acl_file]")
+        self.acl = self._read()
+        log.info("acl_file: loaded %s", self.file)
+        self.attach(ctx.broker.hooks.authorize, self.authorize)
+
+    def _read(self) -> Acl:
+        """Read and parse the whole file; PluginLoadError with the reason."""
         try:
             with open(self.file, encoding="utf-8") as fh:
                 text = fh.read()
@@ -152,11 +158,21 @@ class AclFilePlugin(Plugin):
         except UnicodeDecodeError as exc:
             raise PluginLoadError(f"{self.file}: not valid UTF-8 at byte {exc.start}") from None
         try:
-            self.acl = parse_acl(text, self.file)
+            return parse_acl(text, self.file)
         except ValueError as exc:
             raise PluginLoadError(str(exc)) from None
-        log.info("acl_file: loaded %s", self.file)
-        self.attach(ctx.broker.hooks.authorize, self.authorize)
+
+    def reload(self) -> bool:
+        """Read the ACL file again (SIGHUP): the new rules replace the old ones at once, or,
+        when the file cannot be read or parsed, the error is logged and the old ones kept."""
+        try:
+            acl = self._read()
+        except PluginLoadError as exc:
+            log.error("acl_file: RELOAD FAILED, keeping the rules loaded before: %s", exc)
+            return False
+        self.acl = acl
+        log.info("acl_file: reloaded %s", self.file)
+        return True
 
     def authorize(self, client: ClientInfo, action: str, topic: str) -> bool | None:
         access = _ACTIONS.get(action)

@@ -1,7 +1,9 @@
 """auth_passwd: username/password authentication from a mosquitto password file.
 
 The file is ``password_file`` at the top level of the config (mosquitto's key) or ``file`` in
-``[plugins.auth_passwd]``; it is read when the plugin loads (unload and load again to re-read).
+``[plugins.auth_passwd]``; it is read when the plugin loads and again by `reload` (SIGHUP):
+the new file is parsed fully and swapped in at once; a file that cannot be read or parsed is
+logged as an error and the users loaded before are kept.
 A client with a username is accepted with the right password and refused otherwise (unknown
 user, wrong or missing password); a client without a username gets no answer from this plugin,
 so ``allow_anonymous`` decides, as in mosquitto.
@@ -42,6 +44,18 @@ class AuthPasswdPlugin(Plugin):
             raise PluginLoadError(str(exc)) from None
         log.info("auth_passwd: %d users from %s", len(self.users), self.file)
         self.attach(ctx.broker.hooks.authenticate, self.authenticate)
+
+    def reload(self) -> bool:
+        """Read the password file again (SIGHUP); False, keeping the old users, on error."""
+        try:
+            users = read_password_file(self.file)
+        except PasswordFileError as exc:
+            log.error("auth_passwd: RELOAD FAILED, keeping the %d users loaded before: %s",
+                      len(self.users), exc)  # fmt: skip
+            return False
+        self.users = users  # one assignment: a CONNECT sees the old or the new set, whole
+        log.info("auth_passwd: reloaded %d users from %s", len(users), self.file)
+        return True
 
     def authenticate(self, client: ClientInfo, password: bytes | None) -> bool | None:
         if client.username is None:

@@ -204,6 +204,20 @@ class PluginManager:
         log.info("plugin %s loaded", name)
         return plugin
 
+    def reload(self) -> dict[str, bool]:
+        """SIGHUP: every loaded plugin with a `reload()` (auth_passwd, acl_file) re-reads its
+        file; name -> whether the new file was taken (False: the old one is kept, logged)."""
+        results: dict[str, bool] = {}
+        for name, plugin in self.loaded.items():
+            reload = getattr(plugin, "reload", None)
+            if callable(reload):
+                try:
+                    results[name] = bool(reload())
+                except Exception:
+                    log.exception("plugin %s failed to reload; keeping its old state", name)
+                    results[name] = False
+        return results
+
     # -- the remembered set -----------------------------------------------------------------
 
     def remembered(self) -> builtins.list[str] | None:

@@ -12,9 +12,15 @@ File layout::
     [node]            name, data_dir, cookie
     [listener.tcp]    bind, port, enabled
     [listener.ws]     bind, port, path, enabled
-    [management]      bind, port, enabled, max_row_limit, metrics_auth, default_app
+    [listener.ssl]    bind, port, enabled, certfile, keyfile, cafile, require_certificate,
+                      use_identity_as_username, tls_version (MQTT over TLS, default 8883, off)
+    [listener.wss]    the same plus path (MQTT over WebSocket over TLS, default 8084, off)
+                      every MQTT listener also: max_connections, max_connection_rate
+    [management]      bind, port, enabled, max_row_limit, metrics_auth, default_app, dashboard,
+                      max_body_size (bytes; a larger request body is answered 413)
     [[management.apps]] id, secret, name, desc, status, expired (API apps; repeatable)
-    [cluster]         bind, port, join, enabled, advertise
+    [cluster]         bind, port, join, enabled, advertise, dns_refresh_interval
+                      (a join entry "dns:NAME:PORT" is re-resolved every dns_refresh_interval s)
     [alarms]          sysmem_high_watermark, procmem_high_watermark, cpu_high_watermark,
                       connections_high_watermark, check_interval
     [plugins.<name>]  enabled, plus each plugin's own keys (PLUGIN_SCHEMAS for the built-ins;
@@ -50,6 +56,7 @@ __all__ = [
     "check_implemented",
     "load_config",
     "parse_config",
+    "parse_publish_limit",
     "validate_host_port",
 ]
 
@@ -78,6 +85,18 @@ class ListenerConfig:
     port: int
     enabled: bool = True
     path: str = "/mqtt"  # only meaningful for the WebSocket listener
+    #: MQTT listeners only: connections open at once on this listener (0 = no per-listener
+    #: limit) and new connections accepted per second (token bucket; 0 = unlimited).
+    max_connections: int = 0
+    max_connection_rate: float = 0.0
+    #: TLS listeners only (mosquitto's names): server certificate chain and key (PEM), CA file
+    #: for client certificates, whether one is required, and whether its CN is the username.
+    certfile: str = ""
+    keyfile: str = ""
+    cafile: str = ""
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    tls_version: str = "tlsv1.2"  # the minimum accepted: tlsv1.2 or tlsv1.3
 
 
 def _tcp_default() -> ListenerConfig:
@@ -86,6 +105,14 @@ def _tcp_default() -> ListenerConfig:
 
 def _ws_default() -> ListenerConfig:
     return ListenerConfig(bind="127.0.0.1", port=8083, path="/mqtt")
+
+
+def _ssl_default() -> ListenerConfig:
+    return ListenerConfig(bind="127.0.0.1", port=8883, enabled=False)
+
+
+def _wss_default() -> ListenerConfig:
+    return ListenerConfig(bind="127.0.0.1", port=8084, enabled=False, path="/mqtt")
 
 
 @dataclass(slots=True)
@@ -107,6 +134,8 @@ class ManagementConfig(ListenerConfig):
     max_row_limit: int = 10000  # largest `_limit`, and its default
     metrics_auth: bool = False  # GET /metrics requires an app's credentials
     default_app: bool = True  # keep EMQX's default app admin/public
+    dashboard: bool = True  # serve the web dashboard under /dashboard/ on this listener
+    max_body_size: int = 1_048_576  # largest HTTP request body; larger is answered 413
     apps: list[ManagementApp] = field(default_factory=list)
 
 
@@ -142,11 +171,21 @@ class BrokerConfig:
     max_keepalive: int = 65535
     sys_interval: float = 10
     persistence: bool = False
+    #: Milliseconds between two flushes of what changed to `<data_dir>/broker.db` (mosquitto's
+    #: autosave_interval): at most this much of acknowledged messages is lost on a crash.
+    persistence_interval: int = 1000
     session_expiry_interval: int = 7200
     retain_available: bool = True
     max_connections: int = 0
     shared_subscription_strategy: str = "round_robin"
     max_outgoing_buffer: int = 8 * 1024 * 1024
+    # Limits (README "Security and limits"); 0 = unlimited where not said otherwise.
+    max_queued_bytes: int = 0  # payload bytes queued per session
+    max_topic_levels: int = 128  # EMQX's default
+    max_topic_length: int = 65535
+    max_subscriptions: int = 0  # per client
+    #: EMQX's publish_limit: "N,Ss" (N PUBLISH per S seconds) or N per second; "" = off.
+    publish_limit: str = ""
     # MQTT 5.0 (EMQX's names where it has the setting; see README "MQTT 5.0 features").
     max_awaiting_rel: int = 100
     max_topic_alias: int = 65535
@@ -164,9 +203,13 @@ class BrokerConfig:
     cookie: str = "minibroker"
     tcp: ListenerConfig = field(default_factory=_tcp_default)
     ws: ListenerConfig = field(default_factory=_ws_default)
+    ssl: ListenerConfig = field(default_factory=_ssl_default)
+    wss: ListenerConfig = field(default_factory=_wss_default)
     management: ManagementConfig = field(default_factory=_management_default)
     cluster: ListenerConfig = field(default_factory=_cluster_default)
     cluster_join: list[str] = field(default_factory=list)
+    #: Seconds between two resolutions of the `dns:NAME:PORT` entries of `cluster_join`.
+    cluster_dns_refresh_interval: float = 30.0
     #: The cluster address peers dial ("host" or "host:port"); "" = the bind address (127.0.0.1
     #: for a wildcard bind) and the bound port.
     cluster_advertise: str = ""
@@ -271,6 +314,54 @@ def _positive(value: object, where: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise _Invalid(f"{where} must be a number above 0, got {value}")
     return float(value)
+
+
+def _rate(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"{where} must be a number per second, got {_show(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise _Invalid(f"{where} must be >= 0 per second (0 = unlimited), got {value}")
+    return float(value)
+
+
+_PUBLISH_LIMIT_RE = re.compile(r"^\s*(\d+)\s*,\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def parse_publish_limit(text: str) -> tuple[float, float] | None:
+    """EMQX's `publish_limit`: "N,Ss" (also "N,S", "N,Ms"/"N,Mm") or "N" per second ->
+    (messages per second, burst); "" or "0" -> None (off). Raises ValueError."""
+    text = text.strip()
+    if not text or text == "0":
+        return None
+    if text.isdigit():
+        return float(text), float(text)
+    match = _PUBLISH_LIMIT_RE.match(text)
+    if match is None:
+        raise ValueError(f'expected "N,seconds" such as "100,10s" or N per second, got {text!r}')
+    count, span, unit = int(match[1]), float(match[2]), match[3] or "s"
+    seconds = span / 1000 if unit == "ms" else span * 60 if unit == "m" else span
+    if count <= 0 or seconds <= 0:
+        raise ValueError(f"publish_limit needs a count and a time above 0, got {text!r}")
+    return count / seconds, float(count)
+
+
+def _publish_limit(value: object, where: str) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(int(value)) if float(value).is_integer() else ""
+    if not isinstance(value, str):
+        raise _Invalid(f'{where} must be "N,seconds" or a number per second, got {_show(value)}')
+    try:
+        parse_publish_limit(value)
+    except ValueError as exc:
+        raise _Invalid(f"{where}: {exc}") from None
+    return value
+
+
+def _tls_version(value: object, where: str) -> str:
+    s = _str(value, where)
+    if s not in ("tlsv1.2", "tlsv1.3"):
+        raise _Invalid(f'{where} must be "tlsv1.2" or "tlsv1.3" (the minimum), got {s!r}')
+    return s
 
 
 def _str(value: object, where: str) -> str:
@@ -395,8 +486,10 @@ def _join_list(value: object, where: str) -> list[str]:
     for item in value:
         if not isinstance(item, str):
             raise _Invalid(f'{where} entries must be "host:port" strings, got {_show(item)}')
+        text = item.strip()
         try:
-            validate_host_port(item)
+            # "dns:NAME:PORT": every A/AAAA record of NAME, re-resolved (cluster discovery)
+            validate_host_port(text[4:] if text.startswith("dns:") else text)
         except ConfigError as exc:
             raise _Invalid(f"{where}: {exc}") from None
         out.append(item.strip())
@@ -453,11 +546,17 @@ _TOP: _Schema = {
     "max_keepalive": ("max_keepalive", _int_range(0, 65535)),
     "sys_interval": ("sys_interval", _seconds),
     "persistence": ("persistence", _bool),
+    "persistence_interval": ("persistence_interval", _int_range(10, 3_600_000, " (milliseconds)")),
     "session_expiry_interval": ("session_expiry_interval", _int_range(0, MAX_SESSION_EXPIRY)),
     "retain_available": ("retain_available", _bool),
     "max_connections": ("max_connections", _int_range(0, None, " (0 = unlimited)")),
     "shared_subscription_strategy": ("shared_subscription_strategy", _strategy),
     "max_outgoing_buffer": ("max_outgoing_buffer", _int_range(1, None)),
+    "max_queued_bytes": ("max_queued_bytes", _int_range(0, None, " (0 = unlimited)")),
+    "max_topic_levels": ("max_topic_levels", _int_range(0, None, " (0 = unlimited)")),
+    "max_topic_length": ("max_topic_length", _int_range(0, 65535, " (0 = unlimited)")),
+    "max_subscriptions": ("max_subscriptions", _int_range(0, None, " (0 = unlimited)")),
+    "publish_limit": ("publish_limit", _publish_limit),
     "max_awaiting_rel": ("max_awaiting_rel", _int_range(1, 65535, " (the Receive Maximum)")),
     "max_topic_alias": ("max_topic_alias", _int_range(0, 65535, " (0 = no topic aliases)")),
     "outgoing_topic_alias_maximum": ("outgoing_topic_alias_maximum", _int_range(0, 65535)),
@@ -482,12 +581,31 @@ _LISTENER: _Schema = {
     "enabled": ("enabled", _bool),
 }
 
-_WS_LISTENER: _Schema = {**_LISTENER, "path": ("path", _ws_path)}
+_MQTT_LISTENER: _Schema = {
+    **_LISTENER,
+    "max_connections": ("max_connections", _int_range(0, None, " (0 = no per-listener limit)")),
+    "max_connection_rate": ("max_connection_rate", _rate),
+}
+
+_WS_LISTENER: _Schema = {**_MQTT_LISTENER, "path": ("path", _ws_path)}
+
+_SSL_LISTENER: _Schema = {
+    **_MQTT_LISTENER,
+    "certfile": ("certfile", _str),
+    "keyfile": ("keyfile", _str),
+    "cafile": ("cafile", _str),
+    "require_certificate": ("require_certificate", _bool),
+    "use_identity_as_username": ("use_identity_as_username", _bool),
+    "tls_version": ("tls_version", _tls_version),
+}
+
+_WSS_LISTENER: _Schema = {**_SSL_LISTENER, "path": ("path", _ws_path)}
 
 _CLUSTER: _Schema = {
     **_LISTENER,
     "join": ("join", _join_list),
     "advertise": ("advertise", _advertise),
+    "dns_refresh_interval": ("dns_refresh_interval", _positive),
 }
 
 _APP: _Schema = {
@@ -526,6 +644,8 @@ _MANAGEMENT: _Schema = {
     "max_row_limit": ("max_row_limit", _int_range(1, None)),
     "metrics_auth": ("metrics_auth", _bool),
     "default_app": ("default_app", _bool),
+    "dashboard": ("dashboard", _bool),
+    "max_body_size": ("max_body_size", _int_range(1024, None)),
     "apps": ("apps", _apps),
 }
 
@@ -565,6 +685,8 @@ _SECTIONS = (
     "listener",
     "listener.tcp",
     "listener.ws",
+    "listener.ssl",
+    "listener.wss",
     "management",
     "management.apps",
     "cluster",
@@ -639,6 +761,8 @@ class _Loader:
                     cfg.cluster_join = fields.pop("join")
                 if "advertise" in fields:
                     cfg.cluster_advertise = fields.pop("advertise")
+                if "dns_refresh_interval" in fields:
+                    cfg.cluster_dns_refresh_interval = fields.pop("dns_refresh_interval")
                 cfg.cluster = dataclasses.replace(cfg.cluster, **fields)
             elif key == "alarms":
                 values = self.table(doc, key, "top level")
@@ -678,20 +802,33 @@ class _Loader:
     def listeners(self, cfg: BrokerConfig, tables: dict[str, object]) -> None:
         for kind in tables:
             section = f"listener.{kind}"
-            if kind not in ("tcp", "ws"):
+            if kind not in ("tcp", "ws", "ssl", "wss"):
                 raise self.fail(f"unknown section [{section}]{_suggest_section(section)}")
             values = self.table(tables, kind, "listener")
             if kind == "tcp":
-                cfg.tcp = self.listener(values, _LISTENER, section, cfg.tcp)
-            else:
+                cfg.tcp = self.listener(values, _MQTT_LISTENER, section, cfg.tcp)
+            elif kind == "ws":
                 cfg.ws = self.listener(values, _WS_LISTENER, section, cfg.ws)
+            else:
+                schema = _SSL_LISTENER if kind == "ssl" else _WSS_LISTENER
+                tls = self.listener(values, schema, section, getattr(cfg, kind))
+                self.check_tls(tls, section)
+                setattr(cfg, kind, tls)
+
+    def check_tls(self, tls: ListenerConfig, section: str) -> None:
+        if tls.enabled and not (tls.certfile and tls.keyfile):
+            raise self.fail(f"[{section}] is enabled: set 'certfile' and 'keyfile'")
+        if tls.require_certificate and not tls.cafile:
+            raise self.fail(f"'require_certificate' in [{section}] needs 'cafile'")
+        if tls.use_identity_as_username and not tls.require_certificate:
+            raise self.fail(
+                f"'use_identity_as_username' in [{section}] needs 'require_certificate = true'"
+            )
 
 
 #: Keys the loader knows (they keep their mosquitto meaning) whose feature has not landed yet.
 #: Refusing them beats silently running without the authentication or durability they ask for.
-NOT_YET_IMPLEMENTED = {
-    "persistence": "persistence",
-}
+NOT_YET_IMPLEMENTED: dict[str, str] = {}
 
 
 def check_implemented(cfg: BrokerConfig) -> None:
@@ -745,6 +882,7 @@ def apply_overrides(
     cluster_port: int | None = None,
     join: Iterable[str] | None = None,
     data_dir: str | None = None,
+    advertise: str | None = None,
 ) -> BrokerConfig:
     """Return a copy of ``cfg`` with command-line values applied (flags win over the file).
 
@@ -755,6 +893,8 @@ def apply_overrides(
         cfg,
         tcp=dataclasses.replace(cfg.tcp),
         ws=dataclasses.replace(cfg.ws),
+        ssl=dataclasses.replace(cfg.ssl),
+        wss=dataclasses.replace(cfg.wss),
         management=dataclasses.replace(cfg.management, apps=list(cfg.management.apps)),
         cluster=dataclasses.replace(cfg.cluster),
         cluster_join=list(cfg.cluster_join),
@@ -768,7 +908,7 @@ def apply_overrides(
         out.data_dir = _override(_nonempty_str, data_dir, "--data-dir")
     if host is not None:
         bind = _override(_bind, host, "--host")
-        for listener in (out.tcp, out.ws, out.management, out.cluster):
+        for listener in (out.tcp, out.ws, out.ssl, out.wss, out.management, out.cluster):
             listener.bind = bind
     ports = (
         (mqtt_port, out.tcp, "--mqtt-port"),
@@ -781,4 +921,6 @@ def apply_overrides(
             listener.port = _override(_port, port, flag)
     if join is not None:
         out.cluster_join = _override(_join_list, list(join), "--join")
+    if advertise is not None:
+        out.cluster_advertise = _override(_advertise, advertise, "--advertise")
     return out

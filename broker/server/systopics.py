@@ -41,6 +41,8 @@ def sys_figures(broker: Broker, version: str, now: float) -> dict[str, str]:
         "$SYS/broker/subscriptions/count": str(len(broker.router)),
         "$SYS/broker/shared_subscriptions/count": str(broker.shared_count),
         "$SYS/broker/retained messages/count": str(len(broker.retained)),
+        # What happened at each configured limit (broker.core.metrics.LIMIT_NAMES).
+        **{f"$SYS/broker/limits/{name}": str(n) for name, n in broker.limits.items()},
     }
 
 

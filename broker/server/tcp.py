@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from broker.core.channel import Channel
+from broker.server.tls import cert_common_name
 
 if TYPE_CHECKING:
     from broker.core.broker import Broker
@@ -24,10 +25,18 @@ log = logging.getLogger(__name__)
 class MqttConnection(asyncio.Protocol):
     """One accepted TCP connection; also the channel's `Link`."""
 
-    def __init__(self, broker: Broker, stats: ListenerStats, kind: str = "tcp") -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        stats: ListenerStats,
+        kind: str = "tcp",
+        identity_as_username: bool = False,
+    ) -> None:
         self.broker = broker
         self.stats = stats
         self.kind = kind
+        #: TLS with `use_identity_as_username`: the client certificate's CN is the username.
+        self.identity_as_username = identity_as_username
         self.transport: asyncio.Transport | None = None
         self.channel: Channel | None = None
         self._pending: list[bytes] = []
@@ -42,13 +51,18 @@ class MqttConnection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports are not asyncio.Transport.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        if not self.broker.accepting() or not self.stats.accepting():
-            self.stats.refused += 1
+        if not self.stats.admit(self.broker):
             transport.abort()
             return
         peer = transport.get_extra_info("peername") or ("", 0)
         self.stats.opened()
         self.channel = Channel(self.broker, self, str(peer[0]), int(peer[1]), self.kind)
+        if self.identity_as_username:
+            name = cert_common_name(transport.get_extra_info("peercert"))
+            if name is None:  # verified, but without a CN: no identity to use
+                self.channel.close(None, "no_certificate_identity")
+                return
+            self.channel.cert_username = name
 
     def data_received(self, data: bytes) -> None:
         channel = self.channel

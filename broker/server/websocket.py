@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from broker.core.channel import CLOSED, Channel
+from broker.server.tls import cert_common_name
 
 if TYPE_CHECKING:
     from broker.core.broker import Broker
@@ -78,21 +79,35 @@ class WebSocketLink:
             self._task.cancel()
 
 
-def make_websocket_app(broker: Broker, stats: ListenerStats, path: str) -> web.Application:
-    """An aiohttp app answering MQTT-over-WebSocket upgrades on `path`."""
+def make_websocket_app(
+    broker: Broker,
+    stats: ListenerStats,
+    path: str,
+    kind: str = "ws",
+    identity_as_username: bool = False,
+) -> web.Application:
+    """An aiohttp app answering MQTT-over-WebSocket upgrades on `path` (`kind` "wss" when the
+    site runs TLS; `identity_as_username`: the client certificate's CN is the username)."""
     max_msg = max(broker.settings.max_packet_size * 2, 65536)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if not broker.accepting() or not stats.accepting():
-            stats.refused += 1
+        if not stats.admit(broker):
             raise web.HTTPServiceUnavailable(text="too many connections")
+        cert_username = None
+        if identity_as_username:
+            transport = request.transport
+            peercert = transport.get_extra_info("peercert") if transport else None
+            cert_username = cert_common_name(peercert)
+            if cert_username is None:
+                raise web.HTTPForbidden(text="no identity in the client certificate")
         ws = web.WebSocketResponse(protocols=SUBPROTOCOLS, max_msg_size=max_msg, autoping=True)
         await ws.prepare(request)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         host, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         link = WebSocketLink(ws)
         stats.opened()
-        channel = Channel(broker, link, host, port, "ws")
+        channel = Channel(broker, link, host, port, kind)
+        channel.cert_username = cert_username
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:

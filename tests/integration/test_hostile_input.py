@@ -303,6 +303,9 @@ AFTER_CONNECT = [
     ),
     pytest.param(lambda v: b"\x20\x02\x00\x00", {0x82}, id="connack_from_client"),
     pytest.param(lambda v: b"\x00\x00", {0x81}, id="reserved_packet_type_0"),
+    pytest.param(  # a fuzz finding: it was answered with a CONNACK on the open connection
+        lambda v: connect_bytes(b"MQTT", 6), {0x82}, id="second_connect_unknown_level_MQTT_3_1_0_2"
+    ),
 ]
 
 
@@ -413,8 +416,9 @@ async def test_connect_pipelined_with_bad_packet_still_publishes_will_MQTT_3_1_2
     await healthy.verify()
 
 
-async def test_500_connections_opened_and_dropped_leave_no_channels(
-    node: Node, healthy: Healthy
+@pytest.mark.parametrize("count", [500, 3000])
+async def test_thousands_of_connections_opened_and_dropped_leave_no_channels(
+    node: Node, healthy: Healthy, count: int
 ) -> None:
     baseline_channels = len(node.broker.channels)
     baseline_connected = len(node.broker.connected)
@@ -439,7 +443,7 @@ async def test_500_connections_opened_and_dropped_leave_no_channels(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    for start in range(0, 500, 100):
+    for start in range(0, count, 100):
         await asyncio.gather(*(churn(i) for i in range(start, start + 100)))
         await healthy.send(2)  # the stream keeps flowing during the churn
 
@@ -448,4 +452,52 @@ async def test_500_connections_opened_and_dropped_leave_no_channels(
             await asyncio.sleep(0.02)
     assert len(node.broker.connected) == baseline_connected
     assert len(node.broker.sessions) == baseline_sessions  # clean sessions all discarded
+    await healthy.verify()
+
+
+# --------------------------------------------------------------------------- sent slowly
+
+# A PUBLISH/CONNECT header claiming the largest MQTT packet (256 MiB; 300 MB does not fit in the
+# 4-byte Remaining Length), or 300 MB in an illegal fifth length byte.
+CLAIM_256MIB = encode_varint(268_435_455)
+CLAIM_300MB = bytes((0x80, 0xC6, 0x86, 0x8F, 0x01))  # 300,000,000 as a 5-byte varint
+
+
+@pytest.mark.parametrize(
+    ("first", "claim", "code"),
+    [
+        pytest.param(0x30, CLAIM_256MIB, ReasonCode.PACKET_TOO_LARGE, id="publish_256MiB"),
+        pytest.param(0x30, CLAIM_300MB, ReasonCode.MALFORMED_PACKET, id="publish_300MB_5_bytes"),
+        pytest.param(0x10, CLAIM_256MIB, None, id="connect_256MiB_before_connect"),
+    ],
+)
+async def test_claimed_huge_packet_sent_slowly_is_closed_at_the_header(
+    node: Node, healthy: Healthy, first: int, claim: bytes, code: int | None
+) -> None:
+    """The header trickles in a byte at a time: the broker closes as soon as the length is known
+    to be too large (default max_packet_size, 1 MiB) without waiting for any body byte, and the
+    healthy stream goes on meanwhile."""
+    if first == 0x10:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.tcp_port)
+    else:
+        client = await connected(node, "slow-huge", MQTT_5)
+        reader, writer = client.reader, client.writer
+    for byte in bytes((first,)) + claim:
+        writer.write(bytes((byte,)))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        await healthy.send(1)
+    got = await read_until_closed(reader)  # closed at the header: no body byte was needed
+    with contextlib.suppress(ConnectionError):  # body bytes now go nowhere
+        for _ in range(3):
+            writer.write(b"x" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+    if code is None:
+        assert got == b""  # no CONNACK for a CONNECT that is not even read
+    else:
+        sent = Decoder(version=MQTT_5).feed(got)
+        assert [(type(p), p.reason_code) for p in sent] == [(Disconnect, code)]  # type: ignore[union-attr]
+    writer.close()
+    assert "slow-huge" not in node.broker.connected
     await healthy.verify()

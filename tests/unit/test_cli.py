@@ -39,7 +39,9 @@ def fake_node(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
     module.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "broker.app", module)
-    monkeypatch.setattr(cli, "_configure_logging", lambda verbose: calls.append(verbose))
+    monkeypatch.setattr(
+        cli, "_configure_logging", lambda verbose, fmt="text": calls.append(verbose)
+    )
     return calls
 
 

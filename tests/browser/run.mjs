@@ -1,0 +1,192 @@
+// Drives the dashboard in Debian's headless Chromium with playwright-core (no browser download).
+// Run by tests/integration/test_dashboard_browser.py:
+//   node run.mjs '<json config>'
+// config: { url, app, secret, node, clientId, victimId, subTopic, plugin, wsTopic, wsPayload,
+//           fromBrowserTopic, screenshots, chromium }
+// Prints one JSON object per line on stdout: {"event": ...}. The Python side reacts to
+// {"event": "ws-subscribed"} by publishing `wsPayload` to `wsTopic`. Exit code 0 = every check
+// passed; otherwise the last line is {"event": "failed", "error": ...}.
+import { chromium } from 'playwright-core';
+
+const cfg = JSON.parse(process.argv[2]);
+const TIMEOUT = 10000;
+const emit = (event, extra = {}) => console.log(JSON.stringify({ event, ...extra }));
+const problems = [];
+
+const browser = await chromium.launch({
+  executablePath: cfg.chromium || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+
+async function shot(page, name) {
+  await page.screenshot({ path: `${cfg.screenshots}/${name}.png`, fullPage: false });
+  emit('screenshot', { name });
+}
+
+async function open(page, name) {
+  await page.click(`nav a[data-page="${name}"]`);
+  await page.waitForSelector(`#page [data-page="${name}"]`, { timeout: TIMEOUT });
+  await page.waitForSelector('#status:text-matches("updated|error|ready")', { timeout: TIMEOUT });
+}
+
+async function expectText(page, selector, text) {
+  await page.locator(selector).filter({ hasText: text }).first()
+    .waitFor({ state: 'visible', timeout: TIMEOUT });
+}
+
+async function step(name, fn) {
+  await fn();
+  emit('ok', { step: name });
+}
+
+let exitCode = 0;
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (msg) => { if (msg.type() === 'error') problems.push(`console: ${msg.text()}`); });
+  page.on('request', (req) => {
+    const url = new URL(req.url());
+    if (!['127.0.0.1', 'localhost'].includes(url.hostname)) problems.push(`external request ${req.url()}`);
+  });
+  page.on('dialog', (dialog) => dialog.accept());
+
+  await step('wrong-secret', async () => {
+    await page.goto(cfg.url);
+    await page.fill('#login-app', cfg.app);
+    await page.fill('#login-secret', 'not-the-secret');
+    await page.click('#login-submit');
+    await expectText(page, '#login-error', 'Wrong app id or secret');
+    problems.length = 0; // the refused sign-in logs a 401 in the console: expected
+  });
+
+  await step('sign-in', async () => {
+    await page.fill('#login-secret', cfg.secret);
+    await page.click('#login-submit');
+    await page.waitForSelector('#shell:not([hidden])');
+    await expectText(page, '#who', cfg.app);
+  });
+
+  await step('overview', async () => {
+    await page.waitForSelector('#page [data-page="overview"]');
+    await expectText(page, '#page table td', cfg.node);
+    await expectText(page, '.tile', 'connections');
+    // The charts poll every 2 s: wait until both have drawn a line (two samples for the rate).
+    await page.waitForFunction(() => [...document.querySelectorAll('canvas')].every((c) => {
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 80) return true;
+      return false; // no blue-ish pixel of a series line yet
+    }), null, { timeout: 15000, polling: 500 });
+  });
+
+  await step('clients', async () => {
+    await open(page, 'clients');
+    await expectText(page, '#page td', cfg.clientId);
+    await expectText(page, '#page td', cfg.victimId);
+    await page.fill('[data-testid="search"]', cfg.clientId);
+    await page.waitForFunction((victim) => !document.querySelector(
+      `#page button[data-action="kick"][data-client="${victim}"]`), cfg.victimId);
+    await page.click(`button[data-action="details"][data-client="${cfg.clientId}"]`);
+    await expectText(page, '#page h3', `Client ${cfg.clientId}`);
+    await expectText(page, '#page td', cfg.subTopic);
+    await shot(page, 'clients');
+    await page.fill('[data-testid="search"]', '');
+  });
+
+  await step('kick', async () => {
+    const kick = `button[data-action="kick"][data-client="${cfg.victimId}"]`;
+    await page.click(kick);
+    await expectText(page, '#status', `kicked ${cfg.victimId}`);
+    await page.waitForSelector(kick, { state: 'detached' });
+    emit('kicked', { client: cfg.victimId });
+  });
+
+  await step('sessions', async () => {
+    await open(page, 'sessions');
+    await expectText(page, '#page td', cfg.clientId);
+  });
+
+  await step('subscriptions', async () => {
+    await open(page, 'subscriptions');
+    await expectText(page, '#page td', cfg.subTopic);
+  });
+
+  await step('routes', async () => {
+    await open(page, 'routes');
+    await expectText(page, '#page td', cfg.subTopic);
+  });
+
+  await step('retained', async () => {
+    await open(page, 'retained');
+    await expectText(page, '#page td', cfg.retainedTopic);
+    await expectText(page, '#page td', cfg.retainedPayload);
+  });
+
+  await step('plugins', async () => {
+    await open(page, 'plugins');
+    await page.click(`button[data-action="load"][data-plugin="${cfg.plugin}"]`);
+    await page.waitForSelector(`button[data-action="unload"][data-plugin="${cfg.plugin}"]`);
+    await expectText(page, '#page tr', 'active');
+    await shot(page, 'plugins');
+    emit('plugin-loaded', { plugin: cfg.plugin });
+  });
+
+  await step('alarms', async () => {
+    await open(page, 'alarms');
+    await expectText(page, '#page h3', cfg.node);
+  });
+
+  await step('banned', async () => {
+    await open(page, 'banned');
+    await page.fill('[data-testid="ban-who"]', 'evil-client');
+    await page.fill('[data-testid="ban-reason"]', 'testing');
+    await page.click('button[data-action="ban"]');
+    await page.waitForSelector('button[data-action="unban"][data-who="evil-client"]');
+    emit('banned', { who: 'evil-client' });
+    await page.click('button[data-action="unban"][data-who="evil-client"]');
+    await page.waitForSelector('button[data-action="unban"][data-who="evil-client"]',
+      { state: 'detached' });
+  });
+
+  await step('listeners', async () => {
+    await open(page, 'listeners');
+    await expectText(page, '#page td', 'mqtt:ws');
+    await expectText(page, '#page td', 'http:management');
+  });
+
+  await step('websocket', async () => {
+    await open(page, 'websocket');
+    await page.waitForFunction(() => document.querySelector('[data-testid="ws-port"]').value !== '');
+    await page.fill('[data-testid="ws-client-id"]', 'browser-ws');
+    await page.click('button[data-action="ws-connect"]');
+    await expectText(page, '[data-testid="ws-state"]', 'connected');
+    await page.fill('[data-testid="ws-sub-topic"]', cfg.wsTopic);
+    await page.click('button[data-action="ws-subscribe"]');
+    await expectText(page, '[data-testid="ws-log"]', 'suback');
+    emit('ws-subscribed', { topic: cfg.wsTopic });
+    await expectText(page, '[data-testid="ws-log"] .msg', cfg.wsPayload);
+    await page.fill('[data-testid="ws-pub-topic"]', cfg.fromBrowserTopic);
+    await page.fill('[data-testid="ws-pub-payload"]', 'hello from chromium');
+    await page.click('button[data-action="ws-publish"]');
+    await shot(page, 'websocket');
+  });
+
+  await step('overview-live', async () => {
+    // Back to the overview for the README screenshot: ~20 s of samples under a varying load.
+    await open(page, 'overview');
+    await page.waitForTimeout(cfg.overviewSeconds * 1000);
+    await shot(page, 'overview');
+  });
+
+  if (problems.length) throw new Error(problems.join('; '));
+  emit('done');
+} catch (err) {
+  emit('failed', { error: String(err && err.stack ? err.stack : err), problems });
+  exitCode = 1;
+} finally {
+  await browser.close();
+}
+process.exit(exitCode);
