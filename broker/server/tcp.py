@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 class MqttConnection(asyncio.Protocol):
     """One accepted TCP connection; also the channel's `Link`."""
 
+    __slots__ = (
+        "_closing",
+        "_flush_scheduled",
+        "_loop",
+        "_pending",
+        "_pending_size",
+        "broker",
+        "channel",
+        "identity_as_username",
+        "kind",
+        "stats",
+        "transport",
+    )
+
     def __init__(
         self,
         broker: Broker,
