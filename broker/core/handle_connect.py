@@ -202,7 +202,10 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
     if decision is False:
         refuse_connect(channel, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad_username_or_password")
         return
-    if decision is None and not settings.allow_anonymous:
+    allow_anonymous = settings.listener_allow_anonymous.get(
+        channel.listener, settings.allow_anonymous
+    )
+    if decision is None and not allow_anonymous:
         refuse_connect(channel, ReasonCode.NOT_AUTHORIZED, "not_authorized")
         return
     accept_connect(channel, packet, client_id, keepalive, ack_props, packet.username)

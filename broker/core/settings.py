@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 class Settings:
     node_name: str = "minibroker@127.0.0.1"
     allow_anonymous: bool = True
+    #: Per-listener overrides of allow_anonymous: listener name (tcp, ws, tls, wss) -> value.
+    listener_allow_anonymous: dict[str, bool] = field(default_factory=dict)
     max_inflight_messages: int = 32
     max_queued_messages: int = 1000
     max_packet_size: int = 1_048_576

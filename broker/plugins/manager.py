@@ -8,8 +8,9 @@ Which plugins load at start:
   1. those named in ``<data_dir>/loaded_plugins.json``, when the file exists: it is rewritten
      (atomically) on every runtime `load`/`unload`, so an operator's choice survives a restart;
   2. otherwise those with ``enabled = true`` in their ``[plugins.<name>]`` table;
-  3. in either case `auth_passwd` when ``password_file`` is set at the top level and `acl_file`
-     when ``acl_file`` is: a configured security control is never left off by a stale file.
+  3. in either case `auth_passwd` when ``password_file`` is set at the top level or in a
+     ``[listener.*]`` section and `acl_file` when ``acl_file`` is: a configured security
+     control is never left off by a stale file.
 A plugin that fails to load at start stops the start (StartupError) rather than running
 without it; a remembered name that is no longer installed is only logged.
 """
@@ -271,6 +272,8 @@ class PluginManager:
         for key, name in _FORCED_BY.items():
             if getattr(self.config, key) and name not in names:
                 names.append(name)
+        if self.config.listener_password_files() and "auth_passwd" not in names:
+            names.append("auth_passwd")  # a listener's own password_file
         return names
 
     async def start(self) -> None:

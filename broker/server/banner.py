@@ -74,12 +74,15 @@ def format_banner(cfg: BrokerConfig, listeners: list[tuple[str, str, int]], auth
     if not listeners:
         lines.append("  (no listeners enabled)")
     lines.append(f"  auth: {auth_mode}")
+    per_listener = cfg.listener_allow_anonymous()  # keyed tcp/ws/tls/wss, as "mqtt/<name>"
     exposed = [
         f"{kind} on {_hostport(host, port)}"
         for kind, host, port in listeners
-        if _is_mqtt(kind) and not is_loopback(host)
+        if _is_mqtt(kind)
+        and not is_loopback(host)
+        and per_listener.get(kind.lower().rpartition("/")[2], cfg.allow_anonymous)
     ]
-    if cfg.allow_anonymous and exposed:
+    if exposed:
         lines.append(
             "WARNING: anonymous clients are allowed and MQTT is reachable from other hosts "
             f"({', '.join(exposed)}); set allow_anonymous = false and a password_file"

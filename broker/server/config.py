@@ -15,7 +15,8 @@ File layout::
     [listener.ssl]    bind, port, enabled, certfile, keyfile, cafile, require_certificate,
                       use_identity_as_username, tls_version (MQTT over TLS, default 8883, off)
     [listener.wss]    the same plus path (MQTT over WebSocket over TLS, default 8084, off)
-                      every MQTT listener also: max_connections, max_connection_rate
+                      every MQTT listener also: max_connections, max_connection_rate,
+                      allow_anonymous, password_file (override the top-level ones there)
     [management]      bind, port, enabled, max_row_limit, metrics_auth, default_app, dashboard,
                       max_body_size (bytes; a larger request body is answered 413)
     [[management.apps]] id, secret, name, desc, status, expired (API apps; repeatable)
@@ -43,6 +44,7 @@ from typing import Any
 from broker.core.enhanced_auth import parse_scram_credential
 
 __all__ = [
+    "LISTENER_NAMES",
     "PLUGIN_SCHEMAS",
     "SHARED_SUBSCRIPTION_STRATEGIES",
     "WEB_HOOK_EVENTS",
@@ -97,6 +99,15 @@ class ListenerConfig:
     require_certificate: bool = False
     use_identity_as_username: bool = False
     tls_version: str = "tlsv1.2"  # the minimum accepted: tlsv1.2 or tlsv1.3
+    #: MQTT listeners only (mosquitto's per_listener_settings): override the top-level
+    #: allow_anonymous (None = the top-level value) and password_file ("" = the top-level file)
+    #: for the clients that arrive on this listener.
+    allow_anonymous: bool | None = None
+    password_file: str = ""
+
+
+#: [listener.<section>] -> the name its connections carry (`Channel.listener`, ClientInfo).
+LISTENER_NAMES = {"tcp": "tcp", "ws": "ws", "ssl": "tls", "wss": "wss"}
 
 
 def _tcp_default() -> ListenerConfig:
@@ -216,6 +227,26 @@ class BrokerConfig:
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     #: plugin name -> its validated [plugins.<name>] table (only the keys the file sets)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def mqtt_listeners(self) -> dict[str, ListenerConfig]:
+        """The MQTT listeners by the name their connections carry: tcp, ws, tls, wss."""
+        return {name: getattr(self, section) for section, name in LISTENER_NAMES.items()}
+
+    def listener_allow_anonymous(self) -> dict[str, bool]:
+        """Listener name -> its own allow_anonymous, for the listeners that set one."""
+        return {
+            name: listener.allow_anonymous
+            for name, listener in self.mqtt_listeners().items()
+            if listener.allow_anonymous is not None
+        }
+
+    def listener_password_files(self) -> dict[str, str]:
+        """Listener name -> its own password file, for the listeners that set one."""
+        return {
+            name: listener.password_file
+            for name, listener in self.mqtt_listeners().items()
+            if listener.password_file
+        }
 
 
 # --------------------------------------------------------------------------- value checks
@@ -585,6 +616,8 @@ _MQTT_LISTENER: _Schema = {
     **_LISTENER,
     "max_connections": ("max_connections", _int_range(0, None, " (0 = no per-listener limit)")),
     "max_connection_rate": ("max_connection_rate", _rate),
+    "allow_anonymous": ("allow_anonymous", _bool),
+    "password_file": ("password_file", _nonempty_str),
 }
 
 _WS_LISTENER: _Schema = {**_MQTT_LISTENER, "path": ("path", _ws_path)}

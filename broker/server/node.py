@@ -39,6 +39,7 @@ def settings_from_config(cfg: BrokerConfig) -> Settings:
     return Settings(
         node_name=cfg.node_name,
         allow_anonymous=cfg.allow_anonymous,
+        listener_allow_anonymous=cfg.listener_allow_anonymous(),
         max_inflight_messages=cfg.max_inflight_messages,
         max_queued_messages=cfg.max_queued_messages,
         max_packet_size=cfg.max_packet_size,
@@ -228,7 +229,20 @@ class Node:
             await self.persistence.stop()  # the full save, once every client is gone
 
 
+def _auth_mode(password_file: str, allow_anonymous: bool) -> str:
+    if password_file:
+        return f"password file {password_file}"
+    return "anonymous allowed" if allow_anonymous else "anonymous refused"
+
+
 def auth_mode(cfg: BrokerConfig) -> str:
-    if cfg.password_file:
-        return f"password file {cfg.password_file}"
-    return "anonymous allowed" if cfg.allow_anonymous else "anonymous refused"
+    """The banner's auth line: the global mode, then each listener that overrides it."""
+    mode = _auth_mode(cfg.password_file, cfg.allow_anonymous)
+    overrides = []
+    for name, listener in cfg.mqtt_listeners().items():
+        if listener.allow_anonymous is None and not listener.password_file:
+            continue
+        allow = cfg.listener_allow_anonymous().get(name, cfg.allow_anonymous)
+        file = listener.password_file or cfg.password_file
+        overrides.append(f"{name}: {_auth_mode(file, allow)}")
+    return f"{mode} (per listener: {'; '.join(overrides)})" if overrides else mode
