@@ -125,18 +125,7 @@ class Broker:
             self.discard_session(client_id)
             session = None
         if session is None:
-            session = Session(
-                client_id,
-                clean_start=clean_start,
-                expiry_interval=expiry_interval,
-                max_inflight=self.settings.max_inflight_messages,
-                max_queued=self.settings.max_queued_messages,
-                metrics=self.metrics,
-                now=now,
-                queue_qos0=self.settings.queue_qos0_messages,
-                max_queued_bytes=self.settings.max_queued_bytes,
-            )
-            session.dirty = self.dirty_sessions
+            session = self._new_session(client_id, clean_start, expiry_interval, now)
             self.sessions[client_id] = session
         else:
             present = True
@@ -147,6 +136,31 @@ class Broker:
         self.clients_total += 1
         self.update_stats()
         return session, present
+
+    def _new_session(
+        self,
+        client_id: str,
+        clean_start: bool,
+        expiry_interval: int,
+        now: float,
+        username: str | None = None,
+    ) -> Session:
+        """A session with this node's limits, tracked for persistence when that is on."""
+        settings = self.settings
+        session = Session(
+            client_id,
+            clean_start=clean_start,
+            expiry_interval=expiry_interval,
+            max_inflight=settings.max_inflight_messages,
+            max_queued=settings.max_queued_messages,
+            metrics=self.metrics,
+            now=now,
+            queue_qos0=settings.queue_qos0_messages,
+            max_queued_bytes=settings.max_queued_bytes,
+            username=username,
+        )
+        session.dirty = self.dirty_sessions
+        return session
 
     def discard_session(self, client_id: str) -> None:
         """Drop a session and all its subscriptions (clean start, expiry, or clean disconnect)."""
@@ -185,19 +199,7 @@ class Broker:
         subscriptions = [_subscription_from_state(client_id, item)
                          for item in state.get("subscriptions") or []]  # fmt: skip
         now = self.clock()
-        session = Session(
-            client_id,
-            clean_start=clean_start,
-            expiry_interval=expiry,
-            max_inflight=self.settings.max_inflight_messages,
-            max_queued=self.settings.max_queued_messages,
-            metrics=self.metrics,
-            now=now,
-            queue_qos0=self.settings.queue_qos0_messages,
-            max_queued_bytes=self.settings.max_queued_bytes,
-            username=username,
-        )
-        session.dirty = self.dirty_sessions
+        session = self._new_session(client_id, clean_start, expiry, now, username)
         session.load_deliveries(state, now)
         created_at = state.get("created_at")
         if isinstance(created_at, int | float) and not isinstance(created_at, bool):
