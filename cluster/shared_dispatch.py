@@ -68,6 +68,8 @@ class ClusterSharedDispatcher:
 
     def dispatch(self, message: Message) -> int:
         """One member per matching group in the cluster; the deliveries made or sent."""
+        if not self.table.shared_count():
+            return 0  # no shared group anywhere: skip the walk (the PUBLISH hot path)
         groups = self.table.match_shared(message.topic)
         if not groups:
             return 0
