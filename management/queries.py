@@ -250,7 +250,7 @@ def session_row(ctx: NodeContext, session: Session) -> Row:
         "created_at": local_datetime(session.created_at),
         "node": ctx.node_name,
         "subscriptions_count": len(session.subscriptions),
-        "max_subscriptions": 0,
+        "max_subscriptions": settings.max_subscriptions,  # 0 = unlimited
         "inflight_len": len(session.inflight),
         "max_inflight": session.max_inflight,
         "mqueue_len": len(session.queue),

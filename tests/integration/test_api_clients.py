@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -23,6 +25,7 @@ from rawclient import RawClient
 from broker.protocol.constants import MQTT_5
 from broker.protocol.packets import ConnAck, Disconnect
 from broker.server.config import ManagementConfig
+from management.view import run_query
 
 ODD_ID = "dev/1#a+b %"
 
@@ -181,3 +184,13 @@ async def test_pagination_edges(app_factory: AppFactory, mode: str) -> None:
                 reply = await client.get(f"/api/v3/sessions?{bad}")
                 assert reply.status == 400, bad
                 assert reply.body["message"] in ("bad_page", "bad_limit")
+
+
+async def test_session_reports_the_configured_max_subscriptions(
+    app_factory: Callable[..., Any],
+) -> None:
+    """`max_subscriptions` is the limit the broker enforces (0 = unlimited), not a constant."""
+    app = await app_factory(max_subscriptions=7)
+    async with aiomqtt.Client("127.0.0.1", app.node.tcp_port, identifier="capped"):
+        rows = await run_query(app.context, "sessions", {"client_id": "capped"})
+    assert [r["max_subscriptions"] for r in rows] == [7]
