@@ -1,9 +1,11 @@
 """MQTT over TCP (and TLS): an `asyncio.Protocol` per connection that drives a `Channel`.
 
-Writes made during one event-loop turn are batched into one `writelines` call. Backpressure:
-when the kernel buffer fills, asyncio calls `pause_writing`; we then stop reading from that
-client too, so a client that does not read cannot make us buffer its acks and replies without
-bound. Deliveries to such a client are capped by the channel (`max_outgoing_buffer`).
+Writes made during one event-loop turn are batched into one transport write. A connection that
+has read `READ_BUDGET` bytes sits out one loop turn, so a flooding client cannot starve the
+others' writes. Backpressure: when the kernel buffer fills, asyncio calls `pause_writing`; we
+then stop reading from that client too, so a client that does not read cannot make us buffer
+its acks and replies without bound. Deliveries to such a client are capped by the channel
+(`max_outgoing_buffer`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Bytes read from one connection before it yields to the others until the next loop turn.
+#: uvloop (libuv) reads a readable socket up to 32 times in a row and runs queued writes only
+#: after all reads of the turn, so without a budget ten flooding publishers starved the writes
+#: to their subscriber (fan-in: the subscriber's kernel buffer sat empty while 100+ MB waited
+#: in its transport). asyncio reads 256 KiB per socket per turn; this keeps uvloop close to that.
+READ_BUDGET = 64 * 1024
+
 
 class MqttConnection(asyncio.Protocol):
     """One accepted TCP connection; also the channel's `Link`."""
@@ -31,6 +40,8 @@ class MqttConnection(asyncio.Protocol):
         "_loop",
         "_pending",
         "_pending_size",
+        "_read_budget",
+        "_write_paused",
         "broker",
         "channel",
         "identity_as_username",
@@ -58,6 +69,8 @@ class MqttConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._closing = False
         self._loop = asyncio.get_running_loop()
+        self._read_budget = READ_BUDGET
+        self._write_paused = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -82,6 +95,23 @@ class MqttConnection(asyncio.Protocol):
         channel = self.channel
         if channel is not None:
             channel.data_received(data)
+            self._read_budget -= len(data)
+            if self._read_budget <= 0:
+                self._yield_turn()
+
+    def _yield_turn(self) -> None:
+        """Stop reading until the next loop turn: see `READ_BUDGET`."""
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        transport.pause_reading()
+        self._loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._read_budget = READ_BUDGET
+        transport = self.transport
+        if transport is not None and not self._closing and not self._write_paused:
+            transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -97,11 +127,13 @@ class MqttConnection(asyncio.Protocol):
         self.stats.closed(channel.disconnect_reason or "closed")
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self._closing:
+        self._write_paused = False
+        if self.transport is not None and not self._closing and self._read_budget > 0:
             self.transport.resume_reading()
 
     # -- Link -----------------------------------------------------------------------------
