@@ -109,6 +109,7 @@ LIMIT_NAMES: tuple[str, ...] = (
     "max_connections",  # total connections: refused at accept
     "max_listener_connections",  # a listener's max_connections: refused at accept
     "max_connection_rate",  # a listener's max_connection_rate: refused at accept
+    "max_open_files",  # out of file descriptors (EMFILE/ENFILE): a listener paused accepting
     "max_packet_size",  # an incoming packet too large: connection closed
     "max_queued_messages",  # a delivery dropped: the session's queue was full
     "max_queued_bytes",  # a delivery dropped: the session's queued payload bytes were full

@@ -4,7 +4,8 @@
 node's total `max_connections`, the listener's own `max_connections` or its
 `max_connection_rate` (a token bucket: `rate` tokens a second, a burst of as many, at least 1)
 is reached. Each refusal is counted on the listener and in `broker.limits` under the limit's
-name.
+name. `accept_paused` counts the other way a connection is turned away: the process is out of
+file descriptors and asyncio stops accepting for a while (see `broker.server.node`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ class ListenerStats:
         self.refused += 1
         broker.limits[limit] += 1
         return False
+
+    def accept_paused(self, broker: Broker) -> None:
+        """accept() failed with EMFILE/ENFILE and asyncio paused this listener: one refusal,
+        counted as `max_open_files` (once per pause, not per failed accept())."""
+        self.refused += 1
+        broker.limits["max_open_files"] += 1
 
     def opened(self) -> None:
         self.current += 1

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 TICK_INTERVAL = 1.0
 #: Seconds a TLS client has to finish its handshake (before that, no CONNECT timeout runs).
 TLS_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds between two warnings that a listener is out of file descriptors.
+FD_WARNING_INTERVAL = 5.0
 
 
 def settings_from_config(cfg: BrokerConfig) -> Settings:
@@ -67,6 +73,100 @@ def settings_from_config(cfg: BrokerConfig) -> Settings:
     )
 
 
+def raise_open_files_limit() -> int | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as most servers do: every connection is
+    a file descriptor, and the soft default (often 1024) would cap the node far below what the
+    system allows. Returns the soft limit in force (None where there is no such limit); a
+    limit that cannot be raised is logged and kept, never a reason not to start."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
+            log.info("open files limit %d (could not raise it to %d: %s)", soft, hard, exc)
+            return soft
+        soft = hard
+    shown = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    log.info("open files limit (RLIMIT_NOFILE): %s", shown)
+    return soft
+
+
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+class AcceptErrors:
+    """The loop exception handler that turns "out of file descriptors" on our listeners into a
+    counter and a rate-limited warning.
+
+    On EMFILE/ENFILE asyncio's own accept loop (`selector_events._accept_connection`) already
+    does what a server should: it stops watching the listening socket, retries after
+    `ACCEPT_RETRY_DELAY` (1 s) by itself, and leaves every accepted connection alone;
+    connections made meanwhile wait in the kernel's backlog. We keep that. What it lacks is
+    visibility with restraint: each failed accept() goes to the loop's exception handler, whose
+    default logs an ERROR with a traceback, up to `backlog` times per pause (Python 3.11 keeps
+    calling accept() after the first failure). So for this node's listening sockets only, each
+    pause is counted once (`ListenerStats.accept_paused`, `max_open_files`) and a warning is
+    logged at most every `FD_WARNING_INTERVAL` seconds; any other report goes to the handler that
+    was installed before. (uvloop handles EMFILE inside libuv instead; not covered here.)
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, broker: Broker) -> None:
+        self.loop = loop
+        self.broker = broker
+        self.previous: ExceptionHandler | None = loop.get_exception_handler()
+        #: Listening socket fd -> its listener; emptied at stop.
+        self.sockets: dict[int, ListenerStats] = {}
+        self._in_burst: set[int] = set()
+        self._last_warning: float | None = None
+        self._since_warning = 0
+
+    def install(self) -> None:
+        self.loop.set_exception_handler(self)
+
+    def uninstall(self) -> None:
+        """Forget our sockets; give the loop its old handler back if ours is still the one."""
+        self.sockets.clear()
+        if self.loop.get_exception_handler() is self:
+            self.loop.set_exception_handler(self.previous)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        sock = context.get("socket")
+        stats = None
+        fd = -1
+        out_of_fds = isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+        if out_of_fds and sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                fd = sock.fileno()
+            stats = self.sockets.get(fd)
+        if stats is None:
+            if self.previous is not None:
+                self.previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        if fd in self._in_burst:  # the same pause: asyncio tried accept() again at once
+            return
+        self._in_burst.add(fd)
+        loop.call_soon(self._in_burst.discard, fd)
+        stats.accept_paused(self.broker)
+        self._since_warning += 1
+        now = loop.time()
+        if self._last_warning is None or now - self._last_warning >= FD_WARNING_INTERVAL:
+            log.warning(
+                "listener %s %s: out of file descriptors (%s); new connections wait until some "
+                "close, connected clients are not affected (%d pause(s) since the last warning; "
+                "counted in $SYS/broker/limits/max_open_files)",
+                stats.protocol, stats.listen_on, exc, self._since_warning,
+            )  # fmt: skip
+            self._last_warning = now
+            self._since_warning = 0
+
+
 def _bind_socket(listener: ListenerConfig) -> socket.socket:
     """A listening socket we create ourselves, so port 0 resolves to a known port."""
     family = socket.AF_INET6 if ":" in listener.bind else socket.AF_INET
@@ -98,12 +198,14 @@ class Node:
         self._runners: list[web.AppRunner] = []  # every WebSocket runner: ws and wss
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._accept_errors: AcceptErrors | None = None
         self.tcp_port = 0
         self.ws_port = 0
         self.ssl_port = 0
         self.wss_port = 0
 
     async def start(self) -> None:
+        raise_open_files_limit()
         persistence = self.persistence
         if persistence is None:
             await self._start_listeners()
@@ -119,6 +221,7 @@ class Node:
     async def _start_listeners(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
+        self._accept_errors = AcceptErrors(loop, self.broker)  # `_watch` fills it
         # TLS contexts first: a bad certificate is a StartupError before anything is bound.
         self._ssl_contexts = {
             kind: make_ssl_context(listener, f"listener.{kind}")
@@ -137,6 +240,7 @@ class Node:
         if cfg.wss.enabled:
             await self._start_ws(cfg.wss, "wss")
             self.wss_port = self.listeners[-1].port
+        self._accept_errors.install()  # once every listener is up: a failed start leaves none
         self._tasks.append(loop.create_task(self._ticker()))
         if cfg.sys_interval > 0:
             self._tasks.append(loop.create_task(self._sys_publisher(cfg.sys_interval)))
@@ -147,6 +251,11 @@ class Node:
         self.listeners.append(stats)
         return stats
 
+    def _watch(self, sock: socket.socket, stats: ListenerStats) -> None:
+        """Out of file descriptors on `sock`: counted on `stats` (see `AcceptErrors`)."""
+        if self._accept_errors is not None:
+            self._accept_errors.sockets[sock.fileno()] = stats
+
     async def _start_mqtt(self, listener: ListenerConfig, kind: str) -> asyncio.Server:
         """MQTT over TCP (`kind` "tcp") or TLS ("tls"): the same protocol class."""
         loop = asyncio.get_running_loop()
@@ -154,6 +263,7 @@ class Node:
         sock = _bind_socket(listener)
         protocol = "mqtt:ssl" if kind == "tls" else "mqtt:tcp"
         stats = self._stats(listener, protocol, sock.getsockname()[1])
+        self._watch(sock, stats)
         identity = ctx is not None and listener.use_identity_as_username
         server = await loop.create_server(
             lambda: MqttConnection(self.broker, stats, kind, identity),
@@ -169,6 +279,7 @@ class Node:
         ctx = self._ssl_contexts["wss"] if kind == "wss" else None
         sock = _bind_socket(listener)
         stats = self._stats(listener, f"mqtt:{kind}", sock.getsockname()[1])
+        self._watch(sock, stats)
         identity = ctx is not None and listener.use_identity_as_username
         app = make_websocket_app(self.broker, stats, listener.path, kind, identity)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -225,6 +336,9 @@ class Node:
                 await asyncio.wait_for(server.wait_closed(), timeout=2)
         self._servers.clear()
         self._tcp_server = None
+        if self._accept_errors is not None:
+            self._accept_errors.uninstall()
+            self._accept_errors = None
         if self.persistence is not None:
             await self.persistence.stop()  # the full save, once every client is gone
 
