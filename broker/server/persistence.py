@@ -1,13 +1,28 @@
-"""Persistence: retained messages and persistent sessions in `<data_dir>/broker.db` (SQLite, WAL).
+"""Persistence: retained messages, persistent sessions, delayed wills and delayed publishes in
+`<data_dir>/broker.db` (SQLite, WAL).
 
 Theory of operation
 -------------------
 The broker keeps everything in memory; this module mirrors it to disk. The hot path only
-records *what* changed: `Broker.dirty_retained` (topics) and `Broker.dirty_sessions` (client
-ids; `Session.touch` is a set.add). Every `persistence_interval` the flusher takes both sets and
-writes, in one transaction, the current state of each changed topic and session (or deletes its
-row when it is gone). A graceful stop rewrites both tables in full. Nothing is written for a
-session with Session Expiry 0 (a clean session): it ends with its connection anyway.
+records *what* changed: `Broker.dirty_retained` (topics), `Broker.dirty_sessions` (client
+ids; `Session.touch` is a set.add), `WillTimers.dirty` (client ids with a will waiting for its
+Will Delay Interval) and `DelayedStore.dirty` (ids of `$delayed/...` messages of the
+delayed_publish plugin). Every `persistence_interval` the flusher takes these sets and writes,
+in one transaction, the current state of each changed row (or deletes it when it is gone). A
+graceful stop rewrites every table in full. Nothing is written for a session with Session
+Expiry 0 (a clean session): it ends with its connection anyway.
+
+Pending wills and delayed publishes are stored with their absolute due time on the wall clock
+(the node's `broker.clock`), since a monotonic clock means nothing after a restart. At start,
+after the sessions and retained messages are in place, a will whose time has come is published
+at once and the others wait again in `broker.wills`; the delayed messages go back into the
+`DelayedStore`, whose `listener` (the plugin, when loaded) schedules them, those already due at
+once. A message or will that fires is deleted at the next flush (after a crash inside that
+window it fires again: at least once, like the rest of the durability model).
+
+The plugin reaches the store with `delayed_store(broker)`: the plugins load before this store
+opens, and may be loaded and unloaded at runtime, so the store outlives any one plugin
+instance; what the plugin has not taken stays in the store (and on disk).
 
 Durability window: SQLite runs in WAL mode with `synchronous = FULL`, so a committed flush
 survives a SIGKILL and a power loss. What changed after the last commit is lost on a crash: at
@@ -18,7 +33,12 @@ version) stops the start with a `PersistenceError` naming the file: a broker tha
 started empty would drop every queued message of its persistent sessions.
 
 Rows are tagged JSON (bytes as `{"$b": base64}`, maps with non-string keys as `{"$m": pairs}`):
-retained `topic -> message_to_dict`, sessions `client_id -> Session.export_state()`.
+retained `topic -> message_to_dict`, sessions `client_id -> Session.export_state()`, wills
+`client_id, deadline -> pending_will_to_dict`, delayed `id, due -> message_to_dict`.
+
+Format versions (`meta.version`): 1 had retained and sessions; 2 adds `wills` and `delayed`. A
+version 1 file is migrated in place at open (the two empty tables are created, the version
+raised, in one transaction); any other version stops the start, the file untouched.
 """
 
 from __future__ import annotations
@@ -31,24 +51,50 @@ import logging
 import os
 import sqlite3
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.message import Message, message_from_dict, message_to_dict
+from broker.core.wills import pending_will_from_dict, pending_will_to_dict, publish_will
 from broker.server.errors import StartupError
 
-__all__ = ["FILE_NAME", "Persistence", "PersistenceError", "decode_value", "encode_value"]
+__all__ = [
+    "FILE_NAME",
+    "DelayedStore",
+    "Persistence",
+    "PersistenceError",
+    "decode_value",
+    "delayed_store",
+    "encode_value",
+]
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "broker.db"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: older versions that `open` migrates in place (their tables are a subset of _SCHEMA's)
+_MIGRATES_FROM = ("1",)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, message BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, state BLOB NOT NULL)",
+    # version 2
+    "CREATE TABLE IF NOT EXISTS wills (client_id TEXT PRIMARY KEY, deadline REAL NOT NULL,"
+    " will BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS delayed (id INTEGER PRIMARY KEY, due REAL NOT NULL,"
+    " message BLOB NOT NULL)",
 )
+
+#: table -> its key column, in the order a flush writes them
+_KEYS = {"sessions": "client_id", "retained": "topic", "wills": "client_id", "delayed": "id"}
+
+#: rows to write and keys to delete (of one table)
+_Rows = tuple[list[tuple[Any, ...]], list[Any]]
+#: the same, by table
+_Changes = dict[str, _Rows]
 
 
 class PersistenceError(StartupError):
@@ -95,11 +141,74 @@ def decode_value(data: bytes) -> Any:
         raise ValueError(str(exc)) from None
 
 
+# -- delayed publishes --------------------------------------------------------------------------
+
+#: Told about a delayed message loaded from disk: (id, due wall-clock time, message).
+DelayedListener = Callable[[int, float, Message], None]
+
+
+class DelayedStore:
+    """The `$delayed/...` messages waiting to be published, as persistence mirrors them.
+
+    The delayed_publish plugin owns the timers and calls `add` when it accepts a message and
+    `remove` when it fires it; this holds the (due, message) pairs the flusher writes. Rows
+    loaded at start are handed to `listener` (the plugin's scheduler) when one is set, and in
+    any case kept in `pending`, so a plugin loaded later takes them too.
+    """
+
+    __slots__ = ("_next_id", "dirty", "listener", "pending")
+
+    def __init__(self) -> None:
+        self.pending: dict[int, tuple[float, Message]] = {}
+        #: ids added or removed since the last flush
+        self.dirty: set[int] = set()
+        self.listener: DelayedListener | None = None
+        self._next_id = 0
+
+    def add(self, due: float, message: Message) -> int:
+        """Record a message to publish at wall-clock time `due`; returns its id."""
+        self._next_id += 1
+        key = self._next_id
+        self.pending[key] = (due, message)
+        self.dirty.add(key)
+        return key
+
+    def remove(self, key: int) -> None:
+        """The message `key` was published (or dropped): forget it."""
+        if self.pending.pop(key, None) is not None:
+            self.dirty.add(key)
+
+    def restore(self, key: int, due: float, message: Message) -> None:
+        """A message loaded from disk: keep it, and tell the listener."""
+        self.pending[key] = (due, message)
+        self._next_id = max(self._next_id, key)
+        if self.listener is not None:
+            self.listener(key, due, message)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+#: broker -> its persistence, for `delayed_store`. Weak both ways (a persistence holds its
+#: broker): the entry goes with them.
+_BY_BROKER: weakref.WeakKeyDictionary[Broker, weakref.ref[Persistence]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def delayed_store(broker: Broker) -> DelayedStore | None:
+    """The delayed-publish store of `broker`'s persistence; None when nothing is persisted."""
+    ref = _BY_BROKER.get(broker)
+    persistence = ref() if ref is not None else None
+    return persistence.delayed if persistence is not None else None
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
 class Persistence:
-    """Mirrors `broker`'s retained messages and persistent sessions into `<data_dir>/broker.db`."""
+    """Mirrors `broker`'s retained messages, persistent sessions, pending delayed wills and
+    delayed publishes into `<data_dir>/broker.db`."""
 
     def __init__(self, broker: Broker, data_dir: str, interval_ms: int = 1000) -> None:
         self.broker = broker
@@ -108,8 +217,14 @@ class Persistence:
         self.flushes = 0
         self.save_errors = 0
         self.last_flush_rows = 0
+        #: `$delayed` messages of the delayed_publish plugin (see `delayed_store`)
+        self.delayed = DelayedStore()
+        #: what the last `open` loaded besides retained messages and sessions
+        self.loaded_wills = 0
+        self.loaded_delayed = 0
         self._db: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        _BY_BROKER[broker] = weakref.ref(self)
 
     # -- start: open and load ----------------------------------------------------------------
 
@@ -131,13 +246,7 @@ class Persistence:
             check = db.execute("PRAGMA quick_check").fetchone()
             if not check or check[0] != "ok":
                 raise self._error(f"integrity check failed: {check!r}")
-            for statement in _SCHEMA:
-                db.execute(statement)
-            row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('version', ?)", (str(FORMAT_VERSION),))
-            elif row[0] != str(FORMAT_VERSION):
-                raise self._error(f"unsupported format version {row[0]!r}")
+            self._prepare_schema(db)
             loaded = self._load(db)
         except sqlite3.Error as exc:
             db.close()
@@ -147,10 +256,38 @@ class Persistence:
             raise
         self._db = db
         log.info(
-            "persistence: loaded %d retained messages and %d sessions from %s",
-            loaded[0], loaded[1], self.path,
+            "persistence: loaded %d retained messages, %d sessions, %d delayed wills and %d "
+            "delayed messages from %s",
+            loaded[0], loaded[1], self.loaded_wills, self.loaded_delayed, self.path,
         )  # fmt: skip
+        self._resume_delayed()
         return loaded
+
+    def _prepare_schema(self, db: sqlite3.Connection) -> None:
+        """Create the tables, or migrate an older format in place; refuse an unknown one
+        before changing anything in the file."""
+        version: str | None = None
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if has_meta:
+            row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            version = None if row is None else str(row[0])
+        if version is not None and version != str(FORMAT_VERSION):
+            if version not in _MIGRATES_FROM:
+                raise self._error(f"unsupported format version {version!r}")
+            log.info("persistence: migrating %s from format %s to %d", self.path, version,
+                     FORMAT_VERSION)  # fmt: skip
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (str(FORMAT_VERSION),))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     def _load(self, db: sqlite3.Connection) -> tuple[int, int]:
         broker = self.broker
@@ -181,10 +318,58 @@ class Persistence:
             except ValueError as exc:
                 raise self._error(f"session of {client_id!r} is invalid ({exc})") from None
             sessions += 1
+        # Pending wills and delayed messages after the sessions they may be delivered to.
+        dirty_wills: set[str] = set()
+        broker.wills.dirty = dirty_wills
+        self.loaded_wills = 0
+        for client_id, deadline, blob in db.execute("SELECT client_id, deadline, will FROM wills"):
+            try:
+                data = decode_value(blob)
+                if not isinstance(data, dict):
+                    raise ValueError("a pending will must be a map")
+                # the column is the deadline (an operator may edit it; the blob has a copy)
+                pending = pending_will_from_dict(client_id, {**data, "deadline": deadline})
+            except ValueError as exc:
+                raise self._error(f"delayed will of {client_id!r} is invalid ({exc})") from None
+            broker.wills.add(client_id, pending.info, pending.will, pending.deadline)
+            self.loaded_wills += 1
+        self.loaded_delayed = 0
+        store = self.delayed
+        store.pending.clear()
+        for key, due, blob in db.execute("SELECT id, due, message FROM delayed ORDER BY id"):
+            try:
+                if not isinstance(key, int) or not isinstance(due, int | float):
+                    raise ValueError(f"bad id or due time {key!r}, {due!r}")
+                message = message_from_dict(decode_value(blob))
+            except ValueError as exc:
+                raise self._error(f"delayed message {key!r} is invalid ({exc})") from None
+            store.pending[key] = (float(due), message)
+            self.loaded_delayed += 1
         broker.update_stats()
         dirty_sessions.clear()
         dirty_retained.clear()
+        dirty_wills.clear()
+        store.dirty.clear()
         return retained, sessions
+
+    def _resume_delayed(self) -> None:
+        """After a load: publish the wills whose time has come (the others wait for the
+        broker's tick) and hand the delayed messages to the plugin, if it is loaded. What
+        this changes is recorded for the next flush."""
+        broker = self.broker
+        for pending in broker.wills.due(broker.clock()):
+            try:
+                publish_will(broker, pending.info, pending.will)
+            except Exception:  # a hook's bug must not stop the start; the will is gone
+                log.exception("persistence: cannot publish the will of %s", pending.client_id)
+        store = self.delayed
+        loaded = sorted(store.pending.items())
+        store.pending.clear()
+        for key, (due, message) in loaded:
+            try:
+                store.restore(key, due, message)
+            except Exception:  # kept in the store: a later load of the plugin takes it
+                log.exception("persistence: cannot reschedule delayed message %d", key)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -195,41 +380,58 @@ class Persistence:
         """
         broker = self.broker
         dirty_sessions, dirty_retained = broker.dirty_sessions, broker.dirty_retained
+        dirty_wills, dirty_delayed = broker.wills.dirty, self.delayed.dirty
         if self._db is None or dirty_sessions is None or dirty_retained is None:
             return 0
-        if not dirty_sessions and not dirty_retained:
+        if dirty_wills is None:
+            return 0
+        if not (dirty_sessions or dirty_retained or dirty_wills or dirty_delayed):
             return 0
         client_ids = list(dirty_sessions)
         topics = list(dirty_retained)
+        will_ids = list(dirty_wills)
+        delayed_ids = list(dirty_delayed)
         dirty_sessions.clear()  # (cleared, never replaced: every session holds this set)
         dirty_retained.clear()
+        dirty_wills.clear()
+        dirty_delayed.clear()
         try:
-            session_rows, gone_sessions = self._session_rows(client_ids)
-            retained_rows, gone_topics = self._retained_rows(topics)
-            self._write(session_rows, gone_sessions, retained_rows, gone_topics, full=False)
+            changes: _Changes = {
+                "sessions": self._session_rows(client_ids),
+                "retained": self._retained_rows(topics),
+                "wills": self._will_rows(will_ids),
+                "delayed": self._delayed_rows(delayed_ids),
+            }
+            self._write(changes, full=False)
         except BaseException:
             dirty_sessions.update(client_ids)
             dirty_retained.update(topics)
+            dirty_wills.update(will_ids)
+            dirty_delayed.update(delayed_ids)
             raise
-        return len(client_ids) + len(topics)
+        return len(client_ids) + len(topics) + len(will_ids) + len(delayed_ids)
 
     def flush_all(self) -> int:
-        """Rewrite both tables from memory (graceful stop); returns the rows written."""
+        """Rewrite every table from memory (graceful stop); returns the rows written."""
         broker = self.broker
         if self._db is None:
             return 0
-        session_rows, _ = self._session_rows(list(broker.sessions))
-        retained_rows, _ = self._retained_rows(list(broker.retained.topics()))
-        self._write(session_rows, [], retained_rows, [], full=True)
-        if broker.dirty_sessions is not None:
-            broker.dirty_sessions.clear()
-        if broker.dirty_retained is not None:
-            broker.dirty_retained.clear()
-        return len(session_rows) + len(retained_rows)
+        changes: _Changes = {
+            "sessions": self._session_rows(list(broker.sessions)),
+            "retained": self._retained_rows(list(broker.retained.topics())),
+            "wills": self._will_rows(list(broker.wills.pending)),
+            "delayed": self._delayed_rows(list(self.delayed.pending)),
+        }
+        self._write(changes, full=True)
+        for dirty in (broker.dirty_sessions, broker.dirty_retained, broker.wills.dirty):
+            if dirty is not None:
+                dirty.clear()
+        self.delayed.dirty.clear()
+        return sum(len(rows) for rows, _ in changes.values())
 
-    def _session_rows(self, client_ids: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
-        rows: list[tuple[str, bytes]] = []
-        gone: list[str] = []
+    def _session_rows(self, client_ids: list[str]) -> _Rows:
+        rows: list[tuple[Any, ...]] = []
+        gone: list[Any] = []
         sessions = self.broker.sessions
         for client_id in client_ids:
             session = sessions.get(client_id)
@@ -239,9 +441,9 @@ class Persistence:
                 rows.append((client_id, encode_value(session.export_state())))
         return rows, gone
 
-    def _retained_rows(self, topics: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
-        rows: list[tuple[str, bytes]] = []
-        gone: list[str] = []
+    def _retained_rows(self, topics: list[str]) -> _Rows:
+        rows: list[tuple[Any, ...]] = []
+        gone: list[Any] = []
         retained = self.broker.retained
         for topic in topics:
             message: Message | None = retained.get(topic)
@@ -251,36 +453,54 @@ class Persistence:
                 rows.append((topic, encode_value(message_to_dict(message))))
         return rows, gone
 
-    def _write(
-        self,
-        session_rows: list[tuple[str, bytes]],
-        gone_sessions: list[str],
-        retained_rows: list[tuple[str, bytes]],
-        gone_topics: list[str],
-        *,
-        full: bool,
-    ) -> None:
+    def _will_rows(self, client_ids: list[str]) -> _Rows:
+        rows: list[tuple[Any, ...]] = []
+        gone: list[Any] = []
+        pending_wills = self.broker.wills.pending
+        for client_id in client_ids:
+            pending = pending_wills.get(client_id)
+            if pending is None:
+                gone.append(client_id)
+            else:
+                blob = encode_value(pending_will_to_dict(pending))
+                rows.append((client_id, pending.deadline, blob))
+        return rows, gone
+
+    def _delayed_rows(self, keys: list[int]) -> _Rows:
+        rows: list[tuple[Any, ...]] = []
+        gone: list[Any] = []
+        pending = self.delayed.pending
+        for key in keys:
+            entry = pending.get(key)
+            if entry is None:
+                gone.append(key)
+            else:
+                rows.append((key, entry[0], encode_value(message_to_dict(entry[1]))))
+        return rows, gone
+
+    def _write(self, changes: _Changes, *, full: bool) -> None:
+        """One transaction: per table, (all rows first when `full`) the deletions, then the
+        rows written."""
         db = self._db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
-            if full:
-                db.execute("DELETE FROM sessions")
-                db.execute("DELETE FROM retained")
-            db.executemany(
-                "DELETE FROM sessions WHERE client_id = ?", [(c,) for c in gone_sessions]
-            )
-            db.executemany("DELETE FROM retained WHERE topic = ?", [(t,) for t in gone_topics])
-            db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)", session_rows)
-            db.executemany("INSERT OR REPLACE INTO retained VALUES (?, ?)", retained_rows)
+            for table, (rows, gone) in changes.items():
+                key = _KEYS[table]
+                if full:
+                    db.execute(f"DELETE FROM {table}")
+                if gone:
+                    db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in gone])
+                if rows:
+                    marks = ", ".join("?" * len(rows[0]))
+                    db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
         self.flushes += 1
-        self.last_flush_rows = len(session_rows) + len(gone_sessions)
-        self.last_flush_rows += len(retained_rows) + len(gone_topics)
+        self.last_flush_rows = sum(len(rows) + len(gone) for rows, gone in changes.values())
 
     # -- the periodic flusher ----------------------------------------------------------------
 
