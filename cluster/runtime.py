@@ -24,6 +24,9 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   `surrender_session`), carrying the session over (`cluster.ports`, `cluster.takeover`).
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
+  Before that, a congested link holds back the publishing client until it drains (flow
+  control, `cluster.transport`; `stats["forward/held"]`), so a slower peer slows publishers
+  down rather than losing their messages.
   `$SYS/` topics are node-local and never forwarded.
 * **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -359,6 +363,7 @@ class ClusterNode:
             body = forward_body(message, self.broker.node_name)
             for node in targets:
                 self.send_forward(node, message, body=body)
+            self._hold_publisher_if_congested(targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
             body = forward_body(message, self.broker.node_name)
             body["kind"] = "retain"
@@ -367,6 +372,23 @@ class ClusterNode:
                     self.stats["retained/replicated"] += 1
                     self._send_frame(member.address, MessageType.FORWARD, body)
         return len(targets)
+
+    def _hold_publisher_if_congested(self, targets: set[str]) -> None:
+        """Flow control: stop reading the publishing client while a link it feeds is congested
+        (`cluster.transport`), so a slower node slows its publishers instead of losing FORWARDs."""
+        source = self.broker.reading
+        if source is None or source.held_at is not None:
+            return
+        for node in targets:
+            member = self.membership.get(node)
+            if member is None or not self.transport.congested(member.address):
+                continue
+            hold = source.hold_input()
+            if hold and self.transport.hold_until_drained(
+                member.address, functools.partial(source.release_input, hold)
+            ):
+                self.stats["forward/held"] += 1
+            return
 
     def send_forward(
         self,
@@ -415,6 +437,7 @@ class ClusterNode:
     def _on_frame(self, hello: Hello, msg_type: MessageType, body: Body) -> None:
         if not self._running:
             return
+        self.membership.heard_from(hello.name, self._now())
         if msg_type in _MEMBERSHIP_TYPES:
             self._send(self.membership.handle(hello.address, msg_type, body, self._now()))
             self._wake.set()

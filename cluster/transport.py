@@ -23,6 +23,12 @@ queued when a connection fails are dropped too. Every drop is counted in `stats`
 type) and reported through `on_drop`, so the runtime can count a lost FORWARD as a dropped
 message: nothing is lost silently, and nothing is queued without bound for a dead peer.
 
+Flow control. Before a queue is full, at `hold_queue` frames or `hold_queue_bytes`, the link is
+*congested*: `hold_until_drained` then takes a callback that runs once the link has drained to a
+quarter of that (or failed), and the runtime stops reading the client whose PUBLISH it was
+meanwhile. A peer slower than its publishers so slows them down, as TCP would, instead of
+having its FORWARDs dropped.
+
 `close()` stops listening, lets the queues drain for up to `flush_timeout` (so a LEAVE goes
 out), then closes every connection.
 """
@@ -68,8 +74,12 @@ _READ_SIZE = 65536
 
 @dataclass(frozen=True, slots=True)
 class TransportConfig:
-    max_queue: int = 10_000  # frames waiting per peer
+    max_queue: int = 100_000  # frames waiting per peer (the byte cap bounds memory)
     max_queue_bytes: int = 32 * 1024 * 1024  # bytes waiting per peer
+    #: Flow control (`hold_until_drained`): a link is congested from this many frames or bytes
+    #: waiting, and releases who it holds once fewer than a quarter of them wait.
+    hold_queue: int = 2_000
+    hold_queue_bytes: int = 2 * 1024 * 1024
     connect_timeout: float = 2.0
     handshake_timeout: float = 2.0
     backoff_min: float = 0.05
@@ -96,6 +106,26 @@ class _Link:
         self.idle = asyncio.Event()
         self.idle.set()
         self.closed = False
+        #: Called once the queue has drained (or the link failed): `Transport.hold_until_drained`.
+        self.waiters: list[Callable[[], None]] = []
+
+    def congested(self) -> bool:
+        cfg = self.transport.config
+        return len(self.queue) >= cfg.hold_queue or self.queued_bytes >= cfg.hold_queue_bytes
+
+    def _release_if_drained(self) -> None:
+        cfg = self.transport.config
+        if self.waiters and (
+            self.closed
+            or not self.up
+            or (
+                len(self.queue) < max(1, cfg.hold_queue // 4)
+                and self.queued_bytes < max(1, cfg.hold_queue_bytes // 4)
+            )
+        ):
+            waiters, self.waiters = self.waiters, []
+            for release in waiters:
+                release()
 
     def enqueue(self, msg_type: MessageType, frame: bytes, now: float) -> bool:
         cfg = self.transport.config
@@ -130,6 +160,7 @@ class _Link:
         self.idle.set()
         for msg_type, count in dropped.items():
             self._drop(msg_type, why, count)
+        self._release_if_drained()
 
     async def _run(self) -> None:
         transport = self.transport
@@ -168,6 +199,7 @@ class _Link:
                 conn.write(b"".join(frames))
                 await conn.drain()
                 transport.stats["sent"] += sent
+                self._release_if_drained()
         except asyncio.CancelledError:
             raise
         except HandshakeError as exc:
@@ -347,6 +379,20 @@ class Transport:
             link = self._links[address] = _Link(self, address)
         frame = encode_frame(msg_type, body, link.version, self.config.max_frame)
         return link.enqueue(msg_type, frame, asyncio.get_running_loop().time())
+
+    def congested(self, address: Address) -> bool:
+        """The link to `address` is up and has `hold_queue` frames or bytes waiting."""
+        link = self._links.get(address)
+        return link is not None and link.up and link.congested()
+
+    def hold_until_drained(self, address: Address, release: Callable[[], None]) -> bool:
+        """If the link to `address` is congested, call `release` once it has drained (or
+        failed) and return True; the caller holds back whoever is feeding it meanwhile."""
+        link = self._links.get(address)
+        if link is None or not link.up or not link.congested():
+            return False
+        link.waiters.append(release)
+        return True
 
     def is_up(self, address: Address) -> bool:
         link = self._links.get(address)

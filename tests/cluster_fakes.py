@@ -51,6 +51,12 @@ class FakeLink:
     def buffered(self) -> int:
         return 0
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 class FakeClient:
     """One client connection to one broker."""

@@ -66,6 +66,9 @@ class Broker:
         self.route_listeners: list[RouteListener] = []
         self.shared_route_listeners: list[SharedRouteListener] = []
         self.forward_hooks: list[ForwardHook] = []
+        #: The channel whose input is being handled right now (None between reads): whom a
+        #: forward hook can hold back when a message cannot go on yet (`Channel.hold_input`).
+        self.reading: Channel | None = None
         # Cluster ports (broker.core.cluster_port); None on a single node.
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None

@@ -93,6 +93,10 @@ __all__ = ["CLOSED", "CONNECTED", "CONNECTING", "TAKEOVER", "Channel", "Link"]
 CONNECT_TIMEOUT = 30.0
 
 
+#: Seconds a channel's input stays held by flow control at most (`Channel.hold_input`).
+MAX_HOLD = 5.0
+
+
 class Link(Protocol):
     """What a transport gives a channel."""
 
@@ -101,6 +105,10 @@ class Link(Protocol):
     def close(self) -> None: ...
 
     def buffered(self) -> int: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
 
 
 class Channel:
@@ -119,8 +127,10 @@ class Channel:
         "decoder",
         "disconnect_reason",
         "dropped_too_large",
+        "held_at",
         "held_bytes",
         "held_packets",
+        "hold_count",
         "info",
         "keepalive",
         "last_received",
@@ -198,6 +208,10 @@ class Channel:
         #: Input that arrived while in TAKEOVER, handled once the CONNECT goes on.
         self.held_packets: list[Packet] = []
         self.held_bytes = bytearray()
+        #: When flow control stopped reading this client (None = it is read), and how many
+        #: holds there were: a release for an earlier hold does not end a later one.
+        self.held_at: float | None = None
+        self.hold_count = 0
         self.opened_at = self.last_received = broker.clock()
         self.connected_at = 0.0
         self.disconnect_reason = ""
@@ -246,6 +260,14 @@ class Channel:
     def _handle(self, packets: list[Packet]) -> None:
         if not packets:
             return
+        broker = self.broker
+        broker.reading = self
+        try:
+            self._dispatch(packets)
+        finally:
+            broker.reading = None
+
+    def _dispatch(self, packets: list[Packet]) -> None:
         counters = self.broker.metrics.counters
         self.last_received = self.broker.clock()
         handlers = self._handlers
@@ -287,6 +309,27 @@ class Channel:
         self._handle(packets)
         if data:
             self.data_received(data)
+
+    def hold_input(self) -> int:
+        """Stop reading this client until `release_input` (at most `MAX_HOLD` seconds): flow
+        control, for a node its messages go to that cannot take more yet. Returns the hold's
+        number for `release_input`; 0 if it is held already or closed.
+
+        What was read already is still handled; only further reads wait, so the client's own
+        socket buffer, then its writes, absorb the wait as TCP backpressure.
+        """
+        if self.held_at is not None or self.state == CLOSED:
+            return 0
+        self.held_at = self.broker.clock()
+        self.hold_count += 1
+        self.link.pause_reading()
+        return self.hold_count
+
+    def release_input(self, hold: int = 0) -> None:
+        """End the hold numbered `hold` (0: whichever hold there is)."""
+        if self.held_at is not None and hold in (0, self.hold_count):
+            self.held_at = None
+            self.link.resume_reading()
 
     def connection_lost(self) -> None:
         """The transport is gone (peer closed, error, or after our own close)."""
@@ -480,6 +523,8 @@ class Channel:
         self.close(ReasonCode.ADMINISTRATIVE_ACTION, "kicked")
 
     def check_timeouts(self, now: float) -> None:
+        if self.held_at is not None and now - self.held_at > MAX_HOLD:
+            self.release_input()  # a safety net: whoever held it did not release it
         if self.state == CONNECTING:
             if now - self.opened_at > CONNECT_TIMEOUT:
                 self.close(None, "connect_timeout")

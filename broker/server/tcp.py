@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 #: in its transport). asyncio reads 256 KiB per socket per turn; this keeps uvloop close to that.
 READ_BUDGET = 64 * 1024
 
+# Why reading is paused (bits of `MqttConnection._paused`); it resumes when none is left.
+_WRITE_FULL = 1  # the client does not read what we send (`pause_writing`)
+_TURN = 2  # it used its `READ_BUDGET` for this loop turn
+_HELD = 4  # flow control: where its messages go cannot take more yet (`Link.pause_reading`)
+
 
 class MqttConnection(asyncio.Protocol):
     """One accepted TCP connection; also the channel's `Link`."""
@@ -38,10 +43,10 @@ class MqttConnection(asyncio.Protocol):
         "_closing",
         "_flush_scheduled",
         "_loop",
+        "_paused",
         "_pending",
         "_pending_size",
         "_read_budget",
-        "_write_paused",
         "broker",
         "channel",
         "identity_as_username",
@@ -70,7 +75,7 @@ class MqttConnection(asyncio.Protocol):
         self._closing = False
         self._loop = asyncio.get_running_loop()
         self._read_budget = READ_BUDGET
-        self._write_paused = False
+        self._paused = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -96,22 +101,25 @@ class MqttConnection(asyncio.Protocol):
         if channel is not None:
             channel.data_received(data)
             self._read_budget -= len(data)
-            if self._read_budget <= 0:
-                self._yield_turn()
-
-    def _yield_turn(self) -> None:
-        """Stop reading until the next loop turn: see `READ_BUDGET`."""
-        transport = self.transport
-        if transport is None or self._closing:
-            return
-        transport.pause_reading()
-        self._loop.call_soon(self._next_turn)
+            if self._read_budget <= 0 and not self._paused & _TURN:
+                self._pause(_TURN)  # sit out one loop turn: see `READ_BUDGET`
+                self._loop.call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
         self._read_budget = READ_BUDGET
-        transport = self.transport
-        if transport is not None and not self._closing and not self._write_paused:
-            transport.resume_reading()
+        self._resume(_TURN)
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self.transport is not None and not self._closing:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self.transport is not None and not self._closing:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -127,14 +135,10 @@ class MqttConnection(asyncio.Protocol):
         self.stats.closed(channel.disconnect_reason or "closed")
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._pause(_WRITE_FULL)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self.transport is not None and not self._closing and self._read_budget > 0:
-            self.transport.resume_reading()
+        self._resume(_WRITE_FULL)
 
     # -- Link -----------------------------------------------------------------------------
 
@@ -166,6 +170,12 @@ class MqttConnection(asyncio.Protocol):
         self._closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def pause_reading(self) -> None:
+        self._pause(_HELD)
+
+    def resume_reading(self) -> None:
+        self._resume(_HELD)
 
     def buffered(self) -> int:
         transport = self.transport

@@ -35,6 +35,9 @@ class WebSocketLink:
         self._size = 0
         self._wakeup = asyncio.Event()
         self._closing = False
+        #: Cleared while flow control holds this client's input (`pause_reading`).
+        self.readable = asyncio.Event()
+        self.readable.set()
         self._task = asyncio.get_running_loop().create_task(self._writer())
 
     def write(self, data: bytes) -> None:
@@ -50,6 +53,12 @@ class WebSocketLink:
 
     def buffered(self) -> int:
         return self._size
+
+    def pause_reading(self) -> None:
+        self.readable.clear()
+
+    def resume_reading(self) -> None:
+        self.readable.set()
 
     async def _writer(self) -> None:
         ws = self.ws
@@ -109,7 +118,12 @@ def make_websocket_app(
         channel = Channel(broker, link, host, port, kind)
         channel.cert_username = cert_username
         try:
-            async for msg in ws:
+            while True:
+                if not link.readable.is_set():
+                    await link.readable.wait()
+                msg = await ws.receive()
+                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
                 if msg.type == WSMsgType.BINARY:
                     channel.data_received(msg.data)
                 else:

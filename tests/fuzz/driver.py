@@ -66,6 +66,12 @@ class FakeLink:
     def buffered(self) -> int:
         return 0
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def take(self, version: int) -> list[Packet]:
         data, self.out = bytes(self.out), bytearray()
         try:

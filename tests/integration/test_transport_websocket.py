@@ -17,6 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 from rawclient import RawClient
 
+from broker.core.channel import Channel
+from broker.core.message import Message
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1, MQTT_3_1_1, MQTT_5, ReasonCode
 from broker.protocol.packets import (
@@ -421,3 +423,37 @@ async def test_backpressure_slow_websocket_reader_drops_qos0(node_factory: Any) 
         async with asyncio.timeout(TIMEOUT * 2):
             while not isinstance(await slow.recv(), PingResp):
                 pass
+
+
+async def test_websocket_held_input_is_not_read_until_released(node: Node) -> None:
+    """Flow control on a WebSocket: a forward hook holds the publisher (`Broker.reading`, as the
+    cluster does for a congested link); the handler receives nothing more until
+    `release_input`, then handles what was sent meanwhile."""
+    held: list[Channel] = []
+
+    def hold_publisher(message: Message) -> int:
+        reading = node.broker.reading
+        if message.topic == "hold/me" and reading is not None and reading.hold_input():
+            held.append(reading)
+        return 0
+
+    node.broker.forward_hooks.append(hold_publisher)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(ws_url(node), protocols=("mqtt",)) as ws,
+    ):
+        client = RawWs(ws, MQTT_5)
+        await client.send(Connect("held-ws", protocol_level=MQTT_5))
+        assert isinstance(await client.recv(), ConnAck)
+        await client.send(Publish("hold/me", b"x"))
+        async with asyncio.timeout(TIMEOUT):
+            while not held:
+                await asyncio.sleep(0.01)
+        await client.send(PingReq())  # a WebSocket message of its own
+        answer = asyncio.ensure_future(client.recv())
+        await asyncio.sleep(0.3)
+        assert not answer.done(), "held: the PINGREQ is not read"
+        held[0].release_input()
+        assert isinstance(await asyncio.wait_for(answer, TIMEOUT), PingResp)
+        await client.send(Disconnect())
+        assert await client.closed() == []
