@@ -338,6 +338,10 @@ class Membership:
             options.extend(seed for seed in self._seeds if seed not in live)
         return self.rng.choice(options) if options else None
 
+    def heard_from(self, name: str, now: float) -> None:
+        """Any frame from member `name` arrived; it answers our probe of it (`cluster.probe`)."""
+        self._prober.heard_from(name, now)
+
     # -- message handlers ------------------------------------------------------------------
 
     def _on_probe(

@@ -6,11 +6,20 @@ Without an ACK after `probe_timeout`, `check` sends PING_REQ to `indirect_checks
 members, which ping the target with their own seq and relay its ACK (or a NACK when their
 `probe_timeout` runs out). Without any ACK by the end of the interval, `check` returns the target:
 `Membership` then marks it suspect. All messages get the caller's gossip piggybacked.
+
+Any frame from the target counts as its ACK (`heard_from`): one that arrives while its probe is
+outstanding, or one from no longer than a probe interval before the probe was sent. Probes share
+the TCP link with FORWARDs: under load a PING or its ACK can wait behind megabytes of messages
+in socket buffers, and a node busy sending us messages (or pinging us on the idle direction) was
+declared dead for being slow to answer. Traffic from a node proves it is running; a node that
+has stopped sends nothing, so it is still found out, one probe interval later at most (plus
+whatever it had sent before and is still in flight).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +70,8 @@ class Prober:
         self._seqs = itertools.count(1)
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
+        #: When a frame from each member last arrived (`heard_from`).
+        self._heard: dict[str, float] = {}
 
     def next_deadline(self) -> float:
         at = float("inf")
@@ -89,6 +100,14 @@ class Prober:
         body = self.piggyback({"seq": probe.seq, "from": self.name, "target": target.name}, first)
         out.append(Outgoing(target.address, MessageType.PING, body))
         self.stats["probes"] += 1
+
+    def heard_from(self, name: str, now: float) -> None:
+        """A frame from `name` arrived: it answers our outstanding probe of it, if any."""
+        self._heard[name] = now
+        probe = self._probe
+        if probe is not None and probe.target == name:
+            self._probe = None
+            self.stats["probes/answered_by_traffic"] += 1
 
     def check(self, now: float, out: list[Outgoing]) -> tuple[Member, int] | None:
         """Timeouts: indirect probes, NACKs for relays.
@@ -127,6 +146,9 @@ class Prober:
             self.stats["indirect_probes"] += 1
         if now >= probe.sent_at + cfg.probe_interval:
             self._probe = None
+            if self._heard.get(target.name, -math.inf) >= probe.sent_at - cfg.probe_interval:
+                self.stats["probes/answered_by_traffic"] += 1
+                return None
             self.stats["probe_failures"] += 1
             return target, probe.incarnation
         return None

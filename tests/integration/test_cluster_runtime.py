@@ -21,12 +21,14 @@ from conftest import make_config
 from rawclient import RawClient
 
 from broker.app import NodeApp
+from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_5, ReasonCode
-from broker.protocol.packets import ConnAck, PubAck, Publish
+from broker.protocol.packets import ConnAck, PubAck, Publish, Subscribe, SubscriptionRequest
 from broker.server.config import ListenerConfig
 from cluster.gossip import MemberState
 from cluster.rpc import NodeUnreachable, RemoteError
 from cluster.transport import TransportConfig
+from cluster.wire import Address, Body, MessageType
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 TIMEOUT = 5.0
@@ -318,3 +320,63 @@ async def test_send_queue_is_bounded_and_drops_are_counted(start_node: Start) ->
     assert transport.stats["dropped/link_failed"] == 3
     assert not transport.send(("127.0.0.1", 1), MessageType.GOSSIP, {"from": A})
     assert transport.stats["dropped/unreachable"] == 1
+
+
+async def test_a_congested_link_holds_the_publisher_and_loses_nothing(start_node: Start) -> None:
+    """Flow control end to end: a QoS 0 flood to a subscriber on the other node congests the
+    link (a tiny `hold_queue`), the publisher is held until the link drains, and every message
+    arrives, in order, none dropped."""
+    a = await start_node(A)
+    b = await start_node(B, a)
+    await converged(a, b)
+    assert a.cluster is not None
+    a.cluster.transport.config = TransportConfig(hold_queue=8)
+    sub, _ = await RawClient.connect(b.node.tcp_port, "flood-sub", MQTT_5)
+    pub, _ = await RawClient.connect(a.node.tcp_port, "flooder", MQTT_5)
+    try:
+        sub.send(Subscribe(1, [SubscriptionRequest("flood/#", 0)]))
+        await sub.recv()  # SUBACK
+        await routed("flood/#", B, a)
+        n = 3000
+        # one write: the node reads hundreds of PUBLISHes at a time, more than `hold_queue`
+        pub.send_raw(b"".join(encode(Publish(f"flood/{i}", b"x" * 64), MQTT_5) for i in range(n)))
+        topics: list[str] = []
+        while len(topics) < n:
+            packet = await sub.recv(timeout=TIMEOUT)
+            assert isinstance(packet, Publish)
+            topics.append(packet.topic)
+        assert topics == [f"flood/{i}" for i in range(n)]
+        assert a.cluster.stats["forward/held"] >= 1
+        assert a.cluster.transport.stats["dropped"] == 0
+        assert counter(a, "messages/dropped") == 0
+    finally:
+        pub.writer.close()
+        sub.writer.close()
+
+
+async def test_frames_from_a_node_answer_its_probes_when_its_acks_are_lost(
+    start_node: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B answers no PING (as when its ACKs wait behind megabytes of FORWARDs), but it keeps
+    sending frames to A (its own probes, gossip): A does not suspect it."""
+    a = await start_node(A)
+    b = await start_node(B, a)
+    await converged(a, b)
+    assert a.cluster is not None and b.cluster is not None
+    membership = b.cluster.membership
+    handle = membership.handle
+
+    def no_acks(from_addr: Address, msg_type: MessageType, body: Body, now: float) -> list[Any]:
+        return [] if msg_type is MessageType.PING else handle(from_addr, msg_type, body, now)
+
+    monkeypatch.setattr(membership, "handle", no_acks)
+    stats = a.cluster.membership.stats
+    failures = stats["probe_failures"]
+    probes = stats["probes"]
+    cfg = a.cluster.membership.config
+    await asyncio.sleep(5 * cfg.probe_interval)
+    assert stats["probes"] - probes >= 3
+    assert stats["probes/answered_by_traffic"] >= 3
+    assert stats["probe_failures"] == failures
+    member = a.cluster.membership.get(B)
+    assert member is not None and member.state is MemberState.ALIVE
