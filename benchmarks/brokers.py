@@ -24,6 +24,7 @@ __all__ = [
     "free_port",
     "start_broker",
     "start_minibroker",
+    "start_minibroker_cluster",
     "start_mosquitto",
     "wait_port",
 ]
@@ -156,7 +157,9 @@ def start_minibroker(core: int | None = None, use_uvloop: bool = True) -> Runnin
     return _start_minibroker(core, "asyncio")
 
 
-def _start_minibroker(core: int | None, loop: str) -> RunningBroker:
+def _start_minibroker(
+    core: int | None, loop: str, extra: list[str] | None = None, name: str = "minibroker"
+) -> RunningBroker:
     workdir = Path(tempfile.mkdtemp(prefix="minibroker-bench-"))
     port = free_port()
     cmd = [
@@ -172,16 +175,15 @@ def _start_minibroker(core: int | None, loop: str) -> RunningBroker:
         str(free_port()),
         "--http-port",
         str(free_port()),
-        "--cluster-port",
-        str(free_port()),
         "--data-dir",
         str(workdir / "data"),
+        *(extra or ["--cluster-port", str(free_port())]),
     ]
     env = dict(os.environ, MINIBROKER_BENCH_LOOP=loop)
     log = workdir / "broker.log"
     proc = _spawn(_pin(cmd, core), log, env)
     broker = RunningBroker(
-        "minibroker",
+        name,
         f"minibroker {minibroker_version()} ({loop})",
         "127.0.0.1",
         port,
@@ -195,6 +197,66 @@ def _start_minibroker(core: int | None, loop: str) -> RunningBroker:
         broker.stop()
         raise
     return broker
+
+
+def start_minibroker_cluster(
+    cores: list[int | None], use_uvloop: bool = True, timeout: float = 30.0
+) -> list[RunningBroker]:
+    """One `minibroker` node per entry of `cores` (pinned there), joined into one cluster;
+    returns once a message published on the first node reaches a subscriber on the last.
+
+    Raises (after stopping what it started) if the nodes do not form a cluster in `timeout`.
+    """
+    loop = "uvloop" if use_uvloop and uvloop_available() and not _UVLOOP_BROKEN else "asyncio"
+    cluster_ports = [free_port() for _ in cores]
+    nodes: list[RunningBroker] = []
+    try:
+        for i, core in enumerate(cores):
+            extra = ["--node-name", f"bench{i + 1}@127.0.0.1", "--cluster-port"]
+            extra.append(str(cluster_ports[i]))
+            if i:
+                extra += ["--join", f"127.0.0.1:{cluster_ports[0]}"]
+            nodes.append(_start_minibroker(core, loop, extra, name=f"minibroker-node{i + 1}"))
+        if len(nodes) > 1:
+            wait_routed(nodes[0].target, nodes[-1].target, timeout)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def wait_routed(
+    publish_to: tuple[str, int], subscribe_at: tuple[str, int], timeout: float = 30.0
+) -> None:
+    """Block until a QoS 0 PUBLISH on `publish_to` reaches a subscriber on `subscribe_at`
+    (two cluster nodes route to each other), or raise TimeoutError."""
+    from broker.protocol.codec import Decoder, encode
+    from broker.protocol.packets import Connect, Publish, Subscribe, SubscriptionRequest
+
+    deadline = time.monotonic() + timeout
+    topic = "bench/cluster-probe"
+    with (
+        socket.create_connection(subscribe_at, timeout=5.0) as sub,
+        socket.create_connection(publish_to, timeout=5.0) as pub,
+    ):
+        sub.sendall(encode(Connect("bench-probe-sub")) + encode(
+            Subscribe(1, [SubscriptionRequest(topic)])
+        ))
+        pub.sendall(encode(Connect("bench-probe-pub")))
+        decoder = Decoder()
+        sub.settimeout(0.2)
+        while time.monotonic() < deadline:
+            pub.sendall(encode(Publish(topic, b"probe", qos=0)))
+            try:
+                data = sub.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                raise RuntimeError("the probe subscriber was disconnected")
+            if any(isinstance(p, Publish) for p in decoder.feed(data)):
+                return
+    raise TimeoutError(f"the nodes did not route to each other within {timeout} s")
 
 
 def find_mosquitto() -> str | None:

@@ -1,9 +1,10 @@
 """`minibroker-bench` / `python -m benchmarks`: an MQTT load generator in the spirit of emqtt-bench.
 
 Subcommands: `conn`, `pub`, `sub` (building blocks), the named scenarios `fan-in`, `fan-out`,
-`latency`, `conn-scale`, `many-subs`, `cluster`, then `report` (JSON lines -> Markdown + PNG)
-and `compare` (our broker vs mosquitto). Any broker is a target (`--target HOST:PORT`, or
-`--start minibroker|mosquitto` to start one on a free port). Each run prints one summary line
+`latency`, `conn-scale`, `many-subs`, `cluster`, `spread`, then `report` (JSON lines ->
+Markdown + PNG), `compare` (our broker vs mosquitto) and `cluster-scale` (one node vs a
+cluster). Any broker is a target (`--target HOST:PORT`, or `--start minibroker|mosquitto` to
+start one on a free port). Each run prints one summary line
 with the generator's own CPU use, and appends one JSON object to `--out FILE` when given.
 """
 
@@ -16,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from benchmarks import compare
+from benchmarks import cluster_scale, compare
 from benchmarks.brokers import RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
@@ -43,6 +44,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "settle": (("--settle",), float, "idle seconds before reading broker memory (%s)"),
     "drain": (("--drain",), float, "max seconds to wait for deliveries after publishing (%s)"),
     "coalesce_ms": (("--coalesce-ms",), float, "subscribers batch reads this long; 0 = off (%s)"),
+    "pubs_on": (("--pubs-on",), str, "publishers' targets: first, others or all (%s)"),
+    "subs_on": (("--subs-on",), str, "subscribers' targets: first, others or all (%s)"),
 }
 _FLOW = [
     *("qos", "size", "rate", "count", "duration", "inflight", "connect_rate", "drain"),
@@ -58,6 +61,7 @@ SCENARIO_OPTIONS: dict[str, list[str]] = {
     "conn-scale": ["connections", "connect_rate", "connect_concurrency", "duration", "settle"],
     "many-subs": ["publishers", "filters", "filter_clients", *_FLOW],
     "cluster": ["publishers", "subscribers", *_FLOW],
+    "spread": ["publishers", "subscribers", "pubs_on", "subs_on", *_FLOW],
 }
 HELP = {
     "conn": "open N connections at a rate and hold them",
@@ -69,6 +73,7 @@ HELP = {
     "conn-scale": "connect rate and broker memory per connection",
     "many-subs": "routing throughput with 10 vs 10,000 unrelated wildcard filters",
     "cluster": "publishers on the first --target, subscribers on the others",
+    "spread": "publishers and subscribers placed over the --targets (--pubs-on/--subs-on)",
 }
 
 
@@ -136,7 +141,7 @@ def _add_scenario(sub: Any, name: str) -> None:
             help=f"busy-poll the generator's loops while publishing, so the wake-up time of an "
             f"idle core is not measured; costs a core ({'on' if base['spin'] else 'off'})",
         )
-    if name in ("pub", "sub", "fan-in", "fan-out", "cluster"):
+    if name in ("pub", "sub", "fan-in", "fan-out", "cluster", "spread"):
         g.add_argument(
             "--latency",
             action="store_true",
@@ -168,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="our broker vs mosquitto: medians and ratios", description=compare.__doc__
     )
     compare.add_arguments(cmp)
+    scale = sub.add_parser(
+        "cluster-scale",
+        help="one node vs a cluster of N on this machine: medians and ratios",
+        description=cluster_scale.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cluster_scale.add_arguments(scale)
     return parser
 
 
@@ -260,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args)
     if args.command == "compare":
         return compare.run(args)
+    if args.command == "cluster-scale":
+        return cluster_scale.run(args)
     return _run_scenario(args)
 
 

@@ -53,6 +53,8 @@ def variant(record: Record) -> str:
         parts.append(f"{p.get('filters', '?')} filters")
     elif name != "latency":
         parts.append(f"{p.get('publishers', '?')}p/{p.get('subscribers', '?')}s")
+    if name == "spread":
+        parts.append(f"{p.get('pubs_on', '?')}->{p.get('subs_on', '?')}")
     if p.get("rate"):
         parts.append(f"{p['rate']:g}/s")
     parts.append(f"{p.get('size', '?')}B")

@@ -10,7 +10,10 @@ building blocks are `conn`, `pub` and `sub`; the named scenarios are fixed combi
 - conn-scale: N idle connections; connect rate and the broker's VmRSS growth per connection;
 - many-subs:  fan-in to one exact subscriber, with 10 and then 10,000 unrelated wildcard filters
               held by other clients; the ratio of the two rates shows whether routing is flat;
-- cluster:    publishers on the first target, subscribers spread over the others.
+- cluster:    publishers on the first target, subscribers spread over the others;
+- spread:     publishers and subscribers placed on the targets as `--pubs-on`/`--subs-on` say
+              (`first`, `others` or `all`, round-robin); `cluster-scale` runs it against one
+              node and against a cluster with the same clients.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class Params:
     coalesce_ms: float = 1.0  # subscribers batch reads (see client.BenchClient); 0 = off
     drain: float = 10.0  # after publishing, wait at most this long for deliveries
     spin: bool = False  # busy-poll the generator's loops while publishing (load.spin)
+    pubs_on: str = "first"  # spread: targets of the publishers (first, others, all)
+    subs_on: str = "all"  # spread: targets of the subscribers
 
 
 @dataclass
@@ -89,14 +94,17 @@ def _client_id(prefix: str, i: int) -> str:
     return f"bench-{prefix}-{i}"
 
 
-def publishers(p: Params, topic: str, target: int = 0, prefix: str = "pub") -> list[PubRole]:
+def publishers(
+    p: Params, topic: str, target: int = 0, prefix: str = "pub", targets: list[int] | None = None
+) -> list[PubRole]:
+    """`p.publishers` publishers on `target`, or round-robin over `targets` when given."""
     roles = []
     for i in range(p.publishers):
         cid = _client_id(prefix, i)
         roles.append(
             PubRole(
                 cid,
-                target,
+                targets[i % len(targets)] if targets else target,
                 expand(topic, i, cid),
                 p.qos,
                 p.size,
@@ -353,6 +361,41 @@ async def cluster(s: Settings, p: Params) -> ScenarioResult:
     return _result("cluster", p, out, m, "deliveries_per_s", ["deliveries_per_s", "loss_pct"])
 
 
+PLACEMENTS = ("first", "others", "all")
+
+
+def placement(where: str, targets: int) -> list[int]:
+    """Target indexes for `first`, `others` (all but the first; the first alone if it is the
+    only one) or `all`."""
+    if where not in PLACEMENTS:
+        raise ValueError(f"placement {where!r} is not one of {', '.join(PLACEMENTS)}")
+    if where == "first" or targets == 1:
+        return [0]
+    if where == "others":
+        return list(range(1, targets))
+    return list(range(targets))
+
+
+async def spread(s: Settings, p: Params) -> ScenarioResult:
+    """Every publisher's messages reach every subscriber (topic `bench/spread/%i`, filter
+    `bench/spread/#`), with the clients placed over the targets by `pubs_on`/`subs_on`."""
+    n = len(s.targets)
+    plan = _plan(
+        s,
+        p,
+        subs=subscribers(p, "bench/spread/#", placement(p.subs_on, n)),
+        pubs=publishers(p, "bench/spread/%i", targets=placement(p.pubs_on, n)),
+        fanout=float(p.subscribers),
+        # In a cluster the subscriptions must reach the publishers' nodes before publishing.
+        settle=max(p.settle, 1.0) if n > 1 else 0.0,
+    )
+    out = await _run(s, plan, f"spread {p.pubs_on}->{p.subs_on}")
+    m = _flow_metrics(out, plan.fanout)
+    m["deliveries_per_s"] = m.pop("received_per_s")
+    m["nodes"] = n
+    return _result("spread", p, out, m, "deliveries_per_s", ["deliveries_per_s", "loss_pct"])
+
+
 Scenario = Callable[[Settings, Params], Awaitable[ScenarioResult]]
 SCENARIOS: dict[str, Scenario] = {
     "conn": conn,
@@ -364,6 +407,7 @@ SCENARIOS: dict[str, Scenario] = {
     "conn-scale": conn_scale,
     "many-subs": many_subs,
     "cluster": cluster,
+    "spread": spread,
 }
 
 
@@ -378,6 +422,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "conn-scale": {"connections": 10_000, "duration": 1.0},
     "many-subs": {"publishers": 10, "subscribers": 1, "filters": 10_000, "filter_clients": 100},
     "cluster": {"publishers": 1, "subscribers": 10},
+    "spread": {"publishers": 1, "subscribers": 100, "settle": 0.0},
 }
 
 
