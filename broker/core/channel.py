@@ -565,11 +565,18 @@ class Channel:
                 return
         publish_will(broker, info, will)
 
-    def route(self, message: Message) -> int:
-        """Run the publish hooks (plugins may rewrite or swallow it), then route it."""
+    def route(self, message: Message, raw: bytes | None = None) -> int:
+        """Run the publish hooks (plugins may rewrite or swallow it), then route it.
+
+        `raw`: the PUBLISH as received (`Publish.raw`), which is also the QoS 0 PUBLISH of the
+        message for subscribers of this client's protocol version; used unless a hook replaced
+        the message (hooks return a new Message to change one, never edit it in place).
+        """
         hooked = self.broker.hooks.run_message_publish(message)
         if hooked is None:
             return 0
+        if raw is not None and hooked is message:
+            message.encoded = {(self.version == MQTT_5, False): raw}
         return self.broker.publish(hooked)
 
     _handlers: dict[type, Handler]

@@ -176,7 +176,9 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
             channel.broker.clock(),
             channel.broker.node_name,
         )
-        matched = channel.route(message)
+        # The received bytes serve as the outgoing QoS 0 PUBLISH only if nothing was changed.
+        raw = packet.raw if properties is packet.properties and topic is packet.topic else None
+        matched = channel.route(message, raw)
     else:
         counters["messages/dropped"] += 1
     if qos:

@@ -16,6 +16,10 @@ then walks it with an offset `pos`, one packet per step:
    is one `bytes(mv[a:b])`). Each body decoder must consume exactly `[start, end)`: trailing bytes
    or a field crossing `end` is MalformedPacket. Then `pos` moves to `end`.
 
+A QoS 0 PUBLISH with no flags, no properties and a body under 16 KiB also keeps its own bytes
+(`Publish.raw`, one more copy of a small packet): the broker sends them unchanged to the
+subscribers of the same protocol version instead of encoding the same packet again.
+
 When no further packet is complete, the consumed prefix is dropped with one `del buf[:pos]` (O(1)
 for a bytearray) and the list of packets is returned; the partial rest waits for the next feed.
 There is no other state: the header is re-parsed (at most 5 bytes) when more data arrives.
@@ -192,6 +196,12 @@ def _publish(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, v: 
         else:
             props, pos = decode_properties(buf, mv, pos, end, PacketType.PUBLISH)
     return Publish(topic, bytes(mv[pos:end]), qos, bool(flags & 0x01), bool(dup), packet_id, props)
+
+
+_PUBLISH = PacketType.PUBLISH
+#: Fixed header sizes with a minimal Remaining Length for bodies under 128 and 16,384 bytes:
+#: `Publish.raw` is kept only for those (a longer or non-minimal header is rare; re-encode it).
+_MINIMAL_HEADER = (2, 3)
 
 
 def _make_ack(cls: type[PubAck | PubRec | PubRel | PubComp], ptype: PacketType) -> BodyDecoder:
@@ -411,7 +421,12 @@ class Decoder:
                 if ptype == PacketType.CONNECT:
                     # The level is committed before the rest is parsed (see module docstring).
                     self.version = version = _protocol(buf, mv, i, end)[1]
-                out.append(_DECODERS[ptype](flags, buf, mv, i, end, version))
+                packet = _DECODERS[ptype](flags, buf, mv, i, end, version)
+                if not flags and ptype == _PUBLISH and i - pos == _MINIMAL_HEADER[length > 127]:
+                    assert isinstance(packet, Publish)
+                    if not packet.properties:
+                        packet.raw = bytes(mv[pos:end])
+                out.append(packet)
                 pos = end
         except ProtocolError as exc:
             exc.packets = out

@@ -60,6 +60,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None  # present iff qos > 0
     properties: Properties = field(default_factory=_props)
+    #: Set by the decoder on a QoS 0 PUBLISH without flags or properties: the packet's own
+    #: bytes, which are also exactly what a subscriber of the same protocol version gets.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
     packet_type = PacketType.PUBLISH
 
 
