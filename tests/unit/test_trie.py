@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from broker.core.shared import SharedGroupPicker
 from broker.core.topics import parse_shared, topic_matches
-from broker.core.trie import SubscriptionTrie
+from broker.core.trie import MATCH_CACHE_SIZE, SubscriptionTrie
 
 LEVELS = ["a", "b", "", "$x"]
 KEYS = ["c1", "c2", "c3"]
@@ -94,6 +94,38 @@ ops_st = st.lists(
     st.tuples(st.booleans(), any_filters(), st.sampled_from(KEYS), st.integers(0, 9)),
     max_size=40,
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops_st, topics=st.lists(topics_st, min_size=1, max_size=4))
+def test_cached_matches_follow_every_change(
+    ops: list[tuple[bool, str, str, int]], topics: list[str]
+) -> None:
+    """`match_all` remembers answers per topic; any add (a new value too) or remove forgets."""
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    model: Model = {}
+    for is_add, filt, key, value in ops:
+        for topic in topics:  # fill the cache before each change
+            trie.match_all(topic)
+        if is_add:
+            trie.add(filt, key, value)
+            model[(filt, key)] = value
+        else:
+            trie.remove(filt, key)
+            model.pop((filt, key), None)
+        for topic in topics:
+            normal, shared = trie.match_all(topic)
+            assert sorted(normal) == expected_normal(model, topic)
+            got = {(g, r): dict(m) for g, r, m in shared}
+            assert got == expected_shared(model, topic)
+
+
+def test_match_cache_is_bounded() -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("a/#", "k", 1)
+    for i in range(MATCH_CACHE_SIZE * 2 + 5):
+        assert trie.match_all(f"a/{i}")[0] == [("k", 1)]
+    assert len(trie._cache) <= MATCH_CACHE_SIZE
 
 
 @settings(max_examples=300, deadline=None)
