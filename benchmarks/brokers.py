@@ -1,6 +1,6 @@
-"""Starting brokers to measure: our `minibroker` and, when installed, mosquitto.
+"""Starting brokers to measure: our `minibroker` and, when installed, mosquitto and amqtt.
 
-Both listen on free loopback ports, with a temporary data directory or generated config, and
+All listen on free loopback ports, with a temporary data directory or generated config, and
 are pinned to one core with `taskset -c CORE` when taskset exists and the core is given. The
 pid is the broker's own (taskset execs it), so /proc readings are the broker's.
 """
@@ -8,6 +8,7 @@ pid is the broker's own (taskset execs it), so /proc readings are the broker's.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
@@ -19,9 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "BROKERS",
     "RunningBroker",
+    "amqtt_config",
+    "find_amqtt",
     "find_mosquitto",
     "free_port",
+    "start_amqtt",
     "start_broker",
     "start_minibroker",
     "start_minibroker_cluster",
@@ -30,6 +35,11 @@ __all__ = [
 ]
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+#: Where amqtt is looked for after `$AMQTT_BIN` and PATH: its own virtualenv, so that its
+#: pinned dependencies stay out of ours (`python -m venv /opt/amqtt-venv &&
+#: /opt/amqtt-venv/bin/pip install amqtt`).
+AMQTT_PATHS = ("/opt/amqtt-venv/bin/amqtt",)
+AMQTT_INSTALL = "python -m venv /opt/amqtt-venv && /opt/amqtt-venv/bin/pip install amqtt"
 
 
 def free_port() -> int:
@@ -301,9 +311,113 @@ def start_mosquitto(core: int | None = None, binary: str | None = None) -> Runni
     return broker
 
 
+def find_amqtt() -> str | None:
+    """The `amqtt` broker script: `$AMQTT_BIN` when set (None if that is not an executable),
+    else `amqtt` on PATH, else the virtualenv of `AMQTT_PATHS`."""
+    configured = os.environ.get("AMQTT_BIN")
+    if configured:
+        return shutil.which(configured)
+    found = shutil.which("amqtt")
+    if found is not None:
+        return found
+    return next((path for path in AMQTT_PATHS if os.access(path, os.X_OK)), None)
+
+
+def amqtt_version(binary: str) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([binary, "--version"], capture_output=True, timeout=30).stdout
+        words = out.decode(errors="replace").split()
+        if words and words[-1][:1].isdigit():
+            return words[-1]
+    return "?"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for part in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def amqtt_config(port: int, version: str = "0.12") -> str:
+    """amqtt's broker YAML: one TCP listener on 127.0.0.1:`port`, anonymous clients, no $SYS
+    topics, no packet/event logging plugins, nothing persisted.
+
+    amqtt 0.12 configures plugins by class path (`plugins:`, only the ones listed are loaded);
+    0.11 and older (and an unknown version) use the `auth:` section and `sys_interval: 0`,
+    which 0.12 still reads, with a deprecation warning.
+    """
+    head = f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+    if _version_tuple(version) >= (0, 12):
+        return head + (
+            "plugins:\n"
+            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+            "    allow_anonymous: true\n"
+        )
+    return head + (
+        "sys_interval: 0\n"
+        "auth:\n"
+        "  allow-anonymous: true\n"
+        "  plugins:\n"
+        "    - auth_anonymous\n"
+        "topic-check:\n"
+        "  enabled: false\n"
+    )
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+        return "\n".join(text)
+    return ""
+
+
+def start_amqtt(core: int | None = None, binary: str | None = None) -> RunningBroker:
+    """amqtt (`amqtt -c` with the config of `amqtt_config`), pinned; raises RuntimeError if it
+    does not answer an MQTT CONNECT once it listens."""
+    binary = binary or find_amqtt()
+    if binary is None:
+        raise FileNotFoundError(f"amqtt is not installed ({AMQTT_INSTALL}, or set AMQTT_BIN)")
+    version = amqtt_version(binary)
+    workdir = Path(tempfile.mkdtemp(prefix="amqtt-bench-"))
+    port = free_port()
+    conf = workdir / "amqtt.yaml"
+    conf.write_text(amqtt_config(port, version))
+    log = workdir / "broker.log"
+    proc = _spawn(_pin([binary, "-c", str(conf)], core), log)
+    broker = RunningBroker("amqtt", f"amqtt {version}", "127.0.0.1", port, proc, workdir, log)
+    try:
+        wait_port("127.0.0.1", port, timeout=30.0, proc=proc)
+        answered = mqtt_probe("127.0.0.1", port, timeout=10.0)
+    except (RuntimeError, TimeoutError) as exc:
+        tail = _log_tail(log)
+        broker.stop()
+        raise RuntimeError(f"{broker.label} did not start: {exc}; its log ends:\n{tail}") from exc
+    except BaseException:
+        broker.stop()
+        raise
+    if not answered:
+        tail = _log_tail(log)
+        broker.stop()
+        raise RuntimeError(
+            f"{broker.label} listens on 127.0.0.1:{port} but did not answer an MQTT CONNECT "
+            f"with a CONNACK; its log ends:\n{tail}"
+        )
+    return broker
+
+
+#: The brokers `start_broker` knows, for `--start` and `compare --brokers`.
+BROKERS = ("minibroker", "mosquitto", "amqtt")
+
+
 def start_broker(name: str, core: int | None = None, use_uvloop: bool = True) -> RunningBroker:
     if name == "minibroker":
         return start_minibroker(core, use_uvloop)
     if name == "mosquitto":
         return start_mosquitto(core)
-    raise ValueError(f"unknown broker {name!r} (minibroker or mosquitto)")
+    if name == "amqtt":
+        return start_amqtt(core)
+    raise ValueError(f"unknown broker {name!r} ({', '.join(BROKERS)})")

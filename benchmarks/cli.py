@@ -3,8 +3,8 @@
 Subcommands: `conn`, `pub`, `sub` (building blocks), the named scenarios `fan-in`, `fan-out`,
 `latency`, `conn-scale`, `many-subs`, `cluster`, `spread`, then `report` (JSON lines ->
 Markdown + PNG), `compare` (our broker vs mosquitto) and `cluster-scale` (one node vs a
-cluster). Any broker is a target (`--target HOST:PORT`, or `--start minibroker|mosquitto` to
-start one on a free port). Each run prints one summary line
+cluster). Any broker is a target (`--target HOST:PORT`, or `--start minibroker|mosquitto|amqtt`
+to start one on a free port). Each run prints one summary line
 with the generator's own CPU use, and appends one JSON object to `--out FILE` when given.
 """
 
@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from benchmarks import cluster_scale, compare
-from benchmarks.brokers import RunningBroker, start_broker
+from benchmarks.brokers import BROKERS, RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
 
@@ -105,7 +105,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("-p", "--port", type=int, help="shorthand for --target with --host")
     g.add_argument(
         "--start",
-        choices=["minibroker", "mosquitto"],
+        choices=list(BROKERS),
         help="start this broker on a free loopback port for the run",
     )
     g.add_argument("--core", type=int, default=None, help="pin a --start'ed broker to this core")

@@ -1,11 +1,14 @@
-"""`compare`: our broker against mosquitto, same machine, same run, alternating, medians + ratio.
+"""`compare`: our broker against mosquitto (and amqtt), same machine, same run, alternating,
+medians + ratios.
 
 Each round runs every scenario of the suite once per broker, alternating which broker goes
 first; each run gets a freshly started broker (so memory per connection starts from an idle
 process) pinned to core 0 with `taskset -c 0`, while this process and its load workers are
 pinned to core 1 (`os.sched_setaffinity`, what `taskset -c 1` does). Our broker runs on uvloop
 when it is installed (`benchmarks.launch`). Every run is appended to `--out` as a JSON line;
-at the end the medians and the ratio ours/mosquitto per scenario are printed as Markdown.
+at the end the medians and the ratio of each broker to mosquitto per scenario are printed as
+Markdown. amqtt (`--brokers minibroker,mosquitto,amqtt`) runs from its own virtualenv
+(`AMQTT_BIN`, PATH, or /opt/amqtt-venv) and gets its own `amqtt / mosquitto` column.
 
 The ratio is the figure to track: absolute numbers on a shared 2-core machine are noise.
 """
@@ -22,12 +25,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.brokers import RunningBroker, find_mosquitto, start_broker
+from benchmarks.brokers import (
+    AMQTT_INSTALL,
+    BROKERS,
+    RunningBroker,
+    find_amqtt,
+    find_mosquitto,
+    start_broker,
+)
 from benchmarks.report import render_report
 from benchmarks.results import Record, append_jsonl, make_record, summary_line
 from benchmarks.scenarios import Settings, make_params, run_scenario
 
-__all__ = ["SUITE", "add_arguments", "main", "run"]
+__all__ = ["SUITE", "add_arguments", "main", "run", "select_brokers"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--brokers",
         default="minibroker,mosquitto",
-        help="brokers to start (minibroker,mosquitto; mosquitto is skipped if not installed)",
+        help=(
+            "brokers to start (minibroker,mosquitto; also amqtt: minibroker,mosquitto,amqtt); "
+            "mosquitto and amqtt are skipped if not installed"
+        ),
     )
     parser.add_argument(
         "-d",
@@ -147,6 +160,29 @@ def _one_run(broker_name: str, name: str, args: argparse.Namespace, round_no: in
     )
 
 
+def select_brokers(spec: str) -> list[str] | None:
+    """The brokers of `--brokers` that can run here, in order and without repeats; the optional
+    ones that are not installed are left out with a note on stderr. None (after a message) when
+    a name is unknown."""
+    brokers = list(dict.fromkeys(b.strip() for b in spec.split(",") if b.strip()))
+    unknown = [b for b in brokers if b not in BROKERS]
+    if unknown:
+        print(
+            f"unknown brokers: {', '.join(unknown)} (known: {', '.join(BROKERS)})", file=sys.stderr
+        )
+        return None
+    if "mosquitto" in brokers and find_mosquitto() is None:
+        print("mosquitto is not installed (apt-get install -y mosquitto): skipped", file=sys.stderr)
+        brokers.remove("mosquitto")
+    if "amqtt" in brokers and find_amqtt() is None:
+        print(
+            f"amqtt is not installed ({AMQTT_INSTALL}, or set AMQTT_BIN): skipped",
+            file=sys.stderr,
+        )
+        brokers.remove("amqtt")
+    return brokers
+
+
 def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SUITE]
@@ -155,13 +191,12 @@ def run(args: argparse.Namespace) -> int:
             f"unknown scenarios: {', '.join(unknown)} (known: {', '.join(SUITE)})", file=sys.stderr
         )
         return 2
-    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    if "mosquitto" in brokers and find_mosquitto() is None:
-        print(
-            "mosquitto is not installed (apt-get install -y mosquitto): running ours only",
-            file=sys.stderr,
-        )
-        brokers.remove("mosquitto")
+    brokers = select_brokers(args.brokers)
+    if brokers is None:
+        return 2
+    if not brokers:
+        print("no broker to run", file=sys.stderr)
+        return 2
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or os.path.join("bench-results", f"compare-{stamp}.jsonl")
     if not _pin_self(args.load_core):
