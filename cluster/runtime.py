@@ -14,7 +14,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   last (`route_listeners`); `RouteSync.local_update` records it and membership gossips it. At
   start the broker's existing filters are announced. A member that dies or leaves has its routes
   purged by `RouteSync`.
-* **Forwarding.** Every message published on this node passes `forward()` (a forward hook): the
+* **Forwarding.** Every message published on this node passes `forward()` (a forward hook, on
+  the broker's publish path only while another node is alive: `_sync_forward_hook`): the
   route table is matched and ONE FORWARD goes to each remote node with a matching route (never
   one per subscriber). The receiver calls `Broker.publish(message, forward=False, shared=False)`:
   it delivers to its own subscribers (QoS min(pub, sub), the message keeps its QoS) and never
@@ -184,7 +185,7 @@ class ClusterNode:
         for filt in sorted(self.broker.router.filters()):
             self._on_route(filt, True)
         self.broker.route_listeners.append(self._on_route)
-        self.broker.forward_hooks.append(self.forward)
+        self._sync_forward_hook()
         self.ports.attach()
         if self.dns_seeds:
             self.resolved = await self.resolve_dns_seeds()
@@ -508,6 +509,20 @@ class ClusterNode:
         if self._membership is not None:
             for event in self._membership.take_events():
                 self._on_event(event)
+            self._sync_forward_hook()
+
+    def _sync_forward_hook(self) -> None:
+        """Keep `forward` on the broker's publish path only while another node is alive or
+        suspect: a node alone (most deployments) pays nothing per message for the cluster.
+        Runs after every membership change; a joining node has no routes to forward to before
+        its join is known here."""
+        hooks = self.broker.forward_hooks
+        wanted = self._running and self.membership.live_count > 1
+        present = self.forward in hooks
+        if wanted and not present:
+            hooks.append(self.forward)
+        elif present and not wanted:
+            hooks.remove(self.forward)
 
     def _send_frame(
         self, address: Address, msg_type: MessageType, body: Body, drops_counted: bool = False

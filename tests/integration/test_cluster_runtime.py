@@ -380,3 +380,25 @@ async def test_frames_from_a_node_answer_its_probes_when_its_acks_are_lost(
     assert stats["probe_failures"] == failures
     member = a.cluster.membership.get(B)
     assert member is not None and member.state is MemberState.ALIVE
+
+
+async def test_the_forward_hook_is_on_the_publish_path_only_while_a_peer_is_alive(
+    start_node: Start,
+) -> None:
+    a = await start_node(A)
+    assert a.cluster is not None
+    assert a.cluster.forward not in a.broker.forward_hooks, "alone: nothing to forward to"
+    b = await start_node(B, a)
+    await converged(a, b)
+    assert a.cluster.forward in a.broker.forward_hooks
+    async with client(b, "far") as far:
+        await far.subscribe("hook/#", qos=1)
+        await routed("hook/#", B, a)
+        async with client(a, "near") as near:
+            await near.publish("hook/x", b"crosses", qos=1)
+        async with asyncio.timeout(5):
+            got = await anext(aiter(far.messages))
+        assert got.payload == b"crosses"
+    await b.stop()
+    await eventually(lambda: live(a) == [A])
+    assert a.cluster.forward not in a.broker.forward_hooks, "alone again"
