@@ -210,7 +210,11 @@ def _run_scenario(args: argparse.Namespace) -> int:
         return 2
     broker: RunningBroker | None = None
     if args.start:
-        broker = start_broker(args.start, core=args.core, use_uvloop=True)
+        try:
+            broker = start_broker(args.start, core=args.core, use_uvloop=True)
+        except (OSError, RuntimeError, TimeoutError) as exc:  # not installed, did not answer
+            print(f"minibroker-bench: error: cannot start {args.start}: {exc}", file=sys.stderr)
+            return 1
     try:
         targets = [broker.target] if broker else _targets(args)
         pid = args.broker_pid or (broker.pid if broker else None)

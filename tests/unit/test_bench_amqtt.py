@@ -236,3 +236,12 @@ def test_report_gives_amqtt_its_own_ratio_to_mosquitto() -> None:
     loss = next(line for line in table if "loss_pct" in line)
     assert loss.endswith("| - | - |")
     assert "amqtt 0.12.1 / mosquitto 2.0" in render_report(_three_broker_records())
+
+
+def test_start_of_a_missing_broker_is_an_error_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AMQTT_BIN", "/nonexistent/amqtt")
+    assert cli.main(["fan-in", "--start", "amqtt", "-d", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot start amqtt" in err and "Traceback" not in err
