@@ -329,8 +329,11 @@ class RouteTable:
         return set(self._by_filter.get(filt, ()))
 
     def match(self, topic: str) -> set[str]:
-        """Nodes with at least one route whose filter matches `topic` (this node included)."""
-        return {node for node, _ in self._trie.match(topic)}
+        """Nodes with at least one route whose filter matches `topic` (this node included).
+
+        Through the trie's `match_all`, whose answers are remembered per topic until a route
+        changes: this runs for every PUBLISH while the node has peers."""
+        return {node for node, _ in self._trie.match_all(topic)[0]}
 
     def match_shared(self, topic: str) -> list[tuple[str, str, list[str]]]:
         """(group, real filter, nodes with a member) per shared group matching `topic`."""

@@ -138,6 +138,7 @@ class ClusterNode:
         self.transport = Transport(
             name, self.epoch, cookie, self._on_frame, self._on_drop, self.config.transport
         )
+        self.transport.on_heard = self._on_heard
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         self.rpc.register("retained_dump", self._retained_dump)
         self.rpc.register("banned_dump", self._banned_dump)
@@ -435,10 +436,15 @@ class ClusterNode:
 
     # -- frames in -------------------------------------------------------------------------
 
+    def _on_heard(self, hello: Hello) -> None:
+        """Frames from `hello` arrived (once per read, not per frame: FORWARDs come by the
+        thousand): they answer our probe of it (`cluster.probe`)."""
+        if self._running:
+            self.membership.heard_from(hello.name, self._now())
+
     def _on_frame(self, hello: Hello, msg_type: MessageType, body: Body) -> None:
         if not self._running:
             return
-        self.membership.heard_from(hello.name, self._now())
         if msg_type in _MEMBERSHIP_TYPES:
             self._send(self.membership.handle(hello.address, msg_type, body, self._now()))
             self._wake.set()

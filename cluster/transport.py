@@ -281,6 +281,8 @@ class Transport:
         self.cookie = cookie
         self.on_frame = on_frame
         self.on_drop: DropHandler = on_drop or (lambda address, msg_type, count: None)
+        #: Called once per chunk read from a peer, before its frames: proof the peer runs.
+        self.on_heard: Callable[[Hello], None] = lambda hello: None
         self.config = config or TransportConfig()
         #: Our advertised address (what peers dial); set by the runtime once bound.
         self.address: Address = ("127.0.0.1", 0)
@@ -313,6 +315,8 @@ class Transport:
             hello, frames = accepted
             self.stats["accepted"] += 1
             while True:
+                if frames:
+                    self.on_heard(hello)
                 for _, msg_type, body in frames:
                     self.stats["received"] += 1
                     try:
