@@ -44,6 +44,7 @@ cluster-wide dispatch of shared subscriptions (`cluster.shared_dispatch`). `rout
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,10 @@ class _Origin:
     def to_wire(self, origin: str) -> OriginWire:
         deltas = [[f, seq, present] for f, (seq, present) in self.deltas.items()]
         return [origin, self.epoch, self.base_seq, sorted(self.base), deltas]
+
+
+#: What `remote_match` returns when nothing matches elsewhere.
+_NO_NODES: frozenset[str] = frozenset()
 
 
 class RouteTable:
@@ -334,6 +339,18 @@ class RouteTable:
         Through the trie's `match_all`, whose answers are remembered per topic until a route
         changes: this runs for every PUBLISH while the node has peers."""
         return {node for node, _ in self._trie.match_all(topic)[0]}
+
+    def remote_match(self, topic: str) -> AbstractSet[str]:
+        """`match` without this node; an empty set, not a new one, when no other node matches
+        (the usual case for a node's own publishers' topics)."""
+        remote: set[str] | None = None
+        me = self.node
+        for node, _ in self._trie.match_all(topic)[0]:
+            if node != me:
+                if remote is None:
+                    remote = set()
+                remote.add(node)
+        return _NO_NODES if remote is None else remote
 
     def match_shared(self, topic: str) -> list[tuple[str, str, list[str]]]:
         """(group, real filter, nodes with a member) per shared group matching `topic`."""

@@ -51,6 +51,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -347,11 +348,9 @@ class ClusterNode:
         """Receive FORWARD frames whose body has `kind` with `handler(message, body, hello)`."""
         self._forward_kinds[kind] = handler
 
-    def forward_targets(self, message: Message) -> set[str]:
-        """The remote nodes with a route matching the message's topic."""
-        targets = self.table.match(message.topic)
-        targets.discard(self.name)
-        return targets
+    def forward_targets(self, message: Message) -> AbstractSet[str]:
+        """The remote nodes with a route matching the message's topic (do not change it)."""
+        return self.table.remote_match(message.topic)
 
     def forward(self, message: Message) -> int:
         """The broker's forward hook; returns the number of remote nodes the message was routed
@@ -375,7 +374,7 @@ class ClusterNode:
                     self._send_frame(member.address, MessageType.FORWARD, body)
         return len(targets)
 
-    def _hold_publisher_if_congested(self, targets: set[str]) -> None:
+    def _hold_publisher_if_congested(self, targets: AbstractSet[str]) -> None:
         """Flow control: stop reading the publishing client while a link it feeds is congested
         (`cluster.transport`), so a slower node slows its publishers instead of losing FORWARDs."""
         source = self.broker.reading

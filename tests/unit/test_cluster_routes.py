@@ -179,6 +179,18 @@ def test_match_agrees_with_naive(routes: list[tuple[str, str]], topic: str) -> N
         table.apply(origins[origin].local_update(filt, True))
     naive = {node for filt, node in table.routes() if topic_matches(filt, topic)}
     assert table.match(topic) == naive
+    assert table.remote_match(topic) == naive - {"me"}
+
+
+def test_remote_match_leaves_this_node_out_and_follows_route_changes() -> None:
+    table = RouteTable("me", 1)
+    table.local_update("a/#", True)
+    assert table.remote_match("a/x") == set()
+    n1 = RouteTable("n1", 1)
+    table.apply(n1.local_update("a/+", True))  # after the topic's answer was cached
+    assert table.remote_match("a/x") == {"n1"}
+    table.apply(n1.local_update("a/+", False))
+    assert table.remote_match("a/x") == set()
 
 
 def test_shared_prefix_is_stripped_and_bad_filters_refused() -> None:
