@@ -33,8 +33,8 @@ from benchmarks.brokers import (
     find_mosquitto,
     start_broker,
 )
-from benchmarks.report import render_report
-from benchmarks.results import Record, append_jsonl, make_record, summary_line
+from benchmarks.report import finish_rounds, keep_run
+from benchmarks.results import Record, make_record
 from benchmarks.scenarios import Settings, make_params, run_scenario
 
 __all__ = ["SUITE", "add_arguments", "main", "run", "select_brokers"]
@@ -207,22 +207,8 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             order = brokers if round_no % 2 else list(reversed(brokers))
             for broker_name in order:
-                record = _one_run(broker_name, name, args, round_no)
-                if record is None:
-                    continue
-                records.append(record)
-                append_jsonl(out, [record])
-                print(f"[round {round_no}] {summary_line(record)}", flush=True)
-    print(f"\n{len(records)} runs in {time.monotonic() - started:.0f} s; results in {out}\n")
-    if not records:
-        return 1
-    link_from = os.path.dirname(os.path.abspath(args.markdown)) if args.markdown else "."
-    table = render_report(records, charts=args.charts, link_from=link_from)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(table)
-    return 0
+                keep_run(_one_run(broker_name, name, args, round_no), records, out, round_no)
+    return finish_rounds(records, out, started, args.markdown, args.charts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,15 @@ from typing import Any
 
 from benchmarks.stats import median
 
-__all__ = ["Row", "build_rows", "markdown_table", "render_charts", "variant"]
+__all__ = [
+    "Row",
+    "build_rows",
+    "finish_rounds",
+    "keep_run",
+    "markdown_table",
+    "render_charts",
+    "variant",
+]
 
 Record = dict[str, Any]
 
@@ -222,3 +230,39 @@ def render_report(
             link = Path(os.path.relpath(path.resolve(), Path(link_from).resolve()))
             parts.append(f"![{path.stem}]({link.as_posix()})")
     return "\n".join(parts) + "\n"
+
+
+def keep_run(record: Record | None, records: list[Record], out: str, round_no: int) -> None:
+    """One run of a multi-round command (`compare`, `cluster-scale`): append it to `out` at
+    once (a later failure loses nothing) and print its summary line; None = the run failed."""
+    from benchmarks.results import append_jsonl, summary_line
+
+    if record is None:
+        return
+    records.append(record)
+    append_jsonl(out, [record])
+    print(f"[round {round_no}] {summary_line(record)}", flush=True)
+
+
+def finish_rounds(
+    records: Sequence[Record],
+    out: str,
+    started: float,
+    markdown: str | None,
+    charts: str | None,
+    baseline: str | None = None,
+) -> int:
+    """Print the run count and the medians table (also to `markdown`, charts to `charts`);
+    the command's exit code: 1 when no run succeeded."""
+    import time
+
+    print(f"\n{len(records)} runs in {time.monotonic() - started:.0f} s; results in {out}\n")
+    if not records:
+        return 1
+    link_from = os.path.dirname(os.path.abspath(markdown)) if markdown else "."
+    table = render_report(records, baseline=baseline, charts=charts, link_from=link_from)
+    print(table)
+    if markdown:
+        with open(markdown, "w", encoding="utf-8") as f:
+            f.write(table)
+    return 0

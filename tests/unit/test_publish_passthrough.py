@@ -5,6 +5,7 @@ changed it on the way; everything else is encoded as before."""
 from __future__ import annotations
 
 import pytest
+from cluster_fakes import FakeLink
 
 from broker.core.broker import Broker
 from broker.core.channel import Channel
@@ -60,42 +61,22 @@ def test_a_non_minimal_remaining_length_is_not_passed_on() -> None:
     assert packet.raw is None
 
 
-class Link:
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        pass
-
-    def buffered(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-def client(broker: Broker, client_id: str, version: int) -> tuple[Channel, Link]:
-    link = Link()
+def client(broker: Broker, client_id: str, version: int) -> tuple[Channel, FakeLink]:
+    link = FakeLink()
     channel = Channel(broker, link)
     channel.data_received(encode(Connect(client_id, protocol_level=version), version))
     link.out.clear()  # CONNACK
     return channel, link
 
 
-def subscribe(channel: Channel, link: Link, topic_filter: str) -> None:
+def subscribe(channel: Channel, link: FakeLink, topic_filter: str) -> None:
     channel.data_received(
         encode(Subscribe(1, [SubscriptionRequest(topic_filter)]), channel.version)
     )
     link.out.clear()  # SUBACK
 
 
-def received(link: Link, version: int) -> list[Packet]:
+def received(link: FakeLink, version: int) -> list[Packet]:
     data, link.out = bytes(link.out), bytearray()
     return Decoder(version=version).feed(data)
 
