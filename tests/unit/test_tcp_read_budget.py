@@ -157,7 +157,7 @@ async def test_held_and_write_full_resume_only_when_both_are_cleared(release_fir
     assert transport.calls == ["pause", "resume"]
 
 
-@pytest.mark.parametrize("order", itertools.permutations(["turn", "held", "write_full"]))
+@pytest.mark.parametrize("order", list(itertools.permutations(["turn", "held", "write_full"])))
 async def test_all_three_reasons_must_be_cleared_to_resume(order: tuple[str, ...]) -> None:
     conn, transport = connected()
     over_budget(conn)
