@@ -250,9 +250,9 @@ def wait_routed(
         socket.create_connection(subscribe_at, timeout=5.0) as sub,
         socket.create_connection(publish_to, timeout=5.0) as pub,
     ):
-        sub.sendall(encode(Connect("bench-probe-sub")) + encode(
-            Subscribe(1, [SubscriptionRequest(topic)])
-        ))
+        sub.sendall(
+            encode(Connect("bench-probe-sub")) + encode(Subscribe(1, [SubscriptionRequest(topic)]))
+        )
         pub.sendall(encode(Connect("bench-probe-pub")))
         decoder = Decoder()
         sub.settimeout(0.2)

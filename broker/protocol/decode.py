@@ -247,9 +247,11 @@ def _subscribe(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, v
             retain_handling = (options >> 4) & 0x03
             if retain_handling == 3:  # 5.0 3.8.3.1: "Protocol Error to send ... value of 3"
                 raise ProtocolError("SUBSCRIBE with retain handling 3")
-            subs.append(SubscriptionRequest(
-                topic_filter, qos, bool(options & 0x04), bool(options & 0x08), retain_handling
-            ))
+            subs.append(
+                SubscriptionRequest(
+                    topic_filter, qos, bool(options & 0x04), bool(options & 0x08), retain_handling
+                )
+            )
         else:
             if options & 0xFC or qos == 3:  # MQTT-3-8.3-4
                 raise MalformedPacket("SUBSCRIBE reserved bits set or QoS 3")
