@@ -1,27 +1,24 @@
-"""`python -m benchmarks.launch start ...`: `minibroker` on uvloop when it is installed.
+"""`python -m benchmarks.launch start ...`: `minibroker start` on the loop the benchmark asks for.
 
-The broker runs on `asyncio.run`, which uses the current event loop policy; installing uvloop's
-policy before calling `broker.cli.main` is all it takes, without touching the broker. Set
-`MINIBROKER_BENCH_LOOP=asyncio` to force the default loop.
+`minibroker start` runs on asyncio's loop unless told otherwise; the benchmark passes
+`--loop auto` (uvloop when installed), or `--loop asyncio` with `MINIBROKER_BENCH_LOOP=asyncio`
+(the fallback after a broker failed its probe on uvloop, `benchmarks.brokers`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import sys
 
 
 def main() -> int:
-    if os.environ.get("MINIBROKER_BENCH_LOOP", "uvloop") == "uvloop":
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     from broker.cli import main as broker_main
 
-    return broker_main(sys.argv[1:])
+    argv = sys.argv[1:]
+    if argv[:1] == ["start"] and "--loop" not in argv:
+        wanted = os.environ.get("MINIBROKER_BENCH_LOOP", "uvloop")
+        argv += ["--loop", "auto" if wanted == "uvloop" else "asyncio"]
+    return broker_main(argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 
 from broker.cluster_cli import add_cluster_parser, cluster_main
 from broker.plugins.passwd_file import add_passwd_parser, passwd_main
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log lines: human-readable text (default) or JSON lines",
     )  # fmt: skip
     start.add_argument(
+        "--loop", choices=LOOPS, default="asyncio",
+        help="event loop: asyncio's (the default), uvloop (`pip install uvloop`), or auto = "
+        "uvloop when it is installed; asyncio's is within about 5%% of uvloop here, and only "
+        "it counts accept() failures for lack of file descriptors (max_open_files)",
+    )  # fmt: skip
+    start.add_argument(
         "--test-config",
         action="store_true",
         help="check the configuration file and flags, then exit",
@@ -125,6 +132,24 @@ def _error(message: str) -> None:
     print(f"minibroker: error: {message}", file=sys.stderr)
 
 
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for `--loop`: uvloop's when asked for or, with `auto`, when installed;
+    None = asyncio's own. Raises ImportError for `uvloop` without uvloop installed."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def _start(args: argparse.Namespace) -> int:
     if args.test_config:
         try:
@@ -139,14 +164,19 @@ def _start(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _error(str(exc))
         return 2
+    try:
+        factory = loop_factory(args.loop)
+    except ImportError:
+        _error("--loop uvloop: uvloop is not installed (pip install uvloop)")
+        return 2
     _configure_logging(args.verbose, args.log_format)
     # Imported here so `version` and `--test-config` stay fast and free of runtime imports.
     from broker.app import run as run_node
 
     # Ctrl-C before the node installed its signal handlers is still a clean stop.
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_node(cfg))
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run_node(cfg))
     except StartupError as exc:  # a corrupt data file, a plugin that cannot load
         _error(str(exc))
         return 1

@@ -16,6 +16,7 @@ Queries return whole row lists; the API layer paginates (so `meta.count` is the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import inspect
@@ -124,8 +125,12 @@ def is_error(result: object) -> str | None:
 
 
 def runtime_release() -> str:
-    """What we report as EMQX's `otp_release`: the Python runtime."""
-    return f"Python {platform.python_version()}/asyncio"
+    """What we report as EMQX's `otp_release`: the Python runtime and its event loop."""
+    try:
+        loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:  # not called from a running loop
+        loop_module = "asyncio"
+    return f"Python {platform.python_version()}/{loop_module}"
 
 
 # -- broker and node ---------------------------------------------------------------------------
