@@ -7,28 +7,32 @@ is one. Every wait is bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
-import aiomqtt
-import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties as PahoProperties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from rawclient import RawClient
+from test_v5_support import (
+    TIMEOUT,
+    Paho,
+    aio,
+    expect,
+    next_message,
+    paho_props,
+    publish1,
+    raw5,
+    server_disconnect,
+    subscribe,
+)
 
 from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import (
-    ConnAck,
     Connect,
     Disconnect,
-    Packet,
     PubAck,
     Publish,
     PubRec,
-    SubAck,
-    Subscribe,
     SubscriptionRequest,
     UnsubAck,
     Unsubscribe,
@@ -37,140 +41,19 @@ from broker.protocol.packets import (
 from broker.protocol.properties import encode_varint
 from broker.server.node import Node
 
-V5 = aiomqtt.ProtocolVersion.V5
-TIMEOUT = 5.0
-_ids = itertools.count(1)
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-async def raw5(node: Node, client_id: str, **fields: Any) -> tuple[RawClient, ConnAck]:
-    client, ack = await RawClient.connect(node.tcp_port, client_id, version=MQTT_5, **fields)
-    assert isinstance(ack, ConnAck), ack
-    return client, ack
-
-
-async def expect(client: RawClient, kind: type[Packet]) -> Any:
-    packet = await client.recv(TIMEOUT)
-    assert isinstance(packet, kind), f"expected {kind.__name__}, got {packet!r}"
-    return packet
-
-
-async def subscribe(client: RawClient, *requests: SubscriptionRequest, **props: Any) -> list[int]:
-    packet_id = next(_ids) % 65535 + 1
-    properties = {PropertyId[k.upper()]: v for k, v in props.items()}
-    client.send(Subscribe(packet_id, list(requests), properties))
-    ack = await expect(client, SubAck)
-    assert ack.packet_id == packet_id
-    return list(ack.reason_codes)
-
-
-async def publish1(client: RawClient, topic: str, payload: bytes, **kw: Any) -> int:
-    """QoS 1 PUBLISH; returns the PUBACK reason code."""
-    packet_id = next(_ids) % 65535 + 1
-    client.send(Publish(topic, payload, 1, packet_id=packet_id, **kw))
-    ack = await expect(client, PubAck)
-    assert ack.packet_id == packet_id
-    return int(ack.reason_code)
 
 
 async def expect_server_disconnect(client: RawClient, code: int) -> None:
     """The next packet is DISCONNECT with `code`, then the broker closes the connection."""
-    packet = await expect(client, Disconnect)
+    packet = await server_disconnect(client)  # also checks MQTT-3.14.2-2 and the close
     assert packet.reason_code == code, f"DISCONNECT {packet.reason_code:#04x}, want {code:#04x}"
-    # MQTT-3.14.2-2: a server DISCONNECT never carries a Session Expiry Interval.
-    assert PropertyId.SESSION_EXPIRY_INTERVAL not in packet.properties
-    assert await client.closed(TIMEOUT)
 
 
 def raw_publish_v5(topic: bytes, props: bytes, payload: bytes) -> bytes:
     """A QoS 0 5.0 PUBLISH with a hand-made property block (for values our encoder refuses)."""
     body = len(topic).to_bytes(2, "big") + topic + encode_varint(len(props)) + props + payload
     return b"\x30" + encode_varint(len(body)) + body
-
-
-async def next_message(client: aiomqtt.Client) -> aiomqtt.Message:
-    return await asyncio.wait_for(client.messages.__anext__(), TIMEOUT)
-
-
-def aio(node: Node, identifier: str | None = None, **kw: Any) -> aiomqtt.Client:
-    return aiomqtt.Client("127.0.0.1", node.tcp_port, identifier=identifier, protocol=V5, **kw)
-
-
-def paho_props(packet_type: int, **values: Any) -> PahoProperties:
-    props = PahoProperties(packet_type)
-    for name, value in values.items():
-        setattr(props, name, value)
-    return props
-
-
-class Paho:
-    """paho-mqtt MQTTv5 driven from asyncio: blocking calls in threads, callbacks to the loop."""
-
-    def __init__(self, port: int, client_id: str = "", *, transport: str = "tcp") -> None:
-        self.loop = asyncio.get_running_loop()
-        self.port = port
-        self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5,
-            transport=transport,  # type: ignore[arg-type]
-        )
-        self.connack: asyncio.Future[tuple[Any, Any, Any]] = self.loop.create_future()
-        self.disconnected: asyncio.Future[Any] = self.loop.create_future()
-        self.messages: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
-        self.subacks: dict[int, asyncio.Future[list[Any]]] = {}
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_disconnect = self._on_disconnect
-
-    # paho's thread -> event loop
-    def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
-        self.loop.call_soon_threadsafe(_set, self.connack, (flags, rc, props))
-
-    def _on_disconnect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
-        self.loop.call_soon_threadsafe(_set, self.disconnected, rc)
-
-    def _on_message(self, c: Any, u: Any, message: paho.MQTTMessage) -> None:
-        self.loop.call_soon_threadsafe(self.messages.put_nowait, message)
-
-    def _on_subscribe(self, c: Any, u: Any, mid: int, codes: list[Any], props: Any) -> None:
-        self.loop.call_soon_threadsafe(self._suback, mid, codes)
-
-    def _suback(self, mid: int, codes: list[Any]) -> None:
-        _set(self.subacks.setdefault(mid, self.loop.create_future()), codes)
-
-    async def connect(self, properties: PahoProperties | None = None) -> tuple[Any, Any, Any]:
-        await asyncio.to_thread(
-            self.client.connect, "127.0.0.1", self.port, 60, properties=properties
-        )
-        self.client.loop_start()
-        return await asyncio.wait_for(self.connack, TIMEOUT)
-
-    async def subscribe(self, topic: str, qos: int = 1, **kw: Any) -> list[Any]:
-        rc, mid = self.client.subscribe(topic, options=SubscribeOptions(qos=qos), **kw)
-        assert rc == paho.MQTT_ERR_SUCCESS and mid is not None
-        fut = self.subacks.setdefault(mid, self.loop.create_future())
-        return await asyncio.wait_for(fut, TIMEOUT)
-
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, **kw: Any) -> None:
-        info = self.client.publish(topic, payload, qos, **kw)
-        await asyncio.to_thread(info.wait_for_publish, TIMEOUT)
-        assert info.is_published()
-
-    async def message(self) -> paho.MQTTMessage:
-        return await asyncio.wait_for(self.messages.get(), TIMEOUT)
-
-    async def close(self) -> None:
-        self.client.disconnect()
-        await asyncio.to_thread(self.client.loop_stop)
-
-
-def _set(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
 
 
 # --------------------------------------------------------------------------- CONNECT / CONNACK
@@ -180,13 +63,13 @@ async def test_session_expiry_nonzero_resumes_with_session_present_MQTT_3_2_2_3(
     props = {PropertyId.SESSION_EXPIRY_INTERVAL: 60}
     sub, ack = await raw5(node, "persist-raw", clean_start=False, properties=props)
     assert ack.reason_code == 0 and not ack.session_present
-    assert await subscribe(sub, SubscriptionRequest("persist/t", 1)) == [1]
+    assert (await subscribe(sub, SubscriptionRequest("persist/t", 1))).reason_codes == [1]
     sub.send(Disconnect())
     assert await sub.closed(TIMEOUT)
 
     pub, _ = await raw5(node, "persist-pub")
     # The offline session still has the subscription: a subscriber matched (no 0x10).
-    assert await publish1(pub, "persist/t", b"while-offline") == ReasonCode.SUCCESS
+    assert (await publish1(pub, "persist/t", b"while-offline")).reason_code == ReasonCode.SUCCESS
 
     again, ack = await raw5(node, "persist-raw", clean_start=False, properties=props)
     assert ack.reason_code == 0 and ack.session_present  # MQTT-3.2.2-3
@@ -214,13 +97,14 @@ async def test_session_expiry_zero_ends_at_disconnect_MQTT_3_1_2_23(node: Node) 
     # No Session Expiry Interval property: 0, the session ends with the connection.
     sub, ack = await raw5(node, "volatile", clean_start=False)
     assert not ack.session_present
-    assert await subscribe(sub, SubscriptionRequest("volatile/t", 1)) == [1]
+    assert (await subscribe(sub, SubscriptionRequest("volatile/t", 1))).reason_codes == [1]
     sub.send(Disconnect())
     assert await sub.closed(TIMEOUT)
     assert "volatile" not in node.broker.sessions
 
     pub, _ = await raw5(node, "volatile-pub")
-    assert await publish1(pub, "volatile/t", b"x") == ReasonCode.NO_MATCHING_SUBSCRIBERS
+    puback = await publish1(pub, "volatile/t", b"x")
+    assert puback.reason_code == ReasonCode.NO_MATCHING_SUBSCRIBERS
     again, ack = await raw5(node, "volatile", clean_start=False)
     assert not ack.session_present  # MQTT-3.2.2-3: no session state
     await again.close()
@@ -291,7 +175,7 @@ async def test_connack_topic_alias_maximum_and_maximum_packet_size(node_factory:
 
 async def test_suback_granted_qos_and_invalid_filter_0x8F_MQTT_3_9_3(node: Node) -> None:
     client, _ = await raw5(node, "suback")
-    codes = await subscribe(
+    suback = await subscribe(
         client,
         SubscriptionRequest("s/0", 0),
         SubscriptionRequest("s/1", 1),
@@ -299,7 +183,8 @@ async def test_suback_granted_qos_and_invalid_filter_0x8F_MQTT_3_9_3(node: Node)
         SubscriptionRequest("s/#/bad", 1),  # '#' not last: invalid (MQTT-4.7.1-1)
         SubscriptionRequest("s/a+", 1),  # '+' not a whole level (MQTT-4.7.1-2)
     )
-    assert codes == [0, 1, 2, ReasonCode.TOPIC_FILTER_INVALID, ReasonCode.TOPIC_FILTER_INVALID]
+    invalid = ReasonCode.TOPIC_FILTER_INVALID
+    assert suback.reason_codes == [0, 1, 2, invalid, invalid]
     await client.close()
 
 
@@ -322,14 +207,15 @@ async def test_unsuback_success_and_no_subscription_existed_0x11_MQTT_3_11_3(nod
 
 async def test_puback_0x10_no_matching_subscribers_3_4_2_1(node: Node) -> None:
     client, _ = await raw5(node, "puback")
-    assert await publish1(client, "nobody/here", b"x") == ReasonCode.NO_MATCHING_SUBSCRIBERS
+    puback = await publish1(client, "nobody/here", b"x")
+    assert puback.reason_code == ReasonCode.NO_MATCHING_SUBSCRIBERS
     client.send(Publish("nobody/here", b"x", 2, packet_id=33))
     rec = await expect(client, PubRec)
     assert (rec.packet_id, rec.reason_code) == (33, ReasonCode.NO_MATCHING_SUBSCRIBERS)
 
     listener, _ = await raw5(node, "puback-listener")
     await subscribe(listener, SubscriptionRequest("nobody/#", 0))
-    assert await publish1(client, "nobody/here", b"y") == ReasonCode.SUCCESS
+    assert (await publish1(client, "nobody/here", b"y")).reason_code == ReasonCode.SUCCESS
     await listener.close()
     await client.close()
 
@@ -411,7 +297,7 @@ async def test_server_disconnect_0x8B_on_node_shutdown_paho(node: Node) -> None:
     await client.connect()
     try:
         await node.stop()
-        rc = await asyncio.wait_for(client.disconnected, TIMEOUT)
+        rc, _props = await asyncio.wait_for(client.disconnected, TIMEOUT)
         assert rc.value == ReasonCode.SERVER_SHUTTING_DOWN
     finally:
         await client.close()
@@ -458,10 +344,11 @@ async def test_topic_alias_from_client_3_3_2_3_4(node: Node) -> None:
     await subscribe(sub, SubscriptionRequest("alias/#", 1))
     pub, _ = await raw5(node, "alias-pub")
     alias = {PropertyId.TOPIC_ALIAS: 3}
-    assert await publish1(pub, "alias/one", b"1", properties=alias) == 0  # sets the mapping
-    assert await publish1(pub, "", b"2", properties=alias) == 0  # uses it
-    assert await publish1(pub, "alias/two", b"3", properties=alias) == 0  # remaps it
-    assert await publish1(pub, "", b"4", properties=alias) == 0
+    puback = await publish1(pub, "alias/one", b"1", properties=alias)  # sets the mapping
+    assert puback.reason_code == 0
+    assert (await publish1(pub, "", b"2", properties=alias)).reason_code == 0  # uses it
+    assert (await publish1(pub, "alias/two", b"3", properties=alias)).reason_code == 0  # remaps it
+    assert (await publish1(pub, "", b"4", properties=alias)).reason_code == 0
     got = []
     for _ in range(4):
         message = await expect(sub, Publish)
@@ -513,7 +400,7 @@ async def test_no_local_MQTT_3_8_3_3(node: Node) -> None:
     other, _ = await raw5(node, "nl-other")
     await subscribe(other, SubscriptionRequest("nl/t", 1))
     # A self-delivery would come back before the PUBACK (routing happens first).
-    assert await publish1(me, "nl/t", b"mine") == 0
+    assert (await publish1(me, "nl/t", b"mine")).reason_code == 0
     # `other` has no No Local: it receives `me`'s message, and later its own.
     assert (await expect(other, Publish)).payload == b"mine"
     other.send(Publish("nl/t", b"theirs", 1, packet_id=77))
@@ -559,7 +446,7 @@ async def test_retain_handling(node: Node, handling: int, on_new: bool, on_exist
     sub, _ = await raw5(node, f"rh-sub-{handling}")
     request = SubscriptionRequest("rh/#", 1, retain_handling=handling)
     for expected in (on_new, on_existing):
-        assert await subscribe(sub, request) == [1]
+        assert (await subscribe(sub, request)).reason_codes == [1]
         # A live sentinel: if the retained message was not sent, the sentinel comes first.
         await publish1(pub, "rh/t", b"sentinel")
         first = await expect(sub, Publish)
@@ -610,7 +497,7 @@ async def test_paho_v5_subscribe_publish_roundtrip(node: Node) -> None:
     await pub.connect()
     try:
         props = paho_props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=5)
-        codes = await sub.subscribe("paho/#", qos=2, properties=props)
+        codes = await sub.subscribe("paho/#", SubscribeOptions(qos=2), properties=props)
         assert [c.value for c in codes] == [2]
         for qos in (0, 1, 2):
             await pub.publish(f"paho/q{qos}", f"qos{qos}".encode(), qos)
