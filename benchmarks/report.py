@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.results import append_jsonl, summary_line
 from benchmarks.stats import median
 
 __all__ = [
@@ -235,8 +237,6 @@ def render_report(
 def keep_run(record: Record | None, records: list[Record], out: str, round_no: int) -> None:
     """One run of a multi-round command (`compare`, `cluster-scale`): append it to `out` at
     once (a later failure loses nothing) and print its summary line; None = the run failed."""
-    from benchmarks.results import append_jsonl, summary_line
-
     if record is None:
         return
     records.append(record)
@@ -254,8 +254,6 @@ def finish_rounds(
 ) -> int:
     """Print the run count and the medians table (also to `markdown`, charts to `charts`);
     the command's exit code: 1 when no run succeeded."""
-    import time
-
     print(f"\n{len(records)} runs in {time.monotonic() - started:.0f} s; results in {out}\n")
     if not records:
         return 1

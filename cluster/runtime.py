@@ -355,10 +355,8 @@ class ClusterNode:
     def forward(self, message: Message) -> int:
         """The broker's forward hook; returns the number of remote nodes the message was routed
         to (sent, or counted as dropped here: the broker then does not count it again)."""
-        if not self._running or message.topic.startswith("$SYS/"):
+        if message.topic.startswith("$SYS/"):
             return 0
-        if self.membership.live_count <= 1:
-            return 0  # alone: no remote node to forward or replicate to (a hot-path shortcut)
         targets = self.forward_targets(message)
         if targets:
             body = forward_body(message, self.broker.node_name)

@@ -115,13 +115,11 @@ class _Link:
 
     def _release_if_drained(self) -> None:
         cfg = self.transport.config
-        if self.waiters and (
-            self.closed
-            or not self.up
-            or (
-                len(self.queue) < max(1, cfg.hold_queue // 4)
-                and self.queued_bytes < max(1, cfg.hold_queue_bytes // 4)
-            )
+        # A failed or closed link gets here from `_drop_queue` with an empty queue.
+        if (
+            self.waiters
+            and len(self.queue) < max(1, cfg.hold_queue // 4)
+            and self.queued_bytes < max(1, cfg.hold_queue_bytes // 4)
         ):
             waiters, self.waiters = self.waiters, []
             for release in waiters:

@@ -176,9 +176,8 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
             channel.broker.clock(),
             channel.broker.node_name,
         )
-        # The received bytes serve as the outgoing QoS 0 PUBLISH only if nothing was changed.
-        raw = packet.raw if properties is packet.properties and topic is packet.topic else None
-        matched = channel.route(message, raw)
+        # `raw` exists only without properties, so no topic alias changed the topic on the way.
+        matched = channel.route(message, packet.raw)
     else:
         counters["messages/dropped"] += 1
     if qos:
