@@ -371,8 +371,10 @@ class Channel:
         return b""
 
     def reason(self, text: str) -> Properties:
-        """A Reason String for an ack, unless the client asked for no problem information
-        (MQTT-3.1.2-29); CONNACK and DISCONNECT use `reason_always`."""
+        """A Reason String for an error ack (reason code 0x80 or above; success acks go
+        bare), unless the client asked for no problem information (MQTT-3.1.2-29); `send`
+        leaves it out when it would break the client's Maximum Packet Size (MQTT-3.1.2-25).
+        CONNACK and DISCONNECT use `reason_always`."""
         if self.problem_info and self.version == MQTT_5 and text:
             return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
         return {}

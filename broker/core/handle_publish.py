@@ -192,8 +192,9 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
             reason = channel.reason(f"not authorized to publish to {topic!r}")
             channel.send(ack(packet_id, ReasonCode.NOT_AUTHORIZED, reason))
         else:
-            reason = channel.reason("no matching subscribers")
-            channel.send(ack(packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS, reason))
+            # 0x10 is a success code: the ack goes bare (no Reason String), which strict
+            # clients and embedded stacks expect of every reason code below 0x80.
+            channel.send(ack(packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS))
 
 
 def handle_puback(channel: Channel, packet: PubAck) -> None:

@@ -131,8 +131,7 @@ def handle_unsubscribe(channel: Channel, packet: Unsubscribe) -> None:
         elif channel.broker.unsubscribe(session, filt):
             codes.append(ReasonCode.SUCCESS)
         else:
-            codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-            problems.append(f"{filt!r}: no subscription existed")
+            codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)  # success: no Reason String
     # MQTT-3.10.4-4/5: UNSUBACK even when nothing was removed; codes in 5.0 only.
     if channel.version != MQTT_5:
         channel.send(UnsubAck(packet.packet_id, []))
