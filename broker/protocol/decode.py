@@ -84,6 +84,9 @@ _PROTOCOLS = {("MQIsdp", MQTT_3_1), ("MQTT", MQTT_3_1_1), ("MQTT", MQTT_5)}
 # Required fixed-header flags per type (MQTT-2.2.2-1/2, 3.1.1 table 2.2 / 5.0 table 2-2);
 # None: reserved type (0), or PUBLISH whose flags are checked by its decoder.
 _FLAGS: tuple[int | None, ...] = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
+# MQTT 3.1 (MQIsdp) sends PUBREL, SUBSCRIBE and UNSUBSCRIBE "at QoS 1" and sets DUP on a resend:
+# flags 0b1010 are theirs. The fixed rule (MQTT-3.6.1-1, 3.8.1-1, 3.10.1-1) starts with 3.1.1.
+_QOS1_DUP = 0x0A
 
 
 def _end(pos: int, end: int, what: str) -> None:
@@ -390,7 +393,11 @@ class Decoder:
                 ptype = first >> 4
                 flags = first & 0x0F
                 version = MQTT_3_1_1 if self.version is None else self.version
-                if flags != _FLAGS[ptype] and ptype != PacketType.PUBLISH:
+                if (
+                    flags != _FLAGS[ptype]
+                    and ptype != PacketType.PUBLISH
+                    and not (flags == _QOS1_DUP and version == MQTT_3_1 and _FLAGS[ptype] == 2)
+                ):
                     if ptype == 0:  # 3.1.1/5.0 table 2.1: type 0 is reserved
                         raise MalformedPacket("reserved packet type 0")
                     raise MalformedPacket(  # MQTT-2.2.2-1/2
