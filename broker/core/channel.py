@@ -129,6 +129,7 @@ class Channel:
         "dropped_too_large",
         "held_at",
         "held_bytes",
+        "held_out",
         "held_packets",
         "hold_count",
         "info",
@@ -212,6 +213,9 @@ class Channel:
         #: holds there were: a release for an earlier hold does not end a later one.
         self.held_at: float | None = None
         self.hold_count = 0
+        #: PUBLISH bytes for this connection held back until the ack of the client's own
+        #: PUBLISH that caused them has been written (`hold_output`); None = not holding.
+        self.held_out: list[bytes] | None = None
         self.opened_at = self.last_received = broker.clock()
         self.connected_at = 0.0
         self.disconnect_reason = ""
@@ -474,8 +478,24 @@ class Channel:
         counters = self.broker.metrics.counters
         counters["messages/sent"] += 1
         counters[_QOS_SENT[qos]] += 1
-        link.write(data)
+        held = self.held_out
+        if held is None:
+            link.write(data)
+        else:
+            held.append(data)
         return True
+
+    def hold_output(self) -> None:
+        """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2
+        message comes back to it (it subscribes to what it publishes) only after its
+        PUBACK/PUBREC, so the client sees its publish acknowledged before onward delivery
+        (as mosquitto and EMQX order it)."""
+        self.held_out = []
+
+    def release_output(self) -> None:
+        held, self.held_out = self.held_out, None
+        if held:
+            self.link.write(b"".join(held))
 
     def send_pubrel(self, packet_id: int) -> None:
         self.send(PubRel(packet_id))

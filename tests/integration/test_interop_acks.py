@@ -20,7 +20,7 @@ from test_v5_support import (
     raw5,
 )
 
-from broker.protocol.constants import MQTT_3_1_1, PropertyId, ReasonCode
+from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import (
     PubAck,
     PubComp,
@@ -148,7 +148,7 @@ async def test_stray_acks_on_v5_3_6_2_1_and_3_7_2_1(node: Node) -> None:
     client.send(PubRec(503))
     client.send(PubRel(504))
     got = await ping_barrier(client)
-    assert [(type(p), p.packet_id, p.reason_code) for p in got] == [  # type: ignore[attr-defined]
+    assert [(type(p), p.packet_id, p.reason_code) for p in got] == [  # type: ignore[union-attr]
         (PubRel, 503, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND),
         (PubComp, 504, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND),
     ]
@@ -156,3 +156,27 @@ async def test_stray_acks_on_v5_3_6_2_1_and_3_7_2_1(node: Node) -> None:
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
     assert "stray-v5" in node.broker.connected
     await client.close()
+
+
+# --------------------------------------------------------------------------- ack first
+
+
+async def test_ack_before_onward_delivery_to_the_same_connection_4_3_2_and_4_3_3(
+    node: Node,
+) -> None:
+    """A client subscribed to what it publishes gets its PUBACK (QoS 1) / PUBREC (QoS 2) before
+    its own message comes back: the ack answers the PUBLISH (MQTT-4.3.2-4 / 4.3.3 receiver
+    rules), and clients that wait for it (paho's publish().wait_for_publish, test harnesses)
+    see it first, as from mosquitto and EMQX. Both protocol versions, both QoS."""
+    for version in (MQTT_3_1_1, MQTT_5):
+        client, _ = await raw_connect(node, f"self-{version}", version=version)
+        client.send(Subscribe(1, [SubscriptionRequest("self/#", 2)]))
+        await expect(client, SubAck)
+        for qos, ack_type in ((1, PubAck), (2, PubRec)):
+            client.send(Publish(f"self/{qos}", b"me", qos, packet_id=70 + qos))
+            first = await client.recv()
+            assert isinstance(first, ack_type) and first.packet_id == 70 + qos, first
+            assert first.reason_code == 0  # a subscriber matched: itself
+            back = await expect(client, Publish)
+            assert (back.topic, back.payload, back.qos) == (f"self/{qos}", b"me", qos)
+        await client.close()
