@@ -133,6 +133,7 @@ class Channel:
         "held_packets",
         "hold_count",
         "info",
+        "is_bridge",
         "keepalive",
         "last_received",
         "link",
@@ -191,6 +192,8 @@ class Channel:
         self.pub_stamp = 0.0
         self.proto_name = "MQTT"
         self.clean_start = True
+        #: CONNECT came with the bridge bit (`Connect.bridge`): another broker bridging to us.
+        self.is_bridge = False
         self.keepalive = 0
         self.session: Session | None = None
         self.will: Will | None = None

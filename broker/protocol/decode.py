@@ -95,20 +95,22 @@ def _end(pos: int, end: int, what: str) -> None:
 
 
 def _protocol(buf: bytearray, mv: memoryview, pos: int, end: int) -> tuple[str, int, int]:
-    """Protocol name and level of a CONNECT body (3.1.2.1/3.1.2.2)."""
+    """Protocol name and level of a CONNECT body (3.1.2.1/3.1.2.2), without the bridge bit
+    (0x80: a broker bridging to us, RSMB's private extension that mosquitto and EMQX keep)."""
     name, pos = read_utf8(buf, mv, pos, end)
     if pos >= end:
         raise MalformedPacket("CONNECT without protocol level")
-    level = buf[pos]
+    level = buf[pos] & 0x7F
     if (name, level) not in _PROTOCOLS:  # MQTT-3.1.2-1/2
         raise UnsupportedProtocolVersion(
-            f"unsupported protocol {name!r} level {level}", protocol_level=level
+            f"unsupported protocol {name!r} level {buf[pos]}", protocol_level=buf[pos]
         )
     return name, level, pos + 1
 
 
 def _connect(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, _: int) -> Connect:
     name, level, pos = _protocol(buf, mv, pos, end)
+    bridge = buf[pos - 1] >= 0x80  # the level byte
     if pos + 3 > end:
         raise MalformedPacket("truncated CONNECT variable header")
     cflags = buf[pos]
@@ -146,8 +148,9 @@ def _connect(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, _: 
         password, pos = read_binary(buf, mv, pos, end)
     _end(pos, end, "CONNECT")
     return Connect(
-        client_id, level, name, bool(cflags & 0x02), keepalive, will, username, password, props
-    )
+        client_id, level, name, bool(cflags & 0x02), keepalive, will, username, password, props,
+        bridge,
+    )  # fmt: skip
 
 
 def _connack(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, v: int) -> ConnAck:
