@@ -539,8 +539,16 @@ class Channel:
         else:
             self.close(reason_code, "protocol_error", detail)
 
-    def taken_over(self) -> None:
-        """Another connection CONNECTed with our client id (MQTT-3.1.4-3)."""
+    def taken_over(self, session_ends: bool = True) -> None:
+        """Another connection CONNECTed with our client id (MQTT-3.1.4-3).
+
+        The will goes out only if the session ends with this takeover (`session_ends`: either
+        connection is clean / its session expiry 0): a session that continues on the new
+        connection takes the will away, as mosquitto 2.0 does and as a 5.0 Will Delay Interval
+        would (MQTT-3.1.3-9); a reconnect that resumes its session is not the client's death.
+        """
+        if not session_ends:
+            self.publish_will = False
         self.close(ReasonCode.SESSION_TAKEN_OVER, "takeover")
 
     def kick(self) -> None:
