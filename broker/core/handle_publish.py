@@ -2,7 +2,11 @@
 
 Incoming QoS 2 is routed once, when the PUBLISH first arrives; its packet id then waits in the
 session's `awaiting_rel` until PUBREL, so a resent PUBLISH is acknowledged without being routed
-again (exactly once). Outgoing acks advance the session's inflight window.
+again (exactly once). The PUBACK/PUBREC is written before a copy of the message for the same
+connection (`Channel.hold_output`). Outgoing acks advance the session's inflight window; one for
+an unknown packet id, or of the wrong kind for the message's QoS, changes nothing and is counted
+(`packets/<ack>/missed`), never a reason to close the connection (as mosquitto); 5.0 answers a
+PUBREC/PUBREL for an unknown id with PUBREL/PUBCOMP 0x92.
 
 The QoS 2 messages in `awaiting_rel` are the ones this server has not finished acknowledging, so
 `max_awaiting_rel` is the Receive Maximum announced in CONNACK: one more from a 5.0 client is
@@ -226,7 +230,8 @@ def handle_pubrec(channel: Channel, packet: PubRec) -> None:
     assert session is not None
     now = channel.broker.clock()
     if packet.reason_code >= 0x80:
-        session.on_pubrec_error(packet.packet_id, now)
+        if not session.on_pubrec_error(packet.packet_id, now):
+            channel.broker.metrics.counters["packets/pubrec/missed"] += 1
         return
     if session.on_pubrec(packet.packet_id, now):
         channel.send(PubRel(packet.packet_id))

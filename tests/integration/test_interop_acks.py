@@ -139,14 +139,17 @@ async def test_stray_acks_are_counted_not_fatal_on_311(node: Node) -> None:
 
 async def test_stray_acks_on_v5_3_6_2_1_and_3_7_2_1(node: Node) -> None:
     """5.0: PUBREC and PUBREL for an unknown id are answered with 0x92 (Packet Identifier not
-    found); PUBACK/PUBCOMP have no answer packet, so they are ignored and counted."""
+    found); PUBACK/PUBCOMP, and a PUBREC with an error code, have no answer packet, so they
+    are ignored and counted."""
     counters = node.broker.metrics.counters
     before = counters["packets/puback/missed"], counters["packets/pubcomp/missed"]
+    rec_before = counters["packets/pubrec/missed"]
     client, _ = await raw5(node, "stray-v5")
     client.send(PubAck(501))
     client.send(PubComp(502))
     client.send(PubRec(503))
     client.send(PubRel(504))
+    client.send(PubRec(505, ReasonCode.UNSPECIFIED_ERROR))  # a failing PUBREC: nothing to end
     got = await ping_barrier(client)
     assert [(type(p), p.packet_id, p.reason_code) for p in got] == [  # type: ignore[union-attr]
         (PubRel, 503, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND),
@@ -154,6 +157,7 @@ async def test_stray_acks_on_v5_3_6_2_1_and_3_7_2_1(node: Node) -> None:
     ]
     after = counters["packets/puback/missed"], counters["packets/pubcomp/missed"]
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    assert counters["packets/pubrec/missed"] - rec_before == 2
     assert "stray-v5" in node.broker.connected
     await client.close()
 
@@ -180,3 +184,20 @@ async def test_ack_before_onward_delivery_to_the_same_connection_4_3_2_and_4_3_3
             back = await expect(client, Publish)
             assert (back.topic, back.payload, back.qos) == (f"self/{qos}", b"me", qos)
         await client.close()
+
+
+async def test_failing_pubrec_ends_the_qos2_flow_MQTT_4_3_3(node: Node) -> None:
+    """A 5.0 PUBREC with a reason code of 0x80 or more ends the QoS 2 delivery: no PUBREL, the
+    window slot is freed, and it is not a stray ack."""
+    counters = node.broker.metrics.counters
+    client, _ = await raw5(node, "pubrec-err")
+    client.send(Subscribe(1, [SubscriptionRequest("perr/#", 2)]))
+    await expect(client, SubAck)
+    message = await _receive(node, client, "perr/t", 2)
+    assert message.packet_id is not None
+    before = counters["packets/pubrec/missed"]
+    client.send(PubRec(message.packet_id, ReasonCode.UNSPECIFIED_ERROR))
+    assert await ping_barrier(client) == []
+    assert not node.broker.sessions["pubrec-err"].inflight
+    assert counters["packets/pubrec/missed"] == before
+    await client.close()
