@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cluster.gossip import Member, MembershipConfig, MemberState, Outgoing
-from cluster.members import MemberTable
-from cluster.wire import Address, Body, MessageType, get_int, get_str, to_address
+from cluster.members import Member, MemberState, MemberTable
+from cluster.membership_config import MembershipConfig
+from cluster.wire import Address, Body, MessageType, Outgoing, get_int, get_str, to_address
 
 #: Adds piggybacked gossip to a body; the list, if any, goes first.
 Piggyback = Callable[[Body, "list[Any] | None"], Body]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from cluster.gossip import MemberState, Update
+from cluster.members import MemberState, Update
 from cluster.membership import Membership, MembershipConfig, Outgoing
 from cluster.wire import MessageType
 
