@@ -321,6 +321,7 @@ class Membership:
             for name in reaped:
                 self._queue.discard(name)
                 self._members_wire = None
+            self._prober.forget(reaped, now)
         return out
 
     def _reconnect_target(self) -> Address | None:
