@@ -24,7 +24,6 @@ from broker.server.config import (
     BrokerConfig,
     ConfigError,
     apply_overrides,
-    check_implemented,
     load_config,
 )
 from broker.server.errors import StartupError
@@ -108,10 +107,8 @@ def _join_list(values: list[str] | None) -> list[str] | None:
 
 
 def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
-    cfg = load_config(args.config)
-    check_implemented(cfg)
     return apply_overrides(
-        cfg,
+        load_config(args.config),
         node_name=args.node_name,
         host=args.host,
         mqtt_port=args.mqtt_port,
