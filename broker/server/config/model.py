@@ -128,7 +128,9 @@ class AlarmsConfig:
     )
     cpu_high_watermark: float = setting(0.80, kind="positive", doc="load1 / number of cores")
     connections_high_watermark: int = setting(0, lo=0, note="0 = off", doc="connected clients")
-    check_interval: float = setting(5.0, kind="seconds", doc="seconds between two checks")
+    check_interval: float = setting(
+        5.0, kind="seconds", note="0 = no timer", doc="seconds between two checks"
+    )
 
 
 def _tcp_default() -> ListenerConfig:

@@ -84,7 +84,9 @@ def keys() -> dict[str, dict[str, Key]]:
     found += _keys_of(ManagementApp, APPS, "", None)
     for name, options in PLUGIN_OPTIONS.items():
         found += _keys_of(options, f"plugins.{name}", "", None)
-    order = [TOP, "node", *TABLES.values(), APPS, *(f"plugins.{n}" for n in PLUGIN_OPTIONS)]
+    tables_in_order = [*TABLES.values()]
+    tables_in_order.insert(tables_in_order.index("management") + 1, APPS)
+    order = [TOP, "node", *tables_in_order, *(f"plugins.{n}" for n in PLUGIN_OPTIONS)]
     tables: dict[str, dict[str, Key]] = {name: {} for name in order}
     for key in found:
         tables[key.table][key.key] = key
