@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from broker import cli
 from broker.core.enhanced_auth import scram_credential
 from broker.core.settings import CoreOptions, Settings
-from broker.server.config import BrokerConfig, parse_config
+from broker.server.config import MASK, BrokerConfig, parse_config, running_config
 from broker.server.config.reference import BEGIN, END, readme_section, render_reference
 from broker.server.config.schema import TOP, Key, keys
 from broker.server.node import settings_from_config
@@ -168,3 +169,28 @@ def test_defaults_quoted_elsewhere_in_the_readme() -> None:
                 assert keys()[TOP][name].default == tomllib.loads(f"v = {written}")["v"], line
                 checked += 1
     assert checked >= 20
+
+
+def test_running_config_masks_secrets_and_shows_every_key() -> None:
+    alice = scram_credential("pw", salt=b"salt", iterations=4096)
+    cfg = parse_config(
+        f'[node]\ncookie = "c00kie"\n[scram_credentials]\nalice = "{alice}"\n'
+        '[[management.apps]]\nid = "ops"\nsecret = "s3cret"\n'
+        "[plugins.presence]\nenabled = true\n[plugins.mine]\nlevel = 3\n"
+    )
+    shown = running_config(cfg)
+    assert json.loads(json.dumps(shown)) == shown  # plain data, fit for a JSON answer
+    for table, table_keys in keys().items():
+        if table != "management.apps" and not table.startswith("plugins."):
+            assert set(shown[table]) == set(table_keys)
+    assert shown["node"]["cookie"] == MASK and shown["node"]["name"] == cfg.node_name
+    assert shown[TOP]["scram_credentials"] == {"alice": MASK}
+    assert shown["management"]["apps"][0]["secret"] == MASK
+    assert shown["management"]["apps"][0]["id"] == "ops"
+    assert shown["plugins.presence"] == {"enabled": True, "qos": 0}
+    assert shown["plugins.mine"] == {"level": 3}
+    assert "c00kie" not in json.dumps(shown) and "s3cret" not in json.dumps(shown)
+    assert alice not in json.dumps(shown)
+    unmasked = running_config(cfg, mask_secrets=False)
+    assert unmasked["node"]["cookie"] == "c00kie"
+    assert unmasked["management"]["apps"][0]["secret"] == "s3cret"

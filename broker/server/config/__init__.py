@@ -3,8 +3,9 @@
 The package, by concern: `model` (the dataclasses, whose fields are the declarations; the
 core's part is `broker.core.settings.CoreOptions`), `plugin_options` (the built-in plugins'
 tables), `checks` (the value checks), `schema` (tables and keys read off the model), `load`
-(TOML -> BrokerConfig, command-line overrides) and `reference` (the Markdown reference in the
-README, printed by `minibroker config-reference`).
+(TOML -> BrokerConfig, command-line overrides), `reference` (the Markdown reference in the
+README, printed by `minibroker config-reference`) and `running` (the configuration in force,
+secrets masked).
 
 File layout::
 
@@ -33,10 +34,12 @@ from broker.server.config.model import (
     ManagementConfig,
 )
 from broker.server.config.plugin_options import PLUGIN_OPTIONS, WEB_HOOK_EVENTS, plugin_defaults
+from broker.server.config.running import MASK, running_config
 
 __all__ = [
     "API_FORMATS",
     "LISTENER_NAMES",
+    "MASK",
     "PLUGIN_OPTIONS",
     "SHARED_SUBSCRIPTION_STRATEGIES",
     "WEB_HOOK_EVENTS",
@@ -51,5 +54,6 @@ __all__ = [
     "parse_config",
     "parse_publish_limit",
     "plugin_defaults",
+    "running_config",
     "validate_host_port",
 ]

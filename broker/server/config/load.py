@@ -103,7 +103,8 @@ class _Loader:
                 self.foreign_plugin(key, self.table(values, key, section))
             elif name in section_names():
                 self.walk(self.table(values, key, section), name)
-            elif isinstance(value, dict) or prefix in ("listener", "plugins"):
+            elif (not prefix and isinstance(value, dict)) or section not in keys():
+                # a table at the top, or anything under [listener]: sections, not keys
                 raise self.fail(f"unknown section [{name}]{_suggest_section(name)}")
             else:
                 raise self.fail(f"unknown key '{key}' in [{section}]{_suggest(key, schema)}")
