@@ -63,8 +63,8 @@ def _apps(value: object, where: str) -> list[ManagementApp]:
             fields[schema[name].attr] = _check(schema[name])(
                 raw, f"'{name}' in [[management.apps]]"
             )
-        missing = [name for name, key in schema.items() if key.default is dataclasses.MISSING]
-        missing = [name for name in missing if name not in fields]
+        required = [name for name, key in schema.items() if key.default is dataclasses.MISSING]
+        missing = [name for name in required if schema[name].attr not in fields]
         if missing:
             raise Invalid(f"[[management.apps]] needs {' and '.join(repr(k) for k in missing)}")
         if any(app.id == fields["id"] for app in apps):
@@ -99,7 +99,7 @@ class _Loader:
             name = f"{prefix}.{key}" if prefix else key
             if key in schema:
                 own[key] = value
-            elif prefix == "plugins" and name not in schema and name not in keys():
+            elif prefix == "plugins" and name not in keys():
                 self.foreign_plugin(key, self.table(values, key, section))
             elif name in section_names():
                 self.walk(self.table(values, key, section), name)
