@@ -18,6 +18,8 @@ from broker.server.config import MASK, BrokerConfig, parse_config, running_confi
 from broker.server.config.reference import BEGIN, END, readme_section, render_reference
 from broker.server.config.schema import TOP, Key, keys
 from broker.server.node import settings_from_config
+from cluster.runtime import ClusterConfig
+from management.common import ApiSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 REFERENCE = readme_section(README)
@@ -194,3 +196,13 @@ def test_running_config_masks_secrets_and_shows_every_key() -> None:
     unmasked = running_config(cfg, mask_secrets=False)
     assert unmasked["node"]["cookie"] == "c00kie"
     assert unmasked["management"]["apps"][0]["secret"] == "s3cret"
+
+
+def test_defaults_repeated_outside_the_config_agree() -> None:
+    """Two rooms below the config keep their own defaults for callers without a file (the
+    management app in tests, the cluster runtime); they must be the declared ones."""
+    management = BrokerConfig().management
+    for field in dataclasses.fields(ApiSettings):
+        assert getattr(ApiSettings(), field.name) == getattr(management, field.name), field.name
+    dns = ClusterConfig().dns_refresh_interval
+    assert dns == keys()["cluster"]["dns_refresh_interval"].default
