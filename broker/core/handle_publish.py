@@ -72,7 +72,7 @@ def _publish_allowed(channel: Channel, rate: float, burst: float) -> bool:
 def handle_publish(channel: Channel, packet: Publish) -> None:
     session = channel.session
     assert session is not None and channel.info is not None
-    publish_limit = channel.broker.settings.publish_limit
+    publish_limit = channel.broker.settings.publish_rate
     if publish_limit is not None and not _publish_allowed(channel, *publish_limit):
         channel.broker.limits["publish_limit"] += 1
         channel.close(ReasonCode.MESSAGE_RATE_TOO_HIGH, "publish_limit", "publish rate too high")
@@ -83,7 +83,7 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
     if is_v5 and properties:
         alias = properties.get(PropertyId.TOPIC_ALIAS)
         if alias is not None:
-            if alias == 0 or alias > channel.broker.settings.topic_alias_maximum:
+            if alias == 0 or alias > channel.broker.settings.max_topic_alias:
                 channel.protocol_violation(
                     ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid", explain=True
                 )
