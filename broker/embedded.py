@@ -89,6 +89,11 @@ class RestError(Exception):
         self.body = body
 
 
+def basic_auth(user: str, password: str) -> str:
+    """The HTTP Basic `Authorization` header value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 class RestClient:
     """The node's REST API (`/api/v3`) from async code, authenticated with the node's own app.
 
@@ -98,7 +103,7 @@ class RestClient:
 
     def __init__(self, base_url: str, app_id: str, secret: str) -> None:
         self.base_url = base_url.rstrip("/") + API_PREFIX
-        self._auth = aiohttp.BasicAuth(app_id, secret)
+        self._headers = {"Authorization": basic_auth(app_id, secret)}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RestClient:
@@ -115,7 +120,7 @@ class RestClient:
     async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         """`method` on `path` (relative to /api/v3, e.g. "/clients"), JSON body and result."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(auth=self._auth)
+            self._session = aiohttp.ClientSession(headers=self._headers)
         query = {k: str(v) for k, v in params.items()}
         async with self._session.request(
             method, self.base_url + path, json=body, params=query
@@ -144,8 +149,10 @@ class SyncRestClient:
 
     def __init__(self, base_url: str, app_id: str, secret: str, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/") + API_PREFIX
-        token = base64.b64encode(f"{app_id}:{secret}".encode()).decode()
-        self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+        self._headers = {
+            "Authorization": basic_auth(app_id, secret),
+            "Content-Type": "application/json",
+        }
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
