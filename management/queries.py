@@ -240,6 +240,8 @@ async def kick(ctx: NodeContext, args: dict[str, Any]) -> bool:
     channel = ctx.broker.connected.get(str(args["client_id"]))
     if channel is None:
         return False
+    log.info("kicked %s (username %r) from %s:%s (management API)",
+             channel.client_id, channel.username, channel.peer_host, channel.peer_port)  # fmt: skip
     channel.kick()
     return True
 
@@ -543,7 +545,10 @@ async def ban_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
 
 @query("kick_banned")
 async def kick_banned(ctx: NodeContext, args: dict[str, Any]) -> int:
-    return ctx.broker.kick_banned()
+    kicked = ctx.broker.kick_banned()
+    if kicked:
+        log.info("kicked %d banned client(s) on %s", kicked, ctx.node_name)
+    return kicked
 
 
 # -- logging -----------------------------------------------------------------------------------
