@@ -18,7 +18,8 @@ File layout::
                       every MQTT listener also: max_connections, max_connection_rate,
                       allow_anonymous, password_file (override the top-level ones there)
     [management]      bind, port, enabled, max_row_limit, metrics_auth, default_app, dashboard,
-                      max_body_size (bytes; a larger request body is answered 413)
+                      max_body_size (bytes; a larger request body is answered 413),
+                      api_format ("seed" or "emqx": the REST answers' format)
     [[management.apps]] id, secret, name, desc, status, expired (API apps; repeatable)
     [cluster]         bind, port, join, enabled, advertise, dns_refresh_interval
                       (a join entry "dns:NAME:PORT" is re-resolved every dns_refresh_interval s)
@@ -147,6 +148,7 @@ class ManagementConfig(ListenerConfig):
     default_app: bool = True  # keep EMQX's default app admin/public
     dashboard: bool = True  # serve the web dashboard under /dashboard/ on this listener
     max_body_size: int = 1_048_576  # largest HTTP request body; larger is answered 413
+    api_format: str = "seed"  # "seed" (3.0-beta bodies) or "emqx" (released 3.x envelope)
     apps: list[ManagementApp] = field(default_factory=list)
 
 
@@ -461,6 +463,13 @@ def _payload_encoding(value: object, where: str) -> str:
     return s
 
 
+def _api_format(value: object, where: str) -> str:
+    s = _str(value, where)
+    if s not in ("seed", "emqx"):
+        raise _Invalid(f'{where} must be "seed" or "emqx", got {s!r}')
+    return s
+
+
 def _strategy(value: object, where: str) -> str:
     s = _str(value, where)
     if s not in SHARED_SUBSCRIPTION_STRATEGIES:
@@ -679,6 +688,7 @@ _MANAGEMENT: _Schema = {
     "default_app": ("default_app", _bool),
     "dashboard": ("dashboard", _bool),
     "max_body_size": ("max_body_size", _int_range(1024, None)),
+    "api_format": ("api_format", _api_format),
     "apps": ("apps", _apps),
 }
 

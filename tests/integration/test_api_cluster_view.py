@@ -43,6 +43,10 @@ class WireView:
     def is_known(self, node: str) -> bool:
         return node in self.nodes
 
+    def stopped_nodes(self) -> list[str]:
+        """As the cluster's membership: members declared dead (here: those that never answer)."""
+        return [name for name, ctx in self.nodes.items() if ctx is None]
+
     async def call(self, node: str, query: str, args: dict[str, Any]) -> Any:
         if node not in self.nodes:
             raise UnknownNode(node)
@@ -91,7 +95,7 @@ async def test_cluster_lists_span_nodes_and_count_the_whole(pair: Api) -> None:
     assert [b["node"] for b in brokers] == [A, B]  # local first, the down node skipped
     nodes = await pair.ok("GET", "/api/v3/nodes/")
     check(nodes, "node_with_node[]")
-    assert [n["name"] for n in nodes] == [A, B]
+    assert [n["name"] for n in nodes] == [A, B, DOWN]  # the down one as Stopped
     async with mqtt(pair, "on-a") as ca, mqtt(peer(pair), "on-b") as cb:
         await ca.subscribe("t/a")
         await cb.subscribe("t/b", qos=1)
@@ -119,7 +123,15 @@ async def test_cluster_lists_span_nodes_and_count_the_whole(pair: Api) -> None:
 
 
 async def test_down_node_is_503_and_unknown_node_404(pair: Api) -> None:
-    for path in (f"/api/v3/nodes/{DOWN}", f"/api/v3/brokers/{DOWN}",
+    # the node itself is listed and shown as Stopped (EMQX), its other endpoints are 503
+    assert await pair.ok("GET", f"/api/v3/nodes/{DOWN}") == {"name": DOWN, "node_status": "Stopped"}
+    nodes = await pair.ok("GET", "/api/v3/nodes")
+    assert [(n["node"], n["node_status"]) for n in nodes] == [
+        (A, "Running"),
+        (B, "Running"),
+        (DOWN, "Stopped"),
+    ]
+    for path in (f"/api/v3/brokers/{DOWN}",
                  f"/api/v3/nodes/{DOWN}/sessions", f"/api/v3/alarms/{DOWN}"):  # fmt: skip
         reply = await pair.get(path)
         assert (reply.status, reply.body) == (503, {"message": "nodedown"}), path
