@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import resource
-
 import re
+import resource
 import time
 
 import pytest
