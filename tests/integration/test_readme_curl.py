@@ -50,7 +50,9 @@ def rewrite(command: Command, port: int) -> list[str]:
     argv: list[str] = []
     for arg in command.argv[1:]:
         if arg.startswith(("localhost:8080", "http://localhost:8080", "127.0.0.1:8080")):
-            arg = re.sub(r"^(http://)?(localhost|127\.0\.0\.1):8080", f"http://127.0.0.1:{port}", arg)
+            arg = re.sub(
+                r"^(http://)?(localhost|127\.0\.0\.1):8080", f"http://127.0.0.1:{port}", arg
+            )
         elif arg == "admin:public":
             arg = ":".join(APP)
         argv.append(arg)
@@ -163,9 +165,7 @@ def check_answer(command: Command, status: int, text: str, api_format: str) -> N
 
 
 @pytest.mark.parametrize("api_format", ["seed", "emqx"])
-async def test_every_readme_curl_example_works(
-    app_factory: AppFactory, api_format: str
-) -> None:
+async def test_every_readme_curl_example_works(app_factory: AppFactory, api_format: str) -> None:
     level = logging.getLogger().level  # the README sets the log level: restore it after
     management = ManagementConfig(
         bind="127.0.0.1",
