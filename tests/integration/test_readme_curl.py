@@ -13,7 +13,6 @@ calls must work against a node serving the released EMQX 3.x envelope.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -21,12 +20,13 @@ import shutil
 import urllib.parse
 from typing import Any
 
-import aiomqtt
 import pytest
 from api_support import AppFactory
+from rawclient import RawClient
 from readme_support import Command, curl_commands
 
 from broker.app import NodeApp
+from broker.protocol.packets import ConnAck
 from broker.server.config import ManagementApp, ManagementConfig
 
 NODE = "minibroker@127.0.0.1"  # the node name the README's examples use
@@ -80,7 +80,7 @@ class State:
 
     def __init__(self, app: NodeApp) -> None:
         self.app = app
-        self.clients: dict[str, aiomqtt.Client] = {}
+        self.clients: dict[str, RawClient] = {}
 
     def client_ids(self, command: Command) -> set[str]:
         path = url_path(command)
@@ -98,21 +98,15 @@ class State:
         if client_id in self.app.broker.connected:
             return
         await self.drop(client_id)
-        client = aiomqtt.Client(
-            "127.0.0.1",
-            self.app.node.tcp_port,
-            identifier=client_id,
-            clean_session=False,
-            timeout=TIMEOUT,
-        )
-        await client.__aenter__()
+        port = self.app.node.tcp_port
+        client, connack = await RawClient.connect(port, client_id, clean_start=False)
+        assert isinstance(connack, ConnAck) and connack.reason_code == 0, connack
         self.clients[client_id] = client
 
     async def drop(self, client_id: str) -> None:
         client = self.clients.pop(client_id, None)
         if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.__aexit__(None, None, None)
+            await client.close()
 
     async def plugin(self, command: Command) -> None:
         match = re.search(r"/plugins/([^/]+)/(load|unload)$", url_path(command))
