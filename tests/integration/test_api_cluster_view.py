@@ -19,6 +19,7 @@ from api_support import Api, check, eventually, make_api, mqtt, next_message
 from conftest import make_config
 
 from broker.app import NodeApp
+from broker.server.config import ManagementConfig
 from management.queries import NodeContext
 from management.view import NodeDown, UnknownNode, run_query
 
@@ -185,3 +186,22 @@ async def test_every_query_moves_plain_data(pair: Api) -> None:
         reply = await pair.put(f"/api/v3/nodes/{B}/plugins/presence/load")
         assert (reply.status, reply.body) == (409, {"message": "already_started"})
         assert await pair.ok("PUT", f"/api/v3/nodes/{B}/plugins/presence/unload") == "ok"
+
+
+async def test_down_node_in_the_emqx_format(tmp_path: Path) -> None:
+    """EMQX code 101 (badrpc) for a member that does not answer and for a stranger; the down
+    member itself is listed as Stopped inside the envelope."""
+    management = ManagementConfig(bind="127.0.0.1", port=0, api_format="emqx")
+    a = NodeApp(make_config(tmp_path, node_name=A, management=management))
+    a.view = WireView(a.context, {DOWN: None})
+    await a.start()
+    try:
+        async for api in make_api(a, "real_http"):
+            reply = await api.get(f"/api/v3/nodes/{DOWN}/stats")
+            assert (reply.status, reply.body) == (200, {"code": 101, "message": "nodedown"})
+            reply = await api.get("/api/v3/nodes/nobody@127.0.0.1/stats")
+            assert (reply.status, reply.body) == (200, {"code": 101, "message": "not_found"})
+            reply = await api.get(f"/api/v3/nodes/{DOWN}")
+            assert reply.body == {"code": 0, "data": {"name": DOWN, "node_status": "Stopped"}}
+    finally:
+        await a.stop()
