@@ -6,7 +6,8 @@ Handlers live in `handlers_*`; they reach the nodes through the `ClusterView` on
 
 Errors: every failure is a JSON body `{"message": ...}`. An unknown path or method is a 404
 `not_found`; an unexpected exception is logged and answered 500 `internal_error`, never with a
-traceback.
+traceback. Inside `/api/v3`, `management.envelope` renders answers and errors in the configured
+format (`[management] api_format`: the seed's, or released EMQX 3.x's `{"code", "data"}`).
 """
 
 from __future__ import annotations

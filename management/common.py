@@ -10,13 +10,15 @@ from typing import Any
 from aiohttp import web
 
 from management.apps import AppStore
+
+# Re-exported (`X as X`): handlers import these from here, as before errors had their module.
+from management.errors import CODE_BAD_JSON as CODE_BAD_JSON
+from management.errors import CODE_BAD_PARAM as CODE_BAD_PARAM
+from management.errors import CODE_BAD_TOPIC as CODE_BAD_TOPIC
+from management.errors import CODE_MISSING_PARAM as CODE_MISSING_PARAM
+from management.errors import CODE_SESSION_NOT_FOUND as CODE_SESSION_NOT_FOUND
+from management.errors import ApiError as ApiError
 from management.errors import (
-    CODE_BAD_JSON,
-    CODE_BAD_PARAM,
-    CODE_BAD_TOPIC,
-    CODE_MISSING_PARAM,
-    CODE_SESSION_NOT_FOUND,
-    ApiError,
     BadJson,
     BadParam,
     MissingParams,
@@ -26,19 +28,6 @@ from management.errors import (
 )
 from management.queries import is_error
 from management.view import ClusterView, NodeDown, UnknownNode
-
-# Re-exported: handlers import the error codes and classes from here.
-__all__ = [
-    "CODE_BAD_JSON",
-    "CODE_BAD_PARAM",
-    "CODE_BAD_TOPIC",
-    "CODE_MISSING_PARAM",
-    "CODE_SESSION_NOT_FOUND",
-    "ApiError",
-]
-
-#: The two response formats of `[management] api_format`.
-API_FORMATS = ("seed", "emqx")
 
 
 @dataclass(slots=True)
@@ -56,8 +45,9 @@ APPS_KEY = web.AppKey("apps", AppStore)
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
 
 
-PAYLOAD_KEY = "minibroker.payload"
-PAGE_KEY = "minibroker.page"
+#: On a handler's response: its seed body as data, and whether it is a page (for the envelope).
+PAYLOAD_KEY: web.ResponseKey[Any] = web.ResponseKey("payload")
+PAGE_KEY = web.ResponseKey("page", bool)
 
 
 def reply(data: Any, status: int = 200) -> web.Response:

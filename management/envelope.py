@@ -30,7 +30,7 @@ from management.errors import ApiError, InternalError
 log = logging.getLogger(__name__)
 
 #: Set on a response to send it as it is in every format.
-RAW_KEY = "minibroker.raw"
+RAW_KEY = web.ResponseKey("raw", bool)
 
 _UNSET = object()
 
