@@ -213,7 +213,7 @@ def connection_row(ctx: NodeContext, channel: Channel) -> Row:
         "proto_ver": channel.version,
         "clean_start": channel.clean_start,
         "keepalive": channel.keepalive,
-        "is_bridge": False,
+        "is_bridge": channel.is_bridge,
         "is_super": False,  # no superuser notion here: never bypasses the ACL
         "mountpoint": "undefined",  # no mountpoints: topics are not prefixed
         "connected_at": local_datetime(channel.connected_at),

@@ -121,6 +121,7 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
         packet = dataclasses.replace(packet, username=channel.cert_username, password=None)
     channel.version = version = packet.protocol_level
     channel.proto_name = packet.protocol_name
+    channel.is_bridge = packet.bridge
     is_v5 = version == MQTT_5
     props = packet.properties
     ack_props: Properties = {}
