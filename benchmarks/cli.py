@@ -21,6 +21,7 @@ from benchmarks import cluster_scale, compare
 from benchmarks.brokers import BROKERS, RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
+from broker.server.cli_support import CliParser, run_main
 
 __all__ = ["build_parser", "main", "parse_target"]
 
@@ -131,7 +132,8 @@ def _add_scenario(sub: Any, name: str) -> None:
             dest=dest,
             type=kind,
             default=argparse.SUPPRESS,
-            help=text.replace("(%s)", f"({base[dest]})"),
+            # argparse %-formats help: a default such as 'bench/%i' must reach it as '%%i'
+            help=text.replace("(%s)", f"({base[dest]})".replace("%", "%%")),
         )
     if name not in ("conn", "conn-scale"):
         g.add_argument(
@@ -153,7 +155,7 @@ def _add_scenario(sub: Any, name: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="minibroker-bench",
         description="MQTT load generator: connections, publishers, subscribers and scenarios "
         "against any broker; results as JSON lines; reports and a comparison with mosquitto.",
@@ -262,13 +264,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `minibroker-bench` and `python -m benchmarks`; returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command is None:
         parser.print_help()
         return 2
@@ -279,6 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cluster-scale":
         return cluster_scale.run(args)
     return _run_scenario(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `minibroker-bench` and `python -m benchmarks`; returns the exit code.
+
+    Every error ends as one line on stderr (`--debug` adds the traceback), see cli_support.
+    """
+    parser = build_parser()
+    return run_main(
+        "minibroker-bench",
+        parser,
+        argv,
+        lambda args: _dispatch(parser, args),
+        (OSError, RuntimeError, ValueError),
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from broker.cluster_cli import add_cluster_parser, cluster_main
 from broker.plugins.passwd_file import add_passwd_parser, passwd_main
 from broker.server.banner import broker_version
+from broker.server.cli_support import CliParser, run_main
 from broker.server.config import (
     BrokerConfig,
     ConfigError,
@@ -51,9 +52,7 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, separate from main() so tests and docs can inspect it."""
-    parser = argparse.ArgumentParser(
-        prog="minibroker", description="An MQTT 3.1.1/5.0 broker with clustering."
-    )
+    parser = CliParser(prog="minibroker", description="An MQTT 3.1.1/5.0 broker with clustering.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser("start", help="run a broker node in the foreground")
@@ -186,13 +185,7 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``minibroker`` console script; returns the process exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help or a usage error; argparse already printed it
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "apps":
         return apps_main(args)
     if args.command == "passwd":
@@ -205,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minibroker {broker_version()}")
         return 0
     return _start(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minibroker`` console script; returns the process exit code.
+
+    Every error ends as one line on stderr (``--debug`` adds the traceback), see cli_support.
+    """
+    return run_main(
+        "minibroker", build_parser(), argv, _dispatch, (OSError, ConfigError, StartupError)
+    )
 
 
 if __name__ == "__main__":

@@ -527,6 +527,18 @@ def _file_settings(path: str) -> dict[str, str]:
     return out
 
 
+def _check_url(url: str) -> None:
+    """A URL urllib would choke on (a bad port, an unclosed IPv6 bracket) is a usage mistake
+    to report in one line, not an exception from deep inside http.client."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise CtlError(f"bad URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise CtlError(f"bad URL {url!r}: expected http://HOST[:PORT]")
+
+
 def make_client(args: argparse.Namespace) -> Client:
     """Flags, then the environment, then --config, then the defaults."""
     config = getattr(args, "config", None)
@@ -542,8 +554,9 @@ def make_client(args: argparse.Namespace) -> Client:
         return from_file.get(key, default)
 
     url = pick("url", DEFAULT_URL)
-    if not url.startswith(("http://", "https://")):
+    if "://" not in url:
         url = "http://" + url
+    _check_url(url)
     return Client(
         url,
         pick("app", DEFAULT_APP),
