@@ -21,7 +21,7 @@ from benchmarks import cluster_scale, compare
 from benchmarks.brokers import BROKERS, RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
-from broker.server.cli_support import CliParser, run_main
+from broker.server.cli_support import CliParser, describe, run_main
 
 __all__ = ["build_parser", "main", "parse_target"]
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "minibroker-bench pub --target 127.0.0.1:1883 -P 4 -q 1 -r 500 -t 'bench/%i'; "
         "minibroker-bench report r.jsonl --charts charts; minibroker-bench compare --rounds 3",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SCENARIOS:
         _add_scenario(sub, name)
     rep = sub.add_parser("report", help="JSON lines result files -> Markdown table + PNG charts")
@@ -249,7 +249,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         records = list(read_jsonl(args.files))
     except (OSError, ValueError) as exc:
-        print(f"minibroker-bench: error: {exc}", file=sys.stderr)
+        print(f"minibroker-bench report: error: {describe(exc)}", file=sys.stderr)
         return 1
     if not records:
         print("minibroker-bench: error: no records in those files", file=sys.stderr)
@@ -264,10 +264,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.command is None:
-        parser.print_help()
-        return 2
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(args)
     if args.command == "compare":
@@ -282,13 +279,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Every error ends as one line on stderr (`--debug` adds the traceback), see cli_support.
     """
-    parser = build_parser()
     return run_main(
-        "minibroker-bench",
-        parser,
-        argv,
-        lambda args: _dispatch(parser, args),
-        (OSError, RuntimeError, ValueError),
+        "minibroker-bench", build_parser(), argv, _dispatch, (OSError, RuntimeError, ValueError)
     )
 
 

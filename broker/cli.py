@@ -20,7 +20,7 @@ from collections.abc import Callable
 from broker.cluster_cli import add_cluster_parser, cluster_main
 from broker.plugins.passwd_file import add_passwd_parser, passwd_main
 from broker.server.banner import broker_version
-from broker.server.cli_support import CliParser, run_main
+from broker.server.cli_support import CliParser, describe, run_main
 from broker.server.config import (
     BrokerConfig,
     ConfigError,
@@ -180,7 +180,7 @@ def _start(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 1
     except OSError as exc:  # typically a port already in use
-        _error(f"cannot start listeners: {exc}")
+        _error(f"cannot start listeners: {describe(exc)}")
         return 1
     return 0
 
