@@ -4,8 +4,9 @@ Why here: this is the only module allowed to import every layer. It turns a TOML
 command-line flags into one validated ``BrokerConfig`` and hands it to the node runtime, which
 owns listeners, signals and the banner. Flags win over the file.
 
-Exit codes: 0 success or Ctrl-C, 1 ``--test-config`` found a problem, 2 bad usage or a
-configuration error at start.
+Exit codes: 0 success or Ctrl-C, 1 ``--test-config`` found a problem or a runtime error (a
+port in use, a node that cannot be reached), 2 bad usage or a configuration error at start.
+Every error is one line on stderr; ``--debug`` adds the traceback (broker/server/cli_support).
 """
 
 from __future__ import annotations
