@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import os
 import sys
 from typing import Any
@@ -48,6 +49,12 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "pubs_on": (("--pubs-on",), str, "publishers' targets: first, others or all (%s)"),
     "subs_on": (("--subs-on",), str, "subscribers' targets: first, others or all (%s)"),
 }
+#: Counts of things that must exist; every other number given must be at least 0.
+AT_LEAST_ONE = (
+    *("publishers", "subscribers", "connections", "inflight"),
+    *("connect_concurrency", "filter_clients"),
+)
+PLACES = ("first", "others", "all")
 _FLOW = [
     *("qos", "size", "rate", "count", "duration", "inflight", "connect_rate", "drain"),
     "coalesce_ms",
@@ -93,6 +100,21 @@ def parse_target(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _at_least(low: int) -> Any:
+    """argparse type: an integer not below `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: at least {low}")
+        return value
+
+    return parse
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target and run")
     g.add_argument(
@@ -103,20 +125,29 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="broker to load; repeat for the cluster scenario (127.0.0.1:1883)",
     )
     g.add_argument("--host", help="shorthand for --target HOST:PORT with --port")
-    g.add_argument("-p", "--port", type=int, help="shorthand for --target with --host")
+    g.add_argument("-p", "--port", type=_at_least(1), help="shorthand for --target with --host")
     g.add_argument(
         "--start",
         choices=list(BROKERS),
         help="start this broker on a free loopback port for the run",
     )
-    g.add_argument("--core", type=int, default=None, help="pin a --start'ed broker to this core")
-    g.add_argument("--broker-pid", type=int, help="read the broker's CPU and VmRSS from /proc")
     g.add_argument(
-        "--procs", type=int, default=1, help="load worker processes (1); 0 runs in this process"
+        "--core", type=_at_least(0), default=None, help="pin a --start'ed broker to this core"
+    )
+    g.add_argument(
+        "--broker-pid", type=_at_least(1), help="read the broker's CPU and VmRSS from /proc"
+    )
+    g.add_argument(
+        "--procs",
+        type=_at_least(0),
+        default=1,
+        help="load worker processes (1); 0 runs in this process",
     )
     g.add_argument("--label", help="broker name/version for the results (default: target)")
     g.add_argument("--out", metavar="FILE", help="append results as JSON lines ('-' = stdout)")
-    g.add_argument("--repeat", type=int, default=1, help="run the scenario this many times")
+    g.add_argument(
+        "--repeat", type=_at_least(1), default=1, help="run the scenario this many times"
+    )
     g.add_argument("--no-uvloop", action="store_true", help="workers use asyncio, not uvloop")
     g.add_argument("--quiet", action="store_true", help="no live progress on stderr")
 
@@ -196,6 +227,18 @@ def scenario_params(args: argparse.Namespace) -> Params:
     names = [*OPTIONS, "latency", "spin"]
     given = {dest: getattr(args, dest) for dest in names if hasattr(args, dest)}
     merged = dataclasses.asdict(Params()) | DEFAULTS.get(args.scenario, {}) | given
+    for dest, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        flag = OPTIONS[dest][0][-1]
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number")
+        low = 1 if dest in AT_LEAST_ONE else 0
+        if value < low:
+            raise ValueError(f"{flag} must be at least {low}")
+    for dest in ("pubs_on", "subs_on"):
+        if given.get(dest, "all") not in PLACES:
+            raise ValueError(f"{OPTIONS[dest][0][-1]} must be one of {', '.join(PLACES)}")
     params = Params(**merged)
     if params.qos not in (0, 1, 2):
         raise ValueError("--qos must be 0, 1 or 2")
