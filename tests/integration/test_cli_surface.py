@@ -336,6 +336,17 @@ def test_cluster_port_in_use_stops_with_one_error_line(tmp_path: Path) -> None:
     )
 
 
+def test_cluster_ports_beyond_65535_are_one_usage_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any node starts (node 2 of 65535 would need port 65536)."""
+    argv = ["cluster", "--nodes", "2", "--base-mqtt-port", "65535", "--data-dir", str(tmp_path)]
+    assert broker.cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err, "minibroker")
+    assert "--base-mqtt-port 65535" in line and "65536" in line
+    assert not (tmp_path / "node1").exists()
+
+
 def test_apps_and_passwd_unwritable_files_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
