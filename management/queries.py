@@ -315,6 +315,18 @@ async def subscriptions(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     return [row for s in list(table.values()) for row in _subscription_rows(ctx, s)]
 
 
+@query("retained_delete")
+async def retained_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
+    """Clear this node's copy of the retained message of `topic` (as an empty retained PUBLISH
+    would, but delivering nothing to subscribers); the caller asks every node. False: none."""
+    topic = str(args["topic"])
+    if ctx.broker.retained.get(topic) is None:
+        return False
+    ctx.broker.retain(Message(topic, b"", retain=True))
+    log.info("retained message of %r deleted through the management API", topic)
+    return True
+
+
 @query("retained")
 async def retained(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     """The retained messages this node holds (the cluster replicates them to every node), by

@@ -36,7 +36,7 @@ API_NAMES = {
     "list_node_plugins", "load_plugin", "unload_plugin", "list_listeners", "list_node_listeners",
     "list_all_metrics", "list_node_metrics", "list_stats", "lookup_node_stats",
     "list_all_alarms", "list_node_alarms", "list_banned", "create_banned", "delete_banned",
-    "set_log_level", "set_node_log_level", "list_retained",
+    "set_log_level", "set_node_log_level", "list_retained", "delete_retained",
 }  # fmt: skip
 
 
