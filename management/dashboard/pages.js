@@ -133,17 +133,17 @@ function clients(ctx) {
       get(`/subscriptions/${enc(clientId)}`)]);
     details.replaceChildren(card(`Client ${clientId}`,
       h('button', { class: 'secondary small', onclick: () => details.replaceChildren() }, 'Close'),
+      actAs(clientId),
       h('div', { class: 'grid' },
         h('div', {}, h('h3', {}, 'Connection'),
           conns.length ? kv({ ...conns[0], username: username(conns[0].username) }) : 'not connected'),
         h('div', {}, h('h3', {}, 'Session'),
           sessions.length ? kv({ ...sessions[0], username: username(sessions[0].username) }) : 'no session'),
         h('div', {}, h('h3', {}, 'Subscriptions'),
-          table([['topic', 'topic'], ['qos', 'qos'], ['node', 'node'],
+          table([['topic', 'topic'], ['qos', 'qos'],
             ['', (s) => h('button', { class: 'small danger', 'data-action': 'unsubscribe',
               'data-topic': s.topic, onclick: () => unsubscribe(clientId, s.topic) }, 'Unsubscribe')]],
-          subs))),
-      actAs(clientId)));
+          subs)))));
   }
   // EMQX's dashboard: subscribe a client to a topic, publish as a client (REST /mqtt/*).
   function actAs(clientId) {
