@@ -32,7 +32,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
 * **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
   delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
-  (RPC `banned_dump`) from the first live peer it meets, once.
+  (RPC `banned_dump`) from the first live peer it meets, once, and exchanges the replicated
+  tables with it (RPC `tables_sync`, `cluster.table_sync`).
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
@@ -65,6 +66,8 @@ from cluster.ports import ClusterPorts
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
 from cluster.sync import RouteSync
+from cluster.table_sync import METHOD as TABLES_SYNC
+from cluster.table_sync import TableSync
 from cluster.transport import Transport, TransportConfig
 from cluster.wire import Address, Body, Hello, MessageType, WireError, forward_body, parse_forward
 
@@ -143,6 +146,8 @@ class ClusterNode:
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         self.rpc.register("retained_dump", self._retained_dump)
         self.rpc.register("banned_dump", self._banned_dump)
+        self.tables = TableSync(broker.replicated)  # replicated tables: exchanged on join
+        self.rpc.register(TABLES_SYNC, self.tables.serve)
         self.port = 0
         self.address: Address = ("127.0.0.1", 0)
         self._membership: Membership | None = None
@@ -591,6 +596,12 @@ class ClusterNode:
                     bans,
                     node,
                 )
+                try:
+                    rows = await self.tables.pull(self.call, node)
+                    log.log(logging.INFO if rows else logging.DEBUG,
+                            "cluster: %d replicated rows taken from %s", rows, node)  # fmt: skip
+                except RpcError as exc:  # an older peer: the API's writes still reach us
+                    log.warning("cluster: replicated tables not synced with %s: %s", node, exc)
                 self._synced = True
                 return
         finally:
