@@ -166,8 +166,9 @@ async def test_routes_answer_404_while_the_plugin_is_not_loaded(
 ) -> None:
     async with running_app(app_config(tmp_path)) as app:
         http = http_of(app)
-        for method, path in (("GET", "/auth_clientid"), ("POST", "/auth_clientid"),
-                             ("GET", "/auth_username/u"), ("DELETE", "/auth_username/u")):  # fmt: skip
+        calls = [("GET", "/auth_clientid"), ("POST", "/auth_clientid"),
+                 ("GET", "/auth_username/u"), ("DELETE", "/auth_username/u")]  # fmt: skip
+        for method, path in calls:
             assert await http(method, path, json={}) == (404, {"message": "plugin_not_loaded"})
         node = q(app.config.node_name)
         assert await http("PUT", f"/nodes/{node}/plugins/auth_username/load") == (200, "ok")
