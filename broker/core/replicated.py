@@ -104,8 +104,8 @@ class ReplicatedTable:
         return self._apply([Row(key, at, None)]) == 1
 
     def dump(self) -> list[dict[str, Any]]:
-        """Every row, tombstones included (what is persisted and exchanged)."""
-        return [row.to_dict() for row in self._rows.values()]
+        """Every row, tombstones included, by key (what is persisted and exchanged)."""
+        return [self._rows[key].to_dict() for key in sorted(self._rows)]
 
     def merge(self, rows: Iterable[Row]) -> int:
         """Keep the winner of each key; returns how many rows changed."""

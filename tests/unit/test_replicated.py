@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from broker.core.replicated import ReplicatedTable, ReplicatedTables, Row, valid_table_name
 from broker.server.replicated_store import ReplicatedStore, ReplicatedStoreError
+from cluster.table_sync import METHOD, TableSync
 
 
 def test_put_get_delete_and_older_writes_lose() -> None:
@@ -153,3 +155,28 @@ def test_foreign_files_in_the_directory_are_ignored(tmp_path: Path) -> None:
     tables = ReplicatedTables()
     assert ReplicatedStore(tables, str(tmp_path)).open() == 0
     assert tables.names() == []
+
+
+# -- the exchange on join (cluster.table_sync) --------------------------------------------------
+
+
+async def test_table_sync_exchange_leaves_both_sides_with_the_newer_rows() -> None:
+    joiner, peer = ReplicatedTables(), ReplicatedTables()
+    joiner.table("t").put("mine", {"p": "new"}, 5.0)
+    peer.table("t").put("mine", {"p": "old"}, 1.0)
+    peer.table("t").put("theirs", {"p": "x"}, 2.0)
+    joiner.table("t").put("gone", {"p": "y"}, 1.0)
+    peer.table("t").delete("gone", 3.0)
+    served = TableSync(peer)
+    calls: list[tuple[str, str]] = []
+
+    async def call(node: str, method: str, args: dict[str, Any]) -> Any:
+        calls.append((node, method))
+        return await served.serve(args, "joiner@host")
+
+    assert await TableSync(joiner).pull(call, "peer@host") == 2  # theirs + the deletion
+    assert calls == [("peer@host", METHOD)]
+    for side in (joiner, peer):
+        assert side.table("t").keys() == ["mine", "theirs"]
+        assert side.table("t").get("mine") == {"p": "new"}
+    assert joiner.dump_all() == peer.dump_all()
