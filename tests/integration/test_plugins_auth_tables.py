@@ -24,9 +24,12 @@ from plugin_support import (
     connect_code,
     running_app,
 )
+from rawclient import RawClient
 
 from broker.app import NodeApp
 from broker.plugins.passwd_file import set_password, verify_password
+from broker.protocol.constants import MQTT_5, ReasonCode
+from broker.protocol.packets import ConnAck
 
 BOTH = {"auth_clientid": {"enabled": True}, "auth_username": {"enabled": True}}
 
@@ -249,3 +252,21 @@ async def test_route_list_and_openapi_document_have_the_routes(
             "$ref": "#/components/schemas/auth_password"
         }
         assert "409" in doc["paths"]["/auth_username"]["post"]["responses"]
+
+
+async def test_mqtt_5_password_without_username_is_checked_by_client_id(
+    tmp_path: Path, http_of: Any
+) -> None:
+    """MQTT 5.0 3.1.2.9 allows a Password without a User Name (3.1.1 did not, MQTT-3.1.2-22):
+    auth_clientid needs no username, so the password alone decides."""
+    cfg = app_config(tmp_path, plugins=BOTH, allow_anonymous=False)
+    async with running_app(cfg) as app:
+        await http_of(app)("POST", "/auth_clientid", json={"clientid": "raw", "password": "pw"})
+        port = app.node.tcp_port
+        for password, expected in ((b"pw", ReasonCode.SUCCESS),
+                                   (b"no", ReasonCode.BAD_USER_NAME_OR_PASSWORD)):  # fmt: skip
+            client, connack = await RawClient.connect(port, "raw", MQTT_5, password=password)
+            try:
+                assert isinstance(connack, ConnAck) and connack.reason_code == expected
+            finally:
+                await client.close()
