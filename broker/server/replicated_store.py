@@ -16,7 +16,7 @@ import logging
 import os
 
 from broker.core.replicated import ReplicatedTable, ReplicatedTables, Row, valid_table_name
-from broker.server.datafiles import write_json_atomic
+from broker.server.datafiles import write_atomic
 from broker.server.errors import StartupError
 
 __all__ = ["DIR_NAME", "ReplicatedStore", "ReplicatedStoreError"]
@@ -101,8 +101,11 @@ class ReplicatedStore:
         return rows
 
     def save(self, table: ReplicatedTable) -> None:
+        """The whole table, compact (the C encoder: an indented dump of a table of thousands
+        took longer than the two fsyncs of the atomic write)."""
         doc = {"version": FORMAT_VERSION, "table": table.name, "rows": table.dump()}
-        write_json_atomic(self.path(table.name), doc)
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        write_atomic(self.path(table.name), (text + "\n").encode("utf-8"))
 
     def _on_change(self, table: ReplicatedTable) -> None:
         try:
