@@ -710,6 +710,9 @@ PLUGIN_SCHEMAS: dict[str, _Schema] = {
         "encode_payload": ("encode_payload", _payload_encoding),
     },
     "presence": {**_PLUGIN_ENABLED, "qos": ("qos", _int_range(0, 2))},
+    # credentials come from the REST API (replicated tables), not from the config
+    "auth_clientid": _PLUGIN_ENABLED,
+    "auth_username": _PLUGIN_ENABLED,
 }
 
 # Every table the file may contain, by its dotted name.

@@ -30,6 +30,7 @@ from broker.app import NodeApp
 from broker.plugins.passwd_file import set_password, verify_password
 from broker.protocol.constants import MQTT_5, ReasonCode
 from broker.protocol.packets import ConnAck
+from broker.server.config import ConfigError, parse_config
 
 BOTH = {"auth_clientid": {"enabled": True}, "auth_username": {"enabled": True}}
 
@@ -270,3 +271,10 @@ async def test_mqtt_5_password_without_username_is_checked_by_client_id(
                 assert isinstance(connack, ConnAck) and connack.reason_code == expected
             finally:
                 await client.close()
+
+
+def test_config_tables_of_the_plugins_take_enabled_only() -> None:
+    cfg = parse_config("[plugins.auth_clientid]\nenabled = true\n[plugins.auth_username]\n")
+    assert cfg.plugins["auth_clientid"] == {"enabled": True}
+    with pytest.raises(ConfigError, match=r"plugins\.auth_username"):
+        parse_config("[plugins.auth_username]\nenabled = true\nusers = []\n")
