@@ -33,7 +33,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
   delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
   (RPC `banned_dump`) from the first live peer it meets, once, and exchanges the replicated
-  tables with it (RPC `tables_sync`, `cluster.table_sync`).
+  tables with it (RPC `tables_sync`, `cluster.table_sync`), and again with every member that
+  joins later or comes back from the dead.
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
@@ -555,8 +556,12 @@ class ClusterNode:
             if not self._synced and not self._syncing and self._running:
                 self._syncing = True
                 self._spawn(self._initial_sync(name))
+            elif self._synced and self._running:  # (re)started elsewhere: tables may differ
+                self._spawn(self.tables.exchange(self.call, name))
         elif event.kind == "alive":
             log.info("cluster: node %s is alive again", name)
+            if self._running:  # back from suspect or dead (a healed partition)
+                self._spawn(self.tables.exchange(self.call, name))
         elif event.kind == "suspect":
             log.info("cluster: node %s is suspect", name)
         elif event.kind == "dead":
@@ -596,12 +601,7 @@ class ClusterNode:
                     bans,
                     node,
                 )
-                try:
-                    rows = await self.tables.pull(self.call, node)
-                    log.log(logging.INFO if rows else logging.DEBUG,
-                            "cluster: %d replicated rows taken from %s", rows, node)  # fmt: skip
-                except RpcError as exc:  # an older peer: the API's writes still reach us
-                    log.warning("cluster: replicated tables not synced with %s: %s", node, exc)
+                await self.tables.exchange(self.call, node)
                 self._synced = True
                 return
         finally:

@@ -4,9 +4,10 @@ Writes reach every running node directly (the management API applies each one on
 them). What that cannot cover is a node that was down or cut off: when it joins, it sends its
 whole dump to one live peer (RPC `tables_sync`), the peer merges it and answers with its own
 dump (after the merge), and the joining node merges that. Both then hold the newer row of
-every key, deletions included (they are tombstones with a time). A third node hears of a row
-only from later writes or from its own next join; the tables are small (credentials), so the
-whole dump travels each time.
+every key, deletions included (they are tombstones with a time). The runtime also runs the
+exchange with a member that joins later or comes back from the dead (a healed partition), so
+both sides of a split converge once they see each other again. The tables are small
+(credentials), so the whole dump travels each time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.core.replicated import ReplicatedTables
+from cluster.rpc import RpcError
 
 __all__ = ["METHOD", "TableSync"]
 
@@ -44,3 +46,15 @@ class TableSync:
         answer = await call(node, METHOD, {"tables": self.tables.dump_all()})
         tables = answer.get("tables") if isinstance(answer, dict) else None
         return self.tables.merge_all(tables)
+
+    async def exchange(self, call: Call, node: str) -> int:
+        """`pull`, logged; a peer that cannot answer (an older version, gone again) is only
+        logged: the API's writes still reach every running node."""
+        try:
+            changed = await self.pull(call, node)
+        except RpcError as exc:
+            log.warning("cluster: replicated tables not synced with %s: %s", node, exc)
+            return 0
+        log.log(logging.INFO if changed else logging.DEBUG,
+                "cluster: %d replicated rows taken from %s", changed, node)  # fmt: skip
+        return changed

@@ -4,7 +4,8 @@ Two `NodeApp`s in this process, clustered over real loopback sockets (as test_cl
 with both plugins loaded and allow_anonymous off; real MQTT clients (aiomqtt) and real HTTP.
 A credential written through either node's API is checked at CONNECT on both; a node that was
 down while credentials changed takes the changes when it rejoins (the tables are exchanged on
-join, deletions included) and keeps its own copy across the restart (persistence).
+join, deletions included) and keeps its own copy across the restart (persistence); the two
+sides of a healed partition exchange what each took meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from plugin_support import BAD_USERNAME_OR_PASSWORD, NOT_AUTHORIZED, connect_cod
 
 from broker.app import NodeApp
 from broker.server.config import ListenerConfig
+from cluster.gossip import MembershipConfig
+from cluster.runtime import ClusterConfig
+from cluster.transport import Transport
+from cluster.wire import Body, Hello, MessageType
 
 pytestmark = pytest.mark.cluster
 
@@ -36,7 +41,9 @@ class Nodes:
         self.tmp_path = tmp_path
         self.running: list[NodeApp] = []
 
-    async def start(self, name: str, *join: NodeApp) -> NodeApp:
+    async def start(
+        self, name: str, *join: NodeApp, cluster_config: ClusterConfig | None = None
+    ) -> NodeApp:
         cfg = make_config(
             self.tmp_path,
             node_name=name,
@@ -46,7 +53,7 @@ class Nodes:
             plugins=PLUGINS,
             allow_anonymous=False,
         )
-        app = NodeApp(cfg)
+        app = NodeApp(cfg, cluster_config=cluster_config)
         await app.start()
         self.running.append(app)
         return app
@@ -55,9 +62,9 @@ class Nodes:
         self.running.remove(app)
         await app.stop()
 
-    async def pair(self) -> tuple[NodeApp, NodeApp]:
-        a = await self.start(A)
-        b = await self.start(B, a)
+    async def pair(self, cluster_config: ClusterConfig | None = None) -> tuple[NodeApp, NodeApp]:
+        a = await self.start(A, cluster_config=cluster_config)
+        b = await self.start(B, a, cluster_config=cluster_config)
         await converged(a, b)
         return a, b
 
@@ -189,3 +196,60 @@ async def test_the_joining_node_hands_its_newer_rows_to_the_peer(nodes: Nodes) -
     assert await code(a2, "d", "u", "one") in BAD_USERNAME_OR_PASSWORD
     assert await code(a2, "d", "u", "two") == 0
     assert await code(a2, "e", "u", "three") == 0
+
+
+class Partition:
+    """Two nodes that drop every frame they receive from each other while `cut` is set
+    (RPC answers included), as when the network between them fails."""
+
+    def __init__(self, *apps: NodeApp) -> None:
+        self.cut = False
+        names = {app.config.node_name for app in apps}
+        for app in apps:
+            assert app.cluster is not None
+            self._filter(app.cluster.transport, names - {app.config.node_name})
+
+    def _filter(self, transport: Transport, peers: set[str]) -> None:
+        on_frame, on_heard = transport.on_frame, transport.on_heard
+
+        def frame(hello: Hello, msg_type: MessageType, body: Body) -> None:
+            if not (self.cut and hello.name in peers):
+                on_frame(hello, msg_type, body)
+
+        def heard(hello: Hello) -> None:
+            if not (self.cut and hello.name in peers):
+                on_heard(hello)
+
+        transport.on_frame, transport.on_heard = frame, heard
+
+
+async def test_both_sides_of_a_healed_partition_converge(nodes: Nodes) -> None:
+    fast = ClusterConfig(
+        membership=MembershipConfig(probe_interval=0.2, reconnect_interval=0.5),
+        rpc_timeout=1.0,
+    )
+    a, b = await nodes.pair(fast)
+    await http(a, "POST", "/auth_username", json={"username": "u", "password": "before"})
+    partition = Partition(a, b)
+    partition.cut = True
+    await eventually(lambda: live(a) == [A] and live(b) == [B], timeout=20)
+    # each side takes writes of its own while they cannot see each other
+    assert await http(a, "PUT", "/auth_username/u", json={"password": "a-side"}) == (200, "ok")
+    await http(a, "POST", "/auth_username", json={"username": "only-a", "password": "pa"})
+    await http(b, "POST", "/auth_username", json={"username": "only-b", "password": "pb"})
+    assert await code(b, "c", "u", "before") == 0  # B has not heard of the change yet
+    partition.cut = False
+    await converged(a, b)
+    tables = [app.broker.replicated.table("auth_username") for app in (a, b)]
+    await eventually(
+        lambda: (
+            all(t.keys() == ["only-a", "only-b", "u"] for t in tables)
+            and tables[0].dump() == tables[1].dump()
+        ),
+        timeout=20,
+    )
+    for app in (a, b):
+        assert await code(app, "c", "u", "a-side") == 0
+        assert await code(app, "c", "u", "before") in BAD_USERNAME_OR_PASSWORD
+        assert await code(app, "c", "only-a", "pa") == 0
+        assert await code(app, "c", "only-b", "pb") == 0
