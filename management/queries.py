@@ -206,7 +206,7 @@ def connection_row(ctx: NodeContext, channel: Channel) -> Row:
         "proto_ver": channel.version,
         "clean_start": channel.clean_start,
         "keepalive": channel.keepalive,
-        "is_bridge": False,
+        "is_bridge": channel.is_bridge,
         "connected_at": local_datetime(channel.connected_at),
         "conn_mod": channel.listener,
         "recv_oct": channel.recv_oct,
