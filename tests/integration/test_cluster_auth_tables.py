@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 import pytest
 from api_support import ADMIN, basic, eventually
-from cluster.gossip import MembershipConfig
 from conftest import make_config
 from plugin_support import BAD_USERNAME_OR_PASSWORD, NOT_AUTHORIZED, connect_code
 
 from broker.app import NodeApp
 from broker.server.config import ListenerConfig
+from cluster.membership_config import MembershipConfig
 from cluster.runtime import ClusterConfig
 from cluster.transport import Transport
 from cluster.wire import Body, Hello, MessageType
