@@ -10,8 +10,9 @@ and the same with `username` for `/auth_username`.
 
 Where the routes exist: EMQX registered them with the plugin and filtered each request on
 whether the plugin was running on the node that got it (404 otherwise). Here the routes are
-always in the table (the route list, the OpenAPI document) and answer **404
-`plugin_not_loaded`** while the plugin is not loaded on the node that takes the request.
+always in the table (the route list, the OpenAPI document) and answer **HTTP 404
+`plugin_not_loaded`** (in both API formats) while the plugin is not loaded on the node that
+takes the request.
 
 Writes: the password is hashed here, once (`$7$`, salt included), and the row is stamped with
 the time; the same row is then applied on every running node (`table_put`/`table_delete`),
@@ -32,7 +33,6 @@ from broker.core.replicated import ReplicatedTable, Row
 from broker.plugins.auth_table import TABLE_AUTH, TableAuth, credential
 from management import queries_tables  # noqa: F401  (registers the table queries)
 from management.common import (
-    CODE_BAD_PARAM,
     ApiError,
     as_str,
     check_result,
@@ -41,6 +41,7 @@ from management.common import (
     params,
     view_of,
 )
+from management.errors import BadParam, PluginRouteNotLoaded
 
 #: MQTT strings (client id, username) and the password field are at most 65535 bytes.
 MAX_BYTES = 65535
@@ -54,7 +55,7 @@ async def _require_loaded(request: web.Request, spec: TableAuth) -> None:
     view = view_of(request)
     rows = await node_call(request, view.local_node, "plugins", {})
     if not any(row.get("name") == spec.plugin and row.get("active") for row in rows):
-        raise ApiError(404, "plugin_not_loaded")
+        raise PluginRouteNotLoaded
 
 
 async def _merged(request: web.Request, spec: TableAuth) -> ReplicatedTable:
@@ -74,7 +75,7 @@ async def _merged(request: web.Request, spec: TableAuth) -> ReplicatedTable:
 def _text(value: Any, name: str) -> str:
     text = as_str(value, name)
     if not text or len(text.encode("utf-8")) > MAX_BYTES or "\x00" in text:
-        raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM)
+        raise BadParam(name)
     return text
 
 

@@ -30,7 +30,7 @@ from broker.app import NodeApp
 from broker.plugins.passwd_file import set_password, verify_password
 from broker.protocol.constants import MQTT_5, ReasonCode
 from broker.protocol.packets import ConnAck
-from broker.server.config import ConfigError, parse_config
+from broker.server.config import ConfigError, ManagementConfig, parse_config
 
 BOTH = {"auth_clientid": {"enabled": True}, "auth_username": {"enabled": True}}
 
@@ -278,3 +278,25 @@ def test_config_tables_of_the_plugins_take_enabled_only() -> None:
     assert cfg.plugins["auth_clientid"] == {"enabled": True}
     with pytest.raises(ConfigError, match=r"plugins\.auth_username"):
         parse_config("[plugins.auth_username]\nenabled = true\nusers = []\n")
+
+
+async def test_the_emqx_format(tmp_path: Path, http_of: Any) -> None:
+    """api_format = "emqx": answers in EMQX 3.x's envelope; a plugin that is not loaded keeps
+    its plain HTTP 404, as EMQX's filtered routes did."""
+    management = ManagementConfig(bind="127.0.0.1", port=0, api_format="emqx")
+    plugins = {"auth_clientid": {"enabled": True}}
+    async with running_app(app_config(tmp_path, plugins=plugins, management=management)) as app:
+        http = http_of(app)
+        body = {"clientid": "c1", "password": "p"}
+        assert await http("POST", "/auth_clientid", json=body) == (200, {"code": 0})
+        assert await http("GET", "/auth_clientid") == (200, {"code": 0, "data": ["c1"]})
+        status, answer = await http("GET", "/auth_clientid/c1")
+        assert status == 200 and answer["code"] == 0 and answer["data"]["clientid"] == "c1"
+        assert await http("POST", "/auth_clientid", json=body) == (
+            200,
+            {"code": 102, "message": "existed"},
+        )
+        status, answer = await http("POST", "/auth_clientid", json={"clientid": "c2"})
+        assert status == 200 and answer["code"] == 107
+        assert await http("GET", "/auth_username") == (404, {"message": "plugin_not_loaded"})
+        assert await http("DELETE", "/auth_clientid/c1") == (200, {"code": 0})
