@@ -22,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import difflib
 import json
 import secrets
 import shutil
@@ -197,6 +198,12 @@ def build_config(
     """The `BrokerConfig` of an embedded node: every listener on `host` port 0, no $SYS timer,
     a private API app instead of EMQX's default one. `settings` are `BrokerConfig` fields
     (e.g. `allow_anonymous=False`, `max_packet_size=1024`, `max_qos_allowed=1`)."""
+    known = {f.name for f in dataclasses.fields(BrokerConfig)}
+    for option in settings:
+        if option not in known:
+            close = difflib.get_close_matches(option, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"unknown embedded node option {option!r}{hint}")
     files = Path(data_dir)
     files.mkdir(parents=True, exist_ok=True)
     if users is not None:

@@ -13,7 +13,7 @@ Options come from markers, with the keywords of `broker.embedded.embedded_node`:
 
     @pytest.mark.mqtt_broker(allow_anonymous=False, users={"alice": "secret"})
     @pytest.mark.mqtt_broker(tls=True)           # a test CA; needs `trustme`; see `mqtt_tls_ca`
-    @pytest.mark.mqtt_broker(max_packet_size=1024, receive_maximum=10)
+    @pytest.mark.mqtt_broker(max_packet_size=1024, max_qos_allowed=1)
     @pytest.mark.mqtt_cluster(nodes=2, allow_anonymous=False, users={"bob": "pw"})
 
 Nothing heavy is imported when pytest starts: the broker is imported by the first test that

@@ -2,7 +2,7 @@
 import { ApiError, api, enc, get } from './api.js';
 import { LineChart } from './charts.js';
 import { MqttWsClient } from './mqtt.js';
-import { badge, card, counts, fmt, h, table, time, uptime, username } from './ui.js';
+import { badge, card, counts, fmt, h, maxOf, table, time, uptime, username } from './ui.js';
 
 const REFRESH = 5000;
 const CHART_REFRESH = 2000;
@@ -86,7 +86,7 @@ function overview(ctx) {
     const now = performance.now();
     const received = metrics.reduce((n, m) => n + m.metrics['messages/received'], 0);
     // every node holds a replica of each retained message: count them once, not once per node
-    const retainedCount = Math.max(0, ...stats.map((s) => Number(s['retained/count']) || 0));
+    const retainedCount = maxOf(stats, 'retained/count');
     const sent = metrics.reduce((n, m) => n + m.metrics['messages/sent'], 0);
     if (last) {
       const dt = (now - last.t) / 1000;

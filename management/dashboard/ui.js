@@ -63,3 +63,9 @@ export function counts(object) {
   const entries = Object.entries(object || {}).sort((a, b) => b[1] - a[1]);
   return entries.map(([k, v]) => `${k} ${v}`).join(', ');
 }
+
+// The largest value of `key` over the rows: for what every node holds a replica of (retained
+// messages), the cluster's count is one node's, not the sum over the nodes.
+export function maxOf(rows, key) {
+  return rows.reduce((m, r) => Math.max(m, Number(r[key]) || 0), 0);
+}

@@ -176,3 +176,8 @@ def test_threaded_cluster_waits_for_routes() -> None:
             for client in (sub, pub):
                 client.loop_stop()
                 client.disconnect()
+
+
+def test_an_unknown_option_names_the_closest_one() -> None:
+    with pytest.raises(TypeError, match=r"'max_packet_sise' \(did you mean 'max_packet_size'\?\)"):
+        embedded_node(max_packet_sise=10)
