@@ -106,3 +106,16 @@ def test_a_plugin_that_is_not_installed_and_a_bad_file_together(
     assert code == 1 and len(errors) == 2, errors
     assert "[plugins.nosuch] configures a plugin that is not installed" in errors[0]
     assert "plugin acl_file cannot load" in errors[1]
+
+
+def test_corrupt_data_files_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "loaded_plugins.json").write_text("{not json")
+    (data / "banned.json").write_text("[1, 2")
+    code, errors, _ = check(write_config(tmp_path, ""), capsys)
+    assert code == 1 and len(errors) == 2, errors
+    assert "loaded_plugins.json: corrupt list of loaded plugins" in errors[0]
+    assert "banned.json" in errors[1]
