@@ -22,12 +22,15 @@ from broker.server.banner import format_banner
 from broker.server.config import BrokerConfig, validate_host_port
 from broker.server.node import Node, auth_mode
 from broker.server.replicated_store import ReplicatedStore
+from broker.server.workers import WorkerSpec
 from cluster.runtime import ClusterConfig, ClusterNode
+from cluster.transport import unix_address
 from cluster.wire import Address
 from management.cluster_view import ClusterNodeView
 from management.queries import NodeContext
 from management.server import ManagementServer
 from management.view import ClusterView, LocalView, run_query
+from management.workers_view import WorkersView, worker_member_name
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +43,12 @@ class NodeApp:
         config: BrokerConfig,
         view: ClusterView | None = None,
         cluster_config: ClusterConfig | None = None,
+        worker: WorkerSpec | None = None,
     ) -> None:
         self.config = config
-        self.node = Node(config)
+        #: One of the processes of `start --workers N` (broker.server.workers), or None.
+        self.worker = worker
+        self.node = Node(config, reuse_port=worker is not None)
         broker = self.node.broker
         self.banned_store = BannedStore(broker.banned, config.data_dir)
         self.tables_store = ReplicatedStore(broker.replicated, config.data_dir)
@@ -63,7 +69,10 @@ class NodeApp:
         # With [cluster] enabled (and no view given), the node joins the cluster and the API
         # sees every node through it; peers' RPCs run this node's management queries.
         self.cluster: ClusterNode | None = None
-        if config.cluster.enabled and view is None:
+        if worker is not None:  # the workers are a cluster, shown to the API as one node
+            self.cluster = make_worker_cluster(self.broker, config, worker, self._rpc)
+            self.view = WorkersView(self.context, self.cluster, worker.index, worker.count)
+        elif config.cluster.enabled and view is None:
             self.cluster = make_cluster_node(self.broker, config, self._rpc, cluster_config)
             self.view = ClusterNodeView(self.context, self.cluster)
         self.management: ManagementServer | None = None
@@ -142,7 +151,7 @@ class NodeApp:
         bound = self.node.bound_listeners()
         if self.management is not None and self.http_port:
             bound.append(("http", self.management.config.bind, self.http_port))
-        if self.cluster is not None and self.cluster.port:
+        if self.cluster is not None and self.cluster.port and self.worker is None:
             bound.append(("cluster", self.config.cluster.bind, self.cluster.port))
         return bound
 
@@ -184,6 +193,24 @@ def make_cluster_node(
     )
 
 
+def make_worker_cluster(
+    broker: Broker, config: BrokerConfig, worker: WorkerSpec, rpc_handler: Any
+) -> ClusterNode:
+    """The cluster of the workers of one node: each listens on its Unix socket in the
+    parent's private directory and has the others as seeds (whichever starts first, they find
+    each other); member names are `<node>/w<index>`, the broker's node name stays the node's."""
+    seeds = [unix_address(worker.socket_path(i)) for i in range(worker.count) if i != worker.index]
+    return ClusterNode(
+        broker,
+        worker_member_name(config.node_name, worker.index),
+        unix_address(worker.socket_path(worker.index)),
+        None,
+        seeds,
+        worker.cookie,
+        rpc_handler,
+    )
+
+
 #: Container allocations between young-generation collections (Python's default is 700).
 GC_GEN0_THRESHOLD = 50_000
 
@@ -202,20 +229,27 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-async def run(config: BrokerConfig) -> None:
-    """Run a node until SIGINT or SIGTERM, then shut it down gracefully."""
+async def run(config: BrokerConfig, worker: WorkerSpec | None = None) -> None:
+    """Run a node (or one worker of it) until SIGINT or SIGTERM, then shut it down
+    gracefully. Of the workers, the first prints the banner."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
-    app = NodeApp(config)
+    app = NodeApp(config, worker=worker)
     await app.start()
     tune_gc()
     with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
         loop.add_signal_handler(signal.SIGHUP, app.reload)
     # (The default-app warning is logged by the management server as it starts: once.)
-    print(format_banner(config, app.bound_listeners(), auth_mode(config)), flush=True)
+    if worker is None:
+        print(format_banner(config, app.bound_listeners(), auth_mode(config)), flush=True)
+    elif worker.index == 0:
+        banner = format_banner(config, app.bound_listeners(), auth_mode(config))
+        print(f"{banner}\nworkers: {worker.count} processes share the MQTT ports", flush=True)
+    else:
+        log.info("worker %d of %d started", worker.index, worker.count)
     try:
         await stop.wait()
     finally:

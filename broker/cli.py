@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop: asyncio's (the default), uvloop (`pip install uvloop`), or auto = "
         "uvloop when it is installed; asyncio's is within about 5%% of uvloop here, and only "
         "it counts accept() failures for lack of file descriptors (max_open_files)",
+    )  # fmt: skip
+    start.add_argument(
+        "--workers", default="1", metavar="N",
+        help="worker processes sharing the MQTT/WebSocket ports (SO_REUSEPORT), one node to "
+        "the API; auto = one per core (default 1)",
     )  # fmt: skip
     start.add_argument(
         "--test-config",
@@ -175,7 +181,14 @@ def _test_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace, argv: list[str]) -> int:
+    from broker.server.workers import WORKER_ENV, WorkerSpec, apply_worker, parse_workers
+
+    try:
+        workers = parse_workers(args.workers)
+    except ValueError:
+        _error(f"--workers: expected a number >= 1 or auto, got {args.workers!r}")
+        return 2
     if args.test_config:
         return _test_config(args)
     try:
@@ -183,6 +196,23 @@ def _start(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _error(str(exc))
         return 2
+    worker_env = os.environ.pop(WORKER_ENV, None)
+    worker = WorkerSpec.from_env(worker_env) if worker_env else None
+    if workers > 1 and cfg.cluster.enabled and cfg.cluster_join:
+        # The workers are a cluster of their own; joining other nodes as well is not built.
+        _error("--workers N > 1 cannot be combined with joining a cluster (--join, [cluster] join)")
+        return 2
+    if worker is not None:
+        apply_worker(cfg, worker)
+    elif workers > 1:
+        _configure_logging(args.verbose, args.log_format)
+        from broker.server.workers import supervise
+
+        try:
+            return supervise(cfg, workers, argv)
+        except OSError as exc:  # a port in use, found while reserving the ports
+            _error(f"cannot start listeners: {describe(exc)}")
+            return 1
     try:
         factory = loop_factory(args.loop)
     except ImportError:
@@ -195,7 +225,7 @@ def _start(args: argparse.Namespace) -> int:
     # Ctrl-C before the node installed its signal handlers is still a clean stop.
     try:
         with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(run_node(cfg))
+            runner.run(run_node(cfg, worker))
     except StartupError as exc:  # a corrupt data file, a plugin that cannot load
         _error(str(exc))
         return 1
@@ -205,7 +235,7 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "apps":
         return apps_main(args)
     if args.command == "passwd":
@@ -220,7 +250,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config-reference":
         print(render_reference(), end="")
         return 0
-    return _start(args)
+    return _start(args, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,8 +258,13 @@ def main(argv: list[str] | None = None) -> int:
 
     Every error ends as one line on stderr (``--debug`` adds the traceback), see cli_support.
     """
+    words = list(sys.argv[1:] if argv is None else argv)
     return run_main(
-        "minibroker", build_parser(), argv, _dispatch, (OSError, ConfigError, StartupError)
+        "minibroker",
+        build_parser(),
+        words,
+        lambda args: _dispatch(args, words),
+        (OSError, ConfigError, StartupError),
     )
 
 

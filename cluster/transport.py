@@ -29,6 +29,10 @@ quarter of that (or failed), and the runtime stops reading the client whose PUBL
 meanwhile. A peer slower than its publishers so slows them down, as TCP would, instead of
 having its FORWARDs dropped.
 
+Unix sockets. The workers of one machine (`start --workers N`) link the same way over Unix
+sockets: an address whose host is `unix:PATH` (`unix_address`) is listened on and dialled as
+that socket; everything above the socket (handshake, queues, flow control) is the same.
+
 `close()` stops listening, lets the queues drain for up to `flush_timeout` (so a LEAVE goes
 out), then closes every connection.
 """
@@ -60,7 +64,7 @@ from cluster.wire import (
     parse_hello_ack,
 )
 
-__all__ = ["DropHandler", "FrameHandler", "Transport", "TransportConfig"]
+__all__ = ["DropHandler", "FrameHandler", "Transport", "TransportConfig", "unix_address"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,21 @@ FrameHandler = Callable[[Hello, MessageType, Body], None]
 DropHandler = Callable[[Address, MessageType, int], None]
 
 _READ_SIZE = 65536
+#: A host of this form is a Unix socket path (the workers of one machine): ("unix:/path", 0).
+UNIX_PREFIX = "unix:"
+
+
+def unix_address(path: str) -> Address:
+    """The cluster address of a Unix socket: the same (host, port) shape as a TCP one, so
+    membership, gossip and the wire carry it unchanged."""
+    return (UNIX_PREFIX + path, 0)
+
+
+async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Dial a peer over TCP, or over a Unix socket for a `unix:` host."""
+    if host.startswith(UNIX_PREFIX):
+        return await asyncio.open_unix_connection(host[len(UNIX_PREFIX) :])
+    return await asyncio.open_connection(host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +188,7 @@ class _Link:
         try:
             host, port = self.address
             async with asyncio.timeout(cfg.connect_timeout):
-                reader, conn = await asyncio.open_connection(host, port)
+                reader, conn = await _connect(host, port)
             writer = conn
             async with asyncio.timeout(cfg.handshake_timeout):
                 peer = await self._handshake(reader, conn)
@@ -293,7 +312,11 @@ class Transport:
     # -- listening -------------------------------------------------------------------------
 
     async def listen(self, host: str, port: int) -> int:
-        """Start accepting peers on host:port; returns the bound port (port 0 works)."""
+        """Start accepting peers on host:port; returns the bound port (port 0 works). A
+        `unix:PATH` host listens on that Unix socket instead (returns 0)."""
+        if host.startswith(UNIX_PREFIX):
+            self._server = await asyncio.start_unix_server(self._serve, host[len(UNIX_PREFIX) :])
+            return 0
         self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port

@@ -144,11 +144,16 @@ class AcceptErrors:
             self._since_warning = 0
 
 
-def _bind_socket(listener: ListenerConfig) -> socket.socket:
-    """A listening socket we create ourselves, so port 0 resolves to a known port."""
+def _bind_socket(listener: ListenerConfig, reuse_port: bool = False) -> socket.socket:
+    """A listening socket we create ourselves, so port 0 resolves to a known port.
+
+    `reuse_port`: SO_REUSEPORT, so the workers of `start --workers N` each bind the same port
+    and the kernel spreads the incoming connections over their accept queues."""
     family = socket.AF_INET6 if ":" in listener.bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((listener.bind, listener.port))
     except OSError as exc:  # name the address: "Address already in use" alone says not which
@@ -162,8 +167,10 @@ def _bind_socket(listener: ListenerConfig) -> socket.socket:
 class Node:
     """One broker node with its listeners and timers."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, reuse_port: bool = False) -> None:
         self.config = config
+        #: One of several worker processes sharing the MQTT/WS ports (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.version = broker_version()
         self.broker = Broker(settings_from_config(config), clock=time.time)
         self.listeners: list[ListenerStats] = []
@@ -241,7 +248,7 @@ class Node:
         """MQTT over TCP (`kind` "tcp") or TLS ("tls"): the same protocol class."""
         loop = asyncio.get_running_loop()
         ctx = self._ssl_contexts["ssl"] if kind == "tls" else None
-        sock = _bind_socket(listener)
+        sock = _bind_socket(listener, self.reuse_port)
         protocol = "mqtt:ssl" if kind == "tls" else "mqtt:tcp"
         stats = self._stats(listener, protocol, sock.getsockname()[1])
         self._watch(sock, stats)
@@ -258,7 +265,7 @@ class Node:
     async def _start_ws(self, listener: ListenerConfig, kind: str) -> web.AppRunner:
         """MQTT over WebSocket (`kind` "ws") or over TLS ("wss")."""
         ctx = self._ssl_contexts["wss"] if kind == "wss" else None
-        sock = _bind_socket(listener)
+        sock = _bind_socket(listener, self.reuse_port)
         stats = self._stats(listener, f"mqtt:{kind}", sock.getsockname()[1])
         self._watch(sock, stats)
         identity = ctx is not None and listener.use_identity_as_username
