@@ -118,6 +118,9 @@ function overview(ctx) {
       // a Stopped node (dead or departed) has only its name and status
       ['memory', (n) => (n.memory_used === undefined ? '' : `${n.memory_used} / ${n.memory_total}`)],
       ['load 1/5/15', (n) => (n.load1 === undefined ? '' : `${n.load1} ${n.load5} ${n.load15}`)],
+      // `start --workers N`: one node, one line per worker process
+      ['workers', (n) => (n.workers ? h('div', {}, ...n.workers.map((w) => h('div', {},
+        `${w.worker}: pid ${w.pid ?? '-'}, ${w.node_status}, ${w.connections} conn.`))) : '1')],
     ], nodeList.map((n) => ({ ...n, __key: n.node }))));
   });
 }

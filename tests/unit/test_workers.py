@@ -1,0 +1,91 @@
+"""`start --workers N` pieces without processes: the flag, the spec a worker gets, its config,
+and how `WorkersView` merges the workers' answers into one node's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.server.config import BrokerConfig
+from broker.server.workers import WorkerSpec, apply_worker, parse_workers
+from management.workers_view import WorkersView, _merge_listeners, worker_member_name
+
+
+def test_parse_workers() -> None:
+    assert parse_workers("1") == 1
+    assert parse_workers("3") == 3
+    assert parse_workers("auto") == (os.cpu_count() or 1)
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(ValueError):
+            parse_workers(bad)
+
+
+def test_spec_travels_through_the_environment() -> None:
+    spec = WorkerSpec(1, 4, "/tmp/x", "c00kie", {"tcp": 1883, "ws": 8083})
+    assert WorkerSpec.from_env(spec.to_env()) == spec
+    assert spec.socket_path(2) == "/tmp/x/w2.sock"
+
+
+def test_apply_worker(tmp_path: Path) -> None:
+    first, other = BrokerConfig(), BrokerConfig()
+    first.data_dir = other.data_dir = str(tmp_path)
+    apply_worker(first, WorkerSpec(0, 2, "/r", "c", {"tcp": 41883}))
+    apply_worker(other, WorkerSpec(1, 2, "/r", "c", {"tcp": 41883}))
+    assert first.tcp.port == other.tcp.port == 41883
+    assert first.management.enabled and not other.management.enabled  # worker 0 serves the API
+    assert not first.cluster.enabled and not other.cluster.enabled  # no TCP cluster port
+    assert first.data_dir == str(tmp_path)  # worker 0 keeps the node's data
+    assert other.data_dir == str(tmp_path / "worker-1") and (tmp_path / "worker-1").is_dir()
+
+
+def _listener(protocol: str, current: int, closed: dict[str, int]) -> dict[str, Any]:
+    return {"protocol": protocol, "listen_on": "127.0.0.1:1883", "acceptors": 1,
+            "max_conns": 100, "current_conns": current, "shutdown_count": closed}  # fmt: skip
+
+
+def test_listeners_are_merged_per_socket() -> None:
+    merged = _merge_listeners(
+        [
+            [_listener("mqtt:tcp", 3, {"normal": 1}), _listener("http:management", 1, {})],
+            [_listener("mqtt:tcp", 4, {"normal": 2, "kicked": 1})],
+        ]
+    )
+    tcp = next(row for row in merged if row["protocol"] == "mqtt:tcp")
+    assert tcp["current_conns"] == 7 and tcp["acceptors"] == 2
+    assert tcp["shutdown_count"] == {"normal": 3, "kicked": 1}
+    assert len(merged) == 2
+
+
+class _Ctx:
+    node_name = "n@h"
+
+
+def _view() -> WorkersView:
+    return WorkersView(_Ctx(), None, 0, 2)  # type: ignore[arg-type]  # (merging needs neither)
+
+
+def test_merge_rows_counters_and_actions() -> None:
+    view = _view()
+    rows = view._merge("connections", [(0, [{"client_id": "a"}]), (1, [{"client_id": "b"}])])
+    assert rows == [{"client_id": "a", "worker": 0}, {"client_id": "b", "worker": 1}]
+    stats = view._merge(
+        "stats",
+        [(0, {"connections/count": 2, "retained/count": 5}),
+         (1, {"connections/count": 3, "retained/count": 5})],
+    )  # fmt: skip
+    assert stats == {"connections/count": 5, "retained/count": 5}  # retained: replicated
+    assert view._merge("kick", [(0, False), (1, True)]) is True
+    not_found = {"error": "session_not_found"}
+    assert view._merge("subscribe", [(0, not_found), (1, "ok")]) == "ok"
+    assert view._merge("subscribe", [(0, not_found), (1, not_found)]) == not_found
+    assert view._merge("local_routes", [(0, ["a", "b"]), (1, ["b", "c"])]) == ["a", "b", "c"]
+    assert view._merge("kick_banned", [(0, 1), (1, 2)]) == 3
+
+
+def test_one_node_name() -> None:
+    view = _view()
+    assert view.node_names() == ["n@h"] and view.is_known("n@h") and not view.is_known("x")
+    assert worker_member_name("n@h", 1) == "n@h/w1"
