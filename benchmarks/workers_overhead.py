@@ -32,9 +32,10 @@ from pathlib import Path
 
 import psutil
 
-WORKLOADS: dict[str, list[str]] = {
-    "fan-in": ["fan-in", "-P", "10", "-r", "2000", "-s", "64"],
-    "fan-out": ["fan-out", "-S", "100", "-r", "200", "-s", "64"],
+#: Workload -> (bench arguments, messages/s per publisher at --rate-factor 1): 20,000 delivered/s.
+WORKLOADS: dict[str, tuple[list[str], float]] = {
+    "fan-in": (["fan-in", "-P", "10", "-s", "64"], 2000.0),
+    "fan-out": (["fan-out", "-S", "100", "-s", "64"], 200.0),
 }
 START_TIMEOUT = 30.0
 
@@ -86,12 +87,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _bench(
-    workload: str, port: int, duration: float, out: Path, pid: int
+    workload: str, port: int, duration: float, out: Path, pid: int, factor: float
 ) -> tuple[float, list[float], dict[str, float]]:
     """One bench run: (delivered messages, CPU seconds per process busiest first, metrics)."""
     before = _tree_cpu(pid)
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.cli", *WORKLOADS[workload], "-d", str(duration),
+        [sys.executable, "-m", "benchmarks.cli", *WORKLOADS[workload][0], "-d", str(duration),
+         "-r", str(WORKLOADS[workload][1] * factor),
          "--port", str(port), "--out", str(out), "--quiet"],
         check=True, timeout=duration + 120,
     )  # fmt: skip
@@ -101,7 +103,7 @@ def _bench(
     return float(metrics["received"]), per_proc, metrics
 
 
-def run_once(workload: str, workers: int, duration: float) -> dict[str, float]:
+def run_once(workload: str, workers: int, duration: float, factor: float = 1.0) -> dict[str, float]:
     """Marginal CPU per delivered message: the same broker runs the workload for `duration`
     and for 3 x `duration`; the difference of the two runs' CPU over the difference of their
     deliveries leaves out what does not grow with the messages (connects, subscriptions and
@@ -109,8 +111,8 @@ def run_once(workload: str, workers: int, duration: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = _start(workers, tmp)
         try:
-            short = _bench(workload, port, duration, Path(tmp) / "short.jsonl", proc.pid)
-            long = _bench(workload, port, 3 * duration, Path(tmp) / "long.jsonl", proc.pid)
+            short = _bench(workload, port, duration, Path(tmp) / "short.jsonl", proc.pid, factor)
+            long = _bench(workload, port, 3 * duration, Path(tmp) / "long.jsonl", proc.pid, factor)
         finally:
             _stop(proc)
     messages = long[0] - short[0]
@@ -178,13 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-d", "--duration", type=float, default=5.0)
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
+    parser.add_argument(
+        "--rate-factor", type=float, default=1.0,
+        help="multiply the publish rates (1 = 20,000 delivered msg/s in each workload)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     rows = []
     for workload in args.workload or list(WORKLOADS):
         runs: dict[int, list[dict[str, float]]] = {1: [], args.workers: []}
         for _ in range(args.rounds):
             for count in runs:
-                result = run_once(workload, count, args.duration)
+                result = run_once(workload, count, args.duration, args.rate_factor)
                 print(f"{workload} workers={count}: {result}", file=sys.stderr, flush=True)
                 runs[count].append(result)
         med = {
@@ -202,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     n = args.workers
-    print(f"\nmachine: {os.cpu_count()} cores, load average {load}; medians of {args.rounds}")
+    rate = 20_000 * args.rate_factor
+    print(f"\nmachine: {os.cpu_count()} cores, load average {load}; medians of {args.rounds}; "
+          f"{rate:,.0f} delivered msg/s offered")  # fmt: skip
     print(f"| workload | delivered/s, 1 worker | delivered/s, {n} workers | broker CPU us/msg, 1 "
           f"| broker CPU us/msg, {n} | CPU ratio {n}/1 | busiest / next worker us/msg "
           f"| 1 core saturated, msg/s | 16 workers predicted, msg/s |")  # fmt: skip

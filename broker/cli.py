@@ -225,7 +225,7 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     # Ctrl-C before the node installed its signal handlers is still a clean stop.
     try:
         with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(run_node(cfg, worker))
+            runner.run(run_node(cfg) if worker is None else run_node(cfg, worker))
     except StartupError as exc:  # a corrupt data file, a plugin that cannot load
         _error(str(exc))
         return 1
