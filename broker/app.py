@@ -44,7 +44,14 @@ class NodeApp:
         self.node = Node(config)
         broker = self.node.broker
         self.banned_store = BannedStore(broker.banned, config.data_dir)
-        self.plugins = PluginManager(broker, config, config.data_dir, config.node_name)
+        persistence = self.node.persistence
+        self.plugins = PluginManager(
+            broker,
+            config,
+            config.data_dir,
+            config.node_name,
+            delayed_store=persistence.delayed if persistence is not None else None,
+        )
         self.alarms = AlarmManager(broker, config.alarms, config.node_name)
         # What the management queries see of this node. The cluster may replace `view` (before
         # start()) with one that reaches the other nodes and serves `context` to them.

@@ -56,7 +56,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.core.banned import BanEntry
-from broker.core.broker import Broker
+from broker.core.broker import Broker, Forwarded
+from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
 from cluster.gossip import MemberEvent, MembershipConfig, Outgoing
 from cluster.members import LIVE_STATES
@@ -352,17 +353,20 @@ class ClusterNode:
         """The remote nodes with a route matching the message's topic (do not change it)."""
         return self.table.remote_match(message.topic)
 
-    def forward(self, message: Message) -> int:
+    def forward(self, message: Message) -> int | Forwarded:
         """The broker's forward hook; returns the number of remote nodes the message was routed
-        to (sent, or counted as dropped here: the broker then does not count it again)."""
+        to (sent, or counted as dropped here: the broker then does not count it again), with
+        how to wait when a link it went on is congested (`Broker.publish` hands that to the
+        publisher, who stops reading meanwhile)."""
         if message.topic.startswith("$SYS/"):
             return 0
         targets = self.forward_targets(message)
+        wait_drained = None
         if targets:
             body = forward_body(message, self.broker.node_name)
             for node in targets:
                 self.send_forward(node, message, body=body)
-            self._hold_publisher_if_congested(targets)
+            wait_drained = self._congestion(targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
             body = forward_body(message, self.broker.node_name)
             body["kind"] = "retain"
@@ -370,24 +374,25 @@ class ClusterNode:
                 if member.name not in targets:
                     self.stats["retained/replicated"] += 1
                     self._send_frame(member.address, MessageType.FORWARD, body)
+        if wait_drained is not None:
+            return Forwarded(len(targets), wait_drained)
         return len(targets)
 
-    def _hold_publisher_if_congested(self, targets: AbstractSet[str]) -> None:
-        """Flow control: stop reading the publishing client while a link it feeds is congested
-        (`cluster.transport`), so a slower node slows its publishers instead of losing FORWARDs."""
-        source = self.broker.reading
-        if source is None or source.held_at is not None:
-            return
+    def _congestion(self, targets: AbstractSet[str]) -> WaitDrained | None:
+        """Flow control: how to wait for the first congested link among `targets`
+        (`cluster.transport`), so a slower node slows its publishers instead of losing
+        FORWARDs; None when every link has room."""
         for node in targets:
             member = self.membership.get(node)
-            if member is None or not self.transport.congested(member.address):
-                continue
-            hold = source.hold_input()
-            if hold and self.transport.hold_until_drained(
-                member.address, functools.partial(source.release_input, hold)
-            ):
-                self.stats["forward/held"] += 1
-            return
+            if member is not None and self.transport.congested(member.address):
+                return functools.partial(self._wait_drained, member.address)
+        return None
+
+    def _wait_drained(self, address: Address, resume: Callable[[], None]) -> bool:
+        if self.transport.hold_until_drained(address, resume):
+            self.stats["forward/held"] += 1
+            return True
+        return False
 
     def send_forward(
         self,

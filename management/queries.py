@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 
 from broker.core.banned import BAN_KINDS, BanEntry
+from broker.core.channel import Channel
 from broker.core.message import Message, is_expired
 from broker.core.metrics import METRIC_NAMES, STAT_NAMES
 from broker.core.session import Session, Subscription
@@ -48,7 +49,6 @@ from management.formats import human_bytes, local_datetime, undefined, uptime
 
 if TYPE_CHECKING:
     from broker.core.broker import Broker
-    from broker.core.channel import Channel
     from broker.server.config import BrokerConfig
     from broker.server.node import Node
 
@@ -231,17 +231,14 @@ async def connections(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     client_id = args.get("client_id")
     if client_id is not None:
         channel = connected.get(str(client_id))
-        return [connection_row(ctx, channel)] if channel is not None else []
-    return [connection_row(ctx, ch) for ch in list(connected.values())]
+        return [connection_row(ctx, channel)] if isinstance(channel, Channel) else []
+    # Every connection of a node is a Channel; the Broker sees them as `ClientPort`s.
+    return [connection_row(ctx, ch) for ch in list(connected.values()) if isinstance(ch, Channel)]
 
 
 @query("kick")
 async def kick(ctx: NodeContext, args: dict[str, Any]) -> bool:
-    channel = ctx.broker.connected.get(str(args["client_id"]))
-    if channel is None:
-        return False
-    channel.kick()
-    return True
+    return ctx.broker.kick(str(args["client_id"]))
 
 
 def session_row(ctx: NodeContext, session: Session) -> Row:
@@ -375,9 +372,7 @@ async def publish(ctx: NodeContext, args: dict[str, Any]) -> Any:
     delivered = 0
     for topic in topics:
         message = Message(topic, data, qos, retain, {}, publisher, broker.clock(), broker.node_name)
-        hooked = broker.hooks.run_message_publish(message)
-        if hooked is not None:
-            delivered += broker.publish(hooked)
+        delivered += broker.publish(message, hooks=True).deliveries
     return delivered
 
 
@@ -396,16 +391,11 @@ async def subscribe(ctx: NodeContext, args: dict[str, Any]) -> Any:
         return error("bad_topic")
     channel = broker.connected.get(client_id)
     info = channel.info if channel is not None else None
-    now = broker.clock()
     for filt in topics:
         group, real = parse_shared(filt)
-        broker.subscribe(session, Subscription(client_id, filt, real, group, qos))
-        if info is not None:
-            for hook in broker.hooks.session_subscribed:
-                hook(info, filt, qos)
-        if group is None:
-            for message in broker.retained_for(real):
-                session.deliver(message, min(message.qos, qos), True, None, now)
+        subscription = Subscription(client_id, filt, real, group, qos)
+        existed = broker.subscribe(session, subscription, info)
+        broker.send_retained(session, subscription, existed)
     return "ok"
 
 
