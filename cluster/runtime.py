@@ -50,6 +50,7 @@ import random
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
