@@ -378,6 +378,11 @@ class Broker:
             if hooked is None:
                 return _PUBLISHED[0]
             message = hooked
+            frames = message.frames
+            if frames is not None and not frames.fits(
+                message.topic, message.payload, message.properties
+            ):
+                message.frames = None  # a hook changed it in place: its bytes are stale
         counters = self.metrics.counters
         if message.retain:
             self.retain(message)

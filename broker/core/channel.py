@@ -128,6 +128,8 @@ class Channel(Connection):
     def _dispatch(self, packets: list[Packet]) -> None:
         counters = self.broker.metrics.counters
         self.last_received = self.broker.clock()
+        handlers = HANDLERS
+        received_counter = RECEIVED_COUNTER
         remaining = iter(packets)
         for packet in remaining:
             state = self.state
@@ -138,12 +140,12 @@ class Channel(Connection):
                 return
             self.recv_pkt += 1
             counters["packets/received"] += 1
-            name = RECEIVED_COUNTER.get(packet.packet_type)
+            name = received_counter.get(packet.packet_type)
             if name is not None:
                 counters[name] += 1
             if state != CONNECTED and packet.packet_type not in BEFORE_CONNECT:
                 raise Violation(ReasonCode.PROTOCOL_ERROR, "first packet must be CONNECT")
-            handler = HANDLERS.get(type(packet))
+            handler = handlers.get(type(packet))
             if handler is None:
                 raise Violation(
                     ReasonCode.PROTOCOL_ERROR, f"a client may not send {type(packet).__name__}"

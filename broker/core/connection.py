@@ -365,7 +365,9 @@ class Connection:
             frames = message.frames
             if frames is None:
                 frames = message.frames = Frames(message.topic, message.payload, message.properties)
-            data = frames.qos0(retain, self.version)
+            data = frames.raw  # the usual case, tested inline: the shared bytes
+            if data is None or retain or is_v5 is not frames.raw_v5:
+                data = frames.qos0(retain, self.version)
         else:
             topic = message.topic
             if is_v5:

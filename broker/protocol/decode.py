@@ -429,9 +429,9 @@ class Decoder:
                 if not flags and ptype == _PUBLISH and i - pos == _MINIMAL_HEADER[length > 127]:
                     assert isinstance(packet, Publish)
                     if not packet.properties:
-                        packet.frames = Frames.received(
-                            bytes(mv[pos:end]), version,
+                        packet.frames = Frames(
                             packet.topic, packet.payload, packet.properties,
+                            bytes(mv[pos:end]), version == MQTT_5,
                         )  # fmt: skip
                 out.append(packet)
                 pos = end

@@ -54,6 +54,10 @@ class ConnAck:
 class EncodedPublish(Protocol):
     """The encoded QoS 0 PUBLISHes of one message (`broker.protocol.wire.Frames`)."""
 
+    #: One encoding with RETAIN 0, for MQTT 5 clients if `raw_v5` (None = none yet).
+    raw: bytes | None
+    raw_v5: bool
+
     def fits(self, topic: str, payload: bytes, properties: Properties) -> bool: ...
 
     def qos0(self, retain: bool, version: int) -> bytes: ...

@@ -140,3 +140,20 @@ def test_frames_are_used_only_for_the_very_objects_they_encode() -> None:
     assert not frames.fits(packet.topic, packet.payload, {})
     assert frames.qos0(True, MQTT_3_1_1) == encode(Publish("t/1", b"xyz", retain=True))
     assert frames.qos0(False, MQTT_5) == encode(Publish("t/1", b"xyz"), MQTT_5)
+
+
+def test_a_hook_that_edits_the_message_in_place_is_not_undone_by_the_received_bytes() -> None:
+    """Against the convention (hooks return a new Message), but still safe: the received bytes
+    are dropped once the message no longer holds what they encode."""
+    broker = Broker(clock=lambda: 100.0)
+    pub, _ = client(broker, "pub", MQTT_3_1_1)
+    sub, link = client(broker, "sub", MQTT_3_1_1)
+    subscribe(sub, link, "t/#")
+
+    def edit(message: Message) -> Message:
+        message.payload = b"edited"
+        return message
+
+    broker.hooks.message_publish.append(edit)
+    pub.data_received(encode(Publish("t/1", b"original")))
+    assert received(link, MQTT_3_1_1) == [Publish("t/1", b"edited")]
