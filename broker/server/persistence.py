@@ -20,7 +20,8 @@ at once and the others wait again in `broker.wills`; the delayed messages go bac
 once. A message or will that fires is deleted at the next flush (after a crash inside that
 window it fires again: at least once, like the rest of the durability model).
 
-The plugin reaches the store with `delayed_store(broker)`: the plugins load before this store
+The plugin is handed the store (`PluginContext.delayed_store`, from the node's persistence through
+the plugin manager): the plugins load before this store
 opens, and may be loaded and unloaded at runtime, so the store outlives any one plugin
 instance; what the plugin has not taken stays in the store (and on disk).
 
