@@ -28,8 +28,9 @@ class ClientPort(Outlet, Protocol):
     keepalive: int
     connected_at: float
 
-    def taken_over(self) -> None:
-        """Another connection took the client id (MQTT-3.1.4-3): close with 0x8E."""
+    def taken_over(self, session_ends: bool = True) -> None:
+        """Another connection took the client id (MQTT-3.1.4-3): close with 0x8E; its will
+        only if the session ends with it (`session_ends`)."""
         ...
 
     def kick(self) -> None:
