@@ -2,8 +2,16 @@
 
 All state changes happen on one thread through these methods; the transports (`broker.server`)
 only feed bytes into channels and write what channels hand them. Packet handling per client lives
-in `broker.core.channel`; this module holds what is shared between clients: routing a message to
-sessions, session lookup/takeover, subscriptions and the periodic housekeeping.
+in `broker.core.channel` (dispatch) and the `handle_*` modules; this module holds what is shared
+between clients: routing a message to sessions, session lookup/takeover, subscriptions and the
+periodic housekeeping.
+
+The operations are one method each, whatever their origin (`docs/architecture.md`): `publish`
+(clients, wills through `publish_will`, REST, plugins, `$SYS`, copies from other nodes; it runs
+the publish hooks when asked and reports back-pressure in its `Published` result), `subscribe`
+and `send_retained` (a SUBSCRIBE, the REST API, a session imported from another node),
+`unsubscribe`, `kick`. The connections are seen only as `ClientPort`s
+(`broker.core.client_port`): this module never imports them.
 """
 
 from __future__ import annotations
