@@ -20,6 +20,7 @@ class ClientPort(Outlet, Protocol):
     client_id: str | None
     username: str | None
     peer_host: str
+    peer_port: int
     #: Set once the CONNECT is accepted; what hooks are told about the client.
     info: ClientInfo | None
     # What the registries report about it (management, plugins).

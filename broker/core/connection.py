@@ -452,8 +452,18 @@ class Connection:
         """Change state as the table in `broker.core.states` allows (nowhere else)."""
         self.state = next_state(self.state, event)
 
-    def refuse(self, reason_code: int, reason: str, detail: str = "") -> None:
-        """Refuse the CONNECT with a CONNACK carrying `reason_code`, then close."""
+    def refuse(
+        self,
+        reason_code: int,
+        reason: str,
+        detail: str = "",
+        who: tuple[str, str | None] = ("", None),
+    ) -> None:
+        """Refuse the CONNECT with a CONNACK carrying `reason_code`, then close; a refused
+        login (`who`: client id, username) is logged as mosquitto does."""
+        if who[0]:
+            log.info("refused %s (username %r) from %s:%s: %s",
+                     who[0], who[1], self.peer_host, self.peer_port, reason)  # fmt: skip
         self.send_connack(False, reason_code, self.reason_always(detail))
         self.shut(reason)
 

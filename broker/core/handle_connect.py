@@ -128,7 +128,7 @@ def handle_connect(channel: Connection, packet: Connect) -> None:
 
     now = broker.clock()
     if broker.banned.check(client_id, packet.username, channel.peer_host, now):
-        channel.refuse(ReasonCode.NOT_AUTHORIZED, "banned")
+        channel.refuse(ReasonCode.NOT_AUTHORIZED, "banned", who=(client_id, packet.username))
         return
 
     if is_v5:
@@ -163,13 +163,19 @@ def handle_connect(channel: Connection, packet: Connect) -> None:
     else:
         decision = broker.hooks.run_authenticate(info, packet.password)
     if decision is False:
-        channel.refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad_username_or_password")
+        channel.refuse(
+            ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+            "bad_username_or_password",
+            who=(client_id, packet.username),
+        )
         return
     allow_anonymous = settings.listener_allow_anonymous.get(
         channel.listener, settings.allow_anonymous
     )
     if decision is None and not allow_anonymous:
-        channel.refuse(ReasonCode.NOT_AUTHORIZED, "not_authorized")
+        channel.refuse(
+            ReasonCode.NOT_AUTHORIZED, "not_authorized", who=(client_id, packet.username)
+        )
         return
     accept_connect(channel, packet, client_id, keepalive, ack_props, packet.username)
 
