@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.core.metrics import METRIC_NAMES, STAT_NAMES
 from broker.server.banner import broker_version
-
-if TYPE_CHECKING:
-    from management.api import Route
+from management.routes import Route
 
 Schema = dict[str, Any]
 

@@ -23,8 +23,8 @@ from openapi_spec_validator import validate as validate_spec
 
 from broker.cli import main
 from broker.server.config import ManagementApp, ManagementConfig
-from management.api import ROUTES
 from management.apps import AppStore, add_app, apps_path, hash_secret, read_file, verify_secret
+from management.routes import ROUTES
 
 API_NAMES = {
     "list_all_api", "list_brokers", "get_broker", "list_nodes", "get_node", "list_connections",
