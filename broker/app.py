@@ -23,9 +23,10 @@ from broker.server.config import BrokerConfig, validate_host_port
 from broker.server.node import Node, auth_mode
 from cluster.runtime import ClusterConfig, ClusterNode
 from cluster.wire import Address
+from management.apps import AppStore
 from management.cluster_view import ClusterNodeView
 from management.queries import NodeContext
-from management.server import DEFAULT_APP_WARNING, ManagementServer
+from management.server import DEFAULT_APP_WARNING, ManagementServer, management_config
 from management.view import ClusterView, LocalView, run_query
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ class NodeApp:
         self.banned_store = BannedStore(broker.banned, config.data_dir)
         self.plugins = PluginManager(broker, config, config.data_dir, config.node_name)
         self.alarms = AlarmManager(broker, config.alarms, config.node_name)
+        # The API apps: held by every node (management listener or not), so that a change made
+        # through any node's API is in force on all of them (replicated like the bans).
+        mgmt = management_config(config.management)
+        self.apps = AppStore(config.data_dir, mgmt.apps, mgmt.default_app)
         # What the management queries see of this node. The cluster may replace `view` (before
         # start()) with one that reaches the other nodes and serves `context` to them.
         self.context = NodeContext(
@@ -56,6 +61,7 @@ class NodeApp:
             started_at=broker.started_at,
             plugins=self.plugins,
             alarms=self.alarms,
+            apps=self.apps,
         )
         self.view: ClusterView = view if view is not None else LocalView(self.context)
         # With [cluster] enabled (and no view given), the node joins the cluster and the API
@@ -64,6 +70,7 @@ class NodeApp:
         if config.cluster.enabled and view is None:
             self.cluster = make_cluster_node(self.broker, config, self._rpc, cluster_config)
             self.view = ClusterNodeView(self.context, self.cluster)
+            self.cluster.replicas.add("apps", self._apps_dump, self.apps.merge, resync=True)
         self.management: ManagementServer | None = None
         self.http_port = 0
 
@@ -75,6 +82,9 @@ class NodeApp:
     def cluster_port(self) -> int:
         """The bound cluster port (0 without a cluster)."""
         return self.cluster.port if self.cluster is not None else 0
+
+    async def _apps_dump(self, args: dict[str, Any], from_node: str) -> list[dict[str, Any]]:
+        return self.apps.dump()
 
     async def _rpc(self, method: str, args: dict[str, Any]) -> Any:
         """What another node's RPC runs here: the management query of that name."""
@@ -105,7 +115,7 @@ class NodeApp:
         await self.alarms.start()
         if self.config.management.enabled:
             self.management = ManagementServer(
-                self.view, self.config.management, self.config.data_dir
+                self.view, self.config.management, self.config.data_dir, self.apps
             )
             self.context.extra_listeners = [self.management.stats]
             try:

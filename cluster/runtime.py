@@ -32,7 +32,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
 * **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
   delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
-  (RPC `banned_dump`) from the first live peer it meets, once.
+  (RPC `banned_dump`) from the first live peer it meets, once (`cluster.replicas`, where
+  other replicated tables, like the API apps, are added with `replicas.add`).
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
@@ -62,6 +63,7 @@ from cluster.gossip import MemberEvent, MembershipConfig, Outgoing
 from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.ports import ClusterPorts
+from cluster.replicas import ReplicaSet
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
 from cluster.sync import RouteSync
@@ -141,8 +143,10 @@ class ClusterNode:
         )
         self.transport.on_heard = self._on_heard
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
-        self.rpc.register("retained_dump", self._retained_dump)
-        self.rpc.register("banned_dump", self._banned_dump)
+        #: Tables every node holds a copy of (retained, banned; the app adds its own).
+        self.replicas = ReplicaSet(self.call, self.rpc.register)
+        self.replicas.add("retained", self._retained_dump, self._merge_retained)
+        self.replicas.add("banned", self._banned_dump, self._merge_banned)
         self.port = 0
         self.address: Address = ("127.0.0.1", 0)
         self._membership: Membership | None = None
@@ -550,8 +554,11 @@ class ClusterNode:
             if not self._synced and not self._syncing and self._running:
                 self._syncing = True
                 self._spawn(self._initial_sync(name))
+            else:
+                self._resync(name)
         elif event.kind == "alive":
             log.info("cluster: node %s is alive again", name)
+            self._resync(name)
         elif event.kind == "suspect":
             log.info("cluster: node %s is suspect", name)
         elif event.kind == "dead":
@@ -571,30 +578,26 @@ class ClusterNode:
     # -- state pulled by a joining node ----------------------------------------------------
 
     async def _initial_sync(self, first: str) -> None:
-        """Pull retained messages and bans from one live peer (the first that answers)."""
+        """Pull every replicated table from one live peer (the first that answers)."""
         try:
             candidates = [first, *(n for n in self.live_nodes()[1:] if n != first)]
-            for node in candidates:
-                try:
-                    retained = await self.call(node, "retained_dump", {})
-                    banned = await self.call(node, "banned_dump", {})
-                except RpcError as exc:
-                    log.info("cluster: initial sync from %s failed: %s", node, exc)
-                    continue
-                added = self._merge_retained(retained)
-                bans = self._merge_banned(banned)
-                level = logging.INFO if added or bans else logging.DEBUG
-                log.log(
-                    level,
-                    "cluster: pulled %d retained messages and %d bans from %s",
-                    added,
-                    bans,
-                    node,
-                )
+            if await self.replicas.pull_all(candidates) is not None:
                 self._synced = True
-                return
         finally:
             self._syncing = False
+
+    def _resync(self, node: str) -> None:
+        """A node joined or came back after the initial sync: pull the resync tables from it
+        (both sides do, so changes made apart during a partition converge)."""
+        tables = self.replicas.tables.values()
+        if self._synced and self._running and any(t.resync for t in tables):
+            self._spawn(self._pull_resync(node))
+
+    async def _pull_resync(self, node: str) -> None:
+        try:
+            await self.replicas.pull(node, resync_only=True)
+        except RpcError as exc:
+            log.info("cluster: resync from %s failed: %s", node, exc)
 
     async def _retained_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
         cfg = self.config

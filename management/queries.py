@@ -44,6 +44,7 @@ from broker.plugins.manager import (
 )
 from broker.server.listeners import ListenerStats
 from broker.server.logs import set_level
+from management.apps import AppStore
 from management.formats import human_bytes, local_datetime, undefined, uptime
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class NodeContext:
     started_at: float
     plugins: PluginManagerLike | None = None
     alarms: AlarmManagerLike | None = None
+    #: The node's API apps (the `/apps` endpoints change them on every node).
+    apps: AppStore | None = None
     #: Listeners outside `node.listeners` (the management HTTP server).
     extra_listeners: list[ListenerStats] = field(default_factory=list)
 
