@@ -301,15 +301,6 @@ class AppStore:
 
     # -- changes (the `/apps` API) and replication -----------------------------------------
 
-    def editable(self, app_id: str) -> App | None:
-        """A data_dir copy of the app in force (a default or config app gets its secret hashed),
-        for the API to change and `apply` everywhere; None when there is no such app."""
-        app = self.apps().get(app_id)
-        if app is None:
-            return None
-        secret_hash = app.secret_hash if app.secret is None else hash_secret(app.secret)
-        return dataclasses.replace(app, source="data_dir", secret=None, secret_hash=secret_hash)
-
     def apply(self, app: App) -> bool:
         """Store `app` (a record or a tombstone) unless this node has a newer one of its id.
 

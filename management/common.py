@@ -14,6 +14,8 @@ from management.queries import is_error
 from management.view import ClusterView, NodeDown, UnknownNode
 
 # EMQX 3.x management error codes that API.md keeps in some bodies.
+CODE_NODE_DOWN = 101
+CODE_OTHER = 102
 CODE_MISSING_PARAM = 107
 CODE_BAD_PARAM = 108
 CODE_BAD_JSON = 109
@@ -118,6 +120,18 @@ async def params(request: web.Request) -> dict[str, Any]:
                 out.update(body)
     out.update(request.query.items())
     return out
+
+
+async def json_array(request: web.Request) -> list[Any]:
+    """A body that must be a JSON array (the batch endpoints), whatever its Content-Type."""
+    raw = await request.read() if request.can_read_body else b""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "bad_json", CODE_BAD_JSON) from None
+    if not isinstance(body, list):
+        raise ApiError(400, "bad_json", CODE_BAD_JSON)
+    return body
 
 
 def missing(p: dict[str, Any], *names: str) -> None:

@@ -8,13 +8,18 @@ is connected on at most one node, but an offline session may remain on another.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from broker.core.topics import validate_topic_filter, validate_topic_name
 from management.common import (
+    CODE_BAD_PARAM,
     CODE_BAD_TOPIC,
+    CODE_MISSING_PARAM,
+    CODE_NODE_DOWN,
+    CODE_OTHER,
     CODE_SESSION_NOT_FOUND,
     ApiError,
     all_rows,
@@ -22,6 +27,7 @@ from management.common import (
     as_int,
     as_str,
     check_result,
+    json_array,
     missing,
     node_call,
     paginate,
@@ -167,8 +173,7 @@ def _bad_topic() -> ApiError:
     return ApiError(400, "bad_topic", CODE_BAD_TOPIC)
 
 
-async def mqtt_publish(request: web.Request) -> web.Response:
-    p = await params(request)
+async def _publish(request: web.Request, p: dict[str, Any]) -> None:
     topics = _topics(p)
     if not all(validate_topic_name(t) for t in topics):
         raise _bad_topic()
@@ -188,7 +193,6 @@ async def mqtt_publish(request: web.Request) -> web.Response:
     }
     view = view_of(request)
     check_result(await node_call(request, view.local_node, "publish", args))
-    return web.json_response({"code": 0})
 
 
 async def _session_node(request: web.Request, client_id: str) -> str:
@@ -199,8 +203,7 @@ async def _session_node(request: web.Request, client_id: str) -> str:
     raise ApiError(404, "session_not_found", CODE_SESSION_NOT_FOUND)
 
 
-async def mqtt_subscribe(request: web.Request) -> web.Response:
-    p = await params(request)
+async def _subscribe(request: web.Request, p: dict[str, Any]) -> None:
     missing(p, "client_id")
     client_id = as_str(p["client_id"], "client_id")
     topics = _topics(p)
@@ -210,11 +213,9 @@ async def mqtt_subscribe(request: web.Request) -> web.Response:
     node = await _session_node(request, client_id)
     args = {"client_id": client_id, "topics": topics, "qos": qos}
     check_result(await node_call(request, node, "subscribe", args))
-    return web.json_response({"code": 0})
 
 
-async def mqtt_unsubscribe(request: web.Request) -> web.Response:
-    p = await params(request)
+async def _unsubscribe(request: web.Request, p: dict[str, Any]) -> None:
     missing(p, "client_id")
     client_id = as_str(p["client_id"], "client_id")
     missing(p, "topic")
@@ -224,4 +225,79 @@ async def mqtt_unsubscribe(request: web.Request) -> web.Response:
     node = await _session_node(request, client_id)
     args = {"client_id": client_id, "topic": topic}
     check_result(await node_call(request, node, "unsubscribe", args))
+
+
+async def mqtt_publish(request: web.Request) -> web.Response:
+    await _publish(request, await params(request))
     return web.json_response({"code": 0})
+
+
+async def mqtt_subscribe(request: web.Request) -> web.Response:
+    await _subscribe(request, await params(request))
+    return web.json_response({"code": 0})
+
+
+async def mqtt_unsubscribe(request: web.Request) -> web.Response:
+    await _unsubscribe(request, await params(request))
+    return web.json_response({"code": 0})
+
+
+# -- the batch forms (EMQX 3.2.4) ----------------------------------------------------------------
+
+Action = Callable[[web.Request, dict[str, Any]], Awaitable[None]]
+
+#: The fields of a request element echoed in its result, per action (EMQX 3.2.4's).
+_ECHO: dict[str, tuple[str, ...]] = {
+    "publish": ("client_id", "topic", "qos", "retain", "payload"),
+    "subscribe": ("client_id", "topic", "qos"),
+    "unsubscribe": ("client_id", "topic"),
+}
+
+
+def _reason_code(exc: ApiError) -> int:
+    """The EMQX code of a failed element (API.md's table)."""
+    if exc.code is not None:
+        return exc.code
+    if exc.message.startswith("missing mandatory params"):
+        return CODE_MISSING_PARAM
+    if exc.message == "nodedown":
+        return CODE_NODE_DOWN
+    return CODE_BAD_PARAM if exc.status == 400 else CODE_OTHER
+
+
+async def _batch(request: web.Request, kind: str, action: Action) -> web.Response:
+    """One result per element, in order: the element's fields and `reason_code` (0 = done).
+
+    As EMQX 3.2.4 does: an element's failure does not stop the others, the call itself answers
+    200 with the list, and an empty list is `bad_topic`.
+    """
+    elements = await json_array(request)
+    if not elements:
+        raise _bad_topic()
+    results: list[dict[str, Any]] = []
+    for element in elements:
+        if isinstance(element, dict):
+            echo = {k: element[k] for k in _ECHO[kind] if k in element}
+            if "topic" not in echo and "topics" in element:
+                echo["topic"] = element["topics"]
+            try:
+                await action(request, dict(element))
+                code = 0
+            except ApiError as exc:
+                code = _reason_code(exc)
+        else:
+            echo, code = {}, CODE_BAD_PARAM
+        results.append({**echo, "reason_code": code})
+    return web.json_response(results)
+
+
+async def mqtt_publish_batch(request: web.Request) -> web.Response:
+    return await _batch(request, "publish", _publish)
+
+
+async def mqtt_subscribe_batch(request: web.Request) -> web.Response:
+    return await _batch(request, "subscribe", _subscribe)
+
+
+async def mqtt_unsubscribe_batch(request: web.Request) -> web.Response:
+    return await _batch(request, "unsubscribe", _unsubscribe)

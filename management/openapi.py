@@ -176,6 +176,44 @@ SCHEMAS: dict[str, Schema] = {
         optional=["at", "until"],
     ),
     "meta": obj({"page": INT, "limit": INT, "count": INT}),
+    # added after the seed
+    "app": obj(
+        {
+            "app_id": STR,
+            "name": STR,
+            "desc": STR,
+            "status": BOOL,
+            "expired": {"type": ["integer", "null"]},
+        }
+    ),
+    "app_secret": obj({"secret": STR}),
+    "config": obj(
+        {
+            "key": STR,
+            "value": {},
+            "datatype": {"enum": ["boolean", "integer", "float", "null", "list", "map", "string"]},
+            "app": STR,
+        }
+    ),
+    "node_configs": obj({"node": STR, "configs": array(ref("config"))}),
+    "publish_result": obj(
+        {
+            "client_id": STR,
+            "topic": STR,
+            "qos": INT,
+            "retain": BOOL,
+            "payload": STR,
+            "reason_code": INT,
+        },
+        optional=["client_id", "topic", "qos", "retain", "payload"],
+    ),
+    "subscribe_result": obj(
+        {"client_id": STR, "topic": STR, "qos": INT, "reason_code": INT},
+        optional=["client_id", "topic", "qos"],
+    ),
+    "unsubscribe_result": obj(
+        {"client_id": STR, "topic": STR, "reason_code": INT}, optional=["client_id", "topic"]
+    ),
     # request bodies
     "publish": obj(
         {
@@ -196,6 +234,31 @@ SCHEMAS: dict[str, Schema] = {
     "unsubscribe": obj({"topic": STR, "client_id": STR}),
     "log_level": obj({"level": {"enum": ["debug", "info", "warning", "error", "critical"]}}),
 }
+# EMQX 3.2's alarm rows: ours plus `desc` (and `clear_at` once cleared).
+_ALARM_DESC = obj({k: SCHEMAS["alarm"]["properties"][k] for k in ("severity", "title", "summary",
+                                                                  "timestamp")})  # fmt: skip
+SCHEMAS["alarm_present"] = obj({**SCHEMAS["alarm"]["properties"], "desc": _ALARM_DESC})
+SCHEMAS["alarm_history"] = obj({**SCHEMAS["alarm_present"]["properties"], "clear_at": STR})
+SCHEMAS["node_alarms_present"] = obj({"node": STR, "alarms": array(ref("alarm_present"))})
+SCHEMAS["node_alarms_history"] = obj({"node": STR, "alarms": array(ref("alarm_history"))})
+# request bodies added after the seed
+SCHEMAS["app_request"] = obj(
+    {
+        "app_id": STR,
+        "secret": STR,
+        "name": STR,
+        "desc": STR,
+        "status": BOOL,
+        "expired": {"type": ["integer", "null"]},
+    },
+    optional=["secret", "name", "desc", "status", "expired"],
+)
+_APP_UPDATE = ("name", "desc", "status", "expired")
+SCHEMAS["app_update"] = obj(
+    {k: SCHEMAS["app_request"]["properties"][k] for k in _APP_UPDATE}, optional=_APP_UPDATE
+)
+for _kind in ("publish", "subscribe", "unsubscribe"):
+    SCHEMAS[f"{_kind}_batch"] = {**array(ref(_kind)), "minItems": 1}
 # The request form of a ban: who and as required, the rest optional; `at` is set by the server.
 SCHEMAS["banned_request"] = obj(
     {k: v for k, v in SCHEMAS["banned"]["properties"].items() if k != "at"},
@@ -277,6 +340,8 @@ def operation(route: Route) -> Schema:
         responses["503"] = _error("the node does not answer (nodedown)")
     if route.name in ("load_plugin", "unload_plugin"):
         responses["409"] = _error("already_started / not_started")
+    if route.name == "add_app":
+        responses["409"] = _error("already_existed")
     op: Schema = {
         "operationId": route.name,
         "summary": route.descr,

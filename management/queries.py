@@ -75,9 +75,11 @@ class PluginManagerLike(Protocol):
 
 
 class AlarmManagerLike(Protocol):
-    """What the API uses of `broker.server.alarms.AlarmManager`: the raised alarms."""
+    """What the API uses of `broker.server.alarms.AlarmManager`: raised and cleared alarms."""
 
     def list(self) -> Rows: ...
+
+    def history(self) -> Rows: ...
 
 
 @dataclass(kw_only=True)
@@ -452,7 +454,7 @@ _PLUGIN_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-async def _plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
+async def plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
     if ctx.plugins is None:
         return error("not_found")
     try:
@@ -470,12 +472,12 @@ async def _plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
 
 @query("plugin_load")
 async def plugin_load(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    return await _plugin_action(ctx, "load", str(args["name"]))
+    return await plugin_action(ctx, "load", str(args["name"]))
 
 
 @query("plugin_unload")
 async def plugin_unload(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    return await _plugin_action(ctx, "unload", str(args["name"]))
+    return await plugin_action(ctx, "unload", str(args["name"]))
 
 
 @query("listeners")

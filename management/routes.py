@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from management import handlers_admin as admin
+from management import handlers_apps as apps
 from management import handlers_banned as banned
 from management import handlers_clients as clients
 from management import handlers_cluster as cluster
@@ -127,7 +129,15 @@ ROUTES: tuple[Route, ...] = (
           cluster.list_stats, "array:node_stats"),
     Route("lookup_node_stats", "GET", "/nodes/:node/stats/", "The stats of a node",
           cluster.lookup_node_stats, "object:stats"),
-    # alarms
+    # alarms (EMQX 3.2's present/history before the 3.0 `/alarms/:node`, which would match them)
+    Route("list_present_alarms", "GET", "/alarms/present", "The alarms raised on every node",
+          admin.list_present_alarms, "array:node_alarms_present"),
+    Route("list_node_present_alarms", "GET", "/alarms/present/:node",
+          "The alarms raised on a node", admin.list_present_alarms, "array:node_alarms_present"),
+    Route("list_alarm_history", "GET", "/alarms/history", "The alarms cleared on every node",
+          admin.list_alarm_history, "array:node_alarms_history"),
+    Route("list_node_alarm_history", "GET", "/alarms/history/:node",
+          "The alarms cleared on a node", admin.list_alarm_history, "array:node_alarms_history"),
     Route("list_all_alarms", "GET", "/alarms/", "The alarms raised on every node",
           cluster.list_all_alarms, "array:node_alarms"),
     Route("list_node_alarms", "GET", "/alarms/:node", "The alarms raised on a node",
@@ -139,6 +149,40 @@ ROUTES: tuple[Route, ...] = (
           banned.create_banned, "created:banned", "banned"),
     Route("delete_banned", "DELETE", "/banned/:who", "Lift a ban (`as` in the query string)",
           banned.delete_banned, "ok"),
+    # apps (EMQX 3.x emqx_mgmt_api_apps)
+    Route("list_apps", "GET", "/apps/", "List the API apps", apps.list_apps, "array:app"),
+    Route("add_app", "POST", "/apps/", "Add an API app (answers its secret)",
+          apps.add_app, "object:app_secret", "app_request"),
+    Route("lookup_app", "GET", "/apps/:appid", "Lookup an API app", apps.lookup_app,
+          "object:app"),
+    Route("update_app", "PUT", "/apps/:appid", "Update an API app", apps.update_app, "ok",
+          "app_update"),
+    Route("del_app", "DELETE", "/apps/:appid", "Delete an API app", apps.delete_app, "ok"),
+    # connections by username (EMQX 3.1+)
+    Route("lookup_connections_via_username", "GET", "/connection/username/:username",
+          "Lookup the connections of a username in the cluster",
+          admin.lookup_connections_by_username, "array:connection"),
+    Route("lookup_node_connections_via_username", "GET",
+          "/nodes/:node/connection/username/:username",
+          "Lookup the connections of a username on a node",
+          admin.lookup_node_connections_by_username, "array:connection"),
+    # batch publish / subscribe / unsubscribe (EMQX 3.2.4)
+    Route("mqtt_publish_batch", "POST", "/mqtt/publish_batch", "Publish MQTT messages in a batch",
+          clients.mqtt_publish_batch, "array:publish_result", "publish_batch"),
+    Route("mqtt_subscribe_batch", "POST", "/mqtt/subscribe_batch", "Batch subscribes topics",
+          clients.mqtt_subscribe_batch, "array:subscribe_result", "subscribe_batch"),
+    Route("mqtt_unsubscribe_batch", "POST", "/mqtt/unsubscribe_batch",
+          "Batch unsubscribes topics", clients.mqtt_unsubscribe_batch,
+          "array:unsubscribe_result", "unsubscribe_batch"),
+    # plugin reload, persistent sessions, configuration
+    Route("reload_plugin", "PUT", "/nodes/:node/plugins/:plugin/reload",
+          "Reload a plugin on a node (unload, then load)", admin.reload_plugin, "ok"),
+    Route("clean_persistent_session", "DELETE", "/sessions/persistent/:clientid",
+          "Drop a persistent session in the cluster", admin.clean_persistent_session, "ok"),
+    Route("get_all_configs", "GET", "/configs/", "The running configuration of every node",
+          admin.list_configs, "array:node_configs"),
+    Route("get_node_configs", "GET", "/nodes/:node/configs/",
+          "The running configuration of a node", admin.list_node_configs, "array:config"),
     # log level (minibroker's addition; EMQX has it in emqx_ctl only)
     Route("set_log_level", "PUT", "/log_level", "Set the log level of every node",
           cluster.set_log_level, "ok", "log_level"),

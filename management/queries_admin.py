@@ -1,0 +1,108 @@
+"""Node-local queries of the endpoints added after the seed: apps, connections by username,
+alarm history, plugin reload, dropping a session, the running configuration.
+
+They join `management.queries.QUERIES` (same rules: plain data in and out, every row carries
+`node`, an expected failure is an `{"error": reason}` result). `management.view.run_query` imports
+this module, so every node that serves queries serves these too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from management.apps import app_from_record
+from management.configview import config_rows
+from management.queries import (
+    NodeContext,
+    Row,
+    Rows,
+    connection_row,
+    error,
+    plugin_action,
+    query,
+)
+
+# -- apps ----------------------------------------------------------------------------------------
+
+
+@query("app_put")
+async def app_put(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """Store an app record or tombstone here (last writer wins; idempotent, so the API runs it
+    on every node). True when it changed this node's table."""
+    if ctx.apps is None:
+        return False
+    try:
+        app = app_from_record(args["record"])
+    except (KeyError, TypeError, ValueError):
+        return error("bad_app")
+    return ctx.apps.apply(app)
+
+
+# -- connections by username ---------------------------------------------------------------------
+
+
+@query("connections_by_username")
+async def connections_by_username(ctx: NodeContext, args: dict[str, Any]) -> Rows:
+    username = str(args["username"])
+    channels = list(ctx.broker.connected.values())
+    return [connection_row(ctx, ch) for ch in channels if ch.username == username]
+
+
+# -- alarms (EMQX 3.2's present / history forms) -------------------------------------------------
+
+
+def _alarm_32(alarm: dict[str, Any]) -> Row:
+    """Our alarm object plus EMQX 3.2's `desc` map, so scripts for 3.0 and 3.2 both read it."""
+    row = dict(alarm)
+    row["desc"] = {k: alarm[k] for k in ("severity", "title", "summary", "timestamp") if k in alarm}
+    return row
+
+
+@query("alarms_present")
+async def alarms_present(ctx: NodeContext, args: dict[str, Any]) -> Rows:
+    return [] if ctx.alarms is None else [_alarm_32(a) for a in ctx.alarms.list()]
+
+
+@query("alarms_history")
+async def alarms_history(ctx: NodeContext, args: dict[str, Any]) -> Rows:
+    """Cleared alarms, oldest first, each with `clear_at` (bounded by the alarm manager)."""
+    return [] if ctx.alarms is None else [_alarm_32(a) for a in ctx.alarms.history()]
+
+
+# -- plugins -------------------------------------------------------------------------------------
+
+
+@query("plugin_reload")
+async def plugin_reload(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """EMQX's reload: a loaded plugin is unloaded then loaded again (re-reading its config and
+    files); one that is not loaded is simply loaded; an unknown one is `not_found`."""
+    name = str(args["name"])
+    if ctx.plugins is None:
+        return error("not_found")
+    names = {str(p["name"]): bool(p["active"]) for p in ctx.plugins.list()}
+    if name not in names:
+        return error("not_found")
+    if names[name]:
+        unloaded = await plugin_action(ctx, "unload", name)
+        if unloaded != "ok":
+            return unloaded
+    return await plugin_action(ctx, "load", name)
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+@query("session_drop")
+async def session_drop(ctx: NodeContext, args: dict[str, Any]) -> bool:
+    """Discard the session of `client_id` on this node (a connected client is kicked first);
+    False when this node has none."""
+    return ctx.broker.drop_session(str(args["client_id"]))
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+@query("configs")
+async def configs(ctx: NodeContext, args: dict[str, Any]) -> Rows:
+    """The configuration this node runs with, secrets masked (`management.configview`)."""
+    return config_rows(ctx.config)
