@@ -330,3 +330,20 @@ async def test_configs_are_shown_with_secrets_masked(app_factory: AppFactory) ->
         check(per_node, "config[]")
         assert per_node == node["configs"]
         assert (await api.get("/api/v3/nodes/other@x/configs")).status == 404
+
+
+async def test_a_dropped_session_does_not_come_back_after_a_restart(
+    app_factory: AppFactory, tmp_path: Path
+) -> None:
+    data_dir = str(tmp_path / "persist")
+    app = await app_factory(data_dir=data_dir, persistence=True)
+    async for api in make_api(app, "real_http"):
+        for client_id in ("dropped", "kept"):
+            async with mqtt(api, client_id, clean_session=False) as c:
+                await c.subscribe(f"{client_id}/#", qos=1)
+        await eventually(lambda: not app.broker.connected)
+        assert await api.ok("DELETE", "/api/v3/sessions/persistent/dropped") == "ok"
+    await app.stop()  # flushes what changed
+    again = await app_factory(data_dir=data_dir, persistence=True)
+    assert "kept" in again.broker.sessions  # persistence works, and
+    assert "dropped" not in again.broker.sessions  # the dropped one stayed dropped
