@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.gossip import MemberState
+from cluster.members import MemberState
 from cluster.membership import MembershipConfig
 from cluster.sim import SimNetwork, SimStats
 

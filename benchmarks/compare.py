@@ -5,9 +5,9 @@ Each round runs every scenario of the suite once per broker, alternating which b
 first; each run gets a freshly started broker (so memory per connection starts from an idle
 process) pinned to core 0 with `taskset -c 0`, while this process and its load workers are
 pinned to core 1 (`os.sched_setaffinity`, what `taskset -c 1` does). Our broker runs on uvloop
-when it is installed (`benchmarks.launch`). Every run is appended to `--out` as a JSON line;
-at the end the medians and the ratio of each broker to mosquitto per scenario are printed as
-Markdown. amqtt (`--brokers minibroker,mosquitto,amqtt`) runs from its own virtualenv
+when it is installed (`minibroker start --loop auto`). Every run is appended to `--out` as a
+JSON line; at the end the medians and the ratio of each broker to mosquitto per scenario are
+printed as Markdown. amqtt (`--brokers minibroker,mosquitto,amqtt`) runs from its own virtualenv
 (`AMQTT_BIN`, PATH, or /opt/amqtt-venv) and gets its own `amqtt / mosquitto` column.
 
 The ratio is the figure to track: absolute numbers on a shared 2-core machine are noise.

@@ -2,9 +2,10 @@
 
 * `cluster.wire`: frames `[length][version][type][msgpack body]`, `MessageType`, handshake,
   FORWARD and RPC bodies (the only module that imports msgpack);
-* `cluster.membership`: SWIM membership of one node (`Membership`), with `cluster.gossip`
-  (records, config, delegate, transmit queue), `cluster.members` (member table) and
-  `cluster.probe` (failure detector);
+* `cluster.membership`: SWIM membership of one node (`Membership`), with `cluster.members`
+  (member records and table), `cluster.membership_config` (timings and formulas),
+  `cluster.probe` (failure detector), `cluster.transmit` (the retransmit-limited queue) and
+  `cluster.delegate` (the interface, and the member events, through which routes ride on it);
 * `cluster.routes`: the cluster route table (`RouteTable`, `RouteDelta`);
 * `cluster.sync`: `RouteSync`, the membership delegate that gossips and push/pulls routes;
 * `cluster.sim`: an in-memory network with a virtual clock (tests, `benchmarks.cluster_sim`);

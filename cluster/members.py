@@ -1,12 +1,94 @@
-"""The member table of one node: who is known, in which state, and random choice among them."""
+"""Members of the cluster as one node knows them: the member records (state, incarnation,
+epoch), the update record gossip carries, and the member table with random choice among them."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
 from types import MappingProxyType
+from typing import Any
 
-from cluster.gossip import Member, MemberState
+from cluster.wire import Address, WireError
+
+
+class MemberState(IntEnum):
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One membership fact: node `name` (run `epoch`) is in `state` at `incarnation`.
+
+    On the wire: `[state, name, host, port, incarnation, epoch]`; extra trailing fields from a
+    newer peer are ignored.
+    """
+
+    state: MemberState
+    name: str
+    address: Address
+    incarnation: int
+    epoch: int
+
+    def to_wire(self) -> list[Any]:
+        return [
+            int(self.state),
+            self.name,
+            self.address[0],
+            self.address[1],
+            self.incarnation,
+            self.epoch,
+        ]
+
+    def wire_size(self) -> int:
+        """A close upper estimate of the packed size, for piggyback budgets."""
+        return 24 + len(self.name) + len(self.address[0])
+
+    @classmethod
+    def from_wire(cls, item: Any) -> Update:
+        """Raises WireError on anything malformed."""
+        if not isinstance(item, list | tuple) or len(item) < 6:
+            raise WireError(f"bad membership update {item!r}")
+        state, name, host, port, incarnation, epoch = item[:6]
+        if (
+            not isinstance(state, int)
+            or state not in _STATES
+            or not isinstance(name, str)
+            or not name
+            or not isinstance(host, str)
+            or not _is_int(port)
+            or not 0 <= port <= 65535
+            or not _is_int(incarnation)
+            or incarnation < 0
+            or not _is_int(epoch)
+        ):
+            raise WireError(f"bad membership update {item!r}")
+        return cls(MemberState(state), name, (host, port), incarnation, epoch)
+
+
+_STATES = frozenset(int(s) for s in MemberState)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(slots=True)
+class Member:
+    name: str
+    address: Address
+    state: MemberState
+    incarnation: int
+    epoch: int
+    state_change_at: float
+
+    def update(self) -> Update:
+        return Update(self.state, self.name, self.address, self.incarnation, self.epoch)
+
 
 LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 

@@ -66,22 +66,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from cluster.gossip import (
-    EVENT_OF,
-    Delegate,
-    EventKind,
-    Member,
-    MemberEvent,
-    MembershipConfig,
-    MemberState,
-    Outgoing,
-    TransmitQueue,
-    Update,
-)
+from cluster.delegate import Delegate, EventKind, MemberEvent
 from cluster.members import LIVE_STATES as _LIVE
-from cluster.members import MemberTable
+from cluster.members import Member, MemberState, MemberTable, Update
+from cluster.membership_config import MembershipConfig
 from cluster.probe import Prober
-from cluster.wire import Address, Body, MessageType, WireError
+from cluster.transmit import TransmitQueue
+from cluster.wire import Address, Body, MessageType, Outgoing, WireError
 
 __all__ = [
     "Delegate",
@@ -94,6 +85,12 @@ __all__ = [
 ]
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
+EVENT_OF: dict[MemberState, EventKind] = {
+    MemberState.ALIVE: "alive",
+    MemberState.SUSPECT: "suspect",
+    MemberState.DEAD: "dead",
+    MemberState.LEFT: "left",
+}
 
 
 def _is_alive(m: Member) -> bool:
@@ -153,7 +150,6 @@ class Membership:
             MessageType.PUSH_PULL_REQ: self._on_push_pull_req,
             MessageType.PUSH_PULL_RESP: self._on_push_pull_resp,
         }
-        self.delegate.attached(self)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -325,6 +321,7 @@ class Membership:
             for name in reaped:
                 self._queue.discard(name)
                 self._members_wire = None
+            self._prober.forget(reaped, now)
         return out
 
     def _reconnect_target(self) -> Address | None:

@@ -1,6 +1,8 @@
 """Plugs the broker's cluster ports into a `ClusterNode`: shared groups and client takeover.
 
-`ClusterPorts(node)` (created by `ClusterNode.__init__`) registers what the other nodes call:
+`ClusterPorts(node, ...)` (created by `ClusterNode.__init__`) registers what the other nodes
+call. It sees its node only through `PortsHost`, the few services it uses (`cluster.runtime`'s
+`ClusterNode` provides them), so the runtime imports this module and not the reverse:
 
 * FORWARD kind `shared` (body field `shared: [group, real filter]`): the origin's dispatcher
   chose this node for one member of the group (`Broker.deliver_shared_local`); when the group
@@ -19,11 +21,17 @@ undoes that. Normal FORWARDs must then be published with `shared=False` by the r
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState
 from broker.core.message import Message
+from cluster.routes import RouteTable
+from cluster.rpc import MethodHandler
 from cluster.shared_dispatch import ClusterSharedDispatcher
+from cluster.sync import RouteSync
 from cluster.takeover import (
     MAX_STATE_BYTES,
     SURRENDER_METHOD,
@@ -32,15 +40,48 @@ from cluster.takeover import (
 )
 from cluster.wire import Body, Hello
 
-if TYPE_CHECKING:
-    from cluster.runtime import ClusterNode
-
 log = logging.getLogger(__name__)
 
 #: The FORWARD `kind` of a message for one member of a shared group.
 SHARED_KIND = "shared"
 #: How long a CONNECT waits at most for the other nodes to give its client id up.
 TAKEOVER_TIMEOUT = 3.0
+
+
+#: A FORWARD variant's receiver: (message, the raw body, the sender's HELLO).
+ForwardHandler = Callable[[Message, Body, Hello], None]
+
+
+class PortsHost(Protocol):
+    """What `ClusterPorts` uses of its cluster node (`cluster.runtime.ClusterNode`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def broker(self) -> Broker: ...
+    @property
+    def table(self) -> RouteTable: ...
+    @property
+    def sync(self) -> RouteSync: ...
+    @property
+    def stats(self) -> Counter[str]: ...
+
+    def is_live(self, node: str) -> bool: ...
+    def live_nodes(self) -> list[str]: ...
+    def wake(self) -> None: ...
+    def register_rpc(self, method: str, handler: MethodHandler) -> None: ...
+    def register_forward_kind(self, kind: str, handler: ForwardHandler) -> None: ...
+    async def call(
+        self, node: str, method: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any: ...
+    def send_forward(
+        self,
+        node: str,
+        message: Message,
+        kind: str = "publish",
+        extra: dict[str, Any] | None = None,
+        body: Body | None = None,
+    ) -> int: ...
 
 
 def shared_extra(group: str, filt: str) -> dict[str, Any]:
@@ -66,8 +107,11 @@ def parse_shared_target(body: Body) -> tuple[str, str] | None:
 class ClusterPorts:
     """See the module docstring."""
 
-    def __init__(self, node: ClusterNode) -> None:
+    def __init__(self, node: PortsHost, *, rpc_timeout: float, max_frame: int) -> None:
+        """`rpc_timeout` bounds the takeover question (with `TAKEOVER_TIMEOUT`); a surrendered
+        session state is kept to half of `max_frame`, the cluster link's frame limit."""
         self.node = node
+        self.max_state_bytes = min(MAX_STATE_BYTES, max_frame // 2)
         broker = node.broker
         self.dispatcher = ClusterSharedDispatcher(
             node.table,
@@ -78,7 +122,7 @@ class ClusterPorts:
             alive=node.is_live,
         )
         self.locator = ClusterSessionLocator(
-            self._peers, node.call, timeout=min(node.config.rpc_timeout, TAKEOVER_TIMEOUT)
+            self._peers, node.call, timeout=min(rpc_timeout, TAKEOVER_TIMEOUT)
         )
         self.attached = False
         node.register_rpc(SURRENDER_METHOD, self._surrender)
@@ -110,16 +154,6 @@ class ClusterPorts:
         if broker.session_locator is self.locator:
             broker.session_locator = None
         self.locator.close()
-
-    def stats(self) -> dict[str, int]:
-        d = self.dispatcher
-        out = {
-            "shared/dispatched": d.dispatched,
-            "shared/sent": d.sent,
-            "shared/unrouted": d.dropped,
-        }
-        out.update({"takeover/" + k: v for k, v in self.locator.stats.items()})
-        return out
 
     # -- shared groups ---------------------------------------------------------------------
 
@@ -153,5 +187,4 @@ class ClusterPorts:
         return self.node.live_nodes()[1:]  # this node comes first
 
     async def _surrender(self, args: dict[str, Any], from_node: str) -> SessionState | None:
-        budget = min(MAX_STATE_BYTES, self.node.config.transport.max_frame // 2)
-        return serve_surrender(self.node.broker, args, from_node, budget)
+        return serve_surrender(self.node.broker, args, from_node, self.max_state_bytes)

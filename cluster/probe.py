@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cluster.gossip import Member, MembershipConfig, MemberState, Outgoing
-from cluster.members import MemberTable
-from cluster.wire import Address, Body, MessageType, get_int, get_str, to_address
+from cluster.members import Member, MemberState, MemberTable
+from cluster.membership_config import MembershipConfig
+from cluster.wire import Address, Body, MessageType, Outgoing, get_int, get_str, to_address
 
 #: Adds piggybacked gossip to a body; the list, if any, goes first.
 Piggyback = Callable[[Body, "list[Any] | None"], Body]
@@ -70,7 +70,7 @@ class Prober:
         self._seqs = itertools.count(1)
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
-        #: When a frame from each member last arrived (`heard_from`).
+        #: When a frame from each member last arrived (`heard_from`); bounded by `forget`.
         self._heard: dict[str, float] = {}
 
     def next_deadline(self) -> float:
@@ -108,6 +108,17 @@ class Prober:
         if probe is not None and probe.target == name:
             self._probe = None
             self.stats["probes/answered_by_traffic"] += 1
+
+    def forget(self, reaped: list[str], now: float) -> None:
+        """Drop what no probe can use any more: the reaped members, and frames heard more than
+        two probe intervals ago (a probe lasts one interval and counts the frames of the
+        interval before it was sent), which also covers senders that never became members."""
+        heard = self._heard
+        for name in reaped:
+            heard.pop(name, None)
+        horizon = now - 2 * self.config.probe_interval
+        for name in [name for name, at in heard.items() if at < horizon]:
+            del heard[name]
 
     def check(self, now: float, out: list[Outgoing]) -> tuple[Member, int] | None:
         """Timeouts: indirect probes, NACKs for relays.

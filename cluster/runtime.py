@@ -51,7 +51,6 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,23 +58,30 @@ from typing import Any
 from broker.core.banned import BanEntry
 from broker.core.broker import Broker
 from broker.core.message import Message
-from cluster.gossip import MemberEvent, MembershipConfig, Outgoing
+from cluster.delegate import MemberEvent
 from cluster.members import LIVE_STATES
 from cluster.membership import Membership
-from cluster.ports import ClusterPorts
+from cluster.membership_config import MembershipConfig
+from cluster.ports import ClusterPorts, ForwardHandler
 from cluster.replicas import ReplicaSet
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
 from cluster.sync import RouteSync
 from cluster.transport import Transport, TransportConfig
-from cluster.wire import Address, Body, Hello, MessageType, WireError, forward_body, parse_forward
+from cluster.wire import (
+    Address,
+    Body,
+    Hello,
+    MessageType,
+    Outgoing,
+    WireError,
+    forward_body,
+    parse_forward,
+)
 
 __all__ = ["ClusterConfig", "ClusterNode", "ForwardHandler"]
 
 log = logging.getLogger(__name__)
-
-#: A FORWARD variant's receiver: (message, the raw body, the sender's HELLO).
-ForwardHandler = Callable[[Message, Body, Hello], None]
 
 _MEMBERSHIP_TYPES = frozenset(
     {
@@ -161,7 +167,11 @@ class ClusterNode:
         self._syncing = False
         self._running = False
         #: Shared groups cluster-wide and client takeover: the broker's cluster ports.
-        self.ports = ClusterPorts(self)
+        self.ports = ClusterPorts(
+            self,
+            rpc_timeout=self.config.rpc_timeout,
+            max_frame=self.config.transport.max_frame,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -298,16 +308,6 @@ class ClusterNode:
     def knows(self, node: str) -> bool:
         """Any member ever seen (alive, suspect, dead or left, until reaped)."""
         return self.membership.get(node) is not None
-
-    def cluster_stats(self) -> dict[str, int]:
-        out = dict(self.stats)
-        out.update({"transport/" + k: v for k, v in self.transport.stats.items()})
-        out.update({"rpc/" + k: v for k, v in self.rpc.stats.items()})
-        out.update({"membership/" + k: v for k, v in self.membership.stats.items()})
-        out["members/live"] = self.membership.live_count
-        out["routes"] = len(self.table)
-        out.update(self.ports.stats())
-        return out
 
     # -- RPC -------------------------------------------------------------------------------
 

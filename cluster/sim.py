@@ -27,11 +27,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.gossip import MemberEvent, MemberState
-from cluster.membership import Membership, MembershipConfig, Outgoing
+from cluster.delegate import MemberEvent
+from cluster.members import MemberState
+from cluster.membership import Membership
+from cluster.membership_config import MembershipConfig
 from cluster.routes import RouteTable
 from cluster.sync import RouteSync
-from cluster.wire import Address, Body, FrameDecoder, MessageType, encode_frame
+from cluster.wire import Address, Body, FrameDecoder, MessageType, Outgoing, encode_frame
 
 _DELIVER, _WAKE = 0, 1
 _INF = float("inf")

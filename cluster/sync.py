@@ -8,8 +8,10 @@
   gossip lost.
 * Only routes of origins that membership holds alive or suspect are accepted (of that run, or of
   a newer one: a restart membership has not heard of yet): news from a dead, left or unknown
-  node, or from an older run, is dropped. A `dead`/`left` event purges that run's routes; a `join`
-  (fresh run) purges what is left of older runs.
+  node, or from an older run, is dropped. As memberlist's delegates, `RouteSync` is never handed
+  the membership: it keeps its own view of the live runs from the member events it is told.
+  A `dead`/`left` event purges that run's routes; a `join` (fresh run) purges what is left of
+  older runs.
 * A node that was wrongly declared dead (a partition, heavy loss) comes back alive in the same
   epoch; every node that purged its routes then runs a push/pull with it at once (membership does
   that on such a resurrection), which brings its routes back.
@@ -19,10 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.gossip import Delegate, MemberEvent, TransmitQueue
-from cluster.members import LIVE_STATES
-from cluster.membership import Membership
+from cluster.delegate import Delegate, MemberEvent
 from cluster.routes import RouteDelta, RouteTable
+from cluster.transmit import TransmitQueue
 from cluster.wire import WireError
 
 
@@ -35,7 +36,9 @@ class RouteSync(Delegate):
         #: Route deltas are sent `limit_factor` times as often as membership updates: a route
         #: that gossip misses loses messages until the next push/pull repairs it.
         self.limit_factor = limit_factor
-        self.membership: Membership | None = None
+        #: name -> epoch of the other members alive or suspect, kept from `on_event` (a join,
+        #: alive or suspect event makes that run live; dead or left ends it).
+        self._live: dict[str, int] = {}
         self.malformed = 0
         self._queue: TransmitQueue[tuple[str, str]] = TransmitQueue()
 
@@ -64,15 +67,10 @@ class RouteSync(Delegate):
         A newer epoch than membership knows is a restart that gossip has not told us about yet;
         the old run being alive still, it is accepted (its routes replace the old run's).
         """
-        if self.membership is None or origin == self.membership.name:
-            return False
-        m = self.membership.get(origin)
-        return m is not None and epoch >= m.epoch and m.state in LIVE_STATES
+        known = self._live.get(origin)
+        return known is not None and epoch >= known and origin != self.table.node
 
     # -- Delegate ----------------------------------------------------------------------------
-
-    def attached(self, membership: Membership) -> None:
-        self.membership = membership
 
     def has_broadcasts(self) -> bool:
         return bool(self._queue)
@@ -100,9 +98,13 @@ class RouteSync(Delegate):
 
     def on_event(self, event: MemberEvent) -> None:
         if event.kind in ("dead", "left"):  # that run, not a newer one we already heard of
+            self._live.pop(event.name, None)
             if self.table.purge(event.name, older_than=event.epoch + 1):
                 self._drop_queued(event.name)
-        elif event.kind == "join":
+            return
+        # join, alive, suspect: the member's current run (an event always names it) is live
+        self._live[event.name] = event.epoch
+        if event.kind == "join":
             self.table.purge(event.name, older_than=event.epoch)
 
     def _drop_queued(self, origin: str) -> None:

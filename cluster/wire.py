@@ -55,7 +55,7 @@ RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================
 
-A membership update is `[state, name, host, port, incarnation, epoch]` (see `cluster.gossip`); a
+A membership update is `[state, name, host, port, incarnation, epoch]` (see `cluster.members`); a
 route delta is `[origin, epoch, seq, filter, present]` (see `cluster.routes`; `filter` may be a
 shared route key `$share/<group>/<filter>`).
 """
@@ -66,7 +66,7 @@ import hmac
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -109,6 +109,14 @@ class MessageType(IntEnum):
     FORWARD = 12
     RPC_REQUEST = 13
     RPC_RESPONSE = 14
+
+
+class Outgoing(NamedTuple):
+    """A message the sans-IO parts ask their driver to send."""
+
+    address: Address
+    msg_type: MessageType
+    body: Body
 
 
 #: The protocol version that introduced each message type.

@@ -312,12 +312,6 @@ def read_varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
     raise MalformedPacket("variable byte integer longer than 4 bytes (section 1.5.5)")
 
 
-def read_u16(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
-    if pos + 2 > end:
-        raise MalformedPacket("truncated two byte integer")
-    return (buf[pos] << 8) | buf[pos + 1], pos + 2
-
-
 def read_packet_id(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
     if pos + 2 > end:
         raise MalformedPacket("truncated packet identifier")

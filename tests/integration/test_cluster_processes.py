@@ -30,7 +30,7 @@ import aiomqtt
 import pytest
 from api_support import ADMIN, basic
 
-from cluster.gossip import MembershipConfig
+from cluster.membership_config import MembershipConfig
 
 pytestmark = pytest.mark.cluster
 

@@ -25,7 +25,7 @@ from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_5, ReasonCode
 from broker.protocol.packets import ConnAck, PubAck, Publish, Subscribe, SubscriptionRequest
 from broker.server.config import ListenerConfig
-from cluster.gossip import MemberState
+from cluster.members import MemberState
 from cluster.rpc import NodeUnreachable, RemoteError
 from cluster.transport import TransportConfig
 from cluster.wire import Address, Body, MessageType

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.gossip import MemberState, TransmitQueue, Update, retransmit_limit
+from cluster.members import MemberState, Update
 from cluster.membership import Membership, MembershipConfig, Outgoing
 from cluster.sim import SimNetwork
+from cluster.transmit import TransmitQueue, retransmit_limit
 from cluster.wire import MessageType
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from cluster.gossip import MemberState, Update
+from cluster.members import MemberState, Update
 from cluster.membership import Membership, MembershipConfig, Outgoing
 from cluster.wire import MessageType
 
@@ -127,3 +127,42 @@ def test_a_member_that_goes_silent_is_suspected_two_probes_later() -> None:
     assert T0 + 3 * INTERVAL - EPS <= now <= T0 + 3 * INTERVAL + EPS
     assert m.stats["probes/answered_by_traffic"] == 2
     assert m.stats["probe_failures"] == 1
+
+
+def _heard(m: Membership) -> set[str]:
+    """The senders whose last frame the prober remembers (internal: what must stay bounded)."""
+    return set(m._prober._heard)
+
+
+def test_a_reaped_member_is_forgotten_by_the_prober() -> None:
+    m = _membership("x", "y")
+    m.heard_from("x", T_JOIN)
+    m.heard_from("y", T_JOIN)
+    dead = Update(MemberState.DEAD, "x", ("10.0.0.2", 2), 0, 1).to_wire()
+    m.handle(("10.0.0.9", 1), MessageType.GOSSIP, {"from": "z", "updates": [dead]}, T0)
+    assert _state(m, "x") is MemberState.DEAD
+    now = T0
+    for k in range(1, 11):  # y keeps talking; x is kept as a tombstone, then reaped
+        now = T0 + k * CFG.dead_reclaim_time / 5
+        m.heard_from("y", now)
+        m.tick(now)
+    assert m.get("x") is None, "reaped"
+    assert _heard(m) == {"y"}
+    # A frame from x after it was reaped (before it rejoins) is kept only briefly.
+    m.heard_from("x", now)
+    m.tick(now + 2 * INTERVAL + 1.0)
+    assert "x" not in _heard(m)
+
+
+def test_frames_older_than_any_probe_can_use_are_dropped_and_recent_ones_kept() -> None:
+    """A probe counts frames of the interval before it was sent and lasts one interval: what is
+    older than two intervals is dropped at the next reap pass (one a second)."""
+    assert 2 * INTERVAL <= 1.0  # the passes below are 1 s apart
+    m = _membership("x")  # started at T_JOIN: reap passes at T_JOIN + 1, + 2, ...
+    m.heard_from("stranger", T_JOIN + EPS)  # a sender that never became a member
+    m.heard_from("x", T_JOIN + EPS)
+    m.tick(T_JOIN + 1.0)
+    assert _heard(m) == {"x", "stranger"}, "heard within two probe intervals: kept"
+    m.heard_from("x", T_JOIN + 2.0 - EPS)
+    m.tick(T_JOIN + 2.0)
+    assert _heard(m) == {"x"}

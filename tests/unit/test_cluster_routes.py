@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.core.topics import topic_matches
+from cluster.delegate import MemberEvent
 from cluster.routes import RouteDelta, RouteTable
+from cluster.sync import RouteSync
 from cluster.wire import WireError
 
 FILTERS = ["a", "a/b", "a/+", "a/#", "#", "+/b", "x/y/z", "$SYS/#", "+"]
@@ -224,3 +226,32 @@ def test_merge_full_skips_malformed_entries() -> None:
     ]
     assert table.merge_full(junk + good.state_for_push_pull())
     assert table.routes() == [("ok", "n1")]
+
+
+def test_route_sync_accepts_routes_of_live_runs_only_from_member_events() -> None:
+    """RouteSync is never handed the membership: the member events alone decide whose routes
+    it takes (a live run, or a newer one), as `_accept` did when it read the membership."""
+    sync = RouteSync(RouteTable("a", 1))
+    b1 = RouteTable("b", 5)
+    first = b1.local_update("t/1", True).to_wire()
+    sync.receive_broadcasts([first], 0.0)
+    assert sync.table.routes() == []  # b unknown: dropped
+    sync.on_event(MemberEvent("join", "b", ("127.0.0.1", 2), 5))
+    sync.receive_broadcasts([first], 0.0)
+    assert sync.table.routes() == [("t/1", "b")]
+    sync.on_event(MemberEvent("suspect", "b", ("127.0.0.1", 2), 5))
+    sync.receive_broadcasts([b1.local_update("t/2", True).to_wire()], 0.0)
+    assert sync.table.routes() == [("t/1", "b"), ("t/2", "b")]  # suspect is still live
+    older = RouteTable("b", 4).local_update("t/old", True).to_wire()
+    sync.receive_broadcasts([older], 0.0)
+    assert ("t/old", "b") not in sync.table.routes()  # an older run: dropped
+    sync.on_event(MemberEvent("dead", "b", ("127.0.0.1", 2), 5))
+    assert sync.table.routes() == []  # purged with the run
+    sync.receive_broadcasts([b1.local_update("t/3", True).to_wire()], 0.0)
+    assert sync.table.routes() == []  # dead: dropped
+    sync.on_event(MemberEvent("alive", "b", ("127.0.0.1", 2), 5))  # back, same run
+    sync.merge_remote_state(b1.state_for_push_pull(), False, 0.0)
+    assert sync.table.routes() == [("t/1", "b"), ("t/2", "b"), ("t/3", "b")]
+    own = RouteTable("a", 2).local_update("t/self", True).to_wire()
+    sync.receive_broadcasts([own], 0.0)
+    assert ("t/self", "a") not in sync.table.routes()  # our own name from elsewhere: dropped
