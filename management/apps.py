@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import sys
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.server.config import ManagementApp
+
+log = logging.getLogger(__name__)
 
 DEFAULT_APP_ID = "admin"
 DEFAULT_APP_SECRET = "public"
@@ -259,6 +262,7 @@ class AppStore:
         self._file_mtime: int | None = None
         self._key = secrets.token_bytes(32)
         self._verified: dict[str, bytes] = {}
+        self.save_errors = 0
 
     def _mtime(self) -> int | None:
         try:
@@ -311,12 +315,16 @@ class AppStore:
         current = self._records.get(app.id)
         if current is not None and not app.newer_than(current):
             return False
-        records = dict(self._records)
-        records[app.id] = dataclasses.replace(app, source="data_dir", secret=None)
-        write_file(self.path, list(records.values()))
-        self._records = records
-        self._file_mtime = self._mtime()
+        stored = dataclasses.replace(app, source="data_dir", secret=None)
+        self._records = {**self._records, app.id: stored}
         self._verified.pop(app.id, None)
+        try:
+            write_file(self.path, list(self._records.values()))
+        except OSError as exc:  # in force in memory all the same (a disabled app stays refused)
+            self.save_errors += 1
+            log.error("cannot save the API apps to %s: %s", self.path, exc)
+        else:
+            self._file_mtime = self._mtime()
         return True
 
     def dump(self) -> list[dict[str, Any]]:
