@@ -178,3 +178,43 @@ async def test_cluster_forms_list_every_node(start_node: Start) -> None:
 
     assert await call(a, "PUT", f"/nodes/{q(B)}/plugins/presence/reload") == (200, "ok")
     assert b.plugins.get("presence") is not None and a.plugins.get("presence") is None
+
+
+async def test_apps_changed_on_both_sides_of_a_partition_converge_when_it_heals(
+    start_node: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each side drops every frame of the other until both see the other dead; apps changed
+    meanwhile through each side's API converge (newest record wins) once frames flow again."""
+    a = await start_node(A)
+    b = await start_node(B, a)
+    await converged(a, b)
+    assert a.cluster is not None and b.cluster is not None
+    for app_id in ("both", "gone_on_a"):
+        assert (await call(a, "POST", "/apps", json={"app_id": app_id, "secret": "pw"}))[0] == 200
+    cut = True
+
+    def unless_cut(other: str, handler: Callable[..., None]) -> Callable[..., None]:
+        def filtered(hello: Any, *rest: Any) -> None:
+            if not (cut and hello.name == other):
+                handler(hello, *rest)
+
+        return filtered
+
+    for node, other in ((a, B), (b, A)):
+        transport = node.cluster.transport  # type: ignore[union-attr]
+        monkeypatch.setattr(transport, "on_frame", unless_cut(other, transport.on_frame))
+        monkeypatch.setattr(transport, "on_heard", unless_cut(other, transport.on_heard))
+    await eventually(lambda: live(a) == [A] and live(b) == [B], timeout=20)
+
+    assert await call(a, "DELETE", "/apps/gone_on_a") == (200, "ok")
+    assert await call(b, "PUT", "/apps/both", json={"desc": "changed on b"}) == (200, "ok")
+    assert (await call(b, "POST", "/apps", json={"app_id": "new_on_b", "secret": "n"}))[0] == 200
+    assert await status_as(b, ("gone_on_a", "pw")) == 200  # B has not heard of it yet
+    cut = False
+    await converged(a, b)
+    for node in (a, b):
+        await eventually(lambda node=node: "gone_on_a" not in node.apps.apps(), timeout=10)
+        await eventually(lambda node=node: "new_on_b" in node.apps.apps(), timeout=10)
+        assert node.apps.apps()["both"].desc == "changed on b"
+    assert await status_as(b, ("gone_on_a", "pw")) == 401
+    assert await status_as(a, ("new_on_b", "n")) == 200
