@@ -1,4 +1,4 @@
-"""Command line and composition root: ``minibroker start|cluster|version|apps``.
+"""Command line and composition root: ``minibroker start|cluster|version|apps|...``.
 
 Why here: this is the only module allowed to import every layer. It turns a TOML file plus
 command-line flags into one validated ``BrokerConfig`` and hands it to the node runtime, which
@@ -24,9 +24,9 @@ from broker.server.config import (
     BrokerConfig,
     ConfigError,
     apply_overrides,
-    check_implemented,
     load_config,
 )
+from broker.server.config.reference import render_reference
 from broker.server.errors import StartupError
 from broker.server.logs import LOG_FORMATS
 from broker.server.logs import configure as configure_logging
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_parser(sub, _port)
     add_ctl_parser(sub)
     sub.add_parser("version", help="print the version and exit")
+    sub.add_parser(
+        "config-reference",
+        help="print every configuration key with its type, default and meaning (Markdown)",
+    )
     add_apps_parser(sub)
     add_passwd_parser(sub)
     return parser
@@ -108,10 +112,8 @@ def _join_list(values: list[str] | None) -> list[str] | None:
 
 
 def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
-    cfg = load_config(args.config)
-    check_implemented(cfg)
     return apply_overrides(
-        cfg,
+        load_config(args.config),
         node_name=args.node_name,
         host=args.host,
         mqtt_port=args.mqtt_port,
@@ -203,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return ctl_main(args)
     if args.command == "version":
         print(f"minibroker {broker_version()}")
+        return 0
+    if args.command == "config-reference":
+        print(render_reference(), end="")
         return 0
     return _start(args)
 

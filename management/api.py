@@ -6,7 +6,8 @@ Handlers live in `handlers_*`; they reach the nodes through the `ClusterView` on
 
 Errors: every failure is a JSON body `{"message": ...}`. An unknown path or method is a 404
 `not_found`; an unexpected exception is logged and answered 500 `internal_error`, never with a
-traceback.
+traceback. Inside `/api/v3`, `management.envelope` renders answers and errors in the configured
+format (`[management] api_format`: the seed's, or released EMQX 3.x's `{"code", "data"}`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiohttp.typedefs import Handler
 from management.apps import AppStore
 from management.auth import authenticated, basic_auth_middleware, unauthorized
 from management.common import APPS_KEY, SETTINGS_KEY, VIEW_KEY, ApiError, ApiSettings
+from management.envelope import RAW_KEY, format_middleware
 from management.openapi import openapi_document
 from management.prometheus import exposition
 from management.routes import ROUTES
@@ -31,7 +33,9 @@ API_PREFIX = "/api/v3"
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(ROUTES, API_PREFIX))
+    response = web.json_response(openapi_document(ROUTES, API_PREFIX))
+    response[RAW_KEY] = True  # a document about the API, the same in both formats
+    return response
 
 
 # -- middlewares ---------------------------------------------------------------------------------
@@ -47,7 +51,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        return web.json_response(exc.seed_body(), status=exc.status)
     except web.HTTPException as exc:
         if exc.status in (404, 405):
             return _not_found()
@@ -82,8 +86,8 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 
 
 def make_api_app() -> web.Application:
-    """The `/api/v3` sub-app: Basic auth, then the route table."""
-    api = web.Application(middlewares=[basic_auth_middleware])
+    """The `/api/v3` sub-app: Basic auth, the response format, then the route table."""
+    api = web.Application(middlewares=[basic_auth_middleware, format_middleware])
     for route in ROUTES:
         for path in route.aiohttp_paths():
             api.router.add_route(route.method, path, route.handler, name=None)

@@ -51,6 +51,16 @@ def q(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
+def _is_envelope(answer: Any) -> bool:
+    """The released EMQX 3.x envelope: an integer `code` with only data/meta/message beside it
+    (a seed answer never has that shape except `{"code": 0}`, which unwraps to itself)."""
+    if not isinstance(answer, dict) or "code" not in answer:
+        return False
+    code = answer["code"]
+    keys_ok = set(answer) <= {"code", "data", "meta", "message"}
+    return keys_ok and isinstance(code, int) and not isinstance(code, bool)
+
+
 @dataclass(slots=True)
 class Client:
     url: str
@@ -93,9 +103,30 @@ class Client:
         if raw:
             return text
         try:
-            return json.loads(text)
+            answer = json.loads(text)
         except ValueError:
             raise CtlError(f"{self.url} did not answer JSON (is it a minibroker node?)") from None
+        return self._unwrap(answer, what)
+
+    def _unwrap(self, answer: Any, what: str) -> Any:
+        """The seed-format answer, whichever format the node serves.
+
+        A node with `api_format = "emqx"` wraps every answer in `{"code": 0, "data"[, "meta"]}`
+        and reports errors as HTTP 200 `{"code": N, "message"}`: unwrap here, once, so every
+        verb reads seed shapes (pages back to `{"items", "meta"}`).
+        """
+        if not _is_envelope(answer):
+            return answer
+        code, message = answer["code"], str(answer.get("message", ""))
+        if code != 0:
+            if message in ("not_found", "session_not_found"):  # seed: 404
+                raise CtlError(f"not found: {what}" if what else "not found")
+            if message == "nodedown":  # seed: 503
+                raise CtlError(f"node down: {what}" if what else "node down")
+            raise CtlError(f"{message or 'error'} (code {code})")
+        if "meta" in answer:
+            return {"items": answer.get("data", []), "meta": answer["meta"]}
+        return answer.get("data", answer)
 
     def _http_error(self, exc: urllib.error.HTTPError, what: str) -> CtlError:
         message = ""
@@ -234,7 +265,10 @@ def cmd_status(c: Client, a: argparse.Namespace) -> Output:
 def cmd_cluster_status(c: Client, a: argparse.Namespace) -> Output:
     nodes = c.request("GET", "/api/v3/nodes/")
     out = _table(nodes, ("node", "node_status", "version", "uptime", "connections", "memory_used"))
-    out.text = f"Cluster status: {len(nodes)} running node(s)\n{out.text}"
+    running = sum(1 for n in nodes if n.get("node_status") == "Running")
+    stopped = len(nodes) - running
+    summary = f"{running} running node(s)" + (f", {stopped} stopped" if stopped else "")
+    out.text = f"Cluster status: {summary}\n{out.text}"
     return out
 
 
@@ -313,7 +347,10 @@ def _plugin_action(c: Client, a: argparse.Namespace, action: str) -> Output:
             raise CtlError(f"plugin {a.name!r} is already loaded on {node}") from None
         if "not_started" in str(exc):
             raise CtlError(f"plugin {a.name!r} is not loaded on {node}") from None
-        raise
+        if str(exc).startswith(("not found", "node down")):
+            raise
+        # the plugin refused: the node's answer is the reason ("no password file: ...")
+        raise CtlError(f"cannot {action} plugin {a.name!r} on {node}: {exc}") from None
     return _ok(answer, f"ok: plugin {a.name!r} {action}ed on {node}")
 
 

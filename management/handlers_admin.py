@@ -10,13 +10,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from management.common import (
-    CODE_SESSION_NOT_FOUND,
-    ApiError,
     all_rows,
     check_result,
     node_call,
+    reply,
     view_of,
 )
+from management.errors import SessionNotFound
 
 
 def _node(request: web.Request) -> str:
@@ -28,13 +28,13 @@ def _node(request: web.Request) -> str:
 
 async def lookup_connections_by_username(request: web.Request) -> web.Response:
     args = {"username": request.match_info["username"]}
-    return web.json_response(await all_rows(request, "connections_by_username", args))
+    return reply(await all_rows(request, "connections_by_username", args))
 
 
 async def lookup_node_connections_by_username(request: web.Request) -> web.Response:
     args = {"username": request.match_info["username"]}
     rows = await node_call(request, _node(request), "connections_by_username", args)
-    return web.json_response(rows)
+    return reply(rows)
 
 
 # -- alarms: [{node, alarms}] in both forms (API.md) ---------------------------------------------
@@ -43,11 +43,9 @@ async def lookup_node_connections_by_username(request: web.Request) -> web.Respo
 async def _alarms(request: web.Request, query: str) -> web.Response:
     if "node" in request.match_info:
         node = _node(request)
-        return web.json_response(
-            [{"node": node, "alarms": await node_call(request, node, query, {})}]
-        )
+        return reply([{"node": node, "alarms": await node_call(request, node, query, {})}])
     answers = await view_of(request).call_all(query, {})
-    return web.json_response([{"node": node, "alarms": alarms} for node, alarms in answers])
+    return reply([{"node": node, "alarms": alarms} for node, alarms in answers])
 
 
 async def list_present_alarms(request: web.Request) -> web.Response:
@@ -65,7 +63,7 @@ async def reload_plugin(request: web.Request) -> web.Response:
     """EMQX's reload: unload then load a loaded plugin, load one that is not loaded."""
     args = {"name": request.match_info["plugin"]}
     result = await node_call(request, _node(request), "plugin_reload", args)
-    return web.json_response(check_result(result))
+    return reply(check_result(result))
 
 
 # -- persistent sessions -------------------------------------------------------------------------
@@ -78,8 +76,8 @@ async def clean_persistent_session(request: web.Request) -> web.Response:
     args = {"client_id": request.match_info["clientid"]}
     answers = await view_of(request).call_all("session_drop", args)
     if not any(dropped is True for _node, dropped in answers):
-        raise ApiError(404, "session_not_found", CODE_SESSION_NOT_FOUND)
-    return web.json_response("ok")
+        raise SessionNotFound()
+    return reply("ok")
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -87,8 +85,8 @@ async def clean_persistent_session(request: web.Request) -> web.Response:
 
 async def list_configs(request: web.Request) -> web.Response:
     answers = await view_of(request).call_all("configs", {})
-    return web.json_response([{"node": node, "configs": rows} for node, rows in answers])
+    return reply([{"node": node, "configs": rows} for node, rows in answers])
 
 
 async def list_node_configs(request: web.Request) -> web.Response:
-    return web.json_response(await node_call(request, _node(request), "configs", {}))
+    return reply(await node_call(request, _node(request), "configs", {}))

@@ -27,6 +27,7 @@ from management.common import (
     check_result,
     missing,
     params,
+    reply,
     view_of,
 )
 
@@ -80,11 +81,11 @@ def _after(app: App) -> float:
 
 
 async def list_apps(request: web.Request) -> web.Response:
-    return web.json_response([app.row() for app in _store(request).apps().values()])
+    return reply([app.row() for app in _store(request).apps().values()])
 
 
 async def lookup_app(request: web.Request) -> web.Response:
-    return web.json_response(_current(request).row())
+    return reply(_current(request).row())
 
 
 async def add_app(request: web.Request) -> web.Response:
@@ -106,7 +107,7 @@ async def add_app(request: web.Request) -> web.Response:
         expired=_expired(p.get("expired")),
     )
     await _write_everywhere(request, app)
-    return web.json_response({"secret": secret})
+    return reply({"secret": secret})
 
 
 async def update_app(request: web.Request) -> web.Response:
@@ -121,10 +122,10 @@ async def update_app(request: web.Request) -> web.Response:
     if "expired" in p:
         changes["expired"] = _expired(p["expired"])
     await _write_everywhere(request, dataclasses.replace(current, **changes))
-    return web.json_response("ok")
+    return reply("ok")
 
 
 async def delete_app(request: web.Request) -> web.Response:
     current = _current(request)
     await _write_everywhere(request, tombstone(current.id, _after(current)))
-    return web.json_response("ok")
+    return reply("ok")

@@ -15,12 +15,6 @@ from aiohttp import web
 
 from broker.core.topics import validate_topic_filter, validate_topic_name
 from management.common import (
-    CODE_BAD_PARAM,
-    CODE_BAD_TOPIC,
-    CODE_MISSING_PARAM,
-    CODE_NODE_DOWN,
-    CODE_OTHER,
-    CODE_SESSION_NOT_FOUND,
     ApiError,
     all_rows,
     as_bool,
@@ -32,7 +26,16 @@ from management.common import (
     node_call,
     paginate,
     params,
+    reply,
     view_of,
+)
+from management.errors import (
+    CODE_BAD_PARAM,
+    BadParam,
+    BadTopic,
+    ClientNotFound,
+    MissingParams,
+    SessionNotFound,
 )
 from management.view import RouteSource
 
@@ -51,12 +54,12 @@ async def _node_list(request: web.Request, query: str) -> web.Response:
 
 
 async def _cluster_lookup(request: web.Request, query: str) -> web.Response:
-    return web.json_response(await all_rows(request, query, {"client_id": _client_id(request)}))
+    return reply(await all_rows(request, query, {"client_id": _client_id(request)}))
 
 
 async def _node_lookup(request: web.Request, query: str) -> web.Response:
     args = {"client_id": _client_id(request)}
-    return web.json_response(await node_call(request, request.match_info["node"], query, args))
+    return reply(await node_call(request, request.match_info["node"], query, args))
 
 
 # -- connections ---------------------------------------------------------------------------------
@@ -81,8 +84,8 @@ async def lookup_node_connections(request: web.Request) -> web.Response:
 async def kickout_connections(request: web.Request) -> web.Response:
     answers = await view_of(request).call_all("kick", {"client_id": _client_id(request)})
     if not any(kicked for _node, kicked in answers):
-        raise ApiError(404, "not_found")
-    return web.json_response("ok")
+        raise ClientNotFound()
+    return reply("ok")
 
 
 # -- sessions and subscriptions ------------------------------------------------------------------
@@ -139,7 +142,7 @@ async def list_routes(request: web.Request) -> web.Response:
 
 async def lookup_routes(request: web.Request) -> web.Response:
     topic = request.match_info["topic"]
-    return web.json_response([r for r in await _route_rows(request) if r["topic"] == topic])
+    return reply([r for r in await _route_rows(request) if r["topic"] == topic])
 
 
 async def list_retained(request: web.Request) -> web.Response:
@@ -165,12 +168,12 @@ def _topics(p: dict[str, Any]) -> list[str]:
             if topic:
                 out.append(topic)
     if not out:
-        raise ApiError(400, "missing mandatory params: ['topic']")
+        raise MissingParams(["topic"])
     return out
 
 
 def _bad_topic() -> ApiError:
-    return ApiError(400, "bad_topic", CODE_BAD_TOPIC)
+    return BadTopic()
 
 
 async def _publish(request: web.Request, p: dict[str, Any]) -> None:
@@ -182,7 +185,7 @@ async def _publish(request: web.Request, p: dict[str, Any]) -> None:
         payload = json.dumps(payload)  # a JSON value given unquoted is published as JSON text
     encoding = as_str(p.get("encoding", "plain"), "encoding")
     if encoding not in ("plain", "base64"):
-        raise ApiError(400, "bad_encoding")
+        raise BadParam("encoding", show_code=False)
     args = {
         "topics": topics,
         "payload": payload,
@@ -200,7 +203,7 @@ async def _session_node(request: web.Request, client_id: str) -> str:
     for node, rows in await view_of(request).call_all("sessions", {"client_id": client_id}):
         if rows:
             return node
-    raise ApiError(404, "session_not_found", CODE_SESSION_NOT_FOUND)
+    raise SessionNotFound()
 
 
 async def _subscribe(request: web.Request, p: dict[str, Any]) -> None:
@@ -229,17 +232,17 @@ async def _unsubscribe(request: web.Request, p: dict[str, Any]) -> None:
 
 async def mqtt_publish(request: web.Request) -> web.Response:
     await _publish(request, await params(request))
-    return web.json_response({"code": 0})
+    return reply({"code": 0})
 
 
 async def mqtt_subscribe(request: web.Request) -> web.Response:
     await _subscribe(request, await params(request))
-    return web.json_response({"code": 0})
+    return reply({"code": 0})
 
 
 async def mqtt_unsubscribe(request: web.Request) -> web.Response:
     await _unsubscribe(request, await params(request))
-    return web.json_response({"code": 0})
+    return reply({"code": 0})
 
 
 # -- the batch forms (EMQX 3.2.4) ----------------------------------------------------------------
@@ -252,17 +255,6 @@ _ECHO: dict[str, tuple[str, ...]] = {
     "subscribe": ("client_id", "topic", "qos"),
     "unsubscribe": ("client_id", "topic"),
 }
-
-
-def _reason_code(exc: ApiError) -> int:
-    """The EMQX code of a failed element (API.md's table)."""
-    if exc.code is not None:
-        return exc.code
-    if exc.message.startswith("missing mandatory params"):
-        return CODE_MISSING_PARAM
-    if exc.message == "nodedown":
-        return CODE_NODE_DOWN
-    return CODE_BAD_PARAM if exc.status == 400 else CODE_OTHER
 
 
 async def _batch(request: web.Request, kind: str, action: Action) -> web.Response:
@@ -284,11 +276,11 @@ async def _batch(request: web.Request, kind: str, action: Action) -> web.Respons
                 await action(request, dict(element))
                 code = 0
             except ApiError as exc:
-                code = _reason_code(exc)
+                code = exc.code  # EMQX's code of that error (management.errors)
         else:
             echo, code = {}, CODE_BAD_PARAM
         results.append({**echo, "reason_code": code})
-    return web.json_response(results)
+    return reply(results)
 
 
 async def mqtt_publish_batch(request: web.Request) -> web.Response:

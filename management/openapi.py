@@ -57,6 +57,8 @@ _CONNECTION: dict[str, Schema] = {
     "clean_start": BOOL,
     "keepalive": INT,
     "is_bridge": BOOL,
+    "is_super": BOOL,
+    "mountpoint": STR,
     "connected_at": STR,
     "conn_mod": STR,
     **{
@@ -111,9 +113,15 @@ SCHEMAS: dict[str, Schema] = {
     "api": obj({k: STR for k in ("name", "method", "path", "descr")}),
     "broker": obj(_BROKER),
     "broker_with_node": obj({"node": STR, **_BROKER}),
-    "node": obj(_NODE),
+    # A known node that is not running (dead or departed) is only its name and "Stopped".
+    "node": {"oneOf": [obj(_NODE), obj({"name": STR, "node_status": {"const": "Stopped"}})]},
     # The list form shows memory human-readable ("76.45M").
-    "node_with_node": obj({"node": STR, **_NODE, "memory_total": STR, "memory_used": STR}),
+    "node_with_node": {
+        "oneOf": [
+            obj({"node": STR, **_NODE, "memory_total": STR, "memory_used": STR}),
+            obj({"node": STR, "name": STR, "node_status": {"const": "Stopped"}}),
+        ]
+    },
     "connection": obj(_CONNECTION),
     "session": obj(_SESSION),
     "subscription": obj({"node": STR, "topic": STR, "client_id": STR, "qos": INT}),
@@ -137,15 +145,10 @@ SCHEMAS: dict[str, Schema] = {
             "protocol": STR,
             "listen_on": STR,
             "acceptors": INT,
-            "max_conns": INT,
+            "max_conns": {"type": "integer", "minimum": 1},
             "current_conns": INT,
-            # reason -> count; EMQX renders an empty one as [].
-            "shutdown_count": {
-                "oneOf": [
-                    {"type": "object", "additionalProperties": INT},
-                    {"type": "array", "maxItems": 0},
-                ]
-            },
+            # reason -> count, always an object (EMQX renders an empty one as []).
+            "shutdown_count": {"type": "object", "additionalProperties": INT},
         }
     ),
     "node_listeners": obj({"node": STR, "listeners": array(ref("listener"))}),
@@ -159,7 +162,7 @@ SCHEMAS: dict[str, Schema] = {
             "severity": STR,
             "title": STR,
             "summary": STR,
-            "timestamp": {"type": ["number", "string"]},
+            "timestamp": STR,
         }
     ),
     "node_alarms": obj({"node": STR, "alarms": array(ref("alarm"))}),
@@ -170,8 +173,8 @@ SCHEMAS: dict[str, Schema] = {
             "reason": STR,
             "desc": STR,
             "by": STR,
-            "at": NUM,
-            "until": NUM,
+            "at": INT,
+            "until": INT,
         },
         optional=["at", "until"],
     ),

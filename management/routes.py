@@ -17,6 +17,7 @@ from management import handlers_apps as apps
 from management import handlers_banned as banned
 from management import handlers_clients as clients
 from management import handlers_cluster as cluster
+from management.common import reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class Route:
 
 
 async def list_all_api(request: web.Request) -> web.Response:
-    return web.json_response([route.describe() for route in ROUTES])
+    return reply([route.describe() for route in ROUTES])
 
 
 ROUTES: tuple[Route, ...] = (

@@ -55,7 +55,7 @@ class Plugin:
     version: ClassVar[str] = __version__
     description: ClassVar[str] = ""
     #: the keys a ``[plugins.<name>]`` table may hold besides `enabled`; None = not checked.
-    #: (The built-ins are checked by the config loader already, see PLUGIN_SCHEMAS.)
+    #: (The built-ins are checked by the config loader already, see PLUGIN_OPTIONS.)
     config_keys: ClassVar[frozenset[str] | None] = None
 
     def __init__(self) -> None:
