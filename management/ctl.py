@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import re
 import sys
@@ -230,6 +231,35 @@ def _until(value: str) -> float:
         ) from None
 
 
+def _text(value: str) -> str:
+    """argparse type of a client id, filter, plugin name or ban target: not empty (an empty one
+    would name the list itself in the URL)."""
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _seconds(value: str) -> float:
+    """argparse type of `--timeout`: a positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
+def _when(until: Any) -> str:
+    """A ban's end as local time; a value the platform cannot convert is shown as is."""
+    if until is None:
+        return "forever"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return str(until)
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 Command = Callable[[Client, argparse.Namespace], Output]
@@ -364,15 +394,7 @@ def cmd_plugins_unload(c: Client, a: argparse.Namespace) -> Output:
 
 def cmd_banned_list(c: Client, a: argparse.Namespace) -> Output:
     rows = c.items("/api/v3/banned/")
-    shown = [
-        {
-            **row,
-            "until": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["until"]))
-            if row.get("until") is not None
-            else "forever",
-        }
-        for row in rows
-    ]
+    shown = [{**row, "until": _when(row.get("until"))} for row in rows]
     return Output(rows, format_table(shown, ("as", "who", "reason", "by", "until")))
 
 
@@ -452,7 +474,7 @@ def _globals(parser: argparse.ArgumentParser) -> None:
         "--config", default=s, metavar="FILE", help="TOML file with url, app and secret"
     )
     parser.add_argument(
-        "--timeout", type=float, default=s, metavar="S", help="HTTP timeout in seconds (10)"
+        "--timeout", type=_seconds, default=s, metavar="S", help="HTTP timeout in seconds (10)"
     )
     parser.add_argument(
         "--json", action="store_true", default=s, help="print the API's answer as JSON"
@@ -481,44 +503,50 @@ def add_ctl_parser(sub: Any) -> None:
 
     g = group("clients", "connected clients")
     leaf(g, "list", cmd_clients_list, "every connection in the cluster")
-    leaf(g, "show", cmd_clients_show, "one connection").add_argument("client_id", metavar="ID")
-    leaf(g, "kick", cmd_clients_kick, "disconnect a client").add_argument("client_id", metavar="ID")
+    leaf(g, "show", cmd_clients_show, "one connection").add_argument(
+        "client_id", metavar="ID", type=_text
+    )
+    leaf(g, "kick", cmd_clients_kick, "disconnect a client").add_argument(
+        "client_id", metavar="ID", type=_text
+    )
 
     g = group("sessions", "sessions (online and offline)")
     leaf(g, "list", cmd_sessions_list, "every session in the cluster")
-    leaf(g, "show", cmd_sessions_show, "one session").add_argument("client_id", metavar="ID")
+    leaf(g, "show", cmd_sessions_show, "one session").add_argument(
+        "client_id", metavar="ID", type=_text
+    )
 
     g = group("routes", "the cluster route table")
     leaf(g, "list", cmd_routes_list, "every route")
     leaf(g, "show", cmd_routes_show, "the routes of a filter").add_argument(
-        "filter", metavar="FILTER"
+        "filter", metavar="FILTER", type=_text
     )
 
     g = group("subscriptions", "subscriptions")
     leaf(g, "list", cmd_subs_list, "every subscription in the cluster")
     leaf(g, "show", cmd_subs_show, "the subscriptions of a client").add_argument(
-        "client_id", metavar="ID"
+        "client_id", metavar="ID", type=_text
     )
     p = leaf(g, "add", cmd_subs_add, "subscribe a session to a filter")
-    p.add_argument("client_id", metavar="ID")
-    p.add_argument("filter", metavar="FILTER")
+    p.add_argument("client_id", metavar="ID", type=_text)
+    p.add_argument("filter", metavar="FILTER", type=_text)
     p.add_argument("--qos", type=int, choices=(0, 1, 2), default=0)
     p = leaf(g, "del", cmd_subs_del, "unsubscribe a session from a filter")
-    p.add_argument("client_id", metavar="ID")
-    p.add_argument("filter", metavar="FILTER")
+    p.add_argument("client_id", metavar="ID", type=_text)
+    p.add_argument("filter", metavar="FILTER", type=_text)
 
     g = group("plugins", "plugins")
     leaf(g, "list", cmd_plugins_list, "the plugins of every node")
     for name, fn in (("load", cmd_plugins_load), ("unload", cmd_plugins_unload)):
         p = leaf(g, name, fn, f"{name} a plugin (on the node answering, or --node)")
-        p.add_argument("name", metavar="NAME")
+        p.add_argument("name", metavar="NAME", type=_text)
         p.add_argument("--node", metavar="NODE", default=None)
 
     g = group("banned", "the banned list")
     leaf(g, "list", cmd_banned_list, "every ban")
     p = leaf(g, "add", cmd_banned_add, "ban a client id, username or IP address")
     p.add_argument("--as", dest="kind", choices=BAN_KINDS, required=True)
-    p.add_argument("who", metavar="WHO")
+    p.add_argument("who", metavar="WHO", type=_text)
     p.add_argument("--reason", default="", metavar="TEXT")
     p.add_argument(
         "--until",
@@ -529,7 +557,7 @@ def add_ctl_parser(sub: Any) -> None:
     )
     p = leaf(g, "del", cmd_banned_del, "lift a ban")
     p.add_argument("--as", dest="kind", choices=BAN_KINDS, required=True)
-    p.add_argument("who", metavar="WHO")
+    p.add_argument("who", metavar="WHO", type=_text)
 
     leaf(verbs, "listeners", cmd_listeners, "the listeners of every node")
     leaf(verbs, "metrics", cmd_metrics, "the metrics (counters) of every node")
@@ -564,6 +592,18 @@ def _file_settings(path: str) -> dict[str, str]:
     return out
 
 
+def _check_url(url: str) -> None:
+    """A URL urllib would choke on (a bad port, an unclosed IPv6 bracket) is a usage mistake
+    to report in one line, not an exception from deep inside http.client."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise CtlError(f"bad URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise CtlError(f"bad URL {url!r}: expected http://HOST[:PORT]")
+
+
 def make_client(args: argparse.Namespace) -> Client:
     """Flags, then the environment, then --config, then the defaults."""
     config = getattr(args, "config", None)
@@ -579,8 +619,9 @@ def make_client(args: argparse.Namespace) -> Client:
         return from_file.get(key, default)
 
     url = pick("url", DEFAULT_URL)
-    if not url.startswith(("http://", "https://")):
+    if "://" not in url:
         url = "http://" + url
+    _check_url(url)
     return Client(
         url,
         pick("app", DEFAULT_APP),

@@ -114,8 +114,12 @@ class PluginManager:
                 continue
             try:
                 cls = entry.load()
-            except Exception:
-                log.exception("cannot import plugin %s (%s)", entry.name, entry.value)
+            except Exception as exc:  # one log line; the traceback only at debug level (-v)
+                log.error(
+                    "cannot import plugin %s (%s): %s: %s",
+                    *(entry.name, entry.value, type(exc).__name__, exc),
+                )
+                log.debug("traceback of the failed plugin import", exc_info=True)
                 continue
             if not (isinstance(cls, type) and issubclass(cls, Plugin)):
                 log.error("plugin %s (%s) is not a Plugin subclass", entry.name, entry.value)

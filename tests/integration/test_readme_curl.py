@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from api_support import AppFactory
 from rawclient import RawClient
-from readme_support import Command, curl_commands
+from readme_support import ShellCommand as Command
+from readme_support import curl_commands
 
 from broker.app import NodeApp
 from broker.protocol.packets import ConnAck
