@@ -377,8 +377,8 @@ def _plugin_action(c: Client, a: argparse.Namespace, action: str) -> Output:
             raise CtlError(f"plugin {a.name!r} is already loaded on {node}") from None
         if "not_started" in str(exc):
             raise CtlError(f"plugin {a.name!r} is not loaded on {node}") from None
-        if str(exc).startswith(("not found", "node down")):
-            raise
+        if str(exc).startswith(("not found", "node down", "authentication failed", "cannot reach")):
+            raise  # not the plugin's answer: the node, the app or the path
         # the plugin refused: the node's answer is the reason ("no password file: ...")
         raise CtlError(f"cannot {action} plugin {a.name!r} on {node}: {exc}") from None
     return _ok(answer, f"ok: plugin {a.name!r} {action}ed on {node}")
