@@ -32,8 +32,10 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
 * **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
   delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
-  (RPC `banned_dump`) from the first live peer it meets, once (`cluster.replicas`, where
-  other replicated tables, like the API apps, are added with `replicas.add`).
+  (RPC `banned_dump`) from the first live peer it meets, once; the small last-writer-wins
+  tables (`broker.core.replicated`: auth_clientid, auth_username, ...; RPC `tables_dump`) and
+  the API apps (RPC `apps_dump`, added by the app) are pulled again from every member that
+  joins later or comes back from the dead. All of them go through `cluster.replicas`.
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
@@ -149,10 +151,12 @@ class ClusterNode:
         )
         self.transport.on_heard = self._on_heard
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
-        #: Tables every node holds a copy of (retained, banned; the app adds its own).
+        #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
+        #: the app adds its own).
         self.replicas = ReplicaSet(self.call, self.rpc.register)
         self.replicas.add("retained", self._retained_dump, self._merge_retained)
         self.replicas.add("banned", self._banned_dump, self._merge_banned)
+        self.replicas.add("tables", self._tables_dump, broker.replicated.merge_all, resync=True)
         self.port = 0
         self.address: Address = ("127.0.0.1", 0)
         self._membership: Membership | None = None
@@ -632,6 +636,9 @@ class ClusterNode:
                 self.broker.retain(message)
                 added += 1
         return added
+
+    async def _tables_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
+        return self.broker.replicated.dump_all()
 
     async def _banned_dump(self, args: dict[str, Any], from_node: str) -> list[dict[str, object]]:
         return [entry.to_dict() for entry in self.broker.banned.entries()]

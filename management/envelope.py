@@ -36,7 +36,7 @@ _UNSET = object()
 
 
 def render_error(exc: ApiError, api_format: str) -> web.Response:
-    if api_format == "emqx":
+    if api_format == "emqx" and not exc.keep_status:
         return web.json_response(exc.emqx_body())
     return web.json_response(exc.seed_body(), status=exc.status)
 

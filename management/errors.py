@@ -36,6 +36,9 @@ class ApiError(Exception):
     code)` also shows the code in the seed body. The subclasses below preset all three.
     """
 
+    #: rendered with its HTTP status in both formats (EMQX's own 404s were real HTTP 404s)
+    keep_status = False
+
     def __init__(self, status: int, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -125,6 +128,17 @@ class PluginLoadFailed(ApiError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(409, reason or "load_failed")
+
+
+class PluginRouteNotLoaded(ApiError):
+    """A route of a plugin (auth_clientid, auth_username) on a node where it is not loaded:
+    EMQX registered such routes with the plugin and answered a plain HTTP 404 while it was not
+    running, so the status is kept in the emqx format too."""
+
+    keep_status = True
+
+    def __init__(self) -> None:
+        super().__init__(404, "plugin_not_loaded")
 
 
 class InternalError(ApiError):

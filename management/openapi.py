@@ -268,6 +268,18 @@ SCHEMAS["banned_request"] = obj(
     optional=["reason", "desc", "by", "until"],
 )
 
+# auth_clientid / auth_username (the plugins' REST CRUD): entries, request bodies.
+SCHEMAS["auth_key"] = {"type": "string", "minLength": 1}
+SCHEMAS["auth_clientid"] = obj({"clientid": SCHEMAS["auth_key"], "password": SCHEMAS["auth_key"]})
+SCHEMAS["auth_username"] = obj({"username": SCHEMAS["auth_key"], "password": SCHEMAS["auth_key"]})
+SCHEMAS["auth_password"] = obj({"password": SCHEMAS["auth_key"]})
+#: routes that answer 409 for an entry that is there already, with their error message
+_CONFLICT_409 = {
+    "add_clientid": "existed: the entry is there already",
+    "add_username": "existed: the entry is there already",
+    "add_app": "already_existed",
+}
+
 
 def response_schema(returns: str) -> tuple[str, Schema]:
     """(status, schema) of a route's success answer from its `returns` descriptor."""
@@ -343,8 +355,10 @@ def operation(route: Route) -> Schema:
         responses["503"] = _error("the node does not answer (nodedown)")
     if route.name in ("load_plugin", "unload_plugin"):
         responses["409"] = _error("already_started / not_started")
-    if route.name == "add_app":
-        responses["409"] = _error("already_existed")
+    if route.name in _CONFLICT_409:
+        responses["409"] = _error(_CONFLICT_409[route.name])
+    if route.path.startswith(("/auth_clientid", "/auth_username")):
+        responses["404"] = _error("plugin_not_loaded on the node asked, or not_found")
     op: Schema = {
         "operationId": route.name,
         "summary": route.descr,

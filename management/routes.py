@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 
 from management import handlers_admin as admin
 from management import handlers_apps as apps
+from management import handlers_auth as auth
 from management import handlers_banned as banned
 from management import handlers_clients as clients
 from management import handlers_cluster as cluster
@@ -150,6 +151,28 @@ ROUTES: tuple[Route, ...] = (
           banned.create_banned, "created:banned", "banned"),
     Route("delete_banned", "DELETE", "/banned/:who", "Lift a ban (`as` in the query string)",
           banned.delete_banned, "ok"),
+    # auth_clientid / auth_username plugins (EMQX 3.x's emqx_auth_*_api; 404 plugin_not_loaded
+    # while the plugin is not loaded on the node that takes the request)
+    Route("list_clientid", "GET", "/auth_clientid", "List available clientid in the cluster",
+          auth.CLIENTID["list"], "array:auth_key"),
+    Route("lookup_clientid", "GET", "/auth_clientid/:clientid", "Lookup clientid in the cluster",
+          auth.CLIENTID["lookup"], "object:auth_clientid"),
+    Route("add_clientid", "POST", "/auth_clientid", "Add clientid in the cluster",
+          auth.CLIENTID["add"], "ok", "auth_clientid"),
+    Route("update_clientid", "PUT", "/auth_clientid/:clientid", "Update clientid in the cluster",
+          auth.CLIENTID["update"], "ok", "auth_password"),
+    Route("delete_clientid", "DELETE", "/auth_clientid/:clientid",
+          "Delete clientid in the cluster", auth.CLIENTID["delete"], "ok"),
+    Route("list_username", "GET", "/auth_username", "List available username in the cluster",
+          auth.USERNAME["list"], "array:auth_key"),
+    Route("lookup_username", "GET", "/auth_username/:username", "Lookup username in the cluster",
+          auth.USERNAME["lookup"], "object:auth_username"),
+    Route("add_username", "POST", "/auth_username", "Add username in the cluster",
+          auth.USERNAME["add"], "ok", "auth_username"),
+    Route("update_username", "PUT", "/auth_username/:username", "Update username in the cluster",
+          auth.USERNAME["update"], "ok", "auth_password"),
+    Route("delete_username", "DELETE", "/auth_username/:username",
+          "Delete username in the cluster", auth.USERNAME["delete"], "ok"),
     # apps (EMQX 3.x emqx_mgmt_api_apps)
     Route("list_apps", "GET", "/apps/", "List the API apps", apps.list_apps, "array:app"),
     Route("add_app", "POST", "/apps/", "Add an API app (answers its secret)",

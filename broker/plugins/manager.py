@@ -52,7 +52,9 @@ STATE_FILE = "loaded_plugins.json"
 #: name -> "module:Class", the same as pyproject.toml's entry points.
 BUILTIN_PLUGINS: dict[str, str] = {
     "acl_file": "broker.plugins.acl_file:AclFilePlugin",
+    "auth_clientid": "broker.plugins.auth_table:AuthClientidPlugin",
     "auth_passwd": "broker.plugins.auth_passwd:AuthPasswdPlugin",
+    "auth_username": "broker.plugins.auth_table:AuthUsernamePlugin",
     "delayed_publish": "broker.plugins.delayed_publish:DelayedPublishPlugin",
     "presence": "broker.plugins.presence:PresencePlugin",
     "web_hook": "broker.plugins.web_hook:WebHookPlugin",

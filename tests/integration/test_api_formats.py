@@ -11,6 +11,7 @@ that we answer (101, 102, 107-112, 115); 401, 404 (unknown path) and 413 keep th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from api_support import ADMIN, NODE, AppFactory, basic, check, eventually, q
 
 from broker.app import NodeApp
+from broker.plugins.auth_table import credential
 from broker.server.config import ManagementConfig
 from management.routes import ROUTES, Route
 
@@ -38,6 +40,9 @@ BODIES: dict[str, Any] = {
     "log_level": {"level": "warning"},
     "app_request": {"app_id": "fmt-app"},
     "app_update": {"desc": "changed"},
+    "auth_clientid": {"clientid": "fmt-new", "password": "p"},
+    "auth_username": {"username": "fmt-new", "password": "p"},
+    "auth_password": {"password": "p2"},
 }
 for _kind in ("publish", "subscribe", "unsubscribe"):
     BODIES[f"{_kind}_batch"] = [BODIES[_kind]]  # the batch form: an array of single bodies
@@ -129,6 +134,11 @@ async def test_every_route_in_both_formats(node: Any, route: Route) -> None:
     async with mqtt_client(app) as client:
         await client.subscribe(TOPIC)
         await eventually(lambda: CLIENT in app.broker.connected)
+        if route.path.startswith("/auth_"):  # a plugin's routes: loaded, with the entry named
+            plugin, field = route.path.split("/")[1], route.path.split("_")[1].split("/")[0]
+            if not _active(app, plugin):
+                await _maybe(app.plugins.load(plugin))
+            app.broker.replicated.table(plugin).put(PARAMS[field], credential("p"), time.time())
         path, kw = request_for(route)
         status, body = await http.call(route.method, path, **kw)
         if api_format == "seed":

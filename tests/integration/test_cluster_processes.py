@@ -82,12 +82,15 @@ class NodeProc:
         return self.ports["http"]
 
 
-def spawn(name: str, data_dir: Path, join: int | None, log: Path) -> NodeProc:
+def spawn(
+    name: str, data_dir: Path, join: int | None, log: Path, extra: tuple[str, ...] = ()
+) -> NodeProc:
+    """Start a node process (`extra`: more `start` arguments, e.g. ("--config", path))."""
     argv = [
         sys.executable, "-c", ENTRY, "start",
         "--node-name", name, "--host", "127.0.0.1",
         "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0", "--cluster-port", "0",
-        "--data-dir", str(data_dir),
+        "--data-dir", str(data_dir), *extra,
     ]  # fmt: skip
     if join is not None:
         argv += ["--join", f"127.0.0.1:{join}"]
