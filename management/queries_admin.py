@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.server.config import running_config
+from broker.server.config.schema import TOP
 from management.apps import app_from_record
-from management.configview import config_rows
 from management.queries import (
     NodeContext,
     Row,
@@ -104,5 +105,36 @@ async def session_drop(ctx: NodeContext, args: dict[str, Any]) -> bool:
 
 @query("configs")
 async def configs(ctx: NodeContext, args: dict[str, Any]) -> Rows:
-    """The configuration this node runs with, secrets masked (`management.configview`)."""
-    return config_rows(ctx.config)
+    """The configuration this node runs with, secrets masked by the schema (`running_config`)."""
+    return config_rows(running_config(ctx.config))
+
+
+def _datatype(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    names = {int: "integer", float: "float", list: "list", dict: "map", type(None): "null"}
+    return names.get(type(value), "string")
+
+
+def config_rows(tables: dict[str, dict[str, Any]]) -> Rows:
+    """EMQX's `[{key, value, datatype, app}]`, sorted by key: `key` is the file's table and key,
+    dotted (`listener.tcp.port`, `plugins.web_hook.url`; a top-level key alone), a list of tables
+    (`[[management.apps]]`) one row per field (`management.apps.0.id`); `app` is the table's first
+    part (`broker` for the top level)."""
+    rows: Rows = []
+
+    def add(key: str, value: Any, app: str) -> None:
+        rows.append({"key": key, "value": value, "datatype": _datatype(value), "app": app})
+
+    for table, values in tables.items():
+        prefix = "" if table == TOP else table + "."
+        app = table.split(".")[0] if prefix else "broker"
+        for name, value in values.items():
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                for index, item in enumerate(value):
+                    for field, leaf in item.items():
+                        add(f"{prefix}{name}.{index}.{field}", leaf, app)
+            else:
+                add(prefix + name, value, app)
+    rows.sort(key=lambda row: str(row["key"]))
+    return rows

@@ -319,13 +319,15 @@ async def test_configs_are_shown_with_secrets_masked(app_factory: AppFactory) ->
         (node,) = reply.body
         rows = {r["key"]: r for r in node["configs"]}
         assert node["node"] == NODE
-        assert rows["cookie"]["value"] == "******"
+        assert rows["node.cookie"]["value"] == "******"
         assert rows["management.apps.0.secret"]["value"] == "******"
         assert rows["management.apps.0.id"]["value"] == "ops"
         assert rows["plugins.web_hook.url"]["value"] == "http://hook:******@127.0.0.1:9/x"
         inflight = {"key": "max_inflight_messages", "value": 32, "datatype": "integer"}
         assert rows["max_inflight_messages"] == {**inflight, "app": "broker"}
-        assert rows["tcp.port"]["app"] == "tcp" and rows["node_name"]["value"] == NODE
+        assert rows["listener.tcp.port"]["app"] == "listener"
+        assert rows["node.name"] == {"key": "node.name", "value": NODE, "datatype": "string",
+                                     "app": "node"}  # fmt: skip
         per_node = await api.ok("GET", f"/api/v3/nodes/{q(NODE)}/configs")
         check(per_node, "config[]")
         assert per_node == node["configs"]

@@ -170,7 +170,7 @@ async def test_cluster_forms_list_every_node(start_node: Start) -> None:
     status, configs = await call(a, "GET", "/configs")
     assert status == 200 and sorted(c["node"] for c in configs) == [A, B]
     status, rows = await call(a, "GET", f"/nodes/{q(B)}/configs")
-    assert status == 200 and {r["key"]: r["value"] for r in rows}["node_name"] == B
+    assert status == 200 and {r["key"]: r["value"] for r in rows}["node.name"] == B
 
     async with aiomqtt.Client("127.0.0.1", b.node.tcp_port, identifier="u1", username="carol"):
         status, rows = await call(a, "GET", "/connection/username/carol")
