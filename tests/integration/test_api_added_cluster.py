@@ -6,7 +6,6 @@ persistent session is dropped on the node that holds it, and the cluster forms l
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,9 @@ import aiohttp
 import aiomqtt
 import pytest
 from api_support import ADMIN, basic, eventually, q
-from conftest import make_config
+from cluster_support import ClusterNodes, converged, live
 
 from broker.app import NodeApp
-from broker.server.config import ListenerConfig
 from management.apps import apps_path, make_app, write_file
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
@@ -30,34 +28,9 @@ Start = Callable[..., Awaitable[NodeApp]]
 @pytest.fixture
 async def start_node(tmp_path: Path) -> AsyncIterator[Start]:
     """Start a clustered NodeApp on port 0 (`join`: the apps to join through)."""
-    apps: list[NodeApp] = []
-
-    async def start(name: str, *join: NodeApp, **overrides: Any) -> NodeApp:
-        cfg = make_config(
-            tmp_path,
-            node_name=name,
-            data_dir=str(tmp_path / name),
-            cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
-            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
-        )
-        app = NodeApp(dataclasses.replace(cfg, **overrides))
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
-
-
-def live(app: NodeApp) -> list[str]:
-    assert app.cluster is not None
-    return sorted(app.cluster.live_nodes())
-
-
-async def converged(*apps: NodeApp) -> None:
-    names = sorted(app.config.node_name for app in apps)
-    await eventually(lambda: all(live(app) == names for app in apps))
+    nodes = ClusterNodes(tmp_path)
+    yield nodes.start
+    await nodes.stop_all()
 
 
 async def call(
