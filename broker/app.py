@@ -52,7 +52,7 @@ class NodeApp:
         # The API apps: held by every node (management listener or not), so that a change made
         # through any node's API is in force on all of them (replicated like the bans).
         mgmt = management_config(config.management)
-        self.apps = AppStore(config.data_dir, mgmt.apps, mgmt.default_app)
+        self.apps = AppStore(config.data_dir, mgmt.apps, mgmt.default_app, self.tables_store)
         # What the management queries see of this node. The cluster may replace `view` (before
         # start()) with one that reaches the other nodes and serves `context` to them.
         self.context = NodeContext(
@@ -72,7 +72,6 @@ class NodeApp:
         if config.cluster.enabled and view is None:
             self.cluster = make_cluster_node(self.broker, config, self._rpc, cluster_config)
             self.view = ClusterNodeView(self.context, self.cluster)
-            self.cluster.replicas.add("apps", self._apps_dump, self.apps.merge, resync=True)
         self.management: ManagementServer | None = None
         self.http_port = 0
 
@@ -84,9 +83,6 @@ class NodeApp:
     def cluster_port(self) -> int:
         """The bound cluster port (0 without a cluster)."""
         return self.cluster.port if self.cluster is not None else 0
-
-    async def _apps_dump(self, args: dict[str, Any], from_node: str) -> list[dict[str, Any]]:
-        return self.apps.dump()
 
     async def _rpc(self, method: str, args: dict[str, Any]) -> Any:
         """What another node's RPC runs here: the management query of that name."""

@@ -1,5 +1,5 @@
-"""Replicated tables: state every node keeps a full copy of (retained messages, bans, API apps,
-the last-writer-wins tables of `broker.core.replicated`: auth_clientid, auth_username).
+"""Replicated tables: state every node keeps a full copy of (retained messages, bans, and the
+last-writer-wins tables of `broker.core.replicated`: the API apps, auth_clientid, auth_username).
 
 Why one mechanism: each such table needs the same two things from the cluster. A change is
 written on every running node by whoever makes it (the management API runs an idempotent query
@@ -15,8 +15,7 @@ second part lives here, so that a table is added with one `add(name, dump, merge
   node that joins or comes back (after a partition, or a restart of either side), which makes
   two sides that changed apart converge.
 
-The RPC method names (`retained_dump`, `banned_dump`, `apps_dump`, `tables_dump`) are the wire
-contract.
+The RPC method names (`retained_dump`, `banned_dump`, `tables_dump`) are the wire contract.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
   delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
   (RPC `banned_dump`) from the first live peer it meets, once; the small last-writer-wins
-  tables (`broker.core.replicated`: auth_clientid, auth_username, ...; RPC `tables_dump`) and
-  the API apps (RPC `apps_dump`, added by the app) are pulled again from every member that
-  joins later or comes back from the dead. All of them go through `cluster.replicas`.
+  tables (`broker.core.replicated`: the API apps, auth_clientid, auth_username; RPC
+  `tables_dump`) are pulled again from every member that joins later or comes back from the
+  dead. All of them go through `cluster.replicas`.
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and

@@ -3,18 +3,18 @@
 Three sources, later ones winning for the same id:
   1. the default app `admin`/`public` (EMQX 3.x's), unless `[management] default_app = false`;
   2. `[[management.apps]]` in the config file (secrets in clear, as the file is the operator's);
-  3. `<data_dir>/apps.json`, written by the `/apps` API and `minibroker apps add|delete`, secrets
-     hashed with PBKDF2-HMAC-SHA256 and a random salt (`pbkdf2_sha256$<iterations>$<salt>$<hash>`,
-     base64). A deleted app stays there as a tombstone (`deleted`), which also hides a default
-     or config app of that id.
+  3. the replicated table `apps` (`broker.core.replicated`, saved in
+     `<data_dir>/tables/apps.json`), written by the `/apps` API and `minibroker apps add|delete`,
+     secrets hashed with PBKDF2-HMAC-SHA256 and a random salt
+     (`pbkdf2_sha256$<iterations>$<salt>$<hash>`, base64). A deleted app is a tombstone there,
+     which also hides a default or config app of that id.
 
-Replication: every record carries `updated_at`; `AppStore.apply` keeps the newer of two records
-of an id (a tombstone wins a tie), so applying the same records in any order on any node ends
-in the same table. The API writes a change on every running node at once (`app_put`), and
-`cluster.replicas` pulls the records (`dump`/`merge`) from every node that (re)joins.
+Replication is the table's: every row carries its time, the newer row of an id wins (a
+tombstone wins a tie); the API writes a change on every running node at once (`table_put`,
+`table_delete`), and a node that was away pulls the tables from its peers (`cluster.replicas`).
 
-The file is re-read when its modification time changes, so apps added with the CLI while the node
-runs take effect without a restart (the CLI edits that node's file only). A disabled (`status`
+The CLI edits the file of one node; a running node merges the file when it changes
+(`ReplicatedStore.refresh`), so such apps take effect without a restart. A disabled (`status`
 false) or expired (`expired` <= now) app is refused. Secrets are compared in constant time; a
 verified hashed secret is remembered as an HMAC under a per-process key, so PBKDF2 runs once per
 app and secret, not per request.
@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -38,13 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.core.replicated import ReplicatedTable, ReplicatedTables
 from broker.server.config import ManagementApp
+from broker.server.replicated_store import ReplicatedStore, ReplicatedStoreError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_APP_ID = "admin"
 DEFAULT_APP_SECRET = "public"
-APPS_FILE = "apps.json"
+#: The replicated table of the apps (`<data_dir>/tables/apps.json`).
+TABLE = "apps"
 HASH_SCHEME = "pbkdf2_sha256"
 HASH_ITERATIONS = 100_000
 
@@ -60,11 +61,10 @@ class App:
     desc: str = ""
     status: bool = True
     expired: int | None = None
-    source: str = "config"  # "default" | "config" | "data_dir"
+    source: str = "config"  # "default" | "config" | "data_dir" (the replicated table)
     secret: str | None = None  # in clear (default and config apps)
-    secret_hash: str | None = None  # hashed (apps.json)
-    updated_at: float = 0.0  # Unix seconds of the last change (data_dir records)
-    deleted: bool = False  # a tombstone (data_dir records)
+    secret_hash: str | None = None  # hashed (the table)
+    updated_at: float = 0.0  # Unix seconds of the last change (the table row's `at`)
 
     def usable(self, now: float) -> bool:
         return self.status and (self.expired is None or now < self.expired)
@@ -79,56 +79,47 @@ class App:
             "expired": self.expired,
         }
 
-    def record(self) -> dict[str, Any]:
-        """The stored and replicated form (apps.json row, `app_put` argument)."""
+    def value(self) -> dict[str, Any]:
+        """The table row's value (the id is the key, `updated_at` the row's time)."""
         return {
-            "id": self.id,
             "secret_hash": self.secret_hash,
             "name": self.name,
             "desc": self.desc,
             "status": self.status,
             "expired": self.expired,
-            "updated_at": self.updated_at,
-            "deleted": self.deleted,
         }
 
-    def newer_than(self, other: App) -> bool:
-        """Last writer wins; a tombstone wins a tie; then the hash, so every node agrees."""
-        mine = (self.updated_at, self.deleted, self.secret_hash or "")
-        theirs = (other.updated_at, other.deleted, other.secret_hash or "")
-        return mine > theirs
 
-
-def app_from_record(item: Any) -> App:
-    """An App from its stored or replicated form; ValueError/KeyError/TypeError if malformed."""
-    if not isinstance(item, dict):
-        raise TypeError("an app record must be an object")
-    app_id = item["id"]
-    deleted = bool(item.get("deleted", False))
-    secret_hash = item.get("secret_hash")
-    expired = item.get("expired")
-    updated_at = item.get("updated_at", 0.0)
-    if not isinstance(app_id, str) or not app_id:
-        raise ValueError("an app id must be a non-empty string")
-    if not deleted and not isinstance(secret_hash, str):
+def app_from_row(app_id: str, value: Any, at: float) -> App:
+    """An App from a row of the table; ValueError/TypeError if the value is malformed."""
+    if not isinstance(value, dict):
+        raise TypeError("an app row must be an object")
+    secret_hash, expired = value.get("secret_hash"), value.get("expired")
+    if not isinstance(secret_hash, str):
         raise ValueError(f"app {app_id!r} has no secret_hash")
-    if isinstance(updated_at, bool) or not isinstance(updated_at, int | float):
-        raise ValueError(f"app {app_id!r}: updated_at must be a number")
     return App(
         id=app_id,
-        name=str(item.get("name", "")),
-        desc=str(item.get("desc", "")),
-        status=bool(item.get("status", True)),
+        name=str(value.get("name", "")),
+        desc=str(value.get("desc", "")),
+        status=bool(value.get("status", True)),
         expired=int(expired) if expired is not None else None,
         source="data_dir",
-        secret_hash=str(secret_hash) if isinstance(secret_hash, str) else None,
-        updated_at=float(updated_at),
-        deleted=deleted,
+        secret_hash=secret_hash,
+        updated_at=at,
     )
 
 
-def tombstone(app_id: str, now: float) -> App:
-    return App(app_id, source="data_dir", status=False, updated_at=now, deleted=True)
+def table_apps(table: ReplicatedTable) -> dict[str, App]:
+    """The live apps of the table (a malformed row is logged and left out)."""
+    out: dict[str, App] = {}
+    for row in table.dump():
+        if row["value"] is None:
+            continue  # deleted
+        try:
+            out[row["key"]] = app_from_row(row["key"], row["value"], row["at"])
+        except (TypeError, ValueError) as exc:
+            log.warning("API app %r ignored: %s", row["key"], exc)
+    return out
 
 
 # -- hashing -------------------------------------------------------------------------------------
@@ -155,38 +146,24 @@ def verify_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
-# -- the apps.json file --------------------------------------------------------------------------
+# -- the file, for `minibroker apps` -----------------------------------------------------------
 
 
 def apps_path(data_dir: str | os.PathLike[str]) -> Path:
-    return Path(data_dir) / APPS_FILE
+    return Path(data_dir) / "tables" / f"{TABLE}.json"
 
 
-def read_records(path: Path) -> list[App]:
-    """Every record stored in `path`, tombstones included ([] when there is no file)."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    data = json.loads(raw)
-    return [app_from_record(item) for item in data.get("apps", [])]
+def open_table(data_dir: str | os.PathLike[str]) -> ReplicatedTable:
+    """The apps table of `data_dir`, loaded; a change is saved at once (ReplicatedStoreError for
+    a corrupt file)."""
+    store = ReplicatedStore(ReplicatedTables(), os.fspath(data_dir))
+    store.open()
+    return store.tables.table(TABLE)
 
 
-def read_file(path: Path) -> list[App]:
-    """The apps stored in `path` (not the deleted ones)."""
-    return [app for app in read_records(path) if not app.deleted]
-
-
-def write_file(path: Path, apps: list[App]) -> None:
-    """Replace the file atomically; it holds hashes only, yet is made readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [a.record() for a in apps]
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"apps": rows}, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+def stored_apps(data_dir: str | os.PathLike[str]) -> list[App]:
+    """The apps stored in `data_dir` (not the deleted ones), by id."""
+    return list(table_apps(open_table(data_dir)).values())
 
 
 def add_app(
@@ -201,22 +178,23 @@ def add_app(
 ) -> App:
     if not app_id or not secret:
         raise AppError("the app id and secret must not be empty")
-    path = apps_path(data_dir)
-    records = read_records(path)
-    if any(a.id == app_id and not a.deleted for a in records):
-        raise AppError(f"app {app_id!r} already exists in {path}; delete it first")
+    table = open_table(data_dir)
+    if table.get(app_id) is not None:
+        raise AppError(f"app {app_id!r} already exists in {apps_path(data_dir)}; delete it first")
     app = make_app(app_id, secret, name=name, desc=desc, status=status, expired=expired)
-    write_file(path, [*(a for a in records if a.id != app_id), app])
+    row = table.row(app_id)  # a tombstone: the new app must be newer
+    app.updated_at = max(app.updated_at, row.at + 0.001) if row is not None else app.updated_at
+    table.put(app_id, app.value(), app.updated_at)
     return app
 
 
 def delete_app(data_dir: str | os.PathLike[str], app_id: str) -> None:
     """Replace the app by a tombstone (so that a peer's older copy cannot bring it back)."""
-    path = apps_path(data_dir)
-    records = read_records(path)
-    if not any(a.id == app_id and not a.deleted for a in records):
-        raise AppError(f"no app {app_id!r} in {path}")
-    write_file(path, [a if a.id != app_id else tombstone(app_id, time.time()) for a in records])
+    table = open_table(data_dir)
+    row = table.row(app_id)
+    if row is None or row.value is None:
+        raise AppError(f"no app {app_id!r} in {apps_path(data_dir)}")
+    table.delete(app_id, max(time.time(), row.at + 0.001))
 
 
 def make_app(
@@ -247,39 +225,33 @@ def make_app(
 
 
 class AppStore:
-    """The effective apps of a node (default, config, data dir) and Basic-auth checks."""
+    """The effective apps of a node (default, config, the replicated table) and Basic-auth
+    checks. `store` is the node's ReplicatedStore (None: one of its own over `data_dir`)."""
 
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
         configured: list[ManagementApp] | None = None,
         default_app: bool = True,
+        store: ReplicatedStore | None = None,
     ) -> None:
+        if store is None:
+            store = ReplicatedStore(ReplicatedTables(), os.fspath(data_dir))
+            store.open()
+        self.store = store
         self.path = apps_path(data_dir)
         self.configured = list(configured or [])
         self.default_app = default_app
-        self._records: dict[str, App] = {}
-        self._file_mtime: int | None = None
         self._key = secrets.token_bytes(32)
         self._verified: dict[str, bytes] = {}
-        self.save_errors = 0
 
-    def _mtime(self) -> int | None:
-        try:
-            return self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-
-    def _reload(self) -> None:
-        mtime = self._mtime()
-        if mtime != self._file_mtime:
-            records = read_records(self.path) if mtime is not None else []
-            self._records = {app.id: app for app in records}
-            self._file_mtime = mtime
+    @property
+    def table(self) -> ReplicatedTable:
+        return self.store.tables.table(TABLE)
 
     def apps(self) -> dict[str, App]:
-        """The apps in force: the data dir's records (tombstones remove) over config, default."""
-        self._reload()
+        """The apps in force: the table's rows (tombstones remove) over config, default."""
+        self.store.refresh(TABLE)  # apps the CLI added or deleted while the node runs
         out: dict[str, App] = {}
         if self.default_app:
             out[DEFAULT_APP_ID] = App(
@@ -291,59 +263,18 @@ class AppStore:
             )
         for c in self.configured:
             out[c.id] = App(c.id, c.name, c.desc, c.status, c.expired, "config", c.secret)
-        for app in self._records.values():
-            if app.deleted:
-                out.pop(app.id, None)
-            else:
-                out[app.id] = app
+        table = self.table
+        for app_id in list(out):
+            row = table.row(app_id)
+            if row is not None and row.value is None:  # deleted through the API or the CLI
+                del out[app_id]
+        out.update(table_apps(table))
         return out
 
     def default_in_use(self) -> bool:
         """True while `admin`/`public` lets anyone in (warned about at start)."""
         app = self.apps().get(DEFAULT_APP_ID)
         return app is not None and app.source == "default"
-
-    # -- changes (the `/apps` API) and replication -----------------------------------------
-
-    def apply(self, app: App) -> bool:
-        """Store `app` (a record or a tombstone) unless this node has a newer one of its id.
-
-        Idempotent and order-free (see the module docstring); persisted before it returns,
-        and in force at once (the next request authenticates against it). True if it changed.
-        """
-        self._reload()
-        current = self._records.get(app.id)
-        if current is not None and not app.newer_than(current):
-            return False
-        stored = dataclasses.replace(app, source="data_dir", secret=None)
-        self._records = {**self._records, app.id: stored}
-        self._verified.pop(app.id, None)
-        try:
-            write_file(self.path, list(self._records.values()))
-        except OSError as exc:  # in force in memory all the same (a disabled app stays refused)
-            self.save_errors += 1
-            log.error("cannot save the API apps to %s: %s", self.path, exc)
-        else:
-            self._file_mtime = self._mtime()
-        return True
-
-    def dump(self) -> list[dict[str, Any]]:
-        """Every data_dir record, tombstones included (what a peer pulls)."""
-        self._reload()
-        return [app.record() for app in self._records.values()]
-
-    def merge(self, records: Any) -> int:
-        """Apply the records a peer sent; returns how many changed this node's table."""
-        if not isinstance(records, list):
-            return 0
-        changed = 0
-        for item in records:
-            try:
-                app = app_from_record(item)
-            except (KeyError, TypeError, ValueError):
-                continue
-            changed += self.apply(app)
-        return changed
 
     # -- authentication ----------------------------------------------------------------------
 
@@ -425,11 +356,11 @@ def apps_main(args: argparse.Namespace) -> int:
             delete_app(args.data_dir, args.id)
             print(f"app {args.id} deleted")
         else:
-            for app in read_file(apps_path(args.data_dir)):
+            for app in stored_apps(args.data_dir):
                 expired = str(app.expired) if app.expired is not None else "never"
                 status = "enabled" if app.status else "disabled"
                 print(f"{app.id}\t{app.name}\t{status}\texpired={expired}\t{app.desc}")
-    except (AppError, OSError, ValueError, KeyError) as exc:
+    except (AppError, OSError, ValueError, KeyError, ReplicatedStoreError) as exc:
         print(f"minibroker: error: {exc}", file=sys.stderr)
         return 1
     return 0

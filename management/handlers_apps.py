@@ -1,10 +1,11 @@
 """Handlers of `/apps`: the API's own apps (AppID/AppSecret), EMQX 3.x's emqx_mgmt_api_apps.
 
 Reads answer from this node's store (every node holds the same table). A change is computed here
-once (a new secret hashed once, `updated_at` set) and written on every running node with the
-idempotent `app_put` query before the call answers, so a disabled, expired or deleted app is
-refused at once by every node; a node that was away pulls the table when it comes back
-(`cluster.replicas`, last writer wins). Rows never show the secret nor its hash.
+once (a new secret hashed once, the row's time set) and written on every running node with the
+idempotent `table_put` / `table_delete` queries of the replicated table `apps` before the call
+answers, so a disabled, expired or deleted app is refused at once by every node; a node that was
+away pulls the table when it comes back (`cluster.replicas`, last writer wins). Rows never show
+the secret nor its hash.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from management.apps import App, AppStore, hash_secret, make_app, tombstone
+from management import queries_tables  # noqa: F401 (registers the table_* queries)
+from management.apps import TABLE, App, AppStore, hash_secret, make_app
 from management.common import (
     APPS_KEY,
     ApiError,
@@ -51,12 +53,18 @@ def _expired(value: Any) -> int | None:
     return as_int(value, "expired", 0, MAX_EXPIRED)
 
 
-async def _write_everywhere(request: web.Request, app: App) -> None:
-    """`app_put` on every running node; this node's answer must be a success."""
+async def _write_everywhere(request: web.Request, query: str, args: dict[str, Any]) -> None:
+    """`query` (table_put / table_delete on the apps table) on every running node; this node's
+    answer must be a success (a node that misses it pulls the row when it meets us again)."""
     view = view_of(request)
-    for node, answer in await view.call_all("app_put", {"record": app.record()}):
+    for node, answer in await view.call_all(query, {"table": TABLE, **args}):
         if node == view.local_node:
             check_result(answer)
+
+
+async def _put_everywhere(request: web.Request, app: App) -> None:
+    args = {"key": app.id, "value": app.value(), "at": app.updated_at}
+    await _write_everywhere(request, "table_put", args)
 
 
 def _current(request: web.Request) -> App:
@@ -106,7 +114,7 @@ async def add_app(request: web.Request) -> web.Response:
         status=as_bool(p.get("status", True), "status"),
         expired=_expired(p.get("expired")),
     )
-    await _write_everywhere(request, app)
+    await _put_everywhere(request, app)
     return reply({"secret": secret})
 
 
@@ -121,11 +129,12 @@ async def update_app(request: web.Request) -> web.Response:
         changes["status"] = as_bool(p["status"], "status")
     if "expired" in p:
         changes["expired"] = _expired(p["expired"])
-    await _write_everywhere(request, dataclasses.replace(current, **changes))
+    await _put_everywhere(request, dataclasses.replace(current, **changes))
     return reply("ok")
 
 
 async def delete_app(request: web.Request) -> web.Response:
     current = _current(request)
-    await _write_everywhere(request, tombstone(current.id, _after(current)))
+    args = {"key": current.id, "at": _after(current)}
+    await _write_everywhere(request, "table_delete", args)
     return reply("ok")

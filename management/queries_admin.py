@@ -1,4 +1,4 @@
-"""Node-local queries of the endpoints added after the seed: apps, connections by username,
+"""Node-local queries of the endpoints added after the seed: connections by username,
 alarm history, plugin reload, dropping a session, the running configuration.
 
 They join `management.queries.QUERIES` (same rules: plain data in and out, every row carries
@@ -12,7 +12,6 @@ from typing import Any
 
 from broker.server.config import running_config
 from broker.server.config.schema import TOP
-from management.apps import app_from_record
 from management.queries import (
     NodeContext,
     Row,
@@ -22,22 +21,6 @@ from management.queries import (
     plugin_action,
     query,
 )
-
-# -- apps ----------------------------------------------------------------------------------------
-
-
-@query("app_put")
-async def app_put(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    """Store an app record or tombstone here (last writer wins; idempotent, so the API runs it
-    on every node). True when it changed this node's table."""
-    if ctx.apps is None:
-        return False
-    try:
-        app = app_from_record(args["record"])
-    except (KeyError, TypeError, ValueError):
-        return error("bad_app")
-    return ctx.apps.apply(app)
-
 
 # -- connections by username ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from api_support import ADMIN, basic, eventually, q
 from cluster_support import ClusterNodes, converged, live
 
 from broker.app import NodeApp
-from management.apps import apps_path, make_app, write_file
+from management.apps import make_app, open_table
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -92,8 +92,9 @@ async def test_a_node_that_joins_later_pulls_the_apps_and_their_deletions(
     assert await call(a, "DELETE", "/apps/gone") == (200, "ok")
     # C holds an older copy of `gone` (from before the deletion) and an app of its own
     c_dir = Path(a.config.data_dir).parent / C
-    old_gone = make_app("gone", "pw", now=1.0)
-    write_file(apps_path(c_dir), [old_gone, make_app("local", "pw")])
+    table = open_table(c_dir)  # saved at once, as `minibroker apps add` does
+    for app in (make_app("gone", "pw", now=1.0), make_app("local", "pw")):
+        table.put(app.id, app.value(), app.updated_at)
     c = await start_node(C, a)
     await converged(a, c)
     assert c.apps.apps().get("local") is not None

@@ -24,7 +24,7 @@ from openapi_spec_validator import validate as validate_spec
 
 from broker.cli import main
 from broker.server.config import ManagementApp, ManagementConfig
-from management.apps import AppStore, add_app, apps_path, hash_secret, read_file, verify_secret
+from management.apps import AppStore, add_app, apps_path, hash_secret, stored_apps, verify_secret
 from management.routes import ROUTES
 
 API_NAMES = {
@@ -269,7 +269,7 @@ def test_apps_cli_add_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[
     stored = json.loads(apps_path(d).read_text())
     assert "s3cret" not in json.dumps(stored)
     assert apps_path(d).stat().st_mode & 0o077 == 0
-    apps = {a.id: a for a in read_file(apps_path(d))}
+    apps = {a.id: a for a in stored_apps(d)}
     assert apps["ops"].name == "Ops" and apps["ops"].expired == 4102444800
     assert apps["ro"].status is False
     capsys.readouterr()
@@ -281,7 +281,7 @@ def test_apps_cli_add_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "already exists" in capsys.readouterr().err
     assert main(["apps", "--data-dir", d, "delete", "ops"]) == 0
     assert main(["apps", "--data-dir", d, "delete", "ops"]) == 1
-    assert [a.id for a in read_file(apps_path(d))] == ["ro"]
+    assert [a.id for a in stored_apps(d)] == ["ro"]
     assert main(["apps", "--data-dir", d]) == 2  # an action is required
 
 
