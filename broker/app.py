@@ -24,7 +24,7 @@ from broker.server.node import Node, auth_mode
 from broker.server.replicated_store import ReplicatedStore
 from cluster.runtime import ClusterConfig, ClusterNode
 from cluster.wire import Address
-from management.apps import AppStore
+from management.apps import AppStore, import_legacy
 from management.cluster_view import ClusterNodeView
 from management.queries import NodeContext
 from management.server import DEFAULT_APP_WARNING, ManagementServer, management_config
@@ -95,6 +95,7 @@ class NodeApp:
         self.banned_store.open()
         try:
             self.tables_store.open()
+            import_legacy(self.config.data_dir, self.apps.table)  # development builds' apps.json
             await self.plugins.start()
             try:
                 await self.node.start()

@@ -27,6 +27,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.core.replicated import ReplicatedTable, ReplicatedTables
+from broker.core.replicated import ReplicatedTable, ReplicatedTables, Row
 from broker.server.config import ManagementApp
 from broker.server.replicated_store import ReplicatedStore, ReplicatedStoreError
 
@@ -88,6 +89,9 @@ class App:
             "status": self.status,
             "expired": self.expired,
         }
+
+
+_VALUE_KEYS = ("secret_hash", "name", "desc", "status", "expired")
 
 
 def app_from_row(app_id: str, value: Any, at: float) -> App:
@@ -153,12 +157,39 @@ def apps_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / "tables" / f"{TABLE}.json"
 
 
+def import_legacy(data_dir: str | os.PathLike[str], table: ReplicatedTable) -> int:
+    """Merge `<data_dir>/apps.json` (where development builds kept the apps, no release did)
+    into `table`, so an app that replaced `admin` there does not let the default back in.
+    Idempotent (its rows are older than any change made since); rows changed."""
+    path = Path(data_dir) / "apps.json"
+    try:
+        records = json.loads(path.read_text(encoding="utf-8")).get("apps", [])
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, AttributeError) as exc:
+        log.error("%s: cannot import the API apps: %s", path, exc)
+        return 0
+    rows: list[Row] = []
+    for item in records if isinstance(records, list) else []:
+        try:
+            app_id, at = item["id"], float(item.get("updated_at", 0.0))
+            value = None if item.get("deleted") else {k: item.get(k) for k in _VALUE_KEYS}
+            if value is not None:
+                app_from_row(app_id, value, at)  # raises for a malformed one
+            rows.append(Row(app_id, at, value))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("%s: an app record is ignored: %s", path, exc)
+    return table.merge(rows)
+
+
 def open_table(data_dir: str | os.PathLike[str]) -> ReplicatedTable:
     """The apps table of `data_dir`, loaded; a change is saved at once (ReplicatedStoreError for
     a corrupt file)."""
     store = ReplicatedStore(ReplicatedTables(), os.fspath(data_dir))
     store.open()
-    return store.tables.table(TABLE)
+    table = store.tables.table(TABLE)
+    import_legacy(data_dir, table)
+    return table
 
 
 def stored_apps(data_dir: str | os.PathLike[str]) -> list[App]:
@@ -238,6 +269,7 @@ class AppStore:
         if store is None:
             store = ReplicatedStore(ReplicatedTables(), os.fspath(data_dir))
             store.open()
+            import_legacy(data_dir, store.tables.table(TABLE))
         self.store = store
         self.path = apps_path(data_dir)
         self.configured = list(configured or [])

@@ -244,6 +244,28 @@ async def test_apps_added_in_the_data_dir_while_running(app_factory: AppFactory)
         assert (await client.get("/api/v3/brokers", auth=("admin", "n3w"))).status == 200
 
 
+async def test_apps_of_a_development_builds_apps_json_stay_in_force(
+    app_factory: AppFactory, tmp_path: Path
+) -> None:
+    # before the apps became a replicated table, `minibroker apps` wrote <data_dir>/apps.json
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    records = [
+        {"id": "admin", "secret_hash": hash_secret("n3w", iterations=1000), "name": "",
+         "desc": "", "status": True, "expired": None},
+        {"id": "tool", "secret_hash": hash_secret("t00l", iterations=1000), "name": "T",
+         "desc": "", "status": True, "expired": None, "updated_at": 5.0, "deleted": False},
+        {"id": "gone", "deleted": True, "updated_at": 6.0},
+    ]  # fmt: skip
+    (data_dir / "apps.json").write_text(json.dumps({"apps": records}))
+    app = await app_factory(data_dir=str(data_dir))
+    async for client in make_api(app, "real_http"):
+        assert (await client.get("/api/v3/brokers", auth=ADMIN)).status == 401  # no default
+        assert (await client.get("/api/v3/brokers", auth=("admin", "n3w"))).status == 200
+        assert (await client.get("/api/v3/brokers", auth=("tool", "t00l"))).status == 200
+    assert sorted(a.id for a in stored_apps(data_dir)) == ["admin", "tool"]
+
+
 def test_secret_hashing() -> None:
     secret = "correct horse battery staple"  # long enough never to appear by chance in base64
     stored = hash_secret(secret, iterations=1000)
