@@ -45,6 +45,7 @@ from broker.plugins.manager import (
 )
 from broker.server.listeners import ListenerStats
 from broker.server.logs import set_level
+from management.apps import AppStore
 from management.formats import human_bytes, local_datetime, undefined, uptime
 
 if TYPE_CHECKING:
@@ -74,9 +75,11 @@ class PluginManagerLike(Protocol):
 
 
 class AlarmManagerLike(Protocol):
-    """What the API uses of `broker.server.alarms.AlarmManager`: the raised alarms."""
+    """What the API uses of `broker.server.alarms.AlarmManager`: raised and cleared alarms."""
 
     def list(self) -> Rows: ...
+
+    def history(self) -> Rows: ...
 
 
 @dataclass(kw_only=True)
@@ -90,6 +93,8 @@ class NodeContext:
     started_at: float
     plugins: PluginManagerLike | None = None
     alarms: AlarmManagerLike | None = None
+    #: The node's API apps (the `/apps` endpoints change them on every node).
+    apps: AppStore | None = None
     #: Listeners outside `node.listeners` (the management HTTP server).
     extra_listeners: list[ListenerStats] = field(default_factory=list)
 
@@ -236,13 +241,17 @@ def connection_row(ctx: NodeContext, channel: Channel) -> Row:
 @query("connections")
 async def connections(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     """Connected clients; `client_id` narrows to that one."""
-    connected = ctx.broker.connected
     client_id = args.get("client_id")
     if client_id is not None:
-        channel = connected.get(str(client_id))
+        channel = ctx.broker.connected.get(str(client_id))
         return [connection_row(ctx, channel)] if isinstance(channel, Channel) else []
-    # Every connection of a node is a Channel; the Broker sees them as `ClientPort`s.
-    return [connection_row(ctx, ch) for ch in list(connected.values()) if isinstance(ch, Channel)]
+    return [connection_row(ctx, ch) for ch in channels(ctx)]
+
+
+def channels(ctx: NodeContext) -> list[Channel]:
+    """The node's connections as the channels they are (the Broker sees them as `ClientPort`s,
+    which carry less than a connection row shows)."""
+    return [ch for ch in list(ctx.broker.connected.values()) if isinstance(ch, Channel)]
 
 
 @query("kick")
@@ -465,7 +474,7 @@ _PLUGIN_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-async def _plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
+async def plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
     if ctx.plugins is None:
         return error("not_found")
     try:
@@ -483,12 +492,12 @@ async def _plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
 
 @query("plugin_load")
 async def plugin_load(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    return await _plugin_action(ctx, "load", str(args["name"]))
+    return await plugin_action(ctx, "load", str(args["name"]))
 
 
 @query("plugin_unload")
 async def plugin_unload(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    return await _plugin_action(ctx, "unload", str(args["name"]))
+    return await plugin_action(ctx, "unload", str(args["name"]))
 
 
 @query("listeners")

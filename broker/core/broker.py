@@ -209,6 +209,20 @@ class Broker:
             self.unsubscribe(session, filt)
         self.update_stats()
 
+    def drop_session(self, client_id: str) -> bool:
+        """An operator ends the session of `client_id` (EMQX's clean_session): a connected
+        client is disconnected (0x98, its will published as for any kick) and the session,
+        online or offline, is discarded with its subscriptions. A delayed will still pending is
+        published now, since the session ends (MQTT-3.1.3-9). False when there is no session."""
+        kicked = self.kick(client_id)
+        pending = self.wills.take(client_id)
+        if pending is not None:
+            self.publish_will(pending.info, pending.will)
+        if client_id not in self.sessions:
+            return kicked
+        self.discard_session(client_id)
+        return True
+
     # -- moving sessions between nodes (cluster takeover, broker.core.cluster_port) ---------
 
     def import_session(self, state: SessionState) -> Session:

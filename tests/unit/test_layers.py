@@ -206,10 +206,7 @@ def test_composition_roots_are_imported_only_from_the_console_scripts() -> None:
 
 #: Import cycles that work in progress removes, each with its issue. Only what is listed here
 #: may remain, exactly as listed; an entry that no longer holds fails the test: delete it.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    # issue 13 (branch rest-endpoints): management api <-> openapi.
-    frozenset({"management.api", "management.openapi"}): "issue 13: management api/openapi",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def _describe(cycles: Iterable[frozenset[str]]) -> str:
