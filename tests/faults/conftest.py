@@ -7,7 +7,6 @@ that cannot create network namespaces (not root, no iproute2).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from faults_checker import REPORTS
 from faults_net import can_run, sweep_stale
-
-LONG = os.environ.get("MINIBROKER_FAULTS", "short") == "long"
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +25,11 @@ def netns() -> None:
     if reason is not None:
         pytest.skip(reason)
     sweep_stale()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault report: each scenario, each property, operations checked, violations found."""
+    if REPORTS:
+        terminalreporter.section("fault suite: properties under faults (measured)")
+        for text in REPORTS:
+            terminalreporter.write_line(text)

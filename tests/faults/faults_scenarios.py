@@ -28,6 +28,7 @@ from cluster.membership_config import MembershipConfig
 #: detection bound plus one push/pull anti-entropy round).
 PUSH_PULL = MembershipConfig().push_pull_interval
 ADMIN = aiohttp.BasicAuth("admin", "public")
+LONG = os.environ.get("MINIBROKER_FAULTS", "short") == "long"
 
 
 @dataclass
@@ -240,6 +241,7 @@ async def cpu_load(ctx: Ctx) -> None:
     await asyncio.sleep(2)
     proc = ctx.cluster.procs[1]
     assert proc is not None
+    ctx.mark("load n1")  # a marker only: the layout and the live set do not change
     end = time.monotonic() + 10 * ctx.rounds
     while time.monotonic() < end:
         os.kill(proc.proc.pid, signal.SIGSTOP)  # our own child, by its PID
@@ -248,4 +250,4 @@ async def cpu_load(ctx: Ctx) -> None:
         finally:
             os.kill(proc.proc.pid, signal.SIGCONT)
         await asyncio.sleep(0.15)
-    await asyncio.sleep(2)
+    ctx.mark("load n1 ends")
