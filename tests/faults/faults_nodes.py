@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -31,6 +32,12 @@ REPO = Path(__file__).resolve().parents[2]
 ENTRY = "import sys; from broker.cli import main; sys.exit(main())"
 MQTT, HTTP, CLUSTER, PROXIED = 1883, 8080, 7946, 7947
 START_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the test process dies (no node outlives a run)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -102,8 +109,9 @@ class Cluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         popen = subprocess.Popen(
-            self._argv(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env
-        )
+            self._argv(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
         proc = Proc(popen, self.tmp / f"node{i}.log")
         self.procs[i] = proc
         self.lives[i].append(proc)

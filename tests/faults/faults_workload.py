@@ -41,7 +41,7 @@ class Op:
     value: str
     start: float
     end: float = 0.0
-    outcome: str = "ok"  # ok | fail | unknown
+    outcome: str = "unknown"  # ok | fail | unknown: ok only once the answer came
     qos: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -97,7 +97,7 @@ class Plan:
     sub_nodes: list[int]
     rate: float = 15.0  # publishes per second per publisher
     roam_every: float = 3.0
-    twin_every: float = 2.5
+    twin_every: float = 0.5
     retain_every: float = 0.6
 
 
@@ -179,6 +179,7 @@ class Workload:
                         self.h.ops.append(op)
                         try:
                             await client.publish(op.extra["topic"], value.encode(), 1, retain=True)
+                            op.outcome = "ok"
                         except aiomqtt.MqttError:
                             op.outcome = "unknown"
                             raise
@@ -215,7 +216,9 @@ class Workload:
                 continue
             now = time.monotonic()
             payload = bytes(message.payload).decode()  # type: ignore[arg-type]
-            self.h.ops.append(Op("recv", name, node, payload, now, now, qos=message.qos))
+            op = Op("recv", name, node, payload, now, now, "ok", message.qos)
+            op.extra["mid"] = message.mid
+            self.h.ops.append(op)
 
     async def _shared(self, i: int) -> None:
         name = f"shr{i}"
