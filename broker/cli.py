@@ -1,11 +1,12 @@
-"""Command line and composition root: ``minibroker start|cluster|version|apps``.
+"""Command line and composition root: ``minibroker start|cluster|version|apps|...``.
 
 Why here: this is the only module allowed to import every layer. It turns a TOML file plus
 command-line flags into one validated ``BrokerConfig`` and hands it to the node runtime, which
 owns listeners, signals and the banner. Flags win over the file.
 
-Exit codes: 0 success or Ctrl-C, 1 ``--test-config`` found a problem, 2 bad usage or a
-configuration error at start.
+Exit codes: 0 success or Ctrl-C, 1 ``--test-config`` found a problem or a runtime error (a
+port in use, a node that cannot be reached), 2 bad usage or a configuration error at start.
+Every error is one line on stderr; ``--debug`` adds the traceback (broker/server/cli_support).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from collections.abc import Callable
 from broker.cluster_cli import add_cluster_parser, cluster_main
 from broker.plugins.passwd_file import add_passwd_parser, passwd_main
 from broker.server.banner import broker_version
+from broker.server.cli_support import CliParser, describe, run_main
 from broker.server.config import (
     BrokerConfig,
     ConfigError,
     apply_overrides,
-    check_implemented,
     load_config,
 )
+from broker.server.config.reference import render_reference
 from broker.server.errors import StartupError
 from broker.server.logs import LOG_FORMATS
 from broker.server.logs import configure as configure_logging
@@ -51,9 +53,7 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, separate from main() so tests and docs can inspect it."""
-    parser = argparse.ArgumentParser(
-        prog="minibroker", description="An MQTT 3.1.1/5.0 broker with clustering."
-    )
+    parser = CliParser(prog="minibroker", description="An MQTT 3.1.1/5.0 broker with clustering.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser("start", help="run a broker node in the foreground")
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_parser(sub, _port)
     add_ctl_parser(sub)
     sub.add_parser("version", help="print the version and exit")
+    sub.add_parser(
+        "config-reference",
+        help="print every configuration key with its type, default and meaning (Markdown)",
+    )
     add_apps_parser(sub)
     add_passwd_parser(sub)
     return parser
@@ -108,10 +112,8 @@ def _join_list(values: list[str] | None) -> list[str] | None:
 
 
 def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
-    cfg = load_config(args.config)
-    check_implemented(cfg)
     return apply_overrides(
-        cfg,
+        load_config(args.config),
         node_name=args.node_name,
         host=args.host,
         mqtt_port=args.mqtt_port,
@@ -181,18 +183,12 @@ def _start(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 1
     except OSError as exc:  # typically a port already in use
-        _error(f"cannot start listeners: {exc}")
+        _error(f"cannot start listeners: {describe(exc)}")
         return 1
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``minibroker`` console script; returns the process exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help or a usage error; argparse already printed it
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "apps":
         return apps_main(args)
     if args.command == "passwd":
@@ -204,7 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"minibroker {broker_version()}")
         return 0
+    if args.command == "config-reference":
+        print(render_reference(), end="")
+        return 0
     return _start(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minibroker`` console script; returns the process exit code.
+
+    Every error ends as one line on stderr (``--debug`` adds the traceback), see cli_support.
+    """
+    return run_main(
+        "minibroker", build_parser(), argv, _dispatch, (OSError, ConfigError, StartupError)
+    )
 
 
 if __name__ == "__main__":

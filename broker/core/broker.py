@@ -18,6 +18,7 @@ from broker.core.cluster_port import SessionLocator, SessionState, SharedDispatc
 from broker.core.hooks import Hooks
 from broker.core.message import Message, is_expired
 from broker.core.metrics import Metrics, Stats
+from broker.core.replicated import ReplicatedTables
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.settings import Settings
@@ -60,6 +61,8 @@ class Broker:
         self.retained: RetainedStore[Message] = RetainedStore()
         self.sessions: dict[str, Session] = {}
         self.banned = BannedTable()
+        #: tables kept the same on every node (auth_clientid/auth_username credentials)
+        self.replicated = ReplicatedTables()
         self.connected: dict[str, Channel] = {}
         self.channels: set[Channel] = set()
         self.picker = SharedGroupPicker(self.settings.shared_subscription_strategy)
@@ -120,9 +123,11 @@ class Broker:
         """
         now = self.clock()
         previous = self.connected.get(client_id)
-        if previous is not None and previous is not channel:
-            previous.taken_over()  # MQTT-3.1.4-3: disconnect the existing client
         session = self.sessions.get(client_id)
+        if previous is not None and previous is not channel:
+            # MQTT-3.1.4-3: disconnect the existing client; its will only if the session ends.
+            previous.taken_over(_takeover_ends_session(session, clean_start))
+            session = self.sessions.get(client_id)  # gone if its expiry was 0
         present = False
         if session is not None and clean_start:
             self.discard_session(client_id)
@@ -237,7 +242,7 @@ class Broker:
         channel = self.connected.get(client_id)
         if channel is not None:
             log.info("client %s connected on %s: taking it over", client_id, new_node or "?")
-            channel.taken_over()
+            channel.taken_over(_takeover_ends_session(self.sessions.get(client_id), clean_start))
         pending = self.wills.take(client_id)
         if pending is not None and clean_start:
             publish_will(self, pending.info, pending.will)
@@ -472,6 +477,13 @@ class Broker:
         """Gauges that need a scan; refreshed once per tick."""
         persistent = sum(1 for s in self.sessions.values() if s.expiry_interval > 0)
         self.stats.set("sessions/persistent/count", persistent)
+
+
+def _takeover_ends_session(session: Session | None, clean_start: bool) -> bool:
+    """Whether a takeover ends the old connection's session (so its will is due): the new
+    connection starts clean, or the old session was to end with its connection (expiry 0:
+    a 5.0 Session Expiry Interval 0 or a 3.x clean session)."""
+    return clean_start or session is None or session.expiry_interval == 0
 
 
 def _subscription_from_state(client_id: str, item: object) -> Subscription:

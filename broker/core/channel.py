@@ -129,9 +129,11 @@ class Channel:
         "dropped_too_large",
         "held_at",
         "held_bytes",
+        "held_out",
         "held_packets",
         "hold_count",
         "info",
+        "is_bridge",
         "keepalive",
         "last_received",
         "link",
@@ -190,6 +192,8 @@ class Channel:
         self.pub_stamp = 0.0
         self.proto_name = "MQTT"
         self.clean_start = True
+        #: CONNECT came with the bridge bit (`Connect.bridge`): another broker bridging to us.
+        self.is_bridge = False
         self.keepalive = 0
         self.session: Session | None = None
         self.will: Will | None = None
@@ -212,6 +216,9 @@ class Channel:
         #: holds there were: a release for an earlier hold does not end a later one.
         self.held_at: float | None = None
         self.hold_count = 0
+        #: PUBLISH bytes for this connection held back until the ack of the client's own
+        #: PUBLISH that caused them has been written (`hold_output`); None = not holding.
+        self.held_out: list[bytes] | None = None
         self.opened_at = self.last_received = broker.clock()
         self.connected_at = 0.0
         self.disconnect_reason = ""
@@ -371,8 +378,10 @@ class Channel:
         return b""
 
     def reason(self, text: str) -> Properties:
-        """A Reason String for an ack, unless the client asked for no problem information
-        (MQTT-3.1.2-29); CONNACK and DISCONNECT use `reason_always`."""
+        """A Reason String for an error ack (reason code 0x80 or above; success acks go
+        bare), unless the client asked for no problem information (MQTT-3.1.2-29); `send`
+        leaves it out when it would break the client's Maximum Packet Size (MQTT-3.1.2-25).
+        CONNACK and DISCONNECT use `reason_always`."""
         if self.problem_info and self.version == MQTT_5 and text:
             return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
         return {}
@@ -472,8 +481,24 @@ class Channel:
         counters = self.broker.metrics.counters
         counters["messages/sent"] += 1
         counters[_QOS_SENT[qos]] += 1
-        link.write(data)
+        held = self.held_out
+        if held is None:
+            link.write(data)
+        else:
+            held.append(data)
         return True
+
+    def hold_output(self) -> None:
+        """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2
+        message comes back to it (it subscribes to what it publishes) only after its
+        PUBACK/PUBREC, so the client sees its publish acknowledged before onward delivery
+        (as mosquitto and EMQX order it)."""
+        self.held_out = []
+
+    def release_output(self) -> None:
+        held, self.held_out = self.held_out, None
+        if held:
+            self.link.write(b"".join(held))
 
     def send_pubrel(self, packet_id: int) -> None:
         self.send(PubRel(packet_id))
@@ -514,8 +539,16 @@ class Channel:
         else:
             self.close(reason_code, "protocol_error", detail)
 
-    def taken_over(self) -> None:
-        """Another connection CONNECTed with our client id (MQTT-3.1.4-3)."""
+    def taken_over(self, session_ends: bool = True) -> None:
+        """Another connection CONNECTed with our client id (MQTT-3.1.4-3).
+
+        The will goes out only if the session ends with this takeover (`session_ends`: either
+        connection is clean / its session expiry 0): a session that continues on the new
+        connection takes the will away, as mosquitto 2.0 does and as a 5.0 Will Delay Interval
+        would (MQTT-3.1.3-9); a reconnect that resumes its session is not the client's death.
+        """
+        if not session_ends:
+            self.publish_will = False
         self.close(ReasonCode.SESSION_TAKEN_OVER, "takeover")
 
     def kick(self) -> None:

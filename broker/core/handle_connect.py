@@ -121,6 +121,7 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
         packet = dataclasses.replace(packet, username=channel.cert_username, password=None)
     channel.version = version = packet.protocol_level
     channel.proto_name = packet.protocol_name
+    channel.is_bridge = packet.bridge
     is_v5 = version == MQTT_5
     props = packet.properties
     ack_props: Properties = {}
@@ -240,8 +241,8 @@ def accept_connect(
         # The truth about this server (3.2.2.3): limits, then what it supports.
         ack_props[PropertyId.RECEIVE_MAXIMUM] = min(settings.max_awaiting_rel, 0xFFFF)
         ack_props[PropertyId.MAXIMUM_PACKET_SIZE] = settings.max_packet_size
-        if settings.topic_alias_maximum:
-            ack_props[PropertyId.TOPIC_ALIAS_MAXIMUM] = settings.topic_alias_maximum
+        if settings.max_topic_alias:
+            ack_props[PropertyId.TOPIC_ALIAS_MAXIMUM] = settings.max_topic_alias
         if settings.max_qos_allowed < 2:
             ack_props[PropertyId.MAXIMUM_QOS] = settings.max_qos_allowed  # MQTT-3.2.2-9
         ack_props[PropertyId.RETAIN_AVAILABLE] = int(settings.retain_available)

@@ -2,7 +2,11 @@
 
 Incoming QoS 2 is routed once, when the PUBLISH first arrives; its packet id then waits in the
 session's `awaiting_rel` until PUBREL, so a resent PUBLISH is acknowledged without being routed
-again (exactly once). Outgoing acks advance the session's inflight window.
+again (exactly once). The PUBACK/PUBREC is written before a copy of the message for the same
+connection (`Channel.hold_output`). Outgoing acks advance the session's inflight window; one for
+an unknown packet id, or of the wrong kind for the message's QoS, changes nothing and is counted
+(`packets/<ack>/missed`), never a reason to close the connection (as mosquitto); 5.0 answers a
+PUBREC/PUBREL for an unknown id with PUBREL/PUBCOMP 0x92.
 
 The QoS 2 messages in `awaiting_rel` are the ones this server has not finished acknowledging, so
 `max_awaiting_rel` is the Receive Maximum announced in CONNACK: one more from a 5.0 client is
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 from broker.core.message import Message
 from broker.core.topics import is_utf8, validate_topic_name
 from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
-from broker.protocol.packets import PubAck, PubComp, Publish, PubRec, PubRel
+from broker.protocol.packets import Properties, PubAck, PubComp, Publish, PubRec, PubRel
 
 if TYPE_CHECKING:
     from broker.core.channel import Channel
@@ -68,7 +72,7 @@ def _publish_allowed(channel: Channel, rate: float, burst: float) -> bool:
 def handle_publish(channel: Channel, packet: Publish) -> None:
     session = channel.session
     assert session is not None and channel.info is not None
-    publish_limit = channel.broker.settings.publish_limit
+    publish_limit = channel.broker.settings.publish_rate
     if publish_limit is not None and not _publish_allowed(channel, *publish_limit):
         channel.broker.limits["publish_limit"] += 1
         channel.close(ReasonCode.MESSAGE_RATE_TOO_HIGH, "publish_limit", "publish rate too high")
@@ -79,7 +83,7 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
     if is_v5 and properties:
         alias = properties.get(PropertyId.TOPIC_ALIAS)
         if alias is not None:
-            if alias == 0 or alias > channel.broker.settings.topic_alias_maximum:
+            if alias == 0 or alias > channel.broker.settings.max_topic_alias:
                 channel.protocol_violation(
                     ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid", explain=True
                 )
@@ -164,27 +168,25 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
     allowed = not topic.startswith("$SYS") and channel.broker.hooks.run_authorize(
         channel.info, "publish", topic
     )
-    matched = 0
-    if allowed:
-        message = Message(
-            topic,
-            packet.payload,
-            qos,
-            packet.retain,
-            properties,
-            session.client_id,
-            channel.broker.clock(),
-            channel.broker.node_name,
-        )
-        # `raw` exists only without properties, so no topic alias changed the topic on the way.
-        matched = channel.route(message, packet.raw)
-    else:
-        counters["messages/dropped"] += 1
-    if qos:
-        assert packet_id is not None
-        if qos == 2 and allowed:
-            session.awaiting_rel[packet_id] = channel.broker.clock()
-            session.touch()
+    if not qos:
+        if allowed:
+            _route(channel, packet, topic, properties)
+        else:
+            counters["messages/dropped"] += 1
+        return
+    assert packet_id is not None
+    # Acknowledge before onward delivery: a copy of this message for this same connection is
+    # held until the PUBACK/PUBREC is written (`Channel.hold_output`).
+    channel.hold_output()
+    try:
+        matched = 0
+        if allowed:
+            matched = _route(channel, packet, topic, properties)
+            if qos == 2:
+                session.awaiting_rel[packet_id] = channel.broker.clock()
+                session.touch()
+        else:
+            counters["messages/dropped"] += 1
         ack = PubAck if qos == 1 else PubRec
         if not is_v5 or (allowed and matched):
             channel.send(ack(packet_id))
@@ -192,8 +194,29 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
             reason = channel.reason(f"not authorized to publish to {topic!r}")
             channel.send(ack(packet_id, ReasonCode.NOT_AUTHORIZED, reason))
         else:
-            reason = channel.reason("no matching subscribers")
-            channel.send(ack(packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS, reason))
+            # 0x10 is a success code: the ack goes bare (no Reason String), which strict
+            # clients and embedded stacks expect of every reason code below 0x80.
+            channel.send(ack(packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS))
+    finally:
+        channel.release_output()
+
+
+def _route(channel: Channel, packet: Publish, topic: str, properties: Properties) -> int:
+    """Route the client's accepted message; the number of deliveries (0: nobody matched)."""
+    session = channel.session
+    assert session is not None
+    message = Message(
+        topic,
+        packet.payload,
+        packet.qos,
+        packet.retain,
+        properties,
+        session.client_id,
+        channel.broker.clock(),
+        channel.broker.node_name,
+    )
+    # `raw` exists only without properties, so no topic alias changed the topic on the way.
+    return channel.route(message, packet.raw)
 
 
 def handle_puback(channel: Channel, packet: PubAck) -> None:
@@ -207,7 +230,8 @@ def handle_pubrec(channel: Channel, packet: PubRec) -> None:
     assert session is not None
     now = channel.broker.clock()
     if packet.reason_code >= 0x80:
-        session.on_pubrec_error(packet.packet_id, now)
+        if not session.on_pubrec_error(packet.packet_id, now):
+            channel.broker.metrics.counters["packets/pubrec/missed"] += 1
         return
     if session.on_pubrec(packet.packet_id, now):
         channel.send(PubRel(packet.packet_id))

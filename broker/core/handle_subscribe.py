@@ -87,14 +87,18 @@ def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
             problems.append(f"{filt!r}: more than {quota} subscriptions")
             continue
         qos = min(request.qos, settings.max_qos_allowed)
+        # A bridge (CONNECT level 0x80 | n) subscribes No Local and Retain As Published
+        # whatever it asked: what it forwarded to us never goes back to it (no loop), and the
+        # RETAIN flag crosses the bridge as published (RSMB's bridge protocol, mosquitto, EMQX).
+        bridge = channel.is_bridge and group is None
         subscription = Subscription(
             session.client_id,
             filt,
             topic_filter,
             group,
             qos,
-            request.no_local if is_v5 else False,
-            request.retain_as_published if is_v5 else False,
+            bridge or (request.no_local and is_v5),
+            bridge or (request.retain_as_published and is_v5),
             request.retain_handling if is_v5 else 0,
             identifier,
         )
@@ -131,8 +135,7 @@ def handle_unsubscribe(channel: Channel, packet: Unsubscribe) -> None:
         elif channel.broker.unsubscribe(session, filt):
             codes.append(ReasonCode.SUCCESS)
         else:
-            codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-            problems.append(f"{filt!r}: no subscription existed")
+            codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)  # success: no Reason String
     # MQTT-3.10.4-4/5: UNSUBACK even when nothing was removed; codes in 5.0 only.
     if channel.version != MQTT_5:
         channel.send(UnsubAck(packet.packet_id, []))

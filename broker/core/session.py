@@ -412,11 +412,16 @@ class Session:
         self._drain(now)
         return True
 
-    def on_pubrec_error(self, packet_id: int, now: float) -> None:
-        """A 5.0 PUBREC with a failure code ends the QoS 2 flow for that id (MQTT-4.3.3)."""
-        if self.inflight.pop(packet_id, None) is not None:
-            self.touch()
-            self._drain(now)
+    def on_pubrec_error(self, packet_id: int, now: float) -> bool:
+        """A 5.0 PUBREC with a failure code ends the QoS 2 flow for that id (MQTT-4.3.3);
+        False if no QoS 2 PUBLISH awaits a PUBREC under that id."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.qos != 2 or entry.awaiting_comp:
+            return False
+        del self.inflight[packet_id]
+        self.touch()
+        self._drain(now)
+        return True
 
     # -- moving a session between nodes (cluster takeover) --------------------------------
 

@@ -26,6 +26,7 @@ import logging
 from broker.core.message import Message
 from broker.core.topics import validate_topic_name
 from broker.plugins.base import Plugin, PluginContext
+from broker.server.config import plugin_defaults
 from broker.server.persistence import DelayedStore, delayed_store
 
 __all__ = ["MAX_DELAY", "DelayedPublishPlugin", "parse_delayed"]
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "$delayed/"
 MAX_DELAY = 4294967  # seconds, as EMQX
-DEFAULT_MAX_PENDING = 10000
+DEFAULT_MAX_PENDING: int = plugin_defaults("delayed_publish")["max_pending"]
 
 
 def parse_delayed(topic: str) -> tuple[int, str] | None:

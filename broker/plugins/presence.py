@@ -15,6 +15,7 @@ import json
 from broker.core.hooks import ClientInfo
 from broker.core.message import Message
 from broker.plugins.base import Plugin, PluginContext
+from broker.server.config import plugin_defaults
 
 __all__ = ["PresencePlugin"]
 
@@ -33,7 +34,7 @@ class PresencePlugin(Plugin):
 
     def load(self, ctx: PluginContext) -> None:
         super().load(ctx)
-        self.qos = int(ctx.config.get("qos", 0))
+        self.qos = int(ctx.config.get("qos", plugin_defaults(self.name)["qos"]))
         self.attach(ctx.broker.hooks.client_connected, self.on_client_connected)
         self.attach(ctx.broker.hooks.client_disconnected, self.on_client_disconnected)
 

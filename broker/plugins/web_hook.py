@@ -33,7 +33,7 @@ import aiohttp
 from broker.core.hooks import ClientInfo
 from broker.core.message import Message
 from broker.plugins.base import Plugin, PluginContext, PluginLoadError
-from broker.server.config import WEB_HOOK_EVENTS
+from broker.server.config import WEB_HOOK_EVENTS, plugin_defaults
 
 __all__ = ["WebHookPlugin"]
 
@@ -64,16 +64,16 @@ class WebHookPlugin(Plugin):
 
     def load(self, ctx: PluginContext) -> None:
         super().load(ctx)
-        cfg = ctx.config
-        self.url = str(cfg.get("url", ""))
+        cfg = {**plugin_defaults(self.name), **ctx.config}
+        self.url = str(cfg["url"])
         if not self.url:
             raise PluginLoadError("no URL: set url in [plugins.web_hook]")
-        self.events = frozenset(cfg.get("events", WEB_HOOK_EVENTS))
-        self.max_retries = int(cfg.get("max_retries", 3))
-        self.retry_backoff = float(cfg.get("retry_backoff", 0.5))
-        self.timeout = float(cfg.get("timeout", 5.0))
-        self.base64_payload = cfg.get("encode_payload", "plain") == "base64"
-        self.queue = asyncio.Queue(int(cfg.get("queue_size", 10000)))
+        self.events = frozenset(cfg["events"])
+        self.max_retries = int(cfg["max_retries"])
+        self.retry_backoff = float(cfg["retry_backoff"])
+        self.timeout = float(cfg["timeout"])
+        self.base64_payload = cfg["encode_payload"] == "base64"
+        self.queue = asyncio.Queue(int(cfg["queue_size"]))
         hooks = ctx.broker.hooks
         if "client.connected" in self.events:
             self.attach(hooks.client_connected, self.on_client_connected)

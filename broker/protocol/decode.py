@@ -84,6 +84,9 @@ _PROTOCOLS = {("MQIsdp", MQTT_3_1), ("MQTT", MQTT_3_1_1), ("MQTT", MQTT_5)}
 # Required fixed-header flags per type (MQTT-2.2.2-1/2, 3.1.1 table 2.2 / 5.0 table 2-2);
 # None: reserved type (0), or PUBLISH whose flags are checked by its decoder.
 _FLAGS: tuple[int | None, ...] = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
+# MQTT 3.1 (MQIsdp) sends PUBREL, SUBSCRIBE and UNSUBSCRIBE "at QoS 1" and sets DUP on a resend:
+# flags 0b1010 are theirs. The fixed rule (MQTT-3.6.1-1, 3.8.1-1, 3.10.1-1) starts with 3.1.1.
+_QOS1_DUP = 0x0A
 
 
 def _end(pos: int, end: int, what: str) -> None:
@@ -92,20 +95,22 @@ def _end(pos: int, end: int, what: str) -> None:
 
 
 def _protocol(buf: bytearray, mv: memoryview, pos: int, end: int) -> tuple[str, int, int]:
-    """Protocol name and level of a CONNECT body (3.1.2.1/3.1.2.2)."""
+    """Protocol name and level of a CONNECT body (3.1.2.1/3.1.2.2), without the bridge bit
+    (0x80: a broker bridging to us, RSMB's private extension that mosquitto and EMQX keep)."""
     name, pos = read_utf8(buf, mv, pos, end)
     if pos >= end:
         raise MalformedPacket("CONNECT without protocol level")
-    level = buf[pos]
+    level = buf[pos] & 0x7F
     if (name, level) not in _PROTOCOLS:  # MQTT-3.1.2-1/2
         raise UnsupportedProtocolVersion(
-            f"unsupported protocol {name!r} level {level}", protocol_level=level
+            f"unsupported protocol {name!r} level {buf[pos]}", protocol_level=buf[pos]
         )
     return name, level, pos + 1
 
 
 def _connect(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, _: int) -> Connect:
     name, level, pos = _protocol(buf, mv, pos, end)
+    bridge = buf[pos - 1] >= 0x80  # the level byte
     if pos + 3 > end:
         raise MalformedPacket("truncated CONNECT variable header")
     cflags = buf[pos]
@@ -143,8 +148,9 @@ def _connect(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, _: 
         password, pos = read_binary(buf, mv, pos, end)
     _end(pos, end, "CONNECT")
     return Connect(
-        client_id, level, name, bool(cflags & 0x02), keepalive, will, username, password, props
-    )
+        client_id, level, name, bool(cflags & 0x02), keepalive, will, username, password, props,
+        bridge,
+    )  # fmt: skip
 
 
 def _connack(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, v: int) -> ConnAck:
@@ -390,7 +396,11 @@ class Decoder:
                 ptype = first >> 4
                 flags = first & 0x0F
                 version = MQTT_3_1_1 if self.version is None else self.version
-                if flags != _FLAGS[ptype] and ptype != PacketType.PUBLISH:
+                if (
+                    flags != _FLAGS[ptype]
+                    and ptype != PacketType.PUBLISH
+                    and not (flags == _QOS1_DUP and version == MQTT_3_1 and _FLAGS[ptype] == 2)
+                ):
                     if ptype == 0:  # 3.1.1/5.0 table 2.1: type 0 is reserved
                         raise MalformedPacket("reserved packet type 0")
                     raise MalformedPacket(  # MQTT-2.2.2-1/2

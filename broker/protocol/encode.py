@@ -142,7 +142,12 @@ def _connect(p: Connect, version: int) -> bytes:
         if p.username is None and not v5:  # MQTT-3.1.2-22
             raise ProtocolError("a password requires a user name before MQTT 5.0")
         flags |= 0x40
-    parts = [encode_utf8(p.protocol_name), bytes((level, flags)), _u16(p.keepalive, "keepalive")]
+    wire_level = level | 0x80 if p.bridge else level  # a bridge's private bit (Connect.bridge)
+    parts = [
+        encode_utf8(p.protocol_name),
+        bytes((wire_level, flags)),
+        _u16(p.keepalive, "keepalive"),
+    ]
     if v5:
         parts.append(encode_properties(p.properties, PacketType.CONNECT))
     parts.append(encode_utf8(p.client_id))

@@ -40,6 +40,9 @@ class Connect:
     username: str | None = None
     password: bytes | None = None
     properties: Properties = field(default_factory=_props)
+    #: The bridge bit: protocol level sent as `0x80 | level` (RSMB/mosquitto `try_private`,
+    #: EMQX `is_bridge`); `protocol_level` is then the real level 3, 4 or 5.
+    bridge: bool = False
     packet_type = PacketType.CONNECT
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import socket
@@ -21,10 +22,10 @@ from aiohttp import web
 
 from broker.core.broker import Broker
 from broker.core.channel import Channel
-from broker.core.settings import Settings
+from broker.core.settings import CoreOptions, Settings
 from broker.protocol.constants import ReasonCode
 from broker.server.banner import broker_version
-from broker.server.config import BrokerConfig, ListenerConfig, parse_publish_limit
+from broker.server.config import BrokerConfig, ListenerConfig
 from broker.server.listeners import ListenerStats
 from broker.server.persistence import Persistence
 from broker.server.systopics import publish_sys
@@ -42,35 +43,11 @@ FD_WARNING_INTERVAL = 5.0
 
 
 def settings_from_config(cfg: BrokerConfig) -> Settings:
-    return Settings(
-        node_name=cfg.node_name,
-        allow_anonymous=cfg.allow_anonymous,
-        listener_allow_anonymous=cfg.listener_allow_anonymous(),
-        max_inflight_messages=cfg.max_inflight_messages,
-        max_queued_messages=cfg.max_queued_messages,
-        max_packet_size=cfg.max_packet_size,
-        max_keepalive=cfg.max_keepalive,
-        session_expiry_interval=cfg.session_expiry_interval,
-        retain_available=cfg.retain_available,
-        max_connections=cfg.max_connections,
-        shared_subscription_strategy=cfg.shared_subscription_strategy,
-        max_outgoing_buffer=cfg.max_outgoing_buffer,
-        max_queued_bytes=cfg.max_queued_bytes,
-        max_topic_levels=cfg.max_topic_levels,
-        max_topic_length=cfg.max_topic_length,
-        max_subscriptions=cfg.max_subscriptions,
-        publish_limit=parse_publish_limit(cfg.publish_limit),
-        max_awaiting_rel=cfg.max_awaiting_rel,
-        topic_alias_maximum=cfg.max_topic_alias,
-        outgoing_topic_alias_maximum=cfg.outgoing_topic_alias_maximum,
-        max_qos_allowed=cfg.max_qos_allowed,
-        wildcard_subscription_available=cfg.wildcard_subscription_available,
-        shared_subscription_available=cfg.shared_subscription_available,
-        subscription_identifier_available=cfg.subscription_identifier_available,
-        server_keepalive=cfg.server_keepalive,
-        response_information=cfg.response_information,
-        scram_credentials=dict(cfg.scram_credentials),
-    )
+    """The core's settings: its options as the file set them, plus what only the whole
+    configuration knows (each listener's own allow_anonymous)."""
+    options = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(CoreOptions)}
+    options["scram_credentials"] = dict(cfg.scram_credentials)
+    return Settings(**options, listener_allow_anonymous=cfg.listener_allow_anonymous())
 
 
 def raise_open_files_limit() -> int | None:
@@ -172,7 +149,11 @@ def _bind_socket(listener: ListenerConfig) -> socket.socket:
     family = socket.AF_INET6 if ":" in listener.bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((listener.bind, listener.port))
+    try:
+        sock.bind((listener.bind, listener.port))
+    except OSError as exc:  # name the address: "Address already in use" alone says not which
+        sock.close()
+        raise OSError(exc.errno, f"{exc.strerror} ({listener.bind}:{listener.port})") from exc
     sock.listen(1024)
     sock.setblocking(False)
     return sock

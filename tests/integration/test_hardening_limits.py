@@ -261,6 +261,7 @@ async def test_connack_first_then_limits(node_factory: NodeFactory) -> None:
     client.send(Subscribe(1, [SubscriptionRequest("f/+/x", 1)]))
     await ping_barrier(client)
     client.send(Publish("f/a/x", b"ok", qos=1, packet_id=7))
+    assert (await expect(client, PubAck)).packet_id == 7  # acknowledged, then delivered back
     assert isinstance(await expect(client, Publish), Publish)
     assert all(n == 0 for n in node.broker.limits.values())
     await client.close()

@@ -30,7 +30,7 @@ from broker.protocol.packets import (
     Subscribe,
     SubscriptionRequest,
 )
-from broker.server.config import ConfigError, check_implemented, parse_config
+from broker.server.config import ConfigError, parse_config
 from broker.server.node import Node
 from broker.server.persistence import FILE_NAME, PersistenceError, decode_value
 
@@ -227,7 +227,6 @@ async def test_corrupt_database_stops_the_start(tmp_path: Path, garbage: bytes) 
 
 def test_persistence_is_accepted_by_the_config() -> None:
     cfg = parse_config("persistence = true\npersistence_interval = 250\n")
-    check_implemented(cfg)  # no longer refused
     assert cfg.persistence and cfg.persistence_interval == 250
     with pytest.raises(ConfigError, match="persistence_interval"):
         parse_config("persistence_interval = 0\n")

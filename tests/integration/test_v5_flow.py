@@ -24,6 +24,7 @@ from test_v5_support import (
     subscribe,
 )
 
+from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import (
     ConnAck,
@@ -152,14 +153,17 @@ async def test_qos0_too_large_dropped_others_still_get_it_MQTT_3_1_2_24(node: No
 
 
 async def test_reason_string_left_out_to_fit_maximum_packet_size_MQTT_3_4_2_2(node: Node) -> None:
+    """An error ack (0x99) leaves its Reason String out when it would not fit the client's
+    Maximum Packet Size (MQTT-3.1.2-25); success acks never carry one (0x10: see
+    test_interop_acks)."""
+    bad_utf8 = {P.PAYLOAD_FORMAT_INDICATOR: 1}
     client, _ = await raw5(node, "mps-ack", properties={P.MAXIMUM_PACKET_SIZE: 30})
-    ack = await publish1(client, "mps/nobody", b"x")
-    assert ack.reason_code == ReasonCode.NO_MATCHING_SUBSCRIBERS
-    assert P.REASON_STRING not in ack.properties
+    ack = await publish1(client, "mps/t", b"\xff", properties=bad_utf8)
+    assert (ack.reason_code, ack.properties) == (ReasonCode.PAYLOAD_FORMAT_INVALID, {})
     roomy, _ = await raw5(node, "mps-ack-roomy")
-    ack = await publish1(roomy, "mps/nobody", b"x")
-    assert ack.reason_code == ReasonCode.NO_MATCHING_SUBSCRIBERS
-    assert ack.properties[P.REASON_STRING]  # sent when it fits
+    ack = await publish1(roomy, "mps/t", b"\xff", properties=bad_utf8)
+    assert ack.reason_code == ReasonCode.PAYLOAD_FORMAT_INVALID
+    assert len(encode(ack, MQTT_5)) > 30 and ack.properties[P.REASON_STRING]  # sent when it fits
     await client.close()
     await roomy.close()
 

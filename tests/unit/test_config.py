@@ -208,6 +208,13 @@ def test_unknown_key_without_close_match() -> None:
         ("[cluster]\njoins = []", "unknown key 'joins' in [cluster] (did you mean 'join'?)"),
         ("[management]\npath = '/x'", "unknown key 'path' in [management]"),
         ("[listener.tcp]\njoin = []", "unknown key 'join' in [listener.tcp]"),
+        # a table where a key belongs is still an unknown key, not a section
+        (
+            "[listener.tcp]\nprot = {}",
+            "unknown key 'prot' in [listener.tcp] (did you mean 'port'?)",
+        ),
+        ("[alarms]\nx = { y = 1 }", "unknown key 'x' in [alarms]"),
+        ("[plugins.web_hook]\nfoo = {}", "unknown key 'foo' in [plugins.web_hook]"),
     ],
 )
 def test_unknown_key_in_section(text: str, expected: str) -> None:
@@ -221,6 +228,8 @@ def test_unknown_key_in_section(text: str, expected: str) -> None:
         ("[listener.tls]\nport = 8883", "unknown section [listener.tls]"),
         ("[mqtt]\nport = 1", "unknown section [mqtt]"),
         ("[clusters]\nport = 1", "unknown section [clusters] (did you mean [cluster]?)"),
+        ("[listener]\nfoo = 1", "unknown section [listener.foo]"),
+        ("[plugins]\nx = 1", "'x' in [plugins] must be a table [plugins.x]"),
     ],
 )
 def test_bad_section_name(text: str, expected: str) -> None:

@@ -35,14 +35,14 @@ def test_defaults_support_everything() -> None:
     assert settings.subscription_identifier_available
     assert settings.retain_available
     assert settings.server_keepalive == 0 and settings.response_information == ""
-    assert settings.topic_alias_maximum == 65535 and settings.max_awaiting_rel == 100
+    assert settings.max_topic_alias == 65535 and settings.max_awaiting_rel == 100
     assert settings.scram_credentials == {}
 
 
 def test_every_v5_key_reaches_the_settings() -> None:
     settings = settings_from_config(parse_config(FULL_V5))
     assert settings.max_awaiting_rel == 20
-    assert settings.topic_alias_maximum == 10
+    assert settings.max_topic_alias == 10
     assert settings.outgoing_topic_alias_maximum == 5
     assert settings.max_qos_allowed == 1
     assert not settings.wildcard_subscription_available

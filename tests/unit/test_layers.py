@@ -246,10 +246,7 @@ def test_the_import_graph_sees_type_checking_lazy_and_relative_imports(tmp_path:
 MAX_LINES = 700
 #: Modules over `MAX_LINES` that work in progress splits, each with its issue; an entry that is
 #: no longer over the limit fails the test: delete it.
-KNOWN_LONG_MODULES: dict[str, str] = {
-    # issue 13, "one configuration schema" (branch config-schema): config.py becomes a package.
-    "broker/server/config.py": "issue 13: one config schema",
-}
+KNOWN_LONG_MODULES: dict[str, str] = {}
 
 
 def _line_counts() -> dict[str, int]:
