@@ -7,12 +7,14 @@ inside another, in every pair, after each layout change.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from faults_net import Net, NsThread, _namespaces
+from faults_net import PREFIX, Net, NsThread, _namespaces, sweep_stale
 from faults_proxy import Shape, gateway, link_proxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("netns")]
@@ -158,3 +160,17 @@ async def test_ns_thread_sockets_live_in_the_namespace(net: Net) -> None:
     with pytest.raises(OSError):
         root.bind((net.addrs[0], 0))
     root.close()
+
+
+def test_sweep_removes_only_namespaces_of_dead_runs() -> None:
+    dead = f"{PREFIX}4194305x0sw"  # a PID above Linux's largest pid_max: never alive
+    live = f"{PREFIX}{os.getpid()}x999sw"
+    for name in (dead, live):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        swept = sweep_stale()
+        assert dead in swept and live not in swept
+        assert live in _namespaces() and dead not in _namespaces()
+    finally:
+        for name in (dead, live):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
