@@ -155,7 +155,10 @@ async def run_scenario(
         deaths = deaths_from_logs({i: cluster.log_lines(i, " is dead") for i in range(n)})
         results = check(h, plan.sub_nodes, settle, views, deaths, note)
         counts = Counter(f"{op.kind}:{op.outcome}" for op in h.ops)
-        faults_seen = ", ".join(f.label for f in h.faults[1:])
+        labels = [f.label for f in h.faults[1:]]
+        faults_seen = ", ".join(labels[:6]) + (
+            f", ... ({len(labels)} in all)" if labels[6:] else ""
+        )
         text = report(f"{name} (n={n}; {faults_seen})", results, counts)
         return results, text
     finally:
