@@ -13,10 +13,12 @@ others over the cluster RPC) and the answers are merged into what one node would
   holds in full (retained messages are replicated) and are taken from this worker;
 * `node_info` is this worker's row with the node-wide connections, memory and open files, plus
   `workers`: one row per worker (index, pid, status, connections, memory);
-* actions: `kick`, `retained_delete`, `subscribe`/`unsubscribe` succeed if any worker did;
+* actions: `kick`, `session_drop`, `retained_delete`, `subscribe`/`unsubscribe` succeed if
+  any worker did;
   `kick_banned` counts over all; `publish` runs here only (the cluster delivers it to the other
   workers' subscribers, as between nodes); replicated tables (`retained`, `banned`,
-  `table_dump`) are read here only (each worker holds the whole table).
+  `table_dump`) and the configuration (`configs`) are read here only (each worker holds the
+  whole table; the workers share one configuration).
 
 A worker that does not answer (dead, or too slow) is left out of the merge and shown as
 `Stopped` in `workers`; the parent process reports its death in its log.
@@ -44,11 +46,13 @@ log = logging.getLogger(__name__)
 
 #: Queries answered by this worker alone: actions done once for the node, and tables that
 #: every worker holds in full.
-_LOCAL_ONLY = frozenset({"publish", "retained", "banned", "table_dump", "broker_info"})
+_LOCAL_ONLY = frozenset({"publish", "retained", "banned", "table_dump", "broker_info", "configs"})
 #: Row lists whose rows say which worker holds them.
-_PER_WORKER_ROWS = frozenset({"connections", "sessions", "subscriptions"})
+_PER_WORKER_ROWS = frozenset(
+    {"connections", "connections_by_username", "sessions", "subscriptions"}
+)
 #: Actions that succeed when any worker did ("ok", or True).
-_ANY_OK = frozenset({"kick", "retained_delete", "subscribe", "unsubscribe"})
+_ANY_OK = frozenset({"kick", "retained_delete", "session_drop", "subscribe", "unsubscribe"})
 #: Per-worker summed node figures in `node_info`.
 _NODE_SUMS = ("connections", "memory_used", "process_used")
 
