@@ -235,7 +235,7 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "apps":
         return apps_main(args)
     if args.command == "passwd":
@@ -250,7 +250,13 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "config-reference":
         print(render_reference(), end="")
         return 0
-    return _start(args, argv)
+    return _start(args, list(getattr(args, "argv", None) or sys.argv[1:]))
+
+
+def _with_argv(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """Keep the command line on the parsed arguments: `start --workers N` runs it N times."""
+    args.argv = argv
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "minibroker",
         build_parser(),
         words,
-        lambda args: _dispatch(args, words),
+        lambda args: _dispatch(_with_argv(args, words)),
         (OSError, ConfigError, StartupError),
     )
 
