@@ -342,14 +342,11 @@ def run(args: argparse.Namespace) -> int:
     if args.loop == "auto":
         use_uvloop = importlib.util.find_spec("uvloop") is not None
     results = []
-    for _ in range(args.rounds):
-        coro = measure(args.connections, args.traced, args.settle)
-        if use_uvloop:
-            import uvloop
-
-            results.append(uvloop.run(coro))
-        else:
-            results.append(asyncio.run(coro))
+    for _ in range(args.rounds):  # a fresh process each: freed memory is not given back
+        cmd = [sys.executable, "-m", "benchmarks.memory", "--round"]
+        cmd += [str(args.connections), str(args.traced), str(args.settle), str(use_uvloop)]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results.append(json.loads(out))
         print(f"round: {results[-1]['rss_per_conn']:,.0f} B/connection", file=sys.stderr)
     sys.stdout.write(render(results, "uvloop" if use_uvloop else "asyncio"))
     if args.json:
@@ -362,6 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--clients"]:
         asyncio.run(_hold_clients(int(argv[1]), int(argv[2]), argv[3]))
+        return 0
+    if argv[:1] == ["--round"]:
+        coro = measure(int(argv[1]), int(argv[2]), float(argv[3]))
+        if argv[4] == "True":
+            import uvloop
+
+            result = uvloop.run(coro)
+        else:
+            result = asyncio.run(coro)
+        print(json.dumps(result))
         return 0
     return run(build_parser().parse_args(argv))
 
