@@ -183,7 +183,7 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         if allowed:
             matched = _route(channel, packet, topic, properties)
             if qos == 2:
-                session.awaiting_rel[packet_id] = channel.broker.clock()
+                session.await_rel(packet_id, channel.broker.clock())
                 session.touch()
         else:
             counters["messages/dropped"] += 1
@@ -245,7 +245,7 @@ def handle_pubrec(channel: Channel, packet: PubRec) -> None:
 def handle_pubrel(channel: Channel, packet: PubRel) -> None:
     session = channel.session
     assert session is not None
-    if session.awaiting_rel.pop(packet.packet_id, None) is not None:
+    if session.release_rel(packet.packet_id):
         session.touch()
         channel.send(PubComp(packet.packet_id))
     else:

@@ -21,6 +21,12 @@ or one larger than the client's Maximum Packet Size. A QoS 1/2 one then never en
 has expired meanwhile leaves the window the same way. A full queue first sheds its expired
 messages before it drops the newcomer.
 
+Memory: a session that has nothing inflight, queued or awaiting PUBREL holds no structure for
+them. `inflight`, `queue` and `awaiting_rel` then are shared empty stand-ins (`_NO_INFLIGHT`,
+`_NO_QUEUE`, `_NO_RELS`) that refuse to be written to; the first write gives the session its own
+(`_own_inflight`, `_own_queue`, `await_rel`) and an emptied one is given back. An empty deque
+costs 760 bytes and an empty dict 64, which is most of an idle connection's cost otherwise.
+
 Incoming QoS 2 uses `awaiting_rel`: the message is routed once, when its PUBLISH first arrives;
 a resent PUBLISH with a packet id still awaiting PUBREL is acknowledged but not routed again,
 which gives exactly-once delivery.
@@ -123,7 +129,41 @@ class InflightEntry:
 
 _NEVER = float("inf")
 
+
+class _SharedEmptyDict(dict[Any, Any]):
+    """An empty dict shared by the sessions that have not needed their own yet: reading it is
+    reading an empty dict, writing to it is a bug (the session must take its own first)."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("shared empty dict: take the session's own first")
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        raise TypeError("shared empty dict: take the session's own first")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("shared empty dict: take the session's own first")
+
+
+class _SharedEmptyDeque(deque[Any]):
+    """The deque counterpart of `_SharedEmptyDict`."""
+
+    def append(self, item: Any) -> None:
+        raise TypeError("shared empty deque: take the session's own first")
+
+    def appendleft(self, item: Any) -> None:
+        raise TypeError("shared empty deque: take the session's own first")
+
+    def extend(self, items: Any) -> None:
+        raise TypeError("shared empty deque: take the session's own first")
+
+
+_NO_INFLIGHT: dict[int, InflightEntry] = _SharedEmptyDict()
+_NO_RELS: dict[int, float] = _SharedEmptyDict()
+
 QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
+_NO_QUEUE: deque[QueuedDelivery] = _SharedEmptyDeque()
 
 
 class Session:
@@ -181,9 +221,10 @@ class Session:
         self.queue_qos0 = queue_qos0
         self.username = username
         self.subscriptions: dict[str, Subscription] = {}
-        self.inflight: dict[int, InflightEntry] = {}
-        self.queue: deque[QueuedDelivery] = deque()
-        self.awaiting_rel: dict[int, float] = {}
+        # Shared empty stand-ins until first used (module docstring).
+        self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
+        self.queue: deque[QueuedDelivery] = _NO_QUEUE
+        self.awaiting_rel: dict[int, float] = _NO_RELS
         self.outlet: Outlet | None = None
         self.disconnected_at: float | None = None
         #: The broker's set of changed client ids (persistence), None when nothing is persisted.
@@ -231,6 +272,7 @@ class Session:
                 del self.inflight[packet_id]  # expired meanwhile, or too large: as completed
                 self._drop()
         self._drain(now)
+        self._release()
 
     def expired(self, now: float) -> bool:
         """An offline session past its expiry interval (0xFFFFFFFF never expires)."""
@@ -289,7 +331,7 @@ class Session:
             if item[1] == 2:
                 self.metrics.counters["messages/qos2/dropped"] += 1
             return
-        self.queue.append(item)
+        self._own_queue().append(item)
         self.queued_bytes += size
         self.enqueue_msg += 1
         message = item[0]
@@ -323,7 +365,7 @@ class Session:
         shed = len(queue) - len(kept)
         if not shed:
             return False
-        self.queue = deque(kept)
+        self.queue = deque(kept) if kept else _NO_QUEUE
         self.queued_bytes = sum(len(item[0].payload) for item in kept)
         self.metrics.counters["messages/expired"] += shed
         for _ in range(shed):
@@ -345,7 +387,8 @@ class Session:
         packet_id = self.next_packet_id()
         assert self.outlet is not None
         if self.outlet.send_publish(message, qos, retain, packet_id, False, subscription_ids):
-            self.inflight[packet_id] = InflightEntry(message, qos, retain, subscription_ids, now)
+            entry = InflightEntry(message, qos, retain, subscription_ids, now)
+            self._own_inflight()[packet_id] = entry
             self.deliver_msg += 1
         else:
             self._drop()  # expired or too large: as if completed, no window slot (MQTT-3.1.2-25)
@@ -369,6 +412,45 @@ class Session:
             queue.popleft()
             self.queued_bytes -= len(message.payload)
             self._send_new(message, qos, retain, subscription_ids, now)
+        if not queue and queue is not _NO_QUEUE:
+            self.queue = _NO_QUEUE  # an emptied deque keeps a 760-byte block: give it back
+
+    def _own_queue(self) -> deque[QueuedDelivery]:
+        queue = self.queue
+        if queue is _NO_QUEUE:
+            queue = self.queue = deque()
+        return queue
+
+    def _own_inflight(self) -> dict[int, InflightEntry]:
+        inflight = self.inflight
+        if inflight is _NO_INFLIGHT:
+            inflight = self.inflight = {}
+        return inflight
+
+    def _release(self) -> None:
+        """Give emptied structures back for the shared empty ones (module docstring)."""
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
+        if not self.queue:
+            self.queue = _NO_QUEUE
+        if not self.awaiting_rel:
+            self.awaiting_rel = _NO_RELS
+
+    def await_rel(self, packet_id: int, now: float) -> None:
+        """An incoming QoS 2 PUBLISH was routed; it awaits its PUBREL (module docstring)."""
+        rels = self.awaiting_rel
+        if rels is _NO_RELS:
+            rels = self.awaiting_rel = {}
+        rels[packet_id] = now
+
+    def release_rel(self, packet_id: int) -> bool:
+        """The PUBREL for `packet_id` arrived: False if it was not awaited."""
+        rels = self.awaiting_rel
+        if rels.pop(packet_id, None) is None:
+            return False
+        if not rels:
+            self.awaiting_rel = _NO_RELS
+        return True
 
     def next_packet_id(self) -> int:
         """Next free packet id in 1..65535, skipping ids still inflight (MQTT-2.2.1-3)."""
@@ -392,6 +474,8 @@ class Session:
         del self.inflight[packet_id]
         self.touch()
         self._drain(now)
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         return True
 
     def on_pubrec(self, packet_id: int, now: float) -> bool:
@@ -410,6 +494,8 @@ class Session:
         del self.inflight[packet_id]
         self.touch()
         self._drain(now)
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         return True
 
     def on_pubrec_error(self, packet_id: int, now: float) -> bool:
@@ -421,6 +507,8 @@ class Session:
         del self.inflight[packet_id]
         self.touch()
         self._drain(now)
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         return True
 
     # -- moving a session between nodes (cluster takeover) --------------------------------
@@ -473,7 +561,7 @@ class Session:
             if qos not in (0, 1, 2) or not isinstance(retain, bool):
                 raise ValueError(f"bad queued delivery {item!r:.200}")
             message = message_from_dict(item[0])
-            self.queue.append((message, qos, retain, ids))
+            self._own_queue().append((message, qos, retain, ids))
             self.queued_bytes += len(message.payload)
         self._earliest_expiry = 0.0  # imported messages: let the next full-queue check scan
         for item in _items(state, "inflight", 6):
@@ -488,13 +576,13 @@ class Session:
                 raise ValueError(f"bad inflight entry {item!r:.200}")
             entry = InflightEntry(message_from_dict(item[1]), qos, retain, _sub_ids(item[4]), now)
             entry.awaiting_comp = awaiting_comp and qos == 2
-            self.inflight[packet_id] = entry
+            self._own_inflight()[packet_id] = entry
             self._next_packet_id = packet_id % 65535 + 1
         rel = state.get("awaiting_rel") or []
         if not isinstance(rel, list) or not all(isinstance(i, int) for i in rel):
             raise ValueError("bad awaiting_rel")
         for packet_id in rel:
-            self.awaiting_rel[packet_id] = now
+            self.await_rel(packet_id, now)
 
 
 #: `Session.export_state()`: a msgpack-able map (see there).

@@ -1,0 +1,64 @@
+"""Structural facts about what an idle session holds (issue 15: memory per connection).
+
+No sizes or timings are asserted: only which objects exist. Sizes are measured by
+`minibroker-bench memory`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_session import FakeOutlet, make_session, msg
+
+
+def test_a_fresh_session_owns_no_inflight_queue_or_awaiting_rel() -> None:
+    a, _ = make_session()
+    b, _ = make_session()
+    assert a.inflight is b.inflight and not a.inflight
+    assert a.queue is b.queue and not a.queue
+    assert a.awaiting_rel is b.awaiting_rel and not a.awaiting_rel
+
+
+def test_the_shared_empty_structures_refuse_writes() -> None:
+    session, _ = make_session()
+    with pytest.raises(TypeError):
+        session.inflight[1] = None  # type: ignore[assignment]
+    with pytest.raises(TypeError):
+        session.queue.append((msg(1), 1, False, None))
+    with pytest.raises(TypeError):
+        session.awaiting_rel[1] = 0.0
+    assert not session.inflight and not session.queue and not session.awaiting_rel
+
+
+def test_first_use_takes_its_own_and_an_emptied_one_is_given_back() -> None:
+    session, _ = make_session(max_inflight=1)
+    other, _ = make_session()
+    session.attach(FakeOutlet())
+    session.deliver(msg(1), 1, False, None, 1.0)
+    session.deliver(msg(2), 1, False, None, 1.0)  # window of 1: this one is queued
+    assert list(session.inflight) == [1] and len(session.queue) == 1
+    assert session.inflight is not other.inflight and session.queue is not other.queue
+    assert session.on_puback(1, 2.0)  # the queued one moves into the window
+    assert list(session.inflight) == [2] and session.queue is other.queue
+    assert session.on_puback(2, 3.0)
+    assert session.inflight is other.inflight
+
+
+def test_awaiting_rel_is_taken_and_given_back() -> None:
+    session, _ = make_session()
+    other, _ = make_session()
+    session.await_rel(5, 1.0)
+    assert session.awaiting_rel == {5: 1.0} and other.awaiting_rel == {}
+    assert not session.release_rel(6)
+    assert session.release_rel(5)
+    assert session.awaiting_rel is other.awaiting_rel
+
+
+def test_a_queue_for_an_offline_session_is_its_own() -> None:
+    session, _ = make_session()
+    other, _ = make_session()
+    session.deliver(msg(1), 1, False, None, 1.0)  # offline: queued
+    assert len(session.queue) == 1 and not other.queue
+    session.attach(FakeOutlet())
+    session.resume(2.0)
+    assert not session.queue and session.queue is other.queue
+    assert list(session.inflight) == [1]
