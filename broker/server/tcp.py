@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING, cast
 
 from broker.core.channel import Channel
@@ -69,7 +70,8 @@ class MqttConnection(asyncio.Protocol):
         self.identity_as_username = identity_as_username
         self.transport: asyncio.Transport | None = None
         self.channel: Channel | None = None
-        self._pending: list[bytes] = []
+        #: Writes of this loop turn; None between turns (no empty list held per idle connection).
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
         self._flush_scheduled = False
         self._closing = False
@@ -88,7 +90,9 @@ class MqttConnection(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername") or ("", 0)
         self.stats.opened()
-        self.channel = Channel(self.broker, self, str(peer[0]), int(peer[1]), self.kind)
+        # Interned: the many connections from one address (NAT, a proxy) share one string.
+        host = sys.intern(str(peer[0]))
+        self.channel = Channel(self.broker, self, host, int(peer[1]), self.kind)
         if self.identity_as_username:
             name = cert_common_name(transport.get_extra_info("peercert"))
             if name is None:  # verified, but without a CN: no identity to use
@@ -145,7 +149,11 @@ class MqttConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._closing:
             return
-        self._pending.append(data)
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+        else:
+            pending.append(data)
         self._pending_size += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -154,9 +162,9 @@ class MqttConnection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending = self._pending
-        if not pending or self.transport is None:
+        if pending is None or self.transport is None:
             return
-        self._pending = []
+        self._pending = None
         self._pending_size = 0
         if len(pending) == 1:
             self.transport.write(pending[0])

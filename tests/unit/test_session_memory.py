@@ -62,3 +62,27 @@ def test_a_queue_for_an_offline_session_is_its_own() -> None:
     session.resume(2.0)
     assert not session.queue and session.queue is other.queue
     assert list(session.inflight) == [1]
+
+
+def test_the_decoder_holds_no_buffer_between_whole_packets() -> None:
+    from broker.protocol.codec import Decoder, encode
+    from broker.protocol.packets import PingReq
+
+    decoder = Decoder()
+    frame = encode(PingReq())
+    assert decoder.feed(frame) == [PingReq()] and decoder._buf is None
+    assert decoder.feed(frame + frame[:1]) == [PingReq()]
+    assert decoder._buf == frame[:1]  # a partial packet waits
+    assert decoder.feed(frame[1:]) == [PingReq()] and decoder._buf is None
+
+
+def test_every_connection_shares_the_protocol_name_string() -> None:
+    from broker.protocol.codec import Decoder, encode
+    from broker.protocol.packets import Connect
+
+    names = []
+    for client_id in ("a", "b"):
+        packet = Decoder().feed(encode(Connect(client_id=client_id)))[0]
+        assert isinstance(packet, Connect)
+        names.append(packet.protocol_name)
+    assert names[0] == "MQTT" and names[0] is names[1]
