@@ -149,7 +149,10 @@ def _short(filename: str) -> str:
 
 def _type_sizes() -> dict[str, tuple[int, int]]:
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-    for obj in gc.get_objects():
+    objects = gc.get_objects()
+    for obj in objects:
+        if obj is objects:
+            continue  # this list itself grows with everything else
         entry = counts[type(obj).__name__]
         entry[0] += 1
         entry[1] += sys.getsizeof(obj)
