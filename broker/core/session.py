@@ -262,6 +262,8 @@ class Session:
         if outlet is None:
             return
         self.touch()
+        if not self.inflight and not self.queue:
+            return  # a new or idle session (every connect): nothing to resend
         for packet_id, entry in list(self.inflight.items()):
             entry.sent_at = now
             if entry.awaiting_comp:
