@@ -268,7 +268,7 @@ class Broker:
     def subscribe(self, session: Session, subscription: Subscription) -> bool:
         """Add or replace a subscription (MQTT-3.8.4-3). Returns True if it already existed."""
         previous = session.subscriptions.get(subscription.filter)
-        session.subscriptions[subscription.filter] = subscription
+        session.add_subscription(subscription)
         session.touch()
         group = subscription.share_group
         new_group = False

@@ -21,11 +21,12 @@ or one larger than the client's Maximum Packet Size. A QoS 1/2 one then never en
 has expired meanwhile leaves the window the same way. A full queue first sheds its expired
 messages before it drops the newcomer.
 
-Memory: a session that has nothing inflight, queued or awaiting PUBREL holds no structure for
-them. `inflight`, `queue` and `awaiting_rel` then are shared empty stand-ins (`_NO_INFLIGHT`,
-`_NO_QUEUE`, `_NO_RELS`) that refuse to be written to; the first write gives the session its own
-(`_own_inflight`, `_own_queue`, `await_rel`) and an emptied one is given back. An empty deque
-costs 760 bytes and an empty dict 64, which is most of an idle connection's cost otherwise.
+Memory: a session that has no subscription and nothing inflight, queued or awaiting PUBREL holds
+no structure for them. `subscriptions`, `inflight`, `queue` and `awaiting_rel` then are shared
+empty stand-ins (`_NO_SUBSCRIPTIONS`, `_NO_INFLIGHT`, `_NO_QUEUE`, `_NO_RELS`) that refuse to be
+written to; the first write gives the session its own (`add_subscription`, `_own_inflight`,
+`_own_queue`, `await_rel`) and an emptied inflight window, queue or `awaiting_rel` is given back.
+An empty deque costs 760 bytes and an empty dict 64: most of an idle connection's cost otherwise.
 
 Incoming QoS 2 uses `awaiting_rel`: the message is routed once, when its PUBLISH first arrives;
 a resent PUBLISH with a packet id still awaiting PUBREL is acknowledged but not routed again,
@@ -161,6 +162,7 @@ class _SharedEmptyDeque(deque[Any]):
 
 _NO_INFLIGHT: dict[int, InflightEntry] = _SharedEmptyDict()
 _NO_RELS: dict[int, float] = _SharedEmptyDict()
+_NO_SUBSCRIPTIONS: dict[str, Subscription] = _SharedEmptyDict()
 
 QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
 _NO_QUEUE: deque[QueuedDelivery] = _SharedEmptyDeque()
@@ -220,7 +222,7 @@ class Session:
         self.created_at = now
         self.queue_qos0 = queue_qos0
         self.username = username
-        self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
         # Shared empty stand-ins until first used (module docstring).
         self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
         self.queue: deque[QueuedDelivery] = _NO_QUEUE
@@ -437,6 +439,13 @@ class Session:
             self.queue = _NO_QUEUE
         if not self.awaiting_rel:
             self.awaiting_rel = _NO_RELS
+
+    def add_subscription(self, subscription: Subscription) -> None:
+        """Add or replace the subscription of its filter (`Broker.subscribe` does the routes)."""
+        subscriptions = self.subscriptions
+        if subscriptions is _NO_SUBSCRIPTIONS:
+            subscriptions = self.subscriptions = {}
+        subscriptions[subscription.filter] = subscription
 
     def await_rel(self, packet_id: int, now: float) -> None:
         """An incoming QoS 2 PUBLISH was routed; it awaits its PUBREL (module docstring)."""

@@ -79,16 +79,18 @@ def sessions(draw: st.DrawFn) -> Session:
     session.disconnected_at = draw(st.floats(0, 2000, allow_nan=False))
     for filt in draw(st.lists(filters, max_size=5, unique=True)):
         group, real = parse_shared(filt)
-        session.subscriptions[filt] = Subscription(
-            session.client_id,
-            filt,
-            real,
-            group,
-            draw(st.integers(0, 2)),
-            draw(st.booleans()) if group is None else False,
-            draw(st.booleans()),
-            draw(st.integers(0, 2)),
-            draw(st.none() | st.integers(1, 1000)),
+        session.add_subscription(
+            Subscription(
+                session.client_id,
+                filt,
+                real,
+                group,
+                draw(st.integers(0, 2)),
+                draw(st.booleans()) if group is None else False,
+                draw(st.booleans()),
+                draw(st.integers(0, 2)),
+                draw(st.none() | st.integers(1, 1000)),
+            )
         )
     # Fresh sessions share read-only empty structures (session.py docstring): give it its own.
     session.queue, session.inflight, session.awaiting_rel = deque(), {}, {}

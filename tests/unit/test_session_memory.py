@@ -16,6 +16,18 @@ def test_a_fresh_session_owns_no_inflight_queue_or_awaiting_rel() -> None:
     assert a.inflight is b.inflight and not a.inflight
     assert a.queue is b.queue and not a.queue
     assert a.awaiting_rel is b.awaiting_rel and not a.awaiting_rel
+    assert a.subscriptions is b.subscriptions and not a.subscriptions
+
+
+def test_a_subscription_gives_the_session_its_own_dict() -> None:
+    from broker.core.session import Subscription
+
+    a, _ = make_session()
+    b, _ = make_session()
+    a.add_subscription(Subscription("c", "t/#", "t/#", None, 1))
+    assert list(a.subscriptions) == ["t/#"] and not b.subscriptions
+    with pytest.raises(TypeError):
+        b.subscriptions["x"] = Subscription("c", "x", "x", None, 0)
 
 
 def test_the_shared_empty_structures_refuse_writes() -> None:
