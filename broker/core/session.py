@@ -168,6 +168,45 @@ QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
 _NO_QUEUE: deque[QueuedDelivery] = _SharedEmptyDeque()
 
 
+class SessionLimits:
+    """What every session of a broker shares (its limits and metrics): one object, not five
+    slots in each session. Read-only once made; `_shared_limits` hands out one per setting."""
+
+    __slots__ = ("max_inflight", "max_queued", "max_queued_bytes", "metrics", "queue_qos0")
+
+    def __init__(
+        self,
+        max_inflight: int,
+        max_queued: int,
+        max_queued_bytes: int,
+        queue_qos0: bool,
+        metrics: Metrics,
+    ) -> None:
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.queue_qos0 = queue_qos0
+        self.metrics = metrics
+
+
+_LIMITS: dict[tuple[int, int, int, bool, int], SessionLimits] = {}
+
+
+def _shared_limits(
+    max_inflight: int, max_queued: int, max_queued_bytes: int, queue_qos0: bool, metrics: Metrics
+) -> SessionLimits:
+    """The one `SessionLimits` of these values (made the first time; a few per process)."""
+    key = (max_inflight, max_queued, max_queued_bytes, queue_qos0, id(metrics))
+    limits = _LIMITS.get(key)
+    if limits is None or limits.metrics is not metrics:  # an id reused by another Metrics
+        if len(_LIMITS) >= 64:  # bounded: many brokers in one process (tests)
+            _LIMITS.clear()
+        limits = _LIMITS[key] = SessionLimits(
+            max_inflight, max_queued, max_queued_bytes, queue_qos0, metrics
+        )
+    return limits
+
+
 class Session:
     """The per-client-id state of the broker; see the module docstring for the flows."""
 
@@ -184,14 +223,10 @@ class Session:
         "enqueue_msg",
         "expiry_interval",
         "inflight",
-        "max_inflight",
-        "max_queued",
-        "max_queued_bytes",
-        "metrics",
+        "limits",
         "mqueue_dropped",
         "outlet",
         "queue",
-        "queue_qos0",
         "queued_bytes",
         "subscriptions",
         "username",
@@ -214,13 +249,11 @@ class Session:
         self.client_id = client_id
         self.clean_start = clean_start
         self.expiry_interval = expiry_interval
-        self.max_inflight = max_inflight
-        self.max_queued = max_queued
-        self.max_queued_bytes = max_queued_bytes
+        self.limits = _shared_limits(
+            max_inflight, max_queued, max_queued_bytes, queue_qos0, metrics
+        )
         self.queued_bytes = 0  # payload bytes in `queue`
-        self.metrics = metrics
         self.created_at = now
-        self.queue_qos0 = queue_qos0
         self.username = username
         self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
         # Shared empty stand-ins until first used (module docstring).
@@ -239,6 +272,18 @@ class Session:
         #: for expired messages only after it, so a full queue without expiring messages costs
         #: O(1) per refused message instead of a scan of the whole queue.
         self._earliest_expiry = _NEVER
+
+    @property
+    def max_inflight(self) -> int:
+        return self.limits.max_inflight
+
+    @property
+    def max_queued(self) -> int:
+        return self.limits.max_queued
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.limits.metrics
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -292,7 +337,7 @@ class Session:
         outlet = self.outlet
         if outlet is None:
             return 0
-        return min(self.max_inflight, outlet.receive_maximum)
+        return min(self.limits.max_inflight, outlet.receive_maximum)
 
     def deliver(
         self,
@@ -314,7 +359,7 @@ class Session:
                     self.deliver_msg += 1
                 else:
                     self._drop()
-            elif self.queue_qos0:
+            elif self.limits.queue_qos0:
                 self._enqueue((message, 0, retain, subscription_ids), now)
             else:
                 self._drop()  # QoS 0 is not queued for an offline client, but it is counted
@@ -331,9 +376,9 @@ class Session:
             limit = self._full(size)
         if limit:
             self._drop()
-            self.metrics.limits[limit] += 1
+            self.limits.metrics.limits[limit] += 1
             if item[1] == 2:
-                self.metrics.counters["messages/qos2/dropped"] += 1
+                self.limits.metrics.counters["messages/qos2/dropped"] += 1
             return
         self._own_queue().append(item)
         self.queued_bytes += size
@@ -346,9 +391,10 @@ class Session:
 
     def _full(self, size: int) -> str:
         """The limit that one more queued delivery of `size` payload bytes breaks, or ""."""
-        if len(self.queue) >= self.max_queued:
+        limits = self.limits
+        if len(self.queue) >= limits.max_queued:
             return "max_queued_messages"
-        cap = self.max_queued_bytes
+        cap = limits.max_queued_bytes
         if cap and self.queued_bytes + size > cap:
             return "max_queued_bytes"
         return ""
@@ -371,14 +417,14 @@ class Session:
             return False
         self.queue = deque(kept) if kept else _NO_QUEUE
         self.queued_bytes = sum(len(item[0].payload) for item in kept)
-        self.metrics.counters["messages/expired"] += shed
+        self.limits.metrics.counters["messages/expired"] += shed
         for _ in range(shed):
             self._drop()
         return True
 
     def _drop(self) -> None:
         self.mqueue_dropped += 1
-        self.metrics.counters["messages/dropped"] += 1
+        self.limits.metrics.counters["messages/dropped"] += 1
 
     def _send_new(
         self,
@@ -565,7 +611,7 @@ class Session:
         their packet ids and are resent by `resume` (DUP=1, or PUBREL once PUBREC'd); queued
         deliveries beyond `max_queued` are dropped and counted. Raises ValueError."""
         for item in _items(state, "queue", 4):
-            if len(self.queue) >= self.max_queued:
+            if len(self.queue) >= self.limits.max_queued:
                 self._drop()
                 continue
             qos, retain, ids = item[1], item[2], _sub_ids(item[3])
