@@ -46,6 +46,7 @@ from broker.core.message import (
     message_to_dict,
 )
 from broker.core.metrics import Metrics
+from broker.core.shared_empty import SharedEmptyDeque, SharedEmptyDict
 
 
 class Outlet(Protocol):
@@ -131,41 +132,12 @@ class InflightEntry:
 _NEVER = float("inf")
 
 
-class _SharedEmptyDict(dict[Any, Any]):
-    """An empty dict shared by the sessions that have not needed their own yet: reading it is
-    reading an empty dict, writing to it is a bug (the session must take its own first)."""
-
-    __slots__ = ()
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        raise TypeError("shared empty dict: take the session's own first")
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        raise TypeError("shared empty dict: take the session's own first")
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("shared empty dict: take the session's own first")
-
-
-class _SharedEmptyDeque(deque[Any]):
-    """The deque counterpart of `_SharedEmptyDict`."""
-
-    def append(self, item: Any) -> None:
-        raise TypeError("shared empty deque: take the session's own first")
-
-    def appendleft(self, item: Any) -> None:
-        raise TypeError("shared empty deque: take the session's own first")
-
-    def extend(self, items: Any) -> None:
-        raise TypeError("shared empty deque: take the session's own first")
-
-
-_NO_INFLIGHT: dict[int, InflightEntry] = _SharedEmptyDict()
-_NO_RELS: dict[int, float] = _SharedEmptyDict()
-_NO_SUBSCRIPTIONS: dict[str, Subscription] = _SharedEmptyDict()
+_NO_INFLIGHT: dict[int, InflightEntry] = SharedEmptyDict()
+_NO_RELS: dict[int, float] = SharedEmptyDict()
+_NO_SUBSCRIPTIONS: dict[str, Subscription] = SharedEmptyDict()
 
 QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
-_NO_QUEUE: deque[QueuedDelivery] = _SharedEmptyDeque()
+_NO_QUEUE: deque[QueuedDelivery] = SharedEmptyDeque()
 
 
 class SessionLimits:

@@ -98,3 +98,24 @@ def test_every_connection_shares_the_protocol_name_string() -> None:
         assert isinstance(packet, Connect)
         names.append(packet.protocol_name)
     assert names[0] == "MQTT" and names[0] is names[1]
+
+
+def test_shared_empties_refuse_in_place_operators_too() -> None:
+    from collections import deque
+
+    from broker.core.shared_empty import SharedEmptyDeque, SharedEmptyDict
+
+    d: dict[int, int] = SharedEmptyDict()
+    q: deque[int] = SharedEmptyDeque()
+    for write in (
+        lambda: d.update({1: 1}),
+        lambda: d.setdefault(1, 1),
+        lambda: d.__ior__({1: 1}),
+        lambda: q.extend([1]),
+        lambda: q.appendleft(1),
+        lambda: q.insert(0, 1),
+        lambda: q.__iadd__([1]),
+    ):
+        with pytest.raises(TypeError):
+            write()
+    assert not d and not q
