@@ -119,3 +119,21 @@ def test_shared_empties_refuse_in_place_operators_too() -> None:
         with pytest.raises(TypeError):
             write()
     assert not d and not q
+
+
+def test_an_idle_connection_holds_no_takeover_buffers_and_shares_the_alias_table() -> None:
+    from memharness import MemBroker
+
+    from broker.protocol.constants import MQTT_5, PropertyId
+    from broker.protocol.packets import Publish
+
+    mem = MemBroker()
+    a, _ = mem.connect("a", MQTT_5)
+    b, _ = mem.connect("b", MQTT_5)
+    for client in (a, b):
+        assert client.channel.held_packets is None and client.channel.held_bytes is None
+    assert a.channel.topic_aliases is b.channel.topic_aliases and not a.channel.topic_aliases
+    # The first alias a client sets gives its connection its own table (MQTT-3.3.2-12).
+    a.send(Publish("t/1", b"x", properties={PropertyId.TOPIC_ALIAS: 1}))
+    assert a.channel.topic_aliases == {1: "t/1"} and not b.channel.topic_aliases
+    assert not a.closed
