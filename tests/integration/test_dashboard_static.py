@@ -155,6 +155,10 @@ out.stats = typeof (await get('/nodes/test%%40127.0.0.1/stats/'))['connections/c
 out.publish = await api('POST', '/mqtt/publish', { topic: 'js/t', payload: 'x' });
 out.kick = await caught(() => api('DELETE', '/connections/ghost'));
 out.load = await caught(() => api('PUT', '/nodes/test%%40127.0.0.1/plugins/auth_passwd/load'));
+out.secret = (await api('POST', '/apps/', { app_id: 'js-app', secret: 'js-secret' })).secret;
+out.again = await caught(() => api('POST', '/apps/', { app_id: 'js-app' }));
+out.apps = (await get('/apps/')).map((a) => a.app_id);
+out.history = await get('/alarms/history');
 console.log(JSON.stringify(out));
 """
 
@@ -186,3 +190,8 @@ async def test_dashboard_api_layer_reads_both_formats(
     assert out["publish"] == {"code": 0}
     assert out["kick"] == "not_found"
     assert out["load"] == "no password file: set password_file, or file in [plugins.auth_passwd]"
+    # what the apps and alarms pages read
+    assert out["secret"] == "js-secret"
+    assert out["again"] == "already_existed"
+    assert out["apps"] == ["admin", "js-app"]
+    assert out["history"] == [{"node": "test@127.0.0.1", "alarms": []}]
