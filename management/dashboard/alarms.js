@@ -5,32 +5,28 @@ import { card, h, table, time } from './ui.js';
 
 const REFRESH = 5000;
 
-// [{node, alarms: [...]}] as one list of rows, each with its node.
-const rowsOf = (perNode) => perNode.flatMap(({ node, alarms }) => alarms.map((a) => ({
-  ...a, node, __key: `${node}/${a.id}` })));
-
 export function alarms(ctx) {
   const present = h('div');
   const history = h('div');
-  const count = h('span', { class: 'muted', 'data-testid': 'history-count' });
-  ctx.root.append(
-    present,
-    card('History: cleared alarms, newest first', count, history),
-  );
+  const count = h('p', { class: 'muted', 'data-testid': 'history-count' });
+  ctx.root.append(present, h('h3', {}, 'History: cleared alarms, newest first'), count, history);
   ctx.every(REFRESH, async () => {
     const [now, past] = await Promise.all([get('/alarms/'), get('/alarms/history')]);
     present.replaceChildren(...now.map(({ node, alarms: list }) => card(`Raised now on ${node}`,
       table([
         ['id', 'id'], ['severity', 'severity'], ['title', 'title'],
-        ['summary', 'summary'], ['since', (a) => time(a.timestamp)],
+        ['summary', (a) => h('span', { class: 'wrap' }, a.summary)],
+        ['since', (a) => time(a.timestamp)],
       ], list.map((a) => ({ ...a, __key: a.id })), { 'data-testid': 'alarms-present' }))));
-    // the node keeps the last 1000 per node, oldest first: show the newest at the top
-    const cleared = rowsOf(past).sort((a, b) => String(b.clear_at).localeCompare(String(a.clear_at)));
-    count.textContent = cleared.length === 1 ? '1 alarm' : `${cleared.length} alarms`;
-    history.replaceChildren(table([
-      ['node', 'node'], ['id', 'id'], ['severity', 'severity'], ['title', 'title'],
-      ['summary', 'summary'], ['raised at', (a) => time(a.timestamp)],
-      ['cleared at', (a) => time(a.clear_at)],
-    ], cleared, { 'data-testid': 'alarms-history' }));
+    // each node answers its last 1000 in the order they cleared: the newest goes on top
+    const newestFirst = (list) => [...list].reverse();
+    const total = past.reduce((n, p) => n + p.alarms.length, 0);
+    count.textContent = total === 1 ? '1 alarm' : `${total} alarms`;
+    history.replaceChildren(...past.map(({ node, alarms: list }) => card(`Cleared on ${node}`,
+      table([
+        ['id', 'id'], ['severity', 'severity'], ['title', 'title'],
+        ['summary', (a) => h('span', { class: 'wrap' }, a.summary)],
+        ['raised at', (a) => time(a.timestamp)], ['cleared at', (a) => time(a.clear_at)],
+      ], newestFirst(list), { 'data-testid': 'alarms-history' }))));
   });
 }

@@ -122,16 +122,14 @@ async def _app_event(port: int, event: dict[str, Any], secrets: dict[str, str]) 
 def _alarm_event(app: Any, event: str) -> None:
     """Raise the connections alarm (two clients are connected: above a mark of 1), or clear it
     (mark 0 switches the monitor off), through the alarm manager's own check."""
-    app.alarms.config.connections_high_watermark = 1 if event == "alarms-open" else 0
+    raise_it = event in ("alarms-open", "alarm-again")
+    app.alarms.config.connections_high_watermark = 1 if raise_it else 0
     app.alarms.check()
-    if event == "alarms-open":
-        assert [a["id"] for a in app.alarms.list()] == [ALARM]
-    else:
-        assert app.alarms.list() == []
-        assert [a["id"] for a in app.alarms.history()] == [ALARM]
+    assert [a["id"] for a in app.alarms.list()] == ([ALARM] if raise_it else [])
+    assert [a["id"] for a in app.alarms.history()] == ([] if event == "alarms-open" else [ALARM])
 
 
-ACKED = {"alarms-open", "alarm-seen", "app-created", "app-disabled", "app-expired",
+ACKED = {"alarms-open", "alarm-seen", "alarm-again", "app-created", "app-disabled", "app-expired",
          "app-enabled", "app-deleted"}  # fmt: skip
 
 
@@ -242,7 +240,7 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
                         await sensor.publish("dash/ws/greeting", WS_PAYLOAD)
                         message = await _next_on(listener, FROM_BROWSER)
                         assert message.payload == b"hello from chromium"
-                    elif event["event"] in ("alarms-open", "alarm-seen"):
+                    elif event["event"] in ("alarms-open", "alarm-seen", "alarm-again"):
                         _alarm_event(app, event["event"])
                     elif event["event"].startswith("app-"):
                         await _app_event(port, event, app_secrets)
