@@ -38,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.tls import LinkTLS, tls_failure_reason
 from cluster.wire import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
@@ -70,6 +72,9 @@ FrameHandler = Callable[[Hello, MessageType, Body], None]
 DropHandler = Callable[[Address, MessageType, int], None]
 
 _READ_SIZE = 65536
+_REFUSAL_LOG_INTERVAL = 60.0
+#: The first byte of a TLS ClientHello; a frame starting with it would claim over 350 MB.
+_TLS_HANDSHAKE = 0x16
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,8 @@ class TransportConfig:
     backoff_max: float = 2.0
     flush_timeout: float = 1.0
     max_frame: int = DEFAULT_MAX_FRAME
+    #: Mutual TLS on every link (`cluster.tls`); None: plain TCP.
+    tls: LinkTLS | None = None
 
 
 class _Link:
@@ -106,6 +113,8 @@ class _Link:
         self.idle = asyncio.Event()
         self.idle.set()
         self.closed = False
+        self.tls_used = False  # the last connection was encrypted
+        self.tls_warned = False  # one warning per link for failed TLS handshakes, then debug
         #: Called once the queue has drained (or the link failed): `Transport.hold_until_drained`.
         self.waiters: list[Callable[[], None]] = []
 
@@ -168,12 +177,20 @@ class _Link:
         loop = asyncio.get_running_loop()
         try:
             host, port = self.address
-            async with asyncio.timeout(cfg.connect_timeout):
-                reader, conn = await asyncio.open_connection(host, port)
+            tls = cfg.tls
+            async with asyncio.timeout(cfg.connect_timeout + (cfg.handshake_timeout if tls else 0)):
+                if tls is None:
+                    reader, conn = await asyncio.open_connection(host, port)
+                else:
+                    reader, conn = await asyncio.open_connection(
+                        host, port, ssl=tls.client, server_hostname=host,
+                        ssl_handshake_timeout=cfg.handshake_timeout,
+                    )  # fmt: skip
             writer = conn
             async with asyncio.timeout(cfg.handshake_timeout):
                 peer = await self._handshake(reader, conn)
             self.peer = peer
+            self.tls_used = conn.get_extra_info("ssl_object") is not None
             self.up = True
             self.backoff = cfg.backoff_min
             transport.stats["connects"] += 1
@@ -204,6 +221,14 @@ class _Link:
             transport.stats["link_failures"] += 1
             transport.stats["handshake_refused"] += 1
             log.warning("cluster: %s:%d refused our handshake: %s", *self.address, exc)
+        except ssl.SSLError as exc:
+            transport.stats["link_failures"] += 1
+            transport.stats["tls_failures"] += 1
+            if not self.closed:
+                level = logging.DEBUG if self.tls_warned else logging.WARNING
+                self.tls_warned = True
+                log.log(level, "cluster: TLS handshake with %s:%d failed: %s",
+                        *self.address, tls_failure_reason(exc))  # fmt: skip
         except (OSError, EOFError, TimeoutError, WireError, ConnectionError) as exc:
             if not self.closed:
                 level = logging.INFO if self.up else logging.DEBUG
@@ -288,6 +313,7 @@ class Transport:
         self._links: dict[Address, _Link] = {}
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.StreamWriter] = set()
+        self._refusal_logged: dict[tuple[str, str], float] = {}
         self._closing = False
 
     # -- listening -------------------------------------------------------------------------
@@ -307,6 +333,8 @@ class Transport:
         decoder = FrameDecoder(self.config.max_frame)
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
+                if self.config.tls is not None and not await self._start_tls(writer, peername):
+                    return
                 accepted = await self._accept_hello(reader, writer, decoder, peername)
             if accepted is None:
                 return
@@ -335,6 +363,33 @@ class Transport:
             self._inbound.discard(writer)
             writer.close()
 
+    def _refused(self, peername: object, why: str) -> None:
+        """One warning per peer host and reason every `_REFUSAL_LOG_INTERVAL` seconds (a
+        refused node retries its join every second); the rest at debug, all counted."""
+        host = peername[0] if isinstance(peername, tuple) and peername else peername
+        now = asyncio.get_running_loop().time()
+        key = (str(host), why.split(":")[0])
+        if now - self._refusal_logged.get(key, -_REFUSAL_LOG_INTERVAL) >= _REFUSAL_LOG_INTERVAL:
+            self._refusal_logged[key] = now
+            while len(self._refusal_logged) > 256:
+                del self._refusal_logged[next(iter(self._refusal_logged))]
+            log.warning("cluster: refused a connection from %s: %s", peername, why)
+        else:
+            log.debug("cluster: refused a connection from %s: %s", peername, why)
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, peername: object) -> bool:
+        """Mutual TLS on an accepted link; False (refused, counted, one log line) if the peer
+        has no certificate of the cluster CA or does not speak TLS."""
+        assert self.config.tls is not None
+        try:
+            await writer.start_tls(self.config.tls.server)
+        except (ssl.SSLError, ConnectionError) as exc:
+            self.stats["refused"] += 1
+            self.stats["refused_tls"] += 1
+            self._refused(peername, f"TLS handshake failed: {tls_failure_reason(exc)}")
+            return False
+        return True
+
     async def _accept_hello(
         self,
         reader: asyncio.StreamReader,
@@ -348,6 +403,14 @@ class Transport:
             data = await reader.read(_READ_SIZE)
             if not data:
                 return None
+            if data[0] == _TLS_HANDSHAKE and self.config.tls is None and not decoder.buffered:
+                self.stats["refused"] += 1
+                self.stats["refused_tls"] += 1
+                self._refused(
+                    peername,
+                    "it speaks TLS and this node's cluster link is plain ([cluster] tls_enable)",
+                )
+                return None
             frames = decoder.feed(data)
         _, msg_type, body = frames[0]
         try:
@@ -356,7 +419,7 @@ class Transport:
             hello = check_hello(body, self.cookie)
         except HandshakeError as exc:
             self.stats["refused"] += 1
-            log.warning("cluster: refused a connection from %s: %s", peername, exc)
+            self._refused(peername, str(exc))
             reply = hello_ack_body(self.name, self.epoch, self.address, 1, error="refused")
             writer.write(encode_frame(MessageType.HELLO_ACK, reply))
             with contextlib.suppress(OSError):
