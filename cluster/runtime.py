@@ -16,10 +16,12 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   purged by `RouteSync`.
 * **Forwarding.** Every message published on this node passes `forward()` (a forward hook, on
   the broker's publish path only while another node is alive: `_sync_forward_hook`): the
-  route table is matched and ONE FORWARD goes to each remote node with a matching route (never
-  one per subscriber). The receiver calls `Broker.publish(message, forward=False, shared=False)`:
-  it delivers to its own subscribers (QoS min(pub, sub), the message keeps its QoS) and never
-  forwards again. Shared groups are not served from forwarded copies: the origin dispatches each
+  route table is matched and the message goes ONCE to each remote node with a matching route
+  (never once per subscriber), in that node's FORWARD_BATCH of this loop turn
+  (`cluster.forwarder`; a version-1 peer gets one FORWARD per message). The receiver calls
+  `Broker.publish(message, forward=False, shared=False)`: it delivers to its own subscribers
+  (QoS min(pub, sub), the message keeps its QoS) and never forwards again.
+  Shared groups are not served from forwarded copies: the origin dispatches each
   message to one member per group in the whole cluster (`cluster.ports`, FORWARD kind `shared`).
 * **Takeover.** A CONNECT asks the other live nodes to give its client id up (RPC
   `surrender_session`), carrying the session over (`cluster.ports`, `cluster.takeover`).
@@ -58,6 +60,7 @@ from broker.core.banned import BanEntry
 from broker.core.broker import Broker
 from broker.core.message import Message
 from cluster.delegate import MemberEvent
+from cluster.forwarder import Forwarder
 from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.membership_config import MembershipConfig
@@ -75,6 +78,7 @@ from cluster.wire import (
     WireError,
     forward_body,
     parse_forward,
+    parse_forward_batch,
 )
 
 __all__ = ["ClusterConfig", "ClusterNode", "ForwardHandler"]
@@ -95,6 +99,7 @@ _MEMBERSHIP_TYPES = frozenset(
     }
 )
 _MAX_TIMER_SLEEP = 1.0
+_RETAIN_EXTRA: Body = {"kind": "retain"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,9 @@ class ClusterNode:
             name, self.epoch, cookie, self._on_frame, self._on_drop, self.config.transport
         )
         self.transport.on_heard = self._on_heard
+        self.forwarder = Forwarder(
+            self.transport, broker.node_name, self.stats, self._count_forward_dropped
+        )
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         self.rpc.register("retained_dump", self._retained_dump)
         self.rpc.register("banned_dump", self._banned_dump)
@@ -279,6 +287,7 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
             self._timer = None
+        self.forwarder.flush()
         self._send(self.membership.leave(self._now()))
         await self.transport.flush(self.config.leave_timeout)
         await self.rpc.close()
@@ -359,17 +368,14 @@ class ClusterNode:
             return 0
         targets = self.forward_targets(message)
         if targets:
-            body = forward_body(message, self.broker.node_name)
             for node in targets:
-                self.send_forward(node, message, body=body)
+                self.send_forward(node, message)
             self._hold_publisher_if_congested(targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
-            body = forward_body(message, self.broker.node_name)
-            body["kind"] = "retain"
             for member in self.membership.live_members():
                 if member.name not in targets:
                     self.stats["retained/replicated"] += 1
-                    self._send_frame(member.address, MessageType.FORWARD, body)
+                    self.forwarder.send(member.address, message, _RETAIN_EXTRA)
         return len(targets)
 
     def _hold_publisher_if_congested(self, targets: AbstractSet[str]) -> None:
@@ -395,19 +401,15 @@ class ClusterNode:
         message: Message,
         kind: str = "publish",
         extra: dict[str, Any] | None = None,
-        body: Body | None = None,
     ) -> int:
-        """Send one FORWARD of `message` to `node`; 1 if queued, 0 if dropped (counted)."""
-        if body is None:
-            body = forward_body(message, self.broker.node_name)
-            if kind != "publish":
-                body["kind"] = kind
-            if extra:
-                body.update(extra)
+        """Forward `message` to `node` (batched, `cluster.forwarder`); 1 if queued, 0 if
+        dropped (counted)."""
+        if kind != "publish":
+            extra = {"kind": kind, **(extra or {})}
         member = self.membership.get(node)
         ok = member is not None and member.state in LIVE_STATES
         if ok and member is not None:
-            ok = self._send_frame(member.address, MessageType.FORWARD, body, drops_counted=True)
+            ok = self.forwarder.send(member.address, message, extra)
         counters = self.broker.metrics.counters
         if ok:
             counters["messages/forward"] += 1
@@ -445,6 +447,8 @@ class ClusterNode:
         if msg_type in _MEMBERSHIP_TYPES:
             self._send(self.membership.handle(hello.address, msg_type, body, self._now()))
             self._wake.set()
+        elif msg_type is MessageType.FORWARD_BATCH:
+            self._on_forward_batch(hello, body)
         elif msg_type is MessageType.FORWARD:
             self._on_forward(hello, body)
         elif msg_type is MessageType.RPC_REQUEST:
@@ -468,8 +472,32 @@ class ClusterNode:
             return
         handler(message, body, hello)
 
+    def _on_forward_batch(self, hello: Hello, body: Body) -> None:
+        """Each message of the batch, in order, to the handler of its kind."""
+        try:
+            messages, bad = parse_forward_batch(body, now=self.broker.clock())
+        except WireError as exc:
+            self.stats["forward/malformed"] += 1
+            log.warning("cluster: malformed FORWARD_BATCH from %s: %s", hello.name, exc)
+            return
+        if bad:
+            self.stats["forward/malformed"] += bad
+            log.warning("cluster: %d malformed messages in a batch from %s", bad, hello.name)
+        kinds = self._forward_kinds
+        deliver = self._deliver
+        for message, extra in messages:
+            if not extra:
+                deliver(message, extra, hello)
+                continue
+            kind = extra.get("kind", "publish")
+            handler = kinds.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                self.stats["forward/unknown_kind"] += 1
+                continue
+            handler(message, extra, hello)
+
     def _on_drop(self, address: Address, msg_type: MessageType, count: int) -> None:
-        if msg_type is MessageType.FORWARD:
+        if msg_type is MessageType.FORWARD or msg_type is MessageType.FORWARD_BATCH:
             self._count_forward_dropped(count)
 
     # -- membership driving ----------------------------------------------------------------
@@ -527,16 +555,12 @@ class ClusterNode:
         elif present and not wanted:
             hooks.remove(self.forward)
 
-    def _send_frame(
-        self, address: Address, msg_type: MessageType, body: Body, drops_counted: bool = False
-    ) -> bool:
+    def _send_frame(self, address: Address, msg_type: MessageType, body: Body) -> bool:
         try:
             return self.transport.send(address, msg_type, body)
         except WireError as exc:
             self.stats["send/unencodable"] += 1
             log.error("cluster: cannot send %s to %s:%d: %s", msg_type.name, *address, exc)
-            if drops_counted and msg_type is MessageType.FORWARD:
-                self._count_forward_dropped(1)
             return False
 
     def _on_event(self, event: MemberEvent) -> None:

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from cluster.tls import LinkTLS, tls_failure_reason
 from cluster.wire import (
     DEFAULT_MAX_FRAME,
+    INTRODUCED_IN,
     PROTOCOL_VERSION,
     Address,
     Body,
@@ -101,9 +102,12 @@ class _Link:
     def __init__(self, transport: Transport, address: Address) -> None:
         self.transport = transport
         self.address = address
-        self.queue: deque[tuple[MessageType, bytes]] = deque()
+        #: (type, frame, messages it carries: 1, or a FORWARD_BATCH's count)
+        self.queue: deque[tuple[MessageType, bytes, int]] = deque()
         self.queued_bytes = 0
         self.version = PROTOCOL_VERSION
+        #: The version of the last completed handshake (kept while reconnecting), None before.
+        self.negotiated: int | None = None
         self.peer: Hello | None = None  # who answered our HELLO (while connected)
         self.up = False
         self.retry_at = 0.0
@@ -134,18 +138,28 @@ class _Link:
             for release in waiters:
                 release()
 
-    def enqueue(self, msg_type: MessageType, frame: bytes, now: float) -> bool:
+    def accepting(self, size: int, now: float) -> bool:
+        """`enqueue` would take a frame of `size` bytes now."""
+        cfg = self.transport.config
+        return (
+            not self.closed
+            and (self.task is not None or now >= self.retry_at)
+            and len(self.queue) < cfg.max_queue
+            and self.queued_bytes + size <= cfg.max_queue_bytes
+        )
+
+    def enqueue(self, msg_type: MessageType, frame: bytes, now: float, weight: int = 1) -> bool:
         cfg = self.transport.config
         stats = self.transport.stats
         if self.closed:
-            return self._drop(msg_type, "closed")
+            return self._drop(msg_type, "closed", weight)
         if self.task is None:
             if now < self.retry_at:
-                return self._drop(msg_type, "unreachable")
+                return self._drop(msg_type, "unreachable", weight)
             self.task = asyncio.get_running_loop().create_task(self._run())
         if len(self.queue) >= cfg.max_queue or self.queued_bytes + len(frame) > cfg.max_queue_bytes:
-            return self._drop(msg_type, "queue_full")
-        self.queue.append((msg_type, frame))
+            return self._drop(msg_type, "queue_full", weight)
+        self.queue.append((msg_type, frame, weight))
         self.queued_bytes += len(frame)
         self.idle.clear()
         self.wake.set()
@@ -161,7 +175,9 @@ class _Link:
         return False
 
     def _drop_queue(self, why: str) -> None:
-        dropped: Counter[MessageType] = Counter(t for t, _ in self.queue)
+        dropped: Counter[MessageType] = Counter()
+        for msg_type, _, weight in self.queue:
+            dropped[msg_type] += weight
         self.queue.clear()
         self.queued_bytes = 0
         self.idle.set()
@@ -207,7 +223,7 @@ class _Link:
                     raise ConnectionError("closed by the peer")
                 if not self.queue:
                     continue
-                frames = [frame for _, frame in self.queue]
+                frames = [frame for _, frame, _ in self.queue]
                 sent = len(frames)
                 self.queue.clear()
                 self.queued_bytes = 0
@@ -269,8 +285,24 @@ class _Link:
             if msg_type is not MessageType.HELLO_ACK:
                 raise HandshakeError(f"expected HELLO_ACK, got {msg_type.name}")
             hello = parse_hello_ack(body)
-            self.version = negotiate(hello.version)
+            self.version = self.negotiated = negotiate(hello.version)
+            self._drop_newer_than(self.version)
             return hello
+
+    def _drop_newer_than(self, version: int) -> None:
+        """Frames queued before the handshake in types the peer does not have (it is older
+        than we assumed): dropped and counted, not sent to be skipped."""
+        if all(INTRODUCED_IN[t] <= version for t, _, _ in self.queue):
+            return
+        keep: deque[tuple[MessageType, bytes, int]] = deque()
+        for item in self.queue:
+            msg_type, frame, weight = item
+            if INTRODUCED_IN[msg_type] <= version:
+                keep.append(item)
+            else:
+                self.queued_bytes -= len(frame)
+                self._drop(msg_type, "peer_version", weight)
+        self.queue = keep
 
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         """Returns when the peer closes the connection (it never sends after HELLO_ACK)."""
@@ -432,10 +464,12 @@ class Transport:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, address: Address, msg_type: MessageType, body: Body) -> bool:
+    def send(self, address: Address, msg_type: MessageType, body: Body, weight: int = 1) -> bool:
         """Queue one frame for `address`; False (counted, reported) if it was dropped.
 
-        Raises WireError if `body` cannot be encoded (a bug or an oversized message).
+        `weight` is the number of messages the frame carries (a FORWARD_BATCH's): drops are
+        counted and reported in messages. Raises WireError if `body` cannot be encoded (a bug
+        or an oversized message).
         """
         if self._closing:
             return False
@@ -443,7 +477,20 @@ class Transport:
         if link is None:
             link = self._links[address] = _Link(self, address)
         frame = encode_frame(msg_type, body, link.version, self.config.max_frame)
-        return link.enqueue(msg_type, frame, asyncio.get_running_loop().time())
+        return link.enqueue(msg_type, frame, asyncio.get_running_loop().time(), weight)
+
+    def peer_version(self, address: Address) -> int | None:
+        """The protocol version the last handshake with `address` negotiated; None if no
+        handshake has completed yet (the sender then uses version-1 types only)."""
+        link = self._links.get(address)
+        return link.negotiated if link is not None else None
+
+    def accepting(self, address: Address, size: int = 0) -> bool:
+        """A frame of `size` bytes for `address` would be queued now (not dropped at once)."""
+        if self._closing:
+            return False
+        link = self._links.get(address)
+        return link is None or link.accepting(size, asyncio.get_running_loop().time())
 
     def congested(self, address: Address) -> bool:
         """The link to `address` is up and has `hold_queue` frames or bytes waiting."""

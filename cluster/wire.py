@@ -26,6 +26,13 @@ version that introduced it (`INTRODUCED_IN`). A frame is decoded as follows:
 
 A sender talks to a peer at `min(our version, the version in the peer's HELLO)`.
 
+Versions. 1: the types up to RPC_RESPONSE. 2: FORWARD_BATCH. Compatibility rule: a node sends
+a type only on a link whose handshake negotiated a version that has it, so it sends
+FORWARD_BATCH only to peers whose HELLO_ACK said 2 or more; to a version-1 peer (and on a link
+whose handshake is not done yet) every message goes as its own FORWARD. A version-2 node reads
+both. Frames queued for a link that reconnects to an older peer are dropped and counted, never
+sent to a peer that would skip them.
+
 Errors. `FrameDecoder.feed` raises only `WireError`, whatever the bytes; after an error the decoder
 stays failed (the connection must be closed). The length is checked against `max_frame` before any
 body is buffered.
@@ -51,6 +58,9 @@ PUSH_PULL_RESP  from, join, members, state
 LEAVE           from, updates                    (carries the `left` update of the sender)
 FORWARD         topic, payload, qos, retain, props, publisher, origin, ts, [kind], [shared]
                 (kind publish | retain | shared; `shared: [group, filter]` with kind shared)
+FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in order; each
+                entry `[topic, payload, qos, retain, props, publisher, ts]`, plus an 8th element,
+                a map of the other FORWARD fields (`kind`, `shared`), when it has any
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================
@@ -73,7 +83,7 @@ import msgpack
 from broker.core.message import Message
 from broker.protocol.constants import PropertyId
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 HEADER_SIZE = 4
 
@@ -109,6 +119,7 @@ class MessageType(IntEnum):
     FORWARD = 12
     RPC_REQUEST = 13
     RPC_RESPONSE = 14
+    FORWARD_BATCH = 15
 
 
 class Outgoing(NamedTuple):
@@ -120,7 +131,10 @@ class Outgoing(NamedTuple):
 
 
 #: The protocol version that introduced each message type.
-INTRODUCED_IN: dict[MessageType, int] = dict.fromkeys(MessageType, 1)
+INTRODUCED_IN: dict[MessageType, int] = {
+    **dict.fromkeys(MessageType, 1),
+    MessageType.FORWARD_BATCH: 2,
+}
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
 
@@ -344,16 +358,40 @@ def parse_forward(body: Body, now: float | None = None) -> Message:
     counts from its arrival here: the origin forwards as it routes, so only transit time is
     added, and clock skew between nodes does not matter); without, the origin's `ts` is kept.
     """
-    payload = body.get("payload")
+    return _message(
+        body.get("topic"),
+        body.get("payload"),
+        body.get("qos"),
+        body.get("retain"),
+        body.get("props", {}),
+        body.get("publisher"),
+        body.get("ts", 0.0),
+        body.get("origin"),
+        now,
+    )
+
+
+def _message(
+    topic: Any,
+    payload: Any,
+    qos: Any,
+    retain: Any,
+    props: Any,
+    publisher: Any,
+    ts: Any,
+    origin: Any,
+    now: float | None,
+) -> Message:
+    """A forwarded Message from its wire fields, each checked; raises WireError."""
+    for name, value in (("topic", topic), ("publisher", publisher), ("origin", origin)):
+        if not isinstance(value, str):
+            raise WireError(f"field {name!r} must be a string")
     if not isinstance(payload, bytes):
         raise WireError("field 'payload' must be bytes")
-    qos = get_int(body, "qos")
-    if qos not in (0, 1, 2):
-        raise WireError(f"bad qos {qos}")
-    retain = body.get("retain")
+    if qos not in (0, 1, 2) or isinstance(qos, bool):
+        raise WireError(f"bad qos {qos!r}")
     if not isinstance(retain, bool):
         raise WireError("field 'retain' must be a boolean")
-    props = body.get("props", {})
     if not isinstance(props, dict) or not all(
         isinstance(k, int) and not isinstance(k, bool) for k in props
     ):
@@ -366,19 +404,73 @@ def parse_forward(body: Body, now: float | None = None) -> Message:
         ):
             raise WireError("bad user properties")
         props = {**props, int(PropertyId.USER_PROPERTY): [(p[0], p[1]) for p in pairs]}
-    ts = body.get("ts", 0.0)
     if not isinstance(ts, int | float) or isinstance(ts, bool):
         raise WireError("field 'ts' must be a number")
     return Message(
-        get_str(body, "topic"),
-        payload,
-        qos,
-        retain,
-        props,
-        get_str(body, "publisher"),
-        float(ts) if now is None else now,
-        get_str(body, "origin"),
+        topic, payload, qos, retain, props, publisher, float(ts) if now is None else now, origin
     )
+
+
+#: One message of a FORWARD_BATCH: the FORWARD fields as a list (see the module docstring).
+Entry = list[Any]
+
+
+def forward_entry(message: Message, extra: Body | None = None) -> Entry:
+    """The batch entry of `message`; `extra` holds the other FORWARD fields (kind, shared)."""
+    entry: Entry = [
+        message.topic,
+        message.payload,
+        message.qos,
+        message.retain,
+        message.properties,
+        message.publisher,
+        message.timestamp,
+    ]
+    if extra:
+        entry.append(extra)
+    return entry
+
+
+def entry_size(entry: Entry) -> int:
+    """Roughly the bytes `entry` takes on the wire (what bounds a batch)."""
+    return len(entry[0]) + len(entry[1]) + 32
+
+
+def forward_batch_body(origin: str, entries: list[Entry]) -> Body:
+    return {"origin": origin, "msgs": entries}
+
+
+_NO_EXTRA: Body = {}
+
+
+def parse_forward_batch(
+    body: Body, now: float | None = None
+) -> tuple[list[tuple[Message, Body]], int]:
+    """The messages of a FORWARD_BATCH, each with its extra fields (an empty map for a plain
+    publish), and the number of malformed entries skipped; raises WireError if the batch
+    itself is malformed. `now` stamps the messages as in `parse_forward`."""
+    origin = get_str(body, "origin")
+    entries = body.get("msgs")
+    if not isinstance(entries, list):
+        raise WireError("field 'msgs' must be a list")
+    out: list[tuple[Message, Body]] = []
+    bad = 0
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) not in (7, 8):
+            bad += 1
+            continue
+        extra = entry[7] if len(entry) == 8 else _NO_EXTRA
+        if not isinstance(extra, dict):
+            bad += 1
+            continue
+        try:
+            topic, payload, qos, retain, props, publisher, ts = entry[:7]
+            message = _message(topic, payload, qos, retain, props, publisher, ts, origin, now)
+        except WireError:
+            bad += 1
+            continue
+        out.append((message, extra))
+    return out, bad
 
 
 def rpc_request_body(request_id: int, method: str, args: Body) -> Body:

@@ -324,13 +324,14 @@ async def test_send_queue_is_bounded_and_drops_are_counted(start_node: Start) ->
 
 async def test_a_congested_link_holds_the_publisher_and_loses_nothing(start_node: Start) -> None:
     """Flow control end to end: a QoS 0 flood to a subscriber on the other node congests the
-    link (a tiny `hold_queue`), the publisher is held until the link drains, and every message
+    link (a tiny `hold_queue_bytes`), the publisher is held until the link drains, and every message
     arrives, in order, none dropped."""
     a = await start_node(A)
     b = await start_node(B, a)
     await converged(a, b)
     assert a.cluster is not None
-    a.cluster.transport.config = TransportConfig(hold_queue=8)
+    # (forwards go in one FORWARD_BATCH per loop turn: the bytes waiting make the congestion)
+    a.cluster.transport.config = TransportConfig(hold_queue=8, hold_queue_bytes=4096)
     sub, _ = await RawClient.connect(b.node.tcp_port, "flood-sub", MQTT_5)
     pub, _ = await RawClient.connect(a.node.tcp_port, "flooder", MQTT_5)
     try:
