@@ -210,7 +210,7 @@ class ClusterNode:
         if self.dns_seeds:
             self.resolved = await self.resolve_dns_seeds()
         seeds = self._all_seeds()
-        self._send(self.membership.join(seeds, self._now()))
+        self.send_outgoing(self.membership.join(seeds, self.now()))
         self._timer = asyncio.get_running_loop().create_task(self._run_timer())
         if self.dns_seeds:
             self._spawn(self._refresh_dns())
@@ -269,7 +269,7 @@ class ClusterNode:
                 if new:
                     log.info("cluster: DNS discovery: joining %s",
                              ", ".join(f"{h}:{p}" for h, p in new))  # fmt: skip
-                self._send(self.membership.join(self._all_seeds(), self._now()))
+                self.send_outgoing(self.membership.join(self._all_seeds(), self.now()))
                 self._wake.set()
 
     async def stop(self) -> None:
@@ -288,7 +288,7 @@ class ClusterNode:
                 await self._timer
             self._timer = None
         self.forwarder.flush()
-        self._send(self.membership.leave(self._now()))
+        self.send_outgoing(self.membership.leave(self.now()))
         await self.transport.flush(self.config.leave_timeout)
         await self.rpc.close()
         for task in list(self._tasks):
@@ -439,13 +439,13 @@ class ClusterNode:
         """Frames from `hello` arrived (once per read, not per frame: FORWARDs come by the
         thousand): they answer our probe of it (`cluster.probe`)."""
         if self._running:
-            self.membership.heard_from(hello.name, self._now())
+            self.membership.heard_from(hello.name, self.now())
 
     def _on_frame(self, hello: Hello, msg_type: MessageType, body: Body) -> None:
         if not self._running:
             return
         if msg_type in _MEMBERSHIP_TYPES:
-            self._send(self.membership.handle(hello.address, msg_type, body, self._now()))
+            self.send_outgoing(self.membership.handle(hello.address, msg_type, body, self.now()))
             self._wake.set()
         elif msg_type is MessageType.FORWARD_BATCH:
             self._on_forward_batch(hello, body)
@@ -502,7 +502,8 @@ class ClusterNode:
 
     # -- membership driving ----------------------------------------------------------------
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The membership clock: the event loop's monotonic time."""
         return asyncio.get_running_loop().time()
 
     def wake(self) -> None:
@@ -521,11 +522,11 @@ class ClusterNode:
         membership = self.membership
         while self._running:
             try:
-                self._send(membership.tick(self._now()))
+                self.send_outgoing(membership.tick(self.now()))
             except Exception:  # a bug must not stop failure detection for good
                 log.exception("cluster: membership tick failed")
             self._wake.clear()
-            delay = membership.next_deadline() - self._now()
+            delay = membership.next_deadline() - self.now()
             if delay > 0:
                 # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel)
                 with contextlib.suppress(TimeoutError):
@@ -534,7 +535,8 @@ class ClusterNode:
             else:
                 await asyncio.sleep(0)
 
-    def _send(self, out: list[Outgoing]) -> None:
+    def send_outgoing(self, out: list[Outgoing]) -> None:
+        """Send what membership returned, then act on its events (links, routes, hook)."""
         for address, msg_type, body in out:
             self._send_frame(address, msg_type, body)
         if self._membership is not None:

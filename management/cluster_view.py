@@ -9,7 +9,8 @@
   over there (a bug, or a node without that query) is an error (500), not a down node;
 * `call_all(query, args)`: every live node at once; a node that does not answer is logged and
   skipped, so cluster-wide lists show what the running nodes have;
-* `route_rows()`: the replicated cluster route table (filter, node) for `/routes`.
+* `route_rows()`: the replicated cluster route table (filter, node) for `/routes`;
+* `admin`: the membership changes of `/cluster/join|leave|force_leave` (`cluster.admin`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from cluster.admin import ClusterAdmin
 from cluster.rpc import RemoteError, RpcError
 from cluster.runtime import ClusterNode
 from management.view import NodeDown, UnknownNode, run_query
@@ -37,6 +39,8 @@ class ClusterNodeView:
         self.ctx = ctx
         self.cluster = cluster
         self.timeout = timeout
+        #: join / leave / force-leave (`management.handlers_membership`)
+        self.admin = ClusterAdmin(cluster)
 
     @property
     def local_node(self) -> str:

@@ -238,6 +238,43 @@ def cmd_cluster_status(c: Client, a: argparse.Namespace) -> Output:
     return out
 
 
+def _cluster_errors(exc: CtlError) -> CtlError:
+    if "cluster_disabled" in str(exc):
+        return CtlError("this node runs without [cluster] (cluster_disabled)")
+    return exc
+
+
+def cmd_cluster_join(c: Client, a: argparse.Namespace) -> Output:
+    try:
+        answer = c.request("POST", "/api/v3/cluster/join", {"seed": a.seed})
+    except CtlError as exc:
+        if "bad_seed" in str(exc):
+            raise CtlError(f"bad seed {a.seed!r}: expected HOST:PORT (a cluster port)") from None
+        raise _cluster_errors(exc) from None
+    return _ok(answer, f"ok: {c.local_node()} joins the cluster through {a.seed}")
+
+
+def cmd_cluster_leave(c: Client, a: argparse.Namespace) -> Output:
+    node = c.local_node()
+    try:
+        answer = c.request("POST", "/api/v3/cluster/leave")
+    except CtlError as exc:
+        raise _cluster_errors(exc) from None
+    return _ok(answer, f"ok: {node} left the cluster; it runs alone until `cluster join`")
+
+
+def cmd_cluster_force_leave(c: Client, a: argparse.Namespace) -> Output:
+    path = f"/api/v3/cluster/force_leave/{q(a.node)}"
+    try:
+        answer = c.request("POST", path, what=f"node {a.node!r}")
+    except CtlError as exc:
+        if "bad_node" in str(exc):
+            raise CtlError(f"{a.node} is the node you talk to: use `cluster leave`") from None
+        raise _cluster_errors(exc) from None
+    how = "was asked to leave and left" if answer.get("result") == "left" else "is marked left"
+    return _ok(answer, f"ok: {a.node} {how}")
+
+
 def cmd_clients_list(c: Client, a: argparse.Namespace) -> Output:
     return _table(c.items("/api/v3/connections/"), CONNECTION_COLUMNS)
 
@@ -441,6 +478,13 @@ def add_ctl_parser(sub: Any) -> None:
     leaf(verbs, "status", cmd_status, "is the node running")
     g = group("cluster", "the cluster")
     leaf(g, "status", cmd_cluster_status, "the running nodes")
+    leaf(g, "join", cmd_cluster_join, "this node joins the cluster of a seed").add_argument(
+        "seed", metavar="HOST:PORT", help="the cluster address of any node of that cluster"
+    )
+    leaf(g, "leave", cmd_cluster_leave, "this node leaves the cluster (it keeps running)")
+    leaf(g, "force-leave", cmd_cluster_force_leave, "remove a node from the cluster").add_argument(
+        "node", metavar="NODE"
+    )
 
     g = group("clients", "connected clients")
     leaf(g, "list", cmd_clients_list, "every connection in the cluster")

@@ -197,6 +197,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "unsubscribe": obj({"topic": STR, "client_id": STR}),
     "log_level": obj({"level": {"enum": ["debug", "info", "warning", "error", "critical"]}}),
+    "cluster_join": obj({"seed": STR}),
+    "force_leave": obj({"node": STR, "result": {"enum": ["left", "removed"]}}),
 }
 # The request form of a ban: who and as required, the rest optional; `at` is set by the server.
 SCHEMAS["banned_request"] = obj(

@@ -61,7 +61,7 @@ async def test_list_all_api_names_every_endpoint_with_and_without_slash(api: Api
         body = await api.ok("GET", path)
         check(body, "api[]")
         assert {r["name"] for r in body} == API_NAMES
-        assert len(body) == 41
+        assert len(body) == 44
     pairs = {(r["method"], r["path"]) for r in body}
     assert ("GET", "/brokers/") in pairs and ("DELETE", "/banned/:who") in pairs
 
