@@ -165,3 +165,39 @@ async def test_restart_brings_a_killed_node_back_with_its_data_dir(
         for node in ("node1", "node2", "node3"):
             await until_nodes(command.http_port(node), ["node1", "node2", "node3"])
     assert command.proc.returncode is None
+
+
+async def run_ctl(http_port: int, *argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ENTRY, "ctl", "--url", f"http://127.0.0.1:{http_port}", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO, env=_env(),
+    )  # fmt: skip
+    async with asyncio.timeout(TIMEOUT):
+        out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_ctl_leave_and_join_between_processes(
+    tmp_path: Path, cluster_command: list[ClusterCommand]
+) -> None:
+    """emqx_ctl's verbs against the processes of the dev cluster, the ctl a process too."""
+    command = await start(tmp_path)
+    cluster_command.append(command)
+    node1, node2 = command.http_port("node1"), command.http_port("node2")
+    await until_nodes(node1, ["node1", "node2", "node3"])
+    code, out = await run_ctl(node2, "cluster", "leave")
+    assert code == 0 and "ok: node2@127.0.0.1 left the cluster" in out, out
+    await until_nodes(node1, ["node1", "node3"])
+    await until_nodes(node2, ["node2"])
+    seed = re.search(r"\[node1\]\s+cluster\s+(127\.0\.0\.1:\d+)", "\n".join(command.lines))
+    assert seed, command.lines
+    code, out = await run_ctl(node2, "cluster", "join", seed.group(1))
+    assert code == 0, out
+    for port in (node1, node2):
+        await until_nodes(port, ["node1", "node2", "node3"])
+    code, out = await run_ctl(node1, "cluster", "force-leave", "node3@127.0.0.1")
+    assert code == 0 and "node3@127.0.0.1 was asked to leave and left" in out, out
+    await until_nodes(node1, ["node1", "node2"])
+    assert command.proc.returncode is None  # node3 left the cluster; its process runs on
+    assert command.node_pid("node3")
