@@ -60,7 +60,11 @@ FORWARD         topic, payload, qos, retain, props, publisher, origin, ts, [kind
                 (kind publish | retain | shared; `shared: [group, filter]` with kind shared)
 FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in order; each
                 entry `[topic, payload, qos, retain, props, publisher, ts]`, plus an 8th element,
-                a map of the other FORWARD fields (`kind`, `shared`), when it has any
+                a map of the other FORWARD fields (`kind`, `shared`) and of `raw`, when it has
+                any. `raw: [is_v5, bytes]` is the QoS 0 PUBLISH as the client sent it (no flags,
+                no properties, payload up to `RAW_MAX` bytes): the receiver sends those bytes
+                to its subscribers of that protocol version instead of encoding them again, as
+                the origin does for its own (`Message.encoded`)
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================
@@ -415,6 +419,11 @@ def _message(
 Entry = list[Any]
 
 
+#: The largest payload whose client PUBLISH bytes travel with it (`raw`): above, the copy
+#: would cost the link more than encoding it again costs the receiver.
+RAW_MAX = 1024
+
+
 def forward_entry(message: Message, extra: Body | None = None) -> Entry:
     """The batch entry of `message`; `extra` holds the other FORWARD fields (kind, shared)."""
     entry: Entry = [
@@ -426,9 +435,30 @@ def forward_entry(message: Message, extra: Body | None = None) -> Entry:
         message.publisher,
         message.timestamp,
     ]
+    encoded = message.encoded
+    if encoded and not message.qos and not message.properties and len(message.payload) <= RAW_MAX:
+        for (is_v5, retain), data in encoded.items():
+            if not retain:
+                extra = {**extra, "raw": [is_v5, data]} if extra else {"raw": [is_v5, data]}
+                break
     if extra:
         entry.append(extra)
     return entry
+
+
+def _take_raw(message: Message, raw: Any) -> bool:
+    """Attach a batch entry's `raw` to its message; False if it is malformed."""
+    if (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and isinstance(raw[0], bool)
+        and isinstance(raw[1], bytes)
+        and not message.qos
+        and not message.properties
+    ):
+        message.encoded = {(raw[0], False): raw[1]}
+        return True
+    return False
 
 
 def entry_size(entry: Entry) -> int:
@@ -469,6 +499,16 @@ def parse_forward_batch(
         except WireError:
             bad += 1
             continue
+        if extra:
+            raw = extra.get("raw")
+            if raw is not None:
+                if not _take_raw(message, raw):
+                    bad += 1
+                    continue
+                if len(extra) == 1:
+                    extra = _NO_EXTRA
+                else:
+                    extra = {k: v for k, v in extra.items() if k != "raw"}
         out.append((message, extra))
     return out, bad
 

@@ -237,3 +237,38 @@ def test_forward_batch_exists_from_version_2_only() -> None:
     with pytest.raises(WireError):
         FrameDecoder().feed(frame)
     assert negotiate(1) == 1 and PROTOCOL_VERSION >= 2
+
+
+def test_forward_batch_carries_the_client_bytes_of_a_small_qos0_publish() -> None:
+    """`raw`: the receiver reuses the QoS 0 PUBLISH bytes (as the origin does) instead of
+    encoding them again; only for QoS 0, no properties, payloads up to RAW_MAX."""
+    from broker.protocol.codec import encode
+    from broker.protocol.packets import Publish
+    from cluster.wire import RAW_MAX
+
+    raw = encode(Publish("a/b", b"hello", qos=0))
+    small = Message("a/b", b"hello", 0, False, {}, "c", 1.0)
+    small.encoded = {(False, False): raw}
+    big = Message("a/b", b"x" * (RAW_MAX + 1), 0, False, {}, "c", 1.0)
+    big.encoded = {(False, False): b"whatever"}
+    qos1 = Message("a/b", b"hello", 1, False, {}, "c", 1.0)
+    qos1.encoded = {(False, False): raw}
+    entries = [
+        forward_entry(small),
+        forward_entry(small, {"kind": "shared", "shared": ["g", "a/#"]}),
+        forward_entry(big),
+        forward_entry(qos1),
+    ]
+    assert [len(e) for e in entries] == [8, 8, 7, 7]
+    body = msgpack.unpackb(msgpack.packb(forward_batch_body("n", entries)), raw=False)
+    out, bad = parse_forward_batch(body)
+    assert bad == 0
+    assert out[0][0].encoded == {(False, False): raw} and out[0][1] == {}
+    assert out[1][0].encoded == {(False, False): raw}
+    assert out[1][1] == {"kind": "shared", "shared": ["g", "a/#"]}
+    assert out[2][0].encoded is None and out[3][0].encoded is None
+    # a raw that does not fit its message is a malformed entry
+    hostile = forward_entry(qos1, {"raw": [False, raw]})
+    assert parse_forward_batch(
+        {"origin": "n", "msgs": [hostile, [*entries[0][:7], {"raw": 1}]]}
+    ) == ([], 2)
