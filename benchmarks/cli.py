@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import os
 import sys
 from typing import Any
@@ -21,6 +22,7 @@ from benchmarks import cluster_scale, compare
 from benchmarks.brokers import BROKERS, RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
+from broker.server.cli_support import CliParser, describe, run_main
 
 __all__ = ["build_parser", "main", "parse_target"]
 
@@ -47,6 +49,12 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "pubs_on": (("--pubs-on",), str, "publishers' targets: first, others or all (%s)"),
     "subs_on": (("--subs-on",), str, "subscribers' targets: first, others or all (%s)"),
 }
+#: Counts of things that must exist; every other number given must be at least 0.
+AT_LEAST_ONE = (
+    *("publishers", "subscribers", "connections", "inflight"),
+    *("connect_concurrency", "filter_clients"),
+)
+PLACES = ("first", "others", "all")
 _FLOW = [
     *("qos", "size", "rate", "count", "duration", "inflight", "connect_rate", "drain"),
     "coalesce_ms",
@@ -92,6 +100,21 @@ def parse_target(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _at_least(low: int) -> Any:
+    """argparse type: an integer not below `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: at least {low}")
+        return value
+
+    return parse
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target and run")
     g.add_argument(
@@ -102,20 +125,29 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="broker to load; repeat for the cluster scenario (127.0.0.1:1883)",
     )
     g.add_argument("--host", help="shorthand for --target HOST:PORT with --port")
-    g.add_argument("-p", "--port", type=int, help="shorthand for --target with --host")
+    g.add_argument("-p", "--port", type=_at_least(1), help="shorthand for --target with --host")
     g.add_argument(
         "--start",
         choices=list(BROKERS),
         help="start this broker on a free loopback port for the run",
     )
-    g.add_argument("--core", type=int, default=None, help="pin a --start'ed broker to this core")
-    g.add_argument("--broker-pid", type=int, help="read the broker's CPU and VmRSS from /proc")
     g.add_argument(
-        "--procs", type=int, default=1, help="load worker processes (1); 0 runs in this process"
+        "--core", type=_at_least(0), default=None, help="pin a --start'ed broker to this core"
+    )
+    g.add_argument(
+        "--broker-pid", type=_at_least(1), help="read the broker's CPU and VmRSS from /proc"
+    )
+    g.add_argument(
+        "--procs",
+        type=_at_least(0),
+        default=1,
+        help="load worker processes (1); 0 runs in this process",
     )
     g.add_argument("--label", help="broker name/version for the results (default: target)")
     g.add_argument("--out", metavar="FILE", help="append results as JSON lines ('-' = stdout)")
-    g.add_argument("--repeat", type=int, default=1, help="run the scenario this many times")
+    g.add_argument(
+        "--repeat", type=_at_least(1), default=1, help="run the scenario this many times"
+    )
     g.add_argument("--no-uvloop", action="store_true", help="workers use asyncio, not uvloop")
     g.add_argument("--quiet", action="store_true", help="no live progress on stderr")
 
@@ -131,7 +163,8 @@ def _add_scenario(sub: Any, name: str) -> None:
             dest=dest,
             type=kind,
             default=argparse.SUPPRESS,
-            help=text.replace("(%s)", f"({base[dest]})"),
+            # argparse %-formats help: a default such as 'bench/%i' must reach it as '%%i'
+            help=text.replace("(%s)", f"({base[dest]})".replace("%", "%%")),
         )
     if name not in ("conn", "conn-scale"):
         g.add_argument(
@@ -153,7 +186,7 @@ def _add_scenario(sub: Any, name: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="minibroker-bench",
         description="MQTT load generator: connections, publishers, subscribers and scenarios "
         "against any broker; results as JSON lines; reports and a comparison with mosquitto.",
@@ -161,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "minibroker-bench pub --target 127.0.0.1:1883 -P 4 -q 1 -r 500 -t 'bench/%i'; "
         "minibroker-bench report r.jsonl --charts charts; minibroker-bench compare --rounds 3",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SCENARIOS:
         _add_scenario(sub, name)
     rep = sub.add_parser("report", help="JSON lines result files -> Markdown table + PNG charts")
@@ -194,6 +227,18 @@ def scenario_params(args: argparse.Namespace) -> Params:
     names = [*OPTIONS, "latency", "spin"]
     given = {dest: getattr(args, dest) for dest in names if hasattr(args, dest)}
     merged = dataclasses.asdict(Params()) | DEFAULTS.get(args.scenario, {}) | given
+    for dest, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        flag = OPTIONS[dest][0][-1]
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number")
+        low = 1 if dest in AT_LEAST_ONE else 0
+        if value < low:
+            raise ValueError(f"{flag} must be at least {low}")
+    for dest in ("pubs_on", "subs_on"):
+        if given.get(dest, "all") not in PLACES:
+            raise ValueError(f"{OPTIONS[dest][0][-1]} must be one of {', '.join(PLACES)}")
     params = Params(**merged)
     if params.qos not in (0, 1, 2):
         raise ValueError("--qos must be 0, 1 or 2")
@@ -247,7 +292,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         records = list(read_jsonl(args.files))
     except (OSError, ValueError) as exc:
-        print(f"minibroker-bench: error: {exc}", file=sys.stderr)
+        print(f"minibroker-bench report: error: {describe(exc)}", file=sys.stderr)
         return 1
     if not records:
         print("minibroker-bench: error: no records in those files", file=sys.stderr)
@@ -262,16 +307,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `minibroker-bench` and `python -m benchmarks`; returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    if args.command is None:
-        parser.print_help()
-        return 2
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(args)
     if args.command == "compare":
@@ -279,6 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cluster-scale":
         return cluster_scale.run(args)
     return _run_scenario(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `minibroker-bench` and `python -m benchmarks`; returns the exit code.
+
+    Every error ends as one line on stderr (`--debug` adds the traceback), see cli_support.
+    """
+    return run_main(
+        "minibroker-bench", build_parser(), argv, _dispatch, (OSError, RuntimeError, ValueError)
+    )
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or args.nodes < 2:
         problem = f"unknown workloads: {', '.join(unknown)}" if unknown else "--nodes must be >= 2"
-        print(f"minibroker-bench cluster-scale: {problem}", file=sys.stderr)
+        print(f"minibroker-bench cluster-scale: error: {problem}", file=sys.stderr)
         return 2
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or os.path.join("bench-results", f"cluster-scale-{stamp}.jsonl")

@@ -168,7 +168,9 @@ def select_brokers(spec: str) -> list[str] | None:
     unknown = [b for b in brokers if b not in BROKERS]
     if unknown:
         print(
-            f"unknown brokers: {', '.join(unknown)} (known: {', '.join(BROKERS)})", file=sys.stderr
+            f"minibroker-bench compare: error: unknown brokers: {', '.join(unknown)} "
+            f"(known: {', '.join(BROKERS)})",
+            file=sys.stderr,
         )
         return None
     if "mosquitto" in brokers and find_mosquitto() is None:
@@ -188,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         print(
-            f"unknown scenarios: {', '.join(unknown)} (known: {', '.join(SUITE)})", file=sys.stderr
+            f"minibroker-bench compare: error: unknown scenarios: {', '.join(unknown)} "
+            f"(known: {', '.join(SUITE)})",
+            file=sys.stderr,
         )
         return 2
     brokers = select_brokers(args.brokers)

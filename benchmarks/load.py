@@ -316,7 +316,7 @@ async def run_worker(plan: WorkerPlan, channel: Channel) -> None:
                 )
                 if plan.spin:
                     spinner = asyncio.create_task(spin())
-            elif kind == "stop":
+            elif kind in ("stop", "eof"):  # eof: the controller gave up (no target, say)
                 if spinner is not None:
                     spinner.cancel()
                 break

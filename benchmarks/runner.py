@@ -321,8 +321,9 @@ async def run_plan(
         if len(ready) < len(channels):
             raise RuntimeError(f"only {len(ready)} of {len(channels)} workers connected in time")
         if not any(int(r.get("connected", 0)) for r in ready.values()):
-            first = [e for r in ready.values() for e in r.get("errors", [])][:1]
-            raise RuntimeError(f"no connection to {plan.targets} succeeded: {first}")
+            first = [e for r in ready.values() for e in r.get("errors", [])][:1] or ["?"]
+            where = ", ".join(f"{host}:{port}" for host, port in plan.targets)
+            raise RuntimeError(f"cannot connect to {where} ({first[0]})")
         out.worker_connect_cpu_s = [float(r.get("cpu_connect_s", 0.0)) for r in ready.values()]
         if plan.settle > 0:
             await asyncio.sleep(plan.settle)

@@ -22,6 +22,7 @@ from broker.server.banner import format_banner
 from broker.server.config import BrokerConfig, validate_host_port
 from broker.server.errors import StartupError
 from broker.server.node import Node, auth_mode
+from broker.server.replicated_store import ReplicatedStore
 from cluster.runtime import ClusterConfig, ClusterNode
 from cluster.tls import make_link_tls
 from cluster.wire import Address
@@ -46,6 +47,7 @@ class NodeApp:
         self.node = Node(config)
         broker = self.node.broker
         self.banned_store = BannedStore(broker.banned, config.data_dir)
+        self.tables_store = ReplicatedStore(broker.replicated, config.data_dir)
         self.plugins = PluginManager(broker, config, config.data_dir, config.node_name)
         self.alarms = AlarmManager(broker, config.alarms, config.node_name)
         # What the management queries see of this node. The cluster may replace `view` (before
@@ -84,9 +86,11 @@ class NodeApp:
 
     async def start(self) -> None:
         # Bans and plugins (authentication, ACL) are in place before the first client can
-        # connect; a corrupt banned.json or a plugin that cannot load is a StartupError.
+        # connect; a corrupt banned.json or tables/*.json, or a plugin that cannot load, is a
+        # StartupError.
         self.banned_store.open()
         try:
+            self.tables_store.open()
             await self.plugins.start()
             try:
                 await self.node.start()
@@ -94,6 +98,7 @@ class NodeApp:
                 await self.plugins.stop()
                 raise
         except BaseException:
+            self.tables_store.close()
             self.banned_store.close()
             raise
         if self.cluster is not None:
@@ -102,6 +107,7 @@ class NodeApp:
             except BaseException:
                 await self.node.stop()
                 await self.plugins.stop()
+                self.tables_store.close()
                 self.banned_store.close()
                 raise
         await self.alarms.start()
@@ -125,6 +131,7 @@ class NodeApp:
         await self.alarms.stop()
         await self.node.stop()  # clients leave while presence/web_hook still see them go
         await self.plugins.stop()
+        self.tables_store.close()
         self.banned_store.close()
 
     def reload(self) -> dict[str, bool]:

@@ -4,8 +4,9 @@ Why here: this is the only module allowed to import every layer. It turns a TOML
 command-line flags into one validated ``BrokerConfig`` and hands it to the node runtime, which
 owns listeners, signals and the banner. Flags win over the file.
 
-Exit codes: 0 success or Ctrl-C, 1 ``--test-config`` found a problem, 2 bad usage or a
-configuration error at start.
+Exit codes: 0 success or Ctrl-C, 1 ``--test-config`` found a problem or a runtime error (a
+port in use, a node that cannot be reached), 2 bad usage or a configuration error at start.
+Every error is one line on stderr; ``--debug`` adds the traceback (broker/server/cli_support).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from broker.cluster_cli import add_cluster_parser, cluster_main
 from broker.plugins.passwd_file import add_passwd_parser, passwd_main
 from broker.server.banner import broker_version
+from broker.server.cli_support import CliParser, describe, run_main
 from broker.server.config import (
     BrokerConfig,
     ConfigError,
@@ -51,9 +53,7 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, separate from main() so tests and docs can inspect it."""
-    parser = argparse.ArgumentParser(
-        prog="minibroker", description="An MQTT 3.1.1/5.0 broker with clustering."
-    )
+    parser = CliParser(prog="minibroker", description="An MQTT 3.1.1/5.0 broker with clustering.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser("start", help="run a broker node in the foreground")
@@ -183,18 +183,12 @@ def _start(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 1
     except OSError as exc:  # typically a port already in use
-        _error(f"cannot start listeners: {exc}")
+        _error(f"cannot start listeners: {describe(exc)}")
         return 1
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``minibroker`` console script; returns the process exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help or a usage error; argparse already printed it
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "apps":
         return apps_main(args)
     if args.command == "passwd":
@@ -210,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         print(render_reference(), end="")
         return 0
     return _start(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minibroker`` console script; returns the process exit code.
+
+    Every error ends as one line on stderr (``--debug`` adds the traceback), see cli_support.
+    """
+    return run_main(
+        "minibroker", build_parser(), argv, _dispatch, (OSError, ConfigError, StartupError)
+    )
 
 
 if __name__ == "__main__":

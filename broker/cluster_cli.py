@@ -340,6 +340,15 @@ def cluster_main(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         print("minibroker: error: --nodes must be at least 1", file=sys.stderr)
         return 2
+    for kind in ("mqtt", "ws", "http", "cluster"):
+        base = getattr(args, f"base_{kind}_port")
+        if base and base + args.nodes - 1 > 65535:
+            print(
+                f"minibroker: error: --base-{kind}-port {base}: node {args.nodes} would need "
+                f"port {base + args.nodes - 1}, above 65535",
+                file=sys.stderr,
+            )
+            return 2
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_cluster(args))
     return 0

@@ -34,7 +34,9 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
 * **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
   delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
-  (RPC `banned_dump`) from the first live peer it meets, once.
+  (RPC `banned_dump`) from the first live peer it meets, once, and exchanges the replicated
+  tables with it (RPC `tables_sync`, `cluster.table_sync`), and again with every member that
+  joins later or comes back from the dead.
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
@@ -68,6 +70,8 @@ from cluster.ports import ClusterPorts, ForwardHandler
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
 from cluster.sync import RouteSync
+from cluster.table_sync import METHOD as TABLES_SYNC
+from cluster.table_sync import TableSync
 from cluster.transport import Transport, TransportConfig
 from cluster.wire import (
     Address,
@@ -157,6 +161,8 @@ class ClusterNode:
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         self.rpc.register("retained_dump", self._retained_dump)
         self.rpc.register("banned_dump", self._banned_dump)
+        self.tables = TableSync(broker.replicated)  # replicated tables: exchanged on join
+        self.rpc.register(TABLES_SYNC, self.tables.serve)
         self.port = 0
         self.address: Address = ("127.0.0.1", 0)
         self._membership: Membership | None = None
@@ -576,8 +582,12 @@ class ClusterNode:
             if not self._synced and not self._syncing and self._running:
                 self._syncing = True
                 self._spawn(self._initial_sync(name))
+            elif self._synced and self._running:  # (re)started elsewhere: tables may differ
+                self._spawn(self.tables.exchange(self.call, name))
         elif event.kind == "alive":
             log.info("cluster: node %s is alive again", name)
+            if self._running:  # back from suspect or dead (a healed partition)
+                self._spawn(self.tables.exchange(self.call, name))
         elif event.kind == "suspect":
             log.info("cluster: node %s is suspect", name)
         elif event.kind == "dead":
@@ -617,6 +627,7 @@ class ClusterNode:
                     bans,
                     node,
                 )
+                await self.tables.exchange(self.call, node)
                 self._synced = True
                 return
         finally:

@@ -6,7 +6,8 @@ Handlers live in `handlers_*`; they reach the nodes through the `ClusterView` on
 
 Errors: every failure is a JSON body `{"message": ...}`. An unknown path or method is a 404
 `not_found`; an unexpected exception is logged and answered 500 `internal_error`, never with a
-traceback.
+traceback. Inside `/api/v3`, `management.envelope` renders answers and errors in the configured
+format (`[management] api_format`: the seed's, or released EMQX 3.x's `{"code", "data"}`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from management import handlers_auth as auth
 from management import handlers_banned as banned
 from management import handlers_clients as clients
 from management import handlers_cluster as cluster
 from management import handlers_membership as membership
 from management.apps import AppStore
 from management.auth import authenticated, basic_auth_middleware, unauthorized
-from management.common import APPS_KEY, SETTINGS_KEY, VIEW_KEY, ApiError, ApiSettings
+from management.common import APPS_KEY, SETTINGS_KEY, VIEW_KEY, ApiError, ApiSettings, reply
+from management.envelope import RAW_KEY, format_middleware
 from management.openapi import openapi_document
 from management.prometheus import exposition
 from management.view import ClusterView
@@ -62,11 +65,13 @@ class Route:
 
 
 async def list_all_api(request: web.Request) -> web.Response:
-    return web.json_response([route.describe() for route in ROUTES])
+    return reply([route.describe() for route in ROUTES])
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(ROUTES, API_PREFIX))
+    response = web.json_response(openapi_document(ROUTES, API_PREFIX))
+    response[RAW_KEY] = True  # a document about the API, the same in both formats
+    return response
 
 
 ROUTES: tuple[Route, ...] = (
@@ -161,6 +166,28 @@ ROUTES: tuple[Route, ...] = (
           banned.create_banned, "created:banned", "banned"),
     Route("delete_banned", "DELETE", "/banned/:who", "Lift a ban (`as` in the query string)",
           banned.delete_banned, "ok"),
+    # auth_clientid / auth_username plugins (EMQX 3.x's emqx_auth_*_api; 404 plugin_not_loaded
+    # while the plugin is not loaded on the node that takes the request)
+    Route("list_clientid", "GET", "/auth_clientid", "List available clientid in the cluster",
+          auth.CLIENTID["list"], "array:auth_key"),
+    Route("lookup_clientid", "GET", "/auth_clientid/:clientid", "Lookup clientid in the cluster",
+          auth.CLIENTID["lookup"], "object:auth_clientid"),
+    Route("add_clientid", "POST", "/auth_clientid", "Add clientid in the cluster",
+          auth.CLIENTID["add"], "ok", "auth_clientid"),
+    Route("update_clientid", "PUT", "/auth_clientid/:clientid", "Update clientid in the cluster",
+          auth.CLIENTID["update"], "ok", "auth_password"),
+    Route("delete_clientid", "DELETE", "/auth_clientid/:clientid",
+          "Delete clientid in the cluster", auth.CLIENTID["delete"], "ok"),
+    Route("list_username", "GET", "/auth_username", "List available username in the cluster",
+          auth.USERNAME["list"], "array:auth_key"),
+    Route("lookup_username", "GET", "/auth_username/:username", "Lookup username in the cluster",
+          auth.USERNAME["lookup"], "object:auth_username"),
+    Route("add_username", "POST", "/auth_username", "Add username in the cluster",
+          auth.USERNAME["add"], "ok", "auth_username"),
+    Route("update_username", "PUT", "/auth_username/:username", "Update username in the cluster",
+          auth.USERNAME["update"], "ok", "auth_password"),
+    Route("delete_username", "DELETE", "/auth_username/:username",
+          "Delete username in the cluster", auth.USERNAME["delete"], "ok"),
     # log level (minibroker's addition; EMQX has it in emqx_ctl only)
     Route("set_log_level", "PUT", "/log_level", "Set the log level of every node",
           cluster.set_log_level, "ok", "log_level"),
@@ -192,7 +219,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        return web.json_response(exc.seed_body(), status=exc.status)
     except web.HTTPException as exc:
         if exc.status in (404, 405):
             return _not_found()
@@ -227,8 +254,8 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 
 
 def make_api_app() -> web.Application:
-    """The `/api/v3` sub-app: Basic auth, then the route table."""
-    api = web.Application(middlewares=[basic_auth_middleware])
+    """The `/api/v3` sub-app: Basic auth, the response format, then the route table."""
+    api = web.Application(middlewares=[basic_auth_middleware, format_middleware])
     for route in ROUTES:
         for path in route.aiohttp_paths():
             api.router.add_route(route.method, path, route.handler, name=None)

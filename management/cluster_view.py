@@ -9,6 +9,7 @@
   over there (a bug, or a node without that query) is an error (500), not a down node;
 * `call_all(query, args)`: every live node at once; a node that does not answer is logged and
   skipped, so cluster-wide lists show what the running nodes have;
+* `stopped_nodes()`: the members declared dead or left (`/nodes` shows them as Stopped);
 * `route_rows()`: the replicated cluster route table (filter, node) for `/routes`;
 * `admin`: the membership changes of `/cluster/join|leave|force_leave` (`cluster.admin`).
 """
@@ -80,6 +81,11 @@ class ClusterNodeView:
             else:
                 out.append((node, answer))
         return out
+
+    def stopped_nodes(self) -> list[str]:
+        """Members that are neither alive nor suspect (dead or left), by name."""
+        members = self.cluster.membership.members
+        return sorted(name for name in members if not self.cluster.is_live(name))
 
     def route_rows(self) -> list[tuple[str, str]]:
         """Every (filter, node) of the replicated route table."""

@@ -10,15 +10,24 @@ from typing import Any
 from aiohttp import web
 
 from management.apps import AppStore
+
+# Re-exported (`X as X`): handlers import these from here, as before errors had their module.
+from management.errors import CODE_BAD_JSON as CODE_BAD_JSON
+from management.errors import CODE_BAD_PARAM as CODE_BAD_PARAM
+from management.errors import CODE_BAD_TOPIC as CODE_BAD_TOPIC
+from management.errors import CODE_MISSING_PARAM as CODE_MISSING_PARAM
+from management.errors import CODE_SESSION_NOT_FOUND as CODE_SESSION_NOT_FOUND
+from management.errors import ApiError as ApiError
+from management.errors import (
+    BadJson,
+    BadParam,
+    MissingParams,
+    NodeDownError,
+    NodeNotFound,
+    from_reason,
+)
 from management.queries import is_error
 from management.view import ClusterView, NodeDown, UnknownNode
-
-# EMQX 3.x management error codes that API.md keeps in some bodies.
-CODE_MISSING_PARAM = 107
-CODE_BAD_PARAM = 108
-CODE_BAD_JSON = 109
-CODE_SESSION_NOT_FOUND = 112
-CODE_BAD_TOPIC = 115
 
 
 @dataclass(slots=True)
@@ -27,6 +36,8 @@ class ApiSettings:
     metrics_auth: bool = False
     #: Largest request body in bytes (aiohttp's client_max_size); larger is answered 413.
     max_body_size: int = 1_048_576
+    #: "seed" (the 3.0-beta shapes) or "emqx" (released 3.x: `{"code": 0, "data": ...}`).
+    api_format: str = "seed"
 
 
 VIEW_KEY: web.AppKey[ClusterView] = web.AppKey("view")
@@ -34,44 +45,24 @@ APPS_KEY = web.AppKey("apps", AppStore)
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
 
 
-class ApiError(Exception):
-    """Answer with `{"message": message[, "code": code]}` and `status`."""
-
-    def __init__(self, status: int, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {"message": self.message}
-        if self.code is not None:
-            body["code"] = self.code
-        return web.json_response(body, status=self.status)
+#: On a handler's response: its seed body as data, and whether it is a page (for the envelope).
+PAYLOAD_KEY: web.ResponseKey[Any] = web.ResponseKey("payload")
+PAGE_KEY = web.ResponseKey("page", bool)
 
 
-#: A query's `{"error": reason}` -> (HTTP status, EMQX code or None).
-REASONS: dict[str, tuple[int, int | None]] = {
-    "not_found": (404, None),
-    "session_not_found": (404, CODE_SESSION_NOT_FOUND),
-    "bad_topic": (400, CODE_BAD_TOPIC),
-    "bad_payload": (400, CODE_BAD_PARAM),
-    "bad_as": (400, CODE_BAD_PARAM),
-    "bad_level": (400, CODE_BAD_PARAM),
-    "retain_not_supported": (400, CODE_BAD_PARAM),
-    "already_started": (409, None),
-    "not_started": (409, None),
-    "load_failed": (500, None),
-}
+def reply(data: Any, status: int = 200) -> web.Response:
+    """A seed-format JSON answer that keeps `data` for the response layer (management.envelope
+    re-wraps it for the EMQX format without parsing the body again)."""
+    response = web.json_response(data, status=status)
+    response[PAYLOAD_KEY] = data
+    return response
 
 
 def check_result(result: Any) -> Any:
     """Raise the ApiError matching a query's `{"error": ...}` result; else return it."""
     reason = is_error(result)
     if reason is not None:
-        status, code = REASONS.get(reason, (500, None))
-        known = reason in REASONS
-        raise ApiError(status, reason if known else "internal_error", code)
+        raise from_reason(reason, str(result.get("detail", "")))
     return result
 
 
@@ -83,13 +74,13 @@ async def node_call(request: web.Request, node: str, query: str, args: dict[str,
     """One node's answer; 404 for a node not in the cluster, 503 for one that does not answer."""
     view = view_of(request)
     if not view.is_known(node):
-        raise ApiError(404, "not_found")
+        raise NodeNotFound()
     try:
         return await view.call(node, query, args)
     except UnknownNode:
-        raise ApiError(404, "not_found") from None
+        raise NodeNotFound() from None
     except NodeDown:
-        raise ApiError(503, "nodedown") from None
+        raise NodeDownError() from None
 
 
 async def all_rows(request: web.Request, query: str, args: dict[str, Any]) -> list[Any]:
@@ -101,44 +92,54 @@ async def all_rows(request: web.Request, query: str, args: dict[str, Any]) -> li
 
 
 async def params(request: web.Request) -> dict[str, Any]:
-    """Body (JSON object, or a form) merged with the query string; the query string wins."""
+    """Body merged with the query string; the query string wins.
+
+    A body that parses as a JSON object is JSON whatever its Content-Type says (as in EMQX:
+    `curl -d '{...}'` sends application/x-www-form-urlencoded); otherwise a form body is read
+    as a form, and anything else is 400 bad_json (109).
+    """
     out: dict[str, Any] = {}
     if request.can_read_body:
-        if request.content_type == "application/x-www-form-urlencoded":
-            out.update((await request.post()).items())
-        else:
-            raw = await request.read()
-            if raw.strip():
-                try:
-                    body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: 400
-                    raise ApiError(400, "bad_json", CODE_BAD_JSON) from None
-                if not isinstance(body, dict):
-                    raise ApiError(400, "bad_json", CODE_BAD_JSON)
+        raw = await request.read()
+        if raw.strip():
+            body = _json_object(raw)
+            if body is not None:
                 out.update(body)
+            elif request.content_type == "application/x-www-form-urlencoded":
+                out.update((await request.post()).items())
+            else:
+                raise BadJson()
     out.update(request.query.items())
     return out
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not JSON
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def missing(p: dict[str, Any], *names: str) -> None:
     absent = [n for n in names if p.get(n) in (None, "")]
     if absent:
-        raise ApiError(400, f"missing mandatory params: {absent}")
+        raise MissingParams(absent)
 
 
 def as_int(value: Any, name: str, lo: int, hi: int) -> int:
     """An integer parameter given as a JSON number or a query-string digit string."""
     if isinstance(value, bool):
-        raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM)
+        raise BadParam(name)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM) from None
+            raise BadParam(name) from None
     if not isinstance(value, int) or not lo <= value <= hi:
-        raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM)
+        raise BadParam(name)
     return value
 
 
@@ -149,18 +150,18 @@ def as_bool(value: Any, name: str) -> bool:
         return bool(value)
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
         return value.lower() in ("true", "1")
-    raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM)
+    raise BadParam(name)
 
 
 def as_number(value: Any, name: str) -> float:
     if isinstance(value, bool):
-        raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM)
+        raise BadParam(name)
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM) from None
+        raise BadParam(name) from None
     if not math.isfinite(number):
-        raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM)
+        raise BadParam(name)
     return number
 
 
@@ -169,7 +170,7 @@ def as_str(value: Any, name: str) -> str:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    raise ApiError(400, f"bad_{name}", CODE_BAD_PARAM)
+    raise BadParam(name)
 
 
 # -- pagination ----------------------------------------------------------------------------------
@@ -182,9 +183,9 @@ def _positive(request: web.Request, key: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, f"bad{key}") from None  # "bad_page" / "bad_limit"
+        raise BadParam(key[1:], show_code=False) from None  # "bad_page" / "bad_limit"
     if value < 1:
-        raise ApiError(400, f"bad{key}")
+        raise BadParam(key[1:], show_code=False)
     return value
 
 
@@ -196,6 +197,6 @@ def paginate(request: web.Request, rows: list[Any]) -> web.Response:
     limit = min(_positive(request, "_limit", cap), cap)
     start = (page - 1) * limit
     items = rows[start : start + limit]
-    return web.json_response(
-        {"items": items, "meta": {"page": page, "limit": limit, "count": len(rows)}}
-    )
+    response = reply({"items": items, "meta": {"page": page, "limit": limit, "count": len(rows)}})
+    response[PAGE_KEY] = True
+    return response

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import re
 import sys
@@ -49,6 +50,16 @@ class CtlError(Exception):
 def q(value: str) -> str:
     """A path parameter, percent-encoded (`/`, `#`, `+` included)."""
     return urllib.parse.quote(value, safe="")
+
+
+def _is_envelope(answer: Any) -> bool:
+    """The released EMQX 3.x envelope: an integer `code` with only data/meta/message beside it
+    (a seed answer never has that shape except `{"code": 0}`, which unwraps to itself)."""
+    if not isinstance(answer, dict) or "code" not in answer:
+        return False
+    code = answer["code"]
+    keys_ok = set(answer) <= {"code", "data", "meta", "message"}
+    return keys_ok and isinstance(code, int) and not isinstance(code, bool)
 
 
 @dataclass(slots=True)
@@ -93,9 +104,30 @@ class Client:
         if raw:
             return text
         try:
-            return json.loads(text)
+            answer = json.loads(text)
         except ValueError:
             raise CtlError(f"{self.url} did not answer JSON (is it a minibroker node?)") from None
+        return self._unwrap(answer, what)
+
+    def _unwrap(self, answer: Any, what: str) -> Any:
+        """The seed-format answer, whichever format the node serves.
+
+        A node with `api_format = "emqx"` wraps every answer in `{"code": 0, "data"[, "meta"]}`
+        and reports errors as HTTP 200 `{"code": N, "message"}`: unwrap here, once, so every
+        verb reads seed shapes (pages back to `{"items", "meta"}`).
+        """
+        if not _is_envelope(answer):
+            return answer
+        code, message = answer["code"], str(answer.get("message", ""))
+        if code != 0:
+            if message in ("not_found", "session_not_found"):  # seed: 404
+                raise CtlError(f"not found: {what}" if what else "not found")
+            if message == "nodedown":  # seed: 503
+                raise CtlError(f"node down: {what}" if what else "node down")
+            raise CtlError(f"{message or 'error'} (code {code})")
+        if "meta" in answer:
+            return {"items": answer.get("data", []), "meta": answer["meta"]}
+        return answer.get("data", answer)
 
     def _http_error(self, exc: urllib.error.HTTPError, what: str) -> CtlError:
         message = ""
@@ -199,6 +231,35 @@ def _until(value: str) -> float:
         ) from None
 
 
+def _text(value: str) -> str:
+    """argparse type of a client id, filter, plugin name or ban target: not empty (an empty one
+    would name the list itself in the URL)."""
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _seconds(value: str) -> float:
+    """argparse type of `--timeout`: a positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
+def _when(until: Any) -> str:
+    """A ban's end as local time; a value the platform cannot convert is shown as is."""
+    if until is None:
+        return "forever"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return str(until)
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 Command = Callable[[Client, argparse.Namespace], Output]
@@ -234,7 +295,10 @@ def cmd_status(c: Client, a: argparse.Namespace) -> Output:
 def cmd_cluster_status(c: Client, a: argparse.Namespace) -> Output:
     nodes = c.request("GET", "/api/v3/nodes/")
     out = _table(nodes, ("node", "node_status", "version", "uptime", "connections", "memory_used"))
-    out.text = f"Cluster status: {len(nodes)} running node(s)\n{out.text}"
+    running = sum(1 for n in nodes if n.get("node_status") == "Running")
+    stopped = len(nodes) - running
+    summary = f"{running} running node(s)" + (f", {stopped} stopped" if stopped else "")
+    out.text = f"Cluster status: {summary}\n{out.text}"
     return out
 
 
@@ -350,7 +414,10 @@ def _plugin_action(c: Client, a: argparse.Namespace, action: str) -> Output:
             raise CtlError(f"plugin {a.name!r} is already loaded on {node}") from None
         if "not_started" in str(exc):
             raise CtlError(f"plugin {a.name!r} is not loaded on {node}") from None
-        raise
+        if str(exc).startswith(("not found", "node down", "authentication failed", "cannot reach")):
+            raise  # not the plugin's answer: the node, the app or the path
+        # the plugin refused: the node's answer is the reason ("no password file: ...")
+        raise CtlError(f"cannot {action} plugin {a.name!r} on {node}: {exc}") from None
     return _ok(answer, f"ok: plugin {a.name!r} {action}ed on {node}")
 
 
@@ -364,15 +431,7 @@ def cmd_plugins_unload(c: Client, a: argparse.Namespace) -> Output:
 
 def cmd_banned_list(c: Client, a: argparse.Namespace) -> Output:
     rows = c.items("/api/v3/banned/")
-    shown = [
-        {
-            **row,
-            "until": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["until"]))
-            if row.get("until") is not None
-            else "forever",
-        }
-        for row in rows
-    ]
+    shown = [{**row, "until": _when(row.get("until"))} for row in rows]
     return Output(rows, format_table(shown, ("as", "who", "reason", "by", "until")))
 
 
@@ -452,7 +511,7 @@ def _globals(parser: argparse.ArgumentParser) -> None:
         "--config", default=s, metavar="FILE", help="TOML file with url, app and secret"
     )
     parser.add_argument(
-        "--timeout", type=float, default=s, metavar="S", help="HTTP timeout in seconds (10)"
+        "--timeout", type=_seconds, default=s, metavar="S", help="HTTP timeout in seconds (10)"
     )
     parser.add_argument(
         "--json", action="store_true", default=s, help="print the API's answer as JSON"
@@ -488,44 +547,50 @@ def add_ctl_parser(sub: Any) -> None:
 
     g = group("clients", "connected clients")
     leaf(g, "list", cmd_clients_list, "every connection in the cluster")
-    leaf(g, "show", cmd_clients_show, "one connection").add_argument("client_id", metavar="ID")
-    leaf(g, "kick", cmd_clients_kick, "disconnect a client").add_argument("client_id", metavar="ID")
+    leaf(g, "show", cmd_clients_show, "one connection").add_argument(
+        "client_id", metavar="ID", type=_text
+    )
+    leaf(g, "kick", cmd_clients_kick, "disconnect a client").add_argument(
+        "client_id", metavar="ID", type=_text
+    )
 
     g = group("sessions", "sessions (online and offline)")
     leaf(g, "list", cmd_sessions_list, "every session in the cluster")
-    leaf(g, "show", cmd_sessions_show, "one session").add_argument("client_id", metavar="ID")
+    leaf(g, "show", cmd_sessions_show, "one session").add_argument(
+        "client_id", metavar="ID", type=_text
+    )
 
     g = group("routes", "the cluster route table")
     leaf(g, "list", cmd_routes_list, "every route")
     leaf(g, "show", cmd_routes_show, "the routes of a filter").add_argument(
-        "filter", metavar="FILTER"
+        "filter", metavar="FILTER", type=_text
     )
 
     g = group("subscriptions", "subscriptions")
     leaf(g, "list", cmd_subs_list, "every subscription in the cluster")
     leaf(g, "show", cmd_subs_show, "the subscriptions of a client").add_argument(
-        "client_id", metavar="ID"
+        "client_id", metavar="ID", type=_text
     )
     p = leaf(g, "add", cmd_subs_add, "subscribe a session to a filter")
-    p.add_argument("client_id", metavar="ID")
-    p.add_argument("filter", metavar="FILTER")
+    p.add_argument("client_id", metavar="ID", type=_text)
+    p.add_argument("filter", metavar="FILTER", type=_text)
     p.add_argument("--qos", type=int, choices=(0, 1, 2), default=0)
     p = leaf(g, "del", cmd_subs_del, "unsubscribe a session from a filter")
-    p.add_argument("client_id", metavar="ID")
-    p.add_argument("filter", metavar="FILTER")
+    p.add_argument("client_id", metavar="ID", type=_text)
+    p.add_argument("filter", metavar="FILTER", type=_text)
 
     g = group("plugins", "plugins")
     leaf(g, "list", cmd_plugins_list, "the plugins of every node")
     for name, fn in (("load", cmd_plugins_load), ("unload", cmd_plugins_unload)):
         p = leaf(g, name, fn, f"{name} a plugin (on the node answering, or --node)")
-        p.add_argument("name", metavar="NAME")
+        p.add_argument("name", metavar="NAME", type=_text)
         p.add_argument("--node", metavar="NODE", default=None)
 
     g = group("banned", "the banned list")
     leaf(g, "list", cmd_banned_list, "every ban")
     p = leaf(g, "add", cmd_banned_add, "ban a client id, username or IP address")
     p.add_argument("--as", dest="kind", choices=BAN_KINDS, required=True)
-    p.add_argument("who", metavar="WHO")
+    p.add_argument("who", metavar="WHO", type=_text)
     p.add_argument("--reason", default="", metavar="TEXT")
     p.add_argument(
         "--until",
@@ -536,7 +601,7 @@ def add_ctl_parser(sub: Any) -> None:
     )
     p = leaf(g, "del", cmd_banned_del, "lift a ban")
     p.add_argument("--as", dest="kind", choices=BAN_KINDS, required=True)
-    p.add_argument("who", metavar="WHO")
+    p.add_argument("who", metavar="WHO", type=_text)
 
     leaf(verbs, "listeners", cmd_listeners, "the listeners of every node")
     leaf(verbs, "metrics", cmd_metrics, "the metrics (counters) of every node")
@@ -571,6 +636,18 @@ def _file_settings(path: str) -> dict[str, str]:
     return out
 
 
+def _check_url(url: str) -> None:
+    """A URL urllib would choke on (a bad port, an unclosed IPv6 bracket) is a usage mistake
+    to report in one line, not an exception from deep inside http.client."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise CtlError(f"bad URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise CtlError(f"bad URL {url!r}: expected http://HOST[:PORT]")
+
+
 def make_client(args: argparse.Namespace) -> Client:
     """Flags, then the environment, then --config, then the defaults."""
     config = getattr(args, "config", None)
@@ -586,8 +663,9 @@ def make_client(args: argparse.Namespace) -> Client:
         return from_file.get(key, default)
 
     url = pick("url", DEFAULT_URL)
-    if not url.startswith(("http://", "https://")):
+    if "://" not in url:
         url = "http://" + url
+    _check_url(url)
     return Client(
         url,
         pick("app", DEFAULT_APP),

@@ -16,22 +16,33 @@ from aiohttp import web
 from broker.core.banned import BAN_KINDS
 from management.auth import APP_ID_KEY
 from management.common import (
-    ApiError,
     as_number,
     as_str,
     check_result,
     missing,
     paginate,
     params,
+    reply,
     view_of,
 )
+from management.errors import BadParam
 
 
 def _kind(p: dict[str, Any]) -> str:
     kind = as_str(p["as"], "as")
     if kind not in BAN_KINDS:
-        raise ApiError(400, "bad_as")
+        raise BadParam("as", show_code=False)
     return kind
+
+
+def _row(entry: dict[str, Any]) -> dict[str, Any]:
+    """A banned object as the API shows it: `at` and `until` integer Unix seconds (the store
+    keeps floats)."""
+    out = dict(entry)
+    for key in ("at", "until"):
+        if isinstance(out.get(key), int | float):
+            out[key] = int(out[key])
+    return out
 
 
 async def list_banned(request: web.Request) -> web.Response:
@@ -40,7 +51,7 @@ async def list_banned(request: web.Request) -> web.Response:
         for entry in entries:
             seen.setdefault((entry["as"], entry["who"]), entry)
     rows = sorted(seen.values(), key=lambda e: (e.get("at", 0), e["as"], e["who"]))
-    return paginate(request, rows)
+    return paginate(request, [_row(e) for e in rows])
 
 
 async def create_banned(request: web.Request) -> web.Response:
@@ -52,7 +63,7 @@ async def create_banned(request: web.Request) -> web.Response:
         try:
             who = str(ipaddress.ip_address(who.strip()))
         except ValueError:
-            raise ApiError(400, "bad_ip_address") from None
+            raise BadParam("ip_address", show_code=False) from None
     entry: dict[str, Any] = {
         "who": who,
         "as": kind,
@@ -62,13 +73,13 @@ async def create_banned(request: web.Request) -> web.Response:
         "at": time.time(),
     }
     if p.get("until") not in (None, ""):
-        entry["until"] = as_number(p["until"], "until")
+        entry["until"] = int(as_number(p["until"], "until"))  # Unix seconds, whole
     answers = await view_of(request).call_all("ban_add", {"entry": entry})
     stored = entry
     for _node, answer in answers:
         stored = check_result(answer)["entry"]
         break  # the local node answers first
-    return web.json_response(stored, status=201)
+    return reply(_row(stored), status=201)
 
 
 async def delete_banned(request: web.Request) -> web.Response:
@@ -77,4 +88,4 @@ async def delete_banned(request: web.Request) -> web.Response:
     kind = _kind(p)
     args = {"as": kind, "who": request.match_info["who"]}
     await view_of(request).call_all("ban_delete", args)
-    return web.json_response("ok")
+    return reply("ok")

@@ -14,8 +14,6 @@ from aiohttp import web
 
 from broker.core.topics import validate_topic_filter, validate_topic_name
 from management.common import (
-    CODE_BAD_TOPIC,
-    CODE_SESSION_NOT_FOUND,
     ApiError,
     all_rows,
     as_bool,
@@ -26,8 +24,10 @@ from management.common import (
     node_call,
     paginate,
     params,
+    reply,
     view_of,
 )
+from management.errors import BadParam, BadTopic, ClientNotFound, MissingParams, SessionNotFound
 from management.view import RouteSource
 
 
@@ -45,12 +45,12 @@ async def _node_list(request: web.Request, query: str) -> web.Response:
 
 
 async def _cluster_lookup(request: web.Request, query: str) -> web.Response:
-    return web.json_response(await all_rows(request, query, {"client_id": _client_id(request)}))
+    return reply(await all_rows(request, query, {"client_id": _client_id(request)}))
 
 
 async def _node_lookup(request: web.Request, query: str) -> web.Response:
     args = {"client_id": _client_id(request)}
-    return web.json_response(await node_call(request, request.match_info["node"], query, args))
+    return reply(await node_call(request, request.match_info["node"], query, args))
 
 
 # -- connections ---------------------------------------------------------------------------------
@@ -75,8 +75,8 @@ async def lookup_node_connections(request: web.Request) -> web.Response:
 async def kickout_connections(request: web.Request) -> web.Response:
     answers = await view_of(request).call_all("kick", {"client_id": _client_id(request)})
     if not any(kicked for _node, kicked in answers):
-        raise ApiError(404, "not_found")
-    return web.json_response("ok")
+        raise ClientNotFound()
+    return reply("ok")
 
 
 # -- sessions and subscriptions ------------------------------------------------------------------
@@ -133,7 +133,7 @@ async def list_routes(request: web.Request) -> web.Response:
 
 async def lookup_routes(request: web.Request) -> web.Response:
     topic = request.match_info["topic"]
-    return web.json_response([r for r in await _route_rows(request) if r["topic"] == topic])
+    return reply([r for r in await _route_rows(request) if r["topic"] == topic])
 
 
 async def list_retained(request: web.Request) -> web.Response:
@@ -159,12 +159,12 @@ def _topics(p: dict[str, Any]) -> list[str]:
             if topic:
                 out.append(topic)
     if not out:
-        raise ApiError(400, "missing mandatory params: ['topic']")
+        raise MissingParams(["topic"])
     return out
 
 
 def _bad_topic() -> ApiError:
-    return ApiError(400, "bad_topic", CODE_BAD_TOPIC)
+    return BadTopic()
 
 
 async def mqtt_publish(request: web.Request) -> web.Response:
@@ -177,7 +177,7 @@ async def mqtt_publish(request: web.Request) -> web.Response:
         payload = json.dumps(payload)  # a JSON value given unquoted is published as JSON text
     encoding = as_str(p.get("encoding", "plain"), "encoding")
     if encoding not in ("plain", "base64"):
-        raise ApiError(400, "bad_encoding")
+        raise BadParam("encoding", show_code=False)
     args = {
         "topics": topics,
         "payload": payload,
@@ -188,7 +188,7 @@ async def mqtt_publish(request: web.Request) -> web.Response:
     }
     view = view_of(request)
     check_result(await node_call(request, view.local_node, "publish", args))
-    return web.json_response({"code": 0})
+    return reply({"code": 0})
 
 
 async def _session_node(request: web.Request, client_id: str) -> str:
@@ -196,7 +196,7 @@ async def _session_node(request: web.Request, client_id: str) -> str:
     for node, rows in await view_of(request).call_all("sessions", {"client_id": client_id}):
         if rows:
             return node
-    raise ApiError(404, "session_not_found", CODE_SESSION_NOT_FOUND)
+    raise SessionNotFound()
 
 
 async def mqtt_subscribe(request: web.Request) -> web.Response:
@@ -210,7 +210,7 @@ async def mqtt_subscribe(request: web.Request) -> web.Response:
     node = await _session_node(request, client_id)
     args = {"client_id": client_id, "topics": topics, "qos": qos}
     check_result(await node_call(request, node, "subscribe", args))
-    return web.json_response({"code": 0})
+    return reply({"code": 0})
 
 
 async def mqtt_unsubscribe(request: web.Request) -> web.Response:
@@ -224,4 +224,4 @@ async def mqtt_unsubscribe(request: web.Request) -> web.Response:
     node = await _session_node(request, client_id)
     args = {"client_id": client_id, "topic": topic}
     check_result(await node_call(request, node, "unsubscribe", args))
-    return web.json_response({"code": 0})
+    return reply({"code": 0})

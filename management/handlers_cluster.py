@@ -12,16 +12,18 @@ from aiohttp import web
 
 from broker.server.logs import LEVELS
 from management.common import (
-    CODE_BAD_PARAM,
     ApiError,
     as_str,
     check_result,
     missing,
     node_call,
     params,
+    reply,
     view_of,
 )
+from management.errors import BadParam, NodeDownError
 from management.queries import node_info_list_form
+from management.view import MemberSource
 
 
 def _node(request: web.Request) -> str:
@@ -33,11 +35,11 @@ async def _per_node(request: web.Request, query: str, key: str | None) -> web.Re
     out: list[dict[str, Any]] = []
     for node, answer in await view_of(request).call_all(query, {}):
         out.append({"node": node, **answer} if key is None else {"node": node, key: answer})
-    return web.json_response(out)
+    return reply(out)
 
 
 async def _of_node(request: web.Request, query: str) -> web.Response:
-    return web.json_response(await node_call(request, _node(request), query, {}))
+    return reply(await node_call(request, _node(request), query, {}))
 
 
 # -- brokers and nodes ---------------------------------------------------------------------------
@@ -51,15 +53,36 @@ async def get_broker(request: web.Request) -> web.Response:
     return await _of_node(request, "broker_info")
 
 
+def _stopped(node: str) -> dict[str, Any]:
+    """A known node that is not running (EMQX shows a stopped node this way)."""
+    return {"name": node, "node_status": "Stopped"}
+
+
+def _stopped_nodes(request: web.Request) -> list[str]:
+    view = view_of(request)
+    return view.stopped_nodes() if isinstance(view, MemberSource) else []
+
+
 async def list_nodes(request: web.Request) -> web.Response:
-    answers = await view_of(request).call_all("node_info", {})
-    return web.json_response(
-        [{"node": node, **node_info_list_form(info)} for node, info in answers]
-    )
+    """Every known node: the running ones with their figures, then the others (dead, departed,
+    or not answering) as Stopped."""
+    view = view_of(request)
+    answers = await view.call_all("node_info", {})
+    rows = [{"node": node, **node_info_list_form(info)} for node, info in answers]
+    answered = {node for node, _info in answers}
+    others = [n for n in [*view.node_names(), *_stopped_nodes(request)] if n not in answered]
+    rows += [{"node": node, **_stopped(node)} for node in dict.fromkeys(others)]
+    return reply(rows)
 
 
 async def get_node(request: web.Request) -> web.Response:
-    return await _of_node(request, "node_info")
+    node = _node(request)
+    if node in _stopped_nodes(request):
+        return reply(_stopped(node))
+    try:
+        return await _of_node(request, "node_info")
+    except NodeDownError:
+        return reply(_stopped(node))
 
 
 # -- plugins -------------------------------------------------------------------------------------
@@ -78,7 +101,7 @@ async def _plugin_action(request: web.Request, query: str) -> web.Response:
     if not plugin:
         raise ApiError(404, "not_found")
     result = await node_call(request, _node(request), query, {"name": plugin})
-    return web.json_response(check_result(result))
+    return reply(check_result(result))
 
 
 async def load_plugin(request: web.Request) -> web.Response:
@@ -132,14 +155,14 @@ async def _level(request: web.Request) -> str:
     missing(p, "level")
     level = as_str(p["level"], "level").strip().lower()
     if level not in LEVELS:
-        raise ApiError(400, "bad_level", CODE_BAD_PARAM)
+        raise BadParam("level")
     return level
 
 
 async def set_node_log_level(request: web.Request) -> web.Response:
     level = await _level(request)
     result = await node_call(request, _node(request), "log_set_level", {"level": level})
-    return web.json_response(check_result(result))
+    return reply(check_result(result))
 
 
 async def set_log_level(request: web.Request) -> web.Response:
@@ -147,4 +170,4 @@ async def set_log_level(request: web.Request) -> web.Response:
     level = await _level(request)
     for _node_name, answer in await view_of(request).call_all("log_set_level", {"level": level}):
         check_result(answer)
-    return web.json_response("ok")
+    return reply("ok")

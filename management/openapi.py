@@ -59,6 +59,8 @@ _CONNECTION: dict[str, Schema] = {
     "clean_start": BOOL,
     "keepalive": INT,
     "is_bridge": BOOL,
+    "is_super": BOOL,
+    "mountpoint": STR,
     "connected_at": STR,
     "conn_mod": STR,
     **{
@@ -113,9 +115,15 @@ SCHEMAS: dict[str, Schema] = {
     "api": obj({k: STR for k in ("name", "method", "path", "descr")}),
     "broker": obj(_BROKER),
     "broker_with_node": obj({"node": STR, **_BROKER}),
-    "node": obj(_NODE),
+    # A known node that is not running (dead or departed) is only its name and "Stopped".
+    "node": {"oneOf": [obj(_NODE), obj({"name": STR, "node_status": {"const": "Stopped"}})]},
     # The list form shows memory human-readable ("76.45M").
-    "node_with_node": obj({"node": STR, **_NODE, "memory_total": STR, "memory_used": STR}),
+    "node_with_node": {
+        "oneOf": [
+            obj({"node": STR, **_NODE, "memory_total": STR, "memory_used": STR}),
+            obj({"node": STR, "name": STR, "node_status": {"const": "Stopped"}}),
+        ]
+    },
     "connection": obj(_CONNECTION),
     "session": obj(_SESSION),
     "subscription": obj({"node": STR, "topic": STR, "client_id": STR, "qos": INT}),
@@ -139,15 +147,10 @@ SCHEMAS: dict[str, Schema] = {
             "protocol": STR,
             "listen_on": STR,
             "acceptors": INT,
-            "max_conns": INT,
+            "max_conns": {"type": "integer", "minimum": 1},
             "current_conns": INT,
-            # reason -> count; EMQX renders an empty one as [].
-            "shutdown_count": {
-                "oneOf": [
-                    {"type": "object", "additionalProperties": INT},
-                    {"type": "array", "maxItems": 0},
-                ]
-            },
+            # reason -> count, always an object (EMQX renders an empty one as []).
+            "shutdown_count": {"type": "object", "additionalProperties": INT},
         }
     ),
     "node_listeners": obj({"node": STR, "listeners": array(ref("listener"))}),
@@ -161,7 +164,7 @@ SCHEMAS: dict[str, Schema] = {
             "severity": STR,
             "title": STR,
             "summary": STR,
-            "timestamp": {"type": ["number", "string"]},
+            "timestamp": STR,
         }
     ),
     "node_alarms": obj({"node": STR, "alarms": array(ref("alarm"))}),
@@ -172,8 +175,8 @@ SCHEMAS: dict[str, Schema] = {
             "reason": STR,
             "desc": STR,
             "by": STR,
-            "at": NUM,
-            "until": NUM,
+            "at": INT,
+            "until": INT,
         },
         optional=["at", "until"],
     ),
@@ -205,6 +208,14 @@ SCHEMAS["banned_request"] = obj(
     {k: v for k, v in SCHEMAS["banned"]["properties"].items() if k != "at"},
     optional=["reason", "desc", "by", "until"],
 )
+
+# auth_clientid / auth_username (the plugins' REST CRUD): entries, request bodies.
+SCHEMAS["auth_key"] = {"type": "string", "minLength": 1}
+SCHEMAS["auth_clientid"] = obj({"clientid": SCHEMAS["auth_key"], "password": SCHEMAS["auth_key"]})
+SCHEMAS["auth_username"] = obj({"username": SCHEMAS["auth_key"], "password": SCHEMAS["auth_key"]})
+SCHEMAS["auth_password"] = obj({"password": SCHEMAS["auth_key"]})
+#: routes that answer 409 `existed` for an entry that is there already
+_CONFLICT_409 = ("add_clientid", "add_username")
 
 
 def response_schema(returns: str) -> tuple[str, Schema]:
@@ -281,6 +292,10 @@ def operation(route: Route) -> Schema:
         responses["503"] = _error("the node does not answer (nodedown)")
     if route.name in ("load_plugin", "unload_plugin"):
         responses["409"] = _error("already_started / not_started")
+    if route.name in _CONFLICT_409:
+        responses["409"] = _error("existed: the entry is there already")
+    if route.path.startswith(("/auth_clientid", "/auth_username")):
+        responses["404"] = _error("plugin_not_loaded on the node asked, or not_found")
     op: Schema = {
         "operationId": route.name,
         "summary": route.descr,

@@ -150,8 +150,15 @@ async def broker_info(ctx: NodeContext, args: dict[str, Any]) -> Row:
 
 
 def _max_fds() -> int:
+    """The process's open-file limit; when unlimited, the kernel's cap (fs.nr_open)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 0
+    if soft != resource.RLIM_INFINITY:
+        return int(soft)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1_048_576  # Linux's default nr_open
 
 
 @query("node_info")
@@ -207,6 +214,8 @@ def connection_row(ctx: NodeContext, channel: Channel) -> Row:
         "clean_start": channel.clean_start,
         "keepalive": channel.keepalive,
         "is_bridge": channel.is_bridge,
+        "is_super": False,  # no superuser notion here: never bypasses the ACL
+        "mountpoint": "undefined",  # no mountpoints: topics are not prefixed
         "connected_at": local_datetime(channel.connected_at),
         "conn_mod": channel.listener,
         "recv_oct": channel.recv_oct,
@@ -460,7 +469,7 @@ async def _plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
         for cls, reason in _PLUGIN_ERRORS:
             if isinstance(exc, cls):
                 log.warning("plugin %s %s on %s: %s (%s)", action, name, ctx.node_name, reason, exc)
-                return error(reason)
+                return {"error": reason, "detail": str(exc)}
         raise
     return "ok"
 
@@ -482,10 +491,12 @@ async def listeners(ctx: NodeContext, args: dict[str, Any]) -> Rows:
             "protocol": stats.protocol,
             "listen_on": stats.listen_on,
             "acceptors": 1,  # one asyncio accept loop per listener
-            "max_conns": stats.max_conns,
+            # A cap, always: the listener's max_connections, else the open-file limit
+            # (what bounds the connections of an unlimited listener).
+            "max_conns": stats.max_conns if stats.max_conns > 0 else _max_fds(),
             "current_conns": stats.current,
-            # EMQX renders an empty proplist as []; keep that shape.
-            "shutdown_count": dict(stats.shutdown_count) if stats.shutdown_count else [],
+            # Always an object (EMQX renders an empty proplist as []; see docs/api.md).
+            "shutdown_count": dict(stats.shutdown_count),
         }
         for stats in ctx.listeners()
     ]

@@ -65,7 +65,10 @@ class ManagementServer:
     def build_app(self) -> web.Application:
         """The aiohttp application this server serves (tests also drive it in-process)."""
         settings = ApiSettings(
-            self.config.max_row_limit, self.config.metrics_auth, self.config.max_body_size
+            self.config.max_row_limit,
+            self.config.metrics_auth,
+            self.config.max_body_size,
+            self.config.api_format,
         )
         app = make_app(self.view, self.apps, settings)
         if self.config.dashboard:

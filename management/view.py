@@ -64,6 +64,15 @@ class RouteSource(Protocol):
         ...
 
 
+@runtime_checkable
+class MemberSource(Protocol):
+    """A view that remembers members that are not running (`/nodes` lists them as Stopped)."""
+
+    def stopped_nodes(self) -> list[str]:
+        """Members declared dead or gone (left), by name, until membership forgets them."""
+        ...
+
+
 async def run_query(ctx: NodeContext, query: str, args: dict[str, Any]) -> Any:
     """Run `query` of the table against one node's context (what the RPC server side calls)."""
     from management.queries import QUERIES

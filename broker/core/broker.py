@@ -18,6 +18,7 @@ from broker.core.cluster_port import SessionLocator, SessionState, SharedDispatc
 from broker.core.hooks import Hooks
 from broker.core.message import Message, is_expired
 from broker.core.metrics import Metrics, Stats
+from broker.core.replicated import ReplicatedTables
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.settings import Settings
@@ -60,6 +61,8 @@ class Broker:
         self.retained: RetainedStore[Message] = RetainedStore()
         self.sessions: dict[str, Session] = {}
         self.banned = BannedTable()
+        #: tables kept the same on every node (auth_clientid/auth_username credentials)
+        self.replicated = ReplicatedTables()
         self.connected: dict[str, Channel] = {}
         self.channels: set[Channel] = set()
         self.picker = SharedGroupPicker(self.settings.shared_subscription_strategy)

@@ -91,9 +91,13 @@ class Plugin:
     async def stop(self) -> None:
         """Finish background work started by `start` (called after `unload`)."""
 
-    def attach(self, hooks: list[Any], callback: Any) -> None:
-        """Append `callback` to a hook list of `broker.hooks`, remembering it for `unload`."""
-        hooks.append(callback)
+    def attach(self, hooks: list[Any], callback: Any, *, first: bool = False) -> None:
+        """Append `callback` to a hook list of `broker.hooks` (put it in front with `first`),
+        remembering it for `unload`."""
+        if first:
+            hooks.insert(0, callback)
+        else:
+            hooks.append(callback)
         self._attached.append((hooks, callback))
 
     @property

@@ -52,7 +52,9 @@ STATE_FILE = "loaded_plugins.json"
 #: name -> "module:Class", the same as pyproject.toml's entry points.
 BUILTIN_PLUGINS: dict[str, str] = {
     "acl_file": "broker.plugins.acl_file:AclFilePlugin",
+    "auth_clientid": "broker.plugins.auth_table:AuthClientidPlugin",
     "auth_passwd": "broker.plugins.auth_passwd:AuthPasswdPlugin",
+    "auth_username": "broker.plugins.auth_table:AuthUsernamePlugin",
     "delayed_publish": "broker.plugins.delayed_publish:DelayedPublishPlugin",
     "presence": "broker.plugins.presence:PresencePlugin",
     "web_hook": "broker.plugins.web_hook:WebHookPlugin",
@@ -114,8 +116,12 @@ class PluginManager:
                 continue
             try:
                 cls = entry.load()
-            except Exception:
-                log.exception("cannot import plugin %s (%s)", entry.name, entry.value)
+            except Exception as exc:  # one log line; the traceback only at debug level (-v)
+                log.error(
+                    "cannot import plugin %s (%s): %s: %s",
+                    *(entry.name, entry.value, type(exc).__name__, exc),
+                )
+                log.debug("traceback of the failed plugin import", exc_info=True)
                 continue
             if not (isinstance(cls, type) and issubclass(cls, Plugin)):
                 log.error("plugin %s (%s) is not a Plugin subclass", entry.name, entry.value)

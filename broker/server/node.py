@@ -149,7 +149,11 @@ def _bind_socket(listener: ListenerConfig) -> socket.socket:
     family = socket.AF_INET6 if ":" in listener.bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((listener.bind, listener.port))
+    try:
+        sock.bind((listener.bind, listener.port))
+    except OSError as exc:  # name the address: "Address already in use" alone says not which
+        sock.close()
+        raise OSError(exc.errno, f"{exc.strerror} ({listener.bind}:{listener.port})") from exc
     sock.listen(1024)
     sock.setblocking(False)
     return sock

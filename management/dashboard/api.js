@@ -36,7 +36,23 @@ export async function api(method, path, body, creds = credentials()) {
   if (!response.ok) {
     throw new ApiError(response.status, (data && data.message) || response.statusText);
   }
-  return data;
+  return unwrap(data);
+}
+
+// A node with api_format = "emqx" answers {code: 0, data[, meta]} and reports errors as HTTP 200
+// {code: N, message}. Give the pages the seed shapes whichever format the node serves: pages
+// back to {items, meta}, errors thrown. (The seed's own {code: 0} unwraps to itself.)
+export function unwrap(body) {
+  if (!isEnvelope(body)) return body;
+  if (body.code !== 0) throw new ApiError(200, body.message || `error code ${body.code}`);
+  if ('meta' in body) return { items: body.data || [], meta: body.meta };
+  return 'data' in body ? body.data : body;
+}
+
+function isEnvelope(body) {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return false;
+  if (!Number.isInteger(body.code)) return false;
+  return Object.keys(body).every((k) => ['code', 'data', 'meta', 'message'].includes(k));
 }
 
 export const get = (path) => api('GET', path);

@@ -1,5 +1,5 @@
 // One entry per page: { title, render(ctx) }. ctx: root, every(ms, fn), act(fn, msg), onLeave(fn).
-import { api, enc, get } from './api.js';
+import { ApiError, api, enc, get } from './api.js';
 import { LineChart } from './charts.js';
 import { MqttWsClient } from './mqtt.js';
 import { badge, card, fmt, h, table, time } from './ui.js';
@@ -95,7 +95,7 @@ function overview(ctx) {
     const tile = (k, v) => h('div', { class: 'tile' }, h('div', { class: 'v' }, fmt(v)),
       h('div', { class: 'k' }, k));
     tiles.replaceChildren(
-      tile('nodes', nodeList.length),
+      tile('nodes', nodeList.filter((n) => n.node_status === 'Running').length),
       tile('connections', sum(stats, 'connections/count')),
       tile('sessions', sum(stats, 'sessions/count')),
       tile('subscriptions', sum(stats, 'subscriptions/count')),
@@ -112,8 +112,9 @@ function overview(ctx) {
       ['runtime', (n) => byNode[n.node]?.otp_release],
       ['uptime', 'uptime'],
       ['connections', 'connections'],
-      ['memory', (n) => `${n.memory_used} / ${n.memory_total}`],
-      ['load 1/5/15', (n) => `${n.load1} ${n.load5} ${n.load15}`],
+      // a Stopped node (dead or departed) has only its name and status
+      ['memory', (n) => (n.memory_used === undefined ? '' : `${n.memory_used} / ${n.memory_total}`)],
+      ['load 1/5/15', (n) => (n.load1 === undefined ? '' : `${n.load1} ${n.load5} ${n.load15}`)],
     ], nodeList.map((n) => ({ ...n, __key: n.node }))));
   });
 }
@@ -213,8 +214,17 @@ function plugins(ctx) {
   const holder = h('div');
   ctx.root.append(holder);
   const action = (node, name, verb) => ctx.act(async () => {
-    await api('PUT', `/nodes/${enc(node)}/plugins/${enc(name)}/${verb}`);
-    await load();
+    try {
+      await api('PUT', `/nodes/${enc(node)}/plugins/${enc(name)}/${verb}`);
+    } catch (err) {
+      // the node's answer is the reason the plugin refused ("no password file: ...")
+      if (err instanceof ApiError && err.status !== 401) {
+        err.message = `cannot ${verb} ${name} on ${node}: ${err.message}`;
+      }
+      throw err;
+    } finally {
+      await load();
+    }
   }, `${verb}ed ${name} on ${node}`);
   async function load() {
     const all = await get('/plugins/');
@@ -251,7 +261,7 @@ function listeners(ctx) {
     holder.replaceChildren(...all.map(({ node, listeners: list }) => card(node, table([
       ['protocol', 'protocol'], ['listen on', 'listen_on'], ['acceptors', 'acceptors'],
       ['max conns', 'max_conns'], ['current conns', 'current_conns'],
-      ['shutdowns', (l) => (Array.isArray(l.shutdown_count) ? '' : fmt(l.shutdown_count))],
+      ['shutdowns', (l) => (Object.keys(l.shutdown_count || {}).length ? fmt(l.shutdown_count) : '')],
     ], list))));
   });
 }

@@ -19,6 +19,7 @@ from api_support import Api, check, eventually, make_api, mqtt, next_message
 from conftest import make_config
 
 from broker.app import NodeApp
+from broker.server.config import ManagementConfig
 from management.queries import NodeContext
 from management.view import NodeDown, UnknownNode, run_query
 
@@ -42,6 +43,10 @@ class WireView:
 
     def is_known(self, node: str) -> bool:
         return node in self.nodes
+
+    def stopped_nodes(self) -> list[str]:
+        """As the cluster's membership: members declared dead (here: those that never answer)."""
+        return [name for name, ctx in self.nodes.items() if ctx is None]
 
     async def call(self, node: str, query: str, args: dict[str, Any]) -> Any:
         if node not in self.nodes:
@@ -91,7 +96,7 @@ async def test_cluster_lists_span_nodes_and_count_the_whole(pair: Api) -> None:
     assert [b["node"] for b in brokers] == [A, B]  # local first, the down node skipped
     nodes = await pair.ok("GET", "/api/v3/nodes/")
     check(nodes, "node_with_node[]")
-    assert [n["name"] for n in nodes] == [A, B]
+    assert [n["name"] for n in nodes] == [A, B, DOWN]  # the down one as Stopped
     async with mqtt(pair, "on-a") as ca, mqtt(peer(pair), "on-b") as cb:
         await ca.subscribe("t/a")
         await cb.subscribe("t/b", qos=1)
@@ -119,7 +124,15 @@ async def test_cluster_lists_span_nodes_and_count_the_whole(pair: Api) -> None:
 
 
 async def test_down_node_is_503_and_unknown_node_404(pair: Api) -> None:
-    for path in (f"/api/v3/nodes/{DOWN}", f"/api/v3/brokers/{DOWN}",
+    # the node itself is listed and shown as Stopped (EMQX), its other endpoints are 503
+    assert await pair.ok("GET", f"/api/v3/nodes/{DOWN}") == {"name": DOWN, "node_status": "Stopped"}
+    nodes = await pair.ok("GET", "/api/v3/nodes")
+    assert [(n["node"], n["node_status"]) for n in nodes] == [
+        (A, "Running"),
+        (B, "Running"),
+        (DOWN, "Stopped"),
+    ]
+    for path in (f"/api/v3/brokers/{DOWN}",
                  f"/api/v3/nodes/{DOWN}/sessions", f"/api/v3/alarms/{DOWN}"):  # fmt: skip
         reply = await pair.get(path)
         assert (reply.status, reply.body) == (503, {"message": "nodedown"}), path
@@ -173,3 +186,22 @@ async def test_every_query_moves_plain_data(pair: Api) -> None:
         reply = await pair.put(f"/api/v3/nodes/{B}/plugins/presence/load")
         assert (reply.status, reply.body) == (409, {"message": "already_started"})
         assert await pair.ok("PUT", f"/api/v3/nodes/{B}/plugins/presence/unload") == "ok"
+
+
+async def test_down_node_in_the_emqx_format(tmp_path: Path) -> None:
+    """EMQX code 101 (badrpc) for a member that does not answer and for a stranger; the down
+    member itself is listed as Stopped inside the envelope."""
+    management = ManagementConfig(bind="127.0.0.1", port=0, api_format="emqx")
+    a = NodeApp(make_config(tmp_path, node_name=A, management=management))
+    a.view = WireView(a.context, {DOWN: None})
+    await a.start()
+    try:
+        async for api in make_api(a, "real_http"):
+            reply = await api.get(f"/api/v3/nodes/{DOWN}/stats")
+            assert (reply.status, reply.body) == (200, {"code": 101, "message": "nodedown"})
+            reply = await api.get("/api/v3/nodes/nobody@127.0.0.1/stats")
+            assert (reply.status, reply.body) == (200, {"code": 101, "message": "not_found"})
+            reply = await api.get(f"/api/v3/nodes/{DOWN}")
+            assert reply.body == {"code": 0, "data": {"name": DOWN, "node_status": "Stopped"}}
+    finally:
+        await a.stop()

@@ -29,7 +29,8 @@ WRONG = "Qw3-wrong-guess-b62d0a"  # a wrong password, no more loggable
 
 
 def concrete(path: str) -> str:
-    values = {"node": NODE, "clientid": "nobody", "topic": "t", "plugin": "presence", "who": "x"}
+    values = {"node": NODE, "clientid": "nobody", "topic": "t", "plugin": "presence", "who": "x",
+              "username": "nobody"}  # fmt: skip
     return re.sub(r":(\w+)", lambda m: values[m.group(1)], path)
 
 

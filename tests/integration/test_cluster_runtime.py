@@ -269,8 +269,16 @@ async def test_leaving_node_is_purged_and_answers_503(
     assert a.cluster.membership.get(C).state is MemberState.LEFT  # type: ignore[union-attr]
     status, body = await http(a, "GET", f"/api/v3/nodes/{q(C)}/stats")
     assert (status, body) == (503, {"message": "nodedown"})
+    # /nodes lists the departed member as Stopped, as EMQX does (API.md, "Added after the seed")
     status, nodes = await http(a, "GET", "/api/v3/nodes")
-    assert [n["name"] for n in nodes] == [A, B]
+    assert status == 200 and [(n["name"], n["node_status"]) for n in nodes] == [
+        (A, "Running"),
+        (B, "Running"),
+        (C, "Stopped"),
+    ]
+    assert nodes[2] == {"node": C, "name": C, "node_status": "Stopped"}
+    status, body = await http(a, "GET", f"/api/v3/nodes/{q(C)}")
+    assert (status, body) == (200, {"name": C, "node_status": "Stopped"})
 
 
 async def test_rpc_call_and_errors(trio: tuple[NodeApp, NodeApp, NodeApp]) -> None:

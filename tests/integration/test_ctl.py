@@ -21,9 +21,12 @@ from rawclient import RawClient
 
 from broker.app import NodeApp
 from broker.cli import main
+from broker.server.config import ManagementConfig
 from management.ctl import format_table
 
 NODE = "test@127.0.0.1"
+#: An action's answer with --json: "ok" in the seed format, {"code": 0} in the emqx one.
+OK = ("ok", {"code": 0})
 TIMEOUT = 5.0
 
 
@@ -47,9 +50,16 @@ class Ctl:
         return json.loads(await self.ok("--json", *argv))
 
 
-@pytest.fixture
-async def ctl(app_factory: Callable[..., Any], capsys: pytest.CaptureFixture[str]) -> Ctl:
-    app: NodeApp = await app_factory()
+@pytest.fixture(params=["seed", "emqx"])
+async def ctl(
+    request: pytest.FixtureRequest,
+    app_factory: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> Ctl:
+    """ctl against a node in each API format: every verb must read both (the emqx envelope is
+    unwrapped once, in `Client.request`)."""
+    management = ManagementConfig(bind="127.0.0.1", port=0, api_format=request.param)
+    app: NodeApp = await app_factory(management=management)
     c = Ctl(app, capsys)
     c.tcp_port = app.node.tcp_port  # type: ignore[attr-defined]
     return c
@@ -152,9 +162,15 @@ async def test_plugins_load_unload_list(ctl: Ctl) -> None:
     assert active["presence"] is True
     code, _, err = await ctl.run("plugins", "load", "presence", "--node", NODE)
     assert code == 1 and "already loaded" in err
-    assert (await ctl.json("plugins", "unload", "presence", "--node", NODE)) == "ok"
+    assert (await ctl.json("plugins", "unload", "presence", "--node", NODE)) in OK
     code, _, err = await ctl.run("plugins", "unload", "presence")
     assert code == 1 and "is not loaded" in err
+
+
+async def test_plugin_that_cannot_load_says_why(ctl: Ctl) -> None:
+    code, _out, err = await ctl.run("plugins", "load", "auth_passwd")
+    assert code == 1
+    assert f"cannot load plugin 'auth_passwd' on {NODE}: no password file: set password_file" in err
 
 
 async def test_banned_add_list_del(ctl: Ctl) -> None:
@@ -170,7 +186,7 @@ async def test_banned_add_list_del(ctl: Ctl) -> None:
     assert (await ctl.ok("banned", "del", "--as", "username", "mallory")).startswith("ok")
     assert [b["who"] for b in await ctl.json("banned", "list")] == ["10.0.0.9"]
     code, _, err = await ctl.run("banned", "add", "--as", "ip_address", "not-an-ip")
-    assert code == 1 and "bad_ip_address (HTTP 400)" in err
+    assert code == 1 and re.search(r"bad_ip_address \((HTTP 400|code 108)\)", err)
 
 
 async def test_listeners_metrics_stats(ctl: Ctl) -> None:
@@ -191,7 +207,7 @@ async def test_log_set_level(ctl: Ctl) -> None:
     root = logging.getLogger()
     before = root.level
     try:
-        assert (await ctl.json("log", "set-level", "error")) == "ok"
+        assert (await ctl.json("log", "set-level", "error")) in OK
         assert root.level == logging.ERROR
         out = await ctl.ok("log", "set-level", "debug", "--node", NODE)
         assert out == f"ok: log level of {NODE} set to debug\n"

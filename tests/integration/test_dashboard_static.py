@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -137,3 +138,51 @@ def test_mqtt_js_codec(tmp_path: Path) -> None:
     assert out["first"] == 0
     assert out["second"] == [["publish", "t", 200], ["suback", 7, [0]], ["pingresp", None, None]]
     assert out["rest"] == 0
+
+
+API_JS_CHECK = """
+const base = %s;
+globalThis.sessionStorage = { getItem: () => JSON.stringify({ app: 'admin', secret: 'public' }),
+  setItem() {}, removeItem() {} };
+const realFetch = globalThis.fetch;
+globalThis.fetch = (url, init) => realFetch(base + url.replace(/^\\.\\./, ''), init);
+const { api, get } = await import('%s');
+const out = {};
+const caught = async (fn) => { try { await fn(); return null; } catch (e) { return e.message; } };
+out.page = await get('/connections/?_page=1&_limit=5');
+out.nodes = (await get('/nodes/')).map((n) => n.node_status);
+out.stats = typeof (await get('/nodes/test%%40127.0.0.1/stats/'))['connections/count'];
+out.publish = await api('POST', '/mqtt/publish', { topic: 'js/t', payload: 'x' });
+out.kick = await caught(() => api('DELETE', '/connections/ghost'));
+out.load = await caught(() => api('PUT', '/nodes/test%%40127.0.0.1/plugins/auth_passwd/load'));
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.parametrize("api_format", ["seed", "emqx"])
+async def test_dashboard_api_layer_reads_both_formats(
+    app_factory: AppFactory, tmp_path: Path, api_format: str
+) -> None:
+    """api.js (the dashboard's only door to the API) run in node against a real node: pages,
+    objects and errors come out in the seed shapes whichever format the node serves."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs node")
+    management = ManagementConfig(bind="127.0.0.1", port=0, api_format=api_format)
+    app = await app_factory(management=management)
+    script = tmp_path / "api_check.mjs"
+    base = json.dumps(f"http://127.0.0.1:{app.http_port}")
+    script.write_text(API_JS_CHECK % (base, (ASSETS / "api.js").as_uri()), "utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        node, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    out = json.loads(stdout)
+    assert out["page"] == {"items": [], "meta": {"page": 1, "limit": 5, "count": 0}}
+    assert out["nodes"] == ["Running"]
+    assert out["stats"] == "number"
+    assert out["publish"] == {"code": 0}
+    assert out["kick"] == "not_found"
+    assert out["load"] == "no password file: set password_file, or file in [plugins.auth_passwd]"

@@ -152,7 +152,9 @@ def test_start_config_error_exits_2(
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 2
-    assert "usage: minibroker" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("minibroker") and err.count("\n") == 1, err  # one line, no usage
+    assert "error: " in err and "--help" in err
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

@@ -65,6 +65,9 @@ PLUGIN_OPTIONS: dict[str, type[PluginOptions]] = {
     "delayed_publish": DelayedPublishOptions,
     "web_hook": WebHookOptions,
     "presence": PresenceOptions,
+    # credentials come from the REST API (replicated tables), not from the config
+    "auth_clientid": PluginOptions,
+    "auth_username": PluginOptions,
 }
 
 

@@ -1,0 +1,176 @@
+"""Small tables kept the same on every node: key -> record, the last writer wins.
+
+Why a table of its own kind: the credentials of the auth_clientid and auth_username plugins (and
+any later table of the same nature) must be identical on every node, survive a restart, and come
+back into line after a node was away, also for deletions. The banned list solves the first two
+(`broker.core.banned`, written on every node, persisted per node); this module adds what deletes
+need to converge: every row carries `at`, the wall-clock time given by the node that took the
+write, and a deletion leaves a tombstone (`value` None) with its own `at`.
+
+Theory of operation
+-------------------
+* A write is stamped once (by the management API) and applied unchanged on every running node;
+  applying the same row twice, or in any order with other rows, gives the same table (`merge`
+  is commutative, associative and idempotent: the larger `(at, tombstone, value)` wins).
+* A node that was away exchanges its whole dump with one live peer when it joins (cluster side:
+  `cluster.table_sync`); both keep the newer row of each key, so a credential deleted while
+  the node was down stays deleted, and one changed on the lone node is not lost.
+* Tombstones are kept (they are a key and a time); a later write of the key replaces them.
+
+Pure state, no I/O: the server persists the tables through `on_change`
+(`broker.server.replicated_store`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ReplicatedTable", "ReplicatedTables", "Row", "valid_table_name"]
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def valid_table_name(name: object) -> bool:
+    """A table name is also a file name: lower-case letters, digits and `_`, 64 at most."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: str
+    at: float
+    #: the record (plain, msgpack- and JSON-able data); None for a deleted key (a tombstone)
+    value: Mapping[str, Any] | None
+
+    def order(self) -> tuple[float, bool, str]:
+        """What decides between two rows of one key: newer wins; at the same time a
+        deletion wins (the safe side for credentials), then the larger value."""
+        text = "" if self.value is None else json.dumps(self.value, sort_keys=True, default=str)
+        return (self.at, self.value is None, text)
+
+    def to_dict(self) -> dict[str, Any]:
+        value = None if self.value is None else dict(self.value)
+        return {"key": self.key, "at": self.at, "value": value}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Row:
+        """Raises ValueError/TypeError/KeyError for a malformed row (stored or received)."""
+        key, at, value = data["key"], data["at"], data.get("value")
+        if not isinstance(key, str) or not key:
+            raise ValueError("'key' must be a non-empty string")
+        if isinstance(at, bool) or not isinstance(at, int | float) or at != at:
+            raise ValueError("'at' must be a number")
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError("'value' must be an object or null")
+        return cls(key, float(at), None if value is None else dict(value))
+
+
+class ReplicatedTable:
+    """One table. `on_change` callbacks run (with the table) after every change."""
+
+    def __init__(self, name: str) -> None:
+        if not valid_table_name(name):
+            raise ValueError(f"bad table name {name!r}")
+        self.name = name
+        self._rows: dict[str, Row] = {}
+        self.on_change: list[Callable[[ReplicatedTable], None]] = []
+
+    def __len__(self) -> int:
+        return sum(1 for row in self._rows.values() if row.value is not None)
+
+    def get(self, key: str) -> Mapping[str, Any] | None:
+        """The record of a live key; None for an unknown or deleted one."""
+        row = self._rows.get(key)
+        return None if row is None else row.value
+
+    def row(self, key: str) -> Row | None:
+        """The row of `key`, tombstones included."""
+        return self._rows.get(key)
+
+    def keys(self) -> list[str]:
+        """The live keys, sorted."""
+        return sorted(key for key, row in self._rows.items() if row.value is not None)
+
+    def put(self, key: str, value: Mapping[str, Any], at: float) -> bool:
+        """Store `value` unless a newer row of `key` is there; True when it was taken."""
+        return self._apply([Row(key, at, dict(value))]) == 1
+
+    def delete(self, key: str, at: float) -> bool:
+        """Delete `key` (a tombstone at `at`) unless a newer row is there; True when taken."""
+        return self._apply([Row(key, at, None)]) == 1
+
+    def dump(self) -> list[dict[str, Any]]:
+        """Every row, tombstones included, by key (what is persisted and exchanged)."""
+        return [self._rows[key].to_dict() for key in sorted(self._rows)]
+
+    def merge(self, rows: Iterable[Row]) -> int:
+        """Keep the winner of each key; returns how many rows changed."""
+        return self._apply(rows)
+
+    def replace_all(self, rows: Iterable[Row]) -> None:
+        """Load a stored table in one step."""
+        self._rows = {row.key: row for row in rows}
+        self._changed()
+
+    def _apply(self, rows: Iterable[Row]) -> int:
+        changed = 0
+        for row in rows:
+            old = self._rows.get(row.key)
+            if old is None or row.order() > old.order():
+                self._rows[row.key] = row
+                changed += 1
+        if changed:
+            self._changed()
+        return changed
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback(self)
+
+
+class ReplicatedTables:
+    """Every replicated table of a node, by name; a table exists once it is asked for."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, ReplicatedTable] = {}
+        #: run with the table after any change to any table (the store saves that table)
+        self.on_change: list[Callable[[ReplicatedTable], None]] = []
+
+    def table(self, name: str) -> ReplicatedTable:
+        table = self._tables.get(name)
+        if table is None:
+            table = ReplicatedTable(name)
+            table.on_change.append(self._changed)
+            self._tables[name] = table
+        return table
+
+    def names(self) -> list[str]:
+        return sorted(self._tables)
+
+    def dump_all(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: table.dump() for name, table in sorted(self._tables.items())}
+
+    def merge_all(self, doc: object) -> int:
+        """Merge a peer's `dump_all`; malformed tables and rows are skipped. Rows changed."""
+        if not isinstance(doc, Mapping):
+            return 0
+        changed = 0
+        for name, rows in doc.items():
+            if not valid_table_name(name) or not isinstance(rows, list):
+                continue
+            parsed: list[Row] = []
+            for item in rows:
+                try:
+                    parsed.append(Row.from_dict(item))
+                except (KeyError, TypeError, ValueError):
+                    continue
+            changed += self.table(name).merge(parsed)
+        return changed
+
+    def _changed(self, table: ReplicatedTable) -> None:
+        for callback in self.on_change:
+            callback(table)

@@ -1,0 +1,50 @@
+"""Node-local queries on the replicated tables (`broker.core.replicated`).
+
+Registered in `management.queries.QUERIES` when this module is imported (the API's handlers
+import it), so that remote nodes run them through the same RPC as every other query. A write
+carries the row as the API node stamped it (key, value, `at`), so every node stores the same
+row and applying it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.core.replicated import valid_table_name
+from management.queries import NodeContext, error, query
+
+
+def _name(args: dict[str, Any]) -> str | None:
+    name = args.get("table")
+    return name if isinstance(name, str) and valid_table_name(name) else None
+
+
+@query("table_dump")
+async def table_dump(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """Every row of a table, tombstones included (the API merges the nodes' answers)."""
+    name = _name(args)
+    if name is None:
+        return error("bad_table")
+    return ctx.broker.replicated.table(name).dump()
+
+
+@query("table_put")
+async def table_put(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """Store `value` under `key` unless a newer row is there; True when taken."""
+    name, key, value, at = _name(args), args.get("key"), args.get("value"), args.get("at")
+    if name is None or not isinstance(key, str) or not key or not isinstance(value, dict):
+        return error("bad_table")
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return error("bad_table")
+    return ctx.broker.replicated.table(name).put(key, value, float(at))
+
+
+@query("table_delete")
+async def table_delete(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """Delete `key` (a tombstone at `at`) unless a newer row is there; True when taken."""
+    name, key, at = _name(args), args.get("key"), args.get("at")
+    if name is None or not isinstance(key, str) or not key:
+        return error("bad_table")
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return error("bad_table")
+    return ctx.broker.replicated.table(name).delete(key, float(at))
