@@ -1,5 +1,11 @@
 """TCP links between nodes: framed messages, the cookie handshake, bounded send queues.
 
+With `TransportConfig.tls` (`cluster.tls`) every link is mutual TLS first: the accepting side
+runs the TLS handshake on the accepted socket before reading anything (`StreamWriter.start_tls`)
+and a peer without a certificate of the cluster CA, or without TLS, is refused, counted
+(`refused_tls`) and logged in one line (per host and reason every minute); the dialling side
+checks the acceptor's certificate the same way. The cookie handshake then runs inside it.
+
 Theory of operation
 -------------------
 Each node listens on its cluster port and keeps **one outgoing link per peer address**. A link
@@ -14,14 +20,15 @@ HELLO_ACK with `error` and closes: a peer without the cookie is refused and logg
 it sends is ever decoded past its HELLO. After the handshake the accepting side only reads; the
 dialling side only writes (it reads to notice the connection closing).
 
-Send queues. `send(address, type, body)` encodes the frame at once and appends it to that
+Send queues. `send(address, type, body, weight)` encodes the frame at once and appends it to that
 link's queue, which holds at most `max_queue` frames and `max_queue_bytes` bytes; a full queue
 drops the frame. A link that failed to connect is in *backoff* (from `backoff_min`, doubling up
 to `backoff_max`) and drops what it is given until the backoff ends; the next send after that
 reconnects (links reconnect lazily: a peer that nobody talks to costs nothing). Frames still
 queued when a connection fails are dropped too. Every drop is counted in `stats` (by message
-type) and reported through `on_drop`, so the runtime can count a lost FORWARD as a dropped
-message: nothing is lost silently, and nothing is queued without bound for a dead peer.
+type, in messages: a frame counts `weight`, the number of messages a FORWARD_BATCH carries) and
+reported through `on_drop`, so the runtime can count a lost forward as a dropped message:
+nothing is lost silently, and nothing is queued without bound for a dead peer.
 
 Flow control. Before a queue is full, at `hold_queue` frames or `hold_queue_bytes`, the link is
 *congested*: `hold_until_drained` then takes a callback that runs once the link has drained to a

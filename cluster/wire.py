@@ -40,7 +40,8 @@ body is buffered.
 Handshake. The connecting node sends HELLO (cookie, name, epoch, address, version); the accepting
 node checks the cookie with `check_hello` and answers HELLO_ACK (or HELLO_ACK with `error` and
 closes). Nothing else is accepted on a link before the handshake. The cookie is a shared secret
-that keeps strangers out; it is not encryption: run the cluster port on a trusted network.
+that keeps strangers out; it is not encryption: with `[cluster] tls_enable` the link runs inside
+mutual TLS (`cluster.tls`, `cluster.transport`) and the cookie is a second factor.
 
 Message bodies (keys of the top-level map; `addr` is `[host, port]`):
 
