@@ -28,7 +28,7 @@ from cluster.tls import make_link_tls
 from cluster.wire import Address
 from management.cluster_view import ClusterNodeView
 from management.queries import NodeContext
-from management.server import DEFAULT_APP_WARNING, ManagementServer
+from management.server import ManagementServer
 from management.view import ClusterView, LocalView, run_query
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,8 @@ async def run(config: BrokerConfig) -> None:
     tune_gc()
     with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
         loop.add_signal_handler(signal.SIGHUP, app.reload)
+    # (The default-app warning is logged by the management server as it starts: once.)
     print(format_banner(config, app.bound_listeners(), auth_mode(config)), flush=True)
-    if app.management is not None and app.management.apps.default_in_use():
-        print(f"WARNING: {DEFAULT_APP_WARNING}", flush=True)
     try:
         await stop.wait()
     finally:

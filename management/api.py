@@ -124,6 +124,9 @@ ROUTES: tuple[Route, ...] = (
     # retained messages (minibroker's read-only addition, for the dashboard)
     Route("list_retained", "GET", "/retained/", "List the retained messages (our addition)",
           clients.list_retained, "page:retained"),
+    Route("delete_retained", "DELETE", "/retained/:topic",
+          "Delete the retained message of a topic on every node (our addition)",
+          clients.delete_retained, "ok"),
     # publish / subscribe
     Route("mqtt_publish", "POST", "/mqtt/publish", "Publish a MQTT message",
           clients.mqtt_publish, "code", "publish"),

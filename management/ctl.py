@@ -302,6 +302,7 @@ def cmd_cluster_status(c: Client, a: argparse.Namespace) -> Output:
     return out
 
 
+<<<<<<< HEAD
 def _cluster_errors(exc: CtlError) -> CtlError:
     if "cluster_disabled" in str(exc):
         return CtlError("this node runs without [cluster] (cluster_disabled)")
@@ -337,6 +338,23 @@ def cmd_cluster_force_leave(c: Client, a: argparse.Namespace) -> Output:
         raise _cluster_errors(exc) from None
     how = "was asked to leave and left" if answer.get("result") == "left" else "is marked left"
     return _ok(answer, f"ok: {a.node} {how}")
+=======
+def cmd_nodes(c: Client, a: argparse.Namespace) -> Output:
+    nodes = c.request("GET", "/api/v3/nodes/")
+    columns = ("node", "node_status", "version", "uptime", "connections", "load1", "memory_used")
+    return _table(nodes, columns)
+
+
+def cmd_version(c: Client, a: argparse.Namespace) -> Output:
+    """This command's version, then each node's (they may differ during a rolling upgrade)."""
+    from broker.server.banner import broker_version
+
+    brokers = c.request("GET", "/api/v3/brokers/")
+    nodes = {b["node"]: b["version"] for b in brokers}
+    lines = [f"minibroker ctl {broker_version()}"]
+    lines += [f"{node}: minibroker {version}" for node, version in nodes.items()]
+    return _ok({"ctl": broker_version(), "nodes": nodes}, "\n".join(lines))
+>>>>>>> main
 
 
 def cmd_clients_list(c: Client, a: argparse.Namespace) -> Output:
@@ -535,6 +553,8 @@ def add_ctl_parser(sub: Any) -> None:
         return p.add_subparsers(dest=f"ctl_{name}", required=True, metavar="ACTION")
 
     leaf(verbs, "status", cmd_status, "is the node running")
+    leaf(verbs, "nodes", cmd_nodes, "the nodes of the cluster: status, version, load")
+    leaf(verbs, "version", cmd_version, "the version of this command and of every node")
     g = group("cluster", "the cluster")
     leaf(g, "status", cmd_cluster_status, "the running nodes")
     leaf(g, "join", cmd_cluster_join, "this node joins the cluster of a seed").add_argument(

@@ -143,6 +143,17 @@ async def list_retained(request: web.Request) -> web.Response:
     return paginate(request, await node_call(request, view.local_node, "retained", {}))
 
 
+async def delete_retained(request: web.Request) -> web.Response:
+    """Delete the retained message of a topic on every node (each holds a replica)."""
+    topic = request.match_info["topic"]
+    if not validate_topic_name(topic):
+        raise BadTopic()
+    answers = await view_of(request).call_all("retained_delete", {"topic": topic})
+    if not any(deleted for _node, deleted in answers):
+        raise ApiError(404, "not_found")
+    return reply("ok")
+
+
 # -- publish / subscribe / unsubscribe -----------------------------------------------------------
 
 

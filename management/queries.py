@@ -249,6 +249,8 @@ async def kick(ctx: NodeContext, args: dict[str, Any]) -> bool:
     channel = ctx.broker.connected.get(str(args["client_id"]))
     if channel is None:
         return False
+    log.info("kicked %s (username %r) from %s:%s (management API)",
+             channel.client_id, channel.username, channel.peer_host, channel.peer_port)  # fmt: skip
     channel.kick()
     return True
 
@@ -311,6 +313,18 @@ async def subscriptions(ctx: NodeContext, args: dict[str, Any]) -> Rows:
         session = table.get(str(client_id))
         return _subscription_rows(ctx, session) if session is not None else []
     return [row for s in list(table.values()) for row in _subscription_rows(ctx, s)]
+
+
+@query("retained_delete")
+async def retained_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
+    """Clear this node's copy of the retained message of `topic` (as an empty retained PUBLISH
+    would, but delivering nothing to subscribers); the caller asks every node. False: none."""
+    topic = str(args["topic"])
+    if ctx.broker.retained.get(topic) is None:
+        return False
+    ctx.broker.retain(Message(topic, b"", retain=True))
+    log.info("retained message of %r deleted through the management API", topic)
+    return True
 
 
 @query("retained")
@@ -554,7 +568,10 @@ async def ban_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
 
 @query("kick_banned")
 async def kick_banned(ctx: NodeContext, args: dict[str, Any]) -> int:
-    return ctx.broker.kick_banned()
+    kicked = ctx.broker.kick_banned()
+    if kicked:
+        log.info("kicked %d banned client(s) on %s", kicked, ctx.node_name)
+    return kicked
 
 
 # -- logging -----------------------------------------------------------------------------------

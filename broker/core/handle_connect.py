@@ -67,7 +67,16 @@ def send_connack(channel: Channel, present: bool, reason_code: int, properties: 
     channel.send(ConnAck(present, code, properties if channel.version == MQTT_5 else {}))
 
 
-def refuse_connect(channel: Channel, reason_code: int, reason: str, detail: str = "") -> None:
+def refuse_connect(
+    channel: Channel,
+    reason_code: int,
+    reason: str,
+    detail: str = "",
+    who: tuple[str, str | None] = ("", None),
+) -> None:
+    if who[0]:  # a refused login (`who`: client id, username), logged as mosquitto does
+        log.info("refused %s (username %r) from %s:%s: %s",
+                 who[0], who[1], channel.peer_host, channel.peer_port, reason)  # fmt: skip
     send_connack(channel, False, reason_code, channel.reason_always(detail))
     channel.disconnect_reason = reason
     channel.state = CLOSED
@@ -166,7 +175,9 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
 
     now = broker.clock()
     if broker.banned.check(client_id, packet.username, channel.peer_host, now):
-        refuse_connect(channel, ReasonCode.NOT_AUTHORIZED, "banned")
+        refuse_connect(
+            channel, ReasonCode.NOT_AUTHORIZED, "banned", who=(client_id, packet.username)
+        )
         return
 
     if is_v5:
@@ -201,13 +212,20 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
     else:
         decision = broker.hooks.run_authenticate(info, packet.password)
     if decision is False:
-        refuse_connect(channel, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad_username_or_password")
+        refuse_connect(
+            channel,
+            ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+            "bad_username_or_password",
+            who=(client_id, packet.username),
+        )
         return
     allow_anonymous = settings.listener_allow_anonymous.get(
         channel.listener, settings.allow_anonymous
     )
     if decision is None and not allow_anonymous:
-        refuse_connect(channel, ReasonCode.NOT_AUTHORIZED, "not_authorized")
+        refuse_connect(
+            channel, ReasonCode.NOT_AUTHORIZED, "not_authorized", who=(client_id, packet.username)
+        )
         return
     accept_connect(channel, packet, client_id, keepalive, ack_props, packet.username)
 

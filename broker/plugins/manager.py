@@ -255,16 +255,26 @@ class PluginManager:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def startup_set(self) -> builtins.list[str]:
-        """The plugins `start` loads, in order (see the module docstring)."""
+    def not_installed(self) -> builtins.list[str]:
+        """A message for each [plugins.<name>] table whose plugin is not installed."""
         self._ensure_discovered()
+        messages = []
         for name in self.config.plugins:
             if name not in self.available:
                 hint = difflib.get_close_matches(name, list(self.available), n=1)
                 suggestion = f" (did you mean [plugins.{hint[0]}]?)" if hint else ""
-                raise StartupError(
+                messages.append(
                     f"[plugins.{name}] configures a plugin that is not installed{suggestion}"
                 )
+        return messages
+
+    def startup_set(self, *, strict: bool = True) -> builtins.list[str]:
+        """The plugins `start` loads, in order (see the module docstring). `strict`: a
+        [plugins.<name>] table of a plugin that is not installed is a StartupError."""
+        self._ensure_discovered()
+        missing = self.not_installed()
+        if missing and strict:
+            raise StartupError(missing[0])
         remembered = self.remembered()
         if remembered is not None:
             names: builtins.list[str] = []
@@ -281,6 +291,25 @@ class PluginManager:
         if self.config.listener_password_files() and "auth_passwd" not in names:
             names.append("auth_passwd")  # a listener's own password_file
         return names
+
+    def check(self) -> builtins.list[str]:
+        """What `start` would refuse, every problem (`--test-config`): each plugin of the
+        startup set is loaded (its files read and parsed, its table checked), never started,
+        and unloaded again."""
+        problems = self.not_installed()
+        try:
+            names = self.startup_set(strict=False)
+        except StartupError as exc:  # a corrupt loaded_plugins.json
+            return [*problems, str(exc)]
+        for name in names:
+            try:
+                plugin = self._load(name, spawn_start=False)
+            except Exception as exc:
+                problems.append(f"plugin {name} cannot load: {exc}")
+            else:
+                plugin.unload()
+                del self.loaded[name]
+        return problems
 
     async def start(self) -> None:
         """Load the startup set; StartupError (with every loaded plugin unloaded) on failure."""

@@ -73,6 +73,10 @@ def format_banner(cfg: BrokerConfig, listeners: list[tuple[str, str, int]], auth
         lines.append(f"  {kind.ljust(width)}  {_address(kind, host, port, cfg.ws.path)}")
     if not listeners:
         lines.append("  (no listeners enabled)")
+    http = [(host, port) for kind, host, port in listeners if kind.lower().startswith("http")]
+    if http and cfg.management.dashboard:
+        url = f"http://{_hostport(*http[0])}/dashboard/"
+        lines.append(f"  {'dashboard'.ljust(width)}  {url}")
     lines.append(f"  auth: {auth_mode}")
     per_listener = cfg.listener_allow_anonymous()  # keyed tcp/ws/tls/wss, as "mqtt/<name>"
     exposed = [

@@ -9,6 +9,7 @@ username and password of its CONNECT are not used.
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Any
 
@@ -24,6 +25,13 @@ def make_ssl_context(listener: ListenerConfig, section: str) -> ssl.SSLContext:
     ctx.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if listener.tls_version == "tlsv1.3" else ssl.TLSVersion.TLSv1_2
     )
+    missing = [
+        f"{key} {path!r}"
+        for key in ("certfile", "keyfile", "cafile")
+        if (path := getattr(listener, key)) and not os.path.isfile(path)
+    ]
+    if missing:
+        raise StartupError(f"[{section}]: no such file: {', '.join(missing)}")
     try:
         ctx.load_cert_chain(listener.certfile, listener.keyfile)
         if listener.cafile:

@@ -12,6 +12,11 @@ function showLogin(message = '') {
   $('login').hidden = false;
   $('login-error').textContent = message;
   $('login-app').focus();
+  // /status needs no credentials: say which node this is before signing in.
+  fetch('../status', { cache: 'no-store' }).then((r) => r.text()).then((text) => {
+    const node = (text.match(/^Node (\S+) is started/) || [])[1];
+    $('login-node').textContent = node ? `Node ${node}` : '';
+  }).catch(() => { /* the form works without it */ });
 }
 
 async function signIn(event) {

@@ -13,14 +13,17 @@ export class LineChart {
     this.names = seriesNames;
     this.points = points;
     this.data = seriesNames.map(() => []);
+    this.times = []; // when each sample was taken (ms since the epoch): the time axis
   }
 
-  push(values) {
+  push(values, at = Date.now()) {
     values.forEach((v, i) => {
       const s = this.data[i];
       s.push(v);
       if (s.length > this.points) s.shift();
     });
+    this.times.push(at);
+    if (this.times.length > this.points) this.times.shift();
     this.draw();
   }
 
@@ -39,7 +42,7 @@ export class LineChart {
     const g = c.getContext('2d');
     g.scale(ratio, ratio);
     g.clearRect(0, 0, w, hgt);
-    const left = 44, right = 8, top = 8, bottom = 18;
+    const left = 44, right = 8, top = 8, bottom = 22;
     const pw = w - left - right, ph = hgt - top - bottom;
     const all = this.data.flat();
     let max = Math.max(1, ...all);
@@ -55,7 +58,24 @@ export class LineChart {
       const label = (max * i) / 4;
       g.fillText(label >= 100 ? label.toFixed(0) : String(+label.toFixed(2)), 4, y + 4);
     }
-    g.fillText(`last ${this.points} samples`, left, hgt - 4);
+    // The time axis: the clock time of up to 5 samples, oldest on the left.
+    const n = this.times.length;
+    const xOf = (j) => left + (pw * (j + this.points - n)) / (this.points - 1);
+    g.strokeStyle = '#c5ced8';
+    g.beginPath(); g.moveTo(left, top + ph); g.lineTo(left + pw, top + ph); g.stroke();
+    const ticks = Math.min(5, n);
+    let lastRight = -Infinity;
+    for (let k = 0; k < ticks; k++) {
+      const j = ticks === 1 ? n - 1 : Math.round((k * (n - 1)) / (ticks - 1));
+      const label = new Date(this.times[j]).toLocaleTimeString([], { hour12: false });
+      const x = xOf(j);
+      const width = g.measureText(label).width;
+      const lx = Math.min(Math.max(x - width / 2, left), left + pw - width);
+      if (lx < lastRight + 6) continue; // no overlapping labels while the chart fills up
+      g.beginPath(); g.moveTo(x, top + ph); g.lineTo(x, top + ph + 4); g.stroke();
+      g.fillText(label, lx, hgt - 6);
+      lastRight = lx + width;
+    }
     this.data.forEach((s, i) => {
       if (!s.length) return;
       g.strokeStyle = COLORS[i % COLORS.length];

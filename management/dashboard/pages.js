@@ -2,7 +2,7 @@
 import { ApiError, api, enc, get } from './api.js';
 import { LineChart } from './charts.js';
 import { MqttWsClient } from './mqtt.js';
-import { badge, card, fmt, h, table, time } from './ui.js';
+import { badge, card, counts, fmt, h, maxOf, table, time, uptime, username } from './ui.js';
 
 const REFRESH = 5000;
 const CHART_REFRESH = 2000;
@@ -12,7 +12,7 @@ const sum = (rows, key) => rows.reduce((n, r) => n + (Number(r[key]) || 0), 0);
 
 // -- a searchable, paginated list over a paginated /api/v3 endpoint ---------------------------
 
-function pagedList(ctx, { path, columns, searchKeys, placeholder, extra }) {
+function pagedList(ctx, { path, columns, searchKeys, placeholder, extra, keep }) {
   const state = { page: 1, query: '' };
   const search = h('input', { type: 'search', placeholder, 'data-testid': 'search' });
   const info = h('span', { class: 'muted' });
@@ -34,10 +34,10 @@ function pagedList(ctx, { path, columns, searchKeys, placeholder, extra }) {
 
   async function load() {
     let items, count;
-    if (state.query) {
+    if (state.query || (keep && !keep.all())) {
       // The API has no search parameter: fetch every row (up to max_row_limit) and filter.
-      const all = (await get(path)).items.filter((row) => searchKeys.some(
-        (k) => fmt(row[k]).toLowerCase().includes(state.query)));
+      const all = (await get(path)).items.filter((row) => (!keep || keep.all() || keep.row(row))
+        && (!state.query || searchKeys.some((k) => fmt(row[k]).toLowerCase().includes(state.query))));
       count = all.length;
       items = all.slice((state.page - 1) * PAGE_SIZE, state.page * PAGE_SIZE);
     } else {
@@ -57,8 +57,9 @@ function pagedList(ctx, { path, columns, searchKeys, placeholder, extra }) {
 }
 
 function kv(object) {
+  // EMQX writes an unset optional string as "undefined" (mountpoint...): show that it is unset
   return table([['field', 'k'], ['value', 'v']],
-    Object.entries(object).map(([k, v]) => ({ k, v })));
+    Object.entries(object).map(([k, v]) => ({ k, v: v === 'undefined' ? 'none' : v })));
 }
 
 // -- overview ----------------------------------------------------------------------------------
@@ -84,6 +85,8 @@ function overview(ctx) {
       get('/brokers/'), get('/nodes/'), get('/stats/'), get('/metrics/')]);
     const now = performance.now();
     const received = metrics.reduce((n, m) => n + m.metrics['messages/received'], 0);
+    // every node holds a replica of each retained message: count them once, not once per node
+    const retainedCount = maxOf(stats, 'retained/count');
     const sent = metrics.reduce((n, m) => n + m.metrics['messages/sent'], 0);
     if (last) {
       const dt = (now - last.t) / 1000;
@@ -100,7 +103,7 @@ function overview(ctx) {
       tile('sessions', sum(stats, 'sessions/count')),
       tile('subscriptions', sum(stats, 'subscriptions/count')),
       tile('topics', sum(stats, 'topics/count')),
-      tile('retained', sum(stats, 'retained/count')),
+      tile('retained', retainedCount),
       tile('messages received', received),
       tile('messages sent', sent),
     );
@@ -110,7 +113,7 @@ function overview(ctx) {
       ['status', 'node_status'],
       ['version', 'version'],
       ['runtime', (n) => byNode[n.node]?.otp_release],
-      ['uptime', 'uptime'],
+      ['uptime', (n) => uptime(n.uptime)],
       ['connections', 'connections'],
       // a Stopped node (dead or departed) has only its name and status
       ['memory', (n) => (n.memory_used === undefined ? '' : `${n.memory_used} / ${n.memory_total}`)],
@@ -130,12 +133,51 @@ function clients(ctx) {
       get(`/subscriptions/${enc(clientId)}`)]);
     details.replaceChildren(card(`Client ${clientId}`,
       h('button', { class: 'secondary small', onclick: () => details.replaceChildren() }, 'Close'),
+      actAs(clientId),
       h('div', { class: 'grid' },
-        h('div', {}, h('h3', {}, 'Connection'), conns.length ? kv(conns[0]) : 'not connected'),
-        h('div', {}, h('h3', {}, 'Session'), sessions.length ? kv(sessions[0]) : 'no session'),
+        h('div', {}, h('h3', {}, 'Connection'),
+          conns.length ? kv({ ...conns[0], username: username(conns[0].username) }) : 'not connected'),
+        h('div', {}, h('h3', {}, 'Session'),
+          sessions.length ? kv({ ...sessions[0], username: username(sessions[0].username) }) : 'no session'),
         h('div', {}, h('h3', {}, 'Subscriptions'),
-          table([['topic', 'topic'], ['qos', 'qos'], ['node', 'node']], subs)))));
+          table([['topic', 'topic'], ['qos', 'qos'],
+            ['', (s) => h('button', { class: 'small danger', 'data-action': 'unsubscribe',
+              'data-topic': s.topic, onclick: () => unsubscribe(clientId, s.topic) }, 'Unsubscribe')]],
+          subs)))));
   }
+  // EMQX's dashboard: subscribe a client to a topic, publish as a client (REST /mqtt/*).
+  function actAs(clientId) {
+    const qosSelect = (testid) => h('select', { 'data-testid': testid },
+      [0, 1, 2].map((q) => h('option', { value: String(q) }, `QoS ${q}`)));
+    const subTopic = h('input', { placeholder: 'topic filter', 'data-testid': 'client-sub-topic' });
+    const subQos = qosSelect('client-sub-qos');
+    const pubTopic = h('input', { placeholder: 'topic', 'data-testid': 'client-pub-topic' });
+    const pubPayload = h('input', { placeholder: 'payload', 'data-testid': 'client-pub-payload' });
+    const pubQos = qosSelect('client-pub-qos');
+    const pubRetain = h('input', { type: 'checkbox', 'data-testid': 'client-pub-retain' });
+    return h('div', { class: 'grid' },
+      card('Subscribe this client', h('form', { class: 'toolbar', onsubmit: (ev) => {
+        ev.preventDefault();
+        const body = { topic: subTopic.value.trim(), qos: Number(subQos.value), client_id: clientId };
+        ctx.act(async () => {
+          await api('POST', '/mqtt/subscribe', body);
+          await show(clientId);
+        }, `subscribed ${clientId} to ${body.topic}`);
+      } }, h('label', {}, 'Topic filter', subTopic), h('label', {}, 'QoS', subQos),
+      h('button', { type: 'submit', 'data-action': 'client-subscribe' }, 'Subscribe'))),
+      card('Publish as this client', h('form', { class: 'toolbar', onsubmit: (ev) => {
+        ev.preventDefault();
+        const body = { topic: pubTopic.value.trim(), payload: pubPayload.value,
+          qos: Number(pubQos.value), retain: pubRetain.checked, client_id: clientId };
+        ctx.act(() => api('POST', '/mqtt/publish', body), `published to ${body.topic}`);
+      } }, h('label', {}, 'Topic', pubTopic), h('label', {}, 'Payload', pubPayload),
+      h('label', {}, 'QoS', pubQos), h('label', {}, 'Retain', pubRetain),
+      h('button', { type: 'submit', 'data-action': 'client-publish' }, 'Publish'))));
+  }
+  const unsubscribe = (clientId, topic) => ctx.act(async () => {
+    await api('POST', '/mqtt/unsubscribe', { topic, client_id: clientId });
+    await show(clientId);
+  }, `unsubscribed ${clientId} from ${topic}`);
   const kick = (clientId) => ctx.act(async () => {
     if (!window.confirm(`Kick client ${clientId}?`)) return;
     await api('DELETE', `/connections/${enc(clientId)}`);
@@ -146,7 +188,7 @@ function clients(ctx) {
     placeholder: 'Search client id, username, IP',
     searchKeys: ['client_id', 'username', 'ipaddress'],
     columns: [
-      ['client id', 'client_id'], ['username', 'username'],
+      ['client id', 'client_id'], ['username', (c) => username(c.username)],
       ['address', (c) => `${c.ipaddress}:${c.port}`], ['node', 'node'],
       ['protocol', (c) => `${c.proto_name} v${c.proto_ver}`], ['transport', 'conn_mod'],
       ['keepalive', 'keepalive'], ['connected at', (c) => time(c.connected_at)],
@@ -195,15 +237,27 @@ function routes(ctx) {
 }
 
 function retained(ctx) {
-  pagedList(ctx, {
+  // $SYS topics are the broker's own: hidden unless asked for, so the page opens on yours.
+  const showSys = h('input', { type: 'checkbox', 'data-testid': 'show-sys',
+    onchange: () => reload() });
+  const remove = (m) => ctx.act(async () => {
+    if (!window.confirm(`Delete the retained message of ${m.topic}?`)) return;
+    await api('DELETE', `/retained/${enc(m.topic)}`);
+    await reload();
+  }, `deleted the retained message of ${m.topic}`);
+  const reload = pagedList(ctx, {
     path: '/retained/',
     placeholder: 'Search topic or payload',
     searchKeys: ['topic', 'payload'],
+    extra: h('label', { class: 'inline' }, showSys, 'show $SYS topics'),
+    keep: { all: () => showSys.checked, row: (m) => !m.topic.startsWith('$SYS/') },
     columns: [
       ['topic', 'topic'], ['qos', 'qos'],
       ['payload', (m) => h('span', {}, m.encoding === 'base64' ? h('span', { class: 'badge' }, 'base64') : null,
         ' ', m.payload.length > 120 ? `${m.payload.slice(0, 120)}…` : m.payload)],
       ['from client', 'client_id'], ['published at', (m) => time(m.published_at)], ['node', 'node'],
+      ['', (m) => h('button', { class: 'small danger', 'data-action': 'delete-retained',
+        'data-topic': m.topic, onclick: () => remove(m) }, 'Delete')],
     ],
   });
 }
@@ -261,7 +315,7 @@ function listeners(ctx) {
     holder.replaceChildren(...all.map(({ node, listeners: list }) => card(node, table([
       ['protocol', 'protocol'], ['listen on', 'listen_on'], ['acceptors', 'acceptors'],
       ['max conns', 'max_conns'], ['current conns', 'current_conns'],
-      ['shutdowns', (l) => (Object.keys(l.shutdown_count || {}).length ? fmt(l.shutdown_count) : '')],
+      ['closed connections by reason', (l) => counts(l.shutdown_count)],
     ], list))));
   });
 }

@@ -46,3 +46,26 @@ export function time(seconds) {
   const d = typeof seconds === 'number' ? new Date(seconds * 1000) : new Date(seconds);
   return isNaN(d) ? String(seconds) : d.toLocaleString();
 }
+
+// The API shows an unset username as EMQX does ("undefined"); people read "anonymous".
+export function username(v) {
+  return v === undefined || v === null || v === '' || v === 'undefined' ? 'anonymous' : String(v);
+}
+
+// EMQX's uptime text says "1 minutes"; show it in English ("1 minute").
+export function uptime(text) {
+  return String(text ?? '').replace(/\b1 (second|minute|hour|day)s\b/g, '1 $1')
+    .replace(/,(\S)/g, ', $1');
+}
+
+// {reason: count} as "reason 3, other 1" (a listener's closed connections by reason).
+export function counts(object) {
+  const entries = Object.entries(object || {}).sort((a, b) => b[1] - a[1]);
+  return entries.map(([k, v]) => `${k} ${v}`).join(', ');
+}
+
+// The largest value of `key` over the rows: for what every node holds a replica of (retained
+// messages), the cluster's count is one node's, not the sum over the nodes.
+export function maxOf(rows, key) {
+  return rows.reduce((m, r) => Math.max(m, Number(r[key]) || 0), 0);
+}

@@ -2,7 +2,8 @@
 // Run by tests/integration/test_dashboard_browser.py:
 //   node run.mjs '<json config>'
 // config: { url, app, secret, node, clientId, victimId, subTopic, plugin, wsTopic, wsPayload,
-//           fromBrowserTopic, screenshots, chromium }
+//           fromBrowserTopic, retainedTopic, retainedPayload, uiTopic, uiPublishTopic, uiPayload,
+//           screenshots, chromium, overviewSeconds }
 // Prints one JSON object per line on stdout: {"event": ...}. The Python side reacts to
 // {"event": "ws-subscribed"} by publishing `wsPayload` to `wsTopic`. Exit code 0 = every check
 // passed; otherwise the last line is {"event": "failed", "error": ...}.
@@ -54,8 +55,13 @@ try {
   });
   page.on('dialog', (dialog) => dialog.accept());
 
-  await step('wrong-secret', async () => {
+  await step('login-page', async () => {
     await page.goto(cfg.url);
+    await expectText(page, '#login-node', `Node ${cfg.node}`);
+    await shot(page, 'login');
+  });
+
+  await step('wrong-secret', async () => {
     await page.fill('#login-app', cfg.app);
     await page.fill('#login-secret', 'not-the-secret');
     await page.click('#login-submit');
@@ -68,6 +74,24 @@ try {
     await page.click('#login-submit');
     await page.waitForSelector('#shell:not([hidden])');
     await expectText(page, '#who', cfg.app);
+  });
+
+  await step('helpers', async () => {
+    // The dashboard's own text helpers, in the page (the module the pages import).
+    const got = await page.evaluate(async () => {
+      const ui = await import('./ui.js');
+      return [ui.uptime('1 minutes, 1 seconds'), ui.uptime('1 days,2 hours, 1 minutes, 5 seconds'),
+        ui.username(undefined), ui.username('undefined'), ui.username('bob'),
+        ui.counts({ kicked: 1, normal: 3 }), ui.counts({}),
+        // three nodes, each with the same 54 replicated retained messages: 54, not 162
+        ui.maxOf([{ 'retained/count': 54 }, { 'retained/count': 54 }, { 'retained/count': 53 }],
+          'retained/count')];
+    });
+    const want = ['1 minute, 1 second', '1 day, 2 hours, 1 minute, 5 seconds', 'anonymous',
+      'anonymous', 'bob', 'normal 3, kicked 1', '', 54];
+    if (JSON.stringify(got) !== JSON.stringify(want)) {
+      throw new Error(`ui helpers: ${JSON.stringify(got)} != ${JSON.stringify(want)}`);
+    }
   });
 
   await step('overview', async () => {
@@ -92,7 +116,31 @@ try {
     await page.click(`button[data-action="details"][data-client="${cfg.clientId}"]`);
     await expectText(page, '#page h3', `Client ${cfg.clientId}`);
     await expectText(page, '#page td', cfg.subTopic);
+    // sensor-1 connected without a username: shown as "anonymous", not "undefined"
+    await expectText(page, '#page td', 'anonymous');
+    const undef = await page.evaluate(() => [...document.querySelectorAll('#page tr')]
+      .filter((tr) => [...tr.children].some((td) => td.textContent === 'undefined'))
+      .map((tr) => tr.textContent));
+    if (undef.length) throw new Error(`table cells say "undefined": ${undef.join(' | ')}`);
     await shot(page, 'clients');
+  });
+
+  await step('client-actions', async () => {
+    // EMQX's dashboard: subscribe the client to a topic and publish as the client, from the UI.
+    await page.fill('[data-testid="client-sub-topic"]', cfg.uiTopic);
+    await page.selectOption('[data-testid="client-sub-qos"]', '1');
+    await page.click('button[data-action="client-subscribe"]');
+    await expectText(page, '#status', `subscribed ${cfg.clientId} to ${cfg.uiTopic}`);
+    await page.waitForSelector(`button[data-action="unsubscribe"][data-topic="${cfg.uiTopic}"]`);
+    await page.fill('[data-testid="client-pub-topic"]', cfg.uiPublishTopic);
+    await page.fill('[data-testid="client-pub-payload"]', cfg.uiPayload);
+    await page.click('button[data-action="client-publish"]');
+    await expectText(page, '#status', `published to ${cfg.uiPublishTopic}`);
+    emit('client-published', { topic: cfg.uiPublishTopic });
+    await shot(page, 'client-actions');
+    await page.click(`button[data-action="unsubscribe"][data-topic="${cfg.uiTopic}"]`);
+    await page.waitForSelector(`button[data-action="unsubscribe"][data-topic="${cfg.uiTopic}"]`,
+      { state: 'detached' });
     await page.fill('[data-testid="search"]', '');
   });
 
@@ -123,6 +171,24 @@ try {
     await open(page, 'retained');
     await expectText(page, '#page td', cfg.retainedTopic);
     await expectText(page, '#page td', cfg.retainedPayload);
+    // the node publishes retained $SYS topics: hidden until asked for
+    if (await page.locator('#page td', { hasText: '$SYS/' }).count()) {
+      throw new Error('$SYS topics shown by default');
+    }
+    await page.check('[data-testid="show-sys"]');
+    await expectText(page, '#page td', '$SYS/broker');
+    await page.uncheck('[data-testid="show-sys"]');
+    await page.waitForFunction(() => ![...document.querySelectorAll('#page td')]
+      .some((td) => td.textContent.startsWith('$SYS/')));
+    await shot(page, 'retained');
+  });
+
+  await step('retained-delete', async () => {
+    const del = `button[data-action="delete-retained"][data-topic="${cfg.retainedTopic}"]`;
+    await page.click(del);
+    await expectText(page, '#status', `deleted the retained message of ${cfg.retainedTopic}`);
+    await page.waitForSelector(del, { state: 'detached' });
+    emit('retained-deleted', { topic: cfg.retainedTopic });
   });
 
   await step('plugins', async () => {
@@ -155,6 +221,12 @@ try {
     await open(page, 'listeners');
     await expectText(page, '#page td', 'mqtt:ws');
     await expectText(page, '#page td', 'http:management');
+    await expectText(page, '#page th', 'closed connections by reason');
+    await expectText(page, '#page td', 'kicked 1'); // the client kicked above, not raw JSON
+    if (await page.locator('#page td', { hasText: '{' }).count()) {
+      throw new Error('a listener cell shows raw JSON');
+    }
+    await shot(page, 'listeners');
   });
 
   await step('websocket', async () => {

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 
+import aiomqtt
 from api_support import (
     NODE,
     Api,
     api_fixture,  # noqa: F401 (the `api` fixture)
     check,
+    eventually,
     mqtt,
 )
 
@@ -48,3 +50,36 @@ async def test_retained_lists_topics_payloads_and_paginates(api: Api) -> None:
     topics = [r["topic"] for r in (await api.ok("GET", "/api/v3/retained/"))["items"]]
     assert topics == ["ret/a", "ret/bin", "ret/c"]
     assert (await api.get("/api/v3/retained/?_page=0")).status == 400
+
+
+async def test_delete_retained_clears_the_topic_for_new_subscribers(api: Api) -> None:
+    async with mqtt(api, "pub") as pub:
+        await pub.publish("del/a/b", b"old", qos=1, retain=True)
+        await pub.publish("del/keep", b"kept", qos=1, retain=True)
+    assert await api.ok("DELETE", "/api/v3/retained/del%2Fa%2Fb") == "ok"
+    topics = [r["topic"] for r in (await api.ok("GET", "/api/v3/retained/"))["items"]]
+    assert topics == ["del/keep"]
+    # a subscriber arriving now gets the retained message that is left, not the deleted one
+    async with mqtt(api, "late") as late:
+        await late.subscribe("del/#", qos=1)
+        message = await anext(late.messages)
+        assert (message.topic.value, message.payload) == ("del/keep", b"kept")
+    missing = await api.request("DELETE", "/api/v3/retained/del%2Fa%2Fb")
+    assert missing.status == 404  # deleted already: nothing to delete
+    wildcard = await api.request("DELETE", "/api/v3/retained/del%2F%23")
+    assert wildcard.status == 400  # a topic name, not a filter
+
+
+async def test_delete_retained_on_every_node_of_a_cluster() -> None:
+    from broker.embedded import embedded_cluster
+
+    async with embedded_cluster(2) as cluster:
+        first, second = cluster[0], cluster[1]
+        async with aiomqtt.Client(first.host, first.mqtt_port) as pub:
+            await pub.publish("site/name", b"north", qos=1, retain=True)
+        assert second.app is not None and first.app is not None
+        await eventually(lambda: second.app.broker.retained.get("site/name") is not None)
+        async with second.rest() as api:  # asked on the node that did not receive the publish
+            assert await api.delete("/retained/site%2Fname") == "ok"
+        assert first.app.broker.retained.get("site/name") is None
+        assert second.app.broker.retained.get("site/name") is None

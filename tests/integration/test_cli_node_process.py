@@ -135,6 +135,12 @@ async def test_cli_banner_names_node_and_listeners(cli_node: CliNode) -> None:
     assert f"ws://127.0.0.1:{cli_node.ws_port}/mqtt" in banner
     assert "auth: anonymous allowed" in banner
     assert "WARNING" not in banner  # loopback only: no open-broker warning
+    http = re.search(r"http://127\.0\.0\.1:(\d+)\n", banner + "\n")
+    assert http, banner
+    assert f"  dashboard  http://127.0.0.1:{http.group(1)}/dashboard/" in banner.splitlines()
+    dashboard = f"http://127.0.0.1:{http.group(1)}/dashboard/"
+    async with aiohttp.ClientSession() as session, session.get(dashboard) as resp:
+        assert resp.status == 200 and "text/html" in resp.content_type  # the URL printed works
     # Both addresses are real: MQTT answers on each.
     client, ack = await RawClient.connect(cli_node.mqtt_port, "banner-tcp", version=MQTT_5)
     assert isinstance(ack, ConnAck) and ack.reason_code == 0
@@ -201,7 +207,12 @@ async def test_cli_sigterm_exits_0_and_disconnects_0x8B(cli_node: CliNode) -> No
     assert packet == Disconnect(ReasonCode.SERVER_SHUTTING_DOWN)
     assert await client.closed(TIMEOUT)
     assert await asyncio.wait_for(cli_node.proc.wait(), TIMEOUT) == 0
-    assert "shutting down" in cli_node.stderr_path.read_text()
+    stderr = cli_node.stderr_path.read_text()
+    assert "shutting down" in stderr
+    # The default app admin/public is in use (no config): warned about once, not twice.
+    assert cli_node.proc.stdout is not None
+    stdout = cli_node.banner + (await cli_node.proc.stdout.read()).decode()
+    assert (stdout + stderr).count("the management API accepts the default app") == 1
 
 
 async def test_cli_port_in_use_exits_nonzero(tmp_path: Path) -> None:

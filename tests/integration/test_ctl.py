@@ -21,6 +21,7 @@ from rawclient import RawClient
 
 from broker.app import NodeApp
 from broker.cli import main
+from broker.server.banner import broker_version
 from broker.server.config import ManagementConfig
 from management.ctl import format_table
 
@@ -98,6 +99,23 @@ async def test_status_and_cluster_status(ctl: Ctl) -> None:
     assert rows[0][:2] == [NODE, "Running"]
     nodes = await ctl.json("cluster", "status")
     assert [n["node"] for n in nodes] == [NODE]
+
+
+async def test_nodes_and_version(ctl: Ctl) -> None:
+    out = await ctl.ok("nodes")
+    assert out.split()[:3] == ["node", "node_status", "version"]
+    rows = assert_aligned(out)
+    assert [row[:3] for row in rows] == [[NODE, "Running", broker_version()]]
+    assert [n["node"] for n in await ctl.json("nodes")] == [NODE]
+    out = await ctl.ok("version")
+    assert out.splitlines() == [
+        f"minibroker ctl {broker_version()}",
+        f"{NODE}: minibroker {broker_version()}",
+    ]
+    assert await ctl.json("version") == {
+        "ctl": broker_version(),
+        "nodes": {NODE: broker_version()},
+    }
 
 
 async def test_clients_sessions_subscriptions_routes(ctl: Ctl) -> None:

@@ -31,6 +31,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 README_SHOTS = ROOT / "management" / "dashboard" / "screenshots"
 NODE_BIN = shutil.which("node")
 UPDATE_SHOTS = os.environ.get("MINIBROKER_UPDATE_SCREENSHOTS") == "1"
+#: The screenshots the README shows, from this test.
+README_SHOT_NAMES = (
+    "login.png", "overview.png", "clients.png", "client-actions.png", "retained.png",
+    "listeners.png", "websocket.png",
+)  # fmt: skip
 
 pytestmark = [
     pytest.mark.skipif(
@@ -48,6 +53,9 @@ SUB_TOPIC = "dash/sensors/+"
 WS_TOPIC = "dash/ws/#"
 WS_PAYLOAD = "hello from python"
 FROM_BROWSER = "dash/from-browser"
+FROM_UI = "dash/from-ui"  # published "as sensor-1" from the client page (REST /mqtt/publish)
+UI_PAYLOAD = "published by the dashboard"
+RETAINED = "dash/config/site"
 
 
 async def _get(port: int, path: str) -> Any:
@@ -68,8 +76,18 @@ async def _publish_load(client: aiomqtt.Client, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.02 if (n // 100) % 3 else 0.1)  # a rate that changes over time
 
 
+async def _next_on(client: aiomqtt.Client, topic: str) -> aiomqtt.Message:
+    """The next message on `topic` (others, the load's, are skipped); bounded."""
+    async with asyncio.timeout(15):
+        async for message in client.messages:
+            if message.topic.matches(topic):
+                return message
+    raise AssertionError(f"no message on {topic}")
+
+
 async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) -> None:
-    app = await app_factory(management=ManagementConfig(bind="127.0.0.1", port=0))
+    # $SYS every second: the retained page must hide those topics by default
+    app = await app_factory(management=ManagementConfig(bind="127.0.0.1", port=0), sys_interval=1)
     port, tcp = app.http_port, app.node.tcp_port
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -85,7 +103,10 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
         "wsTopic": WS_TOPIC,
         "wsPayload": WS_PAYLOAD,
         "fromBrowserTopic": FROM_BROWSER,
-        "retainedTopic": "dash/config/site",
+        "retainedTopic": RETAINED,
+        "uiTopic": "dash/ui/#",
+        "uiPublishTopic": FROM_UI,
+        "uiPayload": UI_PAYLOAD,
         "retainedPayload": "north-wing",
         "screenshots": str(shots),
         "chromium": str(CHROMIUM),
@@ -107,8 +128,9 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
     ):
         await sensor.subscribe(SUB_TOPIC)
         await listener.subscribe(FROM_BROWSER)
+        await listener.subscribe(FROM_UI)
         await listener.subscribe("dash/sensors/#")  # two deliveries per published message
-        await sensor.publish("dash/config/site", b"north-wing", qos=1, retain=True)
+        await sensor.publish(RETAINED, b"north-wing", qos=1, retain=True)
         load = asyncio.create_task(_publish_load(sensor, stop))
         proc = await asyncio.create_subprocess_exec(
             NODE_BIN or "node",
@@ -136,13 +158,16 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
                     elif event["event"] == "banned":
                         banned = await _get(port, "/api/v3/banned/")
                         assert [b["who"] for b in banned["items"]] == ["evil-client"]
+                    elif event["event"] == "client-published":
+                        message = await _next_on(listener, FROM_UI)
+                        assert message.payload == UI_PAYLOAD.encode()
+                    elif event["event"] == "retained-deleted":
+                        retained = await _get(port, "/api/v3/retained/")
+                        assert RETAINED not in [r["topic"] for r in retained["items"]]
                     elif event["event"] == "ws-subscribed":
                         await sensor.publish("dash/ws/greeting", WS_PAYLOAD)
-                        async with asyncio.timeout(15):
-                            async for message in listener.messages:
-                                if message.topic.matches(FROM_BROWSER):
-                                    assert message.payload == b"hello from chromium"
-                                    break
+                        message = await _next_on(listener, FROM_BROWSER)
+                        assert message.payload == b"hello from chromium"
                 await proc.wait()
         finally:
             stop.set()
@@ -155,8 +180,9 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
     assert proc.returncode == 0, f"{events[-1:]}\n{stderr}"
     steps = [e["step"] for e in events if e["event"] == "ok"]
     assert steps == [
-        "wrong-secret", "sign-in", "overview", "clients", "kick", "sessions", "subscriptions",
-        "routes", "retained", "plugins", "alarms", "banned", "listeners", "websocket",
+        "login-page", "wrong-secret", "sign-in", "helpers", "overview", "clients",
+        "client-actions", "kick", "sessions", "subscriptions", "routes", "retained",
+        "retained-delete", "plugins", "alarms", "banned", "listeners", "websocket",
         "overview-live",
     ]  # fmt: skip
     assert events[-1]["event"] == "done"
@@ -164,8 +190,8 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
     assert (await _get(port, "/api/v3/banned/"))["items"] == []
     assert await _get(port, "/api/v3/connections/victim-1") == []
     names = {p.name for p in shots.iterdir()}
-    assert {"overview.png", "clients.png", "plugins.png", "websocket.png"} <= names
+    assert {"overview.png", "clients.png", "plugins.png", "websocket.png", "login.png"} <= names
     if UPDATE_SHOTS:
         README_SHOTS.mkdir(parents=True, exist_ok=True)
-        for name in ("overview.png", "clients.png", "websocket.png"):
+        for name in README_SHOT_NAMES:
             shutil.copy(shots / name, README_SHOTS / name)

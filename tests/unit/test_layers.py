@@ -156,15 +156,30 @@ GRAPH = _import_graph(ROOT, GRAPH_PACKAGES)
 # -- composition roots ---------------------------------------------------------------------
 
 #: The composition roots: they wire everything together, so they may import any module, and
-#: nothing imports them but the console scripts (pyproject.toml [project.scripts]) and each
-#: other as listed in `ROOT_IMPORTS`.
-COMPOSITION_ROOTS = {"broker.app", "broker.cli", "broker.cluster_cli"}
+#: nothing imports them but the console scripts (pyproject.toml [project.scripts], and the
+#: pytest11 entry point) and each other as listed in `ROOT_IMPORTS`.
+COMPOSITION_ROOTS = {
+    "broker.app",
+    "broker.cli",
+    "broker.cluster_cli",
+    "broker.embedded",
+    "broker.pytest_plugin",
+}
 #: Every allowed import of a composition root: `broker.cli` (the `minibroker` console script)
 #: serves `minibroker cluster` from `broker.cluster_cli` and starts a node through `broker.app`
 #: (lazily, in `start`). `broker.app` and `broker.cluster_cli` import no root (`cluster_cli`
 #: runs its nodes as `python -m broker.cli` processes); no other first-party module imports one
-#: (the benchmark runs `python -m broker.cli` too; tests are outside the graph).
-ROOT_IMPORTS = {("broker.cli", "broker.cluster_cli"), ("broker.cli", "broker.app")}
+#: (the benchmark runs `python -m broker.cli` too; tests are outside the graph). The library's
+#: entries: `broker.embedded` (the public embedding API, imported by users' code) starts nodes
+#: through `broker.app`; the pytest plugin (entry point `pytest11`) and the start-up benchmark
+#: use `broker.embedded`.
+ROOT_IMPORTS = {
+    ("broker.cli", "broker.cluster_cli"),
+    ("broker.cli", "broker.app"),
+    ("broker.embedded", "broker.app"),
+    ("broker.pytest_plugin", "broker.embedded"),
+    ("benchmarks.embedded_start", "broker.embedded"),
+}
 
 
 def test_composition_roots_are_imported_only_from_the_console_scripts() -> None:
@@ -172,9 +187,12 @@ def test_composition_roots_are_imported_only_from_the_console_scripts() -> None:
     assert edges <= ROOT_IMPORTS, (
         f"composition roots imported from elsewhere: {edges - ROOT_IMPORTS}"
     )
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    entered = {target.partition(":")[0] for target in scripts.values()} & COMPOSITION_ROOTS
-    assert entered == {"broker.cli"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    targets = [*project["scripts"].values(), *project["entry-points"]["pytest11"].values()]
+    entered = {target.partition(":")[0] for target in targets} & COMPOSITION_ROOTS
+    # the console script, the pytest plugin, and the public embedding API (imported by users)
+    entered.add("broker.embedded")
+    assert entered == {"broker.cli", "broker.pytest_plugin", "broker.embedded"}
     reached = set(entered)
     for _ in COMPOSITION_ROOTS:
         reached |= {t for m, t in ROOT_IMPORTS if m in reached}

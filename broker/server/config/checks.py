@@ -28,7 +28,15 @@ Check = Callable[[object, str], Any]
 
 
 class ConfigError(Exception):
-    """A configuration problem, with a one-line message fit to show the operator as is."""
+    """Configuration problems, each a one-line message fit to show the operator as is
+    (`problems`; `str()` is all of them, one per line)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems: list[str] = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
 
 
 class Invalid(Exception):

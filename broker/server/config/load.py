@@ -1,10 +1,11 @@
-"""The loader: TOML text -> a validated `BrokerConfig`, failing on the first problem.
+"""The loader: TOML text -> a validated `BrokerConfig`, or every problem of the file at once.
 
 Every mistake (unknown key, wrong type, out-of-range value) is reported once, on one line,
 naming the file, the table and the key, because a broker that silently ignores a typo in
-``max_inflight_messages`` is worse than one that refuses to start. The keys and their checks
-come from the schema; what is left here is the walk over the document and the few rules that
-tie two keys together.
+``max_inflight_messages`` is worse than one that refuses to start. The walk goes on past a
+mistake, so one run names them all (`ConfigError.problems`), not one per attempt. The keys and
+their checks come from the schema; what is left here is the walk over the document and the few
+rules that tie two keys together.
 """
 
 from __future__ import annotations
@@ -79,9 +80,14 @@ class _Loader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.cfg = BrokerConfig()
+        #: every problem found (the walk skips what it cannot take and goes on)
+        self.problems: list[str] = []
 
     def fail(self, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {message}")
+
+    def note(self, message: str) -> None:
+        self.problems.append(f"{self.source}: {message}")
 
     def table(self, doc: Mapping[str, object], key: str, section: str) -> dict[str, object]:
         value = doc[key]
@@ -97,17 +103,20 @@ class _Loader:
         own: dict[str, object] = {}
         for key, value in values.items():
             name = f"{prefix}.{key}" if prefix else key
-            if key in schema:
-                own[key] = value
-            elif prefix == "plugins" and name not in keys():
-                self.foreign_plugin(key, self.table(values, key, section))
-            elif name in section_names():
-                self.walk(self.table(values, key, section), name)
-            elif (not prefix and isinstance(value, dict)) or section not in keys():
-                # a table at the top, or anything under [listener]: sections, not keys
-                raise self.fail(f"unknown section [{name}]{_suggest_section(name)}")
-            else:
-                raise self.fail(f"unknown key '{key}' in [{section}]{_suggest(key, schema)}")
+            try:
+                if key in schema:
+                    own[key] = value
+                elif prefix == "plugins" and name not in keys():
+                    self.foreign_plugin(key, self.table(values, key, section))
+                elif name in section_names():
+                    self.walk(self.table(values, key, section), name)
+                elif (not prefix and isinstance(value, dict)) or section not in keys():
+                    # a table at the top, or anything under [listener]: sections, not keys
+                    raise self.fail(f"unknown section [{name}]{_suggest_section(name)}")
+                else:
+                    raise self.fail(f"unknown key '{key}' in [{section}]{_suggest(key, schema)}")
+            except ConfigError as exc:
+                self.problems.append(str(exc))
         self.fill(section, own)
 
     def fill(self, section: str, values: Mapping[str, object]) -> None:
@@ -117,7 +126,7 @@ class _Loader:
             try:
                 checked[key] = _check(schema[key])(value, f"'{key}' in [{section}]")
             except Invalid as exc:
-                raise self.fail(str(exc)) from None
+                self.note(str(exc))
         if section.startswith("plugins."):
             self.cfg.plugins[section.removeprefix("plugins.")] = checked
             return
@@ -133,7 +142,7 @@ class _Loader:
                 try:
                     _check(key)(values[key.key], f"'{key.key}' in [{section}]")
                 except Invalid as exc:
-                    raise self.fail(str(exc)) from None
+                    self.note(str(exc))
         self.cfg.plugins[name] = dict(values)
 
     def check_rules(self) -> None:
@@ -143,22 +152,22 @@ class _Loader:
             self.check_tls(getattr(cfg, attr), TABLES[attr])
         hook = cfg.plugins.get("web_hook", {})
         if hook.get("enabled") and "url" not in hook:
-            raise self.fail("'url' in [plugins.web_hook] is required when the plugin is enabled")
+            self.note("'url' in [plugins.web_hook] is required when the plugin is enabled")
         for name, top_key in (("auth_passwd", "password_file"), ("acl_file", "acl_file")):
             file = cfg.plugins.get(name, {}).get("file")
             if file and getattr(cfg, top_key) and file != getattr(cfg, top_key):
-                raise self.fail(
+                self.note(
                     f"'{top_key}' at the top level and 'file' in [plugins.{name}] name different "
                     "files; set only one of them"
                 )
 
     def check_tls(self, tls: ListenerConfig, section: str) -> None:
         if tls.enabled and not (tls.certfile and tls.keyfile):
-            raise self.fail(f"[{section}] is enabled: set 'certfile' and 'keyfile'")
+            self.note(f"[{section}] is enabled: set 'certfile' and 'keyfile'")
         if tls.require_certificate and not tls.cafile:
-            raise self.fail(f"'require_certificate' in [{section}] needs 'cafile'")
+            self.note(f"'require_certificate' in [{section}] needs 'cafile'")
         if tls.use_identity_as_username and not tls.require_certificate:
-            raise self.fail(
+            self.note(
                 f"'use_identity_as_username' in [{section}] needs 'require_certificate = true'"
             )
 
@@ -172,6 +181,8 @@ def parse_config(text: str, source: str = "<string>") -> BrokerConfig:
     loader = _Loader(source)
     loader.walk(doc, "")
     loader.check_rules()
+    if loader.problems:
+        raise ConfigError(*loader.problems)
     return loader.cfg
 
 
