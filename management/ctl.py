@@ -302,7 +302,6 @@ def cmd_cluster_status(c: Client, a: argparse.Namespace) -> Output:
     return out
 
 
-<<<<<<< HEAD
 def _cluster_errors(exc: CtlError) -> CtlError:
     if "cluster_disabled" in str(exc):
         return CtlError("this node runs without [cluster] (cluster_disabled)")
@@ -338,7 +337,8 @@ def cmd_cluster_force_leave(c: Client, a: argparse.Namespace) -> Output:
         raise _cluster_errors(exc) from None
     how = "was asked to leave and left" if answer.get("result") == "left" else "is marked left"
     return _ok(answer, f"ok: {a.node} {how}")
-=======
+
+
 def cmd_nodes(c: Client, a: argparse.Namespace) -> Output:
     nodes = c.request("GET", "/api/v3/nodes/")
     columns = ("node", "node_status", "version", "uptime", "connections", "load1", "memory_used")
@@ -354,7 +354,6 @@ def cmd_version(c: Client, a: argparse.Namespace) -> Output:
     lines = [f"minibroker ctl {broker_version()}"]
     lines += [f"{node}: minibroker {version}" for node, version in nodes.items()]
     return _ok({"ctl": broker_version(), "nodes": nodes}, "\n".join(lines))
->>>>>>> main
 
 
 def cmd_clients_list(c: Client, a: argparse.Namespace) -> Output:
