@@ -302,41 +302,36 @@ def cmd_cluster_status(c: Client, a: argparse.Namespace) -> Output:
     return out
 
 
-def _cluster_errors(exc: CtlError) -> CtlError:
-    if "cluster_disabled" in str(exc):
-        return CtlError("this node runs without [cluster] (cluster_disabled)")
-    return exc
+def _membership(c: Client, a: argparse.Namespace, action: str, body: Any = None) -> Any:
+    """POST /cluster/<action>; the refusals that need words of their own."""
+    try:
+        node, seed = getattr(a, "node", ""), getattr(a, "seed", "")
+        return c.request("POST", f"/api/v3/cluster/{action}", body, what=f"node {node!r}")
+    except CtlError as exc:
+        for reason, text in (
+            ("cluster_disabled", "this node runs without [cluster] (cluster_disabled)"),
+            ("bad_seed", f"bad seed {seed!r}: expected HOST:PORT (a cluster port)"),
+            ("bad_node", f"{node} is the node you talk to: use `cluster leave`"),
+        ):
+            if reason in str(exc):
+                raise CtlError(text) from None
+        raise
 
 
 def cmd_cluster_join(c: Client, a: argparse.Namespace) -> Output:
-    try:
-        answer = c.request("POST", "/api/v3/cluster/join", {"seed": a.seed})
-    except CtlError as exc:
-        if "bad_seed" in str(exc):
-            raise CtlError(f"bad seed {a.seed!r}: expected HOST:PORT (a cluster port)") from None
-        raise _cluster_errors(exc) from None
+    answer = _membership(c, a, "join", {"seed": a.seed})
     return _ok(answer, f"ok: {c.local_node()} joins the cluster through {a.seed}")
 
 
 def cmd_cluster_leave(c: Client, a: argparse.Namespace) -> Output:
-    node = c.local_node()
-    try:
-        answer = c.request("POST", "/api/v3/cluster/leave")
-    except CtlError as exc:
-        raise _cluster_errors(exc) from None
+    node, answer = c.local_node(), _membership(c, a, "leave")
     return _ok(answer, f"ok: {node} left the cluster; it runs alone until `cluster join`")
 
 
 def cmd_cluster_force_leave(c: Client, a: argparse.Namespace) -> Output:
-    path = f"/api/v3/cluster/force_leave/{q(a.node)}"
-    try:
-        answer = c.request("POST", path, what=f"node {a.node!r}")
-    except CtlError as exc:
-        if "bad_node" in str(exc):
-            raise CtlError(f"{a.node} is the node you talk to: use `cluster leave`") from None
-        raise _cluster_errors(exc) from None
-    how = "was asked to leave and left" if answer.get("result") == "left" else "is marked left"
-    return _ok(answer, f"ok: {a.node} {how}")
+    left = _membership(c, a, f"force_leave/{q(a.node)}").get("result") == "left"
+    how = "was asked to leave and left" if left else "is marked left"
+    return _ok({"node": a.node, "result": "left" if left else "removed"}, f"ok: {a.node} {how}")
 
 
 def cmd_nodes(c: Client, a: argparse.Namespace) -> Output:
@@ -556,13 +551,9 @@ def add_ctl_parser(sub: Any) -> None:
     leaf(verbs, "version", cmd_version, "the version of this command and of every node")
     g = group("cluster", "the cluster")
     leaf(g, "status", cmd_cluster_status, "the running nodes")
-    leaf(g, "join", cmd_cluster_join, "this node joins the cluster of a seed").add_argument(
-        "seed", metavar="HOST:PORT", help="the cluster address of any node of that cluster"
-    )
-    leaf(g, "leave", cmd_cluster_leave, "this node leaves the cluster (it keeps running)")
-    leaf(g, "force-leave", cmd_cluster_force_leave, "remove a node from the cluster").add_argument(
-        "node", metavar="NODE"
-    )
+    leaf(g, "join", cmd_cluster_join, "join the cluster of a seed").add_argument("seed")
+    leaf(g, "leave", cmd_cluster_leave, "this node leaves (it keeps running)")
+    leaf(g, "force-leave", cmd_cluster_force_leave, "remove a node").add_argument("node")
 
     g = group("clients", "connected clients")
     leaf(g, "list", cmd_clients_list, "every connection in the cluster")
