@@ -31,6 +31,7 @@ __all__ = [
     "start_minibroker",
     "start_minibroker_cluster",
     "start_mosquitto",
+    "tree_of",
     "wait_port",
 ]
 
@@ -148,14 +149,44 @@ def mqtt_probe(host: str, port: int, timeout: float = 5.0) -> bool:
 _UVLOOP_BROKEN: list[str] = []
 
 
-def start_minibroker(core: int | None = None, use_uvloop: bool = True) -> RunningBroker:
+def tree_of(name: str) -> Path | None:
+    """The source tree of a broker named `minibroker@DIR` (another checkout of minibroker, e.g.
+    `git worktree add /tmp/old <rev>`), so one run compares two versions; None for other names.
+    Raises ValueError when DIR holds no minibroker."""
+    if not name.startswith("minibroker@"):
+        return None
+    tree = Path(name.split("@", 1)[1]).expanduser().resolve()
+    if not (tree / "broker" / "cli.py").is_file():
+        raise ValueError(f"{tree} is not a minibroker source tree (no broker/cli.py)")
+    return tree
+
+
+def _tree_label(tree: Path) -> str:
+    """`minibroker@<commit>` for a git checkout, else `minibroker@<dir>`."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        rev = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        if rev:
+            return f"minibroker@{rev}"
+    return f"minibroker@{tree}"
+
+
+def start_minibroker(
+    core: int | None = None, use_uvloop: bool = True, tree: Path | None = None
+) -> RunningBroker:
     """`minibroker start` on free ports with a temporary data directory, `core`-pinned.
 
     On uvloop when asked for and installed; if the broker then fails a CONNECT probe, it is
-    restarted on asyncio (and stays there for this process) with a warning on stderr.
+    restarted on asyncio (and stays there for this process) with a warning on stderr. With
+    `tree`, the broker runs from that source tree instead of the installed one.
     """
     if use_uvloop and uvloop_available() and not _UVLOOP_BROKEN:
-        broker = _start_minibroker(core, "uvloop")
+        broker = _start_minibroker(core, "uvloop", tree=tree)
         if mqtt_probe(broker.host, broker.port):
             return broker
         broker.stop()
@@ -164,11 +195,15 @@ def start_minibroker(core: int | None = None, use_uvloop: bool = True) -> Runnin
             "warning: minibroker refused MQTT on uvloop (see its log); using asyncio instead",
             file=sys.stderr,
         )
-    return _start_minibroker(core, "asyncio")
+    return _start_minibroker(core, "asyncio", tree=tree)
 
 
 def _start_minibroker(
-    core: int | None, loop: str, extra: list[str] | None = None, name: str = "minibroker"
+    core: int | None,
+    loop: str,
+    extra: list[str] | None = None,
+    name: str = "minibroker",
+    tree: Path | None = None,
 ) -> RunningBroker:
     workdir = Path(tempfile.mkdtemp(prefix="minibroker-bench-"))
     port = free_port()
@@ -192,10 +227,19 @@ def _start_minibroker(
         *(extra or ["--cluster-port", str(free_port())]),
     ]
     log = workdir / "broker.log"
-    proc = _spawn(_pin(cmd, core), log)
+    env = None
+    label = f"minibroker {minibroker_version()} ({loop})"
+    if tree is not None:  # that tree's `broker` package wins over the installed one
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]),
+        }
+        label = f"{_tree_label(tree)} ({loop})"
+        name = f"minibroker@{tree}"
+    proc = _spawn(_pin(cmd, core), log, env)
     broker = RunningBroker(
         name,
-        f"minibroker {minibroker_version()} ({loop})",
+        label,
         "127.0.0.1",
         port,
         proc,
@@ -447,6 +491,9 @@ BROKERS = ("minibroker", "mosquitto", "amqtt")
 def start_broker(name: str, core: int | None = None, use_uvloop: bool = True) -> RunningBroker:
     if name == "minibroker":
         return start_minibroker(core, use_uvloop)
+    tree = tree_of(name)
+    if tree is not None:
+        return start_minibroker(core, use_uvloop, tree)
     if name == "mosquitto":
         return start_mosquitto(core)
     if name == "amqtt":

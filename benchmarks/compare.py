@@ -32,6 +32,7 @@ from benchmarks.brokers import (
     find_amqtt,
     find_mosquitto,
     start_broker,
+    tree_of,
 )
 from benchmarks.report import finish_rounds, keep_run
 from benchmarks.results import Record, make_record
@@ -67,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--brokers",
         default="minibroker,mosquitto",
         help=(
-            "brokers to start (minibroker,mosquitto; also amqtt: minibroker,mosquitto,amqtt); "
-            "mosquitto and amqtt are skipped if not installed"
+            "brokers to start (minibroker,mosquitto; also amqtt: minibroker,mosquitto,amqtt; "
+            "and minibroker@DIR: our broker from another source tree, to compare versions in "
+            "one run); mosquitto and amqtt are skipped if not installed"
         ),
     )
     parser.add_argument(
@@ -165,7 +167,13 @@ def select_brokers(spec: str) -> list[str] | None:
     ones that are not installed are left out with a note on stderr. None (after a message) when
     a name is unknown."""
     brokers = list(dict.fromkeys(b.strip() for b in spec.split(",") if b.strip()))
-    unknown = [b for b in brokers if b not in BROKERS]
+    unknown = [b for b in brokers if b not in BROKERS and not b.startswith("minibroker@")]
+    for name in brokers:
+        try:
+            tree_of(name)
+        except ValueError as exc:
+            print(f"minibroker-bench compare: error: {exc}", file=sys.stderr)
+            return None
     if unknown:
         print(
             f"minibroker-bench compare: error: unknown brokers: {', '.join(unknown)} "

@@ -26,9 +26,10 @@ from broker.server.replicated_store import ReplicatedStore
 from cluster.runtime import ClusterConfig, ClusterNode
 from cluster.tls import make_link_tls
 from cluster.wire import Address
+from management.apps import AppStore, import_legacy
 from management.cluster_view import ClusterNodeView
 from management.queries import NodeContext
-from management.server import ManagementServer
+from management.server import ManagementServer, management_config
 from management.view import ClusterView, LocalView, run_query
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,19 @@ class NodeApp:
         broker = self.node.broker
         self.banned_store = BannedStore(broker.banned, config.data_dir)
         self.tables_store = ReplicatedStore(broker.replicated, config.data_dir)
-        self.plugins = PluginManager(broker, config, config.data_dir, config.node_name)
+        persistence = self.node.persistence
+        self.plugins = PluginManager(
+            broker,
+            config,
+            config.data_dir,
+            config.node_name,
+            delayed_store=persistence.delayed if persistence is not None else None,
+        )
         self.alarms = AlarmManager(broker, config.alarms, config.node_name)
+        # The API apps: held by every node (management listener or not), so that a change made
+        # through any node's API is in force on all of them (replicated like the bans).
+        mgmt = management_config(config.management)
+        self.apps = AppStore(config.data_dir, mgmt.apps, mgmt.default_app, self.tables_store)
         # What the management queries see of this node. The cluster may replace `view` (before
         # start()) with one that reaches the other nodes and serves `context` to them.
         self.context = NodeContext(
@@ -60,6 +72,7 @@ class NodeApp:
             started_at=broker.started_at,
             plugins=self.plugins,
             alarms=self.alarms,
+            apps=self.apps,
         )
         self.view: ClusterView = view if view is not None else LocalView(self.context)
         # With [cluster] enabled (and no view given), the node joins the cluster and the API
@@ -91,6 +104,7 @@ class NodeApp:
         self.banned_store.open()
         try:
             self.tables_store.open()
+            import_legacy(self.config.data_dir, self.apps.table)  # development builds' apps.json
             await self.plugins.start()
             try:
                 await self.node.start()
@@ -113,7 +127,7 @@ class NodeApp:
         await self.alarms.start()
         if self.config.management.enabled:
             self.management = ManagementServer(
-                self.view, self.config.management, self.config.data_dir
+                self.view, self.config.management, self.config.data_dir, self.apps
             )
             self.context.extra_listeners = [self.management.stats]
             try:

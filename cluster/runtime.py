@@ -34,9 +34,10 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
 * **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
   every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
   delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
-  (RPC `banned_dump`) from the first live peer it meets, once, and exchanges the replicated
-  tables with it (RPC `tables_sync`, `cluster.table_sync`), and again with every member that
-  joins later or comes back from the dead.
+  (RPC `banned_dump`) from the first live peer it meets, once; the small last-writer-wins
+  tables (`broker.core.replicated`: the API apps, auth_clientid, auth_username; RPC
+  `tables_dump`) are pulled again from every member that joins later or comes back from the
+  dead. All of them go through `cluster.replicas`.
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
@@ -54,12 +55,14 @@ import random
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.core.banned import BanEntry
-from broker.core.broker import Broker
+from broker.core.broker import Broker, Forwarded
+from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
 from cluster.delegate import MemberEvent
 from cluster.forwarder import Forwarder
@@ -67,11 +70,10 @@ from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.membership_config import MembershipConfig
 from cluster.ports import ClusterPorts, ForwardHandler
+from cluster.replicas import ReplicaSet
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
 from cluster.sync import RouteSync
-from cluster.table_sync import METHOD as TABLES_SYNC
-from cluster.table_sync import TableSync
 from cluster.transport import Transport, TransportConfig
 from cluster.wire import (
     Address,
@@ -159,10 +161,12 @@ class ClusterNode:
             self.transport, broker.node_name, self.stats, self._count_forward_dropped
         )
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
-        self.rpc.register("retained_dump", self._retained_dump)
-        self.rpc.register("banned_dump", self._banned_dump)
-        self.tables = TableSync(broker.replicated)  # replicated tables: exchanged on join
-        self.rpc.register(TABLES_SYNC, self.tables.serve)
+        #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
+        #: the app adds its own).
+        self.replicas = ReplicaSet(self.call, self.rpc.register)
+        self.replicas.add("retained", self._retained_dump, self._merge_retained)
+        self.replicas.add("banned", self._banned_dump, self._merge_banned)
+        self.replicas.add("tables", self._tables_dump, broker.replicated.merge_all, resync=True)
         self.port = 0
         self.address: Address = ("127.0.0.1", 0)
         self._membership: Membership | None = None
@@ -367,39 +371,43 @@ class ClusterNode:
         """The remote nodes with a route matching the message's topic (do not change it)."""
         return self.table.remote_match(message.topic)
 
-    def forward(self, message: Message) -> int:
+    def forward(self, message: Message) -> int | Forwarded:
         """The broker's forward hook; returns the number of remote nodes the message was routed
-        to (sent, or counted as dropped here: the broker then does not count it again)."""
+        to (sent, or counted as dropped here: the broker then does not count it again), with
+        how to wait when a link it went on is congested (`Broker.publish` hands that to the
+        publisher, who stops reading meanwhile)."""
         if message.topic.startswith("$SYS/"):
             return 0
         targets = self.forward_targets(message)
+        wait_drained = None
         if targets:
             for node in targets:
                 self.send_forward(node, message)
-            self._hold_publisher_if_congested(targets)
+            wait_drained = self._congestion(targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
             for member in self.membership.live_members():
                 if member.name not in targets:
                     self.stats["retained/replicated"] += 1
                     self.forwarder.send(member.address, message, _RETAIN_EXTRA)
+        if wait_drained is not None:
+            return Forwarded(len(targets), wait_drained)
         return len(targets)
 
-    def _hold_publisher_if_congested(self, targets: AbstractSet[str]) -> None:
-        """Flow control: stop reading the publishing client while a link it feeds is congested
-        (`cluster.transport`), so a slower node slows its publishers instead of losing FORWARDs."""
-        source = self.broker.reading
-        if source is None or source.held_at is not None:
-            return
+    def _congestion(self, targets: AbstractSet[str]) -> WaitDrained | None:
+        """Flow control: how to wait for the first congested link among `targets`
+        (`cluster.transport`), so a slower node slows its publishers instead of losing
+        FORWARDs; None when every link has room."""
         for node in targets:
             member = self.membership.get(node)
-            if member is None or not self.transport.congested(member.address):
-                continue
-            hold = source.hold_input()
-            if hold and self.transport.hold_until_drained(
-                member.address, functools.partial(source.release_input, hold)
-            ):
-                self.stats["forward/held"] += 1
-            return
+            if member is not None and self.transport.congested(member.address):
+                return functools.partial(self._wait_drained, member.address)
+        return None
+
+    def _wait_drained(self, address: Address, resume: Callable[[], None]) -> bool:
+        if self.transport.hold_until_drained(address, resume):
+            self.stats["forward/held"] += 1
+            return True
+        return False
 
     def send_forward(
         self,
@@ -582,12 +590,11 @@ class ClusterNode:
             if not self._synced and not self._syncing and self._running:
                 self._syncing = True
                 self._spawn(self._initial_sync(name))
-            elif self._synced and self._running:  # (re)started elsewhere: tables may differ
-                self._spawn(self.tables.exchange(self.call, name))
+            else:
+                self._resync(name)
         elif event.kind == "alive":
             log.info("cluster: node %s is alive again", name)
-            if self._running:  # back from suspect or dead (a healed partition)
-                self._spawn(self.tables.exchange(self.call, name))
+            self._resync(name)
         elif event.kind == "suspect":
             log.info("cluster: node %s is suspect", name)
         elif event.kind == "dead":
@@ -607,31 +614,26 @@ class ClusterNode:
     # -- state pulled by a joining node ----------------------------------------------------
 
     async def _initial_sync(self, first: str) -> None:
-        """Pull retained messages and bans from one live peer (the first that answers)."""
+        """Pull every replicated table from one live peer (the first that answers)."""
         try:
             candidates = [first, *(n for n in self.live_nodes()[1:] if n != first)]
-            for node in candidates:
-                try:
-                    retained = await self.call(node, "retained_dump", {})
-                    banned = await self.call(node, "banned_dump", {})
-                except RpcError as exc:
-                    log.info("cluster: initial sync from %s failed: %s", node, exc)
-                    continue
-                added = self._merge_retained(retained)
-                bans = self._merge_banned(banned)
-                level = logging.INFO if added or bans else logging.DEBUG
-                log.log(
-                    level,
-                    "cluster: pulled %d retained messages and %d bans from %s",
-                    added,
-                    bans,
-                    node,
-                )
-                await self.tables.exchange(self.call, node)
+            if await self.replicas.pull_all(candidates) is not None:
                 self._synced = True
-                return
         finally:
             self._syncing = False
+
+    def _resync(self, node: str) -> None:
+        """A node joined or came back after the initial sync: pull the resync tables from it
+        (both sides do, so changes made apart during a partition converge)."""
+        tables = self.replicas.tables.values()
+        if self._synced and self._running and any(t.resync for t in tables):
+            self._spawn(self._pull_resync(node))
+
+    async def _pull_resync(self, node: str) -> None:
+        try:
+            await self.replicas.pull(node, resync_only=True)
+        except RpcError as exc:
+            log.info("cluster: resync from %s failed: %s", node, exc)
 
     async def _retained_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
         cfg = self.config
@@ -666,6 +668,9 @@ class ClusterNode:
                 self.broker.retain(message)
                 added += 1
         return added
+
+    async def _tables_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
+        return self.broker.replicated.dump_all()
 
     async def _banned_dump(self, args: dict[str, Any], from_node: str) -> list[dict[str, object]]:
         return [entry.to_dict() for entry in self.broker.banned.entries()]

@@ -63,9 +63,9 @@ FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in
                 entry `[topic, payload, qos, retain, props, publisher, ts]`, plus an 8th element,
                 a map of the other FORWARD fields (`kind`, `shared`) and of `raw`, when it has
                 any. `raw: [is_v5, bytes]` is the QoS 0 PUBLISH as the client sent it (no flags,
-                no properties, payload up to `RAW_MAX` bytes): the receiver sends those bytes
-                to its subscribers of that protocol version instead of encoding them again, as
-                the origin does for its own (`Message.encoded`)
+                payload up to `RAW_MAX` bytes), or the first encoding the origin made: the
+                receiver sends those bytes to its subscribers of that protocol version instead
+                of encoding them again, as the origin does for its own (`Message.frames`)
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================
@@ -87,6 +87,7 @@ import msgpack
 
 from broker.core.message import Message
 from broker.protocol.constants import PropertyId
+from broker.protocol.wire import Frames
 
 PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
@@ -436,12 +437,12 @@ def forward_entry(message: Message, extra: Body | None = None) -> Entry:
         message.publisher,
         message.timestamp,
     ]
-    encoded = message.encoded
-    if encoded and not message.qos and not message.properties and len(message.payload) <= RAW_MAX:
-        for (is_v5, retain), data in encoded.items():
-            if not retain:
-                extra = {**extra, "raw": [is_v5, data]} if extra else {"raw": [is_v5, data]}
-                break
+    frames = message.frames
+    if frames is not None and not message.qos and len(message.payload) <= RAW_MAX:
+        raw = frames.raw
+        if raw is not None and frames.fits(message.topic, message.payload, message.properties):
+            pair = [frames.raw_v5, raw]
+            extra = {**extra, "raw": pair} if extra else {"raw": pair}
     if extra:
         entry.append(extra)
     return entry
@@ -455,9 +456,8 @@ def _take_raw(message: Message, raw: Any) -> bool:
         and isinstance(raw[0], bool)
         and isinstance(raw[1], bytes)
         and not message.qos
-        and not message.properties
     ):
-        message.encoded = {(raw[0], False): raw[1]}
+        message.frames = Frames(message.topic, message.payload, message.properties, raw[1], raw[0])
         return True
     return False
 

@@ -3,13 +3,21 @@
 Three sources, later ones winning for the same id:
   1. the default app `admin`/`public` (EMQX 3.x's), unless `[management] default_app = false`;
   2. `[[management.apps]]` in the config file (secrets in clear, as the file is the operator's);
-  3. `<data_dir>/apps.json`, written by `minibroker apps add|delete`, secrets hashed with
-     PBKDF2-HMAC-SHA256 and a random salt (`pbkdf2_sha256$<iterations>$<salt>$<hash>`, base64).
+  3. the replicated table `apps` (`broker.core.replicated`, saved in
+     `<data_dir>/tables/apps.json`), written by the `/apps` API and `minibroker apps add|delete`,
+     secrets hashed with PBKDF2-HMAC-SHA256 and a random salt
+     (`pbkdf2_sha256$<iterations>$<salt>$<hash>`, base64). A deleted app is a tombstone there,
+     which also hides a default or config app of that id.
 
-The file is re-read when its modification time changes, so apps added with the CLI while the node
-runs take effect without a restart. A disabled (`status` false) or expired (`expired` <= now)
-app is refused. Secrets are compared in constant time; a verified hashed secret is remembered as
-an HMAC under a per-process key, so PBKDF2 runs once per app and secret, not per request.
+Replication is the table's: every row carries its time, the newer row of an id wins (a
+tombstone wins a tie); the API writes a change on every running node at once (`table_put`,
+`table_delete`), and a node that was away pulls the tables from its peers (`cluster.replicas`).
+
+The CLI edits the file of one node; a running node merges the file when it changes
+(`ReplicatedStore.refresh`), so such apps take effect without a restart. A disabled (`status`
+false) or expired (`expired` <= now) app is refused. Secrets are compared in constant time; a
+verified hashed secret is remembered as an HMAC under a per-process key, so PBKDF2 runs once per
+app and secret, not per request.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import sys
@@ -28,11 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.core.replicated import ReplicatedTable, ReplicatedTables, Row
 from broker.server.config import ManagementApp
+from broker.server.replicated_store import ReplicatedStore, ReplicatedStoreError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_APP_ID = "admin"
 DEFAULT_APP_SECRET = "public"
-APPS_FILE = "apps.json"
+#: The replicated table of the apps (`<data_dir>/tables/apps.json`).
+TABLE = "apps"
 HASH_SCHEME = "pbkdf2_sha256"
 HASH_ITERATIONS = 100_000
 
@@ -48,12 +62,68 @@ class App:
     desc: str = ""
     status: bool = True
     expired: int | None = None
-    source: str = "config"  # "default" | "config" | "data_dir"
+    source: str = "config"  # "default" | "config" | "data_dir" (the replicated table)
     secret: str | None = None  # in clear (default and config apps)
-    secret_hash: str | None = None  # hashed (apps.json)
+    secret_hash: str | None = None  # hashed (the table)
+    updated_at: float = 0.0  # Unix seconds of the last change (the table row's `at`)
 
     def usable(self, now: float) -> bool:
         return self.status and (self.expired is None or now < self.expired)
+
+    def row(self) -> dict[str, Any]:
+        """The API's app object: never the secret, nor its hash."""
+        return {
+            "app_id": self.id,
+            "name": self.name,
+            "desc": self.desc,
+            "status": self.status,
+            "expired": self.expired,
+        }
+
+    def value(self) -> dict[str, Any]:
+        """The table row's value (the id is the key, `updated_at` the row's time)."""
+        return {
+            "secret_hash": self.secret_hash,
+            "name": self.name,
+            "desc": self.desc,
+            "status": self.status,
+            "expired": self.expired,
+        }
+
+
+_VALUE_KEYS = ("secret_hash", "name", "desc", "status", "expired")
+
+
+def app_from_row(app_id: str, value: Any, at: float) -> App:
+    """An App from a row of the table; ValueError/TypeError if the value is malformed."""
+    if not isinstance(value, dict):
+        raise TypeError("an app row must be an object")
+    secret_hash, expired = value.get("secret_hash"), value.get("expired")
+    if not isinstance(secret_hash, str):
+        raise ValueError(f"app {app_id!r} has no secret_hash")
+    return App(
+        id=app_id,
+        name=str(value.get("name", "")),
+        desc=str(value.get("desc", "")),
+        status=bool(value.get("status", True)),
+        expired=int(expired) if expired is not None else None,
+        source="data_dir",
+        secret_hash=secret_hash,
+        updated_at=at,
+    )
+
+
+def table_apps(table: ReplicatedTable) -> dict[str, App]:
+    """The live apps of the table (a malformed row is logged and left out)."""
+    out: dict[str, App] = {}
+    for row in table.dump():
+        if row["value"] is None:
+            continue  # deleted
+        try:
+            out[row["key"]] = app_from_row(row["key"], row["value"], row["at"])
+        except (TypeError, ValueError) as exc:
+            log.warning("API app %r ignored: %s", row["key"], exc)
+    return out
 
 
 # -- hashing -------------------------------------------------------------------------------------
@@ -80,57 +150,51 @@ def verify_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
-# -- the apps.json file --------------------------------------------------------------------------
+# -- the file, for `minibroker apps` -----------------------------------------------------------
 
 
 def apps_path(data_dir: str | os.PathLike[str]) -> Path:
-    return Path(data_dir) / APPS_FILE
+    return Path(data_dir) / "tables" / f"{TABLE}.json"
 
 
-def read_file(path: Path) -> list[App]:
-    """The apps stored in `path` ([] when the file does not exist)."""
+def import_legacy(data_dir: str | os.PathLike[str], table: ReplicatedTable) -> int:
+    """Merge `<data_dir>/apps.json` (where development builds kept the apps, no release did)
+    into `table`, so an app that replaced `admin` there does not let the default back in.
+    Idempotent (its rows are older than any change made since); rows changed."""
+    path = Path(data_dir) / "apps.json"
     try:
-        raw = path.read_text(encoding="utf-8")
+        records = json.loads(path.read_text(encoding="utf-8")).get("apps", [])
     except FileNotFoundError:
-        return []
-    data = json.loads(raw)
-    apps: list[App] = []
-    for item in data.get("apps", []):
-        expired = item.get("expired")
-        apps.append(
-            App(
-                id=str(item["id"]),
-                name=str(item.get("name", "")),
-                desc=str(item.get("desc", "")),
-                status=bool(item.get("status", True)),
-                expired=int(expired) if expired is not None else None,
-                source="data_dir",
-                secret_hash=str(item["secret_hash"]),
-            )
-        )
-    return apps
+        return 0
+    except (OSError, ValueError, AttributeError) as exc:
+        log.error("%s: cannot import the API apps: %s", path, exc)
+        return 0
+    rows: list[Row] = []
+    for item in records if isinstance(records, list) else []:
+        try:
+            app_id, at = item["id"], float(item.get("updated_at", 0.0))
+            value = None if item.get("deleted") else {k: item.get(k) for k in _VALUE_KEYS}
+            if value is not None:
+                app_from_row(app_id, value, at)  # raises for a malformed one
+            rows.append(Row(app_id, at, value))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("%s: an app record is ignored: %s", path, exc)
+    return table.merge(rows)
 
 
-def write_file(path: Path, apps: list[App]) -> None:
-    """Replace the file atomically; it holds hashes only, yet is made readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = [
-        {
-            "id": a.id,
-            "secret_hash": a.secret_hash,
-            "name": a.name,
-            "desc": a.desc,
-            "status": a.status,
-            "expired": a.expired,
-        }
-        for a in apps
-    ]
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"apps": rows}, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+def open_table(data_dir: str | os.PathLike[str]) -> ReplicatedTable:
+    """The apps table of `data_dir`, loaded; a change is saved at once (ReplicatedStoreError for
+    a corrupt file)."""
+    store = ReplicatedStore(ReplicatedTables(), os.fspath(data_dir))
+    store.open()
+    table = store.tables.table(TABLE)
+    import_legacy(data_dir, table)
+    return table
+
+
+def stored_apps(data_dir: str | os.PathLike[str]) -> list[App]:
+    """The apps stored in `data_dir` (not the deleted ones), by id."""
+    return list(table_apps(open_table(data_dir)).values())
 
 
 def add_app(
@@ -145,55 +209,81 @@ def add_app(
 ) -> App:
     if not app_id or not secret:
         raise AppError("the app id and secret must not be empty")
-    path = apps_path(data_dir)
-    apps = read_file(path)
-    if any(a.id == app_id for a in apps):
-        raise AppError(f"app {app_id!r} already exists in {path}; delete it first")
-    app = App(app_id, name, desc, status, expired, "data_dir", None, hash_secret(secret))
-    write_file(path, [*apps, app])
+    table = open_table(data_dir)
+    if table.get(app_id) is not None:
+        raise AppError(f"app {app_id!r} already exists in {apps_path(data_dir)}; delete it first")
+    app = make_app(app_id, secret, name=name, desc=desc, status=status, expired=expired)
+    row = table.row(app_id)  # a tombstone: the new app must be newer
+    app.updated_at = max(app.updated_at, row.at + 0.001) if row is not None else app.updated_at
+    table.put(app_id, app.value(), app.updated_at)
     return app
 
 
 def delete_app(data_dir: str | os.PathLike[str], app_id: str) -> None:
-    path = apps_path(data_dir)
-    apps = read_file(path)
-    kept = [a for a in apps if a.id != app_id]
-    if len(kept) == len(apps):
-        raise AppError(f"no app {app_id!r} in {path}")
-    write_file(path, kept)
+    """Replace the app by a tombstone (so that a peer's older copy cannot bring it back)."""
+    table = open_table(data_dir)
+    row = table.row(app_id)
+    if row is None or row.value is None:
+        raise AppError(f"no app {app_id!r} in {apps_path(data_dir)}")
+    table.delete(app_id, max(time.time(), row.at + 0.001))
+
+
+def make_app(
+    app_id: str,
+    secret: str,
+    *,
+    name: str = "",
+    desc: str = "",
+    status: bool = True,
+    expired: int | None = None,
+    now: float | None = None,
+) -> App:
+    """A new data_dir record with its secret hashed (the secret itself is not kept)."""
+    return App(
+        app_id,
+        name,
+        desc,
+        status,
+        expired,
+        "data_dir",
+        None,
+        hash_secret(secret),
+        time.time() if now is None else now,
+    )
 
 
 # -- the store the API authenticates against -----------------------------------------------------
 
 
 class AppStore:
-    """The effective apps of a node (default, config, data dir) and Basic-auth checks."""
+    """The effective apps of a node (default, config, the replicated table) and Basic-auth
+    checks. `store` is the node's ReplicatedStore (None: one of its own over `data_dir`)."""
 
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
         configured: list[ManagementApp] | None = None,
         default_app: bool = True,
+        store: ReplicatedStore | None = None,
     ) -> None:
+        if store is None:
+            store = ReplicatedStore(ReplicatedTables(), os.fspath(data_dir))
+            store.open()
+            import_legacy(data_dir, store.tables.table(TABLE))
+        self.store = store
         self.path = apps_path(data_dir)
         self.configured = list(configured or [])
         self.default_app = default_app
-        self._file_apps: list[App] = []
-        self._file_mtime: int | None = None
         self._key = secrets.token_bytes(32)
         self._verified: dict[str, bytes] = {}
 
-    def _reload(self) -> None:
-        try:
-            mtime: int | None = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            mtime = None
-        if mtime != self._file_mtime:
-            self._file_apps = read_file(self.path) if mtime is not None else []
-            self._file_mtime = mtime
+    @property
+    def table(self) -> ReplicatedTable:
+        return self.store.tables.table(TABLE)
 
     def apps(self) -> dict[str, App]:
-        self._reload()
+        """The apps in force: the table's rows (tombstones remove) over config, default."""
+        self.store.refresh(TABLE)  # apps the CLI added or deleted while the node runs
         out: dict[str, App] = {}
         if self.default_app:
             out[DEFAULT_APP_ID] = App(
@@ -205,14 +295,20 @@ class AppStore:
             )
         for c in self.configured:
             out[c.id] = App(c.id, c.name, c.desc, c.status, c.expired, "config", c.secret)
-        for app in self._file_apps:
-            out[app.id] = app
+        table = self.table
+        for app_id in list(out):
+            row = table.row(app_id)
+            if row is not None and row.value is None:  # deleted through the API or the CLI
+                del out[app_id]
+        out.update(table_apps(table))
         return out
 
     def default_in_use(self) -> bool:
         """True while `admin`/`public` lets anyone in (warned about at start)."""
         app = self.apps().get(DEFAULT_APP_ID)
         return app is not None and app.source == "default"
+
+    # -- authentication ----------------------------------------------------------------------
 
     def _mark(self, app_id: str, secret: str, stored: str) -> bytes:
         msg = f"{app_id}\0{secret}\0{stored}".encode()
@@ -233,6 +329,11 @@ class AppStore:
         if known is not None and hmac.compare_digest(known, mark):
             return True
         if not await asyncio.to_thread(verify_secret, secret, stored):
+            return False
+        # The app may have been disabled, deleted or re-keyed while PBKDF2 ran: check again.
+        current = self.apps().get(app_id)
+        moment = time.time() if now is None else now
+        if current is None or current.secret_hash != stored or not current.usable(moment):
             return False
         self._verified[app_id] = mark
         return True
@@ -287,11 +388,11 @@ def apps_main(args: argparse.Namespace) -> int:
             delete_app(args.data_dir, args.id)
             print(f"app {args.id} deleted")
         else:
-            for app in read_file(apps_path(args.data_dir)):
+            for app in stored_apps(args.data_dir):
                 expired = str(app.expired) if app.expired is not None else "never"
                 status = "enabled" if app.status else "disabled"
                 print(f"{app.id}\t{app.name}\t{status}\texpired={expired}\t{app.desc}")
-    except (AppError, OSError, ValueError, KeyError) as exc:
+    except (AppError, OSError, ValueError, KeyError, ReplicatedStoreError) as exc:
         print(f"minibroker: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -121,6 +121,18 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+async def json_array(request: web.Request) -> list[Any]:
+    """A body that must be a JSON array (the batch endpoints), whatever its Content-Type."""
+    raw = await request.read() if request.can_read_body else b""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadJson() from None
+    if not isinstance(body, list):
+        raise BadJson()
+    return body
+
+
 def missing(p: dict[str, Any], *names: str) -> None:
     absent = [n for n in names if p.get(n) in (None, "")]
     if absent:

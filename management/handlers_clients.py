@@ -8,6 +8,7 @@ is connected on at most one node, but an offline session may remain on another.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from management.common import (
     as_int,
     as_str,
     check_result,
+    json_array,
     missing,
     node_call,
     paginate,
@@ -27,7 +29,14 @@ from management.common import (
     reply,
     view_of,
 )
-from management.errors import BadParam, BadTopic, ClientNotFound, MissingParams, SessionNotFound
+from management.errors import (
+    CODE_BAD_PARAM,
+    BadParam,
+    BadTopic,
+    ClientNotFound,
+    MissingParams,
+    SessionNotFound,
+)
 from management.view import RouteSource
 
 
@@ -178,8 +187,7 @@ def _bad_topic() -> ApiError:
     return BadTopic()
 
 
-async def mqtt_publish(request: web.Request) -> web.Response:
-    p = await params(request)
+async def _publish(request: web.Request, p: dict[str, Any]) -> None:
     topics = _topics(p)
     if not all(validate_topic_name(t) for t in topics):
         raise _bad_topic()
@@ -199,7 +207,6 @@ async def mqtt_publish(request: web.Request) -> web.Response:
     }
     view = view_of(request)
     check_result(await node_call(request, view.local_node, "publish", args))
-    return reply({"code": 0})
 
 
 async def _session_node(request: web.Request, client_id: str) -> str:
@@ -210,8 +217,7 @@ async def _session_node(request: web.Request, client_id: str) -> str:
     raise SessionNotFound()
 
 
-async def mqtt_subscribe(request: web.Request) -> web.Response:
-    p = await params(request)
+async def _subscribe(request: web.Request, p: dict[str, Any]) -> None:
     missing(p, "client_id")
     client_id = as_str(p["client_id"], "client_id")
     topics = _topics(p)
@@ -221,11 +227,9 @@ async def mqtt_subscribe(request: web.Request) -> web.Response:
     node = await _session_node(request, client_id)
     args = {"client_id": client_id, "topics": topics, "qos": qos}
     check_result(await node_call(request, node, "subscribe", args))
-    return reply({"code": 0})
 
 
-async def mqtt_unsubscribe(request: web.Request) -> web.Response:
-    p = await params(request)
+async def _unsubscribe(request: web.Request, p: dict[str, Any]) -> None:
     missing(p, "client_id")
     client_id = as_str(p["client_id"], "client_id")
     missing(p, "topic")
@@ -235,4 +239,68 @@ async def mqtt_unsubscribe(request: web.Request) -> web.Response:
     node = await _session_node(request, client_id)
     args = {"client_id": client_id, "topic": topic}
     check_result(await node_call(request, node, "unsubscribe", args))
+
+
+async def mqtt_publish(request: web.Request) -> web.Response:
+    await _publish(request, await params(request))
     return reply({"code": 0})
+
+
+async def mqtt_subscribe(request: web.Request) -> web.Response:
+    await _subscribe(request, await params(request))
+    return reply({"code": 0})
+
+
+async def mqtt_unsubscribe(request: web.Request) -> web.Response:
+    await _unsubscribe(request, await params(request))
+    return reply({"code": 0})
+
+
+# -- the batch forms (EMQX 3.2.4) ----------------------------------------------------------------
+
+Action = Callable[[web.Request, dict[str, Any]], Awaitable[None]]
+
+#: The fields of a request element echoed in its result, per action (EMQX 3.2.4's).
+_ECHO: dict[str, tuple[str, ...]] = {
+    "publish": ("client_id", "topic", "qos", "retain", "payload"),
+    "subscribe": ("client_id", "topic", "qos"),
+    "unsubscribe": ("client_id", "topic"),
+}
+
+
+async def _batch(request: web.Request, kind: str, action: Action) -> web.Response:
+    """One result per element, in order: the element's fields and `reason_code` (0 = done).
+
+    As EMQX 3.2.4 does: an element's failure does not stop the others, the call itself answers
+    200 with the list, and an empty list is `bad_topic`.
+    """
+    elements = await json_array(request)
+    if not elements:
+        raise _bad_topic()
+    results: list[dict[str, Any]] = []
+    for element in elements:
+        if isinstance(element, dict):
+            echo = {k: element[k] for k in _ECHO[kind] if k in element}
+            if "topic" not in echo and "topics" in element:
+                echo["topic"] = element["topics"]
+            try:
+                await action(request, dict(element))
+                code = 0
+            except ApiError as exc:
+                code = exc.code  # EMQX's code of that error (management.errors)
+        else:
+            echo, code = {}, CODE_BAD_PARAM
+        results.append({**echo, "reason_code": code})
+    return reply(results)
+
+
+async def mqtt_publish_batch(request: web.Request) -> web.Response:
+    return await _batch(request, "publish", _publish)
+
+
+async def mqtt_subscribe_batch(request: web.Request) -> web.Response:
+    return await _batch(request, "subscribe", _subscribe)
+
+
+async def mqtt_unsubscribe_batch(request: web.Request) -> web.Response:
+    return await _batch(request, "unsubscribe", _unsubscribe)

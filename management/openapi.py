@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.core.metrics import METRIC_NAMES, STAT_NAMES
 from broker.server.banner import broker_version
-
-if TYPE_CHECKING:
-    from management.api import Route
+from management.routes import Route
 
 Schema = dict[str, Any]
 
@@ -181,6 +179,44 @@ SCHEMAS: dict[str, Schema] = {
         optional=["at", "until"],
     ),
     "meta": obj({"page": INT, "limit": INT, "count": INT}),
+    # added after the seed
+    "app": obj(
+        {
+            "app_id": STR,
+            "name": STR,
+            "desc": STR,
+            "status": BOOL,
+            "expired": {"type": ["integer", "null"]},
+        }
+    ),
+    "app_secret": obj({"secret": STR}),
+    "config": obj(
+        {
+            "key": STR,
+            "value": {},
+            "datatype": {"enum": ["boolean", "integer", "float", "null", "list", "map", "string"]},
+            "app": STR,
+        }
+    ),
+    "node_configs": obj({"node": STR, "configs": array(ref("config"))}),
+    "publish_result": obj(
+        {
+            "client_id": STR,
+            "topic": STR,
+            "qos": INT,
+            "retain": BOOL,
+            "payload": STR,
+            "reason_code": INT,
+        },
+        optional=["client_id", "topic", "qos", "retain", "payload"],
+    ),
+    "subscribe_result": obj(
+        {"client_id": STR, "topic": STR, "qos": INT, "reason_code": INT},
+        optional=["client_id", "topic", "qos"],
+    ),
+    "unsubscribe_result": obj(
+        {"client_id": STR, "topic": STR, "reason_code": INT}, optional=["client_id", "topic"]
+    ),
     # request bodies
     "publish": obj(
         {
@@ -203,6 +239,31 @@ SCHEMAS: dict[str, Schema] = {
     "cluster_join": obj({"seed": STR}),
     "force_leave": obj({"node": STR, "result": {"enum": ["left", "removed"]}}),
 }
+# EMQX 3.2's alarm rows: ours plus `desc` (and `clear_at` once cleared).
+_ALARM_DESC = obj({k: SCHEMAS["alarm"]["properties"][k] for k in ("severity", "title", "summary",
+                                                                  "timestamp")})  # fmt: skip
+SCHEMAS["alarm_present"] = obj({**SCHEMAS["alarm"]["properties"], "desc": _ALARM_DESC})
+SCHEMAS["alarm_history"] = obj({**SCHEMAS["alarm_present"]["properties"], "clear_at": STR})
+SCHEMAS["node_alarms_present"] = obj({"node": STR, "alarms": array(ref("alarm_present"))})
+SCHEMAS["node_alarms_history"] = obj({"node": STR, "alarms": array(ref("alarm_history"))})
+# request bodies added after the seed
+SCHEMAS["app_request"] = obj(
+    {
+        "app_id": STR,
+        "secret": STR,
+        "name": STR,
+        "desc": STR,
+        "status": BOOL,
+        "expired": {"type": ["integer", "null"]},
+    },
+    optional=["secret", "name", "desc", "status", "expired"],
+)
+_APP_UPDATE = ("name", "desc", "status", "expired")
+SCHEMAS["app_update"] = obj(
+    {k: SCHEMAS["app_request"]["properties"][k] for k in _APP_UPDATE}, optional=_APP_UPDATE
+)
+for _kind in ("publish", "subscribe", "unsubscribe"):
+    SCHEMAS[f"{_kind}_batch"] = {**array(ref(_kind)), "minItems": 1}
 # The request form of a ban: who and as required, the rest optional; `at` is set by the server.
 SCHEMAS["banned_request"] = obj(
     {k: v for k, v in SCHEMAS["banned"]["properties"].items() if k != "at"},
@@ -214,8 +275,12 @@ SCHEMAS["auth_key"] = {"type": "string", "minLength": 1}
 SCHEMAS["auth_clientid"] = obj({"clientid": SCHEMAS["auth_key"], "password": SCHEMAS["auth_key"]})
 SCHEMAS["auth_username"] = obj({"username": SCHEMAS["auth_key"], "password": SCHEMAS["auth_key"]})
 SCHEMAS["auth_password"] = obj({"password": SCHEMAS["auth_key"]})
-#: routes that answer 409 `existed` for an entry that is there already
-_CONFLICT_409 = ("add_clientid", "add_username")
+#: routes that answer 409 for an entry that is there already, with their error message
+_CONFLICT_409 = {
+    "add_clientid": "existed: the entry is there already",
+    "add_username": "existed: the entry is there already",
+    "add_app": "already_existed",
+}
 
 
 def response_schema(returns: str) -> tuple[str, Schema]:
@@ -293,7 +358,7 @@ def operation(route: Route) -> Schema:
     if route.name in ("load_plugin", "unload_plugin"):
         responses["409"] = _error("already_started / not_started")
     if route.name in _CONFLICT_409:
-        responses["409"] = _error("existed: the entry is there already")
+        responses["409"] = _error(_CONFLICT_409[route.name])
     if route.path.startswith(("/auth_clientid", "/auth_username")):
         responses["404"] = _error("plugin_not_loaded on the node asked, or not_found")
     op: Schema = {

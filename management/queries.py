@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 
 from broker.core.banned import BAN_KINDS, BanEntry
+from broker.core.channel import Channel
 from broker.core.message import Message, is_expired
 from broker.core.metrics import METRIC_NAMES, STAT_NAMES
 from broker.core.session import Session, Subscription
@@ -44,11 +45,11 @@ from broker.plugins.manager import (
 )
 from broker.server.listeners import ListenerStats
 from broker.server.logs import set_level
+from management.apps import AppStore
 from management.formats import human_bytes, local_datetime, undefined, uptime
 
 if TYPE_CHECKING:
     from broker.core.broker import Broker
-    from broker.core.channel import Channel
     from broker.server.config import BrokerConfig
     from broker.server.node import Node
 
@@ -74,9 +75,11 @@ class PluginManagerLike(Protocol):
 
 
 class AlarmManagerLike(Protocol):
-    """What the API uses of `broker.server.alarms.AlarmManager`: the raised alarms."""
+    """What the API uses of `broker.server.alarms.AlarmManager`: raised and cleared alarms."""
 
     def list(self) -> Rows: ...
+
+    def history(self) -> Rows: ...
 
 
 @dataclass(kw_only=True)
@@ -90,6 +93,8 @@ class NodeContext:
     started_at: float
     plugins: PluginManagerLike | None = None
     alarms: AlarmManagerLike | None = None
+    #: The node's API apps (the `/apps` endpoints change them on every node).
+    apps: AppStore | None = None
     #: Listeners outside `node.listeners` (the management HTTP server).
     extra_listeners: list[ListenerStats] = field(default_factory=list)
 
@@ -236,23 +241,27 @@ def connection_row(ctx: NodeContext, channel: Channel) -> Row:
 @query("connections")
 async def connections(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     """Connected clients; `client_id` narrows to that one."""
-    connected = ctx.broker.connected
     client_id = args.get("client_id")
     if client_id is not None:
-        channel = connected.get(str(client_id))
-        return [connection_row(ctx, channel)] if channel is not None else []
-    return [connection_row(ctx, ch) for ch in list(connected.values())]
+        channel = ctx.broker.connected.get(str(client_id))
+        return [connection_row(ctx, channel)] if isinstance(channel, Channel) else []
+    return [connection_row(ctx, ch) for ch in channels(ctx)]
+
+
+def channels(ctx: NodeContext) -> list[Channel]:
+    """The node's connections as the channels they are (the Broker sees them as `ClientPort`s,
+    which carry less than a connection row shows)."""
+    return [ch for ch in list(ctx.broker.connected.values()) if isinstance(ch, Channel)]
 
 
 @query("kick")
 async def kick(ctx: NodeContext, args: dict[str, Any]) -> bool:
-    channel = ctx.broker.connected.get(str(args["client_id"]))
-    if channel is None:
-        return False
-    log.info("kicked %s (username %r) from %s:%s (management API)",
-             channel.client_id, channel.username, channel.peer_host, channel.peer_port)  # fmt: skip
-    channel.kick()
-    return True
+    client_id = str(args["client_id"])
+    channel = ctx.broker.connected.get(client_id)
+    if channel is not None:
+        log.info("kicked %s (username %r) from %s:%s (management API)", channel.client_id,
+                 channel.username, channel.peer_host, channel.peer_port)  # fmt: skip
+    return ctx.broker.kick(client_id)
 
 
 def session_row(ctx: NodeContext, session: Session) -> Row:
@@ -398,9 +407,7 @@ async def publish(ctx: NodeContext, args: dict[str, Any]) -> Any:
     delivered = 0
     for topic in topics:
         message = Message(topic, data, qos, retain, {}, publisher, broker.clock(), broker.node_name)
-        hooked = broker.hooks.run_message_publish(message)
-        if hooked is not None:
-            delivered += broker.publish(hooked)
+        delivered += broker.publish(message, hooks=True).deliveries
     return delivered
 
 
@@ -419,16 +426,11 @@ async def subscribe(ctx: NodeContext, args: dict[str, Any]) -> Any:
         return error("bad_topic")
     channel = broker.connected.get(client_id)
     info = channel.info if channel is not None else None
-    now = broker.clock()
     for filt in topics:
         group, real = parse_shared(filt)
-        broker.subscribe(session, Subscription(client_id, filt, real, group, qos))
-        if info is not None:
-            for hook in broker.hooks.session_subscribed:
-                hook(info, filt, qos)
-        if group is None:
-            for message in broker.retained_for(real):
-                session.deliver(message, min(message.qos, qos), True, None, now)
+        subscription = Subscription(client_id, filt, real, group, qos)
+        existed = broker.subscribe(session, subscription, info)
+        broker.send_retained(session, subscription, existed)
     return "ok"
 
 
@@ -472,7 +474,7 @@ _PLUGIN_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-async def _plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
+async def plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
     if ctx.plugins is None:
         return error("not_found")
     try:
@@ -490,12 +492,12 @@ async def _plugin_action(ctx: NodeContext, action: str, name: str) -> Any:
 
 @query("plugin_load")
 async def plugin_load(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    return await _plugin_action(ctx, "load", str(args["name"]))
+    return await plugin_action(ctx, "load", str(args["name"]))
 
 
 @query("plugin_unload")
 async def plugin_unload(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    return await _plugin_action(ctx, "unload", str(args["name"]))
+    return await plugin_action(ctx, "unload", str(args["name"]))
 
 
 @query("listeners")

@@ -54,10 +54,17 @@ def _bind(bind: str, port: int) -> socket.socket:
 class ManagementServer:
     """Serves `make_app(view, apps)` on the management listener."""
 
-    def __init__(self, view: ClusterView, config: ListenerConfig, data_dir: str) -> None:
+    def __init__(
+        self,
+        view: ClusterView,
+        config: ListenerConfig,
+        data_dir: str,
+        apps: AppStore | None = None,
+    ) -> None:
         self.config = management_config(config)
         self.view = view
-        self.apps = AppStore(data_dir, self.config.apps, self.config.default_app)
+        #: The node's apps (`broker.app` passes the store it replicates); else a private one.
+        self.apps = apps or AppStore(data_dir, self.config.apps, self.config.default_app)
         self.stats = ListenerStats("http:management", self.config.bind, self.config.port)
         self.port = 0
         self._runner: web.AppRunner | None = None

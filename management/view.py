@@ -75,6 +75,7 @@ class MemberSource(Protocol):
 
 async def run_query(ctx: NodeContext, query: str, args: dict[str, Any]) -> Any:
     """Run `query` of the table against one node's context (what the RPC server side calls)."""
+    from management import queries_admin  # noqa: F401 (registers its queries)
     from management.queries import QUERIES
 
     fn = QUERIES.get(query)

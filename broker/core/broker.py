@@ -2,8 +2,16 @@
 
 All state changes happen on one thread through these methods; the transports (`broker.server`)
 only feed bytes into channels and write what channels hand them. Packet handling per client lives
-in `broker.core.channel`; this module holds what is shared between clients: routing a message to
-sessions, session lookup/takeover, subscriptions and the periodic housekeeping.
+in `broker.core.channel` (dispatch) and the `handle_*` modules; this module holds what is shared
+between clients: routing a message to sessions, session lookup/takeover, subscriptions and the
+periodic housekeeping.
+
+The operations are one method each, whatever their origin (`docs/architecture.md`): `publish`
+(clients, wills through `publish_will`, REST, plugins, `$SYS`, copies from other nodes; it runs
+the publish hooks when asked and reports back-pressure in its `Published` result), `subscribe`
+and `send_retained` (a SUBSCRIBE, the REST API, a session imported from another node),
+`unsubscribe`, `kick`. The connections are seen only as `ClientPort`s
+(`broker.core.client_port`): this module never imports them.
 """
 
 from __future__ import annotations
@@ -11,11 +19,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from broker.core.banned import BannedTable
-from broker.core.cluster_port import SessionLocator, SessionState, SharedDispatcher
-from broker.core.hooks import Hooks
+from broker.core.client_port import ClientPort
+from broker.core.cluster_port import SessionLocator, SessionState, SharedDispatcher, WaitDrained
+from broker.core.hooks import ClientInfo, Hooks
 from broker.core.message import Message, is_expired
 from broker.core.metrics import Metrics, Stats
 from broker.core.replicated import ReplicatedTables
@@ -25,10 +34,8 @@ from broker.core.settings import Settings
 from broker.core.shared import SharedGroupPicker
 from broker.core.topics import parse_shared, validate_topic_filter
 from broker.core.trie import SubscriptionTrie
-from broker.core.wills import WillTimers, publish_will
-
-if TYPE_CHECKING:
-    from broker.core.channel import Channel
+from broker.core.wills import WillTimers, will_message
+from broker.protocol.packets import Will
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,33 @@ RouteListener = Callable[[str, bool], None]
 #: Told about shared groups: (group, real filter, True = first local member / False = last gone).
 SharedRouteListener = Callable[[str, str, bool], None]
 #: Callback given every message routed from a local publisher (the cluster forwards it);
-#: returns the number of nodes it went to (a message forwarded is not counted as dropped).
-ForwardHook = Callable[[Message], "int | None"]
+#: returns the number of nodes it went to (a message forwarded is not counted as dropped), or a
+#: `Forwarded` when a node it went to cannot take more yet.
+ForwardHook = Callable[[Message], "int | Forwarded | None"]
+
+
+class Forwarded(NamedTuple):
+    """What a forward hook did: the nodes it sent to, and how to wait for a congested one."""
+
+    nodes: int
+    wait_drained: WaitDrained | None = None
+
+
+class Published(NamedTuple):
+    """What `Broker.publish` did, for the caller to act on.
+
+    `deliveries`: local deliveries plus remote nodes (0 = nobody matched: 5.0 PUBACK 0x10).
+    `wait_drained`: set when a node the message went to cannot take more yet (back-pressure):
+    a client publisher stops reading and passes its resume callback (`Connection.route`);
+    other origins (REST, wills, plugins) have nothing to pause and ignore it.
+    """
+
+    deliveries: int
+    wait_drained: WaitDrained | None = None
+
+
+#: The usual answers, made once: a PUBLISH does not allocate its result.
+_PUBLISHED = [Published(n) for n in range(64)]
 
 
 class Broker:
@@ -63,15 +95,12 @@ class Broker:
         self.banned = BannedTable()
         #: tables kept the same on every node (auth_clientid/auth_username credentials)
         self.replicated = ReplicatedTables()
-        self.connected: dict[str, Channel] = {}
-        self.channels: set[Channel] = set()
+        self.connected: dict[str, ClientPort] = {}
+        self.channels: set[ClientPort] = set()
         self.picker = SharedGroupPicker(self.settings.shared_subscription_strategy)
         self.route_listeners: list[RouteListener] = []
         self.shared_route_listeners: list[SharedRouteListener] = []
         self.forward_hooks: list[ForwardHook] = []
-        #: The channel whose input is being handled right now (None between reads): whom a
-        #: forward hook can hold back when a message cannot go on yet (`Channel.hold_input`).
-        self.reading: Channel | None = None
         # Cluster ports (broker.core.cluster_port); None on a single node.
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None
@@ -91,10 +120,10 @@ class Broker:
 
     # -- connections ----------------------------------------------------------------------
 
-    def channel_opened(self, channel: Channel) -> None:
+    def channel_opened(self, channel: ClientPort) -> None:
         self.channels.add(channel)
 
-    def channel_closed(self, channel: Channel) -> None:
+    def channel_closed(self, channel: ClientPort) -> None:
         self.channels.discard(channel)
         client_id = channel.client_id
         if client_id is not None and self.connected.get(client_id) is channel:
@@ -115,7 +144,7 @@ class Broker:
         return "auto-" + secrets.token_hex(8)
 
     def open_session(
-        self, channel: Channel, client_id: str, clean_start: bool, expiry_interval: int
+        self, channel: ClientPort, client_id: str, clean_start: bool, expiry_interval: int
     ) -> tuple[Session, bool]:
         """Bind `channel` to the session of `client_id`, taking over any existing connection.
 
@@ -179,6 +208,20 @@ class Broker:
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
         self.update_stats()
+
+    def drop_session(self, client_id: str) -> bool:
+        """An operator ends the session of `client_id` (EMQX's clean_session): a connected
+        client is disconnected (0x98, its will published as for any kick) and the session,
+        online or offline, is discarded with its subscriptions. A delayed will still pending is
+        published now, since the session ends (MQTT-3.1.3-9). False when there is no session."""
+        kicked = self.kick(client_id)
+        pending = self.wills.take(client_id)
+        if pending is not None:
+            self.publish_will(pending.info, pending.will)
+        if client_id not in self.sessions:
+            return kicked
+        self.discard_session(client_id)
+        return True
 
     # -- moving sessions between nodes (cluster takeover, broker.core.cluster_port) ---------
 
@@ -245,13 +288,22 @@ class Broker:
             channel.taken_over(_takeover_ends_session(self.sessions.get(client_id), clean_start))
         pending = self.wills.take(client_id)
         if pending is not None and clean_start:
-            publish_will(self, pending.info, pending.will)
+            self.publish_will(pending.info, pending.will)
         session = self.sessions.get(client_id)
         if session is None:
             return None
         state = None if clean_start else session.export_state()
         self.discard_session(client_id)
         return state
+
+    def kick(self, client_id: str) -> bool:
+        """Disconnect the client connected here as `client_id` (0x98, Administrative action);
+        False when it is not connected here."""
+        client = self.connected.get(client_id)
+        if client is None:
+            return False
+        client.kick()
+        return True
 
     def kick_banned(self) -> int:
         """Disconnect every connected client that the banned list now refuses."""
@@ -265,8 +317,13 @@ class Broker:
 
     # -- subscriptions --------------------------------------------------------------------
 
-    def subscribe(self, session: Session, subscription: Subscription) -> bool:
-        """Add or replace a subscription (MQTT-3.8.4-3). Returns True if it already existed."""
+    def subscribe(
+        self, session: Session, subscription: Subscription, info: ClientInfo | None = None
+    ) -> bool:
+        """Add or replace a subscription (MQTT-3.8.4-3), whatever its origin (a SUBSCRIBE, the
+        REST API, a session imported from another node), and tell the `session_subscribed`
+        hooks when the client is known (`info`). Returns True if it already existed. The
+        retained messages follow with `send_retained`, once the caller has acknowledged."""
         previous = session.subscriptions.get(subscription.filter)
         session.subscriptions[subscription.filter] = subscription
         session.touch()
@@ -284,7 +341,22 @@ class Broker:
             for shared_listener in self.shared_route_listeners:
                 shared_listener(group, subscription.topic_filter, True)
         self.update_stats()
+        if info is not None:
+            for hook in self.hooks.session_subscribed:
+                hook(info, subscription.filter, subscription.qos)
         return previous is not None
+
+    def send_retained(self, session: Session, subscription: Subscription, existed: bool) -> None:
+        """Deliver the retained messages a new subscription asks for: none for a shared one
+        (MQTT 5 4.8.2); Retain Handling 0 always, 1 only if it did not exist, 2 never
+        (MQTT-3.3.1-9..11); each with RETAIN=1 (MQTT-3.3.1-8) at most the granted QoS."""
+        handling = subscription.retain_handling
+        if subscription.share_group is not None or handling == 2 or (handling == 1 and existed):
+            return
+        now = self.clock()
+        sub_ids = [subscription.identifier] if subscription.identifier is not None else None
+        for message in self.retained_for(subscription.topic_filter):
+            session.deliver(message, min(message.qos, subscription.qos), True, sub_ids, now)
 
     def unsubscribe(self, session: Session, filt: str) -> bool:
         subscription = session.subscriptions.pop(filt, None)
@@ -313,9 +385,13 @@ class Broker:
 
     # -- routing --------------------------------------------------------------------------
 
-    def publish(self, message: Message, *, forward: bool = True, shared: bool = True) -> int:
-        """Route one message to every matching session; returns the local deliveries plus the
-        remote nodes it was forwarded to (0 means nobody matched: 5.0 PUBACK 0x10).
+    def publish(
+        self, message: Message, *, hooks: bool = False, forward: bool = True, shared: bool = True
+    ) -> Published:
+        """Publish one message, whatever its origin: the one place that runs the publish hooks
+        (`hooks=True`: clients, wills, REST, delayed publish; plugins may rewrite or swallow
+        it, and a hook returns a new Message to change one, never edits it in place), then
+        routes it to every matching session and forwards it to other nodes. See `Published`.
 
         Retained state is updated first (MQTT-3.3.1-5/10/11). A client with several matching
         subscriptions gets one copy at the highest granted QoS (MQTT-3.3.5-1), with every
@@ -324,6 +400,16 @@ class Broker:
         `shared=False` (a copy forwarded by another node, whose groups that node served)
         leaves shared groups out; `forward=False` does not give it to the `forward_hooks`.
         """
+        if hooks and self.hooks.message_publish:
+            hooked = self.hooks.run_message_publish(message)
+            if hooked is None:
+                return _PUBLISHED[0]
+            message = hooked
+            frames = message.frames
+            if frames is not None and not frames.fits(
+                message.topic, message.payload, message.properties
+            ):
+                message.frames = None  # a hook changed it in place: its bytes are stale
         counters = self.metrics.counters
         if message.retain:
             self.retain(message)
@@ -369,14 +455,31 @@ class Broker:
             for group, topic_filter, members in groups:
                 delivered += self._deliver_shared(message, group, topic_filter, members, now)
         forwarded = 0
+        wait_drained = None
         if forward and self.forward_hooks:
             for hook in self.forward_hooks:
-                forwarded += hook(message) or 0
+                result = hook(message)
+                if isinstance(result, tuple):
+                    forwarded += result.nodes
+                    wait_drained = result.wait_drained or wait_drained
+                else:
+                    forwarded += result or 0
         if delivered == 0 and not forwarded and shared and not message.topic.startswith("$SYS/"):
             # EMQX counts "no subscribers" as dropped; not for a forwarded copy (`shared=False`),
             # which a node also gets for a route that only its shared groups make.
             counters["messages/dropped"] += 1
-        return delivered + forwarded
+        count = delivered + forwarded
+        if wait_drained is not None or count >= 64:
+            return Published(count, wait_drained)
+        return _PUBLISHED[count]
+
+    def publish_will(self, info: ClientInfo, will: Will) -> int:
+        """Authorize, hook and route one will message now (`broker.core.wills`); the number of
+        deliveries."""
+        if not self.hooks.run_authorize(info, "publish", will.topic):
+            return 0
+        message = will_message(info, will, self.clock(), self.node_name)
+        return self.publish(message, hooks=True).deliveries
 
     def deliver_shared_local(self, message: Message, group: str, topic_filter: str) -> int:
         """Give `message` to one local member of `group` on the real filter `topic_filter`
@@ -457,7 +560,7 @@ class Broker:
         for client_id in expired:
             self.discard_session(client_id)
         for pending in self.wills.due(now):  # delayed wills (broker.core.wills)
-            publish_will(self, pending.info, pending.will)
+            self.publish_will(pending.info, pending.will)
         self.update_slow_stats()
 
     def update_stats(self) -> None:

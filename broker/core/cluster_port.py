@@ -26,6 +26,9 @@ from broker.core.message import Message
 
 #: `Session.export_state()`: a msgpack-able map.
 SessionState = dict[str, Any]
+#: Back-pressure: `wait_drained(resume)` calls `resume` once the congested path to another node
+#: has room again and returns True, or returns False (and never calls it) if it has room now.
+WaitDrained = Callable[[Callable[[], None]], bool]
 #: Called once, on the event loop, with the surrendered session state or None.
 TakeoverDone = Callable[[SessionState | None], None]
 

@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from broker.protocol.constants import ReasonCode
 
 if TYPE_CHECKING:
-    from broker.core.hooks import Hooks
     from broker.core.settings import Settings
 
 __all__ = [
@@ -94,9 +93,12 @@ class Authenticator(Protocol):
 AuthMethod = Callable[[str, "str | None"], Authenticator]
 
 
-def find_method(hooks: Hooks, settings: Settings, name: str) -> AuthMethod | None:
-    """The method called `name`: a plugin's, else the built-in SCRAM-SHA-256 if configured."""
-    method = hooks.auth_methods.get(name)
+def find_method(
+    registered: Mapping[str, AuthMethod], settings: Settings, name: str
+) -> AuthMethod | None:
+    """The method called `name`: a plugin's (`Hooks.auth_methods`, passed in), else the
+    built-in SCRAM-SHA-256 if configured."""
+    method = registered.get(name)
     if method is not None:
         return method
     if name == SCRAM_SHA_256 and settings.scram_credentials:

@@ -12,12 +12,12 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from broker.core.conn_state import CLOSED, CONNECTED, CONNECTING, TAKEOVER
+from broker.core.connection import Connection, PendingConnect, Violation
 from broker.core.enhanced_auth import CONTINUE, SUCCESS, AuthResult, find_method
 from broker.core.hooks import ClientInfo
+from broker.core.states import ACCEPT, AWAIT_TAKEOVER, CONNECTING, TAKEOVER
 from broker.core.topic_alias import OutgoingAliases
 from broker.core.topics import is_utf8, validate_topic_name
-from broker.core.wills import publish_will
 from broker.protocol.constants import (
     MQTT_3_1,
     MQTT_5,
@@ -25,7 +25,6 @@ from broker.protocol.constants import (
     PacketType,
     PropertyId,
     ReasonCode,
-    connack_code_for_version,
 )
 from broker.protocol.errors import UnsupportedProtocolVersion
 from broker.protocol.packets import (
@@ -41,64 +40,24 @@ from broker.protocol.packets import (
 from broker.protocol.properties import REASON_CODES_5
 
 if TYPE_CHECKING:
-    from broker.core.channel import Channel
     from broker.core.cluster_port import SessionState
 
 log = logging.getLogger(__name__)
 
 
-def refuse_version(channel: Channel, exc: UnsupportedProtocolVersion) -> None:
+def refuse_version(channel: Connection, exc: UnsupportedProtocolVersion) -> None:
     level = getattr(exc, "protocol_level", None)
     if level == MQTT_5:
-        channel.version = MQTT_5  # else send_connack would map 0x84 to a 3.1.1 CONNACK 0x01
-        send_connack(channel, False, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, {})
+        channel.version = MQTT_5  # else the CONNACK would map 0x84 to a 3.1.1 CONNACK 0x01
+        channel.refuse(ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, "unsupported_protocol_version")
     else:
         # MQTT-3.1.2-2: answer 0x01 and close.
         channel.version = 4
         channel.send(ConnAck(False, ConnackCode311.UNACCEPTABLE_PROTOCOL_VERSION))
-    channel.disconnect_reason = "unsupported_protocol_version"
-    channel.state = CLOSED
-    channel.link.close()
-    channel.finish()
+        channel.shut("unsupported_protocol_version")
 
 
-def send_connack(channel: Channel, present: bool, reason_code: int, properties: Properties) -> None:
-    code = connack_code_for_version(reason_code, channel.version)
-    channel.send(ConnAck(present, code, properties if channel.version == MQTT_5 else {}))
-
-
-def refuse_connect(
-    channel: Channel,
-    reason_code: int,
-    reason: str,
-    detail: str = "",
-    who: tuple[str, str | None] = ("", None),
-) -> None:
-    if who[0]:  # a refused login (`who`: client id, username), logged as mosquitto does
-        log.info("refused %s (username %r) from %s:%s: %s",
-                 who[0], who[1], channel.peer_host, channel.peer_port, reason)  # fmt: skip
-    send_connack(channel, False, reason_code, channel.reason_always(detail))
-    channel.disconnect_reason = reason
-    channel.state = CLOSED
-    channel.link.close()
-    channel.finish()
-
-
-class PendingConnect:
-    """A CONNECT waiting for its enhanced authentication to finish (`channel.pending_connect`)."""
-
-    __slots__ = ("ack_props", "client_id", "keepalive", "packet")
-
-    def __init__(
-        self, packet: Connect, client_id: str, keepalive: int, ack_props: Properties
-    ) -> None:
-        self.packet = packet
-        self.client_id = client_id
-        self.keepalive = keepalive
-        self.ack_props = ack_props
-
-
-def _will_problem(channel: Channel, will: Will) -> tuple[int, str] | None:
+def _will_problem(channel: Connection, will: Will) -> tuple[int, str] | None:
     """Why the will of a CONNECT cannot be accepted: (CONNACK reason code, text), or None."""
     settings = channel.broker.settings
     if will.qos > settings.max_qos_allowed:
@@ -117,12 +76,9 @@ def _will_problem(channel: Channel, will: Will) -> tuple[int, str] | None:
     return None
 
 
-def handle_connect(channel: Channel, packet: Connect) -> None:
+def handle_connect(channel: Connection, packet: Connect) -> None:
     if channel.state != CONNECTING or channel.pending_connect is not None:
-        channel.protocol_violation(
-            ReasonCode.PROTOCOL_ERROR, "second CONNECT (MQTT-3.1.0-2)", explain=True
-        )
-        return
+        raise Violation(ReasonCode.PROTOCOL_ERROR, "second CONNECT (MQTT-3.1.0-2)")
     broker = channel.broker
     settings = broker.settings
     if channel.cert_username is not None:
@@ -143,20 +99,17 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
             if is_v5:
                 ack_props[PropertyId.ASSIGNED_CLIENT_IDENTIFIER] = client_id  # MQTT-3.2.2-16
         else:
-            refuse_connect(channel, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "invalid_clientid")
+            channel.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "invalid_clientid")
             return
 
     will = packet.will
     if will is not None:
         if not validate_topic_name(will.topic):
             # The will is a PUBLISH to come: no wildcards (MQTT-3.3.2-2), not empty (MQTT-4.7.3-1).
-            channel.protocol_violation(
-                ReasonCode.TOPIC_NAME_INVALID, "invalid will topic", explain=True
-            )
-            return
+            raise Violation(ReasonCode.TOPIC_NAME_INVALID, "invalid will topic")
         problem = _will_problem(channel, will)
         if problem is not None:
-            refuse_connect(channel, problem[0], "will_refused", problem[1])
+            channel.refuse(problem[0], "will_refused", problem[1])
             return
 
     keepalive = packet.keepalive
@@ -167,7 +120,7 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
         if not is_v5:  # 3.x cannot be told: refuse, as mosquitto does
             if keepalive:
                 code = ReasonCode.CLIENT_IDENTIFIER_NOT_VALID
-                refuse_connect(channel, code, "keepalive_too_long")
+                channel.refuse(code, "keepalive_too_long")
                 return
         else:
             keepalive = settings.max_keepalive
@@ -175,9 +128,7 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
 
     now = broker.clock()
     if broker.banned.check(client_id, packet.username, channel.peer_host, now):
-        refuse_connect(
-            channel, ReasonCode.NOT_AUTHORIZED, "banned", who=(client_id, packet.username)
-        )
+        channel.refuse(ReasonCode.NOT_AUTHORIZED, "banned", who=(client_id, packet.username))
         return
 
     if is_v5:
@@ -192,9 +143,9 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
         channel.problem_info = props.get(PropertyId.REQUEST_PROBLEM_INFORMATION, 1) == 1
         method = props.get(PropertyId.AUTHENTICATION_METHOD)
         if method is not None:
-            factory = find_method(broker.hooks, settings, method)
+            factory = find_method(broker.hooks.auth_methods, settings, method)
             if factory is None:  # MQTT-4.12.0-1
-                refuse_connect(channel, ReasonCode.BAD_AUTHENTICATION_METHOD, "bad_auth_method",
+                channel.refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "bad_auth_method",
                                f"authentication method {method!r} is not supported")  # fmt: skip
                 return
             channel.auth_method = method
@@ -212,8 +163,7 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
     else:
         decision = broker.hooks.run_authenticate(info, packet.password)
     if decision is False:
-        refuse_connect(
-            channel,
+        channel.refuse(
             ReasonCode.BAD_USER_NAME_OR_PASSWORD,
             "bad_username_or_password",
             who=(client_id, packet.username),
@@ -223,15 +173,15 @@ def handle_connect(channel: Channel, packet: Connect) -> None:
         channel.listener, settings.allow_anonymous
     )
     if decision is None and not allow_anonymous:
-        refuse_connect(
-            channel, ReasonCode.NOT_AUTHORIZED, "not_authorized", who=(client_id, packet.username)
+        channel.refuse(
+            ReasonCode.NOT_AUTHORIZED, "not_authorized", who=(client_id, packet.username)
         )
         return
     accept_connect(channel, packet, client_id, keepalive, ack_props, packet.username)
 
 
 def accept_connect(
-    channel: Channel,
+    channel: Connection,
     packet: Connect,
     client_id: str,
     keepalive: int,
@@ -282,7 +232,7 @@ def accept_connect(
 
     locator = broker.session_locator
     if locator is not None:
-        channel.state = TAKEOVER
+        channel.enter(AWAIT_TAKEOVER)
         answered = False
 
         def done(state: SessionState | None) -> None:
@@ -310,7 +260,7 @@ def accept_connect(
 
 
 def _open(
-    channel: Channel,
+    channel: Connection,
     packet: Connect,
     client_id: str,
     keepalive: int,
@@ -326,7 +276,7 @@ def _open(
     channel.clean_start = packet.clean_start
     channel.keepalive = keepalive
     channel.will = packet.will
-    channel.state = CONNECTED
+    channel.enter(ACCEPT)
     channel.connected_at = channel.last_received = broker.clock()
     session, present = broker.open_session(channel, client_id, packet.clean_start, expiry)
     session.username = username
@@ -335,15 +285,15 @@ def _open(
     if pending is not None and packet.clean_start:
         # A delayed will of the previous connection: the session it waited for has ended now
         # (MQTT-3.1.2-8); a continued session cancels it instead (MQTT-3.1.3-9).
-        publish_will(broker, pending.info, pending.will)
+        broker.publish_will(pending.info, pending.will)
     # MQTT 3.1 has no Session Present flag: that CONNACK byte is reserved (0).
-    send_connack(channel, present and version != MQTT_3_1, ReasonCode.SUCCESS, ack_props)
+    channel.send_connack(present and version != MQTT_3_1, ReasonCode.SUCCESS, ack_props)
     for hook in broker.hooks.client_connected:
         hook(info)
     session.resume(broker.clock())
 
 
-def connect_auth_result(channel: Channel, result: AuthResult) -> None:
+def connect_auth_result(channel: Connection, result: AuthResult) -> None:
     """Act on one step of the CONNECT's enhanced authentication (MQTT 5 section 4.12)."""
     pending = channel.pending_connect
     assert pending is not None and channel.auth_method is not None
@@ -364,7 +314,7 @@ def connect_auth_result(channel: Channel, result: AuthResult) -> None:
     code = result.reason_code
     if code not in _CONNACK_AUTH_FAILURES:
         code = ReasonCode.NOT_AUTHORIZED
-    refuse_connect(channel, code, "not_authorized", result.reason)  # MQTT-4.12.0-4
+    channel.refuse(code, "not_authorized", result.reason)  # MQTT-4.12.0-4
 
 
 def _auth_props(method: str, data: bytes | None) -> Properties:
@@ -387,7 +337,7 @@ _CONNACK_AUTH_FAILURES = frozenset(
 )
 
 
-def handle_disconnect(channel: Channel, packet: Disconnect) -> None:
+def handle_disconnect(channel: Connection, packet: Disconnect) -> None:
     session = channel.session
     assert session is not None
     if channel.version == MQTT_5:
@@ -395,45 +345,32 @@ def handle_disconnect(channel: Channel, packet: Disconnect) -> None:
         if expiry is not None:
             if session.expiry_interval == 0 and expiry != 0:
                 # MQTT-3.14.2-2
-                channel.protocol_violation(
-                    ReasonCode.PROTOCOL_ERROR, "session expiry raised", explain=True
-                )
-                return
+                raise Violation(ReasonCode.PROTOCOL_ERROR, "session expiry raised")
             cap = channel.broker.settings.session_expiry_interval
             session.expiry_interval = min(int(expiry), cap) if cap else int(expiry)
         # 0x04 "Disconnect with Will Message" keeps the will; anything else discards it.
         channel.publish_will = packet.reason_code == ReasonCode.DISCONNECT_WITH_WILL
     else:
         channel.publish_will = False  # MQTT-3.14.4-3
-    channel.disconnect_reason = "normal"
-    channel.state = CLOSED
-    channel.link.close()
-    channel.finish()
+    channel.shut("normal")
 
 
-def handle_auth(channel: Channel, packet: Auth) -> None:
+def handle_auth(channel: Connection, packet: Auth) -> None:
     """AUTH: the steps of the CONNECT's enhanced authentication, or a re-authentication."""
     method = channel.auth_method
     if method is None:  # MQTT-4.12.0-6: no Authentication Method in CONNECT, no AUTH
-        channel.protocol_violation(
-            ReasonCode.PROTOCOL_ERROR, "AUTH without authentication method", explain=True
-        )
-        return
+        raise Violation(ReasonCode.PROTOCOL_ERROR, "AUTH without authentication method")
     if packet.properties.get(PropertyId.AUTHENTICATION_METHOD) != method:  # MQTT-4.12.1-1
-        channel.protocol_violation(
-            ReasonCode.PROTOCOL_ERROR, "AUTH with another method", explain=True
-        )
-        return
+        raise Violation(ReasonCode.PROTOCOL_ERROR, "AUTH with another method")
     data = packet.properties.get(PropertyId.AUTHENTICATION_DATA)
     code = packet.reason_code
     if channel.state == CONNECTING:
         if channel.auth is None or code != ReasonCode.CONTINUE_AUTHENTICATION:  # MQTT-4.12.0-3
-            channel.protocol_violation(ReasonCode.PROTOCOL_ERROR, "unexpected AUTH", explain=True)
-            return
+            raise Violation(ReasonCode.PROTOCOL_ERROR, "unexpected AUTH")
         connect_auth_result(channel, channel.auth.step(data))
         return
     if code == ReasonCode.REAUTHENTICATE and channel.auth is None:  # MQTT-4.12.1-1
-        factory = find_method(channel.broker.hooks, channel.broker.settings, method)
+        factory = find_method(channel.broker.hooks.auth_methods, channel.broker.settings, method)
         if factory is None:  # the method went away (a plugin unloaded)
             channel.close(ReasonCode.NOT_AUTHORIZED, "reauth_failed", "method no longer available")
             return
@@ -442,8 +379,7 @@ def handle_auth(channel: Channel, packet: Auth) -> None:
     elif code == ReasonCode.CONTINUE_AUTHENTICATION and channel.auth is not None:
         result = channel.auth.step(data)
     else:
-        channel.protocol_violation(ReasonCode.PROTOCOL_ERROR, "unexpected AUTH", explain=True)
-        return
+        raise Violation(ReasonCode.PROTOCOL_ERROR, "unexpected AUTH")
     if result.status == CONTINUE:
         channel.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, _auth_props(method, result.data)))
     elif result.status == SUCCESS:
@@ -457,5 +393,5 @@ def handle_auth(channel: Channel, packet: Auth) -> None:
         channel.close(reason_code, "reauth_failed", result.reason or "re-authentication failed")
 
 
-def handle_pingreq(channel: Channel, packet: PingReq) -> None:
+def handle_pingreq(channel: Connection, packet: PingReq) -> None:
     channel.send(PingResp())  # MQTT-3.12.4-1

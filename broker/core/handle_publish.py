@@ -3,7 +3,7 @@
 Incoming QoS 2 is routed once, when the PUBLISH first arrives; its packet id then waits in the
 session's `awaiting_rel` until PUBREL, so a resent PUBLISH is acknowledged without being routed
 again (exactly once). The PUBACK/PUBREC is written before a copy of the message for the same
-connection (`Channel.hold_output`). Outgoing acks advance the session's inflight window; one for
+connection (`Connection.hold_output`). Outgoing acks advance the session's inflight window; one for
 an unknown packet id, or of the wrong kind for the message's QoS, changes nothing and is counted
 (`packets/<ack>/missed`), never a reason to close the connection (as mosquitto); 5.0 answers a
 PUBREC/PUBREL for an unknown id with PUBREL/PUBCOMP 0x92.
@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from broker.core.connection import Connection, Violation
 from broker.core.message import Message
 from broker.core.topics import is_utf8, validate_topic_name
 from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import Properties, PubAck, PubComp, Publish, PubRec, PubRel
 
 if TYPE_CHECKING:
-    from broker.core.channel import Channel
     from broker.core.settings import Settings
 
 #: Properties of an incoming PUBLISH that describe the hop, not the message; never forwarded.
@@ -55,7 +55,7 @@ def topic_limit(settings: Settings, topic: str) -> str:
     return ""
 
 
-def _publish_allowed(channel: Channel, rate: float, burst: float) -> bool:
+def _publish_allowed(channel: Connection, rate: float, burst: float) -> bool:
     """Take one token from the channel's publish bucket (`publish_limit`)."""
     now = channel.broker.clock()
     tokens = channel.pub_tokens
@@ -69,7 +69,7 @@ def _publish_allowed(channel: Channel, rate: float, burst: float) -> bool:
     return True
 
 
-def handle_publish(channel: Channel, packet: Publish) -> None:
+def handle_publish(channel: Connection, packet: Publish) -> None:
     session = channel.session
     assert session is not None and channel.info is not None
     publish_limit = channel.broker.settings.publish_rate
@@ -84,28 +84,19 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         alias = properties.get(PropertyId.TOPIC_ALIAS)
         if alias is not None:
             if alias == 0 or alias > channel.broker.settings.max_topic_alias:
-                channel.protocol_violation(
-                    ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid", explain=True
-                )
-                return
+                raise Violation(ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid")
             if topic:
                 channel.topic_aliases[alias] = topic
             else:
                 known = channel.topic_aliases.get(alias)
                 if known is None:
-                    channel.protocol_violation(
-                        ReasonCode.PROTOCOL_ERROR, "unknown topic alias", explain=True
-                    )
-                    return
+                    raise Violation(ReasonCode.PROTOCOL_ERROR, "unknown topic alias")
                 topic = known
         response_topic = properties.get(PropertyId.RESPONSE_TOPIC)
         if response_topic is not None and not validate_topic_name(response_topic):
-            channel.protocol_violation(  # MQTT-3.3.2-14: no wildcards, not empty
-                ReasonCode.PROTOCOL_ERROR,
-                f"response topic {response_topic!r} is not a topic name",
-                explain=True,
+            raise Violation(  # MQTT-3.3.2-14: no wildcards, not empty
+                ReasonCode.PROTOCOL_ERROR, f"response topic {response_topic!r} is not a topic name"
             )
-            return
         if properties.get(PropertyId.PAYLOAD_FORMAT_INDICATOR) == 1 and not is_utf8(packet.payload):
             _refuse(channel, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
                     "payload is not UTF-8 but its Payload Format Indicator says so")  # fmt: skip
@@ -116,10 +107,7 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
     # and a 2-byte length cannot exceed 65535 bytes: what is left of `validate_topic_name`.
     if not topic or "+" in topic or "#" in topic:
         # MQTT-3.3.2-2 (wildcards) / MQTT-4.7.3-1 (empty).
-        channel.protocol_violation(
-            ReasonCode.TOPIC_NAME_INVALID, f"invalid topic {topic!r}", explain=True
-        )
-        return
+        raise Violation(ReasonCode.TOPIC_NAME_INVALID, f"invalid topic {topic!r}")
     settings = channel.broker.settings
     limit = topic_limit(settings, topic)
     if limit:
@@ -127,22 +115,15 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         text = f"topic over {limit} ({getattr(settings, limit)})"
         if is_v5 and packet.qos:
             _refuse(channel, packet, ReasonCode.TOPIC_NAME_INVALID, text)
-        else:
-            channel.protocol_violation(ReasonCode.TOPIC_NAME_INVALID, text, explain=True)
-        return
+            return
+        raise Violation(ReasonCode.TOPIC_NAME_INVALID, text)
     if packet.retain and not settings.retain_available:
-        channel.protocol_violation(
-            ReasonCode.RETAIN_NOT_SUPPORTED, "retain not supported", explain=True
-        )
-        return
+        raise Violation(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not supported")
     qos = packet.qos
     if qos > settings.max_qos_allowed:  # MQTT-3.2.2-11
-        channel.protocol_violation(
-            ReasonCode.QOS_NOT_SUPPORTED,
-            f"QoS {qos} is above the Maximum QoS in CONNACK",
-            explain=True,
+        raise Violation(
+            ReasonCode.QOS_NOT_SUPPORTED, f"QoS {qos} is above the Maximum QoS in CONNACK"
         )
-        return
     counters = channel.broker.metrics.counters
     counters["messages/received"] += 1
     counters[_QOS_RECEIVED[qos]] += 1
@@ -158,12 +139,10 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         if len(session.awaiting_rel) >= settings.max_awaiting_rel:
             counters["messages/qos2/dropped"] += 1
             # More unacknowledged QoS 2 than the Receive Maximum of CONNACK (3.3.4).
-            channel.protocol_violation(
+            raise Violation(
                 ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                 f"more than {settings.max_awaiting_rel} QoS 2 PUBLISH awaiting PUBREL",
-                explain=True,
             )
-            return
 
     allowed = not topic.startswith("$SYS") and channel.broker.hooks.run_authorize(
         channel.info, "publish", topic
@@ -176,7 +155,7 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         return
     assert packet_id is not None
     # Acknowledge before onward delivery: a copy of this message for this same connection is
-    # held until the PUBACK/PUBREC is written (`Channel.hold_output`).
+    # held until the PUBACK/PUBREC is written (`Connection.hold_output`).
     channel.hold_output()
     try:
         matched = 0
@@ -201,7 +180,7 @@ def handle_publish(channel: Channel, packet: Publish) -> None:
         channel.release_output()
 
 
-def _route(channel: Channel, packet: Publish, topic: str, properties: Properties) -> int:
+def _route(channel: Connection, packet: Publish, topic: str, properties: Properties) -> int:
     """Route the client's accepted message; the number of deliveries (0: nobody matched)."""
     session = channel.session
     assert session is not None
@@ -215,17 +194,16 @@ def _route(channel: Channel, packet: Publish, topic: str, properties: Properties
         channel.broker.clock(),
         channel.broker.node_name,
     )
-    # `raw` exists only without properties, so no topic alias changed the topic on the way.
-    return channel.route(message, packet.raw)
+    return channel.route(message, packet)
 
 
-def handle_puback(channel: Channel, packet: PubAck) -> None:
+def handle_puback(channel: Connection, packet: PubAck) -> None:
     assert channel.session is not None
     if not channel.session.on_puback(packet.packet_id, channel.broker.clock()):
         channel.broker.metrics.counters["packets/puback/missed"] += 1
 
 
-def handle_pubrec(channel: Channel, packet: PubRec) -> None:
+def handle_pubrec(channel: Connection, packet: PubRec) -> None:
     session = channel.session
     assert session is not None
     now = channel.broker.clock()
@@ -242,7 +220,7 @@ def handle_pubrec(channel: Channel, packet: PubRec) -> None:
         channel.send(PubRel(packet.packet_id, code, reason))
 
 
-def handle_pubrel(channel: Channel, packet: PubRel) -> None:
+def handle_pubrel(channel: Connection, packet: PubRel) -> None:
     session = channel.session
     assert session is not None
     if session.awaiting_rel.pop(packet.packet_id, None) is not None:
@@ -255,21 +233,20 @@ def handle_pubrel(channel: Channel, packet: PubRel) -> None:
         channel.send(PubComp(packet.packet_id, code, reason))
 
 
-def handle_pubcomp(channel: Channel, packet: PubComp) -> None:
+def handle_pubcomp(channel: Connection, packet: PubComp) -> None:
     assert channel.session is not None
     if not channel.session.on_pubcomp(packet.packet_id, channel.broker.clock()):
         channel.broker.metrics.counters["packets/pubcomp/missed"] += 1
 
 
-def _refuse(channel: Channel, packet: Publish, code: int, text: str) -> None:
+def _refuse(channel: Connection, packet: Publish, code: int, text: str) -> None:
     """Refuse one PUBLISH without routing it: ack it with `code` (QoS 1/2), or DISCONNECT with
     `code` for QoS 0, which has no ack."""
     counters = channel.broker.metrics.counters
     counters["messages/received"] += 1
     counters["messages/dropped"] += 1
     if packet.qos == 0:
-        channel.protocol_violation(code, text, explain=True)
-    else:
-        assert packet.packet_id is not None
-        ack = PubAck if packet.qos == 1 else PubRec
-        channel.send(ack(packet.packet_id, code, channel.reason(text)))
+        raise Violation(code, text)
+    assert packet.packet_id is not None
+    ack = PubAck if packet.qos == 1 else PubRec
+    channel.send(ack(packet.packet_id, code, channel.reason(text)))

@@ -17,19 +17,15 @@ as Quota exceeded (0x97; 3.1.1 0x80); replacing an existing subscription is alwa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from broker.core.connection import Connection, Violation
 from broker.core.handle_publish import topic_limit
 from broker.core.session import Subscription
 from broker.core.topics import has_wildcard, parse_shared, validate_topic_filter
 from broker.protocol.constants import MQTT_5, SUBACK_FAILURE_311, PropertyId, ReasonCode
 from broker.protocol.packets import SubAck, Subscribe, UnsubAck, Unsubscribe
 
-if TYPE_CHECKING:
-    from broker.core.channel import Channel
 
-
-def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
+def handle_subscribe(channel: Connection, packet: Subscribe) -> None:
     session = channel.session
     assert session is not None and channel.info is not None
     broker = channel.broker
@@ -72,10 +68,7 @@ def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
             continue
         if group is not None and request.no_local and is_v5:
             # MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
-            channel.protocol_violation(
-                ReasonCode.PROTOCOL_ERROR, "no local on shared filter", explain=True
-            )
-            return
+            raise Violation(ReasonCode.PROTOCOL_ERROR, "no local on shared filter")
         if not broker.hooks.run_authorize(channel.info, "subscribe", topic_filter):
             codes.append(ReasonCode.NOT_AUTHORIZED if is_v5 else SUBACK_FAILURE_311)
             problems.append(f"{filt!r}: not authorized")
@@ -102,28 +95,16 @@ def handle_subscribe(channel: Channel, packet: Subscribe) -> None:
             request.retain_handling if is_v5 else 0,
             identifier,
         )
-        existed = broker.subscribe(session, subscription)
+        existed = broker.subscribe(session, subscription, channel.info)
         codes.append(qos)
-        for hook in broker.hooks.session_subscribed:
-            hook(channel.info, filt, qos)
-        if group is None:
-            retained_to_send.append((subscription, existed))
+        retained_to_send.append((subscription, existed))
     reason = channel.reason("; ".join(problems)) if problems else {}
     channel.send(SubAck(packet.packet_id, codes, reason))
-    now = broker.clock()
-    for subscription, existed in retained_to_send:
-        # Retain Handling: 0 always, 1 only for a new subscription, 2 never (MQTT-3.3.1-9..11).
-        handling = subscription.retain_handling
-        if handling == 2 or (handling == 1 and existed):
-            continue
-        sub_ids = [subscription.identifier] if subscription.identifier is not None else None
-        for message in broker.retained_for(subscription.topic_filter):
-            qos = min(message.qos, subscription.qos)
-            # MQTT-3.3.1-8: retained messages sent on subscribe carry RETAIN=1.
-            session.deliver(message, qos, True, sub_ids, now)
+    for subscription, existed in retained_to_send:  # after the SUBACK
+        broker.send_retained(session, subscription, existed)
 
 
-def handle_unsubscribe(channel: Channel, packet: Unsubscribe) -> None:
+def handle_unsubscribe(channel: Connection, packet: Unsubscribe) -> None:
     session = channel.session
     assert session is not None
     codes: list[int] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.protocol.constants import PropertyId
-from broker.protocol.packets import Properties
+from broker.protocol.packets import EncodedPublish, Properties
 
 _EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
 _USER_PROPERTY = int(PropertyId.USER_PROPERTY)
@@ -15,7 +15,7 @@ class Message:
     """One published application message; immutable by convention, as deliveries share it."""
 
     __slots__ = (
-        "encoded",
+        "frames",
         "node",
         "payload",
         "properties",
@@ -45,9 +45,9 @@ class Message:
         self.publisher = publisher
         self.timestamp = timestamp
         self.node = node
-        #: QoS 0 wire bytes by (is_v5, retain flag): a message fanned out to many subscribers
-        #: of the same protocol version is encoded once.
-        self.encoded: dict[tuple[bool, bool], bytes] | None = None
+        #: Its QoS 0 PUBLISH bytes, encoded once for all subscribers (`broker.protocol.wire`);
+        #: only the outgoing encoder (`Connection.send_publish`) reads them.
+        self.frames: EncodedPublish | None = None
 
     def __repr__(self) -> str:
         return (

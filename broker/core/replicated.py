@@ -12,9 +12,9 @@ Theory of operation
 * A write is stamped once (by the management API) and applied unchanged on every running node;
   applying the same row twice, or in any order with other rows, gives the same table (`merge`
   is commutative, associative and idempotent: the larger `(at, tombstone, value)` wins).
-* A node that was away exchanges its whole dump with one live peer when it joins (cluster side:
-  `cluster.table_sync`); both keep the newer row of each key, so a credential deleted while
-  the node was down stays deleted, and one changed on the lone node is not lost.
+* A node that was away and the peers it meets pull each other's whole dump (cluster side:
+  `cluster.replicas`, RPC `tables_dump`); both keep the newer row of each key, so a credential
+  deleted while the node was down stays deleted, and one changed on the lone node is not lost.
 * Tombstones are kept (they are a key and a time); a later write of the key replaces them.
 
 Pure state, no I/O: the server persists the tables through `on_change`

@@ -32,10 +32,19 @@ generators, because it runs on every PUBLISH.
 Nodes are pruned on removal when they hold no subscriber and have no children, so memory follows
 the live subscriptions, not the history of subscribe/unsubscribe churn.
 
-`match_all` (the PUBLISH hot path) remembers its answers per topic, up to `MATCH_CACHE_SIZE`
-topics (then it starts over), and forgets them all on any `add` or `remove`: publishers tend to
-reuse a few topics, and a repeated topic then costs one dict lookup instead of a walk and two
-new lists. The cached lists are shared between callers, who must not change them.
+Exact filters and wildcard filters live apart, as in EMQX's router (`emqx_router`): a filter
+without `+` or `#` is a key of a plain dict (`_exact`), so a publish to `a/b` finds its exact
+subscribers with one lookup, and only filters with wildcards are levels of the trie.
+
+`match_all` (the PUBLISH hot path) remembers, per topic, what the *wildcard* filters matched (up
+to `MATCH_CACHE_SIZE` topics, the oldest forgotten first), and each exact node remembers its own
+flattened subscriber lists. A change forgets only what it can affect: a change to the members of
+a filter already subscribed forgets the cached topics that filter matched (each wildcard node
+knows the topics whose answer it is part of, `_Node.topics`); a wildcard filter gaining its first
+subscriber forgets the cached topics it matches, found through a topic trie of the cached topics
+(`_cached_topics`, the retained store's structure); an exact filter forgets only its own lists.
+So a subscribe or a re-subscribe leaves every unrelated topic's answer in place. The lists
+returned are shared between callers, who must not change them.
 """
 
 from __future__ import annotations
@@ -43,18 +52,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from broker.core.topics import parse_shared, validate_topic_filter
+from broker.core.retained import RetainedStore
+from broker.core.topics import has_wildcard, parse_shared, validate_topic_filter
 
 V = TypeVar("V")
 
-#: Topics whose `match_all` answer is kept until the subscriptions change.
+#: Topics whose wildcard matches `match_all` remembers (the oldest is forgotten first).
 MATCH_CACHE_SIZE = 4096
+
+#: (normal subscribers, shared groups): what `match_all` returns.
+Matches = tuple[list[tuple[str, V]], list[tuple[str, str, dict[str, V]]]]
 
 
 class _Node(Generic[V]):
-    """One level of the trie; `filter` is the real filter this node stands for."""
+    """One filter level of the trie, or one exact filter; `filter` is the real filter."""
 
-    __slots__ = ("children", "count", "filter", "shared", "subs")
+    __slots__ = ("children", "count", "filter", "flat", "shared", "subs", "topics")
 
     def __init__(self, filt: str) -> None:
         self.filter = filt
@@ -63,18 +76,33 @@ class _Node(Generic[V]):
         self.shared: dict[str, dict[str, V]] = {}
         # Number of (key, group-or-none) subscriptions held here, normal and shared.
         self.count = 0
+        #: This node's own answer, flattened (None = to compute): the exact filters' cache.
+        self.flat: Matches[V] | None = None
+        #: Cached topics (`SubscriptionTrie._cache`) whose answer includes this wildcard node.
+        self.topics: set[str] = set()
+
+    def flattened(self) -> Matches[V]:
+        flat = self.flat
+        if flat is None:
+            filt = self.filter
+            shared = [(group, filt, members) for group, members in self.shared.items()]
+            flat = self.flat = (list(self.subs.items()), shared)
+        return flat
 
 
 class SubscriptionTrie(Generic[V]):
     """filter -> {subscriber_key: V} plus shared groups filter -> group -> {subscriber_key: V}."""
 
-    __slots__ = ("_cache", "_len", "_root")
+    __slots__ = ("_cache", "_cache_nodes", "_cached_topics", "_exact", "_len", "_root")
 
     def __init__(self) -> None:
         self._root: _Node[V] = _Node("")
+        self._exact: dict[str, _Node[V]] = {}
         self._len = 0
-        self._cache: dict[str, tuple[list[tuple[str, V]], list[tuple[str, str, dict[str, V]]]]]
-        self._cache = {}
+        #: topic -> what the wildcard filters match (module docstring), and the nodes it came from.
+        self._cache: dict[str, Matches[V]] = {}
+        self._cache_nodes: dict[str, list[_Node[V]]] = {}
+        self._cached_topics: RetainedStore[None] = RetainedStore()
 
     # -- mutation ----------------------------------------------------------------------------
 
@@ -87,15 +115,21 @@ class SubscriptionTrie(Generic[V]):
         """
         if not validate_topic_filter(filt):
             raise ValueError(f"invalid topic filter: {filt!r}")
-        self._cache.clear()
         group, real = parse_shared(filt)
-        node = self._root
-        for level in real.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                child = _Node(level if node is self._root else f"{node.filter}/{level}")
-                node.children[level] = child
-            node = child
+        wild = has_wildcard(real)
+        if wild:
+            node = self._root
+            for level in real.split("/"):
+                child = node.children.get(level)
+                if child is None:
+                    child = _Node(level if node is self._root else f"{node.filter}/{level}")
+                    node.children[level] = child
+                node = child
+        else:
+            found = self._exact.get(real)
+            if found is None:
+                found = self._exact[real] = _Node(real)
+            node = found
         if group is None:
             table = node.subs
         else:
@@ -103,6 +137,12 @@ class SubscriptionTrie(Generic[V]):
             if members is None:
                 members = node.shared[group] = {}
             table = members
+        node.flat = None
+        if wild:
+            if node.count:
+                self._forget_node(node)
+            else:
+                self._forget_matching(real)  # a new filter: the topics it matches change
         if key in table:
             table[key] = value
             return False
@@ -118,14 +158,21 @@ class SubscriptionTrie(Generic[V]):
         exactly when the route must be withdrawn; it is False when nothing was removed.
         """
         group, real = parse_shared(filt)
+        wild = has_wildcard(real)
         path: list[tuple[_Node[V], str]] = []
-        node = self._root
-        for level in real.split("/"):
-            child = node.children.get(level)
-            if child is None:
+        if wild:
+            node = self._root
+            for level in real.split("/"):
+                child = node.children.get(level)
+                if child is None:
+                    return False, False
+                path.append((node, level))
+                node = child
+        else:
+            found = self._exact.get(real)
+            if found is None:
                 return False, False
-            path.append((node, level))
-            node = child
+            node = found
         if group is None:
             if key not in node.subs:
                 return False, False
@@ -137,11 +184,15 @@ class SubscriptionTrie(Generic[V]):
             del members[key]
             if not members:
                 del node.shared[group]
-        self._cache.clear()
+        node.flat = None
+        if wild:
+            self._forget_node(node)
         node.count -= 1
         self._len -= 1
         last = node.count == 0
         if last:
+            if not wild:
+                del self._exact[real]
             # Prune upwards while nodes are empty leaves.
             for parent, level in reversed(path):
                 child = parent.children[level]
@@ -150,9 +201,35 @@ class SubscriptionTrie(Generic[V]):
                 del parent.children[level]
         return True, last
 
+    # -- the match cache (module docstring) --------------------------------------------------
+
+    def _drop(self, topic: str) -> None:
+        """Forget the cached answer for `topic`."""
+        if self._cache.pop(topic, None) is None:
+            return
+        for node in self._cache_nodes.pop(topic):
+            node.topics.discard(topic)
+        self._cached_topics.delete(topic)
+
+    def _forget_node(self, node: _Node[V]) -> None:
+        """A wildcard filter's members changed: forget the topics its node answered for."""
+        topics = node.topics
+        if topics:
+            node.topics = set()
+            for topic in topics:
+                self._drop(topic)
+
+    def _forget_matching(self, real: str) -> None:
+        """A wildcard filter got its first subscriber: forget the cached topics it matches."""
+        if self._cache:
+            for topic, _ in self._cached_topics.match(real):
+                self._drop(topic)
+
     # -- lookup ------------------------------------------------------------------------------
 
     def _find(self, real: str) -> _Node[V] | None:
+        if not has_wildcard(real):
+            return self._exact.get(real)
         node = self._root
         for level in real.split("/"):
             child = node.children.get(level)
@@ -191,13 +268,15 @@ class SubscriptionTrie(Generic[V]):
         node = self._find(real)
         return None if node is None else node.shared.get(group)
 
-    def _match_nodes(self, topic: str) -> list[_Node[V]]:
-        """Every node whose real filter matches `topic` (each at most once)."""
-        levels = topic.split("/")
-        n = len(levels)
+    def _match_wild(self, topic: str) -> list[_Node[V]]:
+        """Every wildcard node whose real filter matches `topic` (each at most once)."""
         out: list[_Node[V]] = []
         root = self._root
         children = root.children
+        if not children:
+            return out
+        levels = topic.split("/")
+        n = len(levels)
         # Root level handled apart: the `$` rule only applies here.
         stack: list[tuple[_Node[V], int]] = []
         if not topic.startswith("$"):
@@ -236,6 +315,14 @@ class SubscriptionTrie(Generic[V]):
                 push((child, i + 1))
         return out
 
+    def _match_nodes(self, topic: str) -> list[_Node[V]]:
+        """Every node, exact or wildcard, whose real filter matches `topic`."""
+        out = self._match_wild(topic)
+        exact = self._exact.get(topic)
+        if exact is not None:
+            out.append(exact)
+        return out
+
     def match(self, topic: str) -> list[tuple[str, V]]:
         """(key, value) of normal subscribers, one per (matching filter, key); duplicates kept."""
         out: list[tuple[str, V]] = []
@@ -257,32 +344,45 @@ class SubscriptionTrie(Generic[V]):
                 out.extend((group, filt, members) for group, members in node.shared.items())
         return out
 
-    def match_all(
-        self, topic: str
-    ) -> tuple[list[tuple[str, V]], list[tuple[str, str, dict[str, V]]]]:
-        """`match` and `match_shared` in one walk (the PUBLISH hot path), remembered per topic
-        until the subscriptions change (module docstring): do not change the lists returned."""
-        cached = self._cache.get(topic)
-        if cached is not None:
-            return cached
+    def match_all(self, topic: str) -> Matches[V]:
+        """`match` and `match_shared` in one go (the PUBLISH hot path): an exact lookup plus the
+        wildcard answer remembered per topic (module docstring). Do not change the lists."""
+        wild = self._cache.get(topic)
+        if wild is None:
+            wild = self._fill(topic)
+        exact = self._exact.get(topic)
+        if exact is None:
+            return wild
+        own = exact.flat or exact.flattened()
+        if not wild[0] and not wild[1]:
+            return own
+        return own[0] + wild[0], own[1] + wild[1]
+
+    def _fill(self, topic: str) -> Matches[V]:
+        """Compute and remember what the wildcard filters match for `topic`."""
+        nodes = self._match_wild(topic)
         normal: list[tuple[str, V]] = []
         shared: list[tuple[str, str, dict[str, V]]] = []
-        for node in self._match_nodes(topic):
+        for node in nodes:
             if node.subs:
                 normal.extend(node.subs.items())
             if node.shared:
                 filt = node.filter
                 shared.extend((group, filt, members) for group, members in node.shared.items())
+            node.topics.add(topic)
         cache = self._cache
         if len(cache) >= MATCH_CACHE_SIZE:
-            cache.clear()
-        cache[topic] = (normal, shared)
-        return normal, shared
+            self._drop(next(iter(cache)))
+        answer = cache[topic] = (normal, shared)
+        self._cache_nodes[topic] = nodes
+        self._cached_topics.set(topic, None)
+        return answer
 
     # -- enumeration -------------------------------------------------------------------------
 
     def filters(self) -> Iterator[str]:
         """Every real filter with at least one subscriber (normal or shared): the route table."""
+        yield from self._exact
         stack = list(self._root.children.values())
         while stack:
             node = stack.pop()
@@ -295,5 +395,5 @@ class SubscriptionTrie(Generic[V]):
         return self._len
 
     def _is_empty_tree(self) -> bool:
-        """True when no node is left below the root (used by tests to check pruning)."""
-        return not self._root.children
+        """True when no filter node is left (used by tests to check pruning)."""
+        return not self._root.children and not self._exact

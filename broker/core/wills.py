@@ -22,15 +22,12 @@ which is the wall clock on a node, so it keeps its meaning after a restart.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.core.hooks import ClientInfo
 from broker.core.message import Message, message_from_dict, message_to_dict
 from broker.protocol.constants import PropertyId
 from broker.protocol.packets import Will
-
-if TYPE_CHECKING:
-    from broker.core.broker import Broker
 
 _WILL_ONLY = PropertyId.WILL_DELAY_INTERVAL
 
@@ -126,26 +123,13 @@ def pending_will_from_dict(client_id: str, data: Any) -> PendingWill:
     return PendingWill(client_id, client, will, float(deadline))
 
 
-def publish_will(broker: Broker, info: ClientInfo, will: Will) -> int:
-    """Authorize, hook and route one will message now; the number of deliveries."""
-    if not broker.hooks.run_authorize(info, "publish", will.topic):
-        return 0
+def will_message(info: ClientInfo, will: Will, now: float, node: str) -> Message:
+    """The message a will becomes when it is published at `now` (without its Will Delay)."""
     properties = will.properties
     if _WILL_ONLY in properties:
         properties = {k: v for k, v in properties.items() if k != _WILL_ONLY}
     else:
         properties = dict(properties)
-    message = Message(
-        will.topic,
-        will.payload,
-        will.qos,
-        will.retain,
-        properties,
-        info.client_id,
-        broker.clock(),
-        broker.node_name,
+    return Message(
+        will.topic, will.payload, will.qos, will.retain, properties, info.client_id, now, node
     )
-    hooked = broker.hooks.run_message_publish(message)
-    if hooked is None:
-        return 0
-    return broker.publish(hooked)

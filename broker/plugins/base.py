@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from broker import __version__
 from broker.core.broker import Broker
 from broker.server.config import BrokerConfig
+from broker.server.persistence import DelayedStore
 
 __all__ = ["Plugin", "PluginContext", "PluginLoadError"]
 
@@ -46,6 +47,8 @@ class PluginContext:
     #: the whole node configuration, for the top-level keys some plugins honour
     #: (``password_file``, ``acl_file``)
     node_config: BrokerConfig = field(default_factory=BrokerConfig)
+    #: where `$delayed` messages are persisted (the node's persistence); None = not persisted
+    delayed_store: DelayedStore | None = None
 
 
 class Plugin:

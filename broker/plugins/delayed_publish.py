@@ -27,7 +27,7 @@ from broker.core.message import Message
 from broker.core.topics import validate_topic_name
 from broker.plugins.base import Plugin, PluginContext
 from broker.server.config import plugin_defaults
-from broker.server.persistence import DelayedStore, delayed_store
+from broker.server.persistence import DelayedStore
 
 __all__ = ["MAX_DELAY", "DelayedPublishPlugin", "parse_delayed"]
 
@@ -79,7 +79,7 @@ class DelayedPublishPlugin(Plugin):
         super().load(ctx)
         self.max_pending = int(ctx.config.get("max_pending", DEFAULT_MAX_PENDING))
         self.attach(ctx.broker.hooks.message_publish, self.on_message_publish)
-        store = self._store = delayed_store(ctx.broker)
+        store = self._store = ctx.delayed_store
         if store is not None:
             # At start the store is still empty (it opens after the plugins load) and hands
             # its rows to the listener; on a runtime load it holds what a previous instance
@@ -161,7 +161,5 @@ class DelayedPublishPlugin(Plugin):
         if self._store is not None:
             self._store.remove(key)  # its row goes at the next flush
         message.timestamp = broker.clock()
-        hooked = broker.hooks.run_message_publish(message)  # web_hook etc. see it now
-        if hooked is not None:
-            broker.publish(hooked)
+        broker.publish(message, hooks=True)  # web_hook etc. see it now
         self.published += 1

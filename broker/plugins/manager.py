@@ -32,6 +32,7 @@ from broker.plugins.base import Plugin, PluginContext, PluginLoadError
 from broker.server.config import BrokerConfig
 from broker.server.datafiles import write_json_atomic
 from broker.server.errors import StartupError
+from broker.server.persistence import DelayedStore
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -92,8 +93,11 @@ class PluginManager:
         config: BrokerConfig,
         data_dir: str,
         node_name: str | None = None,
+        delayed_store: DelayedStore | None = None,
     ) -> None:
         self.broker = broker
+        #: handed to plugins (`PluginContext.delayed_store`): the node's persistence, if any
+        self.delayed_store = delayed_store
         self.config = config
         self.data_dir = data_dir
         self.node_name = node_name or broker.node_name
@@ -196,6 +200,7 @@ class PluginManager:
             data_dir=self.data_dir,
             node_name=self.node_name,
             node_config=self.config,
+            delayed_store=self.delayed_store,
         )
         try:
             plugin.load(context)

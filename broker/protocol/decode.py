@@ -17,8 +17,9 @@ then walks it with an offset `pos`, one packet per step:
    or a field crossing `end` is MalformedPacket. Then `pos` moves to `end`.
 
 A QoS 0 PUBLISH with no flags, no properties and a body under 16 KiB also keeps its own bytes
-(`Publish.raw`, one more copy of a small packet): the broker sends them unchanged to the
-subscribers of the same protocol version instead of encoding the same packet again.
+(`Publish.frames`, `broker.protocol.wire`; one more copy of a small packet): the broker sends
+them unchanged to the subscribers of the same protocol version instead of encoding the same
+packet again.
 
 When no further packet is complete, the consumed prefix is dropped with one `del buf[:pos]` (O(1)
 for a bytearray) and the list of packets is returned; the partial rest waits for the next feed.
@@ -76,6 +77,7 @@ from broker.protocol.properties import (
     read_packet_id,
     read_utf8,
 )
+from broker.protocol.wire import Frames
 
 BodyDecoder = Callable[[int, bytearray, memoryview, int, int, int], Packet]
 
@@ -206,7 +208,7 @@ def _publish(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, v: 
 
 _PUBLISH = PacketType.PUBLISH
 #: Fixed header sizes with a minimal Remaining Length for bodies under 128 and 16,384 bytes:
-#: `Publish.raw` is kept only for those (a longer or non-minimal header is rare; re-encode it).
+#: `Publish.frames` is kept only for those (a longer or non-minimal header is rare; re-encode it).
 _MINIMAL_HEADER = (2, 3)
 
 
@@ -437,7 +439,10 @@ class Decoder:
                 if not flags and ptype == _PUBLISH and i - pos == _MINIMAL_HEADER[length > 127]:
                     assert isinstance(packet, Publish)
                     if not packet.properties:
-                        packet.raw = bytes(mv[pos:end])
+                        packet.frames = Frames(
+                            packet.topic, packet.payload, packet.properties,
+                            bytes(mv[pos:end]), version == MQTT_5,
+                        )  # fmt: skip
                 out.append(packet)
                 pos = end
         except ProtocolError as exc:

@@ -9,7 +9,7 @@ SUBSCRIPTION_IDENTIFIER -> list[int].
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from broker.protocol.constants import MQTT_3_1_1, PacketType
 
@@ -54,6 +54,18 @@ class ConnAck:
     packet_type = PacketType.CONNACK
 
 
+class EncodedPublish(Protocol):
+    """The encoded QoS 0 PUBLISHes of one message (`broker.protocol.wire.Frames`)."""
+
+    #: One encoding with RETAIN 0, for MQTT 5 clients if `raw_v5` (None = none yet).
+    raw: bytes | None
+    raw_v5: bool
+
+    def fits(self, topic: str, payload: bytes, properties: Properties) -> bool: ...
+
+    def qos0(self, retain: bool, version: int) -> bytes: ...
+
+
 @dataclass(slots=True)
 class Publish:
     topic: str
@@ -63,9 +75,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None  # present iff qos > 0
     properties: Properties = field(default_factory=_props)
-    #: Set by the decoder on a QoS 0 PUBLISH without flags or properties: the packet's own
-    #: bytes, which are also exactly what a subscriber of the same protocol version gets.
-    raw: bytes | None = field(default=None, compare=False, repr=False)
+    #: Set by the decoder on a QoS 0 PUBLISH without flags or properties: its own bytes, which
+    #: are also what a subscriber of the same protocol version gets (`broker.protocol.wire`).
+    frames: EncodedPublish | None = field(default=None, compare=False, repr=False)
     packet_type = PacketType.PUBLISH
 
 

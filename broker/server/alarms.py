@@ -10,8 +10,9 @@ raised again. `check(now)` is one pass over every monitor; `start()` runs it eve
 
 Raised alarms are listed by `list()` (the API's alarm objects, as EMQX 3.0 formats them:
 ``id``, ``severity``, ``title``, ``summary``, ``timestamp`` as local ``YYYY-MM-DD HH:MM:SS``);
-cleared ones move to `history()` (bounded, oldest dropped first). Every raise and clear is
-published on ``$SYS/brokers/<node>/alarms/alert`` and ``.../alarms/clear`` as JSON.
+cleared ones move to `history()` with ``clear_at`` (at most HISTORY_LIMIT = 1000, a stated
+constant; the oldest is dropped first). Every raise and clear is published on
+``$SYS/brokers/<node>/alarms/alert`` and ``.../alarms/clear`` as JSON.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Alarm:
             "timestamp": format_timestamp(self.raised_at),
         }
         if self.cleared_at is not None:
-            data["cleared_at"] = format_timestamp(self.cleared_at)
+            data["clear_at"] = format_timestamp(self.cleared_at)  # EMQX 3.2's name
         return data
 
 
@@ -179,7 +180,7 @@ class AlarmManager:
         return [alarm.to_dict() for alarm in self._active.values()]
 
     def history(self) -> builtins.list[dict[str, object]]:
-        """Cleared alarms, oldest first (with `cleared_at`), at most HISTORY_LIMIT."""
+        """Cleared alarms, oldest first (with `clear_at`), at most HISTORY_LIMIT."""
         return [alarm.to_dict() for alarm in self._history]
 
     # -- the checks -----------------------------------------------------------------------

@@ -21,7 +21,6 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.broker import Broker
-from broker.core.channel import Channel
 from broker.core.settings import CoreOptions, Settings
 from broker.protocol.constants import ReasonCode
 from broker.server.banner import broker_version
@@ -304,8 +303,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        channels: list[Channel] = list(self.broker.channels)
-        for channel in channels:
+        for channel in list(self.broker.channels):
             channel.close(ReasonCode.SERVER_SHUTTING_DOWN, "shutdown")
         await asyncio.sleep(0)  # let the batched writes and closes go out
         for runner in self._runners:

@@ -20,7 +20,8 @@ at once and the others wait again in `broker.wills`; the delayed messages go bac
 once. A message or will that fires is deleted at the next flush (after a crash inside that
 window it fires again: at least once, like the rest of the durability model).
 
-The plugin reaches the store with `delayed_store(broker)`: the plugins load before this store
+The plugin is handed the store (`PluginContext.delayed_store`, from the node's persistence through
+the plugin manager): the plugins load before this store
 opens, and may be loaded and unloaded at runtime, so the store outlives any one plugin
 instance; what the plugin has not taken stays in the store (and on disk).
 
@@ -51,13 +52,12 @@ import logging
 import os
 import sqlite3
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.message import Message, message_from_dict, message_to_dict
-from broker.core.wills import pending_will_from_dict, pending_will_to_dict, publish_will
+from broker.core.wills import pending_will_from_dict, pending_will_to_dict
 from broker.server.errors import StartupError
 
 __all__ = [
@@ -66,7 +66,6 @@ __all__ = [
     "Persistence",
     "PersistenceError",
     "decode_value",
-    "delayed_store",
     "encode_value",
 ]
 
@@ -189,20 +188,6 @@ class DelayedStore:
         return len(self.pending)
 
 
-#: broker -> its persistence, for `delayed_store`. Weak both ways (a persistence holds its
-#: broker): the entry goes with them.
-_BY_BROKER: weakref.WeakKeyDictionary[Broker, weakref.ref[Persistence]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def delayed_store(broker: Broker) -> DelayedStore | None:
-    """The delayed-publish store of `broker`'s persistence; None when nothing is persisted."""
-    ref = _BY_BROKER.get(broker)
-    persistence = ref() if ref is not None else None
-    return persistence.delayed if persistence is not None else None
-
-
 # -- the store ---------------------------------------------------------------------------------
 
 
@@ -217,14 +202,14 @@ class Persistence:
         self.flushes = 0
         self.save_errors = 0
         self.last_flush_rows = 0
-        #: `$delayed` messages of the delayed_publish plugin (see `delayed_store`)
+        #: `$delayed` messages of the delayed_publish plugin, handed to it by the plugin
+        #: manager (`PluginContext.delayed_store`)
         self.delayed = DelayedStore()
         #: what the last `open` loaded besides retained messages and sessions
         self.loaded_wills = 0
         self.loaded_delayed = 0
         self._db: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        _BY_BROKER[broker] = weakref.ref(self)
 
     # -- start: open and load ----------------------------------------------------------------
 
@@ -359,7 +344,7 @@ class Persistence:
         broker = self.broker
         for pending in broker.wills.due(broker.clock()):
             try:
-                publish_will(broker, pending.info, pending.will)
+                broker.publish_will(pending.info, pending.will)
             except Exception:  # a hook's bug must not stop the start; the will is gone
                 log.exception("persistence: cannot publish the will of %s", pending.client_id)
         store = self.delayed

@@ -5,6 +5,11 @@ auth_username). A node that quietly started without a table would turn a deleted
 password into "unknown client" (which the next plugin or allow_anonymous may accept), so the
 operator is told which file is wrong and decides, as for `banned.json`.
 
+A file changed by another program while the node runs (`minibroker apps add|delete` edits
+`tables/apps.json`) is merged, not overwritten: `refresh(name)` takes its rows (the newer row of
+each key wins, as from a peer), and a save first merges a file that changed since this store
+last read or wrote it.
+
 Format: ``{"version": 1, "table": <name>, "rows": [{"key", "at", "value"}, ...]}`` (a row of
 `broker.core.replicated`; `value` null is a deletion kept so that it wins over older copies).
 """
@@ -39,9 +44,32 @@ class ReplicatedStore:
         self.directory = os.path.join(data_dir, DIR_NAME)
         self.save_errors = 0
         self._attached = False
+        #: identity (mtime, inode, size) of each file as this store last read or wrote it
+        self._seen: dict[str, tuple[int, int, int] | None] = {}
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, f"{name}.json")
+
+    def _identity(self, name: str) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path(name))
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def refresh(self, name: str) -> int:
+        """Merge table `name`'s file if another program changed it since this store read or
+        wrote it (one stat otherwise); rows changed. A file that cannot be read now is logged
+        and left alone: the table in memory stays in force."""
+        identity = self._identity(name)
+        if identity is None or identity == self._seen.get(name):
+            return 0
+        self._seen[name] = identity
+        try:
+            rows = self.read(name)
+        except ReplicatedStoreError:
+            return 0
+        return self.tables.table(name).merge(rows)
 
     def open(self) -> int:
         """Load every stored table, then save each table when it changes. Returns the number
@@ -57,6 +85,7 @@ class ReplicatedStore:
             name, ext = os.path.splitext(file)
             if ext != ".json" or not valid_table_name(name):
                 continue  # temporary files of an interrupted save, or foreign files
+            self._seen[name] = self._identity(name)
             rows = self.read(name)
             table = self.tables.table(name)
             table.replace_all(rows)  # before attaching: loading does not rewrite the file
@@ -106,8 +135,11 @@ class ReplicatedStore:
         doc = {"version": FORMAT_VERSION, "table": table.name, "rows": table.dump()}
         text = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
         write_atomic(self.path(table.name), (text + "\n").encode("utf-8"))
+        self._seen[table.name] = self._identity(table.name)
 
     def _on_change(self, table: ReplicatedTable) -> None:
+        if self.refresh(table.name):  # merged a file changed elsewhere: that merge saved
+            return
         try:
             self.save(table)
         except OSError as exc:  # keep serving; the change holds in memory until the next save

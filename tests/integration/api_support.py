@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,23 @@ async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) ->
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"condition not met within {timeout}s") from None
+
+
+#: Values for a route's path parameters (this node, a client id, a plugin, an app...).
+PATH_VALUES = {
+    "node": NODE,
+    "clientid": "nobody",
+    "topic": "t",
+    "plugin": "presence",
+    "who": "x",
+    "appid": "admin",
+    "username": "nobody",
+}
+
+
+def concrete(path: str) -> str:
+    """A route path with its parameters filled in from PATH_VALUES."""
+    return re.sub(r":(\w+)", lambda m: PATH_VALUES[m.group(1)], path)
 
 
 def q(text: str) -> str:

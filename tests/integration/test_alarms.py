@@ -70,7 +70,7 @@ async def test_connections_alarm_raised_once_and_cleared(tmp_path: Path) -> None
         assert app.alarms.list() == []
         (cleared,) = app.alarms.history()
         assert cleared["id"] == "connections_high_watermark"
-        assert TIMESTAMP.match(str(cleared["cleared_at"]))
+        assert TIMESTAMP.match(str(cleared["clear_at"]))
         message = await next_message(watcher)
         assert message.topic.value == CLEAR
         assert json_payload(message)["id"] == "connections_high_watermark"

@@ -17,14 +17,15 @@ from api_support import (
     api_fixture,  # noqa: F401 (the `api` fixture)
     basic,
     check,
+    concrete,
     make_api,
 )
 from openapi_spec_validator import validate as validate_spec
 
 from broker.cli import main
 from broker.server.config import ManagementApp, ManagementConfig
-from management.api import ROUTES
-from management.apps import AppStore, add_app, apps_path, hash_secret, read_file, verify_secret
+from management.apps import AppStore, add_app, apps_path, hash_secret, stored_apps, verify_secret
+from management.routes import ROUTES
 
 API_NAMES = {
     "list_all_api", "list_brokers", "get_broker", "list_nodes", "get_node", "list_connections",
@@ -37,19 +38,18 @@ API_NAMES = {
     "list_all_metrics", "list_node_metrics", "list_stats", "lookup_node_stats",
     "list_all_alarms", "list_node_alarms", "list_banned", "create_banned", "delete_banned",
     "set_log_level", "set_node_log_level", "list_retained", "delete_retained",
+    # added after the seed
+    "list_present_alarms", "list_node_present_alarms", "list_alarm_history",
+    "list_node_alarm_history", "list_apps", "add_app", "lookup_app", "update_app", "del_app",
+    "lookup_connections_via_username", "lookup_node_connections_via_username",
+    "mqtt_publish_batch", "mqtt_subscribe_batch", "mqtt_unsubscribe_batch", "reload_plugin",
+    "clean_persistent_session", "get_all_configs", "get_node_configs",
     # the auth_clientid / auth_username plugins' CRUD (routes always listed)
     "list_clientid", "lookup_clientid", "add_clientid", "update_clientid", "delete_clientid",
     "list_username", "lookup_username", "add_username", "update_username", "delete_username",
     # cluster membership (emqx_ctl's cluster join / leave / force-leave)
     "cluster_join", "cluster_leave", "cluster_force_leave",
 }  # fmt: skip
-
-
-def concrete(path: str) -> str:
-    """A route path with its parameters filled in (this node, a client id, a plugin...)."""
-    values = {"node": NODE, "clientid": "nobody", "topic": "t", "plugin": "presence", "who": "x",
-              "username": "nobody"}  # fmt: skip
-    return re.sub(r":(\w+)", lambda m: values[m.group(1)], path)
 
 
 # -- /status, the route list, OpenAPI ------------------------------------------------------------
@@ -246,6 +246,28 @@ async def test_apps_added_in_the_data_dir_while_running(app_factory: AppFactory)
         assert (await client.get("/api/v3/brokers", auth=("admin", "n3w"))).status == 200
 
 
+async def test_apps_of_a_development_builds_apps_json_stay_in_force(
+    app_factory: AppFactory, tmp_path: Path
+) -> None:
+    # before the apps became a replicated table, `minibroker apps` wrote <data_dir>/apps.json
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    records = [
+        {"id": "admin", "secret_hash": hash_secret("n3w", iterations=1000), "name": "",
+         "desc": "", "status": True, "expired": None},
+        {"id": "tool", "secret_hash": hash_secret("t00l", iterations=1000), "name": "T",
+         "desc": "", "status": True, "expired": None, "updated_at": 5.0, "deleted": False},
+        {"id": "gone", "deleted": True, "updated_at": 6.0},
+    ]  # fmt: skip
+    (data_dir / "apps.json").write_text(json.dumps({"apps": records}))
+    app = await app_factory(data_dir=str(data_dir))
+    async for client in make_api(app, "real_http"):
+        assert (await client.get("/api/v3/brokers", auth=ADMIN)).status == 401  # no default
+        assert (await client.get("/api/v3/brokers", auth=("admin", "n3w"))).status == 200
+        assert (await client.get("/api/v3/brokers", auth=("tool", "t00l"))).status == 200
+    assert sorted(a.id for a in stored_apps(data_dir)) == ["admin", "tool"]
+
+
 def test_secret_hashing() -> None:
     secret = "correct horse battery staple"  # long enough never to appear by chance in base64
     stored = hash_secret(secret, iterations=1000)
@@ -271,7 +293,7 @@ def test_apps_cli_add_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[
     stored = json.loads(apps_path(d).read_text())
     assert "s3cret" not in json.dumps(stored)
     assert apps_path(d).stat().st_mode & 0o077 == 0
-    apps = {a.id: a for a in read_file(apps_path(d))}
+    apps = {a.id: a for a in stored_apps(d)}
     assert apps["ops"].name == "Ops" and apps["ops"].expired == 4102444800
     assert apps["ro"].status is False
     capsys.readouterr()
@@ -283,7 +305,7 @@ def test_apps_cli_add_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "already exists" in capsys.readouterr().err
     assert main(["apps", "--data-dir", d, "delete", "ops"]) == 0
     assert main(["apps", "--data-dir", d, "delete", "ops"]) == 1
-    assert [a.id for a in read_file(apps_path(d))] == ["ro"]
+    assert [a.id for a in stored_apps(d)] == ["ro"]
     assert main(["apps", "--data-dir", d]) == 2  # an action is required
 
 

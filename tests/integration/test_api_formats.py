@@ -1,6 +1,6 @@
 """`[management] api_format`: every route in both formats, EMQX's error codes, bodies as JSON.
 
-The route walk takes the route table itself (`management.api.ROUTES`), so a route added later is
+The route walk takes the route table itself (`management.routes.ROUTES`), so a route added later is
 walked too (and this test says what request it lacks). Each answer is checked against the
 OpenAPI schema of the seed body; in the `emqx` format, inside the released 3.x envelope
 (`{"code": 0, "data"[, "meta"]}`, actions `{"code": 0}`). Errors: the seed's HTTP status and
@@ -24,26 +24,30 @@ from api_support import ADMIN, NODE, AppFactory, basic, check, eventually, q
 from broker.app import NodeApp
 from broker.plugins.auth_table import credential
 from broker.server.config import ListenerConfig, ManagementConfig
-from management.api import ROUTES, Route
+from management.routes import ROUTES, Route
 
 CLIENT = "fmt/c1"
 TOPIC = "fmt/t"
 BANNED = "fmt-banned"
 #: A value for each path parameter of the route table.
 PARAMS = {"node": NODE, "clientid": CLIENT, "topic": TOPIC, "plugin": "presence", "who": BANNED,
-          "username": "fmt-user"}  # fmt: skip
+          "appid": "admin", "username": "fmt-user"}  # fmt: skip
 #: A request body for each body schema of the route table.
-BODIES: dict[str, dict[str, Any]] = {
+BODIES: dict[str, Any] = {
     "publish": {"topic": TOPIC, "payload": "x"},
     "subscribe": {"client_id": CLIENT, "topic": "fmt/other"},
     "unsubscribe": {"client_id": CLIENT, "topic": TOPIC},
     "banned": {"who": "fmt-new", "as": "client_id"},
     "log_level": {"level": "warning"},
+    "app_request": {"app_id": "fmt-app"},
+    "app_update": {"desc": "changed"},
     "auth_clientid": {"clientid": "fmt-new", "password": "p"},
     "auth_username": {"username": "fmt-new", "password": "p"},
     "auth_password": {"password": "p2"},
     "cluster_join": {"seed": "127.0.0.1:1"},  # replaced by the peer's address (_cluster_route)
 }
+for _kind in ("publish", "subscribe", "unsubscribe"):
+    BODIES[f"{_kind}_batch"] = [BODIES[_kind]]  # the batch form: an array of single bodies
 
 
 class Http:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from api_support import (
     ADMIN,
-    NODE,
     Api,
     AppFactory,
     api_fixture,  # noqa: F401 (the `api` fixture)
+    concrete,
     make_api,
 )
 
@@ -26,12 +26,6 @@ from management.apps import AppStore, add_app
 
 SECRET = "Zx7-never-log-me-4f1c9e"  # an app secret no log line may contain
 WRONG = "Qw3-wrong-guess-b62d0a"  # a wrong password, no more loggable
-
-
-def concrete(path: str) -> str:
-    values = {"node": NODE, "clientid": "nobody", "topic": "t", "plugin": "presence", "who": "x",
-              "username": "nobody"}  # fmt: skip
-    return re.sub(r":(\w+)", lambda m: values[m.group(1)], path)
 
 
 def management(**kw: Any) -> ManagementConfig:

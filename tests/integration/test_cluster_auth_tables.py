@@ -17,11 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from api_support import ADMIN, basic, eventually
-from conftest import make_config
+from cluster_support import ClusterNodes, converged, live
 from plugin_support import BAD_USERNAME_OR_PASSWORD, NOT_AUTHORIZED, connect_code
 
 from broker.app import NodeApp
-from broker.server.config import ListenerConfig
 from cluster.membership_config import MembershipConfig
 from cluster.runtime import ClusterConfig
 from cluster.transport import Transport
@@ -33,34 +32,11 @@ A, B = "a@127.0.0.1", "b@127.0.0.1"
 PLUGINS = {"auth_clientid": {"enabled": True}, "auth_username": {"enabled": True}}
 
 
-class Nodes:
-    """Start clustered NodeApps (data in tmp_path/<name>, so a restart finds its files) and
-    stop them; whatever is still running is stopped at teardown."""
+class Nodes(ClusterNodes):
+    """Clustered NodeApps with both auth plugins loaded and anonymous access refused."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.running: list[NodeApp] = []
-
-    async def start(
-        self, name: str, *join: NodeApp, cluster_config: ClusterConfig | None = None
-    ) -> NodeApp:
-        cfg = make_config(
-            self.tmp_path,
-            node_name=name,
-            data_dir=str(self.tmp_path / name),
-            cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
-            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
-            plugins=PLUGINS,
-            allow_anonymous=False,
-        )
-        app = NodeApp(cfg, cluster_config=cluster_config)
-        await app.start()
-        self.running.append(app)
-        return app
-
-    async def stop(self, app: NodeApp) -> None:
-        self.running.remove(app)
-        await app.stop()
+        super().__init__(tmp_path, plugins=PLUGINS, allow_anonymous=False)
 
     async def pair(self, cluster_config: ClusterConfig | None = None) -> tuple[NodeApp, NodeApp]:
         a = await self.start(A, cluster_config=cluster_config)
@@ -73,18 +49,7 @@ class Nodes:
 async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
     started = Nodes(tmp_path)
     yield started
-    for app in reversed(started.running):
-        await app.stop()
-
-
-def live(app: NodeApp) -> list[str]:
-    assert app.cluster is not None
-    return sorted(app.cluster.live_nodes())
-
-
-async def converged(*apps: NodeApp) -> None:
-    names = sorted(app.config.node_name for app in apps)
-    await eventually(lambda: all(live(app) == names for app in apps), timeout=10)
+    await started.stop_all()
 
 
 async def http(app: NodeApp, method: str, path: str, **kw: Any) -> tuple[int, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,13 @@ import aiohttp
 import aiomqtt
 import pytest
 from api_support import ADMIN, basic, eventually, next_message, q
-from conftest import make_config
+from cluster_support import ClusterNodes, converged, live
 from rawclient import RawClient
 
 from broker.app import NodeApp
 from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_5, ReasonCode
 from broker.protocol.packets import ConnAck, PubAck, Publish, Subscribe, SubscriptionRequest
-from broker.server.config import ListenerConfig
 from cluster.members import MemberState
 from cluster.rpc import NodeUnreachable, RemoteError
 from cluster.transport import TransportConfig
@@ -39,34 +37,9 @@ Start = Callable[..., Awaitable[NodeApp]]
 @pytest.fixture
 async def start_node(tmp_path: Path) -> AsyncIterator[Start]:
     """Start a NodeApp with the cluster enabled on port 0 (`join`: apps to join through)."""
-    apps: list[NodeApp] = []
-
-    async def start(name: str, *join: NodeApp, **overrides: Any) -> NodeApp:
-        cfg = make_config(
-            tmp_path,
-            node_name=name,
-            data_dir=str(tmp_path / name),
-            cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
-            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
-        )
-        app = NodeApp(dataclasses.replace(cfg, **overrides))
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
-
-
-def live(app: NodeApp) -> list[str]:
-    assert app.cluster is not None
-    return app.cluster.live_nodes()
-
-
-async def converged(*apps: NodeApp) -> None:
-    names = sorted(app.config.node_name for app in apps)
-    await eventually(lambda: all(sorted(live(app)) == names for app in apps))
+    nodes = ClusterNodes(tmp_path)
+    yield nodes.start
+    await nodes.stop_all()
 
 
 @pytest.fixture

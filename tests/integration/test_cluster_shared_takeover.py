@@ -7,15 +7,14 @@ sockets for MQTT (aiomqtt, RawClient) and between the nodes. Every wait is bound
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 from api_support import eventually
-from conftest import make_config
+from cluster_support import ClusterNodes, converged
 from rawclient import RawClient
 
 from broker.app import NodeApp
@@ -29,46 +28,22 @@ from broker.protocol.packets import (
     Subscribe,
     SubscriptionRequest,
 )
-from broker.server.config import ListenerConfig
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 TIMEOUT = 5.0
 
-Start = Callable[..., Awaitable[NodeApp]]
-
 
 @pytest.fixture
 async def trio(tmp_path: Path) -> AsyncIterator[tuple[NodeApp, NodeApp, NodeApp]]:
-    apps: list[NodeApp] = []
-
-    async def start(name: str, *join: NodeApp) -> NodeApp:
-        cfg = make_config(
-            tmp_path,
-            node_name=name,
-            data_dir=str(tmp_path / name),
-            cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
-            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
-        )
-        app = NodeApp(dataclasses.replace(cfg))
-        await app.start()
-        apps.append(app)
-        return app
-
+    nodes = ClusterNodes(tmp_path)
     try:
-        a = await start(A)
-        b = await start(B, a)
-        c = await start(C, a)
-        names = sorted([A, B, C])
-        await eventually(lambda: all(sorted(live(x)) == names for x in (a, b, c)))
+        a = await nodes.start(A)
+        b = await nodes.start(B, a)
+        c = await nodes.start(C, a)
+        await converged(a, b, c)
         yield a, b, c
     finally:
-        for app in reversed(apps):
-            await app.stop()
-
-
-def live(app: NodeApp) -> list[str]:
-    assert app.cluster is not None
-    return app.cluster.live_nodes()
+        await nodes.stop_all()
 
 
 def shared_routes(app: NodeApp) -> list[tuple[str, str, str]]:

@@ -1,5 +1,7 @@
 """CONNECT handling, client identifiers and session takeover, PINGREQ
-(MQTT 3.1.1 sections 3.1, 3.2, 3.12)."""
+(MQTT 3.1.1 sections 3.1, 3.2, 3.12) over real sockets; the rules that need no socket (client
+identifiers, anonymous refusal, a second CONNECT, PINGREQ, keepalive) run on the in-memory
+harness: tests/unit/test_rules_connect.py."""
 
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from broker.protocol.packets import (
     Connect,
     Disconnect,
     PingReq,
-    PingResp,
     PubAck,
     Publish,
     Subscribe,
@@ -134,50 +135,6 @@ async def test_aiomqtt_client_taken_over(node: Node) -> None:
 # -- client identifiers -------------------------------------------------------------------------
 
 
-async def test_zero_length_client_id_with_clean_session_is_assigned_MQTT_3_1_3_6(
-    node: Node,
-) -> None:
-    a, ack_a = await raw_connect(node, "", clean=True)
-    b, ack_b = await raw_connect(node, "", clean=True)
-    try:
-        assert ack_a.reason_code == 0 and ack_b.reason_code == 0
-        assert ack_a.session_present is False
-        assert len(node.broker.connected) == 2  # two distinct, unique identifiers
-        assert all(cid for cid in node.broker.connected)
-        # And the connection works.
-        assert await raw_subscribe(a, ("anon/t", 1)) == [1]
-        await raw_publish_qos1(b, "anon/t", b"hi", 1)
-        got = await expect(a, Publish)
-        assert got.payload == b"hi"
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def test_zero_length_client_id_without_clean_session_refused_MQTT_3_1_3_8(
-    node: Node,
-) -> None:
-    client, ack = await raw_connect(node, "", clean=False)
-    try:
-        assert (ack.reason_code, ack.session_present) == (0x02, False)  # identifier rejected
-        assert await client.closed()  # MQTT-3.2.2-5
-        assert node.broker.connected == {}
-    finally:
-        await client.close()
-
-
-async def test_anonymous_refused_with_code_5_and_closed_MQTT_3_2_2_4_and_5(
-    node_factory: Callable[..., Any],
-) -> None:
-    node: Node = await node_factory(allow_anonymous=False)
-    client, ack = await raw_connect(node, "anon")
-    try:
-        assert (ack.reason_code, ack.session_present) == (0x05, False)
-        assert await client.closed()
-    finally:
-        await client.close()
-
-
 # -- the CONNECT packet ---------------------------------------------------------------------------
 
 
@@ -201,17 +158,6 @@ async def test_first_packet_not_connect_closes_MQTT_3_1_0_1(node: Node, first: A
         finally:
             await client.close()
         assert node.broker.connected.keys() == {"nc-watch"}
-
-
-async def test_second_connect_closes_MQTT_3_1_0_2(node: Node) -> None:
-    client, _ = await raw_connect(node, "twice")
-    try:
-        client.send(Connect("twice"))
-        assert await client.closed()
-        assert client.pending == []
-        assert "twice" not in node.broker.connected
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("level", [2, 6, 0x7F])
@@ -264,26 +210,6 @@ async def test_malformed_connect_flags_close_MQTT_3_1_2(
         assert await client.closed()
         assert not any(isinstance(p, ConnAck) and p.reason_code == 0 for p in client.pending)
         assert node.broker.connected == {}
-    finally:
-        await client.close()
-
-
-async def test_pingreq_gets_pingresp_MQTT_3_12_4_1(node: Node) -> None:
-    client, _ = await raw_connect(node, "pinger")
-    try:
-        for _ in range(3):
-            client.send(PingReq())
-            await expect(client, PingResp)
-    finally:
-        await client.close()
-
-
-async def test_keepalive_timeout_closes_connection_MQTT_3_1_2_24(node: Node) -> None:
-    """keepalive=1 and silence: disconnected after 1.5 keepalives (checked by a 1 s tick)."""
-    client, _ = await raw_connect(node, "sleepy", keepalive=1)
-    try:
-        assert await client.closed(timeout=4.0)
-        await eventually(lambda: "sleepy" not in node.broker.connected)
     finally:
         await client.close()
 

@@ -1,5 +1,7 @@
 """Sessions: clean vs persistent, offline queueing, inflight redelivery, limits, expiry
-(MQTT 3.1.1 sections 3.1.2.4, 3.2.2.2, 4.1, 4.4)."""
+(MQTT 3.1.1 sections 3.1.2.4, 3.2.2.2, 4.1, 4.4) over real sockets; redelivery, QoS 2 state
+and expiry rules that need no socket run on the in-memory harness:
+tests/unit/test_rules_sessions.py."""
 
 from __future__ import annotations
 
@@ -23,10 +25,7 @@ from test_core_support import (
 from broker.protocol.packets import (
     Disconnect,
     PubAck,
-    PubComp,
     Publish,
-    PubRec,
-    PubRel,
 )
 from broker.server.node import Node
 
@@ -37,13 +36,6 @@ async def _disconnect(node: Node, client: RawClient, client_id: str) -> None:
     assert await client.closed()
     await client.close()
     assert client_id not in node.broker.connected
-
-
-async def _drop(node: Node, client: RawClient, client_id: str) -> None:
-    """Close the socket without DISCONNECT and wait until the broker noticed."""
-    client.writer.transport.abort()
-    await client.close()
-    await eventually(lambda: client_id not in node.broker.connected)
 
 
 async def test_connack_session_present_0_for_clean_session_MQTT_3_2_2_1(node: Node) -> None:
@@ -160,109 +152,6 @@ async def test_persistent_session_keeps_subscriptions_and_queues_qos1_2_MQTT_3_1
     ]
 
 
-async def test_unacked_qos1_resent_with_dup_on_reconnect_MQTT_4_4_0_1(node: Node) -> None:
-    sub, _ = await raw_connect(node, "redeliver1", clean=False)
-    pub, _ = await raw_connect(node, "redeliver1-pub")
-    try:
-        await raw_subscribe(sub, ("rd1/t", 1))
-        await raw_publish_qos1(pub, "rd1/t", b"m1", 1)
-        first = await expect(sub, Publish)
-        assert (first.payload, first.qos, first.dup) == (b"m1", 1, False)
-        await _drop(node, sub, "redeliver1")  # no PUBACK
-        await raw_publish_qos1(pub, "rd1/t", b"m2", 2)  # queued while offline
-
-        sub, ack = await raw_connect(node, "redeliver1", clean=False)
-        assert ack.session_present is True
-        again = await expect(sub, Publish)
-        # The same message, same packet id, DUP=1 (MQTT-3.3.1-1), before anything newer.
-        assert (again.payload, again.qos, again.dup) == (b"m1", 1, True)
-        assert again.packet_id == first.packet_id
-        queued = await expect(sub, Publish)
-        assert (queued.payload, queued.dup) == (b"m2", False)
-        assert queued.packet_id != again.packet_id
-        sub.send(PubAck(again.packet_id or 0))
-        sub.send(PubAck(queued.packet_id or 0))
-        assert await ping_barrier(sub) == []
-        assert node.broker.sessions["redeliver1"].inflight == {}
-    finally:
-        await sub.close()
-        await pub.close()
-
-
-async def test_qos2_unacked_publish_resent_with_dup_MQTT_4_4_0_1(node: Node) -> None:
-    sub, _ = await raw_connect(node, "redeliver2a", clean=False)
-    pub, _ = await raw_connect(node, "redeliver2a-pub")
-    try:
-        await raw_subscribe(sub, ("rd2a/t", 2))
-        pub.send(Publish("rd2a/t", b"q2", qos=2, packet_id=1))
-        await expect(pub, PubRec)
-        first = await expect(sub, Publish)
-        assert (first.qos, first.dup) == (2, False)
-        await _drop(node, sub, "redeliver2a")  # no PUBREC
-
-        sub, ack = await raw_connect(node, "redeliver2a", clean=False)
-        assert ack.session_present is True
-        again = await expect(sub, Publish)
-        assert (again.payload, again.qos, again.dup) == (b"q2", 2, True)
-        assert again.packet_id == first.packet_id
-        sub.send(PubRec(again.packet_id or 0))
-        assert (await expect(sub, PubRel)).packet_id == again.packet_id
-        sub.send(PubComp(again.packet_id or 0))
-        assert await ping_barrier(sub) == []
-        assert node.broker.sessions["redeliver2a"].inflight == {}
-    finally:
-        await sub.close()
-        await pub.close()
-
-
-async def test_qos2_pubrel_resent_after_pubrec_MQTT_4_4_0_1(node: Node) -> None:
-    sub, _ = await raw_connect(node, "redeliver2b", clean=False)
-    pub, _ = await raw_connect(node, "redeliver2b-pub")
-    try:
-        await raw_subscribe(sub, ("rd2b/t", 2))
-        pub.send(Publish("rd2b/t", b"q2", qos=2, packet_id=1))
-        await expect(pub, PubRec)
-        first = await expect(sub, Publish)
-        sub.send(PubRec(first.packet_id or 0))
-        assert (await expect(sub, PubRel)).packet_id == first.packet_id
-        await _drop(node, sub, "redeliver2b")  # no PUBCOMP
-
-        sub, ack = await raw_connect(node, "redeliver2b", clean=False)
-        assert ack.session_present is True
-        rel = await expect(sub, PubRel)  # not the PUBLISH again
-        assert rel.packet_id == first.packet_id
-        sub.send(PubComp(rel.packet_id))
-        assert await ping_barrier(sub) == []
-        assert node.broker.sessions["redeliver2b"].inflight == {}
-    finally:
-        await sub.close()
-        await pub.close()
-
-
-async def test_incoming_qos2_state_survives_reconnect_MQTT_4_3_3_2(node: Node) -> None:
-    """The publisher's side: PUBLISH QoS 2 routed, connection lost before PUBREL. After a
-    clean=0 reconnect the resent PUBLISH (DUP=1) is not routed again and PUBREL completes."""
-    sub, _ = await raw_connect(node, "in2-sub")
-    pub, _ = await raw_connect(node, "in2-pub", clean=False)
-    try:
-        await raw_subscribe(sub, ("in2/t", 1))
-        pub.send(Publish("in2/t", b"once", qos=2, packet_id=5))
-        await expect(pub, PubRec)
-        await _drop(node, pub, "in2-pub")
-        pub, ack = await raw_connect(node, "in2-pub", clean=False)
-        assert ack.session_present is True
-        pub.send(Publish("in2/t", b"once", qos=2, packet_id=5, dup=True))
-        assert (await expect(pub, PubRec)).packet_id == 5
-        pub.send(PubRel(5))
-        assert (await expect(pub, PubComp)).packet_id == 5
-        got = await expect(sub, Publish)
-        sub.send(PubAck(got.packet_id or 0))
-        assert await ping_barrier(sub) == []  # exactly one copy
-    finally:
-        await sub.close()
-        await pub.close()
-
-
 async def test_max_inflight_messages_window(node_factory: Callable[..., Any]) -> None:
     """max_inflight_messages=2 (mosquitto semantics): a subscriber that does not acknowledge has
     at most 2 QoS 1 messages outstanding; each PUBACK lets the next queued one out, in order
@@ -320,56 +209,4 @@ async def test_offline_queue_bounded_and_drops_counted(node_factory: Callable[..
         assert [p.payload for p in got] == [str(i).encode() for i in range(5)]
     finally:
         await sub.close()
-        await pub.close()
-
-
-async def test_session_expires_after_interval(node_factory: Callable[..., Any]) -> None:
-    """session_expiry_interval=1: a disconnected clean=0 session is discarded by the node's tick
-    a little over a second later; reconnecting then finds no session (MQTT-3.2.2-3)."""
-    node: Node = await node_factory(session_expiry_interval=1)
-    sub, _ = await raw_connect(node, "expiring", clean=False)
-    await raw_subscribe(sub, ("exp/t", 1))
-    await _disconnect(node, sub, "expiring")
-    assert "expiring" in node.broker.sessions
-    await eventually(lambda: "expiring" not in node.broker.sessions, timeout=4.0)
-    sub, ack = await raw_connect(node, "expiring", clean=False)
-    pub, _ = await raw_connect(node, "expiring-pub")
-    try:
-        assert ack.session_present is False
-        await raw_publish_qos1(pub, "exp/t", b"x", 1)
-        assert await ping_barrier(sub) == []  # the subscription went with the session
-    finally:
-        await sub.close()
-        await pub.close()
-
-
-async def test_persistent_session_kept_when_expiry_setting_is_0_MQTT_3_1_2_5(
-    node_factory: Callable[..., Any],
-) -> None:
-    node: Node = await node_factory(session_expiry_interval=0)
-    sub, _ = await raw_connect(node, "zero-cap", clean=False)
-    await raw_subscribe(sub, ("zc/t", 1))
-    await _disconnect(node, sub, "zero-cap")
-    pub, _ = await raw_connect(node, "zero-cap-pub")
-    try:
-        await raw_publish_qos1(pub, "zc/t", b"stored", 1)
-        sub, ack = await raw_connect(node, "zero-cap", clean=False)
-        assert ack.session_present is True
-        assert (await expect(sub, Publish)).payload == b"stored"
-    finally:
-        await sub.close()
-        await pub.close()
-
-
-async def test_qos0_for_offline_session_counted_as_dropped(node: Node) -> None:
-    sub, _ = await raw_connect(node, "offline-q0", clean=False)
-    await raw_subscribe(sub, ("oq0/t", 0))
-    await _disconnect(node, sub, "offline-q0")
-    counters = node.broker.metrics.counters
-    before = counters["messages/dropped"]
-    pub, _ = await raw_connect(node, "offline-q0-pub")
-    try:
-        await raw_publish_qos1(pub, "oq0/t", b"lost", 1)  # delivered at QoS 0
-        assert counters["messages/dropped"] - before == 1
-    finally:
         await pub.close()

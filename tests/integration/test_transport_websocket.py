@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 from rawclient import RawClient
 
-from broker.core.channel import Channel
+from broker.core.broker import Forwarded
 from broker.core.message import Message
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1, MQTT_3_1_1, MQTT_5, ReasonCode
@@ -426,15 +427,18 @@ async def test_backpressure_slow_websocket_reader_drops_qos0(node_factory: Any) 
 
 
 async def test_websocket_held_input_is_not_read_until_released(node: Node) -> None:
-    """Flow control on a WebSocket: a forward hook holds the publisher (`Broker.reading`, as the
-    cluster does for a congested link); the handler receives nothing more until
-    `release_input`, then handles what was sent meanwhile."""
-    held: list[Channel] = []
+    """Flow control on a WebSocket: a forward hook reports a congested link (`Forwarded`, as
+    the cluster does), the publisher is held; the handler receives nothing more until it is
+    resumed, then handles what was sent meanwhile."""
+    held: list[Callable[[], None]] = []
 
-    def hold_publisher(message: Message) -> int:
-        reading = node.broker.reading
-        if message.topic == "hold/me" and reading is not None and reading.hold_input():
-            held.append(reading)
+    def wait_drained(resume: Callable[[], None]) -> bool:
+        held.append(resume)
+        return True
+
+    def hold_publisher(message: Message) -> int | Forwarded:
+        if message.topic == "hold/me":
+            return Forwarded(0, wait_drained)
         return 0
 
     node.broker.forward_hooks.append(hold_publisher)
@@ -453,7 +457,7 @@ async def test_websocket_held_input_is_not_read_until_released(node: Node) -> No
         answer = asyncio.ensure_future(client.recv())
         await asyncio.sleep(0.3)
         assert not answer.done(), "held: the PINGREQ is not read"
-        held[0].release_input()
+        held[0]()
         assert isinstance(await asyncio.wait_for(answer, TIMEOUT), PingResp)
         await client.send(Disconnect())
         assert await client.closed() == []

@@ -1,7 +1,8 @@
 """MQTT 5.0 basics over real sockets: aiomqtt (V5), paho-mqtt (MQTTv5) and our RawClient.
 
 Every test names the normative statement of the MQTT 5.0 specification it checks, where there
-is one. Every wait is bounded; nothing asserts on timing.
+is one. Every wait is bounded; nothing asserts on timing. The server DISCONNECT rules that need
+no socket run on the in-memory harness: tests/unit/test_rules_v5_disconnect.py.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from test_v5_support import (
     subscribe,
 )
 
-from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
+from broker.protocol.constants import PropertyId, ReasonCode
 from broker.protocol.packets import (
-    Connect,
     Disconnect,
     PubAck,
     Publish,
@@ -38,7 +38,6 @@ from broker.protocol.packets import (
     Unsubscribe,
     Will,
 )
-from broker.protocol.properties import encode_varint
 from broker.server.node import Node
 
 # --------------------------------------------------------------------------- helpers
@@ -48,12 +47,6 @@ async def expect_server_disconnect(client: RawClient, code: int) -> None:
     """The next packet is DISCONNECT with `code`, then the broker closes the connection."""
     packet = await server_disconnect(client)  # also checks MQTT-3.14.2-2 and the close
     assert packet.reason_code == code, f"DISCONNECT {packet.reason_code:#04x}, want {code:#04x}"
-
-
-def raw_publish_v5(topic: bytes, props: bytes, payload: bytes) -> bytes:
-    """A QoS 0 5.0 PUBLISH with a hand-made property block (for values our encoder refuses)."""
-    body = len(topic).to_bytes(2, "big") + topic + encode_varint(len(props)) + props + payload
-    return b"\x30" + encode_varint(len(body)) + body
 
 
 # --------------------------------------------------------------------------- CONNECT / CONNACK
@@ -257,35 +250,6 @@ async def test_network_close_publishes_will_MQTT_3_1_2_8(node: Node) -> None:
 # --------------------------------------------------------------------------- server DISCONNECT
 
 
-async def test_server_disconnect_0x8E_session_taken_over_MQTT_3_1_4_3(node: Node) -> None:
-    first, _ = await raw5(node, "same-id")
-    second, ack = await raw5(node, "same-id")
-    assert ack.reason_code == 0
-    await expect_server_disconnect(first, ReasonCode.SESSION_TAKEN_OVER)
-    second.send_raw(b"\xc0\x00")  # PINGREQ: the new connection is the live one
-    assert (await second.recv(TIMEOUT)).packet_type == 13
-    await second.close()
-
-
-async def test_server_disconnect_0x8D_keepalive_timeout_MQTT_3_1_2_22(node: Node) -> None:
-    client, ack = await raw5(node, "sleepy", keepalive=1)
-    assert ack.reason_code == 0
-    # Nothing sent: after 1.5 x keepalive the broker closes, telling a 5.0 client why.
-    await expect_server_disconnect(client, ReasonCode.KEEP_ALIVE_TIMEOUT)
-
-
-async def test_server_disconnect_0x81_malformed_packet_MQTT_3_3_1_4(node: Node) -> None:
-    client, _ = await raw5(node, "malformed")
-    client.send_raw(b"\x36\x05\x00\x01t\x00\x01")  # PUBLISH with QoS bits 11
-    await expect_server_disconnect(client, ReasonCode.MALFORMED_PACKET)
-
-
-async def test_server_disconnect_0x82_second_connect_MQTT_3_1_0_2(node: Node) -> None:
-    client, _ = await raw5(node, "twice")
-    client.send(Connect("twice", protocol_level=MQTT_5))
-    await expect_server_disconnect(client, ReasonCode.PROTOCOL_ERROR)
-
-
 async def test_server_disconnect_0x8B_on_node_shutdown(node: Node) -> None:
     client, _ = await raw5(node, "until-shutdown")
     await node.stop()
@@ -301,39 +265,6 @@ async def test_server_disconnect_0x8B_on_node_shutdown_paho(node: Node) -> None:
         assert rc.value == ReasonCode.SERVER_SHUTTING_DOWN
     finally:
         await client.close()
-
-
-async def test_server_disconnect_0x94_topic_alias_zero_MQTT_3_3_2_8(node: Node) -> None:
-    client, _ = await raw5(node, "alias-zero")
-    client.send_raw(raw_publish_v5(b"a/b", b"\x23\x00\x00", b"x"))  # Topic Alias = 0
-    await expect_server_disconnect(client, ReasonCode.TOPIC_ALIAS_INVALID)
-
-
-async def test_topic_alias_zero_closes_connection_MQTT_3_3_2_8(node: Node) -> None:
-    """Whatever the reason code, a Topic Alias of 0 ends the connection with an error."""
-    client, _ = await raw5(node, "alias-zero-any")
-    client.send_raw(raw_publish_v5(b"a/b", b"\x23\x00\x00", b"x"))
-    packet = await expect(client, Disconnect)
-    assert packet.reason_code >= 0x80
-    assert await client.closed(TIMEOUT)
-
-
-async def test_unknown_topic_alias_with_empty_topic_is_protocol_error_3_3_2_3_4(
-    node: Node,
-) -> None:
-    client, _ = await raw5(node, "alias-unknown")
-    client.send(Publish("", b"x", 0, properties={PropertyId.TOPIC_ALIAS: 9}))
-    await expect_server_disconnect(client, ReasonCode.PROTOCOL_ERROR)
-
-
-async def test_disconnect_raising_session_expiry_from_zero_is_protocol_error_3_14_2_2_2(
-    node: Node,
-) -> None:
-    """Section 3.14.2.2.2: CONNECT said 0, a non-zero value in DISCONNECT is a Protocol Error."""
-    client, _ = await raw5(node, "raise-expiry")  # Session Expiry Interval absent: 0
-    client.send(Disconnect(0, {PropertyId.SESSION_EXPIRY_INTERVAL: 30}))
-    await expect_server_disconnect(client, ReasonCode.PROTOCOL_ERROR)
-    assert "raise-expiry" not in node.broker.sessions
 
 
 # --------------------------------------------------------------------------- PUBLISH features

@@ -1,13 +1,16 @@
 """Flow control on a channel: `Channel.hold_input` stops reading a client (through its link's
-`pause_reading`) until `release_input` or at most `MAX_HOLD` seconds; `Broker.reading` names the
-channel whose input is being handled, whom a forward hook can hold back."""
+`pause_reading`) until `release_input` or at most `MAX_HOLD` seconds; a congested forward
+comes back from `Broker.publish` as `wait_drained`, which the publishing connection acts on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from broker.core.broker import Broker
-from broker.core.channel import CLOSED, MAX_HOLD, Channel
+from broker.core.broker import Broker, Forwarded
+from broker.core.channel import CLOSED, Channel
+from broker.core.connection import MAX_HOLD
 from broker.core.message import Message
 from broker.protocol.codec import encode
 from broker.protocol.packets import Connect, Publish
@@ -129,44 +132,55 @@ def test_a_closed_channel_is_not_held() -> None:
     assert channel.held_at is None
 
 
-def test_broker_reading_is_the_channel_during_a_publish_and_none_after() -> None:
-    broker, channel, _, _ = connected()
-    seen: list[tuple[str, Channel | None]] = []
+def test_publish_reports_back_pressure_and_the_client_publisher_is_held() -> None:
+    """A congested forward comes back from `Broker.publish` as a value (`wait_drained`); the
+    publishing connection stops reading and hands over its resume callback."""
+    broker, channel, link, _ = connected()
+    waiting: list[Callable[[], None]] = []
 
-    def hook(message: Message) -> int:
-        seen.append((message.topic, broker.reading))
-        return 0
+    def wait_drained(resume: Callable[[], None]) -> bool:
+        waiting.append(resume)
+        return True
+
+    def hook(message: Message) -> Forwarded:
+        return Forwarded(1, wait_drained)
 
     broker.forward_hooks.append(hook)
-    assert broker.reading is None
+    published = broker.publish(Message("rest/1", b"x"))  # another origin: just told
+    assert published.deliveries == 1 and published.wait_drained is wait_drained
+    assert not waiting and link.calls == []
     channel.data_received(encode(Publish("a/1", b"x")) + encode(Publish("a/2", b"y")))
-    assert seen == [("a/1", channel), ("a/2", channel)]
-    assert broker.reading is None
+    assert link.calls == ["pause"] and len(waiting) == 1, "held once, on the first PUBLISH"
+    waiting[0]()
+    assert link.calls == ["pause", "resume"] and channel.held_at is None
 
 
-def test_broker_reading_is_reset_when_a_handler_raises() -> None:
-    broker, channel, _, _ = connected()
+def test_a_wait_that_is_not_needed_releases_at_once() -> None:
+    broker, channel, link, _ = connected()
+    broker.forward_hooks.append(lambda message: Forwarded(1, lambda resume: False))
+    channel.data_received(encode(Publish("a/1", b"x")))
+    assert link.calls == ["pause", "resume"] and channel.held_at is None
+
+
+def test_a_forward_hook_that_raises_propagates_and_holds_nothing() -> None:
+    broker, channel, link, _ = connected()
 
     def hook(message: Message) -> int:
-        assert broker.reading is channel
         raise RuntimeError("boom")
 
     broker.forward_hooks.append(hook)
     with pytest.raises(RuntimeError, match="boom"):
         channel.data_received(encode(Publish("a/1", b"x")))
-    assert broker.reading is None
+    assert channel.held_at is None and link.calls == []
 
 
 def test_a_forward_hook_can_hold_the_publisher_and_the_rest_of_the_read_is_still_handled() -> None:
     broker, channel, link, _ = connected()
     topics: list[str] = []
 
-    def hook(message: Message) -> int:
+    def hook(message: Message) -> Forwarded:
         topics.append(message.topic)
-        reading = broker.reading
-        assert reading is not None
-        reading.hold_input()
-        return 0
+        return Forwarded(0, lambda resume: True)
 
     broker.forward_hooks.append(hook)
     channel.data_received(b"".join(encode(Publish(f"a/{i}", b"x")) for i in range(3)))

@@ -235,9 +235,9 @@ def test_publish_shared_false_leaves_groups_out_on_a_single_node() -> None:
     client = FakeClient(broker)
     client.connect("m")
     client.subscribe("$share/g/t")
-    assert broker.publish(Message("t", b"1", 1), forward=False, shared=False) == 0
+    assert broker.publish(Message("t", b"1", 1), forward=False, shared=False).deliveries == 0
     assert broker.metrics.counters["messages/dropped"] == 0  # a forwarded copy: not a drop
-    assert broker.publish(Message("t", b"2", 1)) == 1
+    assert broker.publish(Message("t", b"2", 1)).deliveries == 1
     assert [p.payload for p in client.publishes()] == [b"2"]
 
 

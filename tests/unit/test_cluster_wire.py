@@ -241,34 +241,42 @@ def test_forward_batch_exists_from_version_2_only() -> None:
 
 def test_forward_batch_carries_the_client_bytes_of_a_small_qos0_publish() -> None:
     """`raw`: the receiver reuses the QoS 0 PUBLISH bytes (as the origin does) instead of
-    encoding them again; only for QoS 0, no properties, payloads up to RAW_MAX."""
+    encoding them again; only for QoS 0 and payloads up to RAW_MAX, and only bytes made from
+    this very message (`Frames.fits`)."""
     from broker.protocol.codec import encode
     from broker.protocol.packets import Publish
+    from broker.protocol.wire import Frames
     from cluster.wire import RAW_MAX
 
+    def message(payload: bytes, qos: int = 0, raw: bytes | None = None) -> Message:
+        m = Message("a/b", payload, qos, False, {}, "c", 1.0)
+        m.frames = Frames(m.topic, m.payload, m.properties, raw)
+        return m
+
     raw = encode(Publish("a/b", b"hello", qos=0))
-    small = Message("a/b", b"hello", 0, False, {}, "c", 1.0)
-    small.encoded = {(False, False): raw}
-    big = Message("a/b", b"x" * (RAW_MAX + 1), 0, False, {}, "c", 1.0)
-    big.encoded = {(False, False): b"whatever"}
-    qos1 = Message("a/b", b"hello", 1, False, {}, "c", 1.0)
-    qos1.encoded = {(False, False): raw}
+    small = message(b"hello", raw=raw)
+    stale = Message("a/b", b"hello", 0, False, {}, "c", 1.0)
+    stale.frames = small.frames  # bytes of another message object: never shipped
     entries = [
         forward_entry(small),
         forward_entry(small, {"kind": "shared", "shared": ["g", "a/#"]}),
-        forward_entry(big),
-        forward_entry(qos1),
+        forward_entry(message(b"x" * (RAW_MAX + 1), raw=b"whatever")),
+        forward_entry(message(b"hello", 1, raw)),
+        forward_entry(stale),
+        forward_entry(message(b"hello")),  # nothing encoded yet
     ]
-    assert [len(e) for e in entries] == [8, 8, 7, 7]
+    assert [len(e) for e in entries] == [8, 8, 7, 7, 7, 7]
     body = msgpack.unpackb(msgpack.packb(forward_batch_body("n", entries)), raw=False)
     out, bad = parse_forward_batch(body)
     assert bad == 0
-    assert out[0][0].encoded == {(False, False): raw} and out[0][1] == {}
-    assert out[1][0].encoded == {(False, False): raw}
+    first = out[0][0]
+    assert first.frames is not None and first.frames.raw == raw and first.frames.raw_v5 is False
+    assert first.frames.fits(first.topic, first.payload, first.properties)
+    assert first.frames.qos0(False, 4) == raw and out[0][1] == {}
     assert out[1][1] == {"kind": "shared", "shared": ["g", "a/#"]}
-    assert out[2][0].encoded is None and out[3][0].encoded is None
+    assert out[1][0].frames is not None and out[1][0].frames.raw == raw
+    assert all(m.frames is None for m, _ in out[2:])
     # a raw that does not fit its message is a malformed entry
-    hostile = forward_entry(qos1, {"raw": [False, raw]})
-    assert parse_forward_batch(
-        {"origin": "n", "msgs": [hostile, [*entries[0][:7], {"raw": 1}]]}
-    ) == ([], 2)
+    qos1 = forward_entry(Message("a/b", b"hello", 1, False, {}, "c", 1.0), {"raw": [False, raw]})
+    hostile = {"origin": "n", "msgs": [qos1, [*entries[0][:7], {"raw": 1}]]}
+    assert parse_forward_batch(hostile) == ([], 2)

@@ -179,6 +179,7 @@ def test_running_config_masks_secrets_and_shows_every_key() -> None:
         f'[node]\ncookie = "c00kie"\n[scram_credentials]\nalice = "{alice}"\n'
         '[[management.apps]]\nid = "ops"\nsecret = "s3cret"\n'
         "[plugins.presence]\nenabled = true\n[plugins.mine]\nlevel = 3\n"
+        '[plugins.web_hook]\nurl = "http://hook:hook-pass@127.0.0.1:9/x"\n'
     )
     shown = running_config(cfg)
     assert json.loads(json.dumps(shown)) == shown  # plain data, fit for a JSON answer
@@ -191,11 +192,13 @@ def test_running_config_masks_secrets_and_shows_every_key() -> None:
     assert shown["management"]["apps"][0]["id"] == "ops"
     assert shown["plugins.presence"] == {"enabled": True, "qos": 0}
     assert shown["plugins.mine"] == {"level": 3}
+    assert shown["plugins.web_hook"]["url"] == f"http://hook:{MASK}@127.0.0.1:9/x"  # URL password
     assert "c00kie" not in json.dumps(shown) and "s3cret" not in json.dumps(shown)
     assert alice not in json.dumps(shown)
     unmasked = running_config(cfg, mask_secrets=False)
     assert unmasked["node"]["cookie"] == "c00kie"
     assert unmasked["management"]["apps"][0]["secret"] == "s3cret"
+    assert unmasked["plugins.web_hook"]["url"] == "http://hook:hook-pass@127.0.0.1:9/x"
 
 
 def test_defaults_repeated_outside_the_config_agree() -> None:

@@ -206,24 +206,7 @@ def test_composition_roots_are_imported_only_from_the_console_scripts() -> None:
 
 #: Import cycles that work in progress removes, each with its issue. Only what is listed here
 #: may remain, exactly as listed; an entry that no longer holds fails the test: delete it.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    # issue 13, "a one-way core" (branch core-oneway): the Broker sees connections through a
-    # small protocol, dispatch and state transitions in one module each.
-    frozenset(
-        {
-            "broker.core.broker",
-            "broker.core.channel",
-            "broker.core.handle_connect",
-            "broker.core.handle_publish",
-            "broker.core.handle_subscribe",
-            "broker.core.wills",
-        }
-    ): "issue 13: the core circle",
-    # issue 13 (branch core-oneway): hooks <-> enhanced_auth.
-    frozenset({"broker.core.enhanced_auth", "broker.core.hooks"}): "issue 13: core hooks",
-    # issue 13 (branch rest-endpoints): management api <-> openapi.
-    frozenset({"management.api", "management.openapi"}): "issue 13: management api/openapi",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def _describe(cycles: Iterable[frozenset[str]]) -> str:

@@ -21,7 +21,6 @@ from broker.server.persistence import (
     Persistence,
     PersistenceError,
     decode_value,
-    delayed_store,
     encode_value,
 )
 
@@ -71,8 +70,7 @@ def test_delayed_round_trip_and_removal(tmp_path: Path) -> None:
     broker = Broker(clock=Clock(100.0))
     store = Persistence(broker, str(tmp_path))
     store.open()
-    delayed = delayed_store(broker)
-    assert delayed is store.delayed
+    delayed = store.delayed
     message = Message("t/x", b"\x00late", 2, True, dict(PROPS), "pub-1", 100.0, "n1")
     key = delayed.add(103.0, message)
     other = delayed.add(200.0, Message("t/y", b"y", 0))
@@ -130,10 +128,6 @@ def test_flush_all_rewrites_the_delayed_table(tmp_path: Path) -> None:
     assert store.flush_all() == 1
     assert set(table(tmp_path, "delayed")) == {b}
     store.close()
-
-
-def test_no_store_without_persistence() -> None:
-    assert delayed_store(Broker()) is None
 
 
 # -- delayed wills -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A QoS 0 PUBLISH without flags or properties is sent on as the bytes it arrived in
-(`Publish.raw`), to subscribers of the publisher's protocol version only, and only when nothing
-changed it on the way; everything else is encoded as before."""
+(`Publish.frames`, `broker.protocol.wire`), to subscribers of the publisher's protocol version
+only, and only when nothing changed it on the way; everything else is encoded as before."""
 
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ def decode_one(data: bytes, version: int = MQTT_3_1_1) -> Publish:
 def test_a_plain_qos0_publish_keeps_its_bytes(version: int, size: int) -> None:
     data = encode(Publish("a/b", b"x" * size), version)
     packet = decode_one(data, version)
-    assert packet.raw == data
-    assert packet == Publish("a/b", b"x" * size), "raw takes no part in equality"
+    assert packet.frames is not None
+    assert packet.frames.qos0(False, version) == data
+    assert packet.frames.fits(packet.topic, packet.payload, packet.properties)
+    assert packet == Publish("a/b", b"x" * size), "frames take no part in equality"
 
 
 @pytest.mark.parametrize(
@@ -45,12 +47,12 @@ def test_a_plain_qos0_publish_keeps_its_bytes(version: int, size: int) -> None:
     ],
 )
 def test_other_publishes_keep_no_bytes(packet: Publish) -> None:
-    assert decode_one(encode(packet)).raw is None
+    assert decode_one(encode(packet)).frames is None
 
 
 def test_a_v5_publish_with_properties_keeps_no_bytes() -> None:
     packet = Publish("a/b", b"x", properties={PropertyId.CONTENT_TYPE: "text/plain"})
-    assert decode_one(encode(packet, MQTT_5), MQTT_5).raw is None
+    assert decode_one(encode(packet, MQTT_5), MQTT_5).frames is None
 
 
 def test_a_non_minimal_remaining_length_is_not_passed_on() -> None:
@@ -58,7 +60,7 @@ def test_a_non_minimal_remaining_length_is_not_passed_on() -> None:
     padded = bytes([0x30, 0x80 | len(body), 0x00]) + body  # the length in 2 bytes, not 1
     packet = decode_one(padded)
     assert packet == Publish("a/b", b"xy")
-    assert packet.raw is None
+    assert packet.frames is None
 
 
 def client(broker: Broker, client_id: str, version: int) -> tuple[Channel, FakeLink]:
@@ -123,3 +125,35 @@ def test_a_qos1_subscription_of_a_qos0_message_gets_it_at_qos0_from_the_same_byt
     data = encode(Publish("t/1", b"q"))
     pub.data_received(data)
     assert bytes(link.out) == data  # min(0, 1) = QoS 0 (MQTT-3.8.4-8)
+
+
+def test_frames_are_used_only_for_the_very_objects_they_encode() -> None:
+    """The invariant is checked, not just promised: a rewritten payload, another topic string
+    (a topic alias) or other properties never go out as the received bytes."""
+    data = encode(Publish("t/1", b"xyz"))
+    packet = decode_one(data)
+    frames = packet.frames
+    assert frames is not None
+    assert frames.fits(packet.topic, packet.payload, packet.properties)
+    assert not frames.fits("".join(["t/", "1"]), packet.payload, packet.properties)
+    assert not frames.fits(packet.topic, bytes(bytearray(packet.payload)), packet.properties)
+    assert not frames.fits(packet.topic, packet.payload, {})
+    assert frames.qos0(True, MQTT_3_1_1) == encode(Publish("t/1", b"xyz", retain=True))
+    assert frames.qos0(False, MQTT_5) == encode(Publish("t/1", b"xyz"), MQTT_5)
+
+
+def test_a_hook_that_edits_the_message_in_place_is_not_undone_by_the_received_bytes() -> None:
+    """Against the convention (hooks return a new Message), but still safe: the received bytes
+    are dropped once the message no longer holds what they encode."""
+    broker = Broker(clock=lambda: 100.0)
+    pub, _ = client(broker, "pub", MQTT_3_1_1)
+    sub, link = client(broker, "sub", MQTT_3_1_1)
+    subscribe(sub, link, "t/#")
+
+    def edit(message: Message) -> Message:
+        message.payload = b"edited"
+        return message
+
+    broker.hooks.message_publish.append(edit)
+    pub.data_received(encode(Publish("t/1", b"original")))
+    assert received(link, MQTT_3_1_1) == [Publish("t/1", b"edited")]

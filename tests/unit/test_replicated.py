@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from broker.core.replicated import ReplicatedTable, ReplicatedTables, Row, valid_table_name
 from broker.server.replicated_store import ReplicatedStore, ReplicatedStoreError
-from cluster.table_sync import METHOD, TableSync
+from cluster.replicas import ReplicaSet
+from cluster.rpc import MethodHandler
 
 
 def test_put_get_delete_and_older_writes_lose() -> None:
@@ -82,7 +83,7 @@ def test_two_nodes_exchanging_dumps_converge_whatever_the_order(
     a, b = ReplicatedTables(), ReplicatedTables()
     a.table("t").merge(left)
     b.table("t").merge(reversed(right))
-    # what cluster.table_sync does: b merges a's dump, a merges b's (merged) dump
+    # what both sides' pulls do: b merges a's dump, a merges b's (merged) dump
     b.merge_all(a.dump_all())
     a.merge_all(b.dump_all())
     assert sorted(map(str, a.dump_all()["t"])) == sorted(map(str, b.dump_all()["t"]))
@@ -157,25 +158,37 @@ def test_foreign_files_in_the_directory_are_ignored(tmp_path: Path) -> None:
     assert tables.names() == []
 
 
-# -- the exchange on join (cluster.table_sync) --------------------------------------------------
+# -- the pull on join, both ways (cluster.replicas) ----------------------------------------------
 
 
-async def test_table_sync_exchange_leaves_both_sides_with_the_newer_rows() -> None:
+async def test_tables_pulled_both_ways_leave_both_sides_with_the_newer_rows() -> None:
     joiner, peer = ReplicatedTables(), ReplicatedTables()
     joiner.table("t").put("mine", {"p": "new"}, 5.0)
     peer.table("t").put("mine", {"p": "old"}, 1.0)
     peer.table("t").put("theirs", {"p": "x"}, 2.0)
     joiner.table("t").put("gone", {"p": "y"}, 1.0)
     peer.table("t").delete("gone", 3.0)
-    served = TableSync(peer)
+    served: dict[str, dict[str, MethodHandler]] = {"joiner@host": {}, "peer@host": {}}
     calls: list[tuple[str, str]] = []
 
-    async def call(node: str, method: str, args: dict[str, Any]) -> Any:
-        calls.append((node, method))
-        return await served.serve(args, "joiner@host")
+    def node(name: str, tables: ReplicatedTables) -> ReplicaSet:
+        async def call(to: str, method: str, args: dict[str, Any]) -> Any:
+            calls.append((to, method))
+            return await served[to][method](args, name)
 
-    assert await TableSync(joiner).pull(call, "peer@host") == 2  # theirs + the deletion
-    assert calls == [("peer@host", METHOD)]
+        async def dump(args: dict[str, Any], from_node: str) -> Any:
+            return tables.dump_all()
+
+        replicas = ReplicaSet(call, served[name].__setitem__)
+        replicas.add("tables", dump, tables.merge_all, resync=True)
+        return replicas
+
+    joining, serving = node("joiner@host", joiner), node("peer@host", peer)
+    # what cluster.runtime does: the joiner pulls from the peer, and the peer (already synced)
+    # pulls the resync tables from the node that joined
+    assert await joining.pull("peer@host") == {"tables": 2}  # theirs + the deletion
+    assert await serving.pull("joiner@host", resync_only=True) == {"tables": 1}  # mine
+    assert calls == [("peer@host", "tables_dump"), ("joiner@host", "tables_dump")]
     for side in (joiner, peer):
         assert side.table("t").keys() == ["mine", "theirs"]
         assert side.table("t").get("mine") == {"p": "new"}

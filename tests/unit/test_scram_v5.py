@@ -165,12 +165,12 @@ def test_out_of_order_steps_fail() -> None:
 
 def test_find_method_plugins_first_then_configured_scram() -> None:
     hooks = Hooks()
-    assert find_method(hooks, Settings(), SCRAM_SHA_256) is None  # nothing configured
+    assert find_method(hooks.auth_methods, Settings(), SCRAM_SHA_256) is None  # nothing configured
     configured = Settings(scram_credentials=RFC_CREDENTIALS)
-    method = find_method(hooks, configured, SCRAM_SHA_256)
+    method = find_method(hooks.auth_methods, configured, SCRAM_SHA_256)
     assert method is not None and isinstance(method("c", None), ScramSha256)
-    assert find_method(hooks, configured, "OTHER") is None
+    assert find_method(hooks.auth_methods, configured, "OTHER") is None
     sentinel = ScramSha256({})
     hooks.auth_methods[SCRAM_SHA_256] = lambda client_id, username: sentinel
-    method = find_method(hooks, configured, SCRAM_SHA_256)
+    method = find_method(hooks.auth_methods, configured, SCRAM_SHA_256)
     assert method is not None and method("c", None) is sentinel

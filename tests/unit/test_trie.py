@@ -120,12 +120,74 @@ def test_cached_matches_follow_every_change(
             assert got == expected_shared(model, topic)
 
 
+@settings(max_examples=300, deadline=None)
+@given(ops=ops_st, topics=st.lists(topics_st, min_size=1, max_size=6))
+def test_a_change_forgets_only_the_topics_its_filter_matches(
+    ops: list[tuple[bool, str, str, int]], topics: list[str]
+) -> None:
+    """The router keeps exact filters in a dict and caches wildcard answers per topic; a
+    subscribe, re-subscribe or unsubscribe of filter F keeps every cached topic F cannot match,
+    and the cache indexes stay consistent with each other."""
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    for is_add, filt, key, value in ops:
+        for topic in topics:
+            trie.match_all(topic)
+        before = set(trie._cache)
+        real = parse_shared(filt)[1]
+        if is_add:
+            trie.add(filt, key, value)
+        else:
+            trie.remove(filt, key)
+        kept = {t for t in before if not topic_matches(real, t)}
+        assert kept <= set(trie._cache)
+        assert set(trie._cache) == set(trie._cache_nodes) == set(trie._cached_topics.topics())
+        for topic, nodes in trie._cache_nodes.items():
+            assert all(topic in node.topics for node in nodes)
+    assert set(trie._exact) == {
+        parse_shared(f)[1] for f in trie.filters() if "+" not in f and "#" not in f
+    }
+
+
+def test_exact_filters_are_not_in_the_trie() -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("a/b", "c1", 1)
+    trie.add("$share/g/a/b", "c2", 2)
+    assert not trie._root.children and set(trie._exact) == {"a/b"}
+    trie.add("a/+", "c3", 3)
+    assert set(trie._root.children) == {"a"}
+    normal, shared = trie.match_all("a/b")
+    assert sorted(normal) == [("c1", 1), ("c3", 3)]
+    assert [(g, f, dict(m)) for g, f, m in shared] == [("g", "a/b", {"c2": 2})]
+
+
+def test_resubscribe_keeps_unrelated_cached_topics() -> None:
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("x/+", "c1", 1)
+    trie.add("y/#", "c2", 2)
+    trie.add("z", "c3", 3)
+    for topic in ("x/1", "y/1", "z", "w"):
+        trie.match_all(topic)
+    trie.add("x/+", "c1", 4)  # a re-subscribe with new options
+    assert set(trie._cache) == {"y/1", "z", "w"}
+    assert trie.match_all("x/1")[0] == [("c1", 4)]
+    trie.add("z", "c4", 5)  # exact filters never touch the wildcard cache
+    trie.add("q/+", "c5", 6)  # a new wildcard filter forgets only what it matches
+    assert set(trie._cache) == {"x/1", "y/1", "z", "w"}
+    trie.add("+", "c6", 7)
+    assert set(trie._cache) == {"x/1", "y/1"}
+    assert sorted(trie.match_all("z")[0]) == [("c3", 3), ("c4", 5), ("c6", 7)]
+
+
 def test_match_cache_is_bounded() -> None:
+    """Past `MATCH_CACHE_SIZE` topics the oldest answers go, one at a time, not all at once."""
     trie: SubscriptionTrie[int] = SubscriptionTrie()
     trie.add("a/#", "k", 1)
     for i in range(MATCH_CACHE_SIZE * 2 + 5):
         assert trie.match_all(f"a/{i}")[0] == [("k", 1)]
-    assert len(trie._cache) <= MATCH_CACHE_SIZE
+    assert len(trie._cache) == MATCH_CACHE_SIZE
+    assert f"a/{MATCH_CACHE_SIZE * 2 + 4}" in trie._cache and "a/0" not in trie._cache
+    assert len(trie._cached_topics) == MATCH_CACHE_SIZE
+    assert len(trie._root.children["a"].children["#"].topics) == MATCH_CACHE_SIZE
 
 
 @settings(max_examples=300, deadline=None)

@@ -2,12 +2,15 @@
 (`GET /configs`) and anything else that shows an operator what the node runs with.
 
 Read off the schema, so a new setting is shown (and a new secret masked) without touching
-this module.
+this module: a key declared `secret=True` is masked whole, a key of kind `url` has the password
+of its user info masked (`http://user:******@host/`), the rest of it is what the operator
+needs to see.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from broker.server.config.model import BrokerConfig
@@ -19,8 +22,13 @@ __all__ = ["MASK", "running_config"]
 #: What a secret is shown as.
 MASK = "******"
 
+#: `scheme://user:password@host`: the password of a URL's user info.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(?=@)", re.IGNORECASE)
+
 
 def _mask(key: Key, value: Any) -> Any:
+    if key.spec.kind == "url" and isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>" + MASK, value)
     if not key.spec.secret or value in ("", None):
         return value
     if isinstance(value, dict):

@@ -1,0 +1,47 @@
+"""What the `Broker` sees of a client connection: the port it delivers, kicks and times out through.
+
+The Broker never imports the connection classes (`broker.core.connection`, `broker.core.channel`):
+they import the Broker and call its operations, and the Broker calls back only through this
+protocol (EMQX's broker never calls into `emqx_channel` either; it sends to a pid). Deliveries go
+through the session's `Outlet` part; the rest is what the registries and housekeeping need.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from broker.core.hooks import ClientInfo
+from broker.core.session import Outlet
+
+
+class ClientPort(Outlet, Protocol):
+    """One connected (or connecting) client, as the Broker and its readers see it."""
+
+    client_id: str | None
+    username: str | None
+    peer_host: str
+    peer_port: int
+    #: Set once the CONNECT is accepted; what hooks are told about the client.
+    info: ClientInfo | None
+    # What the registries report about it (management, plugins).
+    proto_name: str
+    clean_start: bool
+    keepalive: int
+    connected_at: float
+
+    def taken_over(self, session_ends: bool = True) -> None:
+        """Another connection took the client id (MQTT-3.1.4-3): close with 0x8E; its will
+        only if the session ends with it (`session_ends`)."""
+        ...
+
+    def kick(self) -> None:
+        """An operator disconnects the client: close with 0x98."""
+        ...
+
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection if its CONNECT, takeover or keepalive time ran out."""
+        ...
+
+    def close(self, reason_code: int | None = None, reason: str = "", detail: str = "") -> None:
+        """Close from the broker side (5.0: DISCONNECT with `reason_code`)."""
+        ...

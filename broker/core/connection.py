@@ -1,0 +1,593 @@
+"""One client connection: its per-connection state, its output, and how it closes.
+
+Theory of operation
+-------------------
+A transport creates a `Channel` (`broker.core.channel`, this class plus the input side) per
+accepted connection with a `Link` (write/close/buffered) and feeds it bytes. The packet handlers
+(`handle_connect`, `handle_publish`, `handle_subscribe`, one module per packet family as
+mosquitto's `handle_*.c`) see a `Connection`: they change broker state through `Broker`
+operations and write replies with `send`; they never await, and they report a protocol violation
+by raising `Violation`, which the dispatch (`broker.core.channel`) turns into the disconnect.
+The Broker sees this object only through `broker.core.client_port.ClientPort`.
+
+States and their transitions: `broker.core.states` (every `state` change goes through `enter`).
+Whatever way the connection ends, `shut` runs the one close sequence (state CLOSED, close the
+link, `finish`), and `finish` runs once: the will is published (or, with a 5.0 Will Delay
+Interval, scheduled: `broker.core.wills`) unless a DISCONNECT (without 0x04) arrived, and the
+session is detached.
+
+What a 5.0 client asked for in CONNECT is kept here and applied to everything sent:
+`max_packet_out` (its Maximum Packet Size: a larger PUBLISH is dropped and counted, an ack loses
+its Reason String and User Properties first, MQTT-3.1.2-24/25), `out_aliases` (its Topic Alias
+Maximum: `broker.core.topic_alias`), `problem_info` (Request Problem Information, MQTT-3.1.2-29)
+and `receive_maximum` (read by the session's window, MQTT-3.3.4-9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from broker.core.broker import Broker
+from broker.core.hooks import ClientInfo
+from broker.core.message import Message, expiry_left
+from broker.core.metrics import SENT_COUNTER
+from broker.core.session import Session
+from broker.core.states import (
+    ACCEPT,
+    AWAIT_TAKEOVER,
+    CLOSE,
+    CLOSED,
+    CONNECTED,
+    CONNECTING,
+    TAKEOVER,
+    next_state,
+)
+from broker.core.topic_alias import OutgoingAliases
+from broker.protocol.codec import DEFAULT_MAX_PACKET_SIZE, Decoder, encode, encode_publish
+from broker.protocol.constants import (
+    MQTT_5,
+    PacketType,
+    PropertyId,
+    ReasonCode,
+    connack_code_for_version,
+)
+from broker.protocol.packets import (
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    Properties,
+    Publish,
+    PubRel,
+    Will,
+)
+from broker.protocol.wire import Frames
+
+if TYPE_CHECKING:
+    from broker.core.enhanced_auth import Authenticator
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ACCEPT",
+    "AWAIT_TAKEOVER",
+    "CLOSED",
+    "CONNECTED",
+    "CONNECTING",
+    "TAKEOVER",
+    "Connection",
+    "Link",
+    "Violation",
+]
+
+#: Seconds a new connection may take to send CONNECT before it is dropped.
+CONNECT_TIMEOUT = 30.0
+
+#: Seconds a connection's input stays held by flow control at most (`Connection.hold_input`).
+MAX_HOLD = 5.0
+
+
+class PendingConnect:
+    """A CONNECT waiting for its enhanced authentication to finish (`pending_connect`)."""
+
+    __slots__ = ("ack_props", "client_id", "keepalive", "packet")
+
+    def __init__(
+        self, packet: Connect, client_id: str, keepalive: int, ack_props: Properties
+    ) -> None:
+        self.packet = packet
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self.ack_props = ack_props
+
+
+class Violation(Exception):
+    """Raised by a packet handler for bad input: the dispatch closes the connection with
+    `reason_code` (CONNACK before the session exists, 5.0 DISCONNECT after) and `text` as the
+    Reason String where the code does not say it all (`Connection.protocol_violation`)."""
+
+    def __init__(self, reason_code: int, text: str) -> None:
+        super().__init__(text)
+        self.reason_code = reason_code
+        self.text = text
+
+
+class Link(Protocol):
+    """What a transport gives a channel."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Connection:
+    """The MQTT side of one network connection, without its input. See the module docstring."""
+
+    #: Slots, not a __dict__: one Channel per connection, and idle connections should be cheap.
+    __slots__ = (
+        "_finished",
+        "auth",
+        "auth_method",
+        "broker",
+        "cert_username",
+        "clean_start",
+        "client_id",
+        "connected_at",
+        "decoder",
+        "disconnect_reason",
+        "dropped_too_large",
+        "held_at",
+        "held_bytes",
+        "held_out",
+        "held_packets",
+        "hold_count",
+        "info",
+        "is_bridge",
+        "keepalive",
+        "last_received",
+        "link",
+        "listener",
+        "max_packet_out",
+        "opened_at",
+        "out_aliases",
+        "peer_host",
+        "peer_port",
+        "pending_connect",
+        "problem_info",
+        "proto_name",
+        "pub_stamp",
+        "pub_tokens",
+        "publish_will",
+        "receive_maximum",
+        "recv_cnt",
+        "recv_msg",
+        "recv_oct",
+        "recv_pkt",
+        "send_cnt",
+        "send_msg",
+        "send_oct",
+        "send_pkt",
+        "session",
+        "state",
+        "topic_aliases",
+        "username",
+        "version",
+        "will",
+    )
+
+    def __init__(
+        self,
+        broker: Broker,
+        link: Link,
+        peer_host: str = "",
+        peer_port: int = 0,
+        listener: str = "tcp",
+    ) -> None:
+        self.broker = broker
+        self.link = link
+        self.peer_host = peer_host
+        self.peer_port = peer_port
+        self.listener = listener
+        self.decoder = Decoder(max_packet_size=broker.settings.max_packet_size)
+        self.state = CONNECTING
+        self.version = 4
+        self.client_id: str | None = None
+        self.username: str | None = None
+        #: Set by a TLS transport with `use_identity_as_username`: the certificate's CN, which
+        #: replaces the CONNECT's username and stands for its authentication.
+        self.cert_username: str | None = None
+        #: The `publish_limit` token bucket (-1 = not used yet) and when it was last filled.
+        self.pub_tokens = -1.0
+        self.pub_stamp = 0.0
+        self.proto_name = "MQTT"
+        self.clean_start = True
+        #: CONNECT came with the bridge bit (`Connect.bridge`): another broker bridging to us.
+        self.is_bridge = False
+        self.keepalive = 0
+        self.session: Session | None = None
+        self.will: Will | None = None
+        self.info: ClientInfo | None = None
+        self.receive_maximum = 65535
+        self.topic_aliases: dict[int, str] = {}
+        # What a 5.0 client asked for in CONNECT (module docstring).
+        self.max_packet_out = DEFAULT_MAX_PACKET_SIZE
+        self.out_aliases: OutgoingAliases | None = None
+        self.problem_info = True
+        self.dropped_too_large = 0
+        #: Enhanced authentication: the method and the exchange in progress (CONNECT or re-auth).
+        self.auth_method: str | None = None
+        self.auth: Authenticator | None = None
+        self.pending_connect: PendingConnect | None = None
+        #: Input that arrived while in TAKEOVER, handled once the CONNECT goes on.
+        self.held_packets: list[Packet] = []
+        self.held_bytes = bytearray()
+        #: When flow control stopped reading this client (None = it is read), and how many
+        #: holds there were: a release for an earlier hold does not end a later one.
+        self.held_at: float | None = None
+        self.hold_count = 0
+        #: PUBLISH bytes for this connection held back until the ack of the client's own
+        #: PUBLISH that caused them has been written (`hold_output`); None = not holding.
+        self.held_out: list[bytes] | None = None
+        self.opened_at = self.last_received = broker.clock()
+        self.connected_at = 0.0
+        self.disconnect_reason = ""
+        self.publish_will = True
+        self._finished = False
+        # Per-connection counters, named as EMQX's connection object fields.
+        self.recv_oct = self.recv_cnt = self.recv_pkt = self.recv_msg = 0
+        self.send_oct = self.send_cnt = self.send_pkt = self.send_msg = 0
+        broker.channel_opened(self)
+
+    # -- input ----------------------------------------------------------------------------
+    # -- flow control ---------------------------------------------------------------------
+
+    def hold_input(self) -> int:
+        """Stop reading this client until `release_input` (at most `MAX_HOLD` seconds): flow
+        control, for a node its messages go to that cannot take more yet. Returns the hold's
+        number for `release_input`; 0 if it is held already or closed.
+
+        What was read already is still handled; only further reads wait, so the client's own
+        socket buffer, then its writes, absorb the wait as TCP backpressure.
+        """
+        if self.held_at is not None or self.state == CLOSED:
+            return 0
+        self.held_at = self.broker.clock()
+        self.hold_count += 1
+        self.link.pause_reading()
+        return self.hold_count
+
+    def release_input(self, hold: int = 0) -> None:
+        """End the hold numbered `hold` (0: whichever hold there is)."""
+        if self.held_at is not None and hold in (0, self.hold_count):
+            self.held_at = None
+            self.link.resume_reading()
+
+    # -- output ---------------------------------------------------------------------------
+
+    def send(self, packet: Packet) -> None:
+        data = encode(packet, self.version)
+        if len(data) > self.max_packet_out:
+            data = self._shrink(packet)
+            if not data:
+                if packet.packet_type == PacketType.CONNACK:
+                    self.close(None, "connack_too_large")  # the client would wait for ever
+                return
+        self._count_sent(packet.packet_type, len(data))
+        self.link.write(data)
+
+    def _shrink(self, packet: Packet) -> bytes:
+        """Fit a packet to the client's Maximum Packet Size by leaving out its Reason String
+        and User Properties (MQTT-3.1.2-24, 3.4.2-2/3 etc.); b"" (not sent) if it still does
+        not fit."""
+        properties: Properties | None = getattr(packet, "properties", None)
+        if properties:
+            kept = {
+                k: v
+                for k, v in properties.items()
+                if k not in (PropertyId.REASON_STRING, PropertyId.USER_PROPERTY)
+            }
+            smaller: Packet = dataclasses.replace(packet, properties=kept)  # type: ignore[arg-type]
+            data = encode(smaller, self.version)
+            if len(data) <= self.max_packet_out:
+                return data
+        log.info("not sending %s to %s: larger than its Maximum Packet Size",
+                 type(packet).__name__, self.client_id)  # fmt: skip
+        return b""
+
+    def reason(self, text: str) -> Properties:
+        """A Reason String for an error ack (reason code 0x80 or above; success acks go
+        bare), unless the client asked for no problem information (MQTT-3.1.2-29); `send`
+        leaves it out when it would break the client's Maximum Packet Size (MQTT-3.1.2-25).
+        CONNACK and DISCONNECT use `reason_always`."""
+        if self.problem_info and self.version == MQTT_5 and text:
+            return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
+        return {}
+
+    def reason_always(self, text: str) -> Properties:
+        """A Reason String for CONNACK/DISCONNECT, which MQTT-3.1.2-29 leaves allowed."""
+        if self.version == MQTT_5 and text:
+            return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
+        return {}
+
+    def _count_sent(self, packet_type: int, size: int) -> None:
+        counters = self.broker.metrics.counters
+        self.send_oct += size
+        self.send_cnt += 1
+        self.send_pkt += 1
+        counters["bytes/sent"] += size
+        counters["packets/sent"] += 1
+        counters[SENT_COUNTER[packet_type]] += 1
+
+    def send_publish(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        packet_id: int | None,
+        dup: bool,
+        subscription_ids: list[int] | None,
+    ) -> bool:
+        """Write one PUBLISH; False if the delivery ends unsent (see `session.Outlet`).
+
+        Unsent and counted: a QoS 0 one when the client is not reading, an expired message
+        (MQTT-3.3.2-5) and one larger than the client's Maximum Packet Size (MQTT-3.1.2-25).
+        The Message Expiry Interval sent is what is left of it (MQTT-3.3.2-6). QoS 0 bytes
+        are shared between subscribers (`Message.frames`, `broker.protocol.wire`) unless this
+        PUBLISH is per connection: subscription identifiers, an expiry interval already
+        counting down, or topic aliases.
+        """
+        if self.state != CONNECTED:
+            return qos > 0  # QoS 1/2 stays inflight for the resend on resume
+        link = self.link
+        if qos == 0 and link.buffered() > self.broker.settings.max_outgoing_buffer:
+            self.broker.limits["max_outgoing_buffer"] += 1
+            return False
+        properties = message.properties
+        shared = True
+        if properties:
+            interval = properties.get(PropertyId.MESSAGE_EXPIRY_INTERVAL)
+            if interval:
+                left = expiry_left(message, self.broker.clock())
+                assert left is not None
+                if left <= 0:
+                    counters = self.broker.metrics.counters
+                    counters["messages/expired"] += 1
+                    if qos == 2:
+                        counters["messages/qos2/expired"] += 1
+                    return False
+                if left != interval:
+                    properties = {**properties, PropertyId.MESSAGE_EXPIRY_INTERVAL: left}
+                    shared = False
+        is_v5 = self.version == MQTT_5
+        aliases = self.out_aliases
+        alias = 0
+        if qos == 0 and subscription_ids is None and shared and aliases is None:
+            frames = message.frames
+            if frames is None:
+                frames = message.frames = Frames(message.topic, message.payload, message.properties)
+            data = frames.raw  # the usual case, tested inline: the shared bytes
+            if data is None or retain or is_v5 is not frames.raw_v5:
+                data = frames.qos0(retain, self.version)
+        else:
+            topic = message.topic
+            if is_v5:
+                if subscription_ids:
+                    properties = dict(properties)
+                    properties[PropertyId.SUBSCRIPTION_IDENTIFIER] = subscription_ids
+                if aliases is not None:
+                    alias = aliases.lookup(topic)
+                    if alias:
+                        properties = {**properties, PropertyId.TOPIC_ALIAS: abs(alias)}
+                        if alias > 0:
+                            topic = ""  # the client knows the alias (3.3.2.3.4)
+            data = encode_publish(
+                topic, message.payload, qos, retain, dup, packet_id,
+                properties if is_v5 else None, self.version,
+            )  # fmt: skip
+        if len(data) > self.max_packet_out:
+            if alias < 0:
+                assert aliases is not None
+                aliases.forget(-alias)  # the client never learns this mapping
+            self.dropped_too_large += 1
+            return False
+        self._count_sent(PacketType.PUBLISH, len(data))
+        self.send_msg += 1
+        counters = self.broker.metrics.counters
+        counters["messages/sent"] += 1
+        counters[_QOS_SENT[qos]] += 1
+        held = self.held_out
+        if held is None:
+            link.write(data)
+        else:
+            held.append(data)
+        return True
+
+    def hold_output(self) -> None:
+        """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2
+        message comes back to it (it subscribes to what it publishes) only after its
+        PUBACK/PUBREC, so the client sees its publish acknowledged before onward delivery
+        (as mosquitto and EMQX order it)."""
+        self.held_out = []
+
+    def release_output(self) -> None:
+        held, self.held_out = self.held_out, None
+        if held:
+            self.link.write(b"".join(held))
+
+    def send_pubrel(self, packet_id: int) -> None:
+        self.send(PubRel(packet_id))
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self, reason_code: int | None = None, reason: str = "", detail: str = "") -> None:
+        """Close from the broker side, telling a 5.0 client why with DISCONNECT (and `detail`
+        as its Reason String). A server DISCONNECT never carries a Session Expiry Interval."""
+        if self.state == CLOSED:
+            return
+        if reason_code is not None and self.state == CONNECTED and self.version == MQTT_5:
+            self.send(Disconnect(reason_code, self.reason_always(detail)))
+        self.shut(reason or (f"reason_{reason_code:#04x}" if reason_code is not None else "closed"))
+
+    def shut(self, reason: str, link_open: bool = True) -> None:
+        """The close sequence, the only one: state CLOSED, close the link (unless the transport
+        is gone already), then `finish`. `reason` is what the disconnected hook is told."""
+        if self.state == CLOSED:
+            return
+        self.disconnect_reason = reason
+        self.enter(CLOSE)
+        if link_open:
+            self.link.close()
+        self.finish()
+
+    def enter(self, event: str) -> None:
+        """Change state as the table in `broker.core.states` allows (nowhere else)."""
+        self.state = next_state(self.state, event)
+
+    def refuse(
+        self,
+        reason_code: int,
+        reason: str,
+        detail: str = "",
+        who: tuple[str, str | None] = ("", None),
+    ) -> None:
+        """Refuse the CONNECT with a CONNACK carrying `reason_code`, then close; a refused
+        login (`who`: client id, username) is logged as mosquitto does."""
+        if who[0]:
+            log.info("refused %s (username %r) from %s:%s: %s",
+                     who[0], who[1], self.peer_host, self.peer_port, reason)  # fmt: skip
+        self.send_connack(False, reason_code, self.reason_always(detail))
+        self.shut(reason)
+
+    def send_connack(self, present: bool, reason_code: int, properties: Properties) -> None:
+        """CONNACK with `reason_code` mapped to 3.1.1's return codes for an old client."""
+        code = connack_code_for_version(reason_code, self.version)
+        self.send(ConnAck(present, code, properties if self.version == MQTT_5 else {}))
+
+    def protocol_violation(self, reason_code: int, message: str, explain: bool = False) -> None:
+        """Bad input: answer with the reason code where the spec asks for one, then close.
+
+        With `explain`, a 5.0 DISCONNECT carries `message` as its Reason String (not for the
+        codes that say it all, `_SELF_EXPLANATORY`); a CONNACK refusing a broken CONNECT never.
+        """
+        log.info("closing %s (%s:%s): %s", self.client_id, self.peer_host, self.peer_port, message)
+        # Codes that say it all go out bare; the others carry the message as Reason String.
+        detail = message if explain and reason_code not in _SELF_EXPLANATORY else ""
+        if self.state == CONNECTING:
+            if self.decoder.version == MQTT_5:
+                self.version = MQTT_5  # a 5.0 CONNACK, not the 3.1.1 default's mapped code
+                self.send_connack(False, reason_code, {})  # a broken CONNECT: code only
+            self.shut("protocol_error")
+        else:
+            self.close(reason_code, "protocol_error", detail)
+
+    def taken_over(self, session_ends: bool = True) -> None:
+        """Another connection CONNECTed with our client id (MQTT-3.1.4-3).
+
+        The will goes out only if the session ends with this takeover (`session_ends`: either
+        connection is clean / its session expiry 0): a session that continues on the new
+        connection takes the will away, as mosquitto 2.0 does and as a 5.0 Will Delay Interval
+        would (MQTT-3.1.3-9); a reconnect that resumes its session is not the client's death.
+        """
+        if not session_ends:
+            self.publish_will = False
+        self.close(ReasonCode.SESSION_TAKEN_OVER, "takeover")
+
+    def kick(self) -> None:
+        """An operator disconnected this client (management API)."""
+        self.close(ReasonCode.ADMINISTRATIVE_ACTION, "kicked")
+
+    def check_timeouts(self, now: float) -> None:
+        if self.held_at is not None and now - self.held_at > MAX_HOLD:
+            self.release_input()  # a safety net: whoever held it did not release it
+        if self.state == CONNECTING:
+            if now - self.opened_at > CONNECT_TIMEOUT:
+                self.close(None, "connect_timeout")
+        elif self.state == TAKEOVER:  # a safety net: the locator always answers, even failing
+            if now - self.last_received > CONNECT_TIMEOUT:
+                self.close(None, "takeover_timeout")
+        elif (
+            self.state == CONNECTED
+            and self.keepalive
+            and now - self.last_received > self.keepalive * 1.5  # MQTT-3.1.2-24
+        ):
+            self.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive_timeout")
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        broker = self.broker
+        if self.info is not None:
+            if self.will is not None and self.publish_will:
+                self._send_will(self.will, self.info)
+            broker.channel_closed(self)
+            for hook in broker.hooks.client_disconnected:
+                hook(self.info, self.disconnect_reason)
+        else:
+            broker.channel_closed(self)
+
+    def _send_will(self, will: Will, info: ClientInfo) -> None:
+        """Publish the will now, or schedule it after its Will Delay Interval: at the earlier
+        of the delay and the end of the session (MQTT-3.1.2-8, MQTT-3.1.3-9; `core.wills`)."""
+        broker = self.broker
+        if will.properties and self.version == MQTT_5:
+            delay = will.properties.get(PropertyId.WILL_DELAY_INTERVAL, 0)
+            session = self.session
+            if delay and session is not None and session.expiry_interval > 0:
+                wait = min(delay, session.expiry_interval)
+                broker.wills.add(info.client_id, info, will, broker.clock() + wait)
+                return
+        broker.publish_will(info, will)
+
+    def route(self, message: Message, packet: Publish | None = None) -> int:
+        """Publish a message this client sent (`Broker.publish`, hooks included) and act on
+        the back-pressure it reports: stop reading this client until the congested node has
+        room (`hold_input`). Returns the deliveries.
+
+        `packet`: the PUBLISH it came in; its bytes as received (`Publish.frames`) go on to the
+        subscribers of the same protocol version when the message is still exactly what they
+        encode (`broker.protocol.wire`; not after a topic alias or a hook's rewrite).
+        """
+        if packet is not None:
+            frames = packet.frames
+            if frames is not None and frames.fits(
+                message.topic, message.payload, message.properties
+            ):
+                message.frames = frames
+        published = self.broker.publish(message, hooks=True)
+        wait_drained = published.wait_drained
+        if wait_drained is not None:
+            hold = self.hold_input()
+            if hold and not wait_drained(functools.partial(self.release_input, hold)):
+                self.release_input(hold)
+        return published.deliveries
+
+    def resume_input(self) -> None:
+        """The CONNECT went on after TAKEOVER: handle the input held meanwhile, in order.
+
+        Input is the dispatch's business (`broker.core.channel.Channel` overrides this); a
+        connection without an input side has nothing held."""
+
+
+_QOS_SENT = ("messages/qos0/sent", "messages/qos1/sent", "messages/qos2/sent")
+#: Longest Reason String sent, in characters (it is diagnostics, not data).
+_REASON_MAX = 1000
+#: Server DISCONNECT/CONNACK codes sent without a Reason String: the code is the whole story.
+_SELF_EXPLANATORY = frozenset(
+    {
+        ReasonCode.SERVER_SHUTTING_DOWN,
+        ReasonCode.SESSION_TAKEN_OVER,
+        ReasonCode.KEEP_ALIVE_TIMEOUT,
+        ReasonCode.PACKET_TOO_LARGE,
+        ReasonCode.ADMINISTRATIVE_ACTION,
+    }
+)

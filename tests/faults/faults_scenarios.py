@@ -1,0 +1,269 @@
+"""The scenarios: a cluster, the workload, one fault schedule, the heal, then the checker.
+
+Each scenario returns its checker results; `run_scenario` always tears the cluster down. The
+short profile runs each fault once with short holds; the long one (`MINIBROKER_FAULTS=long`)
+repeats the faults and holds them longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from faults_checker import Result, check, deaths_from_logs, report
+from faults_nodes import Cluster
+from faults_proxy import Shape
+from faults_workload import History, Plan, Workload
+
+from cluster.membership_config import MembershipConfig
+
+#: The longest wait for convergence after the last heal: the property's own bound (the
+#: detection bound plus one push/pull anti-entropy round).
+PUSH_PULL = MembershipConfig().push_pull_interval
+ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:public").decode()}
+LONG = os.environ.get("MINIBROKER_FAULTS", "short") == "long"
+
+
+@dataclass
+class Ctx:
+    cluster: Cluster
+    h: History
+    w: Workload
+    rounds: int  # 1 in the short profile
+
+    def _up(self) -> set[int]:
+        return {i for i in range(self.cluster.n) if self.cluster.up(i)}
+
+    def mark(self, label: str) -> None:
+        self.h.fault(label, self.cluster.net.layout, self._up())
+
+    def partition(self, groups: list[list[int]]) -> None:
+        self.cluster.net.partition(groups)
+        self.mark(f"partition {groups}")
+
+    def heal(self) -> None:
+        self.cluster.net.heal()
+        self.mark("heal")
+
+    def kill(self, i: int) -> None:
+        self.cluster.kill(i)
+        self.mark(f"kill n{i}")
+
+    async def restart(self, i: int) -> None:
+        await self.cluster.restart(i)
+        self.mark(f"restart n{i}")
+
+    def pause(self, i: int) -> None:
+        self.cluster.pause(i)
+        self.mark(f"pause n{i}")
+
+    def resume(self, i: int) -> None:
+        self.cluster.resume(i)
+        self.mark(f"resume n{i}")
+
+
+async def _members(port: int) -> int:
+    try:
+        async with (
+            aiohttp.ClientSession(headers=ADMIN) as http,
+            http.get(f"http://127.0.0.1:{port}/api/v3/nodes") as reply,
+        ):
+            body = await reply.json()
+            return sum(1 for n in body if n.get("node_status") == "Running")
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return 0
+
+
+async def _until(check_: Callable[[], Awaitable[bool]], timeout: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await check_():
+            return time.monotonic() - start
+        await asyncio.sleep(0.25)
+    return None
+
+
+async def run_scenario(
+    name: str,
+    n: int,
+    plan: Plan,
+    faults: Callable[[Ctx], Awaitable[None]],
+    tmp: Path,
+    rounds: int = 1,
+    shape: Shape | None = None,
+) -> tuple[dict[str, Result], str]:
+    cluster = Cluster(n, tmp, shaped=shape is not None)
+    h = History(n)
+    w = Workload(h, lambda i: cluster.mqtt[i], plan)
+    settle = MembershipConfig().detection_bound(n)
+    try:
+        await cluster.start()
+
+        async def formed() -> bool:
+            counts = await asyncio.gather(*(_members(p) for p in cluster.http))
+            return all(c == n for c in counts)
+
+        if await _until(formed, 30) is None:
+            raise RuntimeError(f"{name}: the {n} nodes did not form one cluster")
+        if shape is not None:
+            for proxy in cluster.proxies:
+                proxy.shape = shape
+        w.start_subscribers()
+        wanted = {f"sub{i}" for i in plan.sub_nodes} | {f"shr{i}" for i in plan.sub_nodes}
+        if await _until(lambda: _true(wanted | {"roam"} <= w.subscribed), 20) is None:
+            raise RuntimeError(f"{name}: subscribers not up: {wanted - w.subscribed}")
+        await asyncio.sleep(1.5)  # the subscriptions' routes spread
+        h.faults[0].time = time.monotonic()
+        w.start_publishers()
+        ctx = Ctx(cluster, h, w, rounds)
+        await faults(ctx)
+        if len(cluster.net.layout) > 1:
+            ctx.heal()
+        for i in range(n):
+            if i in cluster.paused:
+                ctx.resume(i)
+        healed = h.faults[-1].time
+        await asyncio.sleep(1.0)
+        await w.stop()
+        views: dict[int, dict[str, str] | None] = {}
+        reads = 0
+
+        async def agree() -> bool:
+            nonlocal reads
+            reads += 1
+            got = await asyncio.gather(*(w.read_retained(i) for i in range(n)))
+            views.update(enumerate(got))
+            return all(v is not None for v in got) and all(v == got[0] for v in got)
+
+        bound = settle + PUSH_PULL
+        if await _until(agree, bound) is None:
+            note = f"still apart {bound:.0f} s after the writes stopped ({reads} reads)"
+        else:
+            note = (
+                f"agreed at read {reads}, {time.monotonic() - healed:.1f} s after the last fault"
+                " change"
+            )
+        await _drain(w)
+        deaths = deaths_from_logs({i: cluster.log_lines(i, " is dead") for i in range(n)})
+        results = check(h, plan.sub_nodes, settle, views, deaths, note)
+        counts = Counter(f"{op.kind}:{op.outcome}" for op in h.ops)
+        labels = [f.label for f in h.faults[1:]]
+        faults_seen = ", ".join(labels[:6]) + (
+            f", ... ({len(labels)} in all)" if labels[6:] else ""
+        )
+        text = report(f"{name} (n={n}; {faults_seen})", results, counts)
+        return results, text
+    finally:
+        await w.close()
+        await cluster.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _drain(w: Workload) -> None:
+    """Wait until no message arrived for 2 s (at most 15 s): queued sessions deliver."""
+    start = time.monotonic()
+    seen = -1
+    while time.monotonic() - start < 15:
+        count = sum(1 for op in w.h.ops if op.kind == "recv")
+        if count == seen:
+            return
+        seen = count
+        await asyncio.sleep(2.0)
+
+
+# -- fault schedules ------------------------------------------------------------------------------
+
+
+async def baseline(ctx: Ctx) -> None:
+    """No fault: what the workload sees on a healthy cluster (the reference for the rest)."""
+    await asyncio.sleep(8 * ctx.rounds)
+
+
+async def isolate(ctx: Ctx, node: int, hold: float) -> None:
+    for _ in range(ctx.rounds):
+        await asyncio.sleep(2)
+        others = [i for i in range(ctx.cluster.n) if i != node]
+        ctx.partition([[node], others])
+        await asyncio.sleep(hold)
+        ctx.heal()
+        await asyncio.sleep(2)
+
+
+async def split_2_3(ctx: Ctx) -> None:
+    for _ in range(ctx.rounds):
+        await asyncio.sleep(2)
+        ctx.partition([[0, 1], [2, 3, 4]])
+        await asyncio.sleep(7)
+        ctx.heal()
+        await asyncio.sleep(2)
+
+
+async def flapping(ctx: Ctx) -> None:
+    for k in range(6 * ctx.rounds):
+        ctx.partition(
+            [[k % ctx.cluster.n], [i for i in range(ctx.cluster.n) if i != k % ctx.cluster.n]]
+        )
+        await asyncio.sleep(0.8)
+        ctx.heal()
+        await asyncio.sleep(0.8)
+
+
+async def pause(ctx: Ctx) -> None:
+    for _ in range(ctx.rounds):
+        await asyncio.sleep(2)
+        ctx.pause(1)
+        await asyncio.sleep(8)
+        ctx.resume(1)
+        await asyncio.sleep(2)
+
+
+async def kill_during_takeover(ctx: Ctx) -> None:
+    """The roaming session moves from node k to node k+1; node k is killed as it does."""
+    for k in range(2 * ctx.rounds):
+        old = ctx.w.roam_node
+        await asyncio.sleep(2)
+        ctx.w.roam_node = (old + 1) % ctx.cluster.n
+        await asyncio.sleep(0.05)  # the new CONNECT is on its way: the takeover RPC runs
+        ctx.kill(old)
+        await asyncio.sleep(3)
+        await ctx.restart(old)
+        await asyncio.sleep(2)
+        del k
+
+
+async def restart_each(ctx: Ctx) -> None:
+    for _ in range(ctx.rounds):
+        for i in range(ctx.cluster.n):
+            ctx.kill(i)
+            await asyncio.sleep(1)
+            await ctx.restart(i)
+            await asyncio.sleep(3)
+
+
+async def cpu_load(ctx: Ctx) -> None:
+    """Node 1 starved for 10 s: it runs 0.15 s of every 0.5 s (SIGSTOP/SIGCONT duty cycle; not
+    a fault in the log: the node is running, slowly, and its ACKs still arrive)."""
+    await asyncio.sleep(2)
+    proc = ctx.cluster.procs[1]
+    assert proc is not None
+    ctx.mark("load n1")  # a marker only: the layout and the live set do not change
+    end = time.monotonic() + 10 * ctx.rounds
+    while time.monotonic() < end:
+        os.kill(proc.proc.pid, signal.SIGSTOP)  # our own child, by its PID
+        try:
+            await asyncio.sleep(0.35)
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.15)
+    ctx.mark("load n1 ends")

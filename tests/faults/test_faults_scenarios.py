@@ -1,0 +1,126 @@
+"""Issue 14's fault scenarios against real node processes in network namespaces.
+
+Each scenario runs once per session (the first of its tests runs it; the rest read the cached
+history) and prints its report: each property with operations checked and violations found.
+`EXPECT` says, from measurement, what the current code holds:
+* "holds": asserted (0 violations).
+* "fails": a known failure of today's code, `xfail(strict=True)` with the reason, so the test
+  flips to an error when the cluster is fixed and the entry must move to "holds".
+* absent: measured and reported only (the count varies from run to run with timing; asserting
+  either way would be a coin toss). The README lists the measured numbers.
+Every scenario also asserts that its workload did something (no property checked vacuously).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from faults_checker import REPORTS, Result
+from faults_proxy import Shape
+from faults_scenarios import (
+    LONG,
+    baseline,
+    cpu_load,
+    flapping,
+    isolate,
+    kill_during_takeover,
+    pause,
+    restart_each,
+    run_scenario,
+    split_2_3,
+)
+from faults_workload import Plan
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("netns"), pytest.mark.timeout(240)]
+
+ROUNDS = 3 if LONG else 1
+SCENARIOS = {
+    "baseline": (3, Plan([0, 1, 2], [0, 1, 2]), baseline, None),
+    "isolate_sub": (3, Plan([0, 1], [0, 1, 2]), lambda c: isolate(c, 2, 6 * ROUNDS), None),
+    "isolate_pub": (3, Plan([0, 1, 2], [1, 2]), lambda c: isolate(c, 0, 6 * ROUNDS), None),
+    "split_2_3": (5, Plan([0, 1, 2, 3, 4], [0, 2, 4], rate=8), split_2_3, None),
+    "flapping": (3, Plan([0, 1, 2], [0, 1, 2]), flapping, Shape(0.01, 0.02, 0.02)),
+    "pause": (3, Plan([0, 1, 2], [0, 1, 2]), pause, None),
+    "kill_during_takeover": (
+        3,
+        Plan([0, 1, 2], [0, 1, 2], roam_every=1e9),
+        kill_during_takeover,
+        None,
+    ),
+    "restart_each": (3, Plan([0, 1, 2], [0, 1, 2]), restart_each, None),
+    "cpu_load": (3, Plan([0, 1, 2], [0, 1, 2]), cpu_load, None),
+}
+PROPERTIES = [
+    "acked_delivered", "qos2_exactly_once", "takeover_no_loss", "shared_group",
+    "one_session_per_id", "retained_converge", "no_false_death",
+]  # fmt: skip
+
+SESSIONS = (
+    "one session per client id is not held: two CONNECTs with one id on two nodes at once both "
+    "stay up (each node's takeover RPC finds no session on the other yet); issue 14 part 2"
+)
+RESTART = (
+    "a restarted node does not route to its persistent sessions until their clients come back "
+    "and messages in flight to a killed node are lost: acked QoS 1/2 messages are lost; issue 14"
+)
+EXPECT: dict[tuple[str, str], tuple[str, str]] = {
+    # Held in every run measured (README); with a partition, the roaming session can get a
+    # QoS 2 message twice (two copies of the session meet at heal), so those only measure.
+    **{
+        (scenario, prop): ("holds", "")
+        for scenario in ("baseline", "kill_during_takeover", "restart_each", "cpu_load")
+        for prop in ("qos2_exactly_once", "no_false_death")
+    },
+    ("flapping", "no_false_death"): ("holds", ""),
+    ("kill_during_takeover", "acked_delivered"): ("fails", RESTART),
+    ("restart_each", "acked_delivered"): ("fails", RESTART),
+    **{
+        (scenario, "one_session_per_id"): ("fails", SESSIONS)
+        for scenario in SCENARIOS
+        if scenario != "restart_each"  # its twins often meet a killed node: not every run fails
+    },
+}
+
+_cache: dict[str, dict[str, Result]] = {}
+
+
+def results(name: str, tmp: Path) -> dict[str, Result]:
+    if name not in _cache:
+        n, plan, faults, shape = SCENARIOS[name]
+        got, text = asyncio.run(run_scenario(name, n, plan, faults, tmp, ROUNDS, shape))
+        REPORTS.append(text)
+        print(text)
+        _cache[name] = got
+    return _cache[name]
+
+
+def _cases() -> list[object]:
+    cases: list[object] = []
+    for scenario in SCENARIOS:
+        for prop in PROPERTIES:
+            expect = EXPECT.get((scenario, prop))
+            if expect is None:
+                continue
+            verdict, reason = expect
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if verdict == "fails" else []
+            cases.append(pytest.param(scenario, prop, marks=marks, id=f"{scenario}-{prop}"))
+    return cases
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario_runs_and_checks_something(
+    scenario: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    got = results(scenario, tmp_path_factory.mktemp(scenario))
+    assert got["acked_delivered"].checked > 0
+    assert got["qos2_exactly_once"].checked > 0
+    assert got["retained_converge"].checked > 0
+
+
+@pytest.mark.parametrize(("scenario", "prop"), _cases())
+def test_property(scenario: str, prop: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    result = results(scenario, tmp_path_factory.mktemp(scenario))[prop]
+    assert result.checked > 0, f"{prop}: nothing checked"
+    assert result.violations == 0, result.line() + "\n" + "\n".join(result.examples)

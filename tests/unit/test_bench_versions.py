@@ -1,0 +1,46 @@
+"""`compare --brokers minibroker,minibroker@DIR`: two versions of our broker in one run.
+
+The second tree is this checkout itself (any directory holding `broker/cli.py` is a tree), so
+the test needs no second checkout; what it checks is that the broker really runs from that
+tree (its process gets the tree first on PYTHONPATH) and gets its own label and column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import compare
+from benchmarks.brokers import mqtt_probe, start_broker, tree_of
+
+HERE = Path(__file__).resolve().parents[2]
+
+
+def test_tree_of_names_only_minibroker_at_a_source_tree(tmp_path: Path) -> None:
+    assert tree_of("minibroker") is None and tree_of("mosquitto") is None
+    assert tree_of(f"minibroker@{HERE}") == HERE
+    with pytest.raises(ValueError, match="not a minibroker source tree"):
+        tree_of(f"minibroker@{tmp_path}")
+
+
+def test_select_brokers_keeps_a_tree_and_refuses_a_wrong_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(compare, "find_mosquitto", lambda: None)
+    spec = f"minibroker,minibroker@{HERE}"
+    assert compare.select_brokers(spec) == ["minibroker", f"minibroker@{HERE}"]
+    assert compare.select_brokers(f"minibroker@{tmp_path}") is None
+    assert "not a minibroker source tree" in capsys.readouterr().err
+
+
+def test_a_broker_from_another_tree_runs_from_it() -> None:
+    broker = start_broker(f"minibroker@{HERE}", use_uvloop=False)
+    try:
+        assert broker.label.startswith("minibroker@") and broker.label.endswith("(asyncio)")
+        assert mqtt_probe(broker.host, broker.port)
+        environ = Path(f"/proc/{broker.pid}/environ").read_bytes().split(b"\0")
+        path = next(v for v in environ if v.startswith(b"PYTHONPATH="))
+        assert path.split(b"=", 1)[1].split(b":")[0] == str(HERE).encode()
+    finally:
+        broker.stop()
