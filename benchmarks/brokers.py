@@ -108,10 +108,12 @@ def _pin(cmd: list[str], core: int | None) -> list[str]:
     return ["taskset", "-c", str(core), *cmd]
 
 
-def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd
         )
 
 
@@ -229,14 +231,17 @@ def _start_minibroker(
     log = workdir / "broker.log"
     env = None
     label = f"minibroker {minibroker_version()} ({loop})"
-    if tree is not None:  # that tree's `broker` package wins over the installed one
+    if tree is not None:
+        # That tree's `broker` package wins over the installed one. It is also the working
+        # directory: `python -m` puts the working directory first on sys.path, so a run started
+        # from inside another checkout would otherwise measure that checkout instead.
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]),
         }
         label = f"{_tree_label(tree)} ({loop})"
         name = f"minibroker@{tree}"
-    proc = _spawn(_pin(cmd, core), log, env)
+    proc = _spawn(_pin(cmd, core), log, env, cwd=tree)
     broker = RunningBroker(
         name,
         label,
