@@ -108,10 +108,12 @@ def _pin(cmd: list[str], core: int | None) -> list[str]:
     return ["taskset", "-c", str(core), *cmd]
 
 
-def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd
         )
 
 
@@ -229,14 +231,17 @@ def _start_minibroker(
     log = workdir / "broker.log"
     env = None
     label = f"minibroker {minibroker_version()} ({loop})"
-    if tree is not None:  # that tree's `broker` package wins over the installed one
+    if tree is not None:
+        # That tree's `broker` package wins over the installed one. It is also the working
+        # directory: `python -m` puts the working directory first on sys.path, so a run started
+        # from inside another checkout would otherwise measure that checkout instead.
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]),
         }
         label = f"{_tree_label(tree)} ({loop})"
         name = f"minibroker@{tree}"
-    proc = _spawn(_pin(cmd, core), log, env)
+    proc = _spawn(_pin(cmd, core), log, env, cwd=tree)
     broker = RunningBroker(
         name,
         label,
@@ -254,21 +259,51 @@ def _start_minibroker(
     return broker
 
 
+def cluster_tls_configs(directory: Path, nodes: int) -> list[Path]:
+    """One TOML file per node with `[cluster] tls_*`: a fresh cluster CA (`trustme`, a dev
+    dependency) and a certificate per node, all under `directory`."""
+    try:
+        import trustme
+    except ImportError:
+        raise RuntimeError("a TLS cluster needs trustme (pip install trustme)") from None
+    ca = trustme.CA()
+    ca_file = directory / "cluster-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    out = []
+    for i in range(1, nodes + 1):
+        chain = directory / f"node{i}.pem"
+        ca.issue_cert(
+            "127.0.0.1", common_name=f"bench{i}"
+        ).private_key_and_cert_chain_pem.write_to_path(str(chain))
+        config = directory / f"node{i}.toml"
+        config.write_text(
+            f'[cluster]\ntls_enable = true\ntls_certfile = "{chain}"\ntls_cafile = "{ca_file}"\n'
+        )
+        out.append(config)
+    return out
+
+
 def start_minibroker_cluster(
-    cores: list[int | None], use_uvloop: bool = True, timeout: float = 30.0
+    cores: list[int | None], use_uvloop: bool = True, timeout: float = 30.0, tls: bool = False
 ) -> list[RunningBroker]:
-    """One `minibroker` node per entry of `cores` (pinned there), joined into one cluster;
-    returns once a message published on the first node reaches a subscriber on the last.
+    """One `minibroker` node per entry of `cores` (pinned there), joined into one cluster (over
+    mutual TLS with `tls`); returns once a message published on the first node reaches a
+    subscriber on the last.
 
     Raises (after stopping what it started) if the nodes do not form a cluster in `timeout`.
     """
     loop = "uvloop" if use_uvloop and uvloop_available() and not _UVLOOP_BROKEN else "asyncio"
     cluster_ports = [free_port() for _ in cores]
+    configs: list[Path] = []
+    if tls:
+        configs = cluster_tls_configs(Path(tempfile.mkdtemp(prefix="minibroker-tls-")), len(cores))
     nodes: list[RunningBroker] = []
     try:
         for i, core in enumerate(cores):
             extra = ["--node-name", f"bench{i + 1}@127.0.0.1", "--cluster-port"]
             extra.append(str(cluster_ports[i]))
+            if configs:
+                extra += ["--config", str(configs[i])]
             if i:
                 extra += ["--join", f"127.0.0.1:{cluster_ports[0]}"]
             nodes.append(_start_minibroker(core, loop, extra, name=f"minibroker-node{i + 1}"))

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from benchmarks import cluster_scale, compare
+from benchmarks import cluster_scale, compare, memory
 from benchmarks.brokers import BROKERS, RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="our broker vs mosquitto: medians and ratios", description=compare.__doc__
     )
     compare.add_arguments(cmp)
+    mem = sub.add_parser(
+        "memory",
+        help="an in-process node's RSS per idle connection and what each one holds",
+        description=memory.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    memory.add_arguments(mem)
     scale = sub.add_parser(
         "cluster-scale",
         help="one node vs a cluster of N on this machine: medians and ratios",
@@ -314,6 +321,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return compare.run(args)
     if args.command == "cluster-scale":
         return cluster_scale.run(args)
+    if args.command == "memory":
+        return memory.run(args)
     return _run_scenario(args)
 
 

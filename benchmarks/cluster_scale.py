@@ -13,7 +13,9 @@ their clients with the `spread` scenario:
   decoding of the publishers' traffic splits, the delivery does not.
 
 The table gives medians and the ratio `N nodes / 1 node` per workload: above 1 means the
-cluster delivered more than one node did.
+cluster delivered more than one node did. With `--tls` every round also runs the cluster with
+mutual TLS on its links (`[cluster] tls_*`, certificates of a throwaway `trustme` CA), labelled
+`N nodes, TLS`: its cost is the difference from the plain cluster.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     parser.add_argument("--charts", default=None, help="also draw PNG charts into this directory")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
+    parser.add_argument(
+        "--tls", action="store_true", help="also run the cluster with TLS on its links"
+    )
 
 
 def _cores(nodes: int) -> list[int | None]:
@@ -74,7 +79,9 @@ def _cores(nodes: int) -> list[int | None]:
     return [usable[i % len(usable)] for i in range(nodes)]
 
 
-def _one_run(name: str, nodes: int, args: argparse.Namespace, round_no: int) -> Record | None:
+def _one_run(
+    name: str, nodes: int, args: argparse.Namespace, round_no: int, tls: bool = False
+) -> Record | None:
     work = WORKLOADS[name]
     cores = _cores(nodes)
     started: list[RunningBroker] = []
@@ -82,7 +89,7 @@ def _one_run(name: str, nodes: int, args: argparse.Namespace, round_no: int) -> 
         if nodes == 1:
             started = [start_minibroker(cores[0], use_uvloop=not args.no_uvloop)]
         else:
-            started = start_minibroker_cluster(cores, use_uvloop=not args.no_uvloop)
+            started = start_minibroker_cluster(cores, use_uvloop=not args.no_uvloop, tls=tls)
         overrides: dict[str, Any] = {
             "qos": args.qos,
             "duration": args.duration,
@@ -111,12 +118,12 @@ def _one_run(name: str, nodes: int, args: argparse.Namespace, round_no: int) -> 
         result.errors.append(f"exited during the run: {', '.join(dead)}")
     # The CPU figure read from /proc is the first node's only.
     result.broker = {f"node1_{k}": v for k, v in result.broker.items()}
-    label = f"minibroker, {nodes} node{'s' if nodes > 1 else ''}"
+    label = f"minibroker, {nodes} node{'s' if nodes > 1 else ''}{', TLS' if tls else ''}"
     return make_record(
         result,
         label,
         settings.targets,
-        extra={"round": round_no, "case": name, "nodes": nodes, "cores": cores},
+        extra={"round": round_no, "case": name, "nodes": nodes, "cores": cores, "tls": tls},
     )
 
 
@@ -133,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     for round_no in range(1, args.rounds + 1):
         for name in names:
-            sizes = [1, args.nodes] if round_no % 2 else [args.nodes, 1]
-            for nodes in sizes:
-                keep_run(_one_run(name, nodes, args, round_no), records, out, round_no)
+            runs = [(1, False), (args.nodes, False)] + ([(args.nodes, True)] if args.tls else [])
+            if not round_no % 2:
+                runs.reverse()
+            for nodes, tls in runs:
+                keep_run(_one_run(name, nodes, args, round_no, tls), records, out, round_no)
     baseline = "minibroker, 1 node"
     return finish_rounds(records, out, started, args.markdown, args.charts, baseline)

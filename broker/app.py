@@ -20,10 +20,12 @@ from broker.server.alarms import AlarmManager
 from broker.server.banned_store import BannedStore
 from broker.server.banner import format_banner
 from broker.server.config import BrokerConfig, validate_host_port
+from broker.server.errors import StartupError
 from broker.server.node import Node, auth_mode
 from broker.server.replicated_store import ReplicatedStore
 from broker.server.workers import WorkerSpec
 from cluster.runtime import ClusterConfig, ClusterNode
+from cluster.tls import make_link_tls
 from cluster.transport import unix_address
 from cluster.wire import Address
 from management.apps import AppStore, import_legacy
@@ -194,6 +196,18 @@ def make_cluster_node(
         cluster_config or ClusterConfig(),
         dns_refresh_interval=config.cluster_dns_refresh_interval,
     )
+    if config.cluster_tls_enable:
+        try:
+            tls = make_link_tls(
+                config.cluster_tls_certfile,
+                config.cluster_tls_keyfile,
+                config.cluster_tls_cafile,
+                config.cluster_tls_verify_hostname,
+            )
+        except ValueError as exc:
+            raise StartupError(f"[cluster]: {exc}") from None
+        transport = dataclasses.replace(cluster_config.transport, tls=tls)
+        cluster_config = dataclasses.replace(cluster_config, transport=transport)
     return ClusterNode(
         broker,
         config.node_name,

@@ -7,7 +7,15 @@ name (the banners show the addresses). With a base port of 0 every node takes ep
 the others join node 1 at the cluster port its banner shows.
 
 Ctrl-C or SIGTERM stops them all: SIGTERM to each child, a bounded wait (then SIGKILL), exit 0.
-A child that exits on its own (a port in use, say) stops the others too, and the exit code is 1.
+A node that does not start (a port in use, say) stops the others, and the exit code is 1.
+
+Once all are up, the cluster is supervised, not torn down: a node that exits or is killed is
+reported (``[node2] exited: killed by SIGKILL; 2 of 3 nodes running``) and the others keep
+running, so failure detection, takeover and partitions can be watched from one terminal. With
+``--restart`` a dead node is started again after ``--restart-delay`` seconds with the same
+name, ports (a node on ephemeral ports keeps its cluster port) and data dir, joining the nodes
+still running; a node that does not come back up is not retried. When no node is left running
+(and none is being restarted), the command exits 1.
 """
 
 from __future__ import annotations
@@ -57,6 +65,14 @@ def add_cluster_parser(sub: Any, port_type: Any) -> None:
         "--log-format", choices=("text", "json"), default="text",
         help="log lines of every node: text (default) or JSON lines",
     )  # fmt: skip
+    p.add_argument(
+        "--restart", action="store_true",
+        help="start a node that exits or is killed again, with its data dir",
+    )  # fmt: skip
+    p.add_argument(
+        "--restart-delay", type=float, default=1.0, metavar="SECONDS",
+        help="wait before a restart, so the others can notice the death (1)",
+    )  # fmt: skip
 
 
 def _port(base: int, i: int) -> int:
@@ -100,6 +116,7 @@ class _Child:
     def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
         self.name = name
         self.proc = proc
+        self.restarts = 0
         self.banner_done = asyncio.Event()
         self.cluster_port: int | None = None
         self.relays: list[asyncio.Task[None]] = []
@@ -164,6 +181,129 @@ async def _stop_all(children: list[_Child]) -> None:
                 await relay
 
 
+def _how(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def _flag_value(argv: list[str], flag: str, value: str) -> list[str]:
+    """`argv` with `flag`'s value replaced (or the flag appended)."""
+    out = list(argv)
+    if flag in out:
+        out[out.index(flag) + 1] = value
+    else:
+        out += [flag, value]
+    return out
+
+
+class _Supervisor:
+    """Keeps the started nodes running: reports deaths, restarts with `--restart`."""
+
+    def __init__(self, args: argparse.Namespace, children: list[_Child]) -> None:
+        self.args = args
+        self.children = children
+        self.commands = node_commands(args, children[0].cluster_port)
+        self.restarting: set[int] = set()
+        self.given_up: set[int] = set()
+
+    def running(self) -> int:
+        return sum(1 for c in self.children if c.proc.returncode is None)
+
+    def _restart_argv(self, index: int) -> list[str]:
+        """Same name, ports and data dir; the cluster port it had; joins the nodes still up."""
+        child = self.children[index]
+        argv = list(self.commands[index])
+        if child.cluster_port is not None:
+            argv = _flag_value(argv, "--cluster-port", str(child.cluster_port))
+        host = argv[argv.index("--join") + 1].rpartition(":")[0] if "--join" in argv else None
+        if host is None:
+            name_host = self.args.host if self.args.host not in _WILDCARDS else "127.0.0.1"
+            host = f"[{name_host}]" if ":" in name_host else name_host
+        peers = [
+            f"{host}:{c.cluster_port}"
+            for j, c in enumerate(self.children)
+            if j != index and c.proc.returncode is None and c.cluster_port is not None
+        ]
+        while "--join" in argv:
+            at = argv.index("--join")
+            del argv[at : at + 2]
+        if peers:
+            argv += ["--join", ",".join(peers)]
+        return argv
+
+    async def restart(self, index: int, stop: asyncio.Event) -> None:
+        old = self.children[index]
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.args.restart_delay):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            for relay in old.relays:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+            argv = self._restart_argv(index)
+            data_dir = argv[argv.index("--data-dir") + 1]
+            print(f"[{old.name}] restarting (data dir {data_dir})", file=sys.stderr, flush=True)
+            child = await _spawn(old.name, argv)
+            child.restarts = old.restarts + 1
+            self.children[index] = child
+            if await _wait_banner(child):
+                print(
+                    f"[{old.name}] is back ({self.running()} of {len(self.children)} nodes "
+                    "running)", flush=True,
+                )  # fmt: skip
+            else:
+                self.given_up.add(index)
+                print(f"[{old.name}] did not start again; not retried", file=sys.stderr, flush=True)
+        finally:
+            self.restarting.discard(index)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Until `stop` (0) or until no node is left (1)."""
+        tasks: set[asyncio.Task[None]] = set()
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                waiters = {
+                    asyncio.ensure_future(c.proc.wait()): i
+                    for i, c in enumerate(self.children)
+                    if c.proc.returncode is None and i not in self.restarting
+                }
+                pending = {stopper, *waiters, *tasks}
+                done, _ = await asyncio.wait(pending, return_when="FIRST_COMPLETED")
+                for waiter in waiters:
+                    waiter.cancel()
+                tasks -= done
+                if stopper in done:
+                    return 0
+                for waiter, i in waiters.items():
+                    child = self.children[i]
+                    if waiter not in done or child.proc.returncode is None:
+                        continue
+                    print(
+                        f"[{child.name}] exited: {_how(child.proc.returncode)}; "
+                        f"{self.running()} of {len(self.children)} nodes running",
+                        file=sys.stderr, flush=True,
+                    )  # fmt: skip
+                    if self.args.restart and i not in self.given_up:
+                        self.restarting.add(i)
+                        task = asyncio.ensure_future(self.restart(i, stop))
+                        tasks.add(task)
+                if not self.running() and not self.restarting:
+                    print("minibroker: error: no node is running", file=sys.stderr, flush=True)
+                    return 1
+        finally:
+            stopper.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
 async def run_cluster(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -185,16 +325,12 @@ async def run_cluster(args: argparse.Namespace) -> int:
             if not await _wait_banner(child):
                 print(f"minibroker: error: node{i} did not start", file=sys.stderr)
                 return 1
-        print(f"cluster of {args.nodes} nodes running; Ctrl-C stops them all", flush=True)
-        waiters = {asyncio.ensure_future(c.proc.wait()) for c in children}
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({stopper, *waiters}, return_when="FIRST_COMPLETED")
-        for task in (stopper, *waiters):
-            task.cancel()
-        if stopper not in done:
-            dead = [c.name for c in children if c.proc.returncode is not None]
-            print(f"minibroker: error: {', '.join(dead)} exited; stopping", file=sys.stderr)
-            code = 1
+        then = "restarted" if args.restart else "reported; the others keep running"
+        print(
+            f"cluster of {args.nodes} nodes running; a node that exits is {then}; "
+            "Ctrl-C stops them all", flush=True,
+        )  # fmt: skip
+        code = await _Supervisor(args, children).run(stop)
     finally:
         await _stop_all(children)
     return code

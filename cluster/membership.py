@@ -56,6 +56,14 @@ push/pull with it, which restores its routes. Dead members are remembered (and r
 
 Leaving. `leave()` marks this node left (incarnation + 1) and sends LEAVE to a few members; the
 `left` update then spreads by gossip. A leaving node no longer probes or refutes.
+
+Administration (emqx_ctl's `cluster leave|join|force-leave`). `isolate()` after `leave()` makes
+the node stand alone while it keeps running: every other member is forgotten (a `left` event
+each, so their routes go), the seeds too, and membership messages are ignored (the others
+still try their left members now and then). `rejoin(seeds)` undoes it: alive again one
+incarnation past our `left` (which beats it everywhere), then a join through `seeds`; on a node
+that never left it only adds seeds. `force_leave(name)` marks a member that is not alive (dead
+or suspect) left, gossiped, as Serf's force-leave does; an alive one would refute it.
 """
 
 from __future__ import annotations
@@ -133,6 +141,7 @@ class Membership:
         self._suspicions: dict[str, tuple[float, int, int]] = {}  # name -> deadline, epoch, inc
         self._seeds: list[Address] = []
         self._leaving = False
+        self._isolated = False
         self._started = False
         self._next_probe = self._next_gossip = self._next_push_pull = 0.0
         self._next_join = self._next_reap = self._next_reconnect = 0.0
@@ -170,6 +179,11 @@ class Membership:
     @property
     def leaving(self) -> bool:
         return self._leaving
+
+    @property
+    def isolated(self) -> bool:
+        """Left the cluster by `isolate()` and standing alone."""
+        return self._isolated
 
     @property
     def queued(self) -> int:
@@ -247,6 +261,48 @@ class Membership:
         body: Body = {"from": self.name, "updates": [update.to_wire()]}
         return [Outgoing(m.address, MessageType.LEAVE, body) for m in targets]
 
+    def isolate(self, now: float) -> list[Outgoing]:
+        """After `leave()`: forget every other member and the seeds; ignore membership
+        messages until `rejoin`. (The LEAVE must be sent before: our links to them close.)"""
+        self._start(now)
+        if not self._leaving:
+            raise RuntimeError("isolate() comes after leave()")
+        self._isolated = True
+        self._seeds = []
+        self._resync.clear()
+        self._suspicions.clear()
+        for m in list(self._table.values()):
+            if m is not self._me and m.state in _LIVE:
+                self._table.set_state(m, LEFT, now)
+                self._emit("left", m)
+        reaped = self._table.reap(now, now)
+        for name in reaped:
+            self._queue.discard(name)
+        self._members_wire = None
+        self._prober.forget(reaped, now)
+        return []
+
+    def rejoin(self, seeds: list[Address], now: float) -> list[Outgoing]:
+        """Join through `seeds` too; after `leave()`/`isolate()`, alive again first."""
+        self._start(now)
+        if self._leaving:
+            self._leaving = self._isolated = False
+            me = self._me
+            me.incarnation += 1
+            self._table.set_state(me, ALIVE, now)
+            self._members_wire = None
+            self._gossip(me.update())
+        return self.join(list(dict.fromkeys([*self._seeds, *seeds])), now)
+
+    def force_leave(self, name: str, now: float) -> bool:
+        """Mark member `name`, dead or suspect, left (gossiped); False if it is unknown, this
+        node, alive (it would refute: ask it to leave) or left already."""
+        m = self._table.get(name)
+        if m is None or m is self._me or m.state in (ALIVE, LEFT):
+            return False
+        self._apply(replace(m.update(), state=LEFT), now)
+        return True
+
     def handle(
         self, from_addr: Address, msg_type: MessageType, body: Body, now: float
     ) -> list[Outgoing]:
@@ -254,7 +310,8 @@ class Membership:
         self._start(now)
         handler = self._handlers.get(msg_type)
         out: list[Outgoing] = []
-        if handler is None:
+        if handler is None or self._isolated:
+            self.stats["ignored"] += handler is not None
             return out
         self.stats["received/" + msg_type.name] += 1
         try:

@@ -80,7 +80,6 @@ class PortsHost(Protocol):
         message: Message,
         kind: str = "publish",
         extra: dict[str, Any] | None = None,
-        body: Body | None = None,
     ) -> int: ...
 
 

@@ -16,10 +16,12 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   purged by `RouteSync`.
 * **Forwarding.** Every message published on this node passes `forward()` (a forward hook, on
   the broker's publish path only while another node is alive: `_sync_forward_hook`): the
-  route table is matched and ONE FORWARD goes to each remote node with a matching route (never
-  one per subscriber). The receiver calls `Broker.publish(message, forward=False, shared=False)`:
-  it delivers to its own subscribers (QoS min(pub, sub), the message keeps its QoS) and never
-  forwards again. Shared groups are not served from forwarded copies: the origin dispatches each
+  route table is matched and the message goes ONCE to each remote node with a matching route
+  (never once per subscriber), in that node's FORWARD_BATCH of this loop turn
+  (`cluster.forwarder`; a version-1 peer gets one FORWARD per message). The receiver calls
+  `Broker.publish(message, forward=False, shared=False)`: it delivers to its own subscribers
+  (QoS min(pub, sub), the message keeps its QoS) and never forwards again.
+  Shared groups are not served from forwarded copies: the origin dispatches each
   message to one member per group in the whole cluster (`cluster.ports`, FORWARD kind `shared`).
 * **Takeover.** A CONNECT asks the other live nodes to give its client id up (RPC
   `surrender_session`), carrying the session over (`cluster.ports`, `cluster.takeover`).
@@ -63,6 +65,7 @@ from broker.core.broker import Broker, Forwarded
 from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
 from cluster.delegate import MemberEvent
+from cluster.forwarder import Forwarder
 from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.membership_config import MembershipConfig
@@ -81,6 +84,7 @@ from cluster.wire import (
     WireError,
     forward_body,
     parse_forward,
+    parse_forward_batch,
 )
 
 __all__ = ["ClusterConfig", "ClusterNode", "ForwardHandler"]
@@ -101,6 +105,7 @@ _MEMBERSHIP_TYPES = frozenset(
     }
 )
 _MAX_TIMER_SLEEP = 1.0
+_RETAIN_EXTRA: Body = {"kind": "retain"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,9 @@ class ClusterNode:
             name, self.epoch, cookie, self._on_frame, self._on_drop, self.config.transport
         )
         self.transport.on_heard = self._on_heard
+        self.forwarder = Forwarder(
+            self.transport, broker.node_name, self.stats, self._count_forward_dropped
+        )
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
         #: the app adds its own).
@@ -212,7 +220,7 @@ class ClusterNode:
         if self.dns_seeds:
             self.resolved = await self.resolve_dns_seeds()
         seeds = self._all_seeds()
-        self._send(self.membership.join(seeds, self._now()))
+        self.send_outgoing(self.membership.join(seeds, self.now()))
         self._timer = asyncio.get_running_loop().create_task(self._run_timer())
         if self.dns_seeds:
             self._spawn(self._refresh_dns())
@@ -271,7 +279,7 @@ class ClusterNode:
                 if new:
                     log.info("cluster: DNS discovery: joining %s",
                              ", ".join(f"{h}:{p}" for h, p in new))  # fmt: skip
-                self._send(self.membership.join(self._all_seeds(), self._now()))
+                self.send_outgoing(self.membership.join(self._all_seeds(), self.now()))
                 self._wake.set()
 
     async def stop(self) -> None:
@@ -289,7 +297,8 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
             self._timer = None
-        self._send(self.membership.leave(self._now()))
+        self.forwarder.flush()
+        self.send_outgoing(self.membership.leave(self.now()))
         await self.transport.flush(self.config.leave_timeout)
         await self.rpc.close()
         for task in list(self._tasks):
@@ -372,17 +381,14 @@ class ClusterNode:
         targets = self.forward_targets(message)
         wait_drained = None
         if targets:
-            body = forward_body(message, self.broker.node_name)
             for node in targets:
-                self.send_forward(node, message, body=body)
+                self.send_forward(node, message)
             wait_drained = self._congestion(targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
-            body = forward_body(message, self.broker.node_name)
-            body["kind"] = "retain"
             for member in self.membership.live_members():
                 if member.name not in targets:
                     self.stats["retained/replicated"] += 1
-                    self._send_frame(member.address, MessageType.FORWARD, body)
+                    self.forwarder.send(member.address, message, _RETAIN_EXTRA)
         if wait_drained is not None:
             return Forwarded(len(targets), wait_drained)
         return len(targets)
@@ -409,19 +415,15 @@ class ClusterNode:
         message: Message,
         kind: str = "publish",
         extra: dict[str, Any] | None = None,
-        body: Body | None = None,
     ) -> int:
-        """Send one FORWARD of `message` to `node`; 1 if queued, 0 if dropped (counted)."""
-        if body is None:
-            body = forward_body(message, self.broker.node_name)
-            if kind != "publish":
-                body["kind"] = kind
-            if extra:
-                body.update(extra)
+        """Forward `message` to `node` (batched, `cluster.forwarder`); 1 if queued, 0 if
+        dropped (counted)."""
+        if kind != "publish":
+            extra = {"kind": kind, **(extra or {})}
         member = self.membership.get(node)
         ok = member is not None and member.state in LIVE_STATES
         if ok and member is not None:
-            ok = self._send_frame(member.address, MessageType.FORWARD, body, drops_counted=True)
+            ok = self.forwarder.send(member.address, message, extra)
         counters = self.broker.metrics.counters
         if ok:
             counters["messages/forward"] += 1
@@ -451,14 +453,16 @@ class ClusterNode:
         """Frames from `hello` arrived (once per read, not per frame: FORWARDs come by the
         thousand): they answer our probe of it (`cluster.probe`)."""
         if self._running:
-            self.membership.heard_from(hello.name, self._now())
+            self.membership.heard_from(hello.name, self.now())
 
     def _on_frame(self, hello: Hello, msg_type: MessageType, body: Body) -> None:
         if not self._running:
             return
         if msg_type in _MEMBERSHIP_TYPES:
-            self._send(self.membership.handle(hello.address, msg_type, body, self._now()))
+            self.send_outgoing(self.membership.handle(hello.address, msg_type, body, self.now()))
             self._wake.set()
+        elif msg_type is MessageType.FORWARD_BATCH:
+            self._on_forward_batch(hello, body)
         elif msg_type is MessageType.FORWARD:
             self._on_forward(hello, body)
         elif msg_type is MessageType.RPC_REQUEST:
@@ -482,13 +486,38 @@ class ClusterNode:
             return
         handler(message, body, hello)
 
+    def _on_forward_batch(self, hello: Hello, body: Body) -> None:
+        """Each message of the batch, in order, to the handler of its kind."""
+        try:
+            messages, bad = parse_forward_batch(body, now=self.broker.clock())
+        except WireError as exc:
+            self.stats["forward/malformed"] += 1
+            log.warning("cluster: malformed FORWARD_BATCH from %s: %s", hello.name, exc)
+            return
+        if bad:
+            self.stats["forward/malformed"] += bad
+            log.warning("cluster: %d malformed messages in a batch from %s", bad, hello.name)
+        kinds = self._forward_kinds
+        deliver = self._deliver
+        for message, extra in messages:
+            if not extra:
+                deliver(message, extra, hello)
+                continue
+            kind = extra.get("kind", "publish")
+            handler = kinds.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                self.stats["forward/unknown_kind"] += 1
+                continue
+            handler(message, extra, hello)
+
     def _on_drop(self, address: Address, msg_type: MessageType, count: int) -> None:
-        if msg_type is MessageType.FORWARD:
+        if msg_type is MessageType.FORWARD or msg_type is MessageType.FORWARD_BATCH:
             self._count_forward_dropped(count)
 
     # -- membership driving ----------------------------------------------------------------
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The membership clock: the event loop's monotonic time."""
         return asyncio.get_running_loop().time()
 
     def wake(self) -> None:
@@ -507,11 +536,11 @@ class ClusterNode:
         membership = self.membership
         while self._running:
             try:
-                self._send(membership.tick(self._now()))
+                self.send_outgoing(membership.tick(self.now()))
             except Exception:  # a bug must not stop failure detection for good
                 log.exception("cluster: membership tick failed")
             self._wake.clear()
-            delay = membership.next_deadline() - self._now()
+            delay = membership.next_deadline() - self.now()
             if delay > 0:
                 # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel)
                 with contextlib.suppress(TimeoutError):
@@ -520,7 +549,8 @@ class ClusterNode:
             else:
                 await asyncio.sleep(0)
 
-    def _send(self, out: list[Outgoing]) -> None:
+    def send_outgoing(self, out: list[Outgoing]) -> None:
+        """Send what membership returned, then act on its events (links, routes, hook)."""
         for address, msg_type, body in out:
             self._send_frame(address, msg_type, body)
         if self._membership is not None:
@@ -541,16 +571,12 @@ class ClusterNode:
         elif present and not wanted:
             hooks.remove(self.forward)
 
-    def _send_frame(
-        self, address: Address, msg_type: MessageType, body: Body, drops_counted: bool = False
-    ) -> bool:
+    def _send_frame(self, address: Address, msg_type: MessageType, body: Body) -> bool:
         try:
             return self.transport.send(address, msg_type, body)
         except WireError as exc:
             self.stats["send/unencodable"] += 1
             log.error("cluster: cannot send %s to %s:%d: %s", msg_type.name, *address, exc)
-            if drops_counted and msg_type is MessageType.FORWARD:
-                self._count_forward_dropped(1)
             return False
 
     def _on_event(self, event: MemberEvent) -> None:

@@ -1,5 +1,11 @@
 """TCP links between nodes: framed messages, the cookie handshake, bounded send queues.
 
+With `TransportConfig.tls` (`cluster.tls`) every link is mutual TLS first: the accepting side
+runs the TLS handshake on the accepted socket before reading anything (`StreamWriter.start_tls`)
+and a peer without a certificate of the cluster CA, or without TLS, is refused, counted
+(`refused_tls`) and logged in one line (per host and reason every minute); the dialling side
+checks the acceptor's certificate the same way. The cookie handshake then runs inside it.
+
 Theory of operation
 -------------------
 Each node listens on its cluster port and keeps **one outgoing link per peer address**. A link
@@ -14,14 +20,15 @@ HELLO_ACK with `error` and closes: a peer without the cookie is refused and logg
 it sends is ever decoded past its HELLO. After the handshake the accepting side only reads; the
 dialling side only writes (it reads to notice the connection closing).
 
-Send queues. `send(address, type, body)` encodes the frame at once and appends it to that
+Send queues. `send(address, type, body, weight)` encodes the frame at once and appends it to that
 link's queue, which holds at most `max_queue` frames and `max_queue_bytes` bytes; a full queue
 drops the frame. A link that failed to connect is in *backoff* (from `backoff_min`, doubling up
 to `backoff_max`) and drops what it is given until the backoff ends; the next send after that
 reconnects (links reconnect lazily: a peer that nobody talks to costs nothing). Frames still
 queued when a connection fails are dropped too. Every drop is counted in `stats` (by message
-type) and reported through `on_drop`, so the runtime can count a lost FORWARD as a dropped
-message: nothing is lost silently, and nothing is queued without bound for a dead peer.
+type, in messages: a frame counts `weight`, the number of messages a FORWARD_BATCH carries) and
+reported through `on_drop`, so the runtime can count a lost forward as a dropped message:
+nothing is lost silently, and nothing is queued without bound for a dead peer.
 
 Flow control. Before a queue is full, at `hold_queue` frames or `hold_queue_bytes`, the link is
 *congested*: `hold_until_drained` then takes a callback that runs once the link has drained to a
@@ -42,12 +49,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.tls import LinkTLS, tls_failure_reason
 from cluster.wire import (
     DEFAULT_MAX_FRAME,
+    INTRODUCED_IN,
     PROTOCOL_VERSION,
     Address,
     Body,
@@ -91,6 +101,11 @@ async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.
     return await asyncio.open_connection(host, port)
 
 
+_REFUSAL_LOG_INTERVAL = 60.0
+#: The first byte of a TLS ClientHello; a frame starting with it would claim over 350 MB.
+_TLS_HANDSHAKE = 0x16
+
+
 @dataclass(frozen=True, slots=True)
 class TransportConfig:
     max_queue: int = 100_000  # frames waiting per peer (the byte cap bounds memory)
@@ -105,6 +120,8 @@ class TransportConfig:
     backoff_max: float = 2.0
     flush_timeout: float = 1.0
     max_frame: int = DEFAULT_MAX_FRAME
+    #: Mutual TLS on every link (`cluster.tls`); None: plain TCP.
+    tls: LinkTLS | None = None
 
 
 class _Link:
@@ -113,9 +130,12 @@ class _Link:
     def __init__(self, transport: Transport, address: Address) -> None:
         self.transport = transport
         self.address = address
-        self.queue: deque[tuple[MessageType, bytes]] = deque()
+        #: (type, frame, messages it carries: 1, or a FORWARD_BATCH's count)
+        self.queue: deque[tuple[MessageType, bytes, int]] = deque()
         self.queued_bytes = 0
         self.version = PROTOCOL_VERSION
+        #: The version of the last completed handshake (kept while reconnecting), None before.
+        self.negotiated: int | None = None
         self.peer: Hello | None = None  # who answered our HELLO (while connected)
         self.up = False
         self.retry_at = 0.0
@@ -125,6 +145,8 @@ class _Link:
         self.idle = asyncio.Event()
         self.idle.set()
         self.closed = False
+        self.tls_used = False  # the last connection was encrypted
+        self.tls_warned = False  # one warning per link for failed TLS handshakes, then debug
         #: Called once the queue has drained (or the link failed): `Transport.hold_until_drained`.
         self.waiters: list[Callable[[], None]] = []
 
@@ -144,18 +166,28 @@ class _Link:
             for release in waiters:
                 release()
 
-    def enqueue(self, msg_type: MessageType, frame: bytes, now: float) -> bool:
+    def accepting(self, size: int, now: float) -> bool:
+        """`enqueue` would take a frame of `size` bytes now."""
+        cfg = self.transport.config
+        return (
+            not self.closed
+            and (self.task is not None or now >= self.retry_at)
+            and len(self.queue) < cfg.max_queue
+            and self.queued_bytes + size <= cfg.max_queue_bytes
+        )
+
+    def enqueue(self, msg_type: MessageType, frame: bytes, now: float, weight: int = 1) -> bool:
         cfg = self.transport.config
         stats = self.transport.stats
         if self.closed:
-            return self._drop(msg_type, "closed")
+            return self._drop(msg_type, "closed", weight)
         if self.task is None:
             if now < self.retry_at:
-                return self._drop(msg_type, "unreachable")
+                return self._drop(msg_type, "unreachable", weight)
             self.task = asyncio.get_running_loop().create_task(self._run())
         if len(self.queue) >= cfg.max_queue or self.queued_bytes + len(frame) > cfg.max_queue_bytes:
-            return self._drop(msg_type, "queue_full")
-        self.queue.append((msg_type, frame))
+            return self._drop(msg_type, "queue_full", weight)
+        self.queue.append((msg_type, frame, weight))
         self.queued_bytes += len(frame)
         self.idle.clear()
         self.wake.set()
@@ -171,7 +203,9 @@ class _Link:
         return False
 
     def _drop_queue(self, why: str) -> None:
-        dropped: Counter[MessageType] = Counter(t for t, _ in self.queue)
+        dropped: Counter[MessageType] = Counter()
+        for msg_type, _, weight in self.queue:
+            dropped[msg_type] += weight
         self.queue.clear()
         self.queued_bytes = 0
         self.idle.set()
@@ -187,12 +221,20 @@ class _Link:
         loop = asyncio.get_running_loop()
         try:
             host, port = self.address
-            async with asyncio.timeout(cfg.connect_timeout):
-                reader, conn = await _connect(host, port)
+            tls = cfg.tls
+            async with asyncio.timeout(cfg.connect_timeout + (cfg.handshake_timeout if tls else 0)):
+                if tls is None:  # (TCP, or a Unix socket between the workers of one node)
+                    reader, conn = await _connect(host, port)
+                else:
+                    reader, conn = await asyncio.open_connection(
+                        host, port, ssl=tls.client, server_hostname=host,
+                        ssl_handshake_timeout=cfg.handshake_timeout,
+                    )  # fmt: skip
             writer = conn
             async with asyncio.timeout(cfg.handshake_timeout):
                 peer = await self._handshake(reader, conn)
             self.peer = peer
+            self.tls_used = conn.get_extra_info("ssl_object") is not None
             self.up = True
             self.backoff = cfg.backoff_min
             transport.stats["connects"] += 1
@@ -209,7 +251,7 @@ class _Link:
                     raise ConnectionError("closed by the peer")
                 if not self.queue:
                     continue
-                frames = [frame for _, frame in self.queue]
+                frames = [frame for _, frame, _ in self.queue]
                 sent = len(frames)
                 self.queue.clear()
                 self.queued_bytes = 0
@@ -223,6 +265,14 @@ class _Link:
             transport.stats["link_failures"] += 1
             transport.stats["handshake_refused"] += 1
             log.warning("cluster: %s:%d refused our handshake: %s", *self.address, exc)
+        except ssl.SSLError as exc:
+            transport.stats["link_failures"] += 1
+            transport.stats["tls_failures"] += 1
+            if not self.closed:
+                level = logging.DEBUG if self.tls_warned else logging.WARNING
+                self.tls_warned = True
+                log.log(level, "cluster: TLS handshake with %s:%d failed: %s",
+                        *self.address, tls_failure_reason(exc))  # fmt: skip
         except (OSError, EOFError, TimeoutError, WireError, ConnectionError) as exc:
             if not self.closed:
                 level = logging.INFO if self.up else logging.DEBUG
@@ -263,8 +313,24 @@ class _Link:
             if msg_type is not MessageType.HELLO_ACK:
                 raise HandshakeError(f"expected HELLO_ACK, got {msg_type.name}")
             hello = parse_hello_ack(body)
-            self.version = negotiate(hello.version)
+            self.version = self.negotiated = negotiate(hello.version)
+            self._drop_newer_than(self.version)
             return hello
+
+    def _drop_newer_than(self, version: int) -> None:
+        """Frames queued before the handshake in types the peer does not have (it is older
+        than we assumed): dropped and counted, not sent to be skipped."""
+        if all(INTRODUCED_IN[t] <= version for t, _, _ in self.queue):
+            return
+        keep: deque[tuple[MessageType, bytes, int]] = deque()
+        for item in self.queue:
+            msg_type, frame, weight = item
+            if INTRODUCED_IN[msg_type] <= version:
+                keep.append(item)
+            else:
+                self.queued_bytes -= len(frame)
+                self._drop(msg_type, "peer_version", weight)
+        self.queue = keep
 
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         """Returns when the peer closes the connection (it never sends after HELLO_ACK)."""
@@ -307,6 +373,7 @@ class Transport:
         self._links: dict[Address, _Link] = {}
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.StreamWriter] = set()
+        self._refusal_logged: dict[tuple[str, str], float] = {}
         self._closing = False
 
     # -- listening -------------------------------------------------------------------------
@@ -330,6 +397,8 @@ class Transport:
         decoder = FrameDecoder(self.config.max_frame)
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
+                if self.config.tls is not None and not await self._start_tls(writer, peername):
+                    return
                 accepted = await self._accept_hello(reader, writer, decoder, peername)
             if accepted is None:
                 return
@@ -358,6 +427,33 @@ class Transport:
             self._inbound.discard(writer)
             writer.close()
 
+    def _refused(self, peername: object, why: str) -> None:
+        """One warning per peer host and reason every `_REFUSAL_LOG_INTERVAL` seconds (a
+        refused node retries its join every second); the rest at debug, all counted."""
+        host = peername[0] if isinstance(peername, tuple) and peername else peername
+        now = asyncio.get_running_loop().time()
+        key = (str(host), why.split(":")[0])
+        if now - self._refusal_logged.get(key, -_REFUSAL_LOG_INTERVAL) >= _REFUSAL_LOG_INTERVAL:
+            self._refusal_logged[key] = now
+            while len(self._refusal_logged) > 256:
+                del self._refusal_logged[next(iter(self._refusal_logged))]
+            log.warning("cluster: refused a connection from %s: %s", peername, why)
+        else:
+            log.debug("cluster: refused a connection from %s: %s", peername, why)
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, peername: object) -> bool:
+        """Mutual TLS on an accepted link; False (refused, counted, one log line) if the peer
+        has no certificate of the cluster CA or does not speak TLS."""
+        assert self.config.tls is not None
+        try:
+            await writer.start_tls(self.config.tls.server)
+        except (ssl.SSLError, ConnectionError) as exc:
+            self.stats["refused"] += 1
+            self.stats["refused_tls"] += 1
+            self._refused(peername, f"TLS handshake failed: {tls_failure_reason(exc)}")
+            return False
+        return True
+
     async def _accept_hello(
         self,
         reader: asyncio.StreamReader,
@@ -371,6 +467,14 @@ class Transport:
             data = await reader.read(_READ_SIZE)
             if not data:
                 return None
+            if data[0] == _TLS_HANDSHAKE and self.config.tls is None and not decoder.buffered:
+                self.stats["refused"] += 1
+                self.stats["refused_tls"] += 1
+                self._refused(
+                    peername,
+                    "it speaks TLS and this node's cluster link is plain ([cluster] tls_enable)",
+                )
+                return None
             frames = decoder.feed(data)
         _, msg_type, body = frames[0]
         try:
@@ -379,7 +483,7 @@ class Transport:
             hello = check_hello(body, self.cookie)
         except HandshakeError as exc:
             self.stats["refused"] += 1
-            log.warning("cluster: refused a connection from %s: %s", peername, exc)
+            self._refused(peername, str(exc))
             reply = hello_ack_body(self.name, self.epoch, self.address, 1, error="refused")
             writer.write(encode_frame(MessageType.HELLO_ACK, reply))
             with contextlib.suppress(OSError):
@@ -392,10 +496,12 @@ class Transport:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, address: Address, msg_type: MessageType, body: Body) -> bool:
+    def send(self, address: Address, msg_type: MessageType, body: Body, weight: int = 1) -> bool:
         """Queue one frame for `address`; False (counted, reported) if it was dropped.
 
-        Raises WireError if `body` cannot be encoded (a bug or an oversized message).
+        `weight` is the number of messages the frame carries (a FORWARD_BATCH's): drops are
+        counted and reported in messages. Raises WireError if `body` cannot be encoded (a bug
+        or an oversized message).
         """
         if self._closing:
             return False
@@ -403,7 +509,20 @@ class Transport:
         if link is None:
             link = self._links[address] = _Link(self, address)
         frame = encode_frame(msg_type, body, link.version, self.config.max_frame)
-        return link.enqueue(msg_type, frame, asyncio.get_running_loop().time())
+        return link.enqueue(msg_type, frame, asyncio.get_running_loop().time(), weight)
+
+    def peer_version(self, address: Address) -> int | None:
+        """The protocol version the last handshake with `address` negotiated; None if no
+        handshake has completed yet (the sender then uses version-1 types only)."""
+        link = self._links.get(address)
+        return link.negotiated if link is not None else None
+
+    def accepting(self, address: Address, size: int = 0) -> bool:
+        """A frame of `size` bytes for `address` would be queued now (not dropped at once)."""
+        if self._closing:
+            return False
+        link = self._links.get(address)
+        return link is None or link.accepting(size, asyncio.get_running_loop().time())
 
     def congested(self, address: Address) -> bool:
         """The link to `address` is up and has `hold_queue` frames or bytes waiting."""

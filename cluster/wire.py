@@ -26,6 +26,13 @@ version that introduced it (`INTRODUCED_IN`). A frame is decoded as follows:
 
 A sender talks to a peer at `min(our version, the version in the peer's HELLO)`.
 
+Versions. 1: the types up to RPC_RESPONSE. 2: FORWARD_BATCH. Compatibility rule: a node sends
+a type only on a link whose handshake negotiated a version that has it, so it sends
+FORWARD_BATCH only to peers whose HELLO_ACK said 2 or more; to a version-1 peer (and on a link
+whose handshake is not done yet) every message goes as its own FORWARD. A version-2 node reads
+both. Frames queued for a link that reconnects to an older peer are dropped and counted, never
+sent to a peer that would skip them.
+
 Errors. `FrameDecoder.feed` raises only `WireError`, whatever the bytes; after an error the decoder
 stays failed (the connection must be closed). The length is checked against `max_frame` before any
 body is buffered.
@@ -33,7 +40,8 @@ body is buffered.
 Handshake. The connecting node sends HELLO (cookie, name, epoch, address, version); the accepting
 node checks the cookie with `check_hello` and answers HELLO_ACK (or HELLO_ACK with `error` and
 closes). Nothing else is accepted on a link before the handshake. The cookie is a shared secret
-that keeps strangers out; it is not encryption: run the cluster port on a trusted network.
+that keeps strangers out; it is not encryption: with `[cluster] tls_enable` the link runs inside
+mutual TLS (`cluster.tls`, `cluster.transport`) and the cookie is a second factor.
 
 Message bodies (keys of the top-level map; `addr` is `[host, port]`):
 
@@ -51,6 +59,13 @@ PUSH_PULL_RESP  from, join, members, state
 LEAVE           from, updates                    (carries the `left` update of the sender)
 FORWARD         topic, payload, qos, retain, props, publisher, origin, ts, [kind], [shared]
                 (kind publish | retain | shared; `shared: [group, filter]` with kind shared)
+FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in order; each
+                entry `[topic, payload, qos, retain, props, publisher, ts]`, plus an 8th element,
+                a map of the other FORWARD fields (`kind`, `shared`) and of `raw`, when it has
+                any. `raw: [is_v5, bytes]` is the QoS 0 PUBLISH as the client sent it (no flags,
+                payload up to `RAW_MAX` bytes), or the first encoding the origin made: the
+                receiver sends those bytes to its subscribers of that protocol version instead
+                of encoding them again, as the origin does for its own (`Message.frames`)
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================
@@ -72,8 +87,9 @@ import msgpack
 
 from broker.core.message import Message
 from broker.protocol.constants import PropertyId
+from broker.protocol.wire import Frames
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 HEADER_SIZE = 4
 
@@ -109,6 +125,7 @@ class MessageType(IntEnum):
     FORWARD = 12
     RPC_REQUEST = 13
     RPC_RESPONSE = 14
+    FORWARD_BATCH = 15
 
 
 class Outgoing(NamedTuple):
@@ -120,7 +137,10 @@ class Outgoing(NamedTuple):
 
 
 #: The protocol version that introduced each message type.
-INTRODUCED_IN: dict[MessageType, int] = dict.fromkeys(MessageType, 1)
+INTRODUCED_IN: dict[MessageType, int] = {
+    **dict.fromkeys(MessageType, 1),
+    MessageType.FORWARD_BATCH: 2,
+}
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
 
@@ -344,16 +364,40 @@ def parse_forward(body: Body, now: float | None = None) -> Message:
     counts from its arrival here: the origin forwards as it routes, so only transit time is
     added, and clock skew between nodes does not matter); without, the origin's `ts` is kept.
     """
-    payload = body.get("payload")
+    return _message(
+        body.get("topic"),
+        body.get("payload"),
+        body.get("qos"),
+        body.get("retain"),
+        body.get("props", {}),
+        body.get("publisher"),
+        body.get("ts", 0.0),
+        body.get("origin"),
+        now,
+    )
+
+
+def _message(
+    topic: Any,
+    payload: Any,
+    qos: Any,
+    retain: Any,
+    props: Any,
+    publisher: Any,
+    ts: Any,
+    origin: Any,
+    now: float | None,
+) -> Message:
+    """A forwarded Message from its wire fields, each checked; raises WireError."""
+    for name, value in (("topic", topic), ("publisher", publisher), ("origin", origin)):
+        if not isinstance(value, str):
+            raise WireError(f"field {name!r} must be a string")
     if not isinstance(payload, bytes):
         raise WireError("field 'payload' must be bytes")
-    qos = get_int(body, "qos")
-    if qos not in (0, 1, 2):
-        raise WireError(f"bad qos {qos}")
-    retain = body.get("retain")
+    if qos not in (0, 1, 2) or isinstance(qos, bool):
+        raise WireError(f"bad qos {qos!r}")
     if not isinstance(retain, bool):
         raise WireError("field 'retain' must be a boolean")
-    props = body.get("props", {})
     if not isinstance(props, dict) or not all(
         isinstance(k, int) and not isinstance(k, bool) for k in props
     ):
@@ -366,19 +410,108 @@ def parse_forward(body: Body, now: float | None = None) -> Message:
         ):
             raise WireError("bad user properties")
         props = {**props, int(PropertyId.USER_PROPERTY): [(p[0], p[1]) for p in pairs]}
-    ts = body.get("ts", 0.0)
     if not isinstance(ts, int | float) or isinstance(ts, bool):
         raise WireError("field 'ts' must be a number")
     return Message(
-        get_str(body, "topic"),
-        payload,
-        qos,
-        retain,
-        props,
-        get_str(body, "publisher"),
-        float(ts) if now is None else now,
-        get_str(body, "origin"),
+        topic, payload, qos, retain, props, publisher, float(ts) if now is None else now, origin
     )
+
+
+#: One message of a FORWARD_BATCH: the FORWARD fields as a list (see the module docstring).
+Entry = list[Any]
+
+
+#: The largest payload whose client PUBLISH bytes travel with it (`raw`): above, the copy
+#: would cost the link more than encoding it again costs the receiver.
+RAW_MAX = 1024
+
+
+def forward_entry(message: Message, extra: Body | None = None) -> Entry:
+    """The batch entry of `message`; `extra` holds the other FORWARD fields (kind, shared)."""
+    entry: Entry = [
+        message.topic,
+        message.payload,
+        message.qos,
+        message.retain,
+        message.properties,
+        message.publisher,
+        message.timestamp,
+    ]
+    frames = message.frames
+    if frames is not None and not message.qos and len(message.payload) <= RAW_MAX:
+        raw = frames.raw
+        if raw is not None and frames.fits(message.topic, message.payload, message.properties):
+            pair = [frames.raw_v5, raw]
+            extra = {**extra, "raw": pair} if extra else {"raw": pair}
+    if extra:
+        entry.append(extra)
+    return entry
+
+
+def _take_raw(message: Message, raw: Any) -> bool:
+    """Attach a batch entry's `raw` to its message; False if it is malformed."""
+    if (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and isinstance(raw[0], bool)
+        and isinstance(raw[1], bytes)
+        and not message.qos
+    ):
+        message.frames = Frames(message.topic, message.payload, message.properties, raw[1], raw[0])
+        return True
+    return False
+
+
+def entry_size(entry: Entry) -> int:
+    """Roughly the bytes `entry` takes on the wire (what bounds a batch)."""
+    return len(entry[0]) + len(entry[1]) + 32
+
+
+def forward_batch_body(origin: str, entries: list[Entry]) -> Body:
+    return {"origin": origin, "msgs": entries}
+
+
+_NO_EXTRA: Body = {}
+
+
+def parse_forward_batch(
+    body: Body, now: float | None = None
+) -> tuple[list[tuple[Message, Body]], int]:
+    """The messages of a FORWARD_BATCH, each with its extra fields (an empty map for a plain
+    publish), and the number of malformed entries skipped; raises WireError if the batch
+    itself is malformed. `now` stamps the messages as in `parse_forward`."""
+    origin = get_str(body, "origin")
+    entries = body.get("msgs")
+    if not isinstance(entries, list):
+        raise WireError("field 'msgs' must be a list")
+    out: list[tuple[Message, Body]] = []
+    bad = 0
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) not in (7, 8):
+            bad += 1
+            continue
+        extra = entry[7] if len(entry) == 8 else _NO_EXTRA
+        if not isinstance(extra, dict):
+            bad += 1
+            continue
+        try:
+            topic, payload, qos, retain, props, publisher, ts = entry[:7]
+            message = _message(topic, payload, qos, retain, props, publisher, ts, origin, now)
+        except WireError:
+            bad += 1
+            continue
+        if extra:
+            raw = extra.get("raw")
+            if raw is not None:
+                if not _take_raw(message, raw):
+                    bad += 1
+                    continue
+                if len(extra) == 1:
+                    extra = _NO_EXTRA
+                else:
+                    extra = {k: v for k, v in extra.items() if k != "raw"}
+        out.append((message, extra))
+    return out, bad
 
 
 def rpc_request_body(request_id: int, method: str, args: Body) -> Body:

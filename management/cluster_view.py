@@ -10,7 +10,8 @@
 * `call_all(query, args)`: every live node at once; a node that does not answer is logged and
   skipped, so cluster-wide lists show what the running nodes have;
 * `stopped_nodes()`: the members declared dead or left (`/nodes` shows them as Stopped);
-* `route_rows()`: the replicated cluster route table (filter, node) for `/routes`.
+* `route_rows()`: the replicated cluster route table (filter, node) for `/routes`;
+* `admin`: the membership changes of `/cluster/join|leave|force_leave` (`cluster.admin`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from cluster.admin import ClusterAdmin
 from cluster.rpc import RemoteError, RpcError
 from cluster.runtime import ClusterNode
 from management.view import NodeDown, UnknownNode, run_query
@@ -38,6 +40,8 @@ class ClusterNodeView:
         self.ctx = ctx
         self.cluster = cluster
         self.timeout = timeout
+        #: join / leave / force-leave (`management.handlers_membership`)
+        self.admin = ClusterAdmin(cluster)
 
     @property
     def local_node(self) -> str:

@@ -302,6 +302,38 @@ def cmd_cluster_status(c: Client, a: argparse.Namespace) -> Output:
     return out
 
 
+def _membership(c: Client, a: argparse.Namespace, action: str, body: Any = None) -> Any:
+    """POST /cluster/<action>; the refusals that need words of their own."""
+    try:
+        node, seed = getattr(a, "node", ""), getattr(a, "seed", "")
+        return c.request("POST", f"/api/v3/cluster/{action}", body, what=f"node {node!r}")
+    except CtlError as exc:
+        for reason, text in (
+            ("cluster_disabled", "this node runs without [cluster] (cluster_disabled)"),
+            ("bad_seed", f"bad seed {seed!r}: expected HOST:PORT (a cluster port)"),
+            ("bad_node", f"{node} is the node you talk to: use `cluster leave`"),
+        ):
+            if reason in str(exc):
+                raise CtlError(text) from None
+        raise
+
+
+def cmd_cluster_join(c: Client, a: argparse.Namespace) -> Output:
+    answer = _membership(c, a, "join", {"seed": a.seed})
+    return _ok(answer, f"ok: {c.local_node()} joins the cluster through {a.seed}")
+
+
+def cmd_cluster_leave(c: Client, a: argparse.Namespace) -> Output:
+    node, answer = c.local_node(), _membership(c, a, "leave")
+    return _ok(answer, f"ok: {node} left the cluster; it runs alone until `cluster join`")
+
+
+def cmd_cluster_force_leave(c: Client, a: argparse.Namespace) -> Output:
+    left = _membership(c, a, f"force_leave/{q(a.node)}").get("result") == "left"
+    how = "was asked to leave and left" if left else "is marked left"
+    return _ok({"node": a.node, "result": "left" if left else "removed"}, f"ok: {a.node} {how}")
+
+
 def cmd_nodes(c: Client, a: argparse.Namespace) -> Output:
     nodes = c.request("GET", "/api/v3/nodes/")
     columns = ("node", "node_status", "version", "uptime", "connections", "load1", "memory_used")
@@ -519,6 +551,9 @@ def add_ctl_parser(sub: Any) -> None:
     leaf(verbs, "version", cmd_version, "the version of this command and of every node")
     g = group("cluster", "the cluster")
     leaf(g, "status", cmd_cluster_status, "the running nodes")
+    leaf(g, "join", cmd_cluster_join, "join the cluster of a seed").add_argument("seed")
+    leaf(g, "leave", cmd_cluster_leave, "this node leaves (it keeps running)")
+    leaf(g, "force-leave", cmd_cluster_force_leave, "remove a node").add_argument("node")
 
     g = group("clients", "connected clients")
     leaf(g, "list", cmd_clients_list, "every connection in the cluster")

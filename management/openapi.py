@@ -236,6 +236,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "unsubscribe": obj({"topic": STR, "client_id": STR}),
     "log_level": obj({"level": {"enum": ["debug", "info", "warning", "error", "critical"]}}),
+    "cluster_join": obj({"seed": STR}),
+    "force_leave": obj({"node": STR, "result": {"enum": ["left", "removed"]}}),
 }
 # EMQX 3.2's alarm rows: ours plus `desc` (and `clear_at` once cleared).
 _ALARM_DESC = obj({k: SCHEMAS["alarm"]["properties"][k] for k in ("severity", "title", "summary",

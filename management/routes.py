@@ -18,6 +18,7 @@ from management import handlers_auth as auth
 from management import handlers_banned as banned
 from management import handlers_clients as clients
 from management import handlers_cluster as cluster
+from management import handlers_membership as membership
 from management.common import reply
 
 
@@ -215,4 +216,14 @@ ROUTES: tuple[Route, ...] = (
           cluster.set_log_level, "ok", "log_level"),
     Route("set_node_log_level", "PUT", "/nodes/:node/log_level", "Set the log level of a node",
           cluster.set_node_log_level, "ok", "log_level"),
+    # cluster membership (minibroker's addition; emqx_ctl cluster join|leave|force-leave): they
+    # act on the node serving the request
+    Route("cluster_join", "POST", "/cluster/join",
+          "This node joins the cluster of a seed (its cluster address)",
+          membership.cluster_join, "ok", "cluster_join"),
+    Route("cluster_leave", "POST", "/cluster/leave",
+          "This node leaves the cluster and runs alone", membership.cluster_leave, "ok"),
+    Route("cluster_force_leave", "POST", "/cluster/force_leave/:node",
+          "Remove a node: an alive one is asked to leave, a dead one is marked left",
+          membership.cluster_force_leave, "object:force_leave"),
 )  # fmt: skip

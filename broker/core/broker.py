@@ -325,7 +325,7 @@ class Broker:
         hooks when the client is known (`info`). Returns True if it already existed. The
         retained messages follow with `send_retained`, once the caller has acknowledged."""
         previous = session.subscriptions.get(subscription.filter)
-        session.subscriptions[subscription.filter] = subscription
+        session.add_subscription(subscription)
         session.touch()
         group = subscription.share_group
         new_group = False

@@ -135,8 +135,11 @@ class Channel(Connection):
             state = self.state
             if state >= CLOSED:
                 if state == TAKEOVER:  # the CONNECT waits for another node: keep the rest
-                    self.held_packets.append(packet)
-                    self.held_packets.extend(remaining)
+                    held = self.held_packets
+                    if held is None:
+                        held = self.held_packets = []
+                    held.append(packet)
+                    held.extend(remaining)
                 return
             self.recv_pkt += 1
             counters["packets/received"] += 1
@@ -156,6 +159,8 @@ class Channel(Connection):
         """Keep input that arrives during TAKEOVER; more than one maximum-size packet's worth
         (a client is to wait for CONNACK) closes the connection."""
         held = self.held_bytes
+        if held is None:
+            held = self.held_bytes = bytearray()
         if len(held) + len(data) > self.broker.settings.max_packet_size + 5:
             self.close(None, "takeover_overflow")
             return
@@ -163,8 +168,8 @@ class Channel(Connection):
 
     def resume_input(self) -> None:
         """The CONNECT went on after TAKEOVER: handle what arrived meanwhile, in order."""
-        packets, self.held_packets = self.held_packets, []
-        data, self.held_bytes = bytes(self.held_bytes), bytearray()
+        packets, self.held_packets = self.held_packets or [], None
+        data, self.held_bytes = bytes(self.held_bytes or b""), None
         self._handle(packets)
         if data:
             self.data_received(data)

@@ -45,7 +45,7 @@ from broker.core.states import (
     TAKEOVER,
     next_state,
 )
-from broker.core.topic_alias import OutgoingAliases
+from broker.core.topic_alias import NO_ALIASES, OutgoingAliases
 from broker.protocol.codec import DEFAULT_MAX_PACKET_SIZE, Decoder, encode, encode_publish
 from broker.protocol.constants import (
     MQTT_5,
@@ -217,7 +217,7 @@ class Connection:
         self.will: Will | None = None
         self.info: ClientInfo | None = None
         self.receive_maximum = 65535
-        self.topic_aliases: dict[int, str] = {}
+        self.topic_aliases: dict[int, str] = NO_ALIASES  # shared until the first alias
         # What a 5.0 client asked for in CONNECT (module docstring).
         self.max_packet_out = DEFAULT_MAX_PACKET_SIZE
         self.out_aliases: OutgoingAliases | None = None
@@ -227,9 +227,10 @@ class Connection:
         self.auth_method: str | None = None
         self.auth: Authenticator | None = None
         self.pending_connect: PendingConnect | None = None
-        #: Input that arrived while in TAKEOVER, handled once the CONNECT goes on.
-        self.held_packets: list[Packet] = []
-        self.held_bytes = bytearray()
+        #: Input that arrived while in TAKEOVER, handled once the CONNECT goes on (None: none;
+        #: made on first use, as most connections never wait for a takeover).
+        self.held_packets: list[Packet] | None = None
+        self.held_bytes: bytearray | None = None
         #: When flow control stopped reading this client (None = it is read), and how many
         #: holds there were: a release for an earlier hold does not end a later one.
         self.held_at: float | None = None

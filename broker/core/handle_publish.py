@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from broker.core.connection import Connection, Violation
 from broker.core.message import Message
+from broker.core.topic_alias import NO_ALIASES
 from broker.core.topics import is_utf8, validate_topic_name
 from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import Properties, PubAck, PubComp, Publish, PubRec, PubRel
@@ -86,7 +87,10 @@ def handle_publish(channel: Connection, packet: Publish) -> None:
             if alias == 0 or alias > channel.broker.settings.max_topic_alias:
                 raise Violation(ReasonCode.TOPIC_ALIAS_INVALID, "topic alias invalid")
             if topic:
-                channel.topic_aliases[alias] = topic
+                aliases = channel.topic_aliases
+                if aliases is NO_ALIASES:  # the connection's first alias: its own table
+                    aliases = channel.topic_aliases = {}
+                aliases[alias] = topic
             else:
                 known = channel.topic_aliases.get(alias)
                 if known is None:
@@ -162,7 +166,7 @@ def handle_publish(channel: Connection, packet: Publish) -> None:
         if allowed:
             matched = _route(channel, packet, topic, properties)
             if qos == 2:
-                session.awaiting_rel[packet_id] = channel.broker.clock()
+                session.await_rel(packet_id, channel.broker.clock())
                 session.touch()
         else:
             counters["messages/dropped"] += 1
@@ -223,7 +227,7 @@ def handle_pubrec(channel: Connection, packet: PubRec) -> None:
 def handle_pubrel(channel: Connection, packet: PubRel) -> None:
     session = channel.session
     assert session is not None
-    if session.awaiting_rel.pop(packet.packet_id, None) is not None:
+    if session.release_rel(packet.packet_id):
         session.touch()
         channel.send(PubComp(packet.packet_id))
     else:

@@ -142,6 +142,10 @@ class Metrics:
         return dict(self.counters)
 
 
+#: `<x>/count` -> `<x>/max`, built once: `set` runs several times for every connect and close.
+_MAX_NAMES = {name: name[: -len("count")] + "max" for name in STAT_NAMES if name.endswith("count")}
+
+
 class Stats:
     """Gauges set by the registry owner; `*/max` keeps the high-water mark."""
 
@@ -154,7 +158,7 @@ class Stats:
         """Set `<x>/count` and raise `<x>/max` when exceeded."""
         values = self.values
         values[name] = value
-        max_name = name[: -len("count")] + "max"
+        max_name = _MAX_NAMES.get(name) or name[: -len("count")] + "max"
         if value > values[max_name]:
             values[max_name] = value
 

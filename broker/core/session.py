@@ -21,6 +21,13 @@ or one larger than the client's Maximum Packet Size. A QoS 1/2 one then never en
 has expired meanwhile leaves the window the same way. A full queue first sheds its expired
 messages before it drops the newcomer.
 
+Memory: a session that has no subscription and nothing inflight, queued or awaiting PUBREL holds
+no structure for them. `subscriptions`, `inflight`, `queue` and `awaiting_rel` then are shared
+empty stand-ins (`_NO_SUBSCRIPTIONS`, `_NO_INFLIGHT`, `_NO_QUEUE`, `_NO_RELS`) that refuse to be
+written to; the first write gives the session its own (`add_subscription`, `_own_inflight`,
+`_own_queue`, `await_rel`) and an emptied inflight window, queue or `awaiting_rel` is given back.
+An empty deque costs 760 bytes and an empty dict 64: most of an idle connection's cost otherwise.
+
 Incoming QoS 2 uses `awaiting_rel`: the message is routed once, when its PUBLISH first arrives;
 a resent PUBLISH with a packet id still awaiting PUBREL is acknowledged but not routed again,
 which gives exactly-once delivery.
@@ -39,6 +46,7 @@ from broker.core.message import (
     message_to_dict,
 )
 from broker.core.metrics import Metrics
+from broker.core.shared_empty import SharedEmptyDeque, SharedEmptyDict
 
 
 class Outlet(Protocol):
@@ -123,7 +131,52 @@ class InflightEntry:
 
 _NEVER = float("inf")
 
+
+_NO_INFLIGHT: dict[int, InflightEntry] = SharedEmptyDict()
+_NO_RELS: dict[int, float] = SharedEmptyDict()
+_NO_SUBSCRIPTIONS: dict[str, Subscription] = SharedEmptyDict()
+
 QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
+_NO_QUEUE: deque[QueuedDelivery] = SharedEmptyDeque()
+
+
+class SessionLimits:
+    """What every session of a broker shares (its limits and metrics): one object, not five
+    slots in each session. Read-only once made; `_shared_limits` hands out one per setting."""
+
+    __slots__ = ("max_inflight", "max_queued", "max_queued_bytes", "metrics", "queue_qos0")
+
+    def __init__(
+        self,
+        max_inflight: int,
+        max_queued: int,
+        max_queued_bytes: int,
+        queue_qos0: bool,
+        metrics: Metrics,
+    ) -> None:
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.queue_qos0 = queue_qos0
+        self.metrics = metrics
+
+
+_LIMITS: dict[tuple[int, int, int, bool, int], SessionLimits] = {}
+
+
+def _shared_limits(
+    max_inflight: int, max_queued: int, max_queued_bytes: int, queue_qos0: bool, metrics: Metrics
+) -> SessionLimits:
+    """The one `SessionLimits` of these values (made the first time; a few per process)."""
+    key = (max_inflight, max_queued, max_queued_bytes, queue_qos0, id(metrics))
+    limits = _LIMITS.get(key)
+    if limits is None or limits.metrics is not metrics:  # an id reused by another Metrics
+        if len(_LIMITS) >= 64:  # bounded: many brokers in one process (tests)
+            _LIMITS.clear()
+        limits = _LIMITS[key] = SessionLimits(
+            max_inflight, max_queued, max_queued_bytes, queue_qos0, metrics
+        )
+    return limits
 
 
 class Session:
@@ -142,14 +195,10 @@ class Session:
         "enqueue_msg",
         "expiry_interval",
         "inflight",
-        "max_inflight",
-        "max_queued",
-        "max_queued_bytes",
-        "metrics",
+        "limits",
         "mqueue_dropped",
         "outlet",
         "queue",
-        "queue_qos0",
         "queued_bytes",
         "subscriptions",
         "username",
@@ -172,18 +221,17 @@ class Session:
         self.client_id = client_id
         self.clean_start = clean_start
         self.expiry_interval = expiry_interval
-        self.max_inflight = max_inflight
-        self.max_queued = max_queued
-        self.max_queued_bytes = max_queued_bytes
+        self.limits = _shared_limits(
+            max_inflight, max_queued, max_queued_bytes, queue_qos0, metrics
+        )
         self.queued_bytes = 0  # payload bytes in `queue`
-        self.metrics = metrics
         self.created_at = now
-        self.queue_qos0 = queue_qos0
         self.username = username
-        self.subscriptions: dict[str, Subscription] = {}
-        self.inflight: dict[int, InflightEntry] = {}
-        self.queue: deque[QueuedDelivery] = deque()
-        self.awaiting_rel: dict[int, float] = {}
+        self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
+        # Shared empty stand-ins until first used (module docstring).
+        self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
+        self.queue: deque[QueuedDelivery] = _NO_QUEUE
+        self.awaiting_rel: dict[int, float] = _NO_RELS
         self.outlet: Outlet | None = None
         self.disconnected_at: float | None = None
         #: The broker's set of changed client ids (persistence), None when nothing is persisted.
@@ -196,6 +244,18 @@ class Session:
         #: for expired messages only after it, so a full queue without expiring messages costs
         #: O(1) per refused message instead of a scan of the whole queue.
         self._earliest_expiry = _NEVER
+
+    @property
+    def max_inflight(self) -> int:
+        return self.limits.max_inflight
+
+    @property
+    def max_queued(self) -> int:
+        return self.limits.max_queued
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.limits.metrics
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -221,6 +281,8 @@ class Session:
         if outlet is None:
             return
         self.touch()
+        if not self.inflight and not self.queue:
+            return  # a new or idle session (every connect): nothing to resend
         for packet_id, entry in list(self.inflight.items()):
             entry.sent_at = now
             if entry.awaiting_comp:
@@ -231,6 +293,7 @@ class Session:
                 del self.inflight[packet_id]  # expired meanwhile, or too large: as completed
                 self._drop()
         self._drain(now)
+        self._release()
 
     def expired(self, now: float) -> bool:
         """An offline session past its expiry interval (0xFFFFFFFF never expires)."""
@@ -246,7 +309,7 @@ class Session:
         outlet = self.outlet
         if outlet is None:
             return 0
-        return min(self.max_inflight, outlet.receive_maximum)
+        return min(self.limits.max_inflight, outlet.receive_maximum)
 
     def deliver(
         self,
@@ -268,7 +331,7 @@ class Session:
                     self.deliver_msg += 1
                 else:
                     self._drop()
-            elif self.queue_qos0:
+            elif self.limits.queue_qos0:
                 self._enqueue((message, 0, retain, subscription_ids), now)
             else:
                 self._drop()  # QoS 0 is not queued for an offline client, but it is counted
@@ -285,11 +348,11 @@ class Session:
             limit = self._full(size)
         if limit:
             self._drop()
-            self.metrics.limits[limit] += 1
+            self.limits.metrics.limits[limit] += 1
             if item[1] == 2:
-                self.metrics.counters["messages/qos2/dropped"] += 1
+                self.limits.metrics.counters["messages/qos2/dropped"] += 1
             return
-        self.queue.append(item)
+        self._own_queue().append(item)
         self.queued_bytes += size
         self.enqueue_msg += 1
         message = item[0]
@@ -300,9 +363,10 @@ class Session:
 
     def _full(self, size: int) -> str:
         """The limit that one more queued delivery of `size` payload bytes breaks, or ""."""
-        if len(self.queue) >= self.max_queued:
+        limits = self.limits
+        if len(self.queue) >= limits.max_queued:
             return "max_queued_messages"
-        cap = self.max_queued_bytes
+        cap = limits.max_queued_bytes
         if cap and self.queued_bytes + size > cap:
             return "max_queued_bytes"
         return ""
@@ -323,16 +387,16 @@ class Session:
         shed = len(queue) - len(kept)
         if not shed:
             return False
-        self.queue = deque(kept)
+        self.queue = deque(kept) if kept else _NO_QUEUE
         self.queued_bytes = sum(len(item[0].payload) for item in kept)
-        self.metrics.counters["messages/expired"] += shed
+        self.limits.metrics.counters["messages/expired"] += shed
         for _ in range(shed):
             self._drop()
         return True
 
     def _drop(self) -> None:
         self.mqueue_dropped += 1
-        self.metrics.counters["messages/dropped"] += 1
+        self.limits.metrics.counters["messages/dropped"] += 1
 
     def _send_new(
         self,
@@ -345,7 +409,8 @@ class Session:
         packet_id = self.next_packet_id()
         assert self.outlet is not None
         if self.outlet.send_publish(message, qos, retain, packet_id, False, subscription_ids):
-            self.inflight[packet_id] = InflightEntry(message, qos, retain, subscription_ids, now)
+            entry = InflightEntry(message, qos, retain, subscription_ids, now)
+            self._own_inflight()[packet_id] = entry
             self.deliver_msg += 1
         else:
             self._drop()  # expired or too large: as if completed, no window slot (MQTT-3.1.2-25)
@@ -369,6 +434,52 @@ class Session:
             queue.popleft()
             self.queued_bytes -= len(message.payload)
             self._send_new(message, qos, retain, subscription_ids, now)
+        if not queue and queue is not _NO_QUEUE:
+            self.queue = _NO_QUEUE  # an emptied deque keeps a 760-byte block: give it back
+
+    def _own_queue(self) -> deque[QueuedDelivery]:
+        queue = self.queue
+        if queue is _NO_QUEUE:
+            queue = self.queue = deque()
+        return queue
+
+    def _own_inflight(self) -> dict[int, InflightEntry]:
+        inflight = self.inflight
+        if inflight is _NO_INFLIGHT:
+            inflight = self.inflight = {}
+        return inflight
+
+    def _release(self) -> None:
+        """Give emptied structures back for the shared empty ones (module docstring)."""
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
+        if not self.queue:
+            self.queue = _NO_QUEUE
+        if not self.awaiting_rel:
+            self.awaiting_rel = _NO_RELS
+
+    def add_subscription(self, subscription: Subscription) -> None:
+        """Add or replace the subscription of its filter (`Broker.subscribe` does the routes)."""
+        subscriptions = self.subscriptions
+        if subscriptions is _NO_SUBSCRIPTIONS:
+            subscriptions = self.subscriptions = {}
+        subscriptions[subscription.filter] = subscription
+
+    def await_rel(self, packet_id: int, now: float) -> None:
+        """An incoming QoS 2 PUBLISH was routed; it awaits its PUBREL (module docstring)."""
+        rels = self.awaiting_rel
+        if rels is _NO_RELS:
+            rels = self.awaiting_rel = {}
+        rels[packet_id] = now
+
+    def release_rel(self, packet_id: int) -> bool:
+        """The PUBREL for `packet_id` arrived: False if it was not awaited."""
+        rels = self.awaiting_rel
+        if rels.pop(packet_id, None) is None:
+            return False
+        if not rels:
+            self.awaiting_rel = _NO_RELS
+        return True
 
     def next_packet_id(self) -> int:
         """Next free packet id in 1..65535, skipping ids still inflight (MQTT-2.2.1-3)."""
@@ -392,6 +503,8 @@ class Session:
         del self.inflight[packet_id]
         self.touch()
         self._drain(now)
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         return True
 
     def on_pubrec(self, packet_id: int, now: float) -> bool:
@@ -410,6 +523,8 @@ class Session:
         del self.inflight[packet_id]
         self.touch()
         self._drain(now)
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         return True
 
     def on_pubrec_error(self, packet_id: int, now: float) -> bool:
@@ -421,6 +536,8 @@ class Session:
         del self.inflight[packet_id]
         self.touch()
         self._drain(now)
+        if not self.inflight:
+            self.inflight = _NO_INFLIGHT
         return True
 
     # -- moving a session between nodes (cluster takeover) --------------------------------
@@ -466,14 +583,14 @@ class Session:
         their packet ids and are resent by `resume` (DUP=1, or PUBREL once PUBREC'd); queued
         deliveries beyond `max_queued` are dropped and counted. Raises ValueError."""
         for item in _items(state, "queue", 4):
-            if len(self.queue) >= self.max_queued:
+            if len(self.queue) >= self.limits.max_queued:
                 self._drop()
                 continue
             qos, retain, ids = item[1], item[2], _sub_ids(item[3])
             if qos not in (0, 1, 2) or not isinstance(retain, bool):
                 raise ValueError(f"bad queued delivery {item!r:.200}")
             message = message_from_dict(item[0])
-            self.queue.append((message, qos, retain, ids))
+            self._own_queue().append((message, qos, retain, ids))
             self.queued_bytes += len(message.payload)
         self._earliest_expiry = 0.0  # imported messages: let the next full-queue check scan
         for item in _items(state, "inflight", 6):
@@ -488,13 +605,13 @@ class Session:
                 raise ValueError(f"bad inflight entry {item!r:.200}")
             entry = InflightEntry(message_from_dict(item[1]), qos, retain, _sub_ids(item[4]), now)
             entry.awaiting_comp = awaiting_comp and qos == 2
-            self.inflight[packet_id] = entry
+            self._own_inflight()[packet_id] = entry
             self._next_packet_id = packet_id % 65535 + 1
         rel = state.get("awaiting_rel") or []
         if not isinstance(rel, list) or not all(isinstance(i, int) for i in rel):
             raise ValueError("bad awaiting_rel")
         for packet_id in rel:
-            self.awaiting_rel[packet_id] = now
+            self.await_rel(packet_id, now)
 
 
 #: `Session.export_state()`: a msgpack-able map (see there).

@@ -24,8 +24,15 @@ never learnt: `forget(alias)` undoes a fresh one.
 
 from __future__ import annotations
 
+from broker.core.shared_empty import SharedEmptyDict
+
 #: Topics shorter than this (in characters) cost no more than the 3-byte alias property: no alias.
 MIN_TOPIC_LENGTH = 4
+
+
+#: The incoming alias table of a connection that has not set an alias (most): one shared
+#: read-only empty dict, replaced by its own on the first alias (`handle_publish`).
+NO_ALIASES: dict[int, str] = SharedEmptyDict()
 
 
 class OutgoingAliases:

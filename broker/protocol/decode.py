@@ -23,6 +23,8 @@ packet again.
 
 When no further packet is complete, the consumed prefix is dropped with one `del buf[:pos]` (O(1)
 for a bytearray) and the list of packets is returned; the partial rest waits for the next feed.
+When nothing is left, the buffer itself is dropped (an idle connection holds none; the next feed
+copies its data into a new one, as appending it would have).
 There is no other state: the header is re-parsed (at most 5 bytes) when more data arrives.
 
 `version` decides how bodies are read. It starts as given (None: not known yet, and non-CONNECT
@@ -82,7 +84,11 @@ from broker.protocol.wire import Frames
 BodyDecoder = Callable[[int, bytearray, memoryview, int, int, int], Packet]
 
 DEFAULT_MAX_PACKET_SIZE = 268_435_460  # 1 type byte + 4 length bytes + 268,435,455
-_PROTOCOLS = {("MQIsdp", MQTT_3_1), ("MQTT", MQTT_3_1_1), ("MQTT", MQTT_5)}
+#: The known (name, level) pairs, each to one shared name string (kept by every connection).
+_PROTOCOLS = {
+    (name, level): name
+    for name, level in (("MQIsdp", MQTT_3_1), ("MQTT", MQTT_3_1_1), ("MQTT", MQTT_5))
+}
 # Required fixed-header flags per type (MQTT-2.2.2-1/2, 3.1.1 table 2.2 / 5.0 table 2-2);
 # None: reserved type (0), or PUBLISH whose flags are checked by its decoder.
 _FLAGS: tuple[int | None, ...] = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
@@ -103,11 +109,12 @@ def _protocol(buf: bytearray, mv: memoryview, pos: int, end: int) -> tuple[str, 
     if pos >= end:
         raise MalformedPacket("CONNECT without protocol level")
     level = buf[pos] & 0x7F
-    if (name, level) not in _PROTOCOLS:  # MQTT-3.1.2-1/2
+    known = _PROTOCOLS.get((name, level))
+    if known is None:  # MQTT-3.1.2-1/2
         raise UnsupportedProtocolVersion(
             f"unsupported protocol {name!r} level {buf[pos]}", protocol_level=buf[pos]
         )
-    return name, level, pos + 1
+    return known, level, pos + 1
 
 
 def _connect(flags: int, buf: bytearray, mv: memoryview, pos: int, end: int, _: int) -> Connect:
@@ -382,12 +389,17 @@ class Decoder:
     ) -> None:
         self.version: int | None = version
         self.max_packet_size: int = max_packet_size
-        self._buf = bytearray()
+        #: Bytes of a packet not complete yet; None when there are none (an idle connection
+        #: holds no buffer between reads).
+        self._buf: bytearray | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Packet]:
         """Add `data`; return every packet now complete, in order. Raises only ProtocolError."""
         buf = self._buf
-        buf += data
+        if buf is None:
+            buf = bytearray(data)
+        else:
+            buf += data
         n = len(buf)
         out: list[Packet] = []
         pos = 0
@@ -454,6 +466,10 @@ class Decoder:
             raise err from exc
         finally:
             mv.release()
-        if pos:
-            del buf[:pos]
+        if pos == n:
+            self._buf = None
+        else:
+            if pos:
+                del buf[:pos]
+            self._buf = buf
         return out

@@ -28,7 +28,7 @@ from broker.server.config import BrokerConfig, ListenerConfig
 from broker.server.listeners import ListenerStats
 from broker.server.persistence import Persistence
 from broker.server.systopics import publish_sys
-from broker.server.tcp import MqttConnection
+from broker.server.tcp import MqttConnection, TcpListener
 from broker.server.tls import make_ssl_context
 from broker.server.websocket import make_websocket_app
 
@@ -252,8 +252,9 @@ class Node:
         stats = self._stats(listener, protocol, sock.getsockname()[1])
         self._watch(sock, stats)
         identity = ctx is not None and listener.use_identity_as_username
+        shared = TcpListener(self.broker, stats, kind, identity)
         server = await loop.create_server(
-            lambda: MqttConnection(self.broker, stats, kind, identity),
+            lambda: MqttConnection(shared),
             sock=sock,
             ssl=ctx,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx is not None else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING, cast
 
 from broker.core.channel import Channel
@@ -36,24 +37,10 @@ _TURN = 2  # it used its `READ_BUDGET` for this loop turn
 _HELD = 4  # flow control: where its messages go cannot take more yet (`Link.pause_reading`)
 
 
-class MqttConnection(asyncio.Protocol):
-    """One accepted TCP connection; also the channel's `Link`."""
+class TcpListener:
+    """What every connection of one listener shares: one object, not five slots in each."""
 
-    __slots__ = (
-        "_closing",
-        "_flush_scheduled",
-        "_loop",
-        "_paused",
-        "_pending",
-        "_pending_size",
-        "_read_budget",
-        "broker",
-        "channel",
-        "identity_as_username",
-        "kind",
-        "stats",
-        "transport",
-    )
+    __slots__ = ("broker", "identity_as_username", "kind", "loop", "stats")
 
     def __init__(
         self,
@@ -67,13 +54,33 @@ class MqttConnection(asyncio.Protocol):
         self.kind = kind
         #: TLS with `use_identity_as_username`: the client certificate's CN is the username.
         self.identity_as_username = identity_as_username
+        self.loop = asyncio.get_running_loop()
+
+
+class MqttConnection(asyncio.Protocol):
+    """One accepted TCP connection; also the channel's `Link`."""
+
+    __slots__ = (
+        "_closing",
+        "_flush_scheduled",
+        "_paused",
+        "_pending",
+        "_pending_size",
+        "_read_budget",
+        "channel",
+        "listener",
+        "transport",
+    )
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.channel: Channel | None = None
-        self._pending: list[bytes] = []
+        #: Writes of this loop turn; None between turns (no empty list held per idle connection).
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
         self._flush_scheduled = False
         self._closing = False
-        self._loop = asyncio.get_running_loop()
         self._read_budget = READ_BUDGET
         self._paused = 0
 
@@ -83,13 +90,16 @@ class MqttConnection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports are not asyncio.Transport.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        if not self.stats.admit(self.broker):
+        listener = self.listener
+        if not listener.stats.admit(listener.broker):
             transport.abort()
             return
         peer = transport.get_extra_info("peername") or ("", 0)
-        self.stats.opened()
-        self.channel = Channel(self.broker, self, str(peer[0]), int(peer[1]), self.kind)
-        if self.identity_as_username:
+        listener.stats.opened()
+        # Interned: the many connections from one address (NAT, a proxy) share one string.
+        host = sys.intern(str(peer[0]))
+        self.channel = Channel(listener.broker, self, host, int(peer[1]), listener.kind)
+        if listener.identity_as_username:
             name = cert_common_name(transport.get_extra_info("peercert"))
             if name is None:  # verified, but without a CN: no identity to use
                 self.channel.close(None, "no_certificate_identity")
@@ -103,7 +113,7 @@ class MqttConnection(asyncio.Protocol):
             self._read_budget -= len(data)
             if self._read_budget <= 0 and not self._paused & _TURN:
                 self._pause(_TURN)  # sit out one loop turn: see `READ_BUDGET`
-                self._loop.call_soon(self._next_turn)
+                self.listener.loop.call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
         self._read_budget = READ_BUDGET
@@ -132,7 +142,7 @@ class MqttConnection(asyncio.Protocol):
         if exc is not None and not channel.disconnect_reason:
             channel.disconnect_reason = "socket_error"
         channel.connection_lost()
-        self.stats.closed(channel.disconnect_reason or "closed")
+        self.listener.stats.closed(channel.disconnect_reason or "closed")
 
     def pause_writing(self) -> None:
         self._pause(_WRITE_FULL)
@@ -145,18 +155,22 @@ class MqttConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._closing:
             return
-        self._pending.append(data)
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+        else:
+            pending.append(data)
         self._pending_size += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self.listener.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending = self._pending
-        if not pending or self.transport is None:
+        if pending is None or self.transport is None:
             return
-        self._pending = []
+        self._pending = None
         self._pending_size = 0
         if len(pending) == 1:
             self.transport.write(pending[0])

@@ -1,5 +1,7 @@
 // One entry per page: { title, render(ctx) }. ctx: root, every(ms, fn), act(fn, msg), onLeave(fn).
 import { ApiError, api, enc, get } from './api.js';
+import { alarms } from './alarms.js';
+import { apps } from './apps.js';
 import { LineChart } from './charts.js';
 import { MqttWsClient } from './mqtt.js';
 import { badge, card, counts, fmt, h, maxOf, table, time, uptime, username } from './ui.js';
@@ -298,18 +300,6 @@ function plugins(ctx) {
   ctx.every(REFRESH, load);
 }
 
-function alarms(ctx) {
-  const holder = h('div');
-  ctx.root.append(holder);
-  ctx.every(REFRESH, async () => {
-    const all = await get('/alarms/');
-    holder.replaceChildren(...all.map(({ node, alarms: list }) => card(node, table([
-      ['id', 'id'], ['severity', 'severity'], ['title', 'title'],
-      ['summary', 'summary'], ['since', (a) => time(a.timestamp)],
-    ], list))));
-  });
-}
-
 function listeners(ctx) {
   const holder = h('div');
   ctx.root.append(holder);
@@ -471,6 +461,7 @@ export const PAGES = {
   plugins: { title: 'Plugins', render: plugins },
   alarms: { title: 'Alarms', render: alarms },
   banned: { title: 'Banned', render: banned },
+  apps: { title: 'Apps', render: apps },
   listeners: { title: 'Listeners', render: listeners },
   websocket: { title: 'WebSocket client', render: websocket },
 };

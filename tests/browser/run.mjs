@@ -3,9 +3,10 @@
 //   node run.mjs '<json config>'
 // config: { url, app, secret, node, clientId, victimId, subTopic, plugin, wsTopic, wsPayload,
 //           fromBrowserTopic, retainedTopic, retainedPayload, uiTopic, uiPublishTopic, uiPayload,
-//           screenshots, chromium, overviewSeconds }
+//           screenshots, chromium, overviewSeconds, alarmId, givenSecret }
 // Prints one JSON object per line on stdout: {"event": ...}. The Python side reacts to
-// {"event": "ws-subscribed"} by publishing `wsPayload` to `wsTopic`. Exit code 0 = every check
+// {"event": "ws-subscribed"} by publishing `wsPayload` to `wsTopic`, and answers the events sent
+// by emitAndWait (alarms raised/cleared, apps checked over REST) on stdin. Exit code 0 = every check
 // passed; otherwise the last line is {"event": "failed", "error": ...}.
 import { chromium } from 'playwright-core';
 
@@ -40,6 +41,35 @@ async function expectText(page, selector, text) {
 async function step(name, fn) {
   await fn();
   emit('ok', { step: name });
+}
+
+// Events the Python side must act on (and check) before the browser goes on: it answers each
+// with a line {"ack": <event>} on our stdin.
+const acks = [];
+let waiting = null;
+let stdinBuffer = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  stdinBuffer += chunk;
+  let nl;
+  while ((nl = stdinBuffer.indexOf('\n')) >= 0) {
+    acks.push(JSON.parse(stdinBuffer.slice(0, nl)).ack);
+    stdinBuffer = stdinBuffer.slice(nl + 1);
+    if (waiting) waiting();
+  }
+});
+
+async function emitAndWait(event, extra = {}) {
+  emit(event, extra);
+  const deadline = Date.now() + TIMEOUT;
+  while (!acks.length) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`no ack for ${event}`);
+    await new Promise((resolve) => { waiting = resolve; setTimeout(resolve, left); });
+    waiting = null;
+  }
+  const got = acks.shift();
+  if (got !== event) throw new Error(`ack for ${got}, expected ${event}`);
 }
 
 let exitCode = 0;
@@ -203,6 +233,24 @@ try {
   await step('alarms', async () => {
     await open(page, 'alarms');
     await expectText(page, '#page h3', cfg.node);
+    await emitAndWait('alarms-open'); // the node raises cfg.alarmId (a real monitor's check)
+    await expectText(page, '[data-testid="alarms-present"] td', cfg.alarmId);
+    await emitAndWait('alarm-seen'); // the node clears it: it moves to the history
+    await expectText(page, '[data-testid="alarms-history"] td', cfg.alarmId);
+    await page.waitForFunction((id) => ![...document.querySelectorAll(
+      '[data-testid="alarms-present"] td')].some((td) => td.textContent === id), cfg.alarmId);
+    await expectText(page, '[data-testid="history-count"]', '1 alarm');
+    const row = await page.evaluate(() => [...document.querySelectorAll(
+      '[data-testid="alarms-history"] tbody tr td')].map((td) => td.textContent));
+    // id, severity, title, summary, raised at, cleared at (under the node's heading)
+    await expectText(page, '#page h3', `Cleared on ${cfg.node}`);
+    if (row.length !== 6 || row[0] !== cfg.alarmId || !row[4] || !row[5]) {
+      throw new Error(`history row: ${JSON.stringify(row)}`);
+    }
+    await emitAndWait('alarm-again'); // raised again: present above, the cleared one below
+    await expectText(page, '[data-testid="alarms-present"] td', cfg.alarmId);
+    await expectText(page, '[data-testid="history-count"]', '1 alarm');
+    await shot(page, 'alarms');
   });
 
   await step('banned', async () => {
@@ -215,6 +263,66 @@ try {
     await page.click('button[data-action="unban"][data-who="evil-client"]');
     await page.waitForSelector('button[data-action="unban"][data-who="evil-client"]',
       { state: 'detached' });
+  });
+
+  await step('apps-create', async () => {
+    await open(page, 'apps');
+    await expectText(page, '[data-testid="apps"] td', cfg.app);
+    // a generated secret, shown once
+    await page.fill('[data-testid="app-id"]', 'ci-generated');
+    await page.fill('[data-testid="app-name"]', 'CI pipeline');
+    await page.fill('[data-testid="app-desc"]', 'deploys the site');
+    await page.click('button[data-action="create-app"]');
+    await expectText(page, '#status', 'created app ci-generated');
+    const generated = await page.textContent('[data-testid="new-secret"][data-app="ci-generated"]');
+    if (!generated || generated.length < 20) throw new Error(`generated secret: ${generated}`);
+    await emitAndWait('app-created', { appId: 'ci-generated', secret: generated });
+    await page.click('button[data-action="dismiss-secret"]');
+    await page.waitForSelector('[data-testid="new-secret"]', { state: 'detached' });
+    // a given secret and an expiry date
+    await page.fill('[data-testid="app-id"]', 'ci-given');
+    await page.fill('[data-testid="app-name"]', 'Monitoring');
+    await page.fill('[data-testid="app-secret"]', cfg.givenSecret);
+    await page.fill('[data-testid="app-expired"]', '2099-01-01T00:00');
+    await page.click('button[data-action="create-app"]');
+    await expectText(page, '#status', 'created app ci-given');
+    const given = await page.textContent('[data-testid="new-secret"][data-app="ci-given"]');
+    if (given !== cfg.givenSecret) throw new Error(`given secret shown as ${given}`);
+    await emitAndWait('app-created', { appId: 'ci-given', secret: cfg.givenSecret });
+    await expectText(page, '[data-testid="apps"] td', 'CI pipeline');
+  });
+
+  await step('apps-edit', async () => {
+    // edit name and description, and disable: the app is refused
+    await page.click('button[data-action="edit-app"][data-app="ci-generated"]');
+    await expectText(page, '#page h3', 'Edit app ci-generated');
+    await page.fill('[data-testid="edit-name"]', 'CI pipeline (paused)');
+    await page.fill('[data-testid="edit-desc"]', 'paused for the migration');
+    await page.uncheck('[data-testid="edit-status"]');
+    await page.click('button[data-action="save-app"]');
+    await expectText(page, '#status', 'saved app ci-generated');
+    await emitAndWait('app-disabled', { appId: 'ci-generated' });
+    await page.waitForSelector('button[data-action="enable-app"][data-app="ci-generated"]');
+    // an expiry in the past: refused as well
+    await page.click('button[data-action="edit-app"][data-app="ci-given"]');
+    await page.fill('[data-testid="edit-expired"]', '2020-01-01T00:00');
+    await page.click('button[data-action="save-app"]');
+    await expectText(page, '#status', 'saved app ci-given');
+    await emitAndWait('app-expired', { appId: 'ci-given' });
+    await expectText(page, '[data-testid="apps"] td', 'expired');
+    await shot(page, 'apps');
+    // enabled again from the list's button: accepted again
+    await page.click('button[data-action="enable-app"][data-app="ci-generated"]');
+    await expectText(page, '#status', 'enabled app ci-generated');
+    await emitAndWait('app-enabled', { appId: 'ci-generated' });
+  });
+
+  await step('apps-delete', async () => {
+    await page.click('button[data-action="delete-app"][data-app="ci-generated"]');
+    await expectText(page, '#status', 'deleted app ci-generated');
+    await page.waitForSelector('button[data-action="delete-app"][data-app="ci-generated"]',
+      { state: 'detached' });
+    await emitAndWait('app-deleted', { appId: 'ci-generated' });
   });
 
   await step('listeners', async () => {
@@ -260,5 +368,6 @@ try {
   exitCode = 1;
 } finally {
   await browser.close();
+  process.stdin.destroy();
 }
 process.exit(exitCode);

@@ -47,6 +47,8 @@ API_NAMES = {
     # the auth_clientid / auth_username plugins' CRUD (routes always listed)
     "list_clientid", "lookup_clientid", "add_clientid", "update_clientid", "delete_clientid",
     "list_username", "lookup_username", "add_username", "update_username", "delete_username",
+    # cluster membership (emqx_ctl's cluster join / leave / force-leave)
+    "cluster_join", "cluster_leave", "cluster_force_leave",
 }  # fmt: skip
 
 

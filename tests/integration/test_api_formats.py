@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,7 @@ from api_support import ADMIN, NODE, AppFactory, basic, check, eventually, q
 
 from broker.app import NodeApp
 from broker.plugins.auth_table import credential
-from broker.server.config import ManagementConfig
+from broker.server.config import ListenerConfig, ManagementConfig
 from management.routes import ROUTES, Route
 
 CLIENT = "fmt/c1"
@@ -43,6 +44,7 @@ BODIES: dict[str, Any] = {
     "auth_clientid": {"clientid": "fmt-new", "password": "p"},
     "auth_username": {"username": "fmt-new", "password": "p"},
     "auth_password": {"password": "p2"},
+    "cluster_join": {"seed": "127.0.0.1:1"},  # replaced by the peer's address (_cluster_route)
 }
 for _kind in ("publish", "subscribe", "unsubscribe"):
     BODIES[f"{_kind}_batch"] = [BODIES[_kind]]  # the batch form: an array of single bodies
@@ -122,9 +124,44 @@ def check_emqx_body(route: Route, status: int, body: Any) -> None:
         check(body["data"], schema + "[]" if shape == "array" else schema)
 
 
+async def _cluster_route(
+    app_factory: AppFactory, tmp_path: Path, api_format: str, route: Route
+) -> None:
+    """The membership routes need a cluster: this node and a peer joined to it, which
+    `force_leave` removes and whose address `join` gives as the seed."""
+    management = ManagementConfig(bind="127.0.0.1", port=0, api_format=api_format)
+    apps: list[NodeApp] = []
+    for name in (NODE, "peer@127.0.0.1"):
+        apps.append(
+            await app_factory(
+                node_name=name,
+                data_dir=str(tmp_path / name),
+                management=management,
+                cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
+                cluster_join=[f"127.0.0.1:{a.cluster_port}" for a in apps],
+            )
+        )
+    app, peer = apps
+    assert app.cluster is not None
+    await eventually(lambda: app.cluster.live_nodes() == [NODE, "peer@127.0.0.1"])  # type: ignore[union-attr]
+    path = "/api/v3" + route.path.replace(":node", q("peer@127.0.0.1"))
+    kw = {"json": {"seed": f"127.0.0.1:{peer.cluster_port}"}} if route.body else {}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{app.http_port}") as session:
+        status, body = await Http(session).call(route.method, path, **kw)
+    if api_format == "seed":
+        check_seed_body(route, status, body)
+    else:
+        check_emqx_body(route, status, body)
+
+
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.name)
-async def test_every_route_in_both_formats(node: Any, route: Route) -> None:
+async def test_every_route_in_both_formats(
+    node: Any, route: Route, app_factory: AppFactory, tmp_path: Path
+) -> None:
     api_format, app, http = node
+    if route.path.startswith("/cluster/"):
+        await _cluster_route(app_factory, tmp_path, api_format, route)
+        return
     if route.name == "unload_plugin" and not _active(app, "presence"):
         await _maybe(app.plugins.load("presence"))
     if route.name == "load_plugin" and _active(app, "presence"):
@@ -186,6 +223,7 @@ ERRORS: list[tuple[str, str, dict[str, Any], int, dict[str, Any], int]] = [
     ("DELETE", "/api/v3/connections/ghost", {}, 404, {"message": "not_found"}, 112),
     ("POST", "/api/v3/mqtt/publish", {"json": {"topic": "a/#"}}, 400,
      {"message": "bad_topic", "code": 115}, 115),
+    ("POST", "/api/v3/cluster/leave", {}, 400, {"message": "cluster_disabled", "code": 108}, 108),
 ]  # fmt: skip
 
 

@@ -305,13 +305,14 @@ async def test_send_queue_is_bounded_and_drops_are_counted(start_node: Start) ->
 
 async def test_a_congested_link_holds_the_publisher_and_loses_nothing(start_node: Start) -> None:
     """Flow control end to end: a QoS 0 flood to a subscriber on the other node congests the
-    link (a tiny `hold_queue`), the publisher is held until the link drains, and every message
+    link (a tiny `hold_queue_bytes`), the publisher is held until the link drains, and every message
     arrives, in order, none dropped."""
     a = await start_node(A)
     b = await start_node(B, a)
     await converged(a, b)
     assert a.cluster is not None
-    a.cluster.transport.config = TransportConfig(hold_queue=8)
+    # (forwards go in one FORWARD_BATCH per loop turn: the bytes waiting make the congestion)
+    a.cluster.transport.config = TransportConfig(hold_queue=8, hold_queue_bytes=4096)
     sub, _ = await RawClient.connect(b.node.tcp_port, "flood-sub", MQTT_5)
     pub, _ = await RawClient.connect(a.node.tcp_port, "flooder", MQTT_5)
     try:
@@ -383,3 +384,33 @@ async def test_the_forward_hook_is_on_the_publish_path_only_while_a_peer_is_aliv
     await b.stop()
     await eventually(lambda: live(a) == [A])
     assert a.cluster.forward not in a.broker.forward_hooks, "alone again"
+
+
+async def test_client_bytes_forwarded_in_a_batch_reach_both_protocol_versions(
+    start_node: Start,
+) -> None:
+    """A QoS 0 PUBLISH from a 3.1.1 client travels with its own bytes (`raw` in the batch):
+    the other node's 3.1.1 subscriber gets those bytes, its 5.0 subscriber a 5.0 encoding,
+    and both decode to the message sent, in order."""
+    a = await start_node(A)
+    b = await start_node(B, a)
+    await converged(a, b)
+    v3, _ = await RawClient.connect(b.node.tcp_port, "v3-sub")
+    v5, _ = await RawClient.connect(b.node.tcp_port, "v5-sub", MQTT_5)
+    pub, _ = await RawClient.connect(a.node.tcp_port, "v3-pub")
+    try:
+        for sub in (v3, v5):
+            sub.send(Subscribe(1, [SubscriptionRequest("raw/#", 0)]))
+            await sub.recv()  # SUBACK
+        await routed("raw/#", B, a)
+        pub.send_raw(b"".join(encode(Publish(f"raw/{i}", b"p%d" % i)) for i in range(50)))
+        for sub in (v3, v5):
+            got = [await sub.recv() for _ in range(50)]
+            assert all(isinstance(p, Publish) and p.qos == 0 for p in got)
+            assert [(p.topic, p.payload) for p in got] == [  # type: ignore[attr-defined]
+                (f"raw/{i}", b"p%d" % i) for i in range(50)
+            ]
+        assert a.cluster is not None and a.cluster.stats["forward/batched"] == 50
+    finally:
+        for client in (v3, v5, pub):
+            client.writer.close()

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from api_support import ADMIN, NODE, AppFactory, basic
 from rawclient import RawClient
 
 from broker.protocol.packets import ConnAck
-from broker.server.config import ManagementConfig
+from broker.server.config import AlarmsConfig, ManagementConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -34,7 +35,7 @@ UPDATE_SHOTS = os.environ.get("MINIBROKER_UPDATE_SCREENSHOTS") == "1"
 #: The screenshots the README shows, from this test.
 README_SHOT_NAMES = (
     "login.png", "overview.png", "clients.png", "client-actions.png", "retained.png",
-    "listeners.png", "websocket.png",
+    "listeners.png", "websocket.png", "apps.png", "alarms.png",
 )  # fmt: skip
 
 pytestmark = [
@@ -56,6 +57,16 @@ FROM_BROWSER = "dash/from-browser"
 FROM_UI = "dash/from-ui"  # published "as sensor-1" from the client page (REST /mqtt/publish)
 UI_PAYLOAD = "published by the dashboard"
 RETAINED = "dash/config/site"
+ALARM = "connections_high_watermark"
+GIVEN_SECRET = "given-secret-42"
+#: No alarm timer and no mark in reach but the connections one, which the test moves itself.
+QUIET_ALARMS = AlarmsConfig(
+    sysmem_high_watermark=1.0,
+    procmem_high_watermark=1.0,
+    cpu_high_watermark=1e9,
+    connections_high_watermark=0,
+    check_interval=0,
+)
 
 
 async def _get(port: int, path: str) -> Any:
@@ -65,6 +76,61 @@ async def _get(port: int, path: str) -> Any:
     ):
         assert reply.status == 200, await reply.text()
         return await reply.json()
+
+
+async def _status(port: int, path: str, auth: tuple[str, str]) -> int:
+    """The HTTP status of a GET with these credentials."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}", headers=basic(*auth)) as reply,
+    ):
+        return reply.status
+
+
+async def _app_event(port: int, event: dict[str, Any], secrets: dict[str, str]) -> None:
+    """Check over REST what the apps page just did: the app signs in, or is refused."""
+    app_id = event["appId"]
+    if event["event"] == "app-created":
+        secrets[app_id] = event["secret"]
+    auth = (app_id, secrets[app_id])
+    accepted = await _status(port, "/api/v3/brokers/", auth)
+    if event["event"] == "app-deleted":
+        assert accepted == 401
+        assert await _status(port, f"/api/v3/apps/{app_id}", ADMIN) == 404
+        return
+    row = await _get(port, f"/api/v3/apps/{app_id}")
+    now = time.time()
+    if event["event"] == "app-created" and app_id == "ci-generated":
+        assert accepted == 200
+        assert row == {"app_id": app_id, "name": "CI pipeline", "desc": "deploys the site",
+                       "status": True, "expired": None}  # fmt: skip
+    elif event["event"] == "app-created":
+        assert accepted == 200 and event["secret"] == GIVEN_SECRET
+        assert row["name"] == "Monitoring" and row["expired"] > now + 365 * 86400
+    elif event["event"] == "app-disabled":
+        assert accepted == 401
+        assert row["status"] is False and row["name"] == "CI pipeline (paused)"
+        assert row["desc"] == "paused for the migration"
+    elif event["event"] == "app-expired":
+        assert accepted == 401
+        assert row["status"] is True and row["expired"] < now
+    else:
+        assert event["event"] == "app-enabled"
+        assert accepted == 200 and row["status"] is True
+
+
+def _alarm_event(app: Any, event: str) -> None:
+    """Raise the connections alarm (two clients are connected: above a mark of 1), or clear it
+    (mark 0 switches the monitor off), through the alarm manager's own check."""
+    raise_it = event in ("alarms-open", "alarm-again")
+    app.alarms.config.connections_high_watermark = 1 if raise_it else 0
+    app.alarms.check()
+    assert [a["id"] for a in app.alarms.list()] == ([ALARM] if raise_it else [])
+    assert [a["id"] for a in app.alarms.history()] == ([] if event == "alarms-open" else [ALARM])
+
+
+ACKED = {"alarms-open", "alarm-seen", "alarm-again", "app-created", "app-disabled", "app-expired",
+         "app-enabled", "app-deleted"}  # fmt: skip
 
 
 async def _publish_load(client: aiomqtt.Client, stop: asyncio.Event) -> None:
@@ -87,7 +153,9 @@ async def _next_on(client: aiomqtt.Client, topic: str) -> aiomqtt.Message:
 
 async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) -> None:
     # $SYS every second: the retained page must hide those topics by default
-    app = await app_factory(management=ManagementConfig(bind="127.0.0.1", port=0), sys_interval=1)
+    app = await app_factory(
+        management=ManagementConfig(bind="127.0.0.1", port=0), sys_interval=1, alarms=QUIET_ALARMS
+    )
     port, tcp = app.http_port, app.node.tcp_port
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -112,7 +180,10 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
         "chromium": str(CHROMIUM),
         # Long enough for a telling chart when refreshing the README's screenshots.
         "overviewSeconds": 40 if UPDATE_SHOTS else 3,
+        "alarmId": ALARM,
+        "givenSecret": GIVEN_SECRET,
     }
+    app_secrets: dict[str, str] = {}
     plugins = await _get(port, f"/api/v3/nodes/{NODE}/plugins/")
     assert {"name": "presence", "active": False}.items() <= next(
         p for p in plugins if p["name"] == "presence"
@@ -137,10 +208,11 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
             str(BROWSER_DIR / "run.mjs"),
             json.dumps(config),
             cwd=BROWSER_DIR,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         try:
             async with asyncio.timeout(120):
                 async for raw in proc.stdout:
@@ -168,6 +240,13 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
                         await sensor.publish("dash/ws/greeting", WS_PAYLOAD)
                         message = await _next_on(listener, FROM_BROWSER)
                         assert message.payload == b"hello from chromium"
+                    elif event["event"] in ("alarms-open", "alarm-seen", "alarm-again"):
+                        _alarm_event(app, event["event"])
+                    elif event["event"].startswith("app-"):
+                        await _app_event(port, event, app_secrets)
+                    if event["event"] in ACKED:
+                        proc.stdin.write(json.dumps({"ack": event["event"]}).encode() + b"\n")
+                        await proc.stdin.drain()
                 await proc.wait()
         finally:
             stop.set()
@@ -182,15 +261,17 @@ async def test_dashboard_in_chromium(app_factory: AppFactory, tmp_path: Path) ->
     assert steps == [
         "login-page", "wrong-secret", "sign-in", "helpers", "overview", "clients",
         "client-actions", "kick", "sessions", "subscriptions", "routes", "retained",
-        "retained-delete", "plugins", "alarms", "banned", "listeners", "websocket",
-        "overview-live",
+        "retained-delete", "plugins", "alarms", "banned", "apps-create", "apps-edit",
+        "apps-delete", "listeners", "websocket", "overview-live",
     ]  # fmt: skip
     assert events[-1]["event"] == "done"
     # After the browser left: the ban was lifted, the kicked client is gone.
     assert (await _get(port, "/api/v3/banned/"))["items"] == []
     assert await _get(port, "/api/v3/connections/victim-1") == []
+    # the app deleted in the UI is gone; the expired one stays, listed
+    assert [a["app_id"] for a in await _get(port, "/api/v3/apps/")] == ["admin", "ci-given"]
     names = {p.name for p in shots.iterdir()}
-    assert {"overview.png", "clients.png", "plugins.png", "websocket.png", "login.png"} <= names
+    assert set(README_SHOT_NAMES) | {"plugins.png"} <= names
     if UPDATE_SHOTS:
         README_SHOTS.mkdir(parents=True, exist_ok=True)
         for name in README_SHOT_NAMES:

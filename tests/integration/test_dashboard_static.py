@@ -16,7 +16,7 @@ from api_support import AppFactory
 from broker.server.config import ManagementConfig, parse_config
 from management.dashboard_app import ASSETS, CONTENT_TYPES
 
-SCRIPTS = ("app.js", "api.js", "pages.js", "ui.js", "charts.js", "mqtt.js")
+SCRIPTS = ("app.js", "api.js", "pages.js", "apps.js", "alarms.js", "ui.js", "charts.js", "mqtt.js")
 URL = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}|https?://", re.I)
 
 
@@ -155,6 +155,10 @@ out.stats = typeof (await get('/nodes/test%%40127.0.0.1/stats/'))['connections/c
 out.publish = await api('POST', '/mqtt/publish', { topic: 'js/t', payload: 'x' });
 out.kick = await caught(() => api('DELETE', '/connections/ghost'));
 out.load = await caught(() => api('PUT', '/nodes/test%%40127.0.0.1/plugins/auth_passwd/load'));
+out.secret = (await api('POST', '/apps/', { app_id: 'js-app', secret: 'js-secret' })).secret;
+out.again = await caught(() => api('POST', '/apps/', { app_id: 'js-app' }));
+out.apps = (await get('/apps/')).map((a) => a.app_id);
+out.history = await get('/alarms/history');
 console.log(JSON.stringify(out));
 """
 
@@ -186,3 +190,8 @@ async def test_dashboard_api_layer_reads_both_formats(
     assert out["publish"] == {"code": 0}
     assert out["kick"] == "not_found"
     assert out["load"] == "no password file: set password_file, or file in [plugins.auth_passwd]"
+    # what the apps and alarms pages read
+    assert out["secret"] == "js-secret"
+    assert out["again"] == "already_existed"
+    assert out["apps"] == ["admin", "js-app"]
+    assert out["history"] == [{"node": "test@127.0.0.1", "alarms": []}]

@@ -61,6 +61,12 @@ SKIPPED: list[tuple[str, str]] = [
     (r"^ruff\b", "a development check, run before committing"),
     (r"^mypy$", "a development check (a minute of CPU), run before committing"),
     (r"^python -m pytest\b", "runs the test suite itself: recursion (-m fuzz: minutes)"),
+    # membership changes need the 3-node dev cluster the example talks to; they run between
+    # real processes in test_cluster_cli_supervise.py and test_ctl_cluster_membership.py
+    (
+        r"^minibroker ctl\b.* cluster (join|leave|force-leave)\b",
+        "changes the membership of a running 3-node dev cluster (tested between real processes)",
+    ),
     # the REST examples belong to the REST format tests, which run them against a node
     (r"^curl\b", "the REST examples: run by the REST format tests (rest-format)"),
 ]

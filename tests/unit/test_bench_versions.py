@@ -34,9 +34,16 @@ def test_select_brokers_keeps_a_tree_and_refuses_a_wrong_one(
     assert "not a minibroker source tree" in capsys.readouterr().err
 
 
-def test_a_broker_from_another_tree_runs_from_it() -> None:
+def test_a_broker_from_another_tree_runs_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoy = tmp_path / "broker"  # a `broker` package in the caller's working directory
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the working directory shadowed DIR')\n")
+    monkeypatch.chdir(tmp_path)
     broker = start_broker(f"minibroker@{HERE}", use_uvloop=False)
     try:
+        assert Path(f"/proc/{broker.pid}/cwd").resolve() == HERE
         assert broker.label.startswith("minibroker@") and broker.label.endswith("(asyncio)")
         assert mqtt_probe(broker.host, broker.port)
         environ = Path(f"/proc/{broker.pid}/environ").read_bytes().split(b"\0")

@@ -20,11 +20,14 @@ from cluster.wire import (
     WireError,
     check_hello,
     encode_frame,
+    forward_batch_body,
     forward_body,
+    forward_entry,
     hello_ack_body,
     hello_body,
     negotiate,
     parse_forward,
+    parse_forward_batch,
     parse_hello_ack,
     rpc_request_body,
     rpc_response_body,
@@ -136,7 +139,10 @@ def test_newer_version_forward_compatible() -> None:
         + encode_frame(MessageType.ACK, {"seq": 1})
     )
     out = decoder.feed(frames)
-    assert [(v, t) for v, t, _ in out] == [(newer, MessageType.PING), (1, MessageType.ACK)]
+    assert [(v, t) for v, t, _ in out] == [
+        (newer, MessageType.PING),
+        (PROTOCOL_VERSION, MessageType.ACK),
+    ]
     assert out[0][2]["seq"] == 1
     assert decoder.skipped == 1
     assert negotiate(newer) == PROTOCOL_VERSION and negotiate(1) == 1
@@ -188,3 +194,89 @@ def test_rpc_bodies() -> None:
     assert rpc_request_body(1, "clients.list", {"page": 1})["method"] == "clients.list"
     assert rpc_response_body(1, result=[1])["ok"] is True
     assert rpc_response_body(1, error="nodedown") == {"id": 1, "ok": False, "error": "nodedown"}
+
+
+def test_forward_batch_round_trip_in_order_with_extra_fields() -> None:
+    plain = Message("a/1", b"one", 0, False, {}, "c1", 1.0)
+    shared = Message("a/2", b"two", 2, True, {int(PropertyId.CONTENT_TYPE): "x"}, "c2", 2.0)
+    entries = [
+        forward_entry(plain),
+        forward_entry(shared, {"kind": "shared", "shared": ["g", "a/#"]}),
+    ]
+    frame = encode_frame(MessageType.FORWARD_BATCH, forward_batch_body("node1", entries))
+    ((version, msg_type, body),) = FrameDecoder().feed(frame)
+    assert (version, msg_type) == (PROTOCOL_VERSION, MessageType.FORWARD_BATCH)
+    out, bad = parse_forward_batch(body, now=50.0)
+    assert bad == 0
+    assert [(m.topic, m.payload, m.qos, m.retain, m.node, m.timestamp) for m, _ in out] == [
+        ("a/1", b"one", 0, False, "node1", 50.0),
+        ("a/2", b"two", 2, True, "node1", 50.0),
+    ]
+    assert out[0][1] == {} and out[1][1] == {"kind": "shared", "shared": ["g", "a/#"]}
+    assert out[1][0].properties == shared.properties
+
+
+def test_forward_batch_skips_malformed_entries_and_rejects_a_malformed_batch() -> None:
+    good = forward_entry(Message("t", b"p", 1, False, {}, "c", 0.0))
+    hostile: list[Any] = [good, [1, 2], "x", [*good[:2], 3, *good[3:]], [*good, "not a map"], good]
+    out, bad = parse_forward_batch({"origin": "n", "msgs": hostile})
+    assert len(out) == 2 and bad == 4
+    for body in ({"msgs": []}, {"origin": "n"}, {"origin": "n", "msgs": {"a": 1}}):
+        with pytest.raises(WireError):
+            parse_forward_batch(body)
+
+
+def test_forward_batch_exists_from_version_2_only() -> None:
+    """The compatibility rule: FORWARD_BATCH is never encoded for a version-1 peer, and a frame
+    that claims it in version 1 is a broken peer."""
+    body = forward_batch_body("n", [])
+    with pytest.raises(WireError):
+        encode_frame(MessageType.FORWARD_BATCH, body, version=1)
+    raw = msgpack.packb(body, use_bin_type=True)
+    frame = struct.pack(">I", len(raw) + 2) + bytes((1, int(MessageType.FORWARD_BATCH))) + raw
+    with pytest.raises(WireError):
+        FrameDecoder().feed(frame)
+    assert negotiate(1) == 1 and PROTOCOL_VERSION >= 2
+
+
+def test_forward_batch_carries_the_client_bytes_of_a_small_qos0_publish() -> None:
+    """`raw`: the receiver reuses the QoS 0 PUBLISH bytes (as the origin does) instead of
+    encoding them again; only for QoS 0 and payloads up to RAW_MAX, and only bytes made from
+    this very message (`Frames.fits`)."""
+    from broker.protocol.codec import encode
+    from broker.protocol.packets import Publish
+    from broker.protocol.wire import Frames
+    from cluster.wire import RAW_MAX
+
+    def message(payload: bytes, qos: int = 0, raw: bytes | None = None) -> Message:
+        m = Message("a/b", payload, qos, False, {}, "c", 1.0)
+        m.frames = Frames(m.topic, m.payload, m.properties, raw)
+        return m
+
+    raw = encode(Publish("a/b", b"hello", qos=0))
+    small = message(b"hello", raw=raw)
+    stale = Message("a/b", b"hello", 0, False, {}, "c", 1.0)
+    stale.frames = small.frames  # bytes of another message object: never shipped
+    entries = [
+        forward_entry(small),
+        forward_entry(small, {"kind": "shared", "shared": ["g", "a/#"]}),
+        forward_entry(message(b"x" * (RAW_MAX + 1), raw=b"whatever")),
+        forward_entry(message(b"hello", 1, raw)),
+        forward_entry(stale),
+        forward_entry(message(b"hello")),  # nothing encoded yet
+    ]
+    assert [len(e) for e in entries] == [8, 8, 7, 7, 7, 7]
+    body = msgpack.unpackb(msgpack.packb(forward_batch_body("n", entries)), raw=False)
+    out, bad = parse_forward_batch(body)
+    assert bad == 0
+    first = out[0][0]
+    assert first.frames is not None and first.frames.raw == raw and first.frames.raw_v5 is False
+    assert first.frames.fits(first.topic, first.payload, first.properties)
+    assert first.frames.qos0(False, 4) == raw and out[0][1] == {}
+    assert out[1][1] == {"kind": "shared", "shared": ["g", "a/#"]}
+    assert out[1][0].frames is not None and out[1][0].frames.raw == raw
+    assert all(m.frames is None for m, _ in out[2:])
+    # a raw that does not fit its message is a malformed entry
+    qos1 = forward_entry(Message("a/b", b"hello", 1, False, {}, "c", 1.0), {"raw": [False, raw]})
+    hostile = {"origin": "n", "msgs": [qos1, [*entries[0][:7], {"raw": 1}]]}
+    assert parse_forward_batch(hostile) == ([], 2)

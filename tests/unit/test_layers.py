@@ -171,14 +171,15 @@ COMPOSITION_ROOTS = {
 #: runs its nodes as `python -m broker.cli` processes); no other first-party module imports one
 #: (the benchmark runs `python -m broker.cli` too; tests are outside the graph). The library's
 #: entries: `broker.embedded` (the public embedding API, imported by users' code) starts nodes
-#: through `broker.app`; the pytest plugin (entry point `pytest11`) and the start-up benchmark
-#: use `broker.embedded`.
+#: through `broker.app`; the pytest plugin (entry point `pytest11`) and the start-up and memory
+#: benchmarks use `broker.embedded`.
 ROOT_IMPORTS = {
     ("broker.cli", "broker.cluster_cli"),
     ("broker.cli", "broker.app"),
     ("broker.embedded", "broker.app"),
     ("broker.pytest_plugin", "broker.embedded"),
     ("benchmarks.embedded_start", "broker.embedded"),
+    ("benchmarks.memory", "broker.embedded"),
 }
 
 

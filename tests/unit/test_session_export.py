@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import pytest
@@ -78,17 +79,21 @@ def sessions(draw: st.DrawFn) -> Session:
     session.disconnected_at = draw(st.floats(0, 2000, allow_nan=False))
     for filt in draw(st.lists(filters, max_size=5, unique=True)):
         group, real = parse_shared(filt)
-        session.subscriptions[filt] = Subscription(
-            session.client_id,
-            filt,
-            real,
-            group,
-            draw(st.integers(0, 2)),
-            draw(st.booleans()) if group is None else False,
-            draw(st.booleans()),
-            draw(st.integers(0, 2)),
-            draw(st.none() | st.integers(1, 1000)),
+        session.add_subscription(
+            Subscription(
+                session.client_id,
+                filt,
+                real,
+                group,
+                draw(st.integers(0, 2)),
+                draw(st.booleans()) if group is None else False,
+                draw(st.booleans()),
+                draw(st.integers(0, 2)),
+                draw(st.none() | st.integers(1, 1000)),
+            )
         )
+    # Fresh sessions share read-only empty structures (session.py docstring): give it its own.
+    session.queue, session.inflight, session.awaiting_rel = deque(), {}, {}
     for _ in range(draw(st.integers(0, 4))):
         qos = draw(st.integers(0, 2))
         session.queue.append((draw(messages), qos, draw(st.booleans()), draw(sub_ids)))
@@ -182,6 +187,7 @@ def test_surrender_exports_discards_and_withdraws_routes() -> None:
 
 def test_imported_inflight_is_resent_with_its_packet_ids() -> None:
     old = make_session()
+    old.inflight, old.queue = {}, deque()  # its own, not the shared empty ones
     old.inflight[7] = InflightEntry(Message("t", b"one", 1), 1, False, None, NOW)
     entry = InflightEntry(Message("t", b"two", 2), 2, False, None, NOW)
     entry.awaiting_comp = True

@@ -18,7 +18,7 @@ from broker.core.broker import Broker
 from broker.protocol.codec import encode
 from broker.protocol.packets import Connect, PingReq
 from broker.server.listeners import ListenerStats
-from broker.server.tcp import READ_BUDGET, MqttConnection
+from broker.server.tcp import READ_BUDGET, MqttConnection, TcpListener
 
 
 class FakeTransport:
@@ -56,7 +56,7 @@ class FakeTransport:
 
 def connected(broker: Broker | None = None) -> tuple[MqttConnection, FakeTransport]:
     broker = broker or Broker()
-    conn = MqttConnection(broker, ListenerStats("mqtt:tcp", "127.0.0.1", 0))
+    conn = MqttConnection(TcpListener(broker, ListenerStats("mqtt:tcp", "127.0.0.1", 0)))
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(encode(Connect(client_id="flooder")))

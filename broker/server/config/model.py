@@ -199,6 +199,25 @@ class BrokerConfig(CoreOptions):
         "", section="cluster", key="advertise", kind="advertise",
         doc='what peers dial: "host" or "host:port"; "" = the bind address and bound port',
     )  # fmt: skip
+    cluster_tls_enable: bool = setting(
+        False, section="cluster", key="tls_enable",
+        doc="true: mutual TLS on the cluster link (every node of the cluster must set it)",
+    )  # fmt: skip
+    cluster_tls_certfile: str = setting(
+        "", section="cluster", key="tls_certfile",
+        doc="PEM certificate (and chain) of this node, signed by the cluster CA",
+    )  # fmt: skip
+    cluster_tls_keyfile: str = setting(
+        "", section="cluster", key="tls_keyfile", doc="PEM private key of tls_certfile"
+    )
+    cluster_tls_cafile: str = setting(
+        "", section="cluster", key="tls_cafile",
+        doc="PEM cluster CA: a peer without a certificate it signed is refused",
+    )  # fmt: skip
+    cluster_tls_verify_hostname: bool = setting(
+        False, section="cluster", key="tls_verify_hostname",
+        doc="true: a peer's certificate must also name the host it is dialled at",
+    )  # fmt: skip
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     #: plugin name -> its validated [plugins.<name>] table (only the keys the file sets)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
