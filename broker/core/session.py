@@ -496,15 +496,20 @@ class Session:
 
     # -- acknowledgements from the client -------------------------------------------------
 
-    def on_puback(self, packet_id: int, now: float) -> bool:
-        entry = self.inflight.get(packet_id)
-        if entry is None or entry.qos != 1:
-            return False
+    def _complete(self, packet_id: int, now: float) -> None:
+        """The flow of `packet_id` is over: free its window slot for the queue, and give the
+        window back to the shared empty one when nothing is left in flight."""
         del self.inflight[packet_id]
         self.touch()
         self._drain(now)
         if not self.inflight:
             self.inflight = _NO_INFLIGHT
+
+    def on_puback(self, packet_id: int, now: float) -> bool:
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.qos != 1:
+            return False
+        self._complete(packet_id, now)
         return True
 
     def on_pubrec(self, packet_id: int, now: float) -> bool:
@@ -520,11 +525,7 @@ class Session:
         entry = self.inflight.get(packet_id)
         if entry is None or not entry.awaiting_comp:
             return False
-        del self.inflight[packet_id]
-        self.touch()
-        self._drain(now)
-        if not self.inflight:
-            self.inflight = _NO_INFLIGHT
+        self._complete(packet_id, now)
         return True
 
     def on_pubrec_error(self, packet_id: int, now: float) -> bool:
@@ -533,11 +534,7 @@ class Session:
         entry = self.inflight.get(packet_id)
         if entry is None or entry.qos != 2 or entry.awaiting_comp:
             return False
-        del self.inflight[packet_id]
-        self.touch()
-        self._drain(now)
-        if not self.inflight:
-            self.inflight = _NO_INFLIGHT
+        self._complete(packet_id, now)
         return True
 
     # -- moving a session between nodes (cluster takeover) --------------------------------
