@@ -8,7 +8,6 @@ refused (counted, one log line) and never become members.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,10 +17,9 @@ import aiomqtt
 import pytest
 import trustme
 from api_support import eventually, next_message
-from conftest import make_config
+from cluster_support import ClusterNodes
 
 from broker.app import NodeApp
-from broker.server.config import ListenerConfig
 from broker.server.errors import StartupError
 
 A, B, X = "a@127.0.0.1", "b@127.0.0.1", "x@127.0.0.1"
@@ -45,24 +43,9 @@ def tls_files(tmp_path: Path, ca: trustme.CA, name: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def start_node(tmp_path: Path) -> AsyncIterator[Start]:
-    apps: list[NodeApp] = []
-
-    async def start(name: str, *join: NodeApp, **overrides: Any) -> NodeApp:
-        cfg = make_config(
-            tmp_path,
-            node_name=name,
-            data_dir=str(tmp_path / name),
-            cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
-            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
-        )
-        app = NodeApp(dataclasses.replace(cfg, **overrides))
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
+    nodes = ClusterNodes(tmp_path)
+    yield nodes.start
+    await nodes.stop_all()
 
 
 def live(app: NodeApp) -> list[str]:

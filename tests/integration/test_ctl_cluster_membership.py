@@ -6,7 +6,6 @@ the ctl (blocking urllib) runs in a thread.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,10 @@ from typing import Any
 import aiomqtt
 import pytest
 from api_support import eventually, next_message
-from conftest import make_config
+from cluster_support import ClusterNodes
 
 from broker.app import NodeApp
 from broker.cli import main
-from broker.server.config import ListenerConfig
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 Start = Callable[..., Awaitable[NodeApp]]
@@ -26,24 +24,9 @@ Start = Callable[..., Awaitable[NodeApp]]
 
 @pytest.fixture
 async def start_node(tmp_path: Path) -> AsyncIterator[Start]:
-    apps: list[NodeApp] = []
-
-    async def start(name: str, *join: NodeApp, **overrides: Any) -> NodeApp:
-        cfg = make_config(
-            tmp_path,
-            node_name=name,
-            data_dir=str(tmp_path / name),
-            cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
-            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
-        )
-        app = NodeApp(dataclasses.replace(cfg, **overrides))
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
+    nodes = ClusterNodes(tmp_path)
+    yield nodes.start
+    await nodes.stop_all()
 
 
 async def ctl(capsys: pytest.CaptureFixture[str], app: NodeApp, *argv: str) -> tuple[int, str, str]:
