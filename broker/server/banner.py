@@ -67,14 +67,15 @@ def _is_mqtt(kind: str) -> bool:
 
 def format_banner(cfg: BrokerConfig, listeners: list[tuple[str, str, int]], auth_mode: str) -> str:
     """Render the multi-line banner; ``listeners`` are (kind, host, port) as actually bound."""
-    width = max((len(kind) for kind, _, _ in listeners), default=0)
+    http = [(host, port) for kind, host, port in listeners if kind.lower().startswith("http")]
+    dashboard = bool(http) and cfg.management.dashboard
+    width = max([len(kind) for kind, _, _ in listeners] + [len("dashboard")] * dashboard, default=0)
     lines = [f"minibroker {broker_version()} started, node {cfg.node_name}"]
     for kind, host, port in listeners:
         lines.append(f"  {kind.ljust(width)}  {_address(kind, host, port, cfg.ws.path)}")
     if not listeners:
         lines.append("  (no listeners enabled)")
-    http = [(host, port) for kind, host, port in listeners if kind.lower().startswith("http")]
-    if http and cfg.management.dashboard:
+    if dashboard:
         url = f"http://{_hostport(*http[0])}/dashboard/"
         lines.append(f"  {'dashboard'.ljust(width)}  {url}")
     lines.append(f"  auth: {auth_mode}")

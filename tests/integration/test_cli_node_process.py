@@ -138,6 +138,7 @@ async def test_cli_banner_names_node_and_listeners(cli_node: CliNode) -> None:
     http = re.search(r"http://127\.0\.0\.1:(\d+)\n", banner + "\n")
     assert http, banner
     assert f"  dashboard  http://127.0.0.1:{http.group(1)}/dashboard/" in banner.splitlines()
+    assert "  mqtt/tcp   mqtt://" in banner  # the addresses line up with the dashboard's
     dashboard = f"http://127.0.0.1:{http.group(1)}/dashboard/"
     async with aiohttp.ClientSession() as session, session.get(dashboard) as resp:
         assert resp.status == 200 and "text/html" in resp.content_type  # the URL printed works
