@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -315,6 +316,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "charts", None) and importlib.util.find_spec("matplotlib") is None:
+        # Checked before the runs: a `compare` would otherwise measure for minutes first.
+        raise RuntimeError("--charts needs matplotlib: pip install 'minibroker[bench]'")
     if args.command == "report":
         return _report(args)
     if args.command == "compare":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -219,3 +220,24 @@ def test_params_defaults_are_bounded() -> None:
     for name in SCENARIOS:
         params = Params(**(Params().__dict__ | DEFAULTS.get(name, {})))
         assert 0 < params.duration <= 60
+
+
+def test_charts_without_matplotlib_is_one_line_before_any_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A fresh install has no bench extra: `--charts` says what to install, and says it before
+    a `compare` spends minutes measuring (the report file need not even exist yet)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    missing = tmp_path / "results.jsonl"
+    assert cli.main(["report", str(missing), "--charts", str(tmp_path / "charts")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "minibroker-bench: error: --charts needs matplotlib: pip install 'minibroker[bench]'"
+    ]
