@@ -79,7 +79,9 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     **{
         (scenario, "one_session_per_id"): ("fails", SESSIONS)
         for scenario in SCENARIOS
-        if scenario != "restart_each"  # its twins often meet a killed node: not every run fails
+        # Their twins often meet a killed node, so not every run fails: measured only. (A
+        # clean-venv CI run had kill_during_takeover's pairs all hold: XPASS(strict).)
+        if scenario not in ("restart_each", "kill_during_takeover")
     },
 }
 
