@@ -21,6 +21,12 @@ once. A peer whose link cannot take a frame now (backoff, queue full) gets the s
 which the transport drops and counts at once, so the caller learns of the drop synchronously
 (shared-group dispatch relies on that), as before batching.
 
+Reliable QoS 1/2 (`cluster.outbox`): on a link that negotiated version 3, the plain publishes of
+QoS 1/2 in a batch are also held in that peer's `Outbox` until the peer acknowledges the batch's
+sequence number (FORWARD_ACK); they are parked while the link is down and sent again, in
+order, when a handshake with the peer completes (`link_up`). `forget` (the peer is dead or
+left) drops and counts what is still held.
+
 Accounting: a batch that the transport drops is reported to `on_drop` as that many messages
 (`Transport.send(weight=...)`). A batch that cannot be encoded (one bad entry) is resent as
 single FORWARDs, so only the bad message is lost (`on_unencodable`).
@@ -34,12 +40,14 @@ from collections import Counter
 from collections.abc import Callable
 
 from broker.core.message import Message
+from cluster.outbox import Outbox, Record
 from cluster.transport import Transport
 from cluster.wire import (
     INTRODUCED_IN,
     Address,
     Body,
     Entry,
+    Hello,
     MessageType,
     WireError,
     entry_size,
@@ -53,15 +61,18 @@ __all__ = ["Forwarder"]
 log = logging.getLogger(__name__)
 
 _BATCH_VERSION = INTRODUCED_IN[MessageType.FORWARD_BATCH]
+_RELIABLE_VERSION = INTRODUCED_IN[MessageType.FORWARD_ACK]
 
 
 class _Batch:
-    __slots__ = ("entries", "messages", "size")
+    __slots__ = ("entries", "messages", "reliable", "reliable_size", "size")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.messages: list[tuple[Message, Body | None]] = []  # for the unencodable fallback
         self.size = 0
+        self.reliable: list[Entry] = []  # the QoS 1/2 plain publishes (held until acked)
+        self.reliable_size = 0
 
 
 class Forwarder:
@@ -75,22 +86,36 @@ class Forwarder:
         on_unencodable: Callable[[int], None],
         max_batch: int = 1000,
         max_batch_bytes: int = 512 * 1024,
+        max_held: int = 50_000,
+        max_held_bytes: int = 16 * 1024 * 1024,
+        on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self.transport = transport
         self.origin = origin
         self.stats = stats
         self.on_unencodable = on_unencodable
+        #: Held messages given up (buffer full, the peer dead): counted as dropped.
+        self.on_dropped = on_dropped or on_unencodable
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
         self._batches: dict[Address, _Batch] = {}
+        self._boxes: dict[Address, Outbox] = {}
         self._scheduled = False
 
     def send(self, address: Address, message: Message, extra: Body | None = None) -> bool:
         """Forward `message` (FORWARD fields `extra`: kind, shared) to `address`; False if it
-        was dropped at once (counted by the transport)."""
+        was dropped at once (counted by the transport). A QoS 1/2 publish to a version-3 peer
+        is held (`cluster.outbox`) even while its link is down."""
         transport = self.transport
         version = transport.peer_version(address)
-        if version is None or version < _BATCH_VERSION or not transport.accepting(address):
+        reliable = (
+            version is not None and version >= _RELIABLE_VERSION and message.qos and not extra
+        )
+        if not reliable and (
+            version is None or version < _BATCH_VERSION or not transport.accepting(address)
+        ):
             return self.send_single(address, message, extra)
         batch = self._batches.get(address)
         if batch is None:
@@ -99,9 +124,13 @@ class Forwarder:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush)
         entry_ = forward_entry(message, extra)
+        size = entry_size(entry_)
         batch.entries.append(entry_)
         batch.messages.append((message, extra))
-        batch.size += entry_size(entry_)
+        batch.size += size
+        if reliable:
+            batch.reliable.append(entry_)
+            batch.reliable_size += size
         if len(batch.entries) >= self.max_batch or batch.size >= self.max_batch_bytes:
             del self._batches[address]
             self._send_batch(address, batch)
@@ -133,8 +162,138 @@ class Forwarder:
     def pending(self) -> int:
         return sum(len(b.entries) for b in self._batches.values())
 
+    def held(self) -> int:
+        """QoS 1/2 messages waiting for a peer's acknowledgement (sent or parked)."""
+        return sum(box.messages for box in self._boxes.values())
+
+    # -- reliable forwards (cluster.outbox) ------------------------------------------------
+
+    def ack(self, address: Address, seq: int) -> None:
+        """FORWARD_ACK from the peer at `address`: it processed every batch up to `seq`."""
+        box = self._boxes.get(address)
+        if box is not None:
+            self.stats["forward/acked"] += box.ack(seq)
+
+    def link_up(self, address: Address, peer: Hello) -> None:
+        """A handshake with `address` completed: what it has not acknowledged goes again, in
+        order (a new run of the peer gets it too: its clients' sessions came back with it),
+        then what was parked."""
+        box = self._boxes.get(address)
+        if box is None or not box.records:
+            return
+        version = self.transport.peer_version(address)
+        if version is None or version < _RELIABLE_VERSION:
+            self._give_up(address, "peer_version")  # the peer was replaced by an older node
+            return
+        for record in box.numbered():
+            assert record.seq is not None
+            if not self._send_record(address, box, record, record.seq):
+                return
+            self.stats["forward/resent"] += len(record.entries)
+        self._send_parked(address, box)
+
+    def forget(self, address: Address) -> None:
+        """The peer is dead or left: what is held for it is dropped and counted. (The outbox
+        keeps its numbering: the same run of the peer may come back after a partition.)"""
+        self._give_up(address, "peer_gone")
+
+    def _give_up(self, address: Address, why: str) -> None:
+        box = self._boxes.get(address)
+        if box is None:
+            return
+        count = box.drop_all()
+        if count:
+            self.stats["forward/held_dropped"] += count
+            self.stats["forward/held_dropped/" + why] += count
+            self.on_dropped(count)
+            log.info("cluster: %d held messages for %s:%d dropped (%s)", count, *address, why)
+
+    def _box(self, address: Address) -> Outbox:
+        box = self._boxes.get(address)
+        if box is None:
+            box = self._boxes[address] = Outbox(self.max_held, self.max_held_bytes)
+        return box
+
+    def _send_record(self, address: Address, box: Outbox, record: Record, seq: int) -> bool:
+        body = forward_batch_body(self.origin, record.entries)
+        body["seq"] = seq
+        try:
+            ok = self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=0)
+        except WireError as exc:  # cannot happen for entries that were packed before
+            log.error("cluster: cannot resend a batch to %s:%d: %s", *address, exc)
+            ok = False
+        if not ok:
+            box.unnumber(record)
+        return ok
+
+    def _send_parked(self, address: Address, box: Outbox) -> None:
+        for record in box.parked():
+            if not self._send_record(address, box, record, box.number(record)):
+                return
+
+    def _send_reliable(self, address: Address, batch: _Batch) -> bool:
+        """The batch to a version-3 peer; False if it must go the old way (unencodable)."""
+        box = self._box(address)
+        record, dropped = box.add(batch.reliable, batch.reliable_size)
+        if dropped:
+            self.stats["forward/held_dropped"] += dropped
+            self.stats["forward/held_dropped/buffer_full"] += dropped
+            self.on_dropped(dropped)
+        transport = self.transport
+        count = len(batch.entries)
+        if record is not None and transport.is_up(address) and box.parked() == [record]:
+            # The usual case: nothing else waits, one frame with every entry of the batch.
+            body = forward_batch_body(self.origin, batch.entries)
+            body["seq"] = box.number(record)
+            try:
+                ok = transport.send(
+                    address, MessageType.FORWARD_BATCH, body, weight=count - len(record.entries)
+                )
+            except WireError:
+                box.records.remove(record)
+                box.messages -= len(record.entries)
+                box.size -= record.size
+                return False
+            if not ok:
+                box.unnumber(record)
+            self.stats["forward/batches"] += 1
+            self.stats["forward/batched"] += count
+            return True
+        kept = {id(e) for e in record.entries} if record is not None else set()
+        others = [i for i, e in enumerate(batch.entries) if id(e) not in kept]
+        if others:
+            self._send_plain(address, batch, others)
+        if transport.is_up(address):
+            self._send_parked(address, box)
+        elif record is not None:
+            self.stats["forward/parked"] += len(record.entries)
+            transport.connect(address)
+        return True
+
+    def _send_plain(self, address: Address, batch: _Batch, indexes: list[int]) -> None:
+        """The entries of `batch` at `indexes` without a number (not held)."""
+        entries = [batch.entries[i] for i in indexes]
+        body = forward_batch_body(self.origin, entries)
+        try:
+            self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=len(entries))
+        except WireError:
+            self.stats["forward/batch_split"] += 1
+            for i in indexes:
+                self.send_single(address, *batch.messages[i])
+            return
+        self.stats["forward/batches"] += 1
+        self.stats["forward/batched"] += len(entries)
+
     def _send_batch(self, address: Address, batch: _Batch) -> None:
         count = len(batch.entries)
+        version = self.transport.peer_version(address)
+        if (
+            batch.reliable
+            and version is not None
+            and version >= _RELIABLE_VERSION
+            and self._send_reliable(address, batch)
+        ):
+            return
         body = forward_batch_body(self.origin, batch.entries)
         try:
             self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=count)

@@ -70,6 +70,7 @@ from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.membership_config import MembershipConfig
 from cluster.ports import ClusterPorts, ForwardHandler
+from cluster.receiver import Receiver
 from cluster.replicas import ReplicaSet
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
@@ -83,8 +84,8 @@ from cluster.wire import (
     Outgoing,
     WireError,
     forward_body,
+    get_int,
     parse_forward,
-    parse_forward_batch,
 )
 
 __all__ = ["ClusterConfig", "ClusterNode", "ForwardHandler"]
@@ -118,6 +119,9 @@ class ClusterConfig:
     retained_dump_bytes: int = 8 * 1024 * 1024
     #: How long `stop()` waits for the LEAVE to go out.
     leave_timeout: float = 1.0
+    #: QoS 1/2 forwards held per peer until it acknowledges them (`cluster.outbox`).
+    forward_buffer: int = 50_000
+    forward_buffer_bytes: int = 16 * 1024 * 1024
     #: Seconds between two resolutions of the DNS seeds (`dns:NAME:PORT`), and the bound of one.
     dns_refresh_interval: float = 30.0
     dns_timeout: float = 5.0
@@ -158,8 +162,14 @@ class ClusterNode:
         )
         self.transport.on_heard = self._on_heard
         self.forwarder = Forwarder(
-            self.transport, broker.node_name, self.stats, self._count_forward_dropped
+            self.transport,
+            broker.node_name,
+            self.stats,
+            self._count_forward_dropped,
+            max_held=self.config.forward_buffer,
+            max_held_bytes=self.config.forward_buffer_bytes,
         )
+        self.transport.on_link_up = self.forwarder.link_up
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
         #: the app adds its own).
@@ -174,6 +184,15 @@ class ClusterNode:
             "publish": self._deliver,
             "retain": self._store_retained,
         }
+        #: FORWARD / FORWARD_BATCH in: the handlers above, de-duplication and FORWARD_ACK.
+        self.receiver = Receiver(
+            name,
+            self.stats,
+            broker.clock,
+            self._send_frame,
+            self._forward_kinds,
+            lambda: self._running,
+        )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
@@ -462,53 +481,20 @@ class ClusterNode:
             self.send_outgoing(self.membership.handle(hello.address, msg_type, body, self.now()))
             self._wake.set()
         elif msg_type is MessageType.FORWARD_BATCH:
-            self._on_forward_batch(hello, body)
+            self.receiver.on_forward_batch(hello, body)
         elif msg_type is MessageType.FORWARD:
-            self._on_forward(hello, body)
+            self.receiver.on_forward(hello, body)
+        elif msg_type is MessageType.FORWARD_ACK:
+            try:
+                self.forwarder.ack(hello.address, get_int(body, "seq"))
+            except WireError:
+                self.stats["forward/malformed_ack"] += 1
         elif msg_type is MessageType.RPC_REQUEST:
             self.rpc.handle_request(hello.name, hello.address, body)
         elif msg_type is MessageType.RPC_RESPONSE:
             self.rpc.handle_response(hello.name, body)
         else:
             self.stats["frames/unexpected"] += 1
-
-    def _on_forward(self, hello: Hello, body: Body) -> None:
-        kind = body.get("kind", "publish")
-        handler = self._forward_kinds.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            self.stats["forward/unknown_kind"] += 1
-            return
-        try:
-            message = parse_forward(body, now=self.broker.clock())
-        except WireError as exc:
-            self.stats["forward/malformed"] += 1
-            log.warning("cluster: malformed FORWARD from %s: %s", hello.name, exc)
-            return
-        handler(message, body, hello)
-
-    def _on_forward_batch(self, hello: Hello, body: Body) -> None:
-        """Each message of the batch, in order, to the handler of its kind."""
-        try:
-            messages, bad = parse_forward_batch(body, now=self.broker.clock())
-        except WireError as exc:
-            self.stats["forward/malformed"] += 1
-            log.warning("cluster: malformed FORWARD_BATCH from %s: %s", hello.name, exc)
-            return
-        if bad:
-            self.stats["forward/malformed"] += bad
-            log.warning("cluster: %d malformed messages in a batch from %s", bad, hello.name)
-        kinds = self._forward_kinds
-        deliver = self._deliver
-        for message, extra in messages:
-            if not extra:
-                deliver(message, extra, hello)
-                continue
-            kind = extra.get("kind", "publish")
-            handler = kinds.get(kind) if isinstance(kind, str) else None
-            if handler is None:
-                self.stats["forward/unknown_kind"] += 1
-                continue
-            handler(message, extra, hello)
 
     def _on_drop(self, address: Address, msg_type: MessageType, count: int) -> None:
         if msg_type is MessageType.FORWARD or msg_type is MessageType.FORWARD_BATCH:
@@ -600,10 +586,12 @@ class ClusterNode:
         elif event.kind == "dead":
             log.warning("cluster: node %s is dead; its routes are purged", name)
             self.rpc.fail_node(name)
+            self.forwarder.forget(event.address)  # what it has not acknowledged is dropped
             self.transport.forget(event.address)  # a later send reconnects (lazily)
         elif event.kind == "left":
             log.info("cluster: node %s left; its routes are purged", name)
             self.rpc.fail_node(name)
+            self.forwarder.forget(event.address)
             self.transport.forget(event.address)
 
     def _spawn(self, coro: Any) -> None:

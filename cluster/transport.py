@@ -239,6 +239,10 @@ class _Link:
             self.backoff = cfg.backoff_min
             transport.stats["connects"] += 1
             log.debug("cluster link to %s:%d (%s) is up", host, port, peer.name)
+            try:  # what the peer has not acknowledged goes first (`cluster.outbox`)
+                transport.on_link_up(self.address, peer)
+            except Exception:
+                log.exception("cluster: link-up handler for %s:%d failed", host, port)
             watch = loop.create_task(self._watch(reader))
             while not self.closed:
                 if not self.queue:
@@ -364,6 +368,9 @@ class Transport:
         self.cookie = cookie
         self.on_frame = on_frame
         self.on_drop: DropHandler = on_drop or (lambda address, msg_type, count: None)
+        #: Called when a handshake on our link to `address` completed (before the link writes
+        #: its queue): the forwarder resends what the peer has not acknowledged.
+        self.on_link_up: Callable[[Address, Hello], None] = lambda address, hello: None
         #: Called once per chunk read from a peer, before its frames: proof the peer runs.
         self.on_heard: Callable[[Hello], None] = lambda hello: None
         self.config = config or TransportConfig()
@@ -537,6 +544,18 @@ class Transport:
             return False
         link.waiters.append(release)
         return True
+
+    def connect(self, address: Address) -> None:
+        """Dial `address` now unless its link is connected, connecting or backing off (links
+        otherwise connect on the next frame sent): held messages wait for `on_link_up`."""
+        if self._closing:
+            return
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link(self, address)
+        loop = asyncio.get_running_loop()
+        if not link.closed and link.task is None and loop.time() >= link.retry_at:
+            link.task = loop.create_task(link._run())
 
     def is_up(self, address: Address) -> bool:
         link = self._links.get(address)
