@@ -101,6 +101,10 @@ async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.
     return await asyncio.open_connection(host, port)
 
 
+def _no_link_up(address: Address, hello: Hello) -> None:
+    """The default `Transport.on_link_up`: nothing is held."""
+
+
 _REFUSAL_LOG_INTERVAL = 60.0
 #: The first byte of a TLS ClientHello; a frame starting with it would claim over 350 MB.
 _TLS_HANDSHAKE = 0x16
@@ -370,7 +374,7 @@ class Transport:
         self.on_drop: DropHandler = on_drop or (lambda address, msg_type, count: None)
         #: Called when a handshake on our link to `address` completed (before the link writes
         #: its queue): the forwarder resends what the peer has not acknowledged.
-        self.on_link_up: Callable[[Address, Hello], None] = lambda address, hello: None
+        self.on_link_up: Callable[[Address, Hello], None] = _no_link_up
         #: Called once per chunk read from a peer, before its frames: proof the peer runs.
         self.on_heard: Callable[[Hello], None] = lambda hello: None
         self.config = config or TransportConfig()
@@ -411,6 +415,7 @@ class Transport:
                 return
             hello, frames = accepted
             self.stats["accepted"] += 1
+            self._peer_dialled(hello.address)
             while True:
                 if frames:
                     self.on_heard(hello)
@@ -433,6 +438,17 @@ class Transport:
         finally:
             self._inbound.discard(writer)
             writer.close()
+
+    def _peer_dialled(self, address: Address) -> None:
+        """A peer completed a handshake with us, so it runs: our link to it stops backing
+        off (a restarted peer would otherwise wait up to `backoff_max` for our answers, its
+        join response among them, and for the forwards we hold for it)."""
+        link = self._links.get(address)
+        if link is not None and link.task is None and not link.closed:
+            link.retry_at = 0.0
+            link.backoff = self.config.backoff_min
+            if self.on_link_up is not _no_link_up:
+                self.connect(address)
 
     def _refused(self, peername: object, why: str) -> None:
         """One warning per peer host and reason every `_REFUSAL_LOG_INTERVAL` seconds (a
