@@ -102,6 +102,9 @@ class Forwarder:
         self.max_held_bytes = max_held_bytes
         self._batches: dict[Address, _Batch] = {}
         self._boxes: dict[Address, Outbox] = {}
+        self._redialling: set[Address] = set()
+        #: Seconds between two dials of a peer we hold messages for while its link is down.
+        self.redial_interval = 0.25
         self._scheduled = False
 
     def send(self, address: Address, message: Message, extra: Body | None = None) -> bool:
@@ -197,6 +200,21 @@ class Forwarder:
         keeps its numbering: the same run of the peer may come back after a partition.)"""
         self._give_up(address, "peer_gone")
 
+    def move(self, old: Address, new: Address) -> None:
+        """The peer came back on another address (a new pod IP): what it has not
+        acknowledged waits for a link to the new one."""
+        box = self._boxes.pop(old, None)
+        if box is None:
+            return
+        if new in self._boxes:  # (two names swapped addresses: not worth merging)
+            self._boxes[old] = box
+            self._give_up(old, "peer_moved")
+            del self._boxes[old]
+            return
+        self._boxes[new] = box
+        if box.records:
+            self._redial(new)
+
     def _give_up(self, address: Address, why: str) -> None:
         box = self._boxes.get(address)
         if box is None:
@@ -267,8 +285,24 @@ class Forwarder:
             self._send_parked(address, box)
         elif record is not None:
             self.stats["forward/parked"] += len(record.entries)
-            transport.connect(address)
+            self._redial(address)
         return True
+
+    def _redial(self, address: Address) -> None:
+        """Dial a peer we hold messages for, again every `redial_interval`, until its link is
+        up or nothing is held (a peer declared dead has them dropped): links otherwise
+        reconnect only when some frame is sent to them."""
+        if address in self._redialling:
+            return
+        self._redialling.add(address)
+        self.transport.connect(address)
+        asyncio.get_running_loop().call_later(self.redial_interval, self._redial_tick, address)
+
+    def _redial_tick(self, address: Address) -> None:
+        self._redialling.discard(address)
+        box = self._boxes.get(address)
+        if box is not None and box.records and not self.transport.is_up(address):
+            self._redial(address)
 
     def _send_plain(self, address: Address, batch: _Batch, indexes: list[int]) -> None:
         """The entries of `batch` at `indexes` without a number (not held)."""

@@ -170,6 +170,7 @@ class ClusterNode:
             max_held_bytes=self.config.forward_buffer_bytes,
         )
         self.transport.on_link_up = self.forwarder.link_up
+        self._addresses: dict[str, Address] = {}  # the last address of every member seen
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
         #: the app adds its own).
@@ -571,6 +572,10 @@ class ClusterNode:
             return
         self.stats["events/" + event.kind] += 1
         host, port = event.address
+        previous = self._addresses.get(name)
+        if previous is not None and previous != event.address:  # a restart on a new address
+            self.forwarder.move(previous, event.address)
+        self._addresses[name] = event.address
         if event.kind == "join":
             log.info("cluster: node %s joined (%s:%d)", name, host, port)
             if not self._synced and not self._syncing and self._running:
