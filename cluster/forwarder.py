@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from broker.core.message import Message
@@ -188,12 +188,8 @@ class Forwarder:
         if version is None or version < _RELIABLE_VERSION:
             self._give_up(address, "peer_version")  # the peer was replaced by an older node
             return
-        for record in box.numbered():
-            assert record.seq is not None
-            if not self._send_record(address, box, record, record.seq):
-                return
-            self.stats["forward/resent"] += len(record.entries)
-        self._send_parked(address, box)
+        box.resend = deque(box.numbered())
+        self._pump(address, box)
 
     def forget(self, address: Address) -> None:
         """The peer is dead or left: what is held for it is dropped and counted. (The outbox
@@ -232,34 +228,50 @@ class Forwarder:
             box = self._boxes[address] = Outbox(self.max_held, self.max_held_bytes)
         return box
 
-    def _send_record(self, address: Address, box: Outbox, record: Record, seq: int) -> bool:
+    def _send_record(self, address: Address, record: Record) -> bool:
         body = forward_batch_body(self.origin, record.entries)
-        body["seq"] = seq
+        body["seq"] = record.seq
         try:
-            ok = self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=0)
-        except WireError as exc:  # cannot happen for entries that were packed before
-            log.error("cluster: cannot resend a batch to %s:%d: %s", *address, exc)
-            ok = False
-        if not ok:
-            box.unnumber(record)
-        return ok
+            return self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=0)
+        except WireError as exc:  # the entries were packed once: cannot happen
+            log.error("cluster: cannot send a held batch to %s:%d: %s", *address, exc)
+            return False
 
-    def _send_parked(self, address: Address, box: Outbox) -> None:
+    def _pump(self, address: Address, box: Outbox) -> None:
+        """Send what is due on the link, in order: the resends of this connection, then the
+        parked records; stop at the first frame the transport refuses (a full queue), which
+        waits for the next call. A link that is down is dialled instead."""
+        if not self.transport.is_up(address):
+            self._redial(address)
+            return
+        resend = box.resend
+        while resend:
+            record = resend[0]
+            if record.seq is not None and record.seq > box.acked:  # (else freed meanwhile)
+                if not self._send_record(address, record):
+                    return
+                self.stats["forward/resent"] += len(record.entries)
+            resend.popleft()
         for record in box.parked():
-            if not self._send_record(address, box, record, box.number(record)):
+            box.number(record)
+            if not self._send_record(address, record):
+                box.unnumber(record)
                 return
 
     def _send_reliable(self, address: Address, batch: _Batch) -> bool:
         """The batch to a version-3 peer; False if it must go the old way (unencodable)."""
         box = self._box(address)
-        record, dropped = box.add(batch.reliable, batch.reliable_size)
-        if dropped:
-            self.stats["forward/held_dropped"] += dropped
-            self.stats["forward/held_dropped/buffer_full"] += dropped
-            self.on_dropped(dropped)
+        record, left = box.add(batch.reliable, batch.reliable_size)
+        if left:
+            self.stats["forward/not_held"] += left  # sent below as a QoS 0 one would be
         transport = self.transport
         count = len(batch.entries)
-        if record is not None and transport.is_up(address) and box.parked() == [record]:
+        if (
+            record is not None
+            and box.unnumbered == 1
+            and not box.resend
+            and transport.is_up(address)
+        ):
             # The usual case: nothing else waits, one frame with every entry of the batch.
             body = forward_batch_body(self.origin, batch.entries)
             body["seq"] = box.number(record)
@@ -268,7 +280,9 @@ class Forwarder:
                     address, MessageType.FORWARD_BATCH, body, weight=count - len(record.entries)
                 )
             except WireError:
-                box.records.remove(record)
+                box.unnumber(record)
+                box.records.pop()  # the newest; the old way sends the batch one by one
+                box.unnumbered -= 1
                 box.messages -= len(record.entries)
                 box.size -= record.size
                 return False
@@ -281,11 +295,9 @@ class Forwarder:
         others = [i for i, e in enumerate(batch.entries) if id(e) not in kept]
         if others:
             self._send_plain(address, batch, others)
-        if transport.is_up(address):
-            self._send_parked(address, box)
-        elif record is not None:
+        if record is not None and not transport.is_up(address):
             self.stats["forward/parked"] += len(record.entries)
-            self._redial(address)
+        self._pump(address, box)
         return True
 
     def _redial(self, address: Address) -> None:

@@ -19,8 +19,9 @@ with the peer completes (`link_up`; after a reconnect, a heal, or a restart of t
 records already numbered are sent again with their numbers, in order, and then the parked ones
 get numbers. Numbers are given only to frames the transport queued, so the receiver sees them
 increasing on every connection. The buffer is bounded (`max_messages`, `max_bytes`): an entry
-that does not fit is dropped and counted at once; when the peer is declared dead or leaves
-(`drop_all`), everything still held is dropped and counted. Nothing is held without bound.
+that does not fit is sent without being held (as a QoS 0 one: dropped and counted by the
+transport if the link cannot take it); when the peer is declared dead or leaves (`drop_all`),
+everything still held is dropped and counted. Nothing is held without bound.
 
 Receiver (`Inbox`). A batch with `seq` is processed only if `seq` is above the last one seen
 from that sender's incarnation (its epoch); a resent batch it already processed is skipped and
@@ -35,6 +36,7 @@ lives in memory too: a sender that crashes loses what it held.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -54,50 +56,66 @@ class Record:
 
 @dataclass(slots=True)
 class Outbox:
-    """Unacknowledged QoS 1/2 forwards to one peer (see the module docstring)."""
+    """Unacknowledged QoS 1/2 forwards to one peer (see the module docstring).
+
+    `records` is in sending order: the numbered records first (increasing), then the
+    `unnumbered` parked ones (a suffix: numbers are given in order and only the newest one is
+    ever taken back). `resend` holds the numbered records still to send again on the current
+    connection, oldest first."""
 
     max_messages: int
     max_bytes: int
     records: deque[Record] = field(default_factory=deque)
+    resend: deque[Record] = field(default_factory=deque)
     messages: int = 0
     size: int = 0
+    unnumbered: int = 0
     next_seq: int = 1
     acked: int = 0
 
     def add(self, entries: list[Entry], size: int) -> tuple[Record | None, int]:
-        """Hold `entries` (parked); returns the record and how many entries did not fit."""
+        """Hold as many of `entries` as fit (parked); returns the record (None if none fit)
+        and how many entries did not fit (the caller sends those without holding them)."""
         room = self.max_messages - self.messages
-        if room <= 0 or self.size + size > self.max_bytes:
+        per_entry = size // len(entries) if entries else 0
+        if per_entry:
+            room = min(room, (self.max_bytes - self.size) // per_entry)
+        if room <= 0 or not entries:
             return None, len(entries)
-        dropped = 0
-        if len(entries) > room:
-            dropped = len(entries) - room
+        left = max(0, len(entries) - room)
+        if left:
             entries = entries[:room]
-            size = size * room // (room + dropped)
+            size = per_entry * room
         record = Record(entries, size)
         self.records.append(record)
         self.messages += len(entries)
         self.size += size
-        return record, dropped
+        self.unnumbered += 1
+        return record, left
+
+    def parked(self) -> list[Record]:
+        """The records never sent, in order."""
+        n = self.unnumbered
+        return list(itertools.islice(self.records, len(self.records) - n, None)) if n else []
 
     def number(self, record: Record) -> int:
-        """Give a parked record the next sequence number (it is being queued on the link)."""
+        """Give the oldest parked record the next sequence number (it is being queued)."""
         record.seq = self.next_seq
         self.next_seq += 1
+        self.unnumbered -= 1
         return record.seq
 
     def unnumber(self, record: Record) -> None:
-        """The transport refused the frame: the record is parked again. Only the newest
-        number can be taken back, so the numbers the receiver sees stay increasing."""
-        if record.seq is not None and record.seq == self.next_seq - 1:
-            self.next_seq -= 1
+        """The transport refused the frame of the record just numbered: parked again, and
+        its number is taken back (the receiver never saw it)."""
+        assert record.seq == self.next_seq - 1
+        self.next_seq -= 1
         record.seq = None
-
-    def parked(self) -> list[Record]:
-        return [r for r in self.records if r.seq is None]
+        self.unnumbered += 1
 
     def numbered(self) -> list[Record]:
-        return [r for r in self.records if r.seq is not None]
+        n = len(self.records) - self.unnumbered
+        return list(itertools.islice(self.records, 0, n))
 
     def ack(self, seq: int) -> int:
         """The peer processed every batch up to `seq`: forget them; returns messages freed."""
@@ -114,11 +132,14 @@ class Outbox:
         return freed
 
     def drop_all(self) -> int:
-        """Everything held is given up (the peer is dead or left); returns the message count."""
+        """Everything held is given up (the peer is dead or left); returns the message count.
+        The numbering goes on: the same run of the peer may come back (a healed partition)."""
         count = self.messages
         self.records.clear()
+        self.resend.clear()
         self.messages = 0
         self.size = 0
+        self.unnumbered = 0
         return count
 
 

@@ -28,11 +28,13 @@ def test_a_refused_frame_gives_its_number_back_so_numbers_stay_increasing() -> N
     assert record is not None
     assert box.number(record) == 1
     box.unnumber(record)  # the transport did not take it
-    assert record.seq is None and box.parked() == [record]
+    assert record.seq is None and box.parked() == [record] and box.numbered() == []
     assert box.number(record) == 1  # the receiver never saw 1: it is reused
+    assert box.parked() == [] and box.numbered() == [record]
 
 
 def test_the_buffer_is_bounded_in_messages_and_bytes_and_says_what_did_not_fit() -> None:
+    """(What does not fit is sent without being held: the forwarder's business.)"""
     box = Outbox(max_messages=5, max_bytes=1_000)
     record, dropped = box.add(entries(4), 40)
     assert record is not None and dropped == 0
