@@ -27,6 +27,9 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   `surrender_session`), carrying the session over (`cluster.ports`, `cluster.takeover`).
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
+  Except QoS 1/2 publishes to a version-3 peer: those are held until the peer acknowledges them
+  and sent again after a reconnect (`cluster.outbox`, `cluster.receiver`); they are dropped and
+  counted only when the peer is declared dead or leaves.
   Before that, a congested link holds back the publishing client until it drains (flow
   control, `cluster.transport`; `stats["forward/held"]`), so a slower peer slows publishers
   down rather than losing their messages.

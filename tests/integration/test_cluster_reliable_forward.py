@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -202,3 +203,31 @@ async def test_a_version_2_peer_gets_plain_batches_and_nothing_is_held(
         assert forwarder.held() == 0
     finally:
         await peer.close()
+
+
+async def test_a_peer_that_dials_us_ends_our_backoff_towards_it() -> None:
+    """A restarted peer joins by dialling us: our link to it, backing off since it died,
+    reconnects at once (its join answer and the forwards held for it go out now, not after
+    the backoff)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens there yet: our first dial fails
+    config = TransportConfig(backoff_min=60.0, backoff_max=60.0)
+    a = Transport("a@127.0.0.1", 1, "cookie", lambda *x: None, config=config)
+    b = Transport("b@127.0.0.1", 2, "cookie", lambda *x: None)
+    try:
+        a.address = ("127.0.0.1", await a.listen("127.0.0.1", 0))
+        gossip: Body = {"from": "a@127.0.0.1", "updates": []}
+        a.send(("127.0.0.1", port), MessageType.GOSSIP, gossip)
+        await eventually(lambda: a.stats["link_failures"] == 1)
+        assert not a.accepting(("127.0.0.1", port))  # backing off for a minute
+        b.address = ("127.0.0.1", await b.listen("127.0.0.1", port))
+        b.send(a.address, MessageType.GOSSIP, {"from": "b@127.0.0.1", "updates": []})
+        await eventually(lambda: a.stats["accepted"] == 1)
+        assert a.accepting(("127.0.0.1", port))
+        a.send(("127.0.0.1", port), MessageType.GOSSIP, gossip)
+        await eventually(lambda: a.is_up(("127.0.0.1", port)))
+    finally:
+        await a.close()
+        await b.close()
