@@ -3,7 +3,19 @@ acknowledgement, bounds, and the receiver's de-duplication per run of each sende
 
 from __future__ import annotations
 
+import pytest
+
 from cluster.outbox import Inbox, Outbox
+from cluster.wire import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    MessageType,
+    WireError,
+    batch_seq,
+    encode_frame,
+    forward_ack_body,
+    negotiate,
+)
 
 
 def entries(n: int, start: int = 0) -> list[list[object]]:
@@ -72,3 +84,19 @@ def test_inbox_processes_each_number_once_per_run_of_the_sender() -> None:
     assert not inbox.accept("a", 200, 1)
     assert inbox.accept("a", 100, 3)  # a late frame of the previous run is not compared
     assert not inbox.accept("a", 200, 1)  # ... and does not replace the current run
+
+
+def test_forward_ack_and_batch_numbers_exist_from_version_3_only() -> None:
+    """Wire compatibility: FORWARD_ACK is never encoded for a version-2 peer; a batch's `seq`
+    is read only when present and valid."""
+    with pytest.raises(WireError):
+        encode_frame(MessageType.FORWARD_ACK, forward_ack_body("a", 1), version=2)
+    frame = encode_frame(MessageType.FORWARD_ACK, forward_ack_body("a", 7), version=3)
+    [(version, msg_type, body)] = FrameDecoder().feed(frame)
+    assert (version, msg_type, body) == (3, MessageType.FORWARD_ACK, {"from": "a", "seq": 7})
+    assert PROTOCOL_VERSION >= 3 and negotiate(2) == 2
+    assert batch_seq({"origin": "a", "msgs": []}) is None
+    assert batch_seq({"origin": "a", "msgs": [], "seq": 3}) == 3
+    for bad in (0, -1, True, "3", 1.5):
+        with pytest.raises(WireError):
+            batch_seq({"origin": "a", "msgs": [], "seq": bad})
