@@ -68,12 +68,20 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         (scenario, prop): ("holds", "")
         for scenario in ("baseline", "kill_during_takeover", "restart_each", "cpu_load")
         for prop in ("qos2_exactly_once", "no_false_death")
+        # A SIGKILLed node comes back with its sessions as persisted up to 1 s before
+        # (persistence_interval): a QoS 2 message completed in that window can be sent again
+        # (1 in 10 runs of kill_during_takeover; 0 in 6 of restart_each), so measured only.
+        if (scenario, prop) != ("kill_during_takeover", "qos2_exactly_once")
     },
     ("flapping", "no_false_death"): ("holds", ""),
-    # Reliable forwards (cluster.outbox) and persistent sessions that come back with their
-    # node: 0 lost in every run measured (README).
-    ("kill_during_takeover", "acked_delivered"): ("holds", ""),
+    # Reliable forwards (cluster.outbox), persistent sessions that come back with their node
+    # and peers that stop backing off towards it: 0 lost in every run measured (README).
+    # kill_during_takeover restarts a node after the detection bound: what was held for it
+    # then is dropped (counted); 0 lost in 9 of 10 runs, 1 in one: measured only.
     ("restart_each", "acked_delivered"): ("holds", ""),
+    # The first-publish loss was the workload's (a cancelled aiomqtt read); with it fixed,
+    # 0 lost with no fault, under CPU starvation and on the flapping link in every run.
+    **{(scenario, "acked_delivered"): ("holds", "") for scenario in ("baseline", "cpu_load")},
     **{
         (scenario, "one_session_per_id"): ("fails", SESSIONS)
         for scenario in SCENARIOS
