@@ -231,3 +231,27 @@ async def test_a_peer_that_dials_us_ends_our_backoff_towards_it() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_what_is_held_follows_a_peer_that_comes_back_on_another_address(
+    sender: tuple[Transport, Forwarder, list[int]],
+) -> None:
+    """A restarted peer with a new address (a new pod IP): the held messages go to it."""
+    transport, forwarder, dropped = sender
+    old, new = Peer(3), Peer(3)
+    await old.start()
+    await new.start()
+    try:
+        await connected(transport, old)
+        old.refusing = True
+        old.cut()
+        await eventually(lambda: not transport.is_up(old.address))
+        forwarder.send(old.address, msg(0))
+        forwarder.flush()
+        assert forwarder.held() == 1
+        forwarder.move(old.address, new.address)  # the membership saw its new address
+        await eventually(lambda: len(new.batches()) == 1)
+        assert new.batches() == [(1, ["t/0"])] and dropped == []
+    finally:
+        await old.close()
+        await new.close()
