@@ -1,0 +1,147 @@
+"""Retained messages converge on every node: the last writer by hybrid-clock stamp wins.
+
+Real nodes (`cluster_support.ClusterNodes`) on loopback, real MQTT clients (aiomqtt). The
+writes reach the nodes in different orders; each node must end with the write of the largest
+stamp (`broker.core.hlc`), and a divergence made without any membership change is repaired by
+one anti-entropy exchange (`cluster.replicas`), both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from api_support import eventually
+from cluster_support import ClusterNodes, converged
+
+from broker.app import NodeApp
+from broker.core.hlc import Stamp
+from broker.core.message import Message, retained_stamp
+
+A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+async def trio(tmp_path: Path) -> AsyncIterator[tuple[NodeApp, NodeApp, NodeApp]]:
+    nodes = ClusterNodes(tmp_path)
+    a = await nodes.start(A)
+    b = await nodes.start(B, a)
+    c = await nodes.start(C, a)
+    await converged(a, b, c)
+    yield a, b, c
+    await nodes.stop_all()
+
+
+def client(app: NodeApp, client_id: str) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", app.node.tcp_port, identifier=client_id, timeout=TIMEOUT)
+
+
+def record_stamps(app: NodeApp, seen: dict[bytes, Stamp]) -> None:
+    """Note the stamp of every retained write `app` takes or receives (payload -> stamp)."""
+    retain: Callable[[Message], bool] = app.broker.retain
+
+    def recording(message: Message) -> bool:
+        taken = retain(message)
+        assert message.stamp is not None  # every write has a stamp once it passed retain()
+        seen[message.payload] = message.stamp
+        return taken
+
+    app.broker.retain = recording  # type: ignore[method-assign]
+
+
+def held(app: NodeApp, topic: str) -> bytes | None:
+    message = app.broker.retained.get(topic)
+    return None if message is None else message.payload
+
+
+async def read_retained(app: NodeApp, topic: str) -> bytes:
+    """What a new subscriber on `app` gets for `topic` (MQTT-3.3.1-6: the retained message)."""
+    async with client(app, f"reader-{app.config.node_name}") as sub:
+        await sub.subscribe(topic, qos=1)
+        async with asyncio.timeout(TIMEOUT):
+            message = await anext(aiter(sub.messages))
+    assert message.retain
+    return bytes(message.payload)  # type: ignore[arg-type]
+
+
+async def test_concurrent_retained_writes_on_three_nodes_converge_to_the_largest_stamp(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    seen: dict[bytes, Stamp] = {}
+    for app in trio:
+        record_stamps(app, seen)
+    pubs = [client(app, f"w{i}") for i, app in enumerate(trio)]
+    for pub in pubs:
+        await pub.__aenter__()
+    try:
+        for round_ in range(5):  # the three writes of a round race each other on the links
+            await asyncio.gather(
+                *(
+                    pub.publish("conv/t", f"{i}:{round_}".encode(), qos=1, retain=True)
+                    for i, pub in enumerate(pubs)
+                )
+            )
+    finally:
+        for pub in pubs:
+            await pub.__aexit__(None, None, None)
+    written = {f"{i}:{r}".encode() for i in range(3) for r in range(5)}
+    await eventually(lambda: written <= set(seen), timeout=TIMEOUT)
+    winner = max(written, key=lambda payload: seen[payload])
+    await eventually(lambda: all(held(app, "conv/t") == winner for app in trio), timeout=TIMEOUT)
+    for app in trio:
+        stored = app.broker.retained.get("conv/t")
+        assert stored is not None and retained_stamp(stored) == seen[winner]
+        assert await read_retained(app, "conv/t") == winner
+
+
+async def test_an_older_write_arriving_late_does_not_replace_a_newer_one_nor_a_clear(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    a, b, _c = trio
+    async with client(a, "w") as pub:
+        await pub.publish("conv/late", b"new", qos=1, retain=True)
+    await eventually(lambda: held(b, "conv/late") == b"new", timeout=TIMEOUT)
+    newer = b.broker.retained.get("conv/late")
+    assert newer is not None and newer.stamp is not None
+    stale = Message("conv/late", b"old", 1, True)
+    stale.stamp = Stamp(newer.stamp.ms - 1, 0, "z")  # written earlier, delivered now
+    assert b.broker.retain(stale) is False
+    assert held(b, "conv/late") == b"new"
+    async with client(a, "w") as pub:  # a clear (MQTT-3.3.1-10) leaves a tombstone stamp
+        await pub.publish("conv/late", b"", qos=1, retain=True)
+    await eventually(lambda: held(b, "conv/late") is None, timeout=TIMEOUT)
+    assert b.broker.retain(stale) is False
+    assert held(b, "conv/late") is None
+
+
+def local_write(app: NodeApp, topic: str, payload: bytes) -> None:
+    """A retained write this node takes without telling anyone (a lost replication)."""
+    assert app.broker.retain(Message(topic, payload, 1, True, timestamp=app.broker.clock()))
+
+
+async def test_one_anti_entropy_exchange_repairs_retained_apart_both_ways(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    a, b, _c = trio
+    local_write(a, "conv/only-a", b"a")
+    local_write(b, "conv/only-b", b"b")
+    local_write(a, "conv/both", b"older")
+    local_write(b, "conv/both", b"newer")  # b's write comes later: it wins everywhere
+    assert a.cluster is not None
+    apart = await a.cluster.replicas.exchange(B)
+    assert "retained" in apart
+    for app in (a, b):
+        await eventually(lambda app=app: held(app, "conv/only-b") == b"b", timeout=TIMEOUT)  # type: ignore[misc]
+        await eventually(lambda app=app: held(app, "conv/only-a") == b"a", timeout=TIMEOUT)  # type: ignore[misc]
+        await eventually(lambda app=app: held(app, "conv/both") == b"newer", timeout=TIMEOUT)  # type: ignore[misc]
+    # a clear on one node alone: the exchange carries its tombstone
+    local_write(b, "conv/only-a", b"")
+    assert await a.cluster.replicas.exchange(B) == ["retained"]
+    await eventually(lambda: held(a, "conv/only-a") is None, timeout=TIMEOUT)
+    digests: list[Any] = [app.cluster.replicas.digests() for app in (a, b) if app.cluster]
+    assert digests[0] == digests[1]
