@@ -126,11 +126,10 @@ class Prober:
         horizon = now - 2 * cfg.probe_interval
         member_horizon = min(horizon, now - cfg.suspicion_timeout(self.table.live))
         get = self.table.get
+        live = (MemberState.ALIVE, MemberState.SUSPECT)
         for name in [name for name, at in heard.items() if at < horizon]:
             m = get(name)
-            if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
-                del heard[name]
-            elif heard[name] < member_horizon:
+            if m is None or m.state not in live or heard[name] < member_horizon:
                 del heard[name]
 
     def check(self, now: float, out: list[Outgoing]) -> tuple[Member, int] | None:
