@@ -125,9 +125,10 @@ class BrokerState:
         return changed
 
     def retained_digest(self) -> str:
-        """What a peer must hold the same: each retained topic and the stamp of its write."""
+        """What a peer must hold the same: each retained topic and the stamp of its write
+        (`$SYS/...` topics are each node's own: `#` does not match them, as in the dump)."""
         digest = hashlib.blake2b(digest_size=16)
-        for topic, message in sorted(self.broker.retained, key=lambda item: item[0]):
+        for topic, message in sorted(self.broker.retained.match("#"), key=lambda item: item[0]):
             stamp = retained_stamp(message)
             digest.update(f"{topic}\0{stamp.ms}\0{stamp.counter}\0{stamp.node}\n".encode())
         return digest.hexdigest()

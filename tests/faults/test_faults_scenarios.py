@@ -54,7 +54,7 @@ SCENARIOS = {
 }
 PROPERTIES = [
     "acked_delivered", "qos2_exactly_once", "takeover_no_loss", "shared_group",
-    "one_session_per_id", "retained_converge", "no_false_death",
+    "one_session_per_id", "retained_converge", "no_false_death", "heal_converge",
 ]  # fmt: skip
 
 SESSIONS = (
