@@ -113,6 +113,8 @@ class NodeApp:
         self.banned_store.open()
         try:
             self.tables_store.open()
+            for stamp in self.broker.replicated.stamps():  # the clock goes on from the files
+                self.broker.hlc.restore(stamp)
             import_legacy(self.config.data_dir, self.apps.table)  # development builds' apps.json
             await self.plugins.start()
             try:

@@ -64,11 +64,7 @@ class BrokerState:
             "banned", self.banned_dump, self.merge_banned, resync=True, digest=self.banned_digest
         )
         replicas.add(
-            "tables",
-            self.tables_dump,
-            broker.replicated.merge_all,
-            resync=True,
-            digest=self.tables_digest,
+            "tables", self.tables_dump, self.merge_tables, resync=True, digest=self.tables_digest
         )
 
     # -- retained --------------------------------------------------------------------------
@@ -165,6 +161,18 @@ class BrokerState:
 
     async def tables_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
         return self.broker.replicated.dump_all()
+
+    def merge_tables(self, answer: Any) -> int:
+        """The peer's rows, newer row of each key winning (`ReplicatedTables.merge_all`);
+        their stamps move our clock first, so our next write is ordered after them."""
+        clock = self.broker.hlc
+        if isinstance(answer, dict):
+            for rows in answer.values():
+                for row in rows if isinstance(rows, list) else ():
+                    stamp = stamp_from_wire(row.get("hlc")) if isinstance(row, dict) else None
+                    if stamp is not None:
+                        clock.update(stamp)
+        return self.broker.replicated.merge_all(answer)
 
     def tables_digest(self) -> str:
         digest = hashlib.blake2b(digest_size=16)

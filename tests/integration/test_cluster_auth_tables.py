@@ -84,6 +84,11 @@ async def test_a_user_added_on_one_node_connects_on_any_node(nodes: Nodes) -> No
     # the same salted hash on both nodes (hashed once, by the node that took the call)
     rows = [app.broker.replicated.table("auth_username").get("u1") for app in (a, b)]
     assert rows[0] == rows[1] and rows[0] is not None
+    # one hybrid-clock stamp, given by the node that took the call, on every node
+    stamps = [app.broker.replicated.table("auth_clientid").row("d1") for app in (a, b)]
+    assert stamps[0] is not None and stamps[1] is not None
+    assert stamps[0].stamp == stamps[1].stamp and stamps[0].stamp is not None
+    assert stamps[0].stamp.node == B
     # an existing entry is refused whichever node is asked
     status, body = await http(b, "POST", "/auth_username", json={"username": "u1", "password": "x"})
     assert (status, body) == (409, {"message": "existed"})
