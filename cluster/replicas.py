@@ -54,6 +54,8 @@ class Replica:
     merge: Merge
     resync: bool
     digest: Digest | None = None
+    #: what the pull asks with (an older node ignores it and answers its older form)
+    args: dict[str, Any] | None = None
 
 
 class ReplicaSet:
@@ -76,8 +78,9 @@ class ReplicaSet:
         *,
         resync: bool = False,
         digest: Digest | None = None,
+        args: dict[str, Any] | None = None,
     ) -> None:
-        self.tables[name] = Replica(name, dump, merge, resync, digest)
+        self.tables[name] = Replica(name, dump, merge, resync, digest, args)
         self._register_rpc(f"{name}_dump", dump)
 
     def digests(self) -> dict[str, str]:
@@ -150,7 +153,7 @@ class ReplicaSet:
         ]
         for table in tables:
             try:
-                answer = await self._call(node, f"{table.name}_dump", {})
+                answer = await self._call(node, f"{table.name}_dump", dict(table.args or {}))
             except RpcError as exc:
                 failures += 1
                 log.info("cluster: pulling %s from %s failed: %s", table.name, node, exc)

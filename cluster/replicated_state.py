@@ -10,9 +10,9 @@ merge in any order, any number of times, leaves every node with the same content
   tombstone stamp (`Broker.retained_gone`). The dump holds both (bounded); the merge passes
   each through `Broker.retain`, where the larger stamp wins. A message from an older node has
   no stamp: it is ordered by its wall time (`hlc.legacy_stamp`).
-* **banned**: a ban is kept by every node that heard of it (the merge adds what is missing;
-  a ban removed on one side while the other was away comes back with the pull: bans have no
-  tombstones yet).
+* **banned**: each ban carries the stamp of the API call that made it, a removal leaves a
+  tombstone stamp (`BannedTable.gone`); the later of the two wins (`BannedTable.merge`). A
+  ban from an older node has no stamp: it is ordered by its `at`.
 * **tables**: `broker.core.replicated` (rows stamped, tombstones for deletions).
 
 Every table is pulled from a node that joins or comes back from the dead, and from a peer
@@ -61,7 +61,12 @@ class BrokerState:
             digest=self.retained_digest,
         )
         replicas.add(
-            "banned", self.banned_dump, self.merge_banned, resync=True, digest=self.banned_digest
+            "banned",
+            self.banned_dump,
+            self.merge_banned,
+            resync=True,
+            digest=self.banned_digest,
+            args={"gone": True},
         )
         replicas.add(
             "tables", self.tables_dump, self.merge_tables, resync=True, digest=self.tables_digest
@@ -131,30 +136,48 @@ class BrokerState:
 
     # -- banned ----------------------------------------------------------------------------
 
-    async def banned_dump(self, args: dict[str, Any], from_node: str) -> list[dict[str, object]]:
-        return [entry.to_dict() for entry in self.broker.banned.entries()]
+    async def banned_dump(self, args: dict[str, Any], from_node: str) -> Any:
+        """The bans; asked with `gone` (this version), also the removals remembered, as
+        `{"entries", "gone"}` (an older node asks without and gets the bare list)."""
+        entries = [entry.to_dict() for entry in self.broker.banned.entries()]
+        if not args.get("gone"):
+            return entries
+        gone = [[k, w, s.to_wire()] for (k, w), s in self.broker.banned.gone.items()]
+        return {"entries": entries, "gone": gone}
 
     def merge_banned(self, answer: Any) -> int:
-        if not isinstance(answer, list):
-            return 0
+        """The later write of each ban wins (`BannedTable.merge`, `merge_gone`); clients a
+        ban taken here matches are disconnected."""
+        if isinstance(answer, dict):
+            items, gone = answer.get("entries"), answer.get("gone")
+        else:
+            items, gone = answer, None
         table = self.broker.banned
-        added = 0
-        for item in answer:
+        clock = self.broker.hlc
+        added = changed = 0
+        for item in items if isinstance(items, list) else ():
             try:
                 entry = BanEntry.from_dict(item)
+                if entry.stamp is not None:
+                    clock.update(entry.stamp)
+                added += table.merge(entry)
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
-            if table.get(entry.kind, entry.who) is None:
-                table.add(entry)
-                added += 1
+        for item in gone if isinstance(gone, list) else ():
+            stamp = stamp_from_wire(item[2]) if isinstance(item, list) and len(item) == 3 else None
+            if stamp is None or not isinstance(item[0], str) or not isinstance(item[1], str):
+                continue
+            clock.update(stamp)
+            changed += table.merge_gone(item[0], item[1], stamp)
         if added:
             self.broker.kick_banned()
-        return added
+        return added + changed
 
     def banned_digest(self) -> str:
         digest = hashlib.blake2b(digest_size=16)
-        for key in sorted((e.kind, e.who) for e in self.broker.banned.entries()):
-            digest.update(f"{key[0]}\0{key[1]}\n".encode())
+        rows = sorted((e.kind, e.who, e.order()) for e in self.broker.banned.entries())
+        for kind, who, stamp in rows:
+            digest.update(f"{kind}\0{who}\0{stamp.ms}\0{stamp.counter}\0{stamp.node}\n".encode())
         return digest.hexdigest()
 
     # -- the last-writer-wins tables -------------------------------------------------------

@@ -33,6 +33,7 @@ import psutil
 
 from broker.core.banned import BAN_KINDS, BanEntry
 from broker.core.channel import Channel
+from broker.core.hlc import stamp_from_wire
 from broker.core.message import Message, is_expired
 from broker.core.metrics import METRIC_NAMES, STAT_NAMES
 from broker.core.session import Session, Subscription
@@ -558,6 +559,8 @@ async def ban_add(ctx: NodeContext, args: dict[str, Any]) -> Row:
     entry = BanEntry.from_dict(dict(args["entry"]))
     if entry.kind not in BAN_KINDS:
         return error("bad_as")
+    if entry.stamp is not None:  # stamped by the API node (`hlc_now`)
+        ctx.broker.hlc.update(entry.stamp)
     stored = ctx.broker.banned.add(entry)
     kicked = ctx.broker.kick_banned()
     return {"entry": stored.to_dict(), "kicked": kicked}
@@ -565,7 +568,12 @@ async def ban_add(ctx: NodeContext, args: dict[str, Any]) -> Row:
 
 @query("ban_delete")
 async def ban_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
-    return ctx.broker.banned.remove(str(args["as"]), str(args["who"]))
+    """Lift the ban; with the API node's stamp (`hlc`), the removal is remembered so that an
+    older copy of the ban from a node that was away does not bring it back."""
+    stamp = stamp_from_wire(args.get("hlc"))
+    if stamp is not None:
+        ctx.broker.hlc.update(stamp)
+    return ctx.broker.banned.remove(str(args["as"]), str(args["who"]), stamp)
 
 
 @query("kick_banned")

@@ -1,4 +1,5 @@
-"""Retained messages converge on every node: the last writer by hybrid-clock stamp wins.
+"""Retained messages and bans converge on every node: the last writer by hybrid-clock stamp
+wins.
 
 Real nodes (`cluster_support.ClusterNodes`) on loopback, real MQTT clients (aiomqtt). The
 writes reach the nodes in different orders; each node must end with the write of the largest
@@ -9,16 +10,19 @@ one anti-entropy exchange (`cluster.replicas`), both ways.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
-from api_support import eventually
+from api_support import ADMIN, basic, eventually
 from cluster_support import ClusterNodes, converged
 
 from broker.app import NodeApp
+from broker.core.banned import BanEntry
 from broker.core.hlc import Stamp
 from broker.core.message import Message, retained_stamp
 
@@ -148,3 +152,39 @@ async def test_one_anti_entropy_exchange_repairs_retained_apart_both_ways(
     digests: list[Any] = [app.cluster.replicas.digests() for app in (a, b) if app.cluster]
     assert digests[0] == digests[1]
     assert await a.cluster.replicas.exchange(B) == []
+
+
+async def test_bans_converge_by_last_writer_also_for_removals(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    a, b, c = trio
+    base = f"http://127.0.0.1:{a.http_port}"
+    ban = {"who": "spam", "as": "client_id"}
+    async with (
+        aiohttp.ClientSession(base, headers=basic(*ADMIN)) as http,
+        http.post("/api/v3/banned", json=ban) as reply,
+    ):
+        assert reply.status == 201
+        body = await reply.json()
+    assert body["who"] == "spam" and "hlc" not in body  # not part of the API's object
+    entries = [app.broker.banned.get("client_id", "spam") for app in trio]
+    assert all(e is not None and e.stamp is not None and e.stamp.node == A for e in entries)
+    assert len({e.stamp for e in entries if e is not None}) == 1  # one stamp, every node
+    # lifted on b alone (its replication lost): a's copy is older, so it does not come back
+    assert b.broker.banned.remove("client_id", "spam", b.broker.hlc.now())
+    # banned on a alone: b gets it and disconnects its matching client
+    a.broker.banned.add(BanEntry("late", "client_id", at=time.time(), stamp=a.broker.hlc.now()))
+    async with client(b, "late") as victim:
+        assert a.cluster is not None
+        assert "banned" in await a.cluster.replicas.exchange(B)
+        await eventually(lambda: b.broker.banned.get("client_id", "late") is not None)
+        await eventually(lambda: a.broker.banned.get("client_id", "spam") is None)
+        with pytest.raises(aiomqtt.MqttError):  # kicked by the ban b took
+            async with asyncio.timeout(TIMEOUT):
+                await anext(aiter(victim.messages))
+    assert c.cluster is not None  # c pulls from a in its own round: the same bans
+    await c.cluster.replicas.exchange(A)
+    for app in trio:
+        await eventually(  # type: ignore[misc]
+            lambda app=app: sorted(e.who for e in app.broker.banned.entries()) == ["late"]
+        )
