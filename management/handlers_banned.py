@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.banned import BAN_KINDS
-from management import queries_tables  # noqa: F401 (registers hlc_now)
 from management.auth import APP_ID_KEY
 from management.common import (
     as_number,

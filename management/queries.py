@@ -325,14 +325,25 @@ async def subscriptions(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     return [row for s in list(table.values()) for row in _subscription_rows(ctx, s)]
 
 
+@query("hlc_now")
+async def hlc_now(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """A new stamp of this node's hybrid clock: the API node stamps a replicated write once
+    (a ban, a table row, a retained clear), then sends it with that stamp to every node."""
+    return ctx.broker.hlc.now().to_wire()
+
+
 @query("retained_delete")
 async def retained_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
     """Clear this node's copy of the retained message of `topic` (as an empty retained PUBLISH
-    would, but delivering nothing to subscribers); the caller asks every node. False: none."""
+    would, but delivering nothing to subscribers); the caller asks every node, with one stamp
+    (`hlc`) for the clear. False: none."""
     topic = str(args["topic"])
     if ctx.broker.retained.get(topic) is None:
         return False
-    ctx.broker.retain(Message(topic, b"", retain=True))
+    clear = Message(topic, b"", retain=True, timestamp=ctx.broker.clock())
+    clear.stamp = stamp_from_wire(args.get("hlc"))  # None: this node stamps it
+    if not ctx.broker.retain(clear):
+        return False  # a later write of the topic is here already
     log.info("retained message of %r deleted through the management API", topic)
     return True
 

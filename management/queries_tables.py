@@ -51,13 +51,6 @@ async def table_delete(ctx: NodeContext, args: dict[str, Any]) -> Any:
     return ctx.broker.replicated.table(name).delete(key, float(at), _stamp(ctx, args))
 
 
-@query("hlc_now")
-async def hlc_now(ctx: NodeContext, args: dict[str, Any]) -> Any:
-    """A new stamp of this node's hybrid clock: the API node stamps a write once, before it
-    sends the same row to every node (`table_put` / `table_delete` with `hlc`)."""
-    return ctx.broker.hlc.now().to_wire()
-
-
 def _stamp(ctx: NodeContext, args: dict[str, Any]) -> Stamp | None:
     """The write's stamp (`hlc`), taken into this node's clock; None when the API node sent
     none (an older node: the row is ordered by `at`)."""

@@ -188,3 +188,21 @@ async def test_bans_converge_by_last_writer_also_for_removals(
         await eventually(  # type: ignore[misc]
             lambda app=app: sorted(e.who for e in app.broker.banned.entries()) == ["late"]
         )
+
+
+async def test_a_clear_through_the_api_is_one_write_with_one_stamp_on_every_node(
+    trio: tuple[NodeApp, NodeApp, NodeApp],
+) -> None:
+    _a, b, c = trio
+    async with client(c, "w") as pub:
+        await pub.publish("conv/api", b"x", qos=1, retain=True)
+    await eventually(lambda: all(held(app, "conv/api") == b"x" for app in trio), timeout=TIMEOUT)
+    async with (
+        aiohttp.ClientSession(f"http://127.0.0.1:{b.http_port}", headers=basic(*ADMIN)) as http,
+        http.delete("/api/v3/retained/conv%2Fapi") as reply,
+    ):
+        assert reply.status == 200
+    stamps = {app.broker.retained_gone.get("conv/api") for app in trio}
+    assert len(stamps) == 1 and None not in stamps  # the tombstone b stamped, everywhere
+    assert next(iter(stamps)).node == B  # type: ignore[union-attr]
+    assert all(held(app, "conv/api") is None for app in trio)
