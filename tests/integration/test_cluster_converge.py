@@ -25,6 +25,8 @@ from broker.app import NodeApp
 from broker.core.banned import BanEntry
 from broker.core.hlc import Stamp
 from broker.core.message import Message, retained_stamp
+from cluster.membership_config import MembershipConfig
+from cluster.runtime import ClusterConfig
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 TIMEOUT = 10.0
@@ -206,3 +208,25 @@ async def test_a_clear_through_the_api_is_one_write_with_one_stamp_on_every_node
     assert len(stamps) == 1 and None not in stamps  # the tombstone b stamped, everywhere
     assert next(iter(stamps)).node == B  # type: ignore[union-attr]
     assert all(held(app, "conv/api") is None for app in trio)
+
+
+async def test_the_periodic_anti_entropy_round_repairs_a_divergence_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """No membership change, no call from the test: each node's round (every push/pull
+    interval, one random live peer) finds the digest apart and pulls both ways."""
+    quick = ClusterConfig(membership=MembershipConfig(push_pull_interval=0.3))
+    nodes = ClusterNodes(tmp_path)
+    try:
+        a = await nodes.start(A, cluster_config=quick)
+        b = await nodes.start(B, a, cluster_config=quick)
+        c = await nodes.start(C, a, cluster_config=quick)
+        await converged(a, b, c)
+        local_write(b, "conv/ae", b"only-b")  # as if its forwards were lost
+        await eventually(
+            lambda: all(held(app, "conv/ae") == b"only-b" for app in (a, b, c)), timeout=TIMEOUT
+        )
+        repairs = sum(app.cluster.replicas.stats["repairs"] for app in (a, b, c) if app.cluster)
+        assert repairs >= 1
+    finally:
+        await nodes.stop_all()
