@@ -308,6 +308,8 @@ class SocketServer(asyncio.AbstractServer):
         self._sock: socket.socket | None = sock
         self._factory = protocol_factory
         self._retry: asyncio.TimerHandle | None = None
+        #: TCP_NODELAY for each accepted socket (asked once: `socket.family` builds an enum).
+        self._nodelay = sock.family in (socket.AF_INET, socket.AF_INET6)
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._accept)
 
@@ -342,7 +344,7 @@ class SocketServer(asyncio.AbstractServer):
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.setblocking(False)
-            if conn.family in (socket.AF_INET, socket.AF_INET6):
+            if self._nodelay:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport = SocketTransport(self._loop, conn, self._factory())
         except OSError:  # the peer went away meanwhile
