@@ -1,12 +1,14 @@
-"""A lean transport for plain TCP on asyncio's own (selector) event loop.
+"""A lean transport for plain TCP on asyncio's own (selector) event loop, on Linux.
 
-Why: on the standard loop an idle MQTT connection cost about 1,500 bytes in asyncio alone:
+Why: on the standard loop an idle MQTT connection cost about 1,900 bytes in asyncio alone:
 `_SelectorSocketTransport` with its instance dict, its `_extra` dict (a `TransportSocket`, the
 peer and local addresses as tuples of fresh strings), a bound method kept for reading, an empty
-write bytearray, and a weak reference in the loop's transport registry. This transport keeps
-the socket, the protocol and a write buffer that exists only while bytes wait, in slots; the
-addresses are asked of the socket when someone wants them. What is left per connection is the
-loop's own reader registration (`loop.add_reader`: a Handle, its Context, a selector key).
+write bytearray, a weak reference in the loop's transport registry, and the loop's reader
+registration (a Handle, its Context, the callback's arguments, a selector key, an entry in the
+selector's map). Here a connection is its socket and a `SocketTransport` with a few slots; the
+write buffer exists only while bytes wait, the addresses are asked of the socket when someone
+wants them, and readiness comes from one epoll per listener (`Poller`) that the loop watches as
+a single descriptor: a connection costs that epoll one dict entry, not five loop objects.
 
 Theory of operation
 -------------------
@@ -17,29 +19,44 @@ reports to the loop's exception handler with the listening socket in the context
 `ACCEPT_RETRY_DELAY`, also as asyncio does. Each accepted socket gets a `SocketTransport`; the
 protocol's `connection_made` runs at once, then reading starts (unless it closed already).
 
+`Poller` is level-triggered like asyncio's selector: a socket is registered for reading while
+it is read, for writing while bytes wait, and not at all otherwise (an error or hang-up is
+reported to whichever side is registered, as the selector does). When the loop finds the
+poller's epoll readable it takes up to `MAX_EVENTS` ready sockets and calls their transports;
+more stay ready for the next loop turn. Callbacks these make with `call_soon` run in the next
+turn, as with the loop's own readers.
+
 Reading: one `recv(MAX_READ)` per readiness, the bytes to `data_received`; an empty read is EOF
 (`eof_received`, then close unless it returns true). Writing: `write` sends at once when nothing
 waits; what the kernel does not take waits in a bytearray and is sent when the socket is
-writable (`loop.add_writer`). Above `HIGH_WATER` buffered bytes the protocol's `pause_writing`
-is called, at or below `LOW_WATER` `resume_writing` (asyncio's defaults). `close` stops reading
-and closes once the buffer is sent; `abort` and any socket error close at once. Either way the
-protocol's `connection_lost` is called once, in a later loop turn, and then the socket closes.
+writable. Above `HIGH_WATER` buffered bytes the protocol's `pause_writing` is called, at or
+below `LOW_WATER` `resume_writing` (asyncio's defaults). `close` stops reading and closes once
+the buffer is sent; `abort` and any socket error close at once. Either way the protocol's
+`connection_lost` is called once, in a later loop turn, and then the socket closes.
 
-TLS and uvloop keep their own transports (`broker.server.node` chooses).
+TLS, uvloop and systems without epoll keep asyncio's transports (`broker.server.node` chooses:
+`available`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-import logging
+import select
 import socket
 from asyncio.trsock import TransportSocket
 from typing import Any
 
-log = logging.getLogger(__name__)
-
-__all__ = ["HIGH_WATER", "LOW_WATER", "MAX_READ", "SocketServer", "SocketTransport"]
+__all__ = [
+    "HIGH_WATER",
+    "LOW_WATER",
+    "MAX_READ",
+    "Poller",
+    "SocketServer",
+    "SocketTransport",
+    "available",
+]
 
 #: Bytes read per readiness, as asyncio's socket transport.
 MAX_READ = 256 * 1024
@@ -48,37 +65,118 @@ HIGH_WATER = 64 * 1024
 LOW_WATER = HIGH_WATER // 4
 #: Connections accepted per readiness of the listening socket (asyncio's `backlog` default).
 BACKLOG = 100
+#: Ready sockets handled per readiness of a poller; the rest in the next loop turn.
+MAX_EVENTS = 1024
 #: Seconds before accepting again after running out of descriptors (asyncio's constant).
 ACCEPT_RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 # `SocketTransport._state` bits.
-_READING = 1  # registered with the loop for reading
+_READING = 1  # wants readiness for reading
 _CLOSING = 2  # close() or abort(): no more reading; the socket closes once the buffer is sent
 _LOST = 4  # connection_lost is scheduled or done
 _WRITE_PAUSED = 8  # the protocol was told to pause writing
 
+if hasattr(select, "epoll"):
+    _IN = select.EPOLLIN
+    _OUT = select.EPOLLOUT
+    # An error or hang-up wakes whichever side is registered, as asyncio's selector does.
+    _READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
+    _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
-def _read_ready(transport: SocketTransport) -> None:
-    """The loop's reader callback: a plain function with the transport as its argument, so no
-    bound method is kept per connection."""
-    transport.read_ready()
+
+def available(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this transport can serve on `loop`: asyncio's selector loop on a system with
+    epoll (Linux). Elsewhere asyncio's own transport is used."""
+    return hasattr(select, "epoll") and isinstance(
+        loop, asyncio.selector_events.BaseSelectorEventLoop
+    )
 
 
-def _write_ready(transport: SocketTransport) -> None:
-    transport.write_ready()
+class Poller:
+    """One epoll for the connections of a listener, watched by the loop as one descriptor."""
+
+    __slots__ = ("_closing", "_epoll", "_live", "_loop", "_transports")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        #: fd -> transport, for the sockets registered now (reading or writing).
+        self._transports: dict[int, SocketTransport] = {}
+        #: Transports started and not lost yet (registered or not).
+        self._live = 0
+        self._closing = False
+        loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def update(self, transport: SocketTransport) -> None:
+        """Register `transport`'s socket for what it waits for now: reading, writing, both or
+        neither (then it is not registered at all, so a hang-up cannot wake it)."""
+        mask = (_IN if transport._state & _READING else 0) | (
+            _OUT if transport._buffer is not None else 0
+        )
+        fd = transport._fd
+        transports = self._transports
+        if transports.get(fd) is transport:
+            if mask:
+                self._epoll.modify(fd, mask)
+            else:
+                del transports[fd]
+                self._epoll.unregister(fd)
+        elif mask:
+            try:
+                self._epoll.register(fd, mask)
+            except FileExistsError:  # a closed socket's leftover with the same number
+                self._epoll.modify(fd, mask)
+            transports[fd] = transport
+
+    def forget(self, transport: SocketTransport) -> None:
+        """`transport` is lost: unregister it (before its socket closes)."""
+        fd = transport._fd
+        if self._transports.get(fd) is transport:
+            del self._transports[fd]
+            with contextlib.suppress(OSError):  # closed meanwhile: the kernel dropped it
+                self._epoll.unregister(fd)
+        self._live -= 1
+        if self._closing and not self._live:
+            self._close()
+
+    def _ready(self) -> None:
+        try:
+            events = self._epoll.poll(0, MAX_EVENTS)
+        except InterruptedError:
+            return
+        transports = self._transports
+        for fd, event in events:
+            transport = transports.get(fd)
+            if transport is None:
+                continue
+            if event & _READ_EVENTS and transport._state & _READING:
+                transport.read_ready()
+            if event & _WRITE_EVENTS and transport._buffer is not None:
+                transport.write_ready()
+
+    def close_when_idle(self) -> None:
+        """The listener closed: close this epoll once its last connection is gone."""
+        self._closing = True
+        if not self._live:
+            self._close()
+
+    def _close(self) -> None:
+        if self._epoll.closed:
+            return
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
 
 
 class SocketTransport(asyncio.Transport):
     """One accepted TCP socket. See the module docstring."""
 
-    __slots__ = ("_buffer", "_fd", "_loop", "_protocol", "_sock", "_state")
+    __slots__ = ("_buffer", "_fd", "_poller", "_protocol", "_sock", "_state")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.Protocol
-    ) -> None:
-        self._loop = loop
+    def __init__(self, poller: Poller, sock: socket.socket, protocol: asyncio.Protocol) -> None:
+        self._poller = poller
         self._sock = sock
+        #: The number the poller knows it by (one int object for both).
         self._fd = sock.fileno()
         self._protocol = protocol
         #: Bytes the kernel has not taken yet; None when nothing waits.
@@ -87,10 +185,11 @@ class SocketTransport(asyncio.Transport):
 
     def start(self) -> None:
         """Hand the connection to its protocol, then start reading."""
+        self._poller._live += 1
         self._protocol.connection_made(self)
         if not self._state & _CLOSING:
             self._state |= _READING
-            self._loop.add_reader(self._fd, _read_ready, self)
+            self._poller.update(self)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -130,7 +229,7 @@ class SocketTransport(asyncio.Transport):
     def _stop_reading(self) -> None:
         if self._state & _READING:
             self._state &= ~_READING
-            self._loop.remove_reader(self._fd)
+            self._poller.update(self)
 
     def pause_reading(self) -> None:
         if not self._state & _CLOSING:
@@ -140,7 +239,7 @@ class SocketTransport(asyncio.Transport):
         if self._state & (_CLOSING | _READING):
             return
         self._state |= _READING
-        self._loop.add_reader(self._fd, _read_ready, self)
+        self._poller.update(self)
 
     def is_reading(self) -> bool:
         return bool(self._state & _READING)
@@ -164,7 +263,7 @@ class SocketTransport(asyncio.Transport):
             if sent == len(data):
                 return
             self._buffer = bytearray(memoryview(data)[sent:])
-            self._loop.add_writer(self._fd, _write_ready, self)
+            self._poller.update(self)
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
@@ -186,11 +285,11 @@ class SocketTransport(asyncio.Transport):
             self._maybe_resume_protocol()
             return
         self._buffer = None
-        self._loop.remove_writer(self._fd)
+        self._poller.update(self)
         self._maybe_resume_protocol()
         if self._state & _CLOSING and not self._state & _LOST:
             self._state |= _LOST
-            self._loop.call_soon(self._connection_lost, None)
+            self._poller._loop.call_soon(self._connection_lost, None)
 
     def get_write_buffer_size(self) -> int:
         buffer = self._buffer
@@ -219,7 +318,7 @@ class SocketTransport(asyncio.Transport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
+            self._poller._loop.call_exception_handler(
                 {
                     "message": f"protocol.{name}() failed",
                     "exception": exc,
@@ -240,14 +339,14 @@ class SocketTransport(asyncio.Transport):
         self._state |= _CLOSING
         if self._buffer is None and not self._state & _LOST:
             self._state |= _LOST
-            self._loop.call_soon(self._connection_lost, None)
+            self._poller._loop.call_soon(self._connection_lost, None)
 
     def abort(self) -> None:
         self._force_close(None)
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         if not isinstance(exc, OSError):  # a socket error is the peer's doing: no report
-            self._loop.call_exception_handler(
+            self._poller._loop.call_exception_handler(
                 {
                     "message": f"Fatal error on transport: {message}",
                     "exception": exc,
@@ -260,17 +359,16 @@ class SocketTransport(asyncio.Transport):
     def _force_close(self, exc: BaseException | None) -> None:
         if self._state & _LOST:
             return
-        if self._buffer is not None:
-            self._buffer = None
-            self._loop.remove_writer(self._fd)
-        self._stop_reading()
-        self._state |= _CLOSING | _LOST
-        self._loop.call_soon(self._connection_lost, exc)
+        self._buffer = None
+        self._state = (self._state | _CLOSING | _LOST) & ~_READING
+        self._poller.update(self)
+        self._poller._loop.call_soon(self._connection_lost, exc)
 
     def _connection_lost(self, exc: BaseException | None) -> None:
         try:
             self._protocol.connection_lost(exc if isinstance(exc, Exception) else None)
         finally:
+            self._poller.forget(self)
             self._sock.close()
 
     # -- information ------------------------------------------------------------------------
@@ -307,6 +405,7 @@ class SocketServer(asyncio.AbstractServer):
         self._loop = loop
         self._sock: socket.socket | None = sock
         self._factory = protocol_factory
+        self._poller = Poller(loop)
         self._retry: asyncio.TimerHandle | None = None
         #: TCP_NODELAY for each accepted socket (asked once: `socket.family` builds an enum).
         self._nodelay = sock.family in (socket.AF_INET, socket.AF_INET6)
@@ -346,7 +445,7 @@ class SocketServer(asyncio.AbstractServer):
             conn.setblocking(False)
             if self._nodelay:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transport = SocketTransport(self._loop, conn, self._factory())
+            transport = SocketTransport(self._poller, conn, self._factory())
         except OSError:  # the peer went away meanwhile
             conn.close()
             return
@@ -366,7 +465,8 @@ class SocketServer(asyncio.AbstractServer):
             self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting and close the listening socket; connections stay (as asyncio's)."""
+        """Stop accepting and close the listening socket; connections stay (as asyncio's), and
+        their poller closes after the last of them."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
@@ -376,6 +476,7 @@ class SocketServer(asyncio.AbstractServer):
         else:
             self._loop.remove_reader(sock.fileno())
         sock.close()
+        self._poller.close_when_idle()
 
     def is_serving(self) -> bool:
         return self._sock is not None

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from broker.server.socket_transport import HIGH_WATER, SocketServer, SocketTransport
+from broker.server.socket_transport import HIGH_WATER, Poller, SocketServer, SocketTransport
 
 TIMEOUT = 5.0
 
@@ -66,12 +66,15 @@ async def pair() -> AsyncIterator[tuple[SocketTransport, Recorder, socket.socket
     ours.setblocking(False)
     theirs.settimeout(TIMEOUT)
     protocol = Recorder()
-    transport = SocketTransport(asyncio.get_running_loop(), ours, protocol)
+    poller = Poller(asyncio.get_running_loop())
+    transport = SocketTransport(poller, ours, protocol)
     transport.start()
     yield transport, protocol, theirs
     transport.abort()
     theirs.close()
     await asyncio.sleep(0)
+    poller.close_when_idle()
+    assert poller._epoll.closed  # the last connection went: the poller closed with it
 
 
 async def _until(condition: object, what: str) -> None:
