@@ -46,6 +46,8 @@ from benchmarks.procfs import rss_kb
 CONNECT_TIMEOUT = 120.0
 #: Source lines shown (the largest allocators).
 LINES = 12
+#: Issue 15's goal for RSS per idle connection (mosquitto 2.0.11: about 730 B here).
+GOAL_BYTES = 2000
 #: Source files are grouped under these names (first match wins); the rest by their file name.
 GROUPS = (
     ("broker/server/", "broker/server/"),
@@ -291,6 +293,10 @@ def render(results: list[dict[str, Any]], loop_name: str) -> str:
     lines = [
         f"RSS per idle connection: {rss:,.0f} B (median of {len(results)} rounds, "
         f"{results[0]['connections']:,} connections, {loop_name})",
+        "",
+        f"Goal (issue 15): <= {GOAL_BYTES:,} B per idle connection: "
+        f"{'met' if rss <= GOAL_BYTES else 'NOT met'} on {loop_name} "
+        f"({rss - GOAL_BYTES:+,.0f} B)",
         "",
         f"Python allocations per connection by source (tracemalloc, {results[0]['traced']:,} "
         "connections):",
