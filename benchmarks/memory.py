@@ -165,12 +165,22 @@ def _type_sizes() -> dict[str, tuple[int, int]]:
 _CONTAINERS = (dict, list, set, bytearray, collections.deque, bytes, str)
 
 
+def _instance_dict(obj: object) -> dict[str, Any] | None:
+    """`obj`'s __dict__, or None for a class that lists "__dict__" in its slots: there the
+    dict is made on the first attribute set outside the slots
+    (`broker.core.connection.Connection`), and asking for it would make it, so it is not
+    asked (what such fields hold is in the tracemalloc totals)."""
+    for cls in type(obj).__mro__:
+        if "__dict__" in getattr(cls, "__slots__", ()):
+            return None
+    return vars(obj) if hasattr(obj, "__dict__") else None
+
+
 def _attrs(obj: object) -> Iterator[tuple[str, object]]:
     names: list[str] = []
     for cls in type(obj).__mro__:
-        names.extend(getattr(cls, "__slots__", ()))
-    if hasattr(obj, "__dict__"):
-        names.extend(vars(obj))
+        names.extend(n for n in getattr(cls, "__slots__", ()) if n != "__dict__")
+    names.extend(_instance_dict(obj) or ())
     for name in dict.fromkeys(names):
         with contextlib.suppress(AttributeError):
             yield name, getattr(obj, name)
@@ -209,7 +219,8 @@ def walk_connection(broker: Any) -> list[dict[str, Any]]:
     rows = []
     for label, a, b in pairs:
         owned = _owned(a, b)
-        own_dict = sys.getsizeof(vars(a)) if hasattr(a, "__dict__") else 0
+        own = _instance_dict(a)
+        own_dict = 0 if own is None else sys.getsizeof(own)
         rows.append(
             {
                 "object": f"{label}: {type(a).__name__}",
