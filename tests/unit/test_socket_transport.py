@@ -15,6 +15,8 @@ import pytest
 from broker.server.socket_transport import HIGH_WATER, Poller, SocketServer, SocketTransport
 
 TIMEOUT = 5.0
+#: SO_SNDBUF/SO_RCVBUF of the test sockets (the kernel doubles and rounds them).
+KERNEL_BUFFER = 32 * 1024
 
 
 class Recorder(asyncio.Protocol):
@@ -50,12 +52,17 @@ class Recorder(asyncio.Protocol):
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """Two connected loopback TCP sockets (socketpair() is AF_UNIX only on Linux)."""
+    """Two connected loopback TCP sockets (socketpair() is AF_UNIX only on Linux), with small
+    kernel buffers so that a few MiB written surely wait in the transport."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
-        theirs = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        theirs = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, KERNEL_BUFFER)
+        theirs.settimeout(TIMEOUT)
+        theirs.connect(listener.getsockname())
         ours, _addr = listener.accept()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_BUFFER)
     return ours, theirs
 
 
