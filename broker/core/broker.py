@@ -143,7 +143,7 @@ class Broker:
                 session.detach(self.clock())
                 if session.expiry_interval == 0:
                     self.discard_session(client_id)
-        self.update_stats()
+        self.update_client_stats()
 
     def accepting(self) -> bool:
         """False when `max_connections` is reached: the listener refuses new clients."""
@@ -181,7 +181,7 @@ class Broker:
         session.attach(channel)
         self.connected[client_id] = channel
         self.clients_total += 1
-        self.update_stats()
+        self.update_client_stats()
         return session, present
 
     def _new_session(
@@ -216,8 +216,8 @@ class Broker:
             return
         session.touch()
         for filt in list(session.subscriptions):
-            self.unsubscribe(session, filt)
-        self.update_stats()
+            self.unsubscribe(session, filt)  # each refreshes the subscription gauges
+        self.update_client_stats()
 
     def drop_session(self, client_id: str) -> bool:
         """An operator ends the session of `client_id` (EMQX's clean_session): a connected
@@ -593,10 +593,18 @@ class Broker:
             self.discard_session(client_id)
         for pending in self.wills.due(now):  # delayed wills (broker.core.wills)
             self.publish_will(pending.info, pending.will)
+        self.update_stats()  # once per tick too: a gauge moved by anything else is fresh here
         self.update_slow_stats()
 
+    def update_client_stats(self) -> None:
+        """Refresh the two gauges a connect or a close changes (the rest cannot have moved:
+        subscriptions refresh them through `update_stats`); on every connect, so kept short."""
+        stats = self.stats
+        stats.set("connections/count", len(self.connected))
+        stats.set("sessions/count", len(self.sessions))
+
     def update_stats(self) -> None:
-        """Refresh the gauges that are cheap to read; called on every registry change."""
+        """Refresh the gauges that are cheap to read; called on every other registry change."""
         stats = self.stats
         stats.set("connections/count", len(self.connected))
         stats.set("sessions/count", len(self.sessions))
