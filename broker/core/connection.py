@@ -64,6 +64,7 @@ from broker.protocol.packets import (
     PubRel,
     Will,
 )
+from broker.protocol.runs import PublishRun
 from broker.protocol.wire import Frames
 
 if TYPE_CHECKING:
@@ -411,6 +412,48 @@ class Connection:
         else:
             held.append(data)
         return True
+
+    def passes(self, run: PublishRun) -> bool:
+        """`ClientPort.passes`: the frames of `run` are what `send_publish` would write for
+        each of its messages (QoS 0, no subscription identifier: `Broker.run_targets`)."""
+        return (
+            self.out_aliases is None
+            and (self.version == MQTT_5) is run.v5
+            and self.held_out is None
+            and run.frame_len <= self.max_packet_out
+        )
+
+    def send_run(self, run: PublishRun) -> int:
+        """`ClientPort.send_run`: the run's bytes in one write, counted per message. Messages
+        are dropped where `send_publish` would drop each: from the first one that finds more
+        than `max_outgoing_buffer` bytes waiting (what waits grows by a frame per message)."""
+        if self.state != CONNECTED:
+            return 0
+        link = self.link
+        count = run.count
+        frame_len = run.frame_len
+        data = run.data
+        room = self.broker.settings.max_outgoing_buffer - link.buffered()
+        sent = count
+        if (count - 1) * frame_len > room:
+            sent = room // frame_len + 1 if room >= 0 else 0
+            self.broker.limits["max_outgoing_buffer"] += count - sent
+            if not sent:
+                return 0
+            data = data[: sent * frame_len]
+        size = sent * frame_len
+        self.send_oct += size
+        self.send_cnt += sent
+        self.send_pkt += sent
+        self.send_msg += sent
+        counters = self.broker.metrics.counters
+        counters["bytes/sent"] += size
+        counters["packets/sent"] += sent
+        counters["packets/publish/sent"] += sent
+        counters["messages/sent"] += sent
+        counters["messages/qos0/sent"] += sent
+        link.write(data)
+        return sent
 
     def hold_output(self) -> None:
         """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2

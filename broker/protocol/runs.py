@@ -1,0 +1,122 @@
+"""Runs of plain QoS 0 PUBLISH frames: the bytes a publisher sent, passed on without packets.
+
+Theory of operation
+-------------------
+A client that publishes fast sends many QoS 0 PUBLISHes to one topic back to back; one read
+then holds hundreds of frames that differ only in their payload. `scan_run` finds, at a given
+offset of the decoder's buffer, the longest run of frames that share their whole head: the
+first byte 0x30 (PUBLISH, QoS 0, no DUP, no RETAIN), the same minimal Remaining Length (so the
+same frame length), the same topic and, in MQTT 5, a property length of 0. Such frames are
+exactly the ones the decoder would turn into equal `Publish` packets but for the payload, and
+their bytes are already what a subscriber of the same protocol family gets for each.
+
+Finding the run costs a few C-level operations per frame, not Python steps: after the first
+frames (compared one by one with `startswith`), the head is checked column by column over a
+window of frames at once (`buf[pos + j :: frame_len]` is byte `j` of every frame, which must
+be the head's byte `j`; `lstrip` tells how many leading frames agree), the window doubling
+while every frame agrees.
+
+The frame at the offset is left to the decoder (None) when it is anything else: a retained
+or flagged PUBLISH, properties, a topic that is not valid UTF-8 or holds U+0000, a non-minimal
+or long (body of 16 KiB or more) header, a frame not complete yet or over `max_size`. So a
+run never holds a frame the decoder would refuse or read differently, and falling back to
+`broker.protocol.decode.expand_run` gives the same packets the decoder would have made.
+"""
+
+from __future__ import annotations
+
+#: First byte of a PUBLISH with QoS 0 and neither DUP nor RETAIN.
+PLAIN_QOS0 = 0x30
+#: Frames compared one at a time before the column check takes over.
+_ONE_BY_ONE = 8
+
+
+class PublishRun:
+    """`count` QoS 0 PUBLISH frames of `frame_len` bytes each to one topic, as received.
+
+    `data` is the frames' bytes (one copy out of the read buffer), `v5` whether they are MQTT
+    5 frames (a property length of 0 after the topic) or 3.x ones. Every frame has RETAIN 0 and
+    no properties; only the payloads differ.
+    """
+
+    __slots__ = ("count", "data", "frame_len", "topic", "v5")
+    packet_type = 3  # PacketType.PUBLISH: counted as that many PUBLISH packets
+
+    def __init__(self, topic: str, data: bytes, count: int, frame_len: int, v5: bool) -> None:
+        self.topic = topic
+        self.data = data
+        self.count = count
+        self.frame_len = frame_len
+        self.v5 = v5
+
+    def __repr__(self) -> str:
+        return f"PublishRun(topic={self.topic!r}, count={self.count}, frame_len={self.frame_len})"
+
+
+def scan_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> PublishRun | None:
+    """The run of plain QoS 0 PUBLISH frames starting at `pos` of `buf[:n]`, or None when the
+    frame there is not one (see the module docstring). `buf[pos]` is PLAIN_QOS0."""
+    if pos + 2 > n:
+        return None
+    length = buf[pos + 1]
+    head = 2
+    if length > 0x7F:
+        if pos + 3 > n:
+            return None
+        second = buf[pos + 2]
+        if second == 0 or second > 0x7F:  # non-minimal (MQTT-1.5.5-1) or 16 KiB and over
+            return None
+        length = (length & 0x7F) | (second << 7)
+        head = 3
+    frame_len = head + length
+    if pos + frame_len > n or frame_len > max_size:
+        return None
+    topic_at = pos + head + 2
+    if length < 2:
+        return None
+    topic_end = topic_at + ((buf[topic_at - 2] << 8) | buf[topic_at - 1])
+    prefix_end = topic_end + 1 if v5 else topic_end
+    if prefix_end > pos + frame_len or (v5 and buf[topic_end] != 0):
+        return None
+    try:
+        topic = buf[topic_at:topic_end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in topic:
+        return None
+    prefix = bytes(buf[pos:prefix_end])
+    count = 1
+    at = pos + frame_len
+    # The first frames one by one: a run of one or two costs no column work.
+    while count < _ONE_BY_ONE and at + frame_len <= n and buf.startswith(prefix, at):
+        count += 1
+        at += frame_len
+    if count == _ONE_BY_ONE:
+        count = _count_by_columns(buf, pos, n, prefix, frame_len, count)
+    return PublishRun(topic, bytes(buf[pos : pos + count * frame_len]), count, frame_len, v5)
+
+
+def _count_by_columns(
+    buf: bytearray, pos: int, n: int, prefix: bytes, frame_len: int, count: int
+) -> int:
+    """How many frames from `pos` start with `prefix`, the first `count` known to; each window
+    of frames is checked byte column by byte column (see the module docstring)."""
+    available = (n - pos) // frame_len
+    window = count
+    while count < available:
+        upto = min(count + window, available)
+        start = pos + count * frame_len
+        stop = pos + upto * frame_len
+        agree = upto - count
+        for j in range(len(prefix)):
+            column = buf[start + j : stop : frame_len]
+            same = len(column) - len(column.lstrip(prefix[j : j + 1]))
+            if same < agree:
+                agree = same
+                if not agree:
+                    break
+        count += agree
+        if count < upto:
+            break
+        window *= 2
+    return count
