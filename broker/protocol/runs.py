@@ -56,7 +56,19 @@ class PublishRun:
 def scan_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> PublishRun | None:
     """The run of plain QoS 0 PUBLISH frames starting at `pos` of `buf[:n]`, or None when the
     frame there is not one (see the module docstring). `buf[pos]` is PLAIN_QOS0."""
-    if pos + 2 > n:
+    found = measure_run(buf, pos, n, v5, max_size)
+    if found is None:
+        return None
+    topic, count, frame_len = found
+    return PublishRun(topic, bytes(buf[pos : pos + count * frame_len]), count, frame_len, v5)
+
+
+def measure_run(
+    buf: bytes | bytearray, pos: int, n: int, v5: bool, max_size: int
+) -> tuple[str, int, int] | None:
+    """`scan_run` without the copy: (topic, number of frames, frame length) of the run at
+    `pos`, or None. Also what a load client counts received frames with."""
+    if pos + 2 > n or buf[pos] != PLAIN_QOS0:
         return None
     length = buf[pos + 1]
     head = 2
@@ -79,7 +91,7 @@ def scan_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> Publi
     if prefix_end > pos + frame_len or (v5 and buf[topic_end] != 0):
         return None
     try:
-        topic = buf[topic_at:topic_end].decode("utf-8")
+        topic = str(buf[topic_at:topic_end], "utf-8")
     except UnicodeDecodeError:
         return None
     if "\x00" in topic:
@@ -93,11 +105,11 @@ def scan_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> Publi
         at += frame_len
     if count == _ONE_BY_ONE:
         count = _count_by_columns(buf, pos, n, prefix, frame_len, count)
-    return PublishRun(topic, bytes(buf[pos : pos + count * frame_len]), count, frame_len, v5)
+    return topic, count, frame_len
 
 
 def _count_by_columns(
-    buf: bytearray, pos: int, n: int, prefix: bytes, frame_len: int, count: int
+    buf: bytes | bytearray, pos: int, n: int, prefix: bytes, frame_len: int, count: int
 ) -> int:
     """How many frames from `pos` start with `prefix`, the first `count` known to; each window
     of frames is checked byte column by byte column (see the module docstring)."""
