@@ -424,23 +424,27 @@ class Connection:
         )
 
     def send_run(self, run: PublishRun) -> int:
-        """`ClientPort.send_run`: the run's bytes in one write, counted per message. Messages
-        are dropped where `send_publish` would drop each: from the first one that finds more
-        than `max_outgoing_buffer` bytes waiting (what waits grows by a frame per message)."""
+        """`ClientPort.send_run`: the run's bytes, counted per message. In one write when even
+        the last message would find at most `max_outgoing_buffer` bytes waiting (a write of n
+        bytes adds at most n to `Link.buffered`); near the cap, frame by frame, each dropped
+        where `send_publish` would drop it."""
         if self.state != CONNECTED:
             return 0
         link = self.link
         count = run.count
         frame_len = run.frame_len
         data = run.data
-        room = self.broker.settings.max_outgoing_buffer - link.buffered()
-        sent = count
-        if (count - 1) * frame_len > room:
-            sent = room // frame_len + 1 if room >= 0 else 0
+        cap = self.broker.settings.max_outgoing_buffer
+        if link.buffered() + (count - 1) * frame_len <= cap:
+            link.write(data)
+            sent = count
+        else:
+            sent = 0
+            for start in range(0, count * frame_len, frame_len):
+                if link.buffered() <= cap:
+                    link.write(data[start : start + frame_len])
+                    sent += 1
             self.broker.limits["max_outgoing_buffer"] += count - sent
-            if not sent:
-                return 0
-            data = data[: sent * frame_len]
         size = sent * frame_len
         self.send_oct += size
         self.send_cnt += sent
@@ -452,7 +456,6 @@ class Connection:
         counters["packets/publish/sent"] += sent
         counters["messages/sent"] += sent
         counters["messages/qos0/sent"] += sent
-        link.write(data)
         return sent
 
     def hold_output(self) -> None:

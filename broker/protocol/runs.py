@@ -11,10 +11,11 @@ exactly the ones the decoder would turn into equal `Publish` packets but for the
 their bytes are already what a subscriber of the same protocol family gets for each.
 
 Finding the run costs a few C-level operations per frame, not Python steps: after the first
-frames (compared one by one with `startswith`), the head is checked column by column over a
-window of frames at once (`buf[pos + j :: frame_len]` is byte `j` of every frame, which must
-be the head's byte `j`; `lstrip` tells how many leading frames agree), the window doubling
-while every frame agrees.
+frames (compared one by one with `startswith`), the head is checked column by column over
+every frame left in the buffer at once (`buf[pos + j :: frame_len]` is byte `j` of every
+frame, which must be the head's byte `j`; `lstrip` tells how many leading frames agree).
+That is a dozen slices per run however long it is; a run that ends early pays for the frames
+after it, but only a run of more than `_ONE_BY_ONE` frames gets there.
 
 The frame at the offset is left to the decoder (None) when it is anything else: a retained
 or flagged PUBLISH, properties, a topic that is not valid UTF-8 or holds U+0000, a non-minimal
@@ -60,7 +61,9 @@ def scan_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> Publi
     if found is None:
         return None
     topic, count, frame_len = found
-    return PublishRun(topic, bytes(buf[pos : pos + count * frame_len]), count, frame_len, v5)
+    with memoryview(buf) as view:  # one copy (a bytearray slice, then bytes, would be two)
+        data = view[pos : pos + count * frame_len].tobytes()
+    return PublishRun(topic, data, count, frame_len, v5)
 
 
 def measure_run(
@@ -103,7 +106,7 @@ def measure_run(
     while count < _ONE_BY_ONE and at + frame_len <= n and buf.startswith(prefix, at):
         count += 1
         at += frame_len
-    if count == _ONE_BY_ONE:
+    if count == _ONE_BY_ONE:  # a long run, likely: the rest in C
         count = _count_by_columns(buf, pos, n, prefix, frame_len, count)
     return topic, count, frame_len
 
@@ -111,24 +114,23 @@ def measure_run(
 def _count_by_columns(
     buf: bytes | bytearray, pos: int, n: int, prefix: bytes, frame_len: int, count: int
 ) -> int:
-    """How many frames from `pos` start with `prefix`, the first `count` known to; each window
-    of frames is checked byte column by byte column (see the module docstring)."""
+    """How many frames from `pos` start with `prefix`, the first `count` known to: every frame
+    left in the buffer is checked at once, byte column by byte column (module docstring)."""
     available = (n - pos) // frame_len
-    window = count
-    while count < available:
-        upto = min(count + window, available)
-        start = pos + count * frame_len
-        stop = pos + upto * frame_len
-        agree = upto - count
-        for j in range(len(prefix)):
-            column = buf[start + j : stop : frame_len]
-            same = len(column) - len(column.lstrip(prefix[j : j + 1]))
-            if same < agree:
-                agree = same
-                if not agree:
-                    break
-        count += agree
-        if count < upto:
-            break
-        window *= 2
-    return count
+    if available <= count:
+        return count
+    start = pos + count * frame_len
+    stop = pos + available * frame_len
+    agree = available - count
+    for j, byte in enumerate(_BYTES[b] for b in prefix):
+        column = buf[start + j : stop : frame_len]
+        same = len(column) - len(column.lstrip(byte))
+        if same < agree:
+            agree = same
+            if not agree:
+                break
+    return count + agree
+
+
+#: Each byte value as a one-byte `bytes`, made once.
+_BYTES = [bytes([b]) for b in range(256)]

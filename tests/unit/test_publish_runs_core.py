@@ -88,6 +88,7 @@ def run_scenario(
     cap: int | None,
     subscribers: list[Subscriber] = SUBSCRIBERS,
     waiting: int = 0,
+    grows: bool = True,
     **config: Any,
 ) -> dict[str, Any]:
     """Connect the subscribers and the publisher, publish `batches` (one read each) and
@@ -107,7 +108,7 @@ def run_scenario(
         client.received()
         if cap:  # bytes the client has not read yet stay buffered: drops past the cap
             link = client.link
-            link.buffered = lambda link=link: len(link.out) + waiting  # type: ignore[method-assign]
+            link.buffered = lambda link=link: len(link.out) * grows + waiting  # type: ignore[method-assign]
         subs.append(client)
     publisher, _ = mem.connect("pub", publisher_version)
     publisher.send(Subscribe(1, [SubscriptionRequest("a/b", 0, self_no_local)]))
@@ -217,3 +218,20 @@ def test_a_slow_subscriber_drops_from_the_same_message_as_before() -> None:
         assert fast["counters"].get("messages/sent", 0) == sent
         assert fast["limits"]["max_outgoing_buffer"] == 30 - sent
         assert fast["sub0"][9] == 30 - sent  # the session's dropped count
+
+
+def test_a_link_whose_buffer_does_not_grow_with_writes_drops_as_before() -> None:
+    """Hypothesis found it: the one-write shortcut must not assume more than the link
+    reports (here every message finds the same bytes waiting, so none or all are sent)."""
+    only: list[Subscriber] = [(MQTT_3_1_1, [("#", False, None)])]
+    for waiting in (0, 299, 300, 301):
+        batches: list[list[Packet]] = [[Publish("a/c", b"y" * 40)] * 30]
+        args: dict[str, Any] = {
+            "self_no_local": False, "deny": None, "cap": 300, "subscribers": only,
+            "waiting": waiting, "grows": False,
+        }  # fmt: skip
+        fast = run_scenario(MQTT_3_1_1, batches, **args)
+        with packets_only():
+            reference = run_scenario(MQTT_3_1_1, batches, **args)
+        assert fast == reference
+        assert fast["counters"].get("messages/sent", 0) == (30 if waiting <= 300 else 0)
