@@ -4,7 +4,8 @@ Theory of operation. The control packets (CONNECT, SUBSCRIBE, DISCONNECT) are en
 `broker.protocol.codec.encode`, and the rare packets a load client receives besides PUBLISH and
 the acknowledgements (CONNACK, SUBACK, PINGRESP, DISCONNECT) are decoded with its `Decoder`. The
 hot path does not build packet objects: `data_received` walks the fixed headers of the chunk,
-counts PUBLISH frames, reads a timestamp out of the payload only when latency is measured, and
+counts PUBLISH frames (a run of plain QoS 0 frames with one head at a time, `measure_run`),
+reads a timestamp out of the payload only when latency is measured, and
 answers QoS 1/2 with 4-byte acknowledgements (the same bytes `encode(PubAck(pid))` gives; a unit
 test checks it). Outgoing PUBLISH frames come from `FrameTemplate`, which takes
 `encode_publish`'s output once and splices in the packet id and timestamp per message. That
