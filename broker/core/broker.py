@@ -481,8 +481,7 @@ class Broker:
         sessions and connections `publish` would deliver each of its messages to, each once.
         None when `publish` must see the messages one by one: publish hooks or a cluster (they
         take a `Message`), a shared group, a subscription identifier, a subscriber offline or
-        one the bytes do not fit as they are (`ClientPort.passes`: its protocol family, topic
-        aliases, Maximum Packet Size)."""
+        one the bytes do not fit (`ClientPort.passes`: topic aliases, Maximum Packet Size)."""
         dispatcher = self.shared_dispatcher
         if (
             self.hooks.message_publish

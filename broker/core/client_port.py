@@ -31,8 +31,8 @@ class ClientPort(Outlet, Protocol):
     connected_at: float
 
     def passes(self, run: PublishRun) -> bool:
-        """True when each frame of `run`, as it is, is the PUBLISH this client would be sent
-        for its message at QoS 0 (the same protocol family, no topic alias to apply, within
+        """True when each frame of `run` (in this client's protocol family) is the PUBLISH
+        this client would be sent for its message at QoS 0 (no topic alias to apply, within
         its Maximum Packet Size)."""
         ...
 

@@ -414,13 +414,13 @@ class Connection:
         return True
 
     def passes(self, run: PublishRun) -> bool:
-        """`ClientPort.passes`: the frames of `run` are what `send_publish` would write for
-        each of its messages (QoS 0, no subscription identifier: `Broker.run_targets`)."""
+        """`ClientPort.passes`: the frames of `run`, in this client's protocol family
+        (`PublishRun.for_family`), are what `send_publish` would write for each of its
+        messages (QoS 0, no subscription identifier: `Broker.run_targets`)."""
         return (
             self.out_aliases is None
-            and (self.version == MQTT_5) is run.v5
             and self.held_out is None
-            and run.frame_len <= self.max_packet_out
+            and run.frame_len_for(self.version == MQTT_5) <= self.max_packet_out
         )
 
     def send_run(self, run: PublishRun) -> int:
@@ -430,6 +430,7 @@ class Connection:
         where `send_publish` would drop it."""
         if self.state != CONNECTED:
             return 0
+        run = run.for_family(self.version == MQTT_5)
         link = self.link
         count = run.count
         frame_len = run.frame_len

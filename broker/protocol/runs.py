@@ -40,7 +40,7 @@ class PublishRun:
     no properties; only the payloads differ.
     """
 
-    __slots__ = ("count", "data", "frame_len", "topic", "v5")
+    __slots__ = ("_other", "count", "data", "frame_len", "topic", "v5")
     packet_type = 3  # PacketType.PUBLISH: counted as that many PUBLISH packets
 
     def __init__(self, topic: str, data: bytes, count: int, frame_len: int, v5: bool) -> None:
@@ -49,9 +49,64 @@ class PublishRun:
         self.count = count
         self.frame_len = frame_len
         self.v5 = v5
+        self._other: PublishRun | None = None
+
+    def frame_len_for(self, v5: bool) -> int:
+        """The length of each frame in the encoding for clients of MQTT 5 (`v5`) or 3.x."""
+        if v5 is self.v5:
+            return self.frame_len
+        length = self.frame_len - _head_len(self.data) + (1 if v5 else -1)
+        return 1 + len(encode_varint(length)) + length
+
+    def for_family(self, v5: bool) -> PublishRun:
+        """The same messages as the frames a client of MQTT 5 (`v5`) or 3.x is sent for them:
+        this run, or its frames with the 5.0 property length (0) added or taken out, made at
+        most once. These are the bytes the encoder gives each message (no properties, QoS 0,
+        RETAIN 0) in that version."""
+        if v5 is self.v5:
+            return self
+        other = self._other
+        if other is None:
+            other = self._other = _convert(self, v5)
+        return other
 
     def __repr__(self) -> str:
         return f"PublishRun(topic={self.topic!r}, count={self.count}, frame_len={self.frame_len})"
+
+
+def encode_varint(value: int) -> bytes:
+    """A Remaining Length (Variable Byte Integer, 2.2.3/1.5.5) of a run's frame; written here,
+    not imported, so that this module needs nothing from the codec (`errors` names it)."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _head_len(data: bytes) -> int:
+    """Fixed header length of the run's frames (all alike; at most 3 bytes, see `scan_run`)."""
+    return 2 if data[1] < 0x80 else 3
+
+
+def _convert(run: PublishRun, v5: bool) -> PublishRun:
+    """`run`'s frames re-framed for the other protocol family: each frame's head (fixed header,
+    topic, 5.0 property length) is made once, and the payloads are joined behind copies of it."""
+    data = run.data
+    frame_len = run.frame_len
+    head = _head_len(data)
+    topic_end = head + 2 + ((data[head] << 8) | data[head + 1])
+    payload_at = topic_end + 1 if run.v5 else topic_end
+    length = frame_len - head + (1 if v5 else -1)
+    new_head = b"\x30" + encode_varint(length) + data[head:topic_end] + (b"\x00" if v5 else b"")
+    view = memoryview(data)
+    payloads = [view[at + payload_at : at + frame_len] for at in range(0, len(data), frame_len)]
+    new_data = new_head + new_head.join(payloads)
+    return PublishRun(run.topic, new_data, run.count, 1 + len(encode_varint(length)) + length, v5)
 
 
 def scan_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> PublishRun | None:

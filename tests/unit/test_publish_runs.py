@@ -171,3 +171,31 @@ def test_a_v5_frame_with_properties_ends_a_run() -> None:
     assert isinstance(items[0], PublishRun) and items[0].count == 10
     # A 3.1.1 frame read as 5.0 (no property length) is not a 5.0 run.
     assert scan_run(bytearray(encode(Publish("a/b", b"x"))), 0, 8, True, 1 << 20) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([MQTT_3_1_1, MQTT_5]),
+    st.text(min_size=1, max_size=20).filter(lambda t: "\x00" not in t),
+    st.lists(st.just(0), min_size=1, max_size=20),
+    st.sampled_from([0, 1, 120, 121, 122, 123, 124, 125, 16_370, 16_371, 16_372, 16_373]),
+)
+def test_a_run_in_the_other_family_is_what_the_encoder_gives(
+    version: int, topic: str, frames: list[int], size: int
+) -> None:
+    # Sizes around 127 and 16,383 bytes of Remaining Length: the header grows or shrinks.
+    messages = [Publish(topic, bytes([i % 256]) * size) for i in range(len(frames))]
+    wire = b"".join(encode(m, version) for m in messages)
+    items = Decoder(version=version).feed_runs(wire)
+    if not items or not all(isinstance(i, PublishRun) for i in items):
+        return  # a header too long for a run: nothing to convert
+    for v5 in (False, True):
+        other = MQTT_5 if v5 else MQTT_3_1_1
+        converted = b"".join(i.for_family(v5).data for i in items if isinstance(i, PublishRun))
+        assert converted == b"".join(encode(m, other) for m in messages)
+        for item in items:
+            assert isinstance(item, PublishRun)
+            again = item.for_family(v5)
+            assert again.frame_len == item.frame_len_for(v5) == len(encode(messages[0], other))
+            assert again.count == item.count and again.v5 is v5
+            assert item.for_family(v5) is again, "made once"

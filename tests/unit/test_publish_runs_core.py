@@ -190,7 +190,8 @@ def test_a_run_takes_the_fast_path_and_is_counted_per_message() -> None:
 
 
 def test_what_runs_decline_goes_the_packet_way() -> None:
-    """`a/b` has a 5.0 subscriber: the run goes back to the packet path, whole."""
+    """`a/b` has a subscriber with a subscription identifier (sub3, `+/b`): the run goes
+    back to the packet path, whole."""
     batch: list[Packet] = [Publish("a/b", bytes([i])) for i in range(20)]
     calls, outcome = spied_scenario(batch)
     assert calls == [-20]
