@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memharness import MemBroker, MemClient
@@ -44,6 +45,13 @@ POOL: list[Subscriber] = [
     (MQTT_3_1_1, [("+/+", False, None)]),
     (MQTT_3_1_1, [("#", False, None)]),
 ]
+#: CONNECT properties of a 5.0 subscriber by client id suffix: what it asked for applies to
+#: runs too (a Maximum Packet Size smaller than some frames, outgoing topic aliases).
+ASKS = {
+    "mps": {PropertyId.MAXIMUM_PACKET_SIZE: 40},
+    "alias": {PropertyId.TOPIC_ALIAS_MAXIMUM: 5},
+}
+POOL += [(MQTT_5, [("a/#", False, None)], "mps"), (MQTT_5, [("+/+", False, None)], "alias")]  # type: ignore[list-item]
 
 
 @contextlib.contextmanager
@@ -100,8 +108,9 @@ def run_scenario(
             lambda info, action, topic: False if action == "publish" and topic == deny else None
         )
     subs: list[MemClient] = []
-    for i, (version, filters) in enumerate(subscribers):
-        client, _ = mem.connect(f"sub{i}", version)
+    for i, (version, filters, *ask) in enumerate(subscribers):
+        props = ASKS[ask[0]] if ask else {}
+        client, _ = mem.connect(f"sub{i}", version, properties=props)
         for j, (filt, no_local, ident) in enumerate(filters):
             props = {PropertyId.SUBSCRIPTION_IDENTIFIER: ident} if ident else {}
             client.send(Subscribe(j + 1, [SubscriptionRequest(filt, 0, no_local)], props))
@@ -236,3 +245,24 @@ def test_a_link_whose_buffer_does_not_grow_with_writes_drops_as_before() -> None
             reference = run_scenario(MQTT_3_1_1, batches, **args)
         assert fast == reference
         assert fast["counters"].get("messages/sent", 0) == (30 if waiting <= 300 else 0)
+
+
+@pytest.mark.parametrize("ask", ["mps", "alias"])
+def test_what_a_5_0_subscriber_asked_for_in_connect_still_applies(ask: str) -> None:
+    """A Maximum Packet Size below the frames' (MQTT-3.1.2-25: not sent, counted) and
+    outgoing topic aliases (per-connection bytes) keep the run off the fast path."""
+    subs: list[Subscriber] = [
+        (MQTT_3_1_1, [("#", False, None)]),
+        (MQTT_5, [("#", False, None)], ask),  # type: ignore[list-item]
+    ]
+    topic = "sensors/hall/temperature"  # long enough to be worth an alias
+    batches: list[list[Packet]] = [[Publish(topic, b"y" * 40)] * 20 + [Publish(topic, b"x")] * 20]
+    args: dict[str, Any] = {"self_no_local": False, "deny": None, "cap": None, "subscribers": subs}
+    fast = run_scenario(MQTT_3_1_1, batches, **args)
+    with packets_only():
+        reference = run_scenario(MQTT_3_1_1, batches, **args)
+    assert fast == reference
+    sent = fast["counters"]["messages/sent"]
+    assert sent == (60 if ask == "mps" else 80)  # mps: the 20 large frames not to sub1
+    if ask == "alias":  # the alias is set up once, then the topic is left out
+        assert fast["sub1"][0].count(topic.encode()) == 1
