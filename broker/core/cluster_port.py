@@ -15,14 +15,22 @@ does the I/O. A single node sets none of them (`Broker.shared_dispatcher` and
   `takeover`; when it returns True the channel waits (state TAKEOVER: input held, no keepalive)
   until `done` is called with the session state that another node surrendered (or None), then
   goes on as a local CONNECT does (`broker.core.handle_connect`).
+* `RunForwarder`: runs of plain QoS 0 frames (`broker.protocol.runs`) on a node with live
+  peers. `Broker.run_forwarder` answers for the cluster's forward hook: `run_nodes(topic)` is
+  the set of other nodes a message to `topic` is forwarded to (empty: the run goes as on a lone
+  node), or None when one of them cannot take a run (an older link, a link that cannot take a
+  frame now): each message then takes the packet path. `forward_run` sends the run to those
+  nodes as one entry of their FORWARD_BATCH (`cluster.runs`), counted per message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from broker.core.message import Message
+from broker.protocol.runs import PublishRun
 
 #: `Session.export_state()`: a msgpack-able map.
 SessionState = dict[str, Any]
@@ -52,4 +60,20 @@ class SessionLocator(Protocol):
         (single node, no live peer): `done` is then never called and the CONNECT goes on at
         once. Otherwise `done` is called exactly once, later or before returning, with the
         state (None if no node had one, or on failure/timeout)."""
+        ...
+
+
+class RunForwarder(Protocol):
+    def run_nodes(self, topic: str) -> AbstractSet[str] | None:
+        """The other nodes the cluster's forward hook would send a message to `topic` to
+        (empty when none), or None when a run to one of them must go message by message.
+        Cheap: it runs once per run, from the route table's per-topic cache."""
+        ...
+
+    def forward_run(
+        self, run: PublishRun, publisher: str, nodes: AbstractSet[str]
+    ) -> WaitDrained | None:
+        """Send `run` from client `publisher` to `nodes` (`run_nodes`' answer in this loop
+        turn) as the forward hook sends each of its messages, and counted so; how to wait when
+        a link it went on is congested (as `Forwarded.wait_drained`)."""
         ...

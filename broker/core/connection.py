@@ -31,6 +31,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from broker.core.broker import Broker
+from broker.core.cluster_port import WaitDrained
 from broker.core.hooks import ClientInfo
 from broker.core.message import Message, expiry_left
 from broker.core.metrics import SENT_COUNTER
@@ -410,7 +411,7 @@ class Connection:
     def passes(self, run: PublishRun) -> bool:
         """`ClientPort.passes`: the frames of `run`, in this client's protocol family
         (`PublishRun.for_family`), are what `send_publish` would write for each of its
-        messages (QoS 0, no subscription identifier: `Broker.run_targets`)."""
+        messages (QoS 0, no subscription identifier: `runs_delivery.local_targets`)."""
         return (
             self.out_aliases is None
             and self.held_out is None
@@ -606,12 +607,15 @@ class Connection:
             ):
                 message.frames = frames
         published = self.broker.publish(message, hooks=True)
-        wait_drained = published.wait_drained
-        if wait_drained is not None:
-            hold = self.hold_input()
-            if hold and not wait_drained(functools.partial(self.release_input, hold)):
-                self.release_input(hold)
+        if published.wait_drained is not None:
+            self.wait_drained(published.wait_drained)
         return published.deliveries
+
+    def wait_drained(self, wait_drained: WaitDrained) -> None:
+        """Stop reading this client until the congested node its messages went to has room."""
+        hold = self.hold_input()
+        if hold and not wait_drained(functools.partial(self.release_input, hold)):
+            self.release_input(hold)
 
     def resume_input(self) -> None:
         """The CONNECT went on after TAKEOVER: handle the input held meanwhile, in order.

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from broker.core.connection import Connection, Violation
 from broker.core.message import Message
+from broker.core.runs_delivery import plan_run, publish_run
 from broker.core.topic_alias import NO_ALIASES
 from broker.core.topics import is_utf8, validate_topic_name
 from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
@@ -192,8 +193,9 @@ def handle_publish_run(channel: Connection, run: PublishRun) -> bool:
     channel then hands the frames to `handle_publish` one by one.
 
     Checked once per run, as they depend only on the topic and the client: the topic name and
-    limits, the ACL (`run_authorize`), the routing (`Broker.run_targets`). A `publish_limit`
-    (per message), `$` topics and everything `run_targets` declines take the packet path.
+    limits, the ACL (`run_authorize`), the routing (`broker.core.runs_delivery.plan_run`, the other
+    nodes included). A `publish_limit` (per message), `$` topics and everything `plan_run`
+    declines take the packet path.
     """
     broker = channel.broker
     settings = broker.settings
@@ -209,8 +211,9 @@ def handle_publish_run(channel: Connection, run: PublishRun) -> bool:
         return False
     session = channel.session
     assert session is not None and channel.info is not None
-    targets = broker.run_targets(run, session.client_id)
-    if targets is None:
+    publisher = session.client_id
+    plan = plan_run(broker, run, publisher)
+    if plan is None:
         return False
     count = run.count
     counters = broker.metrics.counters
@@ -218,7 +221,9 @@ def handle_publish_run(channel: Connection, run: PublishRun) -> bool:
     counters["messages/qos0/received"] += count
     channel.recv_msg += count
     if broker.hooks.run_authorize(channel.info, "publish", topic):
-        broker.publish_run(run, targets)
+        wait_drained = publish_run(broker, run, plan, publisher)
+        if wait_drained is not None:
+            channel.wait_drained(wait_drained)
     else:
         counters["messages/dropped"] += count
     return True

@@ -342,8 +342,8 @@ class Session:
             self._enqueue((message, qos, retain, subscription_ids), now)
 
     def count_passed(self, sent: int, dropped: int) -> None:
-        """QoS 0 deliveries made as a run's bytes (`Broker.publish_run`), counted as `deliver`
-        counts them: `sent` went out, `dropped` did not."""
+        """QoS 0 deliveries made as a run's bytes (`broker.core.runs_delivery`), counted as
+        `deliver` counts them: `sent` went out, `dropped` did not."""
         self.deliver_msg += sent
         if dropped:
             self.mqueue_dropped += dropped
