@@ -27,6 +27,11 @@ sequence number (FORWARD_ACK); they are parked while the link is down and sent a
 order, when a handshake with the peer completes (`link_up`). `forget` (the peer is dead or
 left) drops and counts what is still held.
 
+Runs (`send_run`, `cluster.runs`): a run of plain QoS 0 frames from one client goes as ONE
+entry (`wire.run_entry`) of the peer's batch, in order with the other forwards, only on a link
+that negotiated version 4 (`wire.RUN_VERSION`); it counts as its number of messages towards
+`max_batch` and in every count below, and is never held (QoS 0).
+
 Accounting: a batch that the transport drops is reported to `on_drop` as that many messages
 (`Transport.send(weight=...)`). A batch that cannot be encoded (one bad entry) is resent as
 single FORWARDs, so only the bad message is lost (`on_unencodable`).
@@ -40,20 +45,25 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from broker.core.message import Message
+from broker.core.runs_delivery import run_messages
 from cluster.outbox import Outbox, Record
 from cluster.transport import Transport
 from cluster.wire import (
     INTRODUCED_IN,
+    RUN_VERSION,
     Address,
     Body,
     Entry,
+    ForwardedRun,
     Hello,
     MessageType,
     WireError,
     entry_size,
+    entry_weight,
     forward_batch_body,
     forward_body,
     forward_entry,
+    run_entry,
 )
 
 __all__ = ["Forwarder"]
@@ -65,11 +75,13 @@ _RELIABLE_VERSION = INTRODUCED_IN[MessageType.FORWARD_ACK]
 
 
 class _Batch:
-    __slots__ = ("entries", "messages", "reliable", "reliable_size", "size")
+    __slots__ = ("count", "entries", "messages", "reliable", "reliable_size", "size")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
-        self.messages: list[tuple[Message, Body | None]] = []  # for the unencodable fallback
+        #: per entry, for the unencodable fallback
+        self.messages: list[tuple[Message, Body | None] | ForwardedRun] = []
+        self.count = 0  # messages (a run entry counts its frames)
         self.size = 0
         self.reliable: list[Entry] = []  # the QoS 1/2 plain publishes (held until acked)
         self.reliable_size = 0
@@ -120,24 +132,50 @@ class Forwarder:
             version is None or version < _BATCH_VERSION or not transport.accepting(address)
         ):
             return self.send_single(address, message, extra)
+        batch = self._batch(address)
+        entry_ = forward_entry(message, extra)
+        size = entry_size(entry_)
+        batch.entries.append(entry_)
+        batch.messages.append((message, extra))
+        batch.count += 1
+        batch.size += size
+        if reliable:
+            batch.reliable.append(entry_)
+            batch.reliable_size += size
+        if batch.count >= self.max_batch or batch.size >= self.max_batch_bytes:
+            del self._batches[address]
+            self._send_batch(address, batch)
+        return True
+
+    def send_run(self, address: Address, forwarded: ForwardedRun) -> bool:
+        """Forward a run of QoS 0 messages as one entry of `address`'s batch; False (nothing
+        done) when that peer cannot take it now (its link did not negotiate `RUN_VERSION`, or
+        cannot take a frame): the caller sends the messages one by one."""
+        transport = self.transport
+        version = transport.peer_version(address)
+        if version is None or version < RUN_VERSION or not transport.accepting(address):
+            return False
+        batch = self._batch(address)
+        entry_ = run_entry(forwarded.run, forwarded.publisher)
+        batch.entries.append(entry_)
+        batch.messages.append(forwarded)
+        batch.count += forwarded.run.count
+        batch.size += entry_size(entry_)
+        self.stats["forward/runs"] += 1
+        if batch.count >= self.max_batch or batch.size >= self.max_batch_bytes:
+            del self._batches[address]
+            self._send_batch(address, batch)
+        return True
+
+    def _batch(self, address: Address) -> _Batch:
+        """The pending batch of `address`, new (and a flush scheduled) if there is none."""
         batch = self._batches.get(address)
         if batch is None:
             batch = self._batches[address] = _Batch()
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush)
-        entry_ = forward_entry(message, extra)
-        size = entry_size(entry_)
-        batch.entries.append(entry_)
-        batch.messages.append((message, extra))
-        batch.size += size
-        if reliable:
-            batch.reliable.append(entry_)
-            batch.reliable_size += size
-        if len(batch.entries) >= self.max_batch or batch.size >= self.max_batch_bytes:
-            del self._batches[address]
-            self._send_batch(address, batch)
-        return True
+        return batch
 
     def send_single(self, address: Address, message: Message, extra: Body | None = None) -> bool:
         """One FORWARD frame now (version 1), after whatever is pending for `address`."""
@@ -163,7 +201,7 @@ class Forwarder:
             self._send_batch(address, batch)
 
     def pending(self) -> int:
-        return sum(len(b.entries) for b in self._batches.values())
+        return sum(b.count for b in self._batches.values())
 
     def held(self) -> int:
         """QoS 1/2 messages waiting for a peer's acknowledgement (sent or parked)."""
@@ -265,7 +303,7 @@ class Forwarder:
         if left:
             self.stats["forward/not_held"] += left  # sent below as a QoS 0 one would be
         transport = self.transport
-        count = len(batch.entries)
+        count = batch.count
         if (
             record is not None
             and box.unnumbered == 1
@@ -320,18 +358,30 @@ class Forwarder:
         """The entries of `batch` at `indexes` without a number (not held)."""
         entries = [batch.entries[i] for i in indexes]
         body = forward_batch_body(self.origin, entries)
+        weight = sum(entry_weight(e) for e in entries)
         try:
-            self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=len(entries))
+            self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=weight)
         except WireError:
             self.stats["forward/batch_split"] += 1
             for i in indexes:
-                self.send_single(address, *batch.messages[i])
+                self._one_by_one(address, batch.messages[i])
             return
         self.stats["forward/batches"] += 1
-        self.stats["forward/batched"] += len(entries)
+        self.stats["forward/batched"] += weight
+
+    def _one_by_one(
+        self, address: Address, item: tuple[Message, Body | None] | ForwardedRun
+    ) -> None:
+        """One entry of a batch that cannot be packed, as single FORWARDs (a run's messages
+        each; stamped 0: a receiver stamps a forward with its own clock)."""
+        if isinstance(item, ForwardedRun):
+            for message in run_messages(item.run, item.publisher, 0.0, self.origin):
+                self.send_single(address, message)
+        else:
+            self.send_single(address, *item)
 
     def _send_batch(self, address: Address, batch: _Batch) -> None:
-        count = len(batch.entries)
+        count = batch.count
         version = self.transport.peer_version(address)
         if (
             batch.reliable
@@ -347,8 +397,8 @@ class Forwarder:
             # One entry cannot be packed (or the batch outgrew the frame limit): one by one,
             # so that only what cannot be sent is lost.
             self.stats["forward/batch_split"] += 1
-            for message, extra in batch.messages:
-                self.send_single(address, message, extra)
+            for item in batch.messages:
+                self._one_by_one(address, item)
             return
         self.stats["forward/batches"] += 1
         self.stats["forward/batched"] += count

@@ -16,6 +16,7 @@ from cluster.ports import ForwardHandler
 from cluster.wire import (
     Address,
     Body,
+    ForwardedRun,
     Hello,
     MessageType,
     WireError,
@@ -52,6 +53,8 @@ class Receiver:
         #: Numbered batches processed per sender (de-duplication of resends).
         self.inbox = Inbox()
         self._acks: dict[Address, int] = {}
+        #: Run entries (v4) in: `cluster.runs.ClusterRuns.deliver`, set by the runtime.
+        self.on_run: Callable[[ForwardedRun, Hello], None] | None = None
 
     def on_forward(self, hello: Hello, body: Body) -> None:
         kind = body.get("kind", "publish")
@@ -92,7 +95,14 @@ class Receiver:
             log.warning("cluster: %d malformed messages in a batch from %s", bad, hello.name)
         kinds = self.kinds
         deliver = self.kinds["publish"]
-        for message, extra in messages:
+        for item in messages:
+            if isinstance(item, ForwardedRun):
+                if self.on_run is None:  # (a runtime always sets it)
+                    self.stats["forward/unknown_kind"] += item.run.count
+                else:
+                    self.on_run(item, hello)
+                continue
+            message, extra = item
             if not extra:
                 deliver(message, extra, hello)
                 continue

@@ -78,6 +78,7 @@ from cluster.replicas import ReplicaSet
 from cluster.replicated_state import BrokerState, stamp_retained
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
+from cluster.runs import ClusterRuns
 from cluster.sync import RouteSync
 from cluster.transport import Transport, TransportConfig
 from cluster.wire import (
@@ -197,6 +198,18 @@ class ClusterNode:
             self._forward_kinds,
             lambda: self._running,
         )
+        #: Runs of QoS 0 frames forwarded as one entry (`cluster.runs`): the broker's port.
+        self.runs = ClusterRuns(
+            broker,
+            self.table,
+            self.transport,
+            self.forwarder,
+            self.stats,
+            lambda node: self.membership.get(node),
+            self.send_forward,
+            self._congestion,
+        )
+        self.receiver.on_run = self.runs.deliver
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
@@ -240,6 +253,8 @@ class ClusterNode:
         self.broker.route_listeners.append(self._on_route)
         self._sync_forward_hook()
         self.ports.attach()
+        if type(self).forward_targets is ClusterNode.forward_targets:  # (else: its own choice)
+            self.broker.run_forwarder = self.runs
         if self.dns_seeds:
             self.resolved = await self.resolve_dns_seeds()
         seeds = self._all_seeds()
@@ -316,6 +331,8 @@ class ClusterNode:
         with contextlib.suppress(ValueError):
             self.broker.forward_hooks.remove(self.forward)
         self.ports.detach()
+        if self.broker.run_forwarder is self.runs:
+            self.broker.run_forwarder = None
         self.replicas.close()
         if self._timer is not None:
             self._wake.set()  # the timer sees `_running` is False and returns

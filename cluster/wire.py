@@ -29,7 +29,8 @@ A sender talks to a peer at `min(our version, the version in the peer's HELLO)`.
 Versions. 1: the types up to RPC_RESPONSE. 2: FORWARD_BATCH. 3: FORWARD_ACK, and the `seq`
 field of FORWARD_BATCH (reliable QoS 1/2 forwards, `cluster.outbox`): a node numbers batches
 only on a link that negotiated 3, and acknowledges only numbered batches, so a version-2 peer
-never sees either (it would ignore `seq` anyway). Compatibility rule: a node sends
+never sees either (it would ignore `seq` anyway). 4: run entries in FORWARD_BATCH (below;
+`RUN_VERSION`), sent only on a link that negotiated 4. Compatibility rule: a node sends
 a type only on a link whose handshake negotiated a version that has it, so it sends
 FORWARD_BATCH only to peers whose HELLO_ACK said 2 or more; to a version-1 peer (and on a link
 whose handshake is not done yet) every message goes as its own FORWARD. A version-2 node reads
@@ -76,6 +77,12 @@ FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in
                 With `seq` (v3): the batch's link sequence number; the receiver skips a
                 batch whose `seq` it processed already from that run of the sender and
                 acknowledges it with FORWARD_ACK
+                Run entries (v4): `[topic, publisher, is_v5, count, frames]`, `count` plain
+                QoS 0 PUBLISH frames to `topic` as client `publisher` sent them
+                (`broker.protocol.runs`), one entry for the messages of a run; a receiver
+                checks that the bytes are such a run (else: malformed) and delivers them as
+                it would the `count` messages. An older node would count the 5-element entry
+                as malformed, never deliver it, but is never sent one
 FORWARD_ACK     from, seq (v3): every numbered batch up to `seq` was processed (cumulative)
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
@@ -98,9 +105,12 @@ import msgpack
 
 from broker.core.message import Message
 from broker.protocol.constants import PropertyId
+from broker.protocol.runs import PublishRun, measure_run
 from broker.protocol.wire import Frames
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
+#: The version that has run entries in FORWARD_BATCH.
+RUN_VERSION = 4
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 HEADER_SIZE = 4
 
@@ -477,7 +487,54 @@ def _take_raw(message: Message, raw: Any) -> bool:
 
 def entry_size(entry: Entry) -> int:
     """Roughly the bytes `entry` takes on the wire (what bounds a batch)."""
+    if len(entry) == _RUN_ENTRY_LEN:
+        return len(entry[0]) + len(entry[1]) + len(entry[4]) + 32
     return len(entry[0]) + len(entry[1]) + 32
+
+
+def run_entry(run: PublishRun, publisher: str) -> Entry:
+    """The batch entry (v4) of the messages of `run`, published by client `publisher`."""
+    return [run.topic, publisher, run.v5, run.count, run.data]
+
+
+def entry_weight(entry: Entry) -> int:
+    """The number of messages `entry` carries: a run's count, else 1."""
+    return int(entry[3]) if len(entry) == _RUN_ENTRY_LEN else 1
+
+
+class ForwardedRun:
+    """A run entry of a FORWARD_BATCH: the run and who published it."""
+
+    __slots__ = ("publisher", "run")
+
+    def __init__(self, run: PublishRun, publisher: str) -> None:
+        self.run = run
+        self.publisher = publisher
+
+
+_RUN_ENTRY_LEN = 5
+
+
+def _parse_run(entry: Entry) -> ForwardedRun | None:
+    """The run of a run entry, None if malformed: the bytes must be exactly `count` plain QoS 0
+    PUBLISH frames of one length to `topic` (`broker.protocol.runs.measure_run`)."""
+    topic, publisher, v5, count, data = entry
+    if (
+        not isinstance(topic, str)
+        or not isinstance(publisher, str)
+        or not isinstance(v5, bool)
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+        or count < 1
+        or not isinstance(data, bytes)
+        or len(data) % count
+    ):
+        return None
+    size = len(data)
+    found = measure_run(data, 0, size, v5, size)
+    if found != (topic, count, size // count):
+        return None
+    return ForwardedRun(PublishRun(topic, data, count, size // count, v5), publisher)
 
 
 def forward_batch_body(origin: str, entries: list[Entry]) -> Body:
@@ -503,17 +560,25 @@ _NO_EXTRA: Body = {}
 
 def parse_forward_batch(
     body: Body, now: float | None = None
-) -> tuple[list[tuple[Message, Body]], int]:
+) -> tuple[list[tuple[Message, Body] | ForwardedRun], int]:
     """The messages of a FORWARD_BATCH, each with its extra fields (an empty map for a plain
-    publish), and the number of malformed entries skipped; raises WireError if the batch
-    itself is malformed. `now` stamps the messages as in `parse_forward`."""
+    publish), or a `ForwardedRun` for a run entry (v4), in order, and the number of malformed
+    entries skipped; raises WireError if the batch itself is malformed. `now` stamps the
+    messages as in `parse_forward`."""
     origin = get_str(body, "origin")
     entries = body.get("msgs")
     if not isinstance(entries, list):
         raise WireError("field 'msgs' must be a list")
-    out: list[tuple[Message, Body]] = []
+    out: list[tuple[Message, Body] | ForwardedRun] = []
     bad = 0
     for entry in entries:
+        if isinstance(entry, list) and len(entry) == _RUN_ENTRY_LEN:
+            forwarded = _parse_run(entry)
+            if forwarded is None:
+                bad += 1
+            else:
+                out.append(forwarded)
+            continue
         if not isinstance(entry, list) or len(entry) not in (7, 8):
             bad += 1
             continue
