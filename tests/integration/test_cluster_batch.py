@@ -65,7 +65,7 @@ class Peer:
             if msg_type is MessageType.FORWARD:
                 out.append(parse_forward(body).topic)
             elif msg_type is MessageType.FORWARD_BATCH:
-                out.extend(m.topic for m, _ in parse_forward_batch(body)[0])
+                out.extend(i[0].topic for i in parse_forward_batch(body)[0] if type(i) is tuple)
         return out
 
     def types(self) -> Counter[MessageType]:
@@ -161,3 +161,42 @@ async def test_a_dropped_batch_counts_every_message(
     assert {t for t, _ in lost} == {MessageType.FORWARD_BATCH}
     assert transport.stats["dropped/FORWARD_BATCH"] == 40
     await peer.close()
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+async def test_a_run_is_one_entry_only_for_a_peer_of_version_4(
+    sender: tuple[Transport, Forwarder, list[int]], version: int
+) -> None:
+    """`send_run` appends a run (`cluster.runs`) as one entry, in order with the messages,
+    only on a link that negotiated `RUN_VERSION`; else it does nothing and says so (the
+    caller then forwards message by message). A run counts as its messages in a batch."""
+    from broker.protocol.codec import encode
+    from broker.protocol.packets import Publish
+    from broker.protocol.runs import PublishRun
+    from cluster.wire import RUN_VERSION, ForwardedRun
+
+    transport, forwarder, dropped = sender
+    forwarder.max_batch = 250
+    peer = Peer(version)
+    await peer.start()
+    try:
+        await connected(transport, peer)
+        frames = b"".join(encode(Publish("r/x", b"%04d" % i)) for i in range(200))
+        run = ForwardedRun(PublishRun("r/x", frames, 200, len(frames) // 200, False), "pub")
+        forwarder.send(peer.address, msg(0))
+        taken = forwarder.send_run(peer.address, run)
+        assert taken is (version >= RUN_VERSION)
+        forwarder.send(peer.address, msg(1))
+        if taken:
+            assert forwarder.pending() == 202
+            forwarder.send_run(peer.address, run)  # 402 messages: over max_batch, sent now
+            assert forwarder.pending() == 0
+        await eventually(lambda: len(peer.messages()) == 2)
+        batches = [b for _, t, b in peer.frames if t is MessageType.FORWARD_BATCH]
+        items = [item for b in batches for item in parse_forward_batch(b)[0]]
+        kinds = ["run" if isinstance(i, ForwardedRun) else i[0].topic for i in items]
+        assert kinds == (["t/0", "run", "t/1", "run"] if taken else ["t/0", "t/1"])
+        assert forwarder.stats["forward/batched"] == (402 if taken else 2)
+        assert dropped == []
+    finally:
+        await peer.close()
