@@ -22,12 +22,14 @@ Wildcard rules, applied while walking the trie with the levels of a published to
     level is `+` or `#` (MQTT-4.7.2-1); this is checked at the root only, deeper `$` levels are
     ordinary.
 
-Cost: at each node the walk does at most three dict lookups (the level, `+`, `#`), and it only
-ever descends into nodes that lie on some matching path. So the work is bounded by the topic's
-depth times the number of wildcard branches that actually apply, plus the matches returned; it
-does not depend on how many unrelated filters are stored (a million `other/...` filters are never
-touched by a publish to `sport/tennis`). The walk uses an explicit stack, not recursion or
-generators, because it runs on every PUBLISH.
+Cost: at each node the walk does at most three lookups (the level in a dict; `+` and `#` are
+attributes of the node, so a node without them costs nothing for them), and it only ever descends
+into nodes that lie on some matching path. So the work is bounded by the topic's depth times the
+number of wildcard branches that actually apply, plus the matches returned; it does not depend on
+how many unrelated filters are stored (a million `other/...` filters are never touched by a
+publish to `sport/tennis`). The walk is iterative, goes on with one of the (at most two) nodes a
+level leads to and stacks only the other, and builds no intermediate strings or lists beyond the
+one split of the topic.
 
 Nodes are pruned on removal when they hold no subscriber and have no children, so memory follows
 the live subscriptions, not the history of subscribe/unsubscribe churn.
@@ -38,19 +40,25 @@ subscribers with one lookup, and only filters with wildcards are levels of the t
 
 `match_all` (the PUBLISH hot path) remembers, per topic, what the *wildcard* filters matched (up
 to `MATCH_CACHE_SIZE` topics, the oldest forgotten first), and each exact node remembers its own
-flattened subscriber lists. A change forgets only what it can affect: a change to the members of
-a filter already subscribed forgets the cached topics that filter matched (each wildcard node
-knows the topics whose answer it is part of, `_Node.topics`); a wildcard filter gaining its first
-subscriber forgets the cached topics it matches, found through a topic trie of the cached topics
-(`_cached_topics`, the retained store's structure); an exact filter forgets only its own lists.
-So a subscribe or a re-subscribe leaves every unrelated topic's answer in place. The lists
-returned are shared between callers, who must not change them.
+flattened subscriber lists; a hit is one dict lookup that returns the ready-made lists. A topic is
+remembered from its second sighting on (a doorkeeper, as in TinyLFU: `_seen` holds the topics
+answered once, and is emptied when it reaches `MATCH_CACHE_SIZE`), so a stream of always-new
+topics pays only the walk and a set insert, not the cache's bookkeeping and evictions, while the
+topics that repeat (the hot ones) are remembered after one extra walk. A change forgets only what
+it can affect: a change to the members of a filter already subscribed forgets the cached topics
+that filter matched (each wildcard node knows the topics whose answer it is part of,
+`_Node.topics`); a wildcard filter gaining its first subscriber forgets the cached topics it
+matches, found through a topic trie of the cached topics (`_cached_topics`, the retained store's
+structure); an exact filter forgets only its own lists. A forgotten topic is remembered again at
+its next sighting. So a subscribe or a re-subscribe leaves every unrelated topic's answer in
+place. The lists returned are shared between callers, who must not change them.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from broker.core.retained import RetainedStore
 from broker.core.topics import has_wildcard, parse_shared, validate_topic_filter
@@ -63,15 +71,21 @@ MATCH_CACHE_SIZE = 4096
 #: (normal subscribers, shared groups): what `match_all` returns.
 Matches = tuple[list[tuple[str, V]], list[tuple[str, str, dict[str, V]]]]
 
+#: The answer when no wildcard filter matches: one shared pair of empty lists (read-only).
+_NO_MATCH: Matches[Any] = ([], [])
+
 
 class _Node(Generic[V]):
     """One filter level of the trie, or one exact filter; `filter` is the real filter."""
 
-    __slots__ = ("children", "count", "filter", "flat", "shared", "subs", "topics")
+    __slots__ = ("children", "count", "filter", "flat", "hash", "plus", "shared", "subs", "topics")
 
     def __init__(self, filt: str) -> None:
         self.filter = filt
         self.children: dict[str, _Node[V]] = {}
+        #: `children["+"]` and `children["#"]` (or None), read as attributes by the walk.
+        self.plus: _Node[V] | None = None
+        self.hash: _Node[V] | None = None
         self.subs: dict[str, V] = {}
         self.shared: dict[str, dict[str, V]] = {}
         # Number of (key, group-or-none) subscriptions held here, normal and shared.
@@ -93,16 +107,30 @@ class _Node(Generic[V]):
 class SubscriptionTrie(Generic[V]):
     """filter -> {subscriber_key: V} plus shared groups filter -> group -> {subscriber_key: V}."""
 
-    __slots__ = ("_cache", "_cache_nodes", "_cached_topics", "_exact", "_len", "_root")
+    __slots__ = (
+        "_cache",
+        "_cache_nodes",
+        "_cache_size",
+        "_cached_topics",
+        "_exact",
+        "_len",
+        "_root",
+        "_seen",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, cache_size: int = MATCH_CACHE_SIZE) -> None:
         self._root: _Node[V] = _Node("")
         self._exact: dict[str, _Node[V]] = {}
         self._len = 0
-        #: topic -> what the wildcard filters match (module docstring), and the nodes it came from.
+        #: topic -> what the wildcard filters match (module docstring), and the nodes it came
+        #: from, oldest first (an OrderedDict: evicting the oldest is O(1); `next(iter(d))` on
+        #: a plain dict skips every hole its deletions left at the front, ~1 us at 4,096).
         self._cache: dict[str, Matches[V]] = {}
-        self._cache_nodes: dict[str, list[_Node[V]]] = {}
+        self._cache_nodes: OrderedDict[str, list[_Node[V]]] = OrderedDict()
         self._cached_topics: RetainedStore[None] = RetainedStore()
+        self._cache_size = max(cache_size, 1)
+        #: Topics answered once without being remembered (the doorkeeper, module docstring).
+        self._seen: set[str] = set()
 
     # -- mutation ----------------------------------------------------------------------------
 
@@ -124,6 +152,10 @@ class SubscriptionTrie(Generic[V]):
                 if child is None:
                     child = _Node(level if node is self._root else f"{node.filter}/{level}")
                     node.children[level] = child
+                    if level == "+":
+                        node.plus = child
+                    elif level == "#":
+                        node.hash = child
                 node = child
         else:
             found = self._exact.get(real)
@@ -199,17 +231,26 @@ class SubscriptionTrie(Generic[V]):
                 if child.count or child.children:
                     break
                 del parent.children[level]
+                if level == "+":
+                    parent.plus = None
+                elif level == "#":
+                    parent.hash = None
         return True, last
 
     # -- the match cache (module docstring) --------------------------------------------------
 
     def _drop(self, topic: str) -> None:
-        """Forget the cached answer for `topic`."""
+        """Forget the cached answer for `topic` after a change; its next sighting remembers the
+        new answer (it passes the doorkeeper: a topic that was cached is no one-off)."""
         if self._cache.pop(topic, None) is None:
             return
         for node in self._cache_nodes.pop(topic):
             node.topics.discard(topic)
         self._cached_topics.delete(topic)
+        seen = self._seen
+        if len(seen) >= self._cache_size:
+            seen.clear()
+        seen.add(topic)
 
     def _forget_node(self, node: _Node[V]) -> None:
         """A wildcard filter's members changed: forget the topics its node answered for."""
@@ -269,51 +310,54 @@ class SubscriptionTrie(Generic[V]):
         return None if node is None else node.shared.get(group)
 
     def _match_wild(self, topic: str) -> list[_Node[V]]:
-        """Every wildcard node whose real filter matches `topic` (each at most once)."""
-        out: list[_Node[V]] = []
+        """Every wildcard node whose real filter matches `topic` (each at most once).
+
+        Depth first: of the (at most two) nodes a level leads to, the walk goes on with one and
+        stacks the other, so a topic that follows one path stacks nothing; `+` and `#` children
+        are attributes, looked up only where present.
+        """
         root = self._root
         children = root.children
         if not children:
-            return out
+            return []
+        out: list[_Node[V]] = []
         levels = topic.split("/")
         n = len(levels)
-        # Root level handled apart: the `$` rule only applies here.
         stack: list[tuple[_Node[V], int]] = []
+        node: _Node[V] | None = children.get(levels[0])
+        # Root level handled apart: the `$` rule (MQTT-4.7.2-1) only applies here.
         if not topic.startswith("$"):
-            wild = children.get("#")
-            if wild is not None:
-                out.append(wild)
-            wild = children.get("+")
-            if wild is not None:
-                stack.append((wild, 1))
-        child = children.get(levels[0])
-        if child is not None:
-            stack.append((child, 1))
-        pop = stack.pop
-        push = stack.append
-        while stack:
-            node, i = pop()
-            children = node.children
-            if i == n:
-                if node.count:
-                    out.append(node)
-                if children:
-                    wild = children.get("#")
-                    if wild is not None:
-                        out.append(wild)
-                continue
-            if not children:
-                continue
-            wild = children.get("#")
-            if wild is not None:
-                out.append(wild)
-            wild = children.get("+")
-            if wild is not None:
-                push((wild, i + 1))
-            child = children.get(levels[i])
-            if child is not None:
-                push((child, i + 1))
-        return out
+            if root.hash is not None:
+                out.append(root.hash)
+            plus = root.plus
+            if plus is not None:
+                if node is not None:
+                    stack.append((node, 1))
+                node = plus
+        i = 1
+        while True:
+            if node is not None:
+                if i == n:
+                    if node.count:
+                        out.append(node)
+                    if node.hash is not None:
+                        out.append(node.hash)
+                else:
+                    children = node.children
+                    if children:
+                        if node.hash is not None:
+                            out.append(node.hash)
+                        plus = node.plus
+                        node = children.get(levels[i])
+                        i += 1
+                        if plus is not None:
+                            if node is not None:
+                                stack.append((node, i))
+                            node = plus
+                        continue
+            if not stack:
+                return out
+            node, i = stack.pop()
 
     def _match_nodes(self, topic: str) -> list[_Node[V]]:
         """Every node, exact or wildcard, whose real filter matches `topic`."""
@@ -349,7 +393,7 @@ class SubscriptionTrie(Generic[V]):
         wildcard answer remembered per topic (module docstring). Do not change the lists."""
         wild = self._cache.get(topic)
         if wild is None:
-            wild = self._fill(topic)
+            wild = self._miss(topic)
         exact = self._exact.get(topic)
         if exact is None:
             return wild
@@ -358,9 +402,32 @@ class SubscriptionTrie(Generic[V]):
             return own
         return own[0] + wild[0], own[1] + wild[1]
 
-    def _fill(self, topic: str) -> Matches[V]:
-        """Compute and remember what the wildcard filters match for `topic`."""
+    def _miss(self, topic: str) -> Matches[V]:
+        """The wildcard answer for a topic not in the cache: remembered from its second sighting
+        on (while `_seen` still holds the first), so a stream of one-off topics pays the walk
+        and a set insert, never the cache's bookkeeping and evictions."""
         nodes = self._match_wild(topic)
+        seen = self._seen
+        if topic in seen:
+            seen.discard(topic)
+            return self._fill(topic, nodes)
+        if len(seen) >= self._cache_size:
+            seen.clear()
+        seen.add(topic)
+        if not nodes:
+            return _NO_MATCH
+        normal: list[tuple[str, V]] = []
+        shared: list[tuple[str, str, dict[str, V]]] = []
+        for node in nodes:
+            if node.subs:
+                normal.extend(node.subs.items())
+            if node.shared:
+                filt = node.filter
+                shared.extend((group, filt, members) for group, members in node.shared.items())
+        return normal, shared
+
+    def _fill(self, topic: str, nodes: list[_Node[V]]) -> Matches[V]:
+        """Remember what the wildcard filters (`nodes`, from the walk) match for `topic`."""
         normal: list[tuple[str, V]] = []
         shared: list[tuple[str, str, dict[str, V]]] = []
         for node in nodes:
@@ -371,12 +438,19 @@ class SubscriptionTrie(Generic[V]):
                 shared.extend((group, filt, members) for group, members in node.shared.items())
             node.topics.add(topic)
         cache = self._cache
-        if len(cache) >= MATCH_CACHE_SIZE:
-            self._drop(next(iter(cache)))
-        answer = cache[topic] = (normal, shared)
+        if len(cache) >= self._cache_size:
+            self._evict_oldest()
+        answer = cache[topic] = (normal, shared) if nodes else _NO_MATCH
         self._cache_nodes[topic] = nodes
         self._cached_topics.set(topic, None)
         return answer
+
+    def _evict_oldest(self) -> None:
+        topic, nodes = self._cache_nodes.popitem(last=False)
+        del self._cache[topic]
+        for node in nodes:
+            node.topics.discard(topic)
+        self._cached_topics.delete(topic)
 
     # -- enumeration -------------------------------------------------------------------------
 
