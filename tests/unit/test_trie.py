@@ -249,16 +249,20 @@ def test_resubscribe_keeps_unrelated_cached_topics() -> None:
 
 
 def test_match_cache_is_bounded() -> None:
-    """Past `MATCH_CACHE_SIZE` topics the oldest answers go, one at a time, not all at once."""
+    """A full cache keeps its topics (their hits go on) and declines new ones; once it has
+    declined as many as it holds, it forgets everything at once and fills again."""
+    size = MATCH_CACHE_SIZE
     trie: SubscriptionTrie[int] = SubscriptionTrie()
     trie.add("a/#", "k", 1)
-    for i in range(MATCH_CACHE_SIZE * 2 + 5):
+    for i in range(size * 2 + 5):
         assert trie.match_all(f"a/{i}")[0] == [("k", 1)]
         assert trie.match_all(f"a/{i}")[0] == [("k", 1)]
-    assert len(trie._cache) == MATCH_CACHE_SIZE
-    assert f"a/{MATCH_CACHE_SIZE * 2 + 4}" in trie._cache and "a/0" not in trie._cache
-    assert len(trie._cached_topics) == MATCH_CACHE_SIZE
-    assert len(trie._root.children["a"].children["#"].topics) == MATCH_CACHE_SIZE
+        if i == size * 2 - 2:  # the first `size` topics were kept, `size - 1` declined
+            assert set(trie._cache) == {f"a/{j}" for j in range(size)}
+    # The `size`-th it would have declined cleared the cache, and it and the rest were kept.
+    assert set(trie._cache) == {f"a/{j}" for j in range(size * 2 - 1, size * 2 + 5)}
+    assert len(trie._cached_topics) == 6
+    assert trie._root.children["a"].children["#"].topics == set(trie._cache)
 
 
 def test_one_off_topics_are_answered_but_not_remembered() -> None:
