@@ -31,6 +31,15 @@ publish to `sport/tennis`). The walk is iterative, goes on with one of the (at m
 level leads to and stacks only the other, and builds no intermediate strings or lists beyond the
 one split of the topic.
 
+Topics under one parent share all but their last level (`sensors/17/temp`, `sensors/17/hum`), so
+the router remembers, per parent topic, the *frontier* its levels lead to (the nodes reached
+after the parent's last level, and the `#` nodes met on the way, which match everything below):
+a topic then costs one dict lookup for its parent and, per frontier node, the `+` child and the
+child named by its last level (`_frontier`, bounded by `MATCH_CACHE_SIZE` parents). A frontier
+only depends on which nodes exist, not on who subscribed, so it is forgotten (all of them at
+once) only when a wildcard node is created or pruned, i.e. when a new wildcard filter appears
+or the last subscriber of one leaves.
+
 Nodes are pruned on removal when they hold no subscriber and have no children, so memory follows
 the live subscriptions, not the history of subscribe/unsubscribe churn.
 
@@ -121,6 +130,7 @@ class SubscriptionTrie(Generic[V]):
         "_cached_topics",
         "_declined",
         "_exact",
+        "_frontier",
         "_len",
         "_root",
         "_seen",
@@ -139,6 +149,9 @@ class SubscriptionTrie(Generic[V]):
         self._declined = 0
         #: Topics answered once without being remembered (the doorkeeper, module docstring).
         self._seen: set[str] = set()
+        #: parent topic -> (the wildcard nodes its levels lead to, the `#` nodes met on the
+        #: way); emptied whenever a wildcard node is created or pruned (module docstring).
+        self._frontier: dict[str, tuple[list[_Node[V]], list[_Node[V]]]] = {}
 
     # -- mutation ----------------------------------------------------------------------------
 
@@ -160,6 +173,7 @@ class SubscriptionTrie(Generic[V]):
                 if child is None:
                     child = _Node(level if node is self._root else f"{node.filter}/{level}")
                     node.children[level] = child
+                    self._frontier.clear()  # a new node: frontiers through its parent change
                     if level == "+":
                         node.plus = child
                     elif level == "#":
@@ -239,6 +253,7 @@ class SubscriptionTrie(Generic[V]):
                 if child.count or child.children:
                     break
                 del parent.children[level]
+                self._frontier.clear()  # a frontier may hold the pruned node
                 if level == "+":
                     parent.plus = None
                 elif level == "#":
@@ -320,21 +335,60 @@ class SubscriptionTrie(Generic[V]):
     def _match_wild(self, topic: str) -> list[_Node[V]]:
         """Every wildcard node whose real filter matches `topic` (each at most once).
 
+        A topic of several levels starts from its parent's frontier (`_frontier`, module
+        docstring), so only its last level is looked up; the first topic under a parent walks
+        the parent's levels once for all of them.
+        """
+        if not self._root.children:
+            return []
+        cut = topic.rfind("/")
+        if cut < 0:
+            return self._walk(topic.split("/"), topic.startswith("$"), None)
+        parent = topic[:cut]
+        known = self._frontier.get(parent)
+        if known is None:
+            frontier: list[_Node[V]] = []
+            before = self._walk(parent.split("/"), topic.startswith("$"), frontier)
+            if len(self._frontier) >= self._cache_size:
+                self._frontier.clear()
+            known = self._frontier[parent] = (frontier, before)
+        frontier, before = known
+        out = before.copy()
+        last = topic[cut + 1 :]
+        for node in frontier:
+            plus = node.plus
+            if plus is not None:
+                if plus.count:
+                    out.append(plus)
+                if plus.hash is not None:
+                    out.append(plus.hash)
+            child = node.children.get(last)
+            if child is not None:
+                if child.count:
+                    out.append(child)
+                if child.hash is not None:
+                    out.append(child.hash)
+        return out
+
+    def _walk(
+        self, levels: list[str], dollar: bool, frontier: list[_Node[V]] | None
+    ) -> list[_Node[V]]:
+        """The trie walk: the wildcard nodes matching the topic of `levels` (its first level
+        starts with `$` when `dollar`); or, given a `frontier` list, the walk of a parent topic:
+        the nodes its levels lead to go into `frontier`, and the `#` nodes met on the way (which
+        match any topic below the parent) are returned.
+
         Depth first: of the (at most two) nodes a level leads to, the walk goes on with one and
         stacks the other, so a topic that follows one path stacks nothing; `+` and `#` children
         are attributes, looked up only where present.
         """
         root = self._root
-        children = root.children
-        if not children:
-            return []
         out: list[_Node[V]] = []
-        levels = topic.split("/")
         n = len(levels)
         stack: list[tuple[_Node[V], int]] = []
-        node: _Node[V] | None = children.get(levels[0])
+        node: _Node[V] | None = root.children.get(levels[0])
         # Root level handled apart: the `$` rule (MQTT-4.7.2-1) only applies here.
-        if not topic.startswith("$"):
+        if not dollar:
             if root.hash is not None:
                 out.append(root.hash)
             plus = root.plus
@@ -346,7 +400,9 @@ class SubscriptionTrie(Generic[V]):
         while True:
             if node is not None:
                 if i == n:
-                    if node.count:
+                    if frontier is not None:
+                        frontier.append(node)
+                    elif node.count:
                         out.append(node)
                     if node.hash is not None:
                         out.append(node.hash)

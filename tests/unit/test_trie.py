@@ -176,6 +176,14 @@ def check_cache_indexes(trie: SubscriptionTrie[int]) -> None:
         assert node.topics == held.get(id(node), set())  # no stale back-reference
         assert node.plus is node.children.get("+") and node.hash is node.children.get("#")
         stack.extend(node.children.values())
+    live: set[int] = set()
+    stack = [trie._root]
+    while stack:
+        node = stack.pop()
+        live.add(id(node))
+        stack.extend(node.children.values())
+    for frontier, before in trie._frontier.values():
+        assert all(id(node) in live for node in [*frontier, *before])  # no pruned node
 
 
 publish_topics_st = st.sampled_from(["a", "b", "a/b", "a/", "/a", "", "a//b", "$x", "$x/a", "b/$x"])
@@ -215,7 +223,25 @@ def test_cached_equals_uncached_equals_brute_force(
                 cached = as_sorted(trie.match_all(arg))
                 uncached = as_sorted((trie.match(arg), trie.match_shared(arg)))
                 assert cached == uncached == brute_force(model, arg)
+                # From the parent's remembered frontier, or by a full walk: the same nodes.
+                walked = trie._walk(arg.split("/"), arg.startswith("$"), None)
+                assert sorted(map(id, trie._match_wild(arg))) == sorted(map(id, walked))
         check_cache_indexes(trie)
+
+
+def test_a_new_node_on_a_parent_path_reaches_topics_below_that_parent() -> None:
+    """A parent's remembered frontier is forgotten when a wildcard node is created or pruned:
+    `a/b/+` creates the node `a/b` that topics under `a/b` must now pass through."""
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("a/+/x", "k1", 1)
+    for _ in range(3):
+        assert trie.match_all("a/b/x") == ([("k1", 1)], [])
+    assert "a/b" in trie._frontier
+    trie.add("a/b/+", "k2", 2)
+    assert sorted(trie.match_all("a/b/x")[0]) == [("k1", 1), ("k2", 2)]
+    assert sorted(trie.match("a/b/y")) == [("k2", 2)]
+    trie.remove("a/b/+", "k2")  # pruned: no frontier may still hold `a/b`
+    assert trie.match_all("a/b/x") == ([("k1", 1)], []) and trie.match("a/b/y") == []
 
 
 def test_exact_filters_are_not_in_the_trie() -> None:
