@@ -24,8 +24,9 @@ from typing import NamedTuple
 from broker.core.banned import BannedTable
 from broker.core.client_port import ClientPort
 from broker.core.cluster_port import SessionLocator, SessionState, SharedDispatcher, WaitDrained
+from broker.core.hlc import HybridClock, Stamp
 from broker.core.hooks import ClientInfo, Hooks
-from broker.core.message import Message, is_expired
+from broker.core.message import Message, is_expired, retained_stamp
 from broker.core.metrics import Metrics, Stats
 from broker.core.replicated import ReplicatedTables
 from broker.core.retained import RetainedStore
@@ -38,6 +39,10 @@ from broker.core.wills import WillTimers, will_message
 from broker.protocol.packets import Will
 
 log = logging.getLogger(__name__)
+
+#: Clears of retained topics remembered (their stamps), so that an older write of the topic
+#: arriving later (a heal, a slow link) does not bring the message back; the oldest go first.
+RETAINED_TOMBSTONES = 10_000
 
 #: Told about route changes: (real topic filter, True = first subscriber / False = last gone).
 RouteListener = Callable[[str, bool], None]
@@ -91,6 +96,11 @@ class Broker:
         self.stats = Stats()
         self.router: SubscriptionTrie[Subscription] = SubscriptionTrie()
         self.retained: RetainedStore[Message] = RetainedStore()
+        #: The order of replicated writes (retained messages, tables); the cluster names it
+        #: after its member and moves it with every stamp it receives.
+        self.hlc = HybridClock(self.settings.node_name, lambda: self.clock())
+        #: topic -> stamp of the clear of a retained topic (bounded: RETAINED_TOMBSTONES)
+        self.retained_gone: dict[str, Stamp] = {}
         self.sessions: dict[str, Session] = {}
         self.banned = BannedTable()
         #: tables kept the same on every node (auth_clientid/auth_username credentials)
@@ -133,7 +143,7 @@ class Broker:
                 session.detach(self.clock())
                 if session.expiry_interval == 0:
                     self.discard_session(client_id)
-        self.update_stats()
+        self.update_client_stats()
 
     def accepting(self) -> bool:
         """False when `max_connections` is reached: the listener refuses new clients."""
@@ -171,7 +181,7 @@ class Broker:
         session.attach(channel)
         self.connected[client_id] = channel
         self.clients_total += 1
-        self.update_stats()
+        self.update_client_stats()
         return session, present
 
     def _new_session(
@@ -206,8 +216,8 @@ class Broker:
             return
         session.touch()
         for filt in list(session.subscriptions):
-            self.unsubscribe(session, filt)
-        self.update_stats()
+            self.unsubscribe(session, filt)  # each refreshes the subscription gauges
+        self.update_client_stats()
 
     def drop_session(self, client_id: str) -> bool:
         """An operator ends the session of `client_id` (EMQX's clean_session): a connected
@@ -514,17 +524,37 @@ class Broker:
         session.deliver(message, qos, False, ids, now)
         return 1
 
-    def retain(self, message: Message) -> None:
-        """Store, replace or clear (empty payload) the retained message of a topic."""
-        if self.dirty_retained is not None:
-            self.dirty_retained.add(message.topic)
-        if not message.payload:
-            self.retained.delete(message.topic)
+    def retain(self, message: Message) -> bool:
+        """Store, replace or clear (empty payload) the retained message of a topic if it is the
+        last write of it: the larger hybrid-clock stamp wins (`broker.core.hlc`), so every node
+        keeps the same value whatever order the writes reach it in. A write without a stamp is
+        taken here and stamped now (`message.stamp`, which the cluster forwards with it); one
+        with a stamp came from another node and moves our clock. False: a later write (or
+        clear) of the topic is held, this one changes nothing."""
+        topic = message.topic
+        held = self.retained.get(topic)
+        old = retained_stamp(held) if held is not None else self.retained_gone.get(topic)
+        stamp = message.stamp
+        if stamp is None:
+            stamp = message.stamp = self.hlc.now()
         else:
-            if self.retained.get(message.topic) is None:
+            self.hlc.update(stamp)
+        if old is not None and stamp <= old:
+            return False
+        if self.dirty_retained is not None:
+            self.dirty_retained.add(topic)
+        gone = self.retained_gone
+        if not message.payload:
+            self.retained.delete(topic)
+            gone[topic] = stamp  # a tombstone: an older write arriving later must not win
+            if len(gone) > RETAINED_TOMBSTONES:
+                del gone[next(iter(gone))]
+        else:
+            if held is None:
                 self.metrics.counters["messages/retained"] += 1
+                gone.pop(topic, None)
             stored = Message(
-                message.topic,
+                topic,
                 message.payload,
                 message.qos,
                 True,
@@ -533,8 +563,10 @@ class Broker:
                 message.timestamp,
                 message.node,
             )
-            self.retained.set(message.topic, stored)
+            stored.stamp = stamp
+            self.retained.set(topic, stored)
         self.stats.set("retained/count", len(self.retained))
+        return True
 
     def retained_for(self, topic_filter: str) -> Iterator[Message]:
         now = self.clock()
@@ -561,10 +593,18 @@ class Broker:
             self.discard_session(client_id)
         for pending in self.wills.due(now):  # delayed wills (broker.core.wills)
             self.publish_will(pending.info, pending.will)
+        self.update_stats()  # once per tick too: a gauge moved by anything else is fresh here
         self.update_slow_stats()
 
+    def update_client_stats(self) -> None:
+        """Refresh the two gauges a connect or a close changes (the rest cannot have moved:
+        subscriptions refresh them through `update_stats`); on every connect, so kept short."""
+        stats = self.stats
+        stats.set("connections/count", len(self.connected))
+        stats.set("sessions/count", len(self.sessions))
+
     def update_stats(self) -> None:
-        """Refresh the gauges that are cheap to read; called on every registry change."""
+        """Refresh the gauges that are cheap to read; called on every other registry change."""
         stats = self.stats
         stats.set("connections/count", len(self.connected))
         stats.set("sessions/count", len(self.sessions))
