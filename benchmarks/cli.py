@@ -1,11 +1,12 @@
 """`minibroker-bench` / `python -m benchmarks`: an MQTT load generator in the spirit of emqtt-bench.
 
 Subcommands: `conn`, `pub`, `sub` (building blocks), the named scenarios `fan-in`, `fan-out`,
-`latency`, `conn-scale`, `many-subs`, `wildcards`, `cluster`, `spread`, then `report` (JSON lines ->
-Markdown + PNG), `compare` (our broker vs mosquitto) and `cluster-scale` (one node vs a
-cluster). Any broker is a target (`--target HOST:PORT`, or `--start minibroker|mosquitto|amqtt`
-to start one on a free port). Each run prints one summary line
-with the generator's own CPU use, and appends one JSON object to `--out FILE` when given.
+`latency`, `conn-scale`, `many-subs`, `wildcards`, `cluster`, `spread`, then `report` (JSON
+lines -> Markdown + PNG), `compare` (our broker vs mosquitto), `cluster-scale` (one node vs a
+cluster) and `wildcard-goal` (many wildcard filters vs mosquitto). Any broker is a target
+(`--target HOST:PORT`, or `--start minibroker|mosquitto|amqtt` to start one on a free port).
+Each run prints one summary line with the generator's own CPU use, and appends one JSON object
+to `--out FILE` when given.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 from typing import Any
 
-from benchmarks import cluster_scale, compare, memory
+from benchmarks import cluster_scale, compare, memory, wildcard_goal
 from benchmarks.brokers import BROKERS, RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
@@ -224,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cluster_scale.add_arguments(scale)
+    wild = sub.add_parser(
+        "wildcard-goal",
+        help="msg/s and CPU per message with 100 to 100,000 wildcard filters vs mosquitto",
+        description=wildcard_goal.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    wildcard_goal.add_arguments(wild)
     return parser
 
 
@@ -330,6 +338,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cluster_scale.run(args)
     if args.command == "memory":
         return memory.run(args)
+    if args.command == "wildcard-goal":
+        return wildcard_goal.run(args)
     return _run_scenario(args)
 
 

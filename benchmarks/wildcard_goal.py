@@ -1,6 +1,7 @@
 """Issue 15's wildcard goal: routed msg/s with many wildcard filters, against mosquitto, and flat.
 
-`python -m benchmarks.wildcard_goal` runs the `wildcards` scenario (10 publishers, each cycling
+`minibroker-bench wildcard-goal` (also `python -m benchmarks.wildcard_goal`) runs the `wildcards`
+scenario (10 publishers, each cycling
 through 1,000 topics `bench/wc/<p>/<k>`; one subscriber on `bench/wc/+/+` gets every message;
 `--filters` more wildcard filters lie on the same paths without matching, see
 `topics.path_filters`) for each filter count and broker, `--rounds` times, every run on a freshly
@@ -31,7 +32,7 @@ from benchmarks.goals import goal_for
 from benchmarks.results import Record, append_jsonl, make_record
 from benchmarks.scenarios import Settings, make_params, run_scenario
 
-__all__ = ["goals", "main", "medians"]
+__all__ = ["add_arguments", "goals", "main", "medians", "run"]
 
 _GOAL = goal_for("wildcards", "received_per_s")
 GOAL_RATIO = _GOAL.bound if _GOAL is not None else 1.2  # ours / mosquitto, msg/s (goals.py)
@@ -49,10 +50,7 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.wildcard_goal", description=(__doc__ or "").split("\n\n")[0]
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--brokers",
         default="minibroker,mosquitto",
@@ -72,7 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-core", type=int, default=1, help="core for the generator (1)")
     p.add_argument("--out", default=None, help="also append every run to this JSON lines file")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
-    return p
 
 
 def _one_run(name: str, filters: int, args: argparse.Namespace, round_no: int) -> Record | None:
@@ -171,8 +168,7 @@ def markdown(records: list[Record], labels: list[str], counts: list[int]) -> str
     return "\n".join([*rows, "", *goals(table, labels, counts)]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     brokers = select_brokers(args.brokers)
     if not brokers:
         return 2
@@ -209,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.wildcard_goal", description=(__doc__ or "").split("\n\n")[0]
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
