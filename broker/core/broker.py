@@ -37,6 +37,7 @@ from broker.core.topics import parse_shared, validate_topic_filter
 from broker.core.trie import SubscriptionTrie
 from broker.core.wills import WillTimers, will_message
 from broker.protocol.packets import Will
+from broker.protocol.runs import PublishRun
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +483,55 @@ class Broker:
         if wait_drained is not None or count >= 64:
             return Published(count, wait_drained)
         return _PUBLISHED[count]
+
+    def run_targets(
+        self, run: PublishRun, publisher: str
+    ) -> list[tuple[Session, ClientPort]] | None:
+        """Who gets `run` (plain QoS 0 frames, `broker.protocol.runs`) as its very bytes: the
+        sessions and connections `publish` would deliver each of its messages to, each once.
+        None when `publish` must see the messages one by one: publish hooks or a cluster (they
+        take a `Message`), a shared group, a subscription identifier, a subscriber offline or
+        one the bytes do not fit (`ClientPort.passes`: topic aliases, Maximum Packet Size)."""
+        dispatcher = self.shared_dispatcher
+        if (
+            self.hooks.message_publish
+            or self.forward_hooks
+            or (dispatcher is not None and dispatcher.has_groups(run.topic))
+        ):
+            return None
+        normal, groups = self.router.match_all(run.topic)
+        if groups and dispatcher is None:  # with a dispatcher, `publish` leaves them to it
+            return None
+        sessions = self.sessions
+        connected = self.connected
+        targets: list[tuple[Session, ClientPort]] = []
+        for client_id, sub in normal:
+            if sub.no_local and client_id == publisher:
+                continue  # MQTT-3.8.3-3
+            if sub.identifier is not None:
+                return None
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            port = connected.get(client_id)
+            if port is None or session.outlet is not port or not port.passes(run):
+                return None
+            targets.append((session, port))
+        if len(targets) > 1 and len(normal) > 1:  # one copy per client (MQTT-3.3.5-1)
+            targets = list({id(session): (session, port) for session, port in targets}.values())
+        return targets
+
+    def publish_run(self, run: PublishRun, targets: list[tuple[Session, ClientPort]]) -> int:
+        """Deliver the authorized `run` to `run_targets`' answer: its bytes in one write to
+        each, counted per message as `publish` counts; the number of subscribers."""
+        if not targets:
+            self.metrics.counters["messages/dropped"] += run.count  # as `publish`, per message
+            return 0
+        count = run.count
+        for session, port in targets:
+            sent = port.send_run(run)
+            session.count_passed(sent, count - sent)
+        return len(targets)
 
     def publish_will(self, info: ClientInfo, will: Will) -> int:
         """Authorize, hook and route one will message now (`broker.core.wills`); the number of

@@ -39,6 +39,11 @@ class SharedDispatcher(Protocol):
         matches its topic; returns the deliveries made or handed to another node."""
         ...
 
+    def has_groups(self, topic: str) -> bool:
+        """True when a shared group somewhere in the cluster matches `topic` (`dispatch`
+        would deliver it): a run of messages then goes through `dispatch` one by one."""
+        ...
+
 
 class SessionLocator(Protocol):
     def takeover(self, client_id: str, clean_start: bool, done: TakeoverDone) -> bool:

@@ -64,6 +64,7 @@ from broker.protocol.packets import (
     PubRel,
     Will,
 )
+from broker.protocol.runs import PublishRun
 from broker.protocol.wire import Frames
 
 if TYPE_CHECKING:
@@ -405,6 +406,52 @@ class Connection:
         else:
             held.append(data)
         return True
+
+    def passes(self, run: PublishRun) -> bool:
+        """`ClientPort.passes`: the frames of `run`, in this client's protocol family
+        (`PublishRun.for_family`), are what `send_publish` would write for each of its
+        messages (QoS 0, no subscription identifier: `Broker.run_targets`)."""
+        return (
+            self.out_aliases is None
+            and self.held_out is None
+            and run.frame_len_for(self.version == MQTT_5) <= self.max_packet_out
+        )
+
+    def send_run(self, run: PublishRun) -> int:
+        """`ClientPort.send_run`: the run's bytes, counted per message. In one write when even
+        the last message would find at most `max_outgoing_buffer` bytes waiting (a write of n
+        bytes adds at most n to `Link.buffered`); near the cap, frame by frame, each dropped
+        where `send_publish` would drop it."""
+        if self.state != CONNECTED:
+            return 0
+        run = run.for_family(self.version == MQTT_5)
+        link = self.link
+        count = run.count
+        frame_len = run.frame_len
+        data = run.data
+        cap = self.broker.settings.max_outgoing_buffer
+        if link.buffered() + (count - 1) * frame_len <= cap:
+            link.write(data)
+            sent = count
+        else:
+            sent = 0
+            for start in range(0, count * frame_len, frame_len):
+                if link.buffered() <= cap:
+                    link.write(data[start : start + frame_len])
+                    sent += 1
+            self.broker.limits["max_outgoing_buffer"] += count - sent
+        size = sent * frame_len
+        self.send_oct += size
+        self.send_cnt += sent
+        self.send_pkt += sent
+        self.send_msg += sent
+        counters = self.broker.metrics.counters
+        counters["bytes/sent"] += size
+        counters["packets/sent"] += sent
+        counters["packets/publish/sent"] += sent
+        counters["messages/sent"] += sent
+        counters["messages/qos0/sent"] += sent
+        return sent
 
     def hold_output(self) -> None:
         """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2
