@@ -23,8 +23,10 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   (QoS min(pub, sub), the message keeps its QoS) and never forwards again.
   Shared groups are not served from forwarded copies: the origin dispatches each
   message to one member per group in the whole cluster (`cluster.ports`, FORWARD kind `shared`).
-* **Takeover.** A CONNECT asks the other live nodes to give its client id up (RPC
-  `surrender_session`), carrying the session over (`cluster.ports`, `cluster.takeover`).
+* **Takeover.** A CONNECT asks the owner of its client id in the registry (at most one RPC;
+  none on a lone node), which makes the node that held it give it up, carrying the session
+  over (`cluster.ports`, `cluster.takeover`); messages that still reach the old node follow
+  the session (`cluster.handoff`).
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
   Before that, a congested link holds back the publishing client until it drains (flow
@@ -378,6 +380,8 @@ class ClusterNode:
         publisher, who stops reading meanwhile)."""
         if message.topic.startswith("$SYS/"):
             return 0
+        if self.ports.handoff.active:  # a session moved away or arrived lately
+            self.ports.handoff.on_message(message, time.monotonic())
         targets = self.forward_targets(message)
         wait_drained = None
         if targets:
@@ -441,6 +445,8 @@ class ClusterNode:
     def _deliver(self, message: Message, body: Body, hello: Hello) -> None:
         self.stats["forward/received"] += 1
         self.broker.publish(message, forward=False, shared=False)
+        if self.ports.handoff.active:
+            self.ports.handoff.on_message(message, time.monotonic())
 
     def _store_retained(self, message: Message, body: Body, hello: Hello) -> None:
         self.stats["retained/received"] += 1
@@ -584,6 +590,7 @@ class ClusterNode:
         if name == self.name:
             return
         self.stats["events/" + event.kind] += 1
+        self.ports.members_changed(name, event.kind)
         host, port = event.address
         if event.kind == "join":
             log.info("cluster: node %s joined (%s:%d)", name, host, port)

@@ -32,7 +32,7 @@ from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.settings import Settings
 from broker.core.shared import SharedGroupPicker
-from broker.core.topics import parse_shared, validate_topic_filter
+from broker.core.topics import parse_shared, topic_matches, validate_topic_filter
 from broker.core.trie import SubscriptionTrie
 from broker.core.wills import WillTimers, will_message
 from broker.protocol.packets import Will
@@ -101,6 +101,9 @@ class Broker:
         self.route_listeners: list[RouteListener] = []
         self.shared_route_listeners: list[SharedRouteListener] = []
         self.forward_hooks: list[ForwardHook] = []
+        #: Told the client id of every session that ends here (discarded, moved, expired): the
+        #: cluster's client-id registry forgets it (`cluster.takeover`).
+        self.session_end_listeners: list[Callable[[str], None]] = []
         # Cluster ports (broker.core.cluster_port); None on a single node.
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None
@@ -208,6 +211,8 @@ class Broker:
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
         self.update_stats()
+        for listener in self.session_end_listeners:
+            listener(client_id)
 
     def drop_session(self, client_id: str) -> bool:
         """An operator ends the session of `client_id` (EMQX's clean_session): a connected
@@ -295,6 +300,31 @@ class Broker:
         state = None if clean_start else session.export_state()
         self.discard_session(client_id)
         return state
+
+    def deliver_to(self, client_id: str, message: Message) -> int:
+        """Deliver `message` to the session of `client_id` alone, as `publish` would through its
+        matching non-shared subscriptions (one copy, highest granted QoS, every identifier):
+        a message that another node forwards for a session that moved here. 0 when there is
+        no such session or no subscription matches."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return 0
+        qos = -1
+        retain = False
+        ids: list[int] | None = None
+        for sub in session.subscriptions.values():
+            if sub.share_group is not None or not topic_matches(sub.topic_filter, message.topic):
+                continue
+            if sub.no_local and client_id == message.publisher:
+                continue  # MQTT-3.8.3-3
+            qos = max(qos, min(message.qos, sub.qos))
+            retain = retain or (message.retain and sub.retain_as_published)
+            if sub.identifier is not None:
+                ids = [*(ids or ()), sub.identifier]
+        if qos < 0:
+            return 0
+        session.deliver(message, qos, retain, ids, self.clock())
+        return 1
 
     def kick(self, client_id: str) -> bool:
         """Disconnect the client connected here as `client_id` (0x98, Administrative action);

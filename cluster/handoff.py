@@ -1,0 +1,224 @@
+"""Takeover without loss: both ends of a session that moved to another node.
+
+Theory of operation
+-------------------
+When node H surrenders a session to node B, the other nodes' route tables still point at H for
+a while (until B's route announcement and H's withdrawal spread), and a message can also reach B
+before B has imported the session. EMQX keeps a "pending" buffer for this; here:
+
+* **On the old node** (`surrendered`): a forwarding record `client id -> B` with the session's
+  (non-shared) filters, for `ttl` seconds, at most `max_records` of them (the oldest go first).
+  Every message that arrives at H or is published on H meanwhile (`on_message`, called by the
+  runtime for forwarded copies and local publishes) and matches those filters is sent to B as
+  FORWARD kind `session` for that one client id (a directed forward, not a route).
+* **On the new node**, while its claim is in flight (`claim_started`), `session` forwards for
+  the id are held (at most `max_pending` per id) and delivered right after the import
+  (`claim_finished`), so nothing sent by H overtakes the session state. Then, for `ttl + 2`
+  seconds, an **arrival window** remembers which messages reached the session directly (by
+  origin, publisher, topic, payload and QoS, counted), so a copy that H forwards as well is
+  delivered once, not twice (QoS 2 stays exactly once when a publisher's node sent the message
+  to both H and B). A forward for an id whose session is not here (it moved on) follows the
+  record of this node if it has one (at most `MAX_HOPS`), else it is dropped and counted.
+
+Limits: a message that reached H before its export *and* B directly after the import (a link
+slower than the whole takeover) is delivered twice; a forward from H that arrives after a newer
+direct copy of the same publisher is delivered after it (an order change inside the takeover).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from broker.core.message import Message
+from broker.core.topics import topic_matches
+
+log = logging.getLogger(__name__)
+
+#: The FORWARD `kind` of a message for one moved session; body fields `cid`, `org`, `hop`.
+SESSION_KIND = "session"
+MAX_HOPS = 2
+#: Seconds a forwarding record lives on the old node (about the failure detection bound for
+#: three nodes: by then every route change has spread).
+DEFAULT_TTL = 5.0
+
+#: (node, message, extra FORWARD fields) -> 1 if sent, 0 if dropped.
+SendSession = Callable[[str, Message, dict[str, Any]], int]
+#: (client id, message) -> deliveries made (0: no such session or no subscription matches).
+DeliverTo = Callable[[str, Message], int]
+
+_Key = tuple[str, str, str, bytes, int]
+
+
+class _Record:
+    __slots__ = ("expires", "filters", "target")
+
+    def __init__(self, target: str, filters: list[str], expires: float) -> None:
+        self.target = target
+        self.filters = filters
+        self.expires = expires
+
+
+class _Window:
+    __slots__ = ("expires", "filters", "seen")
+
+    def __init__(self, filters: list[str], expires: float) -> None:
+        self.filters = filters
+        self.expires = expires
+        self.seen: Counter[_Key] = Counter()
+
+
+class Handoff:
+    """See the module docstring. `now` is any monotonic clock in seconds."""
+
+    def __init__(
+        self,
+        name: str,
+        send: SendSession,
+        deliver: DeliverTo,
+        ttl: float = DEFAULT_TTL,
+        max_records: int = 10_000,
+        max_pending: int = 1_000,
+    ) -> None:
+        self.name = name
+        self.send = send
+        self.deliver = deliver
+        self.ttl = ttl
+        self.max_records = max_records
+        self.max_pending = max_pending
+        self.records: OrderedDict[str, _Record] = OrderedDict()
+        self.windows: OrderedDict[str, _Window] = OrderedDict()
+        self.pending: dict[str, list[tuple[Message, str]]] = {}
+        self.stats: Counter[str] = Counter()
+
+    @property
+    def active(self) -> bool:
+        """Anything to look at for a message (the runtime skips `on_message` otherwise)."""
+        return bool(self.records or self.windows)
+
+    # -- the old node ------------------------------------------------------------------------
+
+    def surrendered(self, client_id: str, target: str, filters: list[str], now: float) -> None:
+        if target == self.name or not filters:
+            return
+        self.records.pop(client_id, None)
+        self.records[client_id] = _Record(target, filters, now + self.ttl)
+        while len(self.records) > self.max_records:
+            self.records.popitem(last=False)
+            self.stats["records/evicted"] += 1
+
+    def reclaimed(self, client_id: str) -> None:
+        """The client came back here: nothing to forward for it any more."""
+        self.records.pop(client_id, None)
+
+    # -- both: every message that arrives or is published here --------------------------------
+
+    def on_message(self, message: Message, now: float) -> None:
+        self._expire(now)
+        topic = message.topic
+        if self.records:
+            for client_id, record in self.records.items():
+                if _matches(record.filters, topic):
+                    self._send(record.target, client_id, message, message.node or self.name, 0)
+        if self.windows:
+            for window in self.windows.values():
+                if _matches(window.filters, topic):
+                    window.seen[_key(message, message.node or self.name)] += 1
+
+    def _send(self, target: str, client_id: str, message: Message, origin: str, hop: int) -> None:
+        extra = {"kind": SESSION_KIND, "cid": client_id, "org": origin, "hop": hop}
+        if self.send(target, message, extra):
+            self.stats["forwarded"] += 1
+        else:
+            self.stats["forward/dropped"] += 1
+
+    def _expire(self, now: float) -> None:
+        records = self.records
+        while records:
+            client_id, record = next(iter(records.items()))
+            if record.expires > now:
+                break
+            del records[client_id]
+        windows = self.windows
+        while windows:
+            client_id, window = next(iter(windows.items()))
+            if window.expires > now:
+                break
+            del windows[client_id]
+
+    # -- the new node ------------------------------------------------------------------------
+
+    def claim_started(self, client_id: str) -> None:
+        self.pending.setdefault(client_id, [])
+        self.records.pop(client_id, None)
+
+    def claim_finished(self, client_id: str, filters: list[str] | None, now: float) -> None:
+        """The claim answered; `filters` are the imported session's (None: nothing imported).
+        The forwards held meanwhile are delivered now, before anything newer."""
+        held = self.pending.pop(client_id, [])
+        if filters:
+            self.windows.pop(client_id, None)
+            self.windows[client_id] = _Window(filters, now + self.ttl + 2.0)
+        for message, origin in held:
+            self._deliver(client_id, message, origin)
+
+    def on_session_forward(self, message: Message, body: dict[str, Any], now: float) -> None:
+        """A FORWARD kind `session` from the node that had the session."""
+        client_id, origin, hop = body.get("cid"), body.get("org"), body.get("hop", 0)
+        if (
+            not isinstance(client_id, str)
+            or not isinstance(origin, str)
+            or not isinstance(hop, int)
+        ):
+            self.stats["malformed"] += 1
+            return
+        self._expire(now)
+        held = self.pending.get(client_id)
+        if held is not None:
+            if len(held) < self.max_pending:
+                held.append((message, origin))
+            else:
+                self.stats["dropped"] += 1
+            return
+        record = self.records.get(client_id)
+        if record is not None and hop < MAX_HOPS:
+            self._send(record.target, client_id, message, origin, hop + 1)  # it moved on
+            return
+        self._deliver(client_id, message, origin)
+
+    def _deliver(self, client_id: str, message: Message, origin: str) -> None:
+        window = self.windows.get(client_id)
+        if window is not None:
+            key = _key(message, origin)
+            if window.seen[key] > 0:
+                window.seen[key] -= 1
+                self.stats["duplicates"] += 1
+                return
+        if self.deliver(client_id, message):
+            self.stats["delivered"] += 1
+        else:
+            self.stats["dropped"] += 1
+
+
+def _matches(filters: list[str], topic: str) -> bool:
+    return any(topic_matches(f, topic) for f in filters)
+
+
+def _key(message: Message, origin: str) -> _Key:
+    return (origin, message.publisher, message.topic, message.payload, message.qos)
+
+
+def plain_filters(state: dict[str, Any] | None) -> list[str]:
+    """The non-shared filters of an exported session state (`Session.export_state`)."""
+    out: list[str] = []
+    for item in (state or {}).get("subscriptions") or ():
+        if (
+            isinstance(item, list | tuple)
+            and item
+            and isinstance(item[0], str)
+            and not item[0].startswith(("$share/", "$queue/"))
+        ):
+            out.append(item[0])
+    return out
