@@ -10,7 +10,10 @@ before B has imported the session. EMQX keeps a "pending" buffer for this; here:
   (non-shared) filters, for `ttl` seconds, at most `max_records` of them (the oldest go first).
   Every message that arrives at H or is published on H meanwhile (`on_message`, called by the
   runtime for forwarded copies and local publishes) and matches those filters is sent to B as
-  FORWARD kind `session` for that one client id (a directed forward, not a route).
+  FORWARD kind `session` for that one client id (a directed forward, not a route). H keeps
+  announcing the routes of those filters until the record ends (`covers`; `cluster.ports`
+  withdraws them then if nobody here subscribes): otherwise a publisher's node could learn
+  H's withdrawal before B's announcement and send the message nowhere.
 * **On the new node**, while its claim is in flight (`claim_started`), `session` forwards for
   the id are held (at most `max_pending` per id) and delivered right after the import
   (`claim_finished`), so nothing sent by H overtakes the session state. Then, for `ttl + 2`
@@ -133,6 +136,12 @@ class Handoff:
             self.stats["forwarded"] += 1
         else:
             self.stats["forward/dropped"] += 1
+
+    def covers(self, filt: str, now: float) -> bool:
+        """A forwarding record still needs the route of `filt` here (the node keeps announcing
+        it until the record ends, so that publishers' nodes keep sending to this node)."""
+        self._expire(now)
+        return any(filt in record.filters for record in self.records.values())
 
     def _expire(self, now: float) -> None:
         records = self.records

@@ -23,6 +23,7 @@ FORWARDs must then be published with `shared=False` by the receiver.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -137,6 +138,7 @@ class ClusterPorts:
             timeout=min(rpc_timeout, TAKEOVER_TIMEOUT),
             max_state_bytes=self.max_state_bytes,
         )
+        self._held_routes: set[str] = set()
         self.attached = False
         locator = self.locator
         node.register_rpc(SURRENDER_METHOD, locator.serve_surrender)
@@ -209,6 +211,31 @@ class ClusterPorts:
         """A member joined, came back, died or left: registry entries move (`cluster.registry`)."""
         if self.attached:
             self.locator.members_changed(node, kind)
+
+    def holds_route(self, filt: str) -> bool:
+        """The last local subscriber of `filt` left: keep its route while a forwarding record
+        needs it (`cluster.handoff`); it is withdrawn when the record ends."""
+        if not self.handoff.covers(filt, time.monotonic()):
+            return False
+        if filt not in self._held_routes:
+            self._held_routes.add(filt)
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.handoff.ttl + 0.1, self._release_routes)
+        return True
+
+    def route_back(self, filt: str) -> None:
+        """A local subscriber of `filt` again: its route is not held any more."""
+        self._held_routes.discard(filt)
+
+    def _release_routes(self) -> None:
+        now = time.monotonic()
+        for filt in list(self._held_routes):
+            if self.handoff.covers(filt, now):
+                continue
+            self._held_routes.discard(filt)
+            if self.attached and not self.node.broker.router.has_filter(filt):
+                self.node.sync.local_update(filt, False)
+                self.node.wake()
 
     def _send_session(self, node: str, message: Message, extra: dict[str, Any]) -> int:
         return self.node.send_forward(node, message, SESSION_KIND, extra)

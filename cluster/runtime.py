@@ -531,6 +531,10 @@ class ClusterNode:
         self._wake.set()
 
     def _on_route(self, filt: str, present: bool) -> None:
+        if present:
+            self.ports.route_back(filt)
+        elif self.ports.holds_route(filt):
+            return  # a session moved away: withdrawn later (`cluster.handoff`)
         try:
             self.sync.local_update(filt, present)
         except ValueError:

@@ -342,12 +342,20 @@ class ClusterSessionLocator:
         new_node = args.get("node")
         if not isinstance(new_node, str) or not new_node:
             new_node = from_node
+        session = None
         if isinstance(client_id, str):
             self.held.pop(client_id, None)  # no release for it: the owner moved it already
+            session = self.broker.sessions.get(client_id)
+        if session is not None and args.get("clean_start") is False:
+            # Before the session goes: its routes are then kept while the record lives.
+            filters = [s.filter for s in session.subscriptions.values() if s.share_group is None]
+            self.handoff.surrendered(session.client_id, new_node, filters, time.monotonic())
         state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
         self.stats["surrendered"] += 1
-        if state is not None and isinstance(client_id, str) and not args.get("clean_start"):
-            self.handoff.surrendered(client_id, new_node, plain_filters(state), time.monotonic())
+        if state is not None:
+            queued, inflight = len(state.get("queue") or ()), len(state.get("inflight") or ())
+            log.info("client %s moves to %s (%d queued, %d inflight messages)",
+                     client_id, new_node, queued, inflight)  # fmt: skip
         return state
 
     async def serve_evict(self, args: dict[str, Any], from_node: str) -> int:
