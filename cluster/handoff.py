@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 #: The FORWARD `kind` of a message for one moved session; body fields `cid`, `org`, `hop`.
 SESSION_KIND = "session"
 MAX_HOPS = 2
-#: Seconds a forwarding record lives on the old node (about the failure detection bound for
-#: three nodes: by then every route change has spread).
-DEFAULT_TTL = 5.0
+#: Seconds a forwarding record lives on the old node: route changes spread by gossip within a
+#: second or two (README "Convergence at scale"); a record outliving that costs little.
+DEFAULT_TTL = 3.0
 
 #: (node, message, extra FORWARD fields) -> 1 if sent, 0 if dropped.
 SendSession = Callable[[str, Message, dict[str, Any]], int]

@@ -212,9 +212,12 @@ class ClusterPorts:
         if self.attached:
             self.locator.members_changed(node, kind)
 
-    def holds_route(self, filt: str) -> bool:
-        """The last local subscriber of `filt` left: keep its route while a forwarding record
-        needs it (`cluster.handoff`); it is withdrawn when the record ends."""
+    def holds_route(self, filt: str, present: bool) -> bool:
+        """The last local subscriber of `filt` left (`present` False): keep its route while a
+        forwarding record needs it (`cluster.handoff`); it is withdrawn when the record ends."""
+        if present:
+            self._held_routes.discard(filt)  # a local subscriber again
+            return False
         if not self.handoff.covers(filt, time.monotonic()):
             return False
         if filt not in self._held_routes:
@@ -222,10 +225,6 @@ class ClusterPorts:
             loop = asyncio.get_running_loop()
             loop.call_later(self.handoff.ttl + 0.1, self._release_routes)
         return True
-
-    def route_back(self, filt: str) -> None:
-        """A local subscriber of `filt` again: its route is not held any more."""
-        self._held_routes.discard(filt)
 
     def _release_routes(self) -> None:
         now = time.monotonic()

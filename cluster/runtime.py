@@ -23,10 +23,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   (QoS min(pub, sub), the message keeps its QoS) and never forwards again.
   Shared groups are not served from forwarded copies: the origin dispatches each
   message to one member per group in the whole cluster (`cluster.ports`, FORWARD kind `shared`).
-* **Takeover.** A CONNECT asks the owner of its client id in the registry (at most one RPC;
-  none on a lone node), which makes the node that held it give it up, carrying the session
-  over (`cluster.ports`, `cluster.takeover`); messages that still reach the old node follow
-  the session (`cluster.handoff`).
+* **Takeover.** A CONNECT asks its client id's owner in the registry, which makes the holder
+  give it up (`cluster.takeover`); messages still reaching the old node follow (`cluster.handoff`).
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
   Before that, a congested link holds back the publishing client until it drains (flow
@@ -531,9 +529,7 @@ class ClusterNode:
         self._wake.set()
 
     def _on_route(self, filt: str, present: bool) -> None:
-        if present:
-            self.ports.route_back(filt)
-        elif self.ports.holds_route(filt):
+        if self.ports.holds_route(filt, present):
             return  # a session moved away: withdrawn later (`cluster.handoff`)
         try:
             self.sync.local_update(filt, present)
