@@ -17,15 +17,18 @@ before B has imported the session. EMQX keeps a "pending" buffer for this; here:
 * **On the new node**, while its claim is in flight (`claim_started`), `session` forwards for
   the id are held (at most `max_pending` per id) and delivered right after the import
   (`claim_finished`), so nothing sent by H overtakes the session state. Then, for `ttl + 2`
-  seconds, an **arrival window** remembers which messages reached the session directly (by
-  origin, publisher, topic, payload and QoS, counted), so a copy that H forwards as well is
-  delivered once, not twice (QoS 2 stays exactly once when a publisher's node sent the message
-  to both H and B). A forward for an id whose session is not here (it moved on) follows the
-  record of this node if it has one (at most `MAX_HOPS`), else it is dropped and counted.
+  seconds, an **arrival window** remembers which messages reached the session (by origin,
+  publisher, topic, payload and QoS), so a copy that H forwards as well is delivered once, not
+  twice (QoS 2 stays exactly once when a publisher's node sent the message to both H and B, or
+  when two earlier holders of a session that moved twice forward it). A forward for an id whose
+  session is not here (it moved on again) is dropped and counted: it is not passed on, since
+  the node that holds the session now gets its own copy from its own previous holder.
 
 Limits: a message that reached H before its export *and* B directly after the import (a link
-slower than the whole takeover) is delivered twice; a forward from H that arrives after a newer
-direct copy of the same publisher is delivered after it (an order change inside the takeover).
+slower than the whole takeover) is delivered twice; a forwarded message identical (origin,
+publisher, topic, payload, QoS) to one delivered in the window is taken for its copy; a forward
+from H that arrives after a newer direct copy of the same publisher is delivered after it (an
+order change inside the takeover).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from broker.core.message import Message
@@ -40,9 +44,9 @@ from broker.core.topics import topic_matches
 
 log = logging.getLogger(__name__)
 
-#: The FORWARD `kind` of a message for one moved session; body fields `cid`, `org`, `hop`.
+#: The FORWARD `kind` of a message for one moved session; body fields `cid` (the client id)
+#: and `org` (the node where it was published).
 SESSION_KIND = "session"
-MAX_HOPS = 2
 #: Seconds a forwarding record lives on the old node: route changes spread by gossip within a
 #: second or two (README "Convergence at scale"); a record outliving that costs little.
 DEFAULT_TTL = 3.0
@@ -118,20 +122,24 @@ class Handoff:
 
     # -- both: every message that arrives or is published here --------------------------------
 
-    def on_message(self, message: Message, now: float) -> None:
+    def on_message(
+        self, message: Message, now: float, sent_to: AbstractSet[str] = frozenset()
+    ) -> None:
+        """`message` arrived here or was published here (and routed to the nodes `sent_to`:
+        a session that moved to one of them gets it there, and is not sent a second copy)."""
         self._expire(now)
         topic = message.topic
         if self.records:
             for client_id, record in self.records.items():
-                if _matches(record.filters, topic):
-                    self._send(record.target, client_id, message, message.node or self.name, 0)
+                if record.target not in sent_to and _matches(record.filters, topic):
+                    self._send(record.target, client_id, message, message.node or self.name)
         if self.windows:
             for window in self.windows.values():
                 if _matches(window.filters, topic):
                     window.seen[_key(message, message.node or self.name)] += 1
 
-    def _send(self, target: str, client_id: str, message: Message, origin: str, hop: int) -> None:
-        extra = {"kind": SESSION_KIND, "cid": client_id, "org": origin, "hop": hop}
+    def _send(self, target: str, client_id: str, message: Message, origin: str) -> None:
+        extra = {"kind": SESSION_KIND, "cid": client_id, "org": origin}
         if self.send(target, message, extra):
             self.stats["forwarded"] += 1
         else:
@@ -175,12 +183,8 @@ class Handoff:
 
     def on_session_forward(self, message: Message, body: dict[str, Any], now: float) -> None:
         """A FORWARD kind `session` from the node that had the session."""
-        client_id, origin, hop = body.get("cid"), body.get("org"), body.get("hop", 0)
-        if (
-            not isinstance(client_id, str)
-            or not isinstance(origin, str)
-            or not isinstance(hop, int)
-        ):
+        client_id, origin = body.get("cid"), body.get("org")
+        if not isinstance(client_id, str) or not isinstance(origin, str):
             self.stats["malformed"] += 1
             return
         self._expire(now)
@@ -191,20 +195,16 @@ class Handoff:
             else:
                 self.stats["dropped"] += 1
             return
-        record = self.records.get(client_id)
-        if record is not None and hop < MAX_HOPS:
-            self._send(record.target, client_id, message, origin, hop + 1)  # it moved on
-            return
         self._deliver(client_id, message, origin)
 
     def _deliver(self, client_id: str, message: Message, origin: str) -> None:
         window = self.windows.get(client_id)
         if window is not None:
             key = _key(message, origin)
-            if window.seen[key] > 0:
-                window.seen[key] -= 1
+            if window.seen[key] > 0:  # it came directly, or from another old node already
                 self.stats["duplicates"] += 1
                 return
+            window.seen[key] += 1
         if self.deliver(client_id, message):
             self.stats["delivered"] += 1
         else:

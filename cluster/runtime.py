@@ -378,14 +378,14 @@ class ClusterNode:
         publisher, who stops reading meanwhile)."""
         if message.topic.startswith("$SYS/"):
             return 0
-        if self.ports.handoff.active:  # a session moved away or arrived lately
-            self.ports.handoff.on_message(message, time.monotonic())
         targets = self.forward_targets(message)
         wait_drained = None
         if targets:
             for node in targets:
                 self.send_forward(node, message)
             wait_drained = self._congestion(targets)
+        if self.ports.handoff.active:  # a session moved lately: after the copies it may get
+            self.ports.handoff.on_message(message, time.monotonic(), targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
             for member in self.membership.live_members():
                 if member.name not in targets:

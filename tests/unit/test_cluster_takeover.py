@@ -217,7 +217,7 @@ async def test_forwards_during_the_claim_wait_for_the_import() -> None:
     new.connect(cid, clean_start=False)
     assert cid in handoff.pending
     message = Message("t", b"early", 1, publisher="p", node="a")
-    handoff.on_session_forward(message, {"cid": cid, "org": "a", "hop": 0}, 0.0)
+    handoff.on_session_forward(message, {"cid": cid, "org": "a"}, 0.0)
     assert handoff.pending[cid]  # held: the session is not here yet
     await settle()
     assert [p.payload for p in new.publishes()] == [b"early"]
