@@ -20,9 +20,12 @@ before B has imported the session. EMQX keeps a "pending" buffer for this; here:
   seconds, an **arrival window** remembers which messages reached the session (by origin,
   publisher, topic, payload and QoS), so a copy that H forwards as well is delivered once, not
   twice (QoS 2 stays exactly once when a publisher's node sent the message to both H and B, or
-  when two earlier holders of a session that moved twice forward it). A forward for an id whose
-  session is not here (it moved on again) is dropped and counted: it is not passed on, since
-  the node that holds the session now gets its own copy from its own previous holder.
+  when two earlier holders of a session that moved twice forward it). A forwarded copy of a
+  message that reached B while the claim was in flight (so not delivered then) is delivered at
+  once; any other waits `HOLD` seconds first, since the direct copy may still be on its way (B
+  can read H's link before the publisher's node's, measured in the fault suite). A forward for
+  an id whose session is not here (it moved on again) is dropped and counted: it is not passed
+  on, since the node that holds the session now gets its own copy from its own previous holder.
 
 Limits: a message that reached H before its export *and* B directly after the import (a link
 slower than the whole takeover) is delivered twice; a forwarded message identical (origin,
@@ -33,6 +36,7 @@ order change inside the takeover).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -57,6 +61,14 @@ SendSession = Callable[[str, Message, dict[str, Any]], int]
 DeliverTo = Callable[[str, Message], int]
 
 _Key = tuple[str, str, str, bytes, int]
+#: (delay, callback): run the callback later on the event loop.
+Later = Callable[[float, Callable[[], None]], Any]
+#: Seconds a forwarded copy waits for a direct copy that may be overtaken (a loop turn or two).
+HOLD = 0.2
+
+
+def _call_later(delay: float, callback: Callable[[], None]) -> Any:
+    return asyncio.get_running_loop().call_later(delay, callback)
 
 
 class _Record:
@@ -69,12 +81,15 @@ class _Record:
 
 
 class _Window:
-    __slots__ = ("expires", "filters", "seen")
+    __slots__ = ("early", "expires", "filters", "seen")
 
-    def __init__(self, filters: list[str], expires: float) -> None:
+    def __init__(self, filters: list[str], expires: float, early: set[_Key]) -> None:
         self.filters = filters
         self.expires = expires
+        #: Messages delivered to the session here since the import (directly or forwarded).
         self.seen: Counter[_Key] = Counter()
+        #: Messages that arrived here while the claim was in flight (not delivered then).
+        self.early = early
 
 
 class Handoff:
@@ -88,8 +103,10 @@ class Handoff:
         ttl: float = DEFAULT_TTL,
         max_records: int = 10_000,
         max_pending: int = 1_000,
+        later: Later | None = None,
     ) -> None:
         self.name = name
+        self.later = later or _call_later
         self.send = send
         self.deliver = deliver
         self.ttl = ttl
@@ -98,12 +115,14 @@ class Handoff:
         self.records: OrderedDict[str, _Record] = OrderedDict()
         self.windows: OrderedDict[str, _Window] = OrderedDict()
         self.pending: dict[str, list[tuple[Message, str]]] = {}
+        #: What arrived while claims were in flight (cleared when none is).
+        self.early: list[_Key] = []
         self.stats: Counter[str] = Counter()
 
     @property
     def active(self) -> bool:
         """Anything to look at for a message (the runtime skips `on_message` otherwise)."""
-        return bool(self.records or self.windows)
+        return bool(self.records or self.windows or self.pending)
 
     # -- the old node ------------------------------------------------------------------------
 
@@ -137,6 +156,8 @@ class Handoff:
             for window in self.windows.values():
                 if _matches(window.filters, topic):
                     window.seen[_key(message, message.node or self.name)] += 1
+        if self.pending and len(self.early) < self.max_pending * 10:
+            self.early.append(_key(message, message.node or self.name))
 
     def _send(self, target: str, client_id: str, message: Message, origin: str) -> None:
         extra = {"kind": SESSION_KIND, "cid": client_id, "org": origin}
@@ -175,9 +196,13 @@ class Handoff:
         """The claim answered; `filters` are the imported session's (None: nothing imported).
         The forwards held meanwhile are delivered now, before anything newer."""
         held = self.pending.pop(client_id, [])
+        early = self.early
+        if not self.pending:
+            self.early = []
         if filters:
             self.windows.pop(client_id, None)
-            self.windows[client_id] = _Window(filters, now + self.ttl + 2.0)
+            arrived = {key for key in early if _matches(filters, key[2])}
+            self.windows[client_id] = _Window(filters, now + self.ttl + 2.0, arrived)
         for message, origin in held:
             self._deliver(client_id, message, origin)
 
@@ -197,12 +222,20 @@ class Handoff:
             return
         self._deliver(client_id, message, origin)
 
-    def _deliver(self, client_id: str, message: Message, origin: str) -> None:
+    def _deliver(self, client_id: str, message: Message, origin: str, late: bool = False) -> None:
+        """A forwarded copy: delivered unless the session got the message already. A copy of a
+        message that did not come here during the claim may be overtaking the direct copy
+        (the publisher's node sent both, and the old node's was read first): it waits `HOLD`
+        seconds for it."""
         window = self.windows.get(client_id)
         if window is not None:
             key = _key(message, origin)
             if window.seen[key] > 0:  # it came directly, or from another old node already
                 self.stats["duplicates"] += 1
+                return
+            if not late and key not in window.early:
+                self.stats["held"] += 1
+                self.later(HOLD, lambda: self._deliver(client_id, message, origin, True))
                 return
             window.seen[key] += 1
         if self.deliver(client_id, message):

@@ -40,11 +40,13 @@ class Net:
         self.live = list(names)
         self.calls: list[tuple[str, str, str]] = []  # (from, to, method)
         self.forwards = 0
+        self.later: list[Any] = []  # forwarded copies waiting (`cluster.handoff.HOLD`)
         self.brokers: dict[str, Broker] = {}
         self.locators: dict[str, ClusterSessionLocator] = {}
         for name in names:
             broker = Broker(Settings(node_name=name), clock=lambda: 1000.0)
-            handoff = Handoff(name, self._sender(name), broker.deliver_to)
+            later = self._later
+            handoff = Handoff(name, self._sender(name), broker.deliver_to, later=later)
             locator = ClusterSessionLocator(
                 name, broker, self._live_for(name), self._caller(name), handoff, timeout=1.0
             )
@@ -85,6 +87,13 @@ class Net:
             return 1
 
         return send
+
+    def _later(self, delay: float, callback: Any) -> None:
+        self.later.append(callback)
+
+    def run_later(self) -> None:
+        while self.later:
+            self.later.pop(0)()
 
     def client(self, node: str) -> FakeClient:
         return FakeClient(self.brokers[node])
@@ -201,9 +210,35 @@ async def test_messages_reaching_the_old_node_follow_the_session_once() -> None:
     net.arrive("b", both)
     net.arrive("a", Message("t/2", b"both", 2, publisher="p", node="c"))
     await settle()
+    net.run_later()
     got = [p.payload for p in new.publishes()]
     assert sorted(got) == [b"both", b"only-a"]
     assert net.locators["b"].handoff.stats["duplicates"] == 1
+
+
+async def test_a_forwarded_copy_that_overtook_the_direct_one_is_dropped() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("b", net.live)
+    old = net.client("a")
+    old.connect(cid, clean_start=False)
+    await settle()
+    old.subscribe("t", qos=2)
+    new = net.client("b")
+    new.connect(cid, clean_start=False)
+    # while b's claim is in flight, a copy reaches b directly (not delivered: no session yet)
+    net.arrive("b", Message("t", b"gap", 2, publisher="p", node="c"))
+    await settle()
+    assert new.connack().session_present
+    handoff = net.locators["b"].handoff
+    # the old node forwards the gap message (at once) and one the publisher also sent to b
+    for payload in (b"gap", b"race"):
+        body = {"cid": cid, "org": "c"}
+        handoff.on_session_forward(Message("t", payload, 2, publisher="p", node="a"), body, 0.0)
+    assert [p.payload for p in new.publishes()] == [b"gap"]
+    net.arrive("b", Message("t", b"race", 2, publisher="p", node="c"))  # the direct copy, late
+    net.run_later()
+    assert [p.payload for p in new.publishes()] == [b"race"]  # once
+    assert handoff.stats["duplicates"] == 1
 
 
 async def test_forwards_during_the_claim_wait_for_the_import() -> None:
@@ -220,6 +255,8 @@ async def test_forwards_during_the_claim_wait_for_the_import() -> None:
     handoff.on_session_forward(message, {"cid": cid, "org": "a"}, 0.0)
     assert handoff.pending[cid]  # held: the session is not here yet
     await settle()
+    assert new.publishes() == []  # it may be overtaking a direct copy: it waits a moment
+    net.run_later()
     assert [p.payload for p in new.publishes()] == [b"early"]
 
 
