@@ -57,10 +57,6 @@ PROPERTIES = [
     "one_session_per_id", "retained_converge", "no_false_death",
 ]  # fmt: skip
 
-SESSIONS = (
-    "one session per client id is not held: two CONNECTs with one id on two nodes at once both "
-    "stay up (each node's takeover RPC finds no session on the other yet); issue 14 part 2"
-)
 RESTART = (
     "a restarted node does not route to its persistent sessions until their clients come back "
     "and messages in flight to a killed node are lost: acked QoS 1/2 messages are lost; issue 14"
@@ -76,12 +72,20 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     ("flapping", "no_false_death"): ("holds", ""),
     ("kill_during_takeover", "acked_delivered"): ("fails", RESTART),
     ("restart_each", "acked_delivered"): ("fails", RESTART),
+    # The client-id registry (cluster/takeover.py): 0 twin pairs both up in every scenario of
+    # three full runs (2-6 pairs each), but one pair of five in one run of restart_each (while
+    # nodes restart, their views of the members can differ: two owners): measured only there.
     **{
-        (scenario, "one_session_per_id"): ("fails", SESSIONS)
+        (scenario, "one_session_per_id"): ("holds", "")
         for scenario in SCENARIOS
-        # Their twins often meet a killed node, so not every run fails: measured only. (A
-        # clean-venv CI run had kill_during_takeover's pairs all hold: XPASS(strict).)
-        if scenario not in ("restart_each", "kill_during_takeover")
+        if scenario != "restart_each"
+    },
+    # The handoff (cluster/handoff.py): 0 lost in three full runs wherever the checker finds
+    # quiet time to check (flapping and restart_each leave none: checked 0, so not asserted).
+    **{
+        (scenario, "takeover_no_loss"): ("holds", "")
+        for scenario in SCENARIOS
+        if scenario not in ("flapping", "restart_each")
     },
 }
 
