@@ -283,8 +283,10 @@ class ClusterSessionLocator:
                 previous, stamp = self.registry.claim(client_id, from_node, stamp)
                 state = None
                 holder = previous.node if previous is not None else from_node
-                if holder != from_node and holder in self.live_nodes():
-                    state = await self._surrender_at(holder, client_id, clean_start, from_node)
+                if previous is not None and holder != from_node and holder in self.live_nodes():
+                    ok, state = await self._surrender_at(holder, client_id, clean_start, from_node)
+                    if not ok:  # it may still hold the id: evict it once it can be reached
+                        self._evict_at(holder, {client_id: previous.stamp})
                 return {"state": state, "stamp": list(stamp)}
         finally:
             lock, users = self._locks[client_id]
@@ -295,7 +297,8 @@ class ClusterSessionLocator:
 
     async def _surrender_at(
         self, holder: str, client_id: str, clean_start: bool, new_node: str
-    ) -> SessionState | None:
+    ) -> tuple[bool, SessionState | None]:
+        """(answered, the state) of the holder's `surrender_session`."""
         args = {**surrender_args(client_id, clean_start), "node": new_node}
         try:
             # Shorter than the claim's own timeout: the claim still answers in time.
@@ -303,8 +306,8 @@ class ClusterSessionLocator:
         except RpcError as exc:
             self.stats["failures"] += 1
             log.info("takeover of %s: holder %s did not answer: %s", client_id, holder, exc)
-            return None
-        return answer if isinstance(answer, dict) else None
+            return False, None
+        return True, answer if isinstance(answer, dict) else None
 
     async def serve_register(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
         """`registry_register`: `from_node` holds these ids; answers the ones it must drop."""

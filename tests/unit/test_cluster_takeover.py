@@ -41,6 +41,7 @@ class Net:
         self.calls: list[tuple[str, str, str]] = []  # (from, to, method)
         self.forwards = 0
         self.later: list[Any] = []  # forwarded copies waiting (`cluster.handoff.HOLD`)
+        self.lost: set[str] = set()  # methods whose requests are lost on the way
         self.brokers: dict[str, Broker] = {}
         self.locators: dict[str, ClusterSessionLocator] = {}
         for name in names:
@@ -63,6 +64,8 @@ class Net:
             if node not in self.live:
                 raise NodeUnreachable(node)
             self.calls.append((origin, node, method))
+            if method in self.lost:
+                raise RpcTimeout(node)
             await asyncio.sleep(0)
             target = self.locators[node]
             handler = {
@@ -283,6 +286,23 @@ async def test_duplicates_after_a_heal_keep_the_newer_claim() -> None:
     assert isinstance(last, Disconnect) and last.reason_code == ReasonCode.SESSION_TAKEN_OVER
     assert net.locators["c"].registry.get(cid).node == "b"  # type: ignore[union-attr]
     assert cid not in net.brokers["a"].sessions
+
+
+async def test_a_holder_that_does_not_answer_the_surrender_is_evicted_later() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    old = net.client("a")
+    old.connect(cid)
+    await settle()
+    net.lost = {SURRENDER_METHOD}
+    new = net.client("b")
+    new.connect(cid)
+    await settle()
+    assert new.connack().reason_code == 0  # the CONNECT goes on without the old session
+    assert ("c", "a", EVICT_METHOD) in net.calls
+    last = old.received()[-1]
+    assert isinstance(last, Disconnect) and last.reason_code == ReasonCode.SESSION_TAKEN_OVER
+    assert [n for n, b in net.brokers.items() if cid in b.connected] == ["b"]
 
 
 async def test_an_owner_that_does_not_answer_lets_the_connect_go_on() -> None:
