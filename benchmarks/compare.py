@@ -1,5 +1,6 @@
 """`compare`: our broker against mosquitto (and amqtt), same machine, same run, alternating,
-medians + ratios.
+medians + ratios, and issue 15's goal of each row (`benchmarks/goals.py`) with whether our
+broker met it in this run.
 
 Each round runs every scenario of the suite once per broker, alternating which broker goes
 first; each run gets a freshly started broker (so memory per connection starts from an idle
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
             order = brokers if round_no % 2 else list(reversed(brokers))
             for broker_name in order:
                 keep_run(_one_run(broker_name, name, args, round_no), records, out, round_no)
-    return finish_rounds(records, out, started, args.markdown, args.charts)
+    return finish_rounds(records, out, started, args.markdown, args.charts, goals=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.goals import goal_for
 from benchmarks.results import append_jsonl, summary_line
 from benchmarks.stats import median
 
@@ -117,10 +118,17 @@ def _cell(value: float | None, runs: int) -> str:
     return f"{text} (n={runs})" if runs > 1 else text
 
 
-def markdown_table(rows: Sequence[Row], labels: Sequence[str], baseline: str | None = None) -> str:
-    """A Markdown table: one column per label (medians), then `label / baseline` ratios."""
+def markdown_table(
+    rows: Sequence[Row], labels: Sequence[str], baseline: str | None = None, goals: bool = False
+) -> str:
+    """A Markdown table: one column per label (medians), then `label / baseline` ratios; with
+    `goals`, issue 15's goal of each row and, for each of our brokers' labels, whether its
+    median met it in this run."""
     others = [label for label in labels if baseline is not None and label != baseline]
+    ours = [label for label in others if "minibroker" in label] if goals else []
     head = ["scenario", "metric", *labels, *(f"{o} / {baseline}" for o in others)]
+    if ours:
+        head += ["goal", *(f"met: {o}" for o in ours)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for row in rows:
         unit = _UNITS.get(row.metric, "ms" if row.metric.endswith("_ms") else "")
@@ -132,6 +140,12 @@ def markdown_table(rows: Sequence[Row], labels: Sequence[str], baseline: str | N
             mine = row.median(other)
             ok = mine is not None and base not in (None, 0.0) and row.metric not in _NO_RATIO
             cells.append(f"{mine / base:.2f}" if ok and mine is not None and base else "-")
+        if ours:
+            goal = goal_for(row.variant, row.metric)
+            cells.append(goal.text if goal else "")
+            for label in ours:
+                met = goal.met(row.median(label), base) if goal else None
+                cells.append("" if met is None else ("yes" if met else "**no**"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -219,6 +233,7 @@ def render_report(
     baseline: str | None = None,
     charts: str | Path | None = None,
     link_from: str | Path = ".",
+    goals: bool = False,
 ) -> str:
     """The whole Markdown report: caption, table and (optionally) charts, linked relative to
     the directory `link_from` (where the Markdown file goes)."""
@@ -226,7 +241,7 @@ def render_report(
     if baseline is None:
         baseline = default_baseline(labels)
     caption = "Measured " + "; ".join(machines(records)) + ".\n"
-    parts = [caption, markdown_table(rows, labels, baseline)]
+    parts = [caption, markdown_table(rows, labels, baseline, goals=goals)]
     if charts is not None:
         for path in render_charts(rows, labels, charts, baseline):
             link = Path(os.path.relpath(path.resolve(), Path(link_from).resolve()))
@@ -251,6 +266,7 @@ def finish_rounds(
     markdown: str | None,
     charts: str | None,
     baseline: str | None = None,
+    goals: bool = False,
 ) -> int:
     """Print the run count and the medians table (also to `markdown`, charts to `charts`);
     the command's exit code: 1 when no run succeeded."""
@@ -258,7 +274,9 @@ def finish_rounds(
     if not records:
         return 1
     link_from = os.path.dirname(os.path.abspath(markdown)) if markdown else "."
-    table = render_report(records, baseline=baseline, charts=charts, link_from=link_from)
+    table = render_report(
+        records, baseline=baseline, charts=charts, link_from=link_from, goals=goals
+    )
     print(table)
     if markdown:
         with open(markdown, "w", encoding="utf-8") as f:
