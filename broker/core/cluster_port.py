@@ -47,6 +47,7 @@ class SessionLocator(Protocol):
         """Make every other node give up `client_id`: close its connection (0x8E) and, unless
         `clean_start`, hand over its session state. Returns False when there is nothing to ask
         (single node, or no other node holds the id as far as this node knows for sure): `done`
-        is then never called and the CONNECT goes on at once. Otherwise `done` is called exactly once, later or before returning, with the
-        state (None if no node had one, or on failure/timeout)."""
+        is then never called and the CONNECT goes on at once. Otherwise `done` is called
+        exactly once, later or before returning, with the state (None if no node had one, or
+        on failure/timeout)."""
         ...
