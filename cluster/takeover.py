@@ -34,7 +34,11 @@ and drops its session (its queued messages are lost, counted in `messages/droppe
 
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
 id is registered again at the next membership change, where a duplicate is resolved as above.
-`surrender_session` stays callable as before (a node of the previous version asks every peer).
+`surrender_session` stays callable as before (a node of the previous version asks every peer);
+an owner of the previous version answers `registry_claim` with "no RPC method", and the CONNECT
+then asks every other node to surrender, as that version does (a rolling upgrade). No frame
+type is new (the registry is RPC methods and a FORWARD kind), so the wire version is unchanged;
+a node of the previous version counts a FORWARD kind `session` as unknown and drops it.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from cluster.registry import (
     parse_entries,
     parse_stamp,
 )
-from cluster.rpc import RpcError
+from cluster.rpc import RemoteError, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +183,7 @@ class ClusterSessionLocator:
         self.held: dict[str, Stamp] = {}
         self.stats: dict[str, int] = {
             "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
-            "surrendered": 0, "evicted": 0, "registered": 0, "released": 0,
+            "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
         }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -236,7 +240,12 @@ class ClusterSessionLocator:
                 answer = await self.serve_claim(args, self.name)
             else:
                 self.stats["claims_sent"] += 1
-                answer = await self.call(owner, CLAIM_METHOD, args, self.timeout)
+                try:
+                    answer = await self.call(owner, CLAIM_METHOD, args, self.timeout)
+                except RemoteError as exc:
+                    if "no RPC method" not in str(exc):
+                        raise
+                    answer = {"state": await self._ask_everyone(client_id, clean_start)}
             if isinstance(answer, dict):
                 stamp = parse_stamp(answer.get("stamp")) or stamp
                 found = answer.get("state")
@@ -255,6 +264,18 @@ class ClusterSessionLocator:
                 self.held[client_id] = stamp
             filters = plain_filters(state) if state is not None and not clean_start else None
             self.handoff.claim_finished(client_id, filters, time.monotonic())
+
+    async def _ask_everyone(self, client_id: str, clean_start: bool) -> SessionState | None:
+        """The owner runs the previous version (no registry): every other node is asked to
+        surrender, as that version does (during a rolling upgrade)."""
+        self.stats["fallbacks"] += 1
+        args = {**surrender_args(client_id, clean_start), "node": self.name}
+        peers = self.live_nodes()[1:]
+        answers = await asyncio.gather(
+            *(self.call(peer, SURRENDER_METHOD, args, self.timeout) for peer in peers),
+            return_exceptions=True,
+        )
+        return pick_state([a if isinstance(a, dict) else None for a in answers])
 
     def close(self) -> None:
         """Cancel the takeovers in progress; their CONNECTs go on alone (`done(None)`)."""

@@ -21,7 +21,7 @@ from broker.protocol.constants import ReasonCode
 from broker.protocol.packets import ConnAck, Disconnect, Publish
 from cluster.handoff import Handoff
 from cluster.registry import owner_of
-from cluster.rpc import NodeUnreachable, RpcTimeout
+from cluster.rpc import NodeUnreachable, RemoteError, RpcTimeout
 from cluster.takeover import (
     CLAIM_METHOD,
     EVICT_METHOD,
@@ -42,6 +42,7 @@ class Net:
         self.forwards = 0
         self.later: list[Any] = []  # forwarded copies waiting (`cluster.handoff.HOLD`)
         self.lost: set[str] = set()  # methods whose requests are lost on the way
+        self.old: set[str] = set()  # nodes of the previous version: no registry methods
         self.brokers: dict[str, Broker] = {}
         self.locators: dict[str, ClusterSessionLocator] = {}
         for name in names:
@@ -66,6 +67,8 @@ class Net:
             self.calls.append((origin, node, method))
             if method in self.lost:
                 raise RpcTimeout(node)
+            if node in self.old and method != SURRENDER_METHOD:
+                raise RemoteError(f"{node}: LookupError: no RPC method {method!r}")
             await asyncio.sleep(0)
             target = self.locators[node]
             handler = {
@@ -303,6 +306,22 @@ async def test_a_holder_that_does_not_answer_the_surrender_is_evicted_later() ->
     last = old.received()[-1]
     assert isinstance(last, Disconnect) and last.reason_code == ReasonCode.SESSION_TAKEN_OVER
     assert [n for n, b in net.brokers.items() if cid in b.connected] == ["b"]
+
+
+async def test_an_owner_of_the_previous_version_makes_the_connect_ask_everyone() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    net.old = {"c"}
+    old = net.client("a")
+    old.connect(cid, clean_start=False)
+    await settle()
+    old.subscribe("t", qos=1)
+    new = net.client("b")
+    new.connect(cid, clean_start=False)
+    await settle()
+    assert new.connack().session_present  # the session came from a, asked directly
+    assert ("b", "a", SURRENDER_METHOD) in net.calls and ("b", "c", SURRENDER_METHOD) in net.calls
+    assert net.locators["b"].stats["fallbacks"] == 1
 
 
 async def test_an_owner_that_does_not_answer_lets_the_connect_go_on() -> None:
