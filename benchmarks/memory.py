@@ -40,12 +40,17 @@ import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
+from benchmarks.goals import goal_for
 from benchmarks.procfs import rss_kb
 
 #: Seconds the client subprocess may take to connect everything.
 CONNECT_TIMEOUT = 120.0
 #: Source lines shown (the largest allocators).
 LINES = 12
+#: Issue 15's goal for RSS per idle connection in bytes, from `benchmarks.goals` (declared
+#: there once, in KiB as /proc reports it; mosquitto 2.0.11 needs about 730 B here).
+_GOAL = goal_for("conn-scale", "broker_kb_per_conn")
+GOAL_BYTES = round(_GOAL.bound * 1024) if _GOAL is not None else 2000
 #: Source files are grouped under these names (first match wins); the rest by their file name.
 GROUPS = (
     ("broker/server/", "broker/server/"),
@@ -163,12 +168,22 @@ def _type_sizes() -> dict[str, tuple[int, int]]:
 _CONTAINERS = (dict, list, set, bytearray, collections.deque, bytes, str)
 
 
+def _instance_dict(obj: object) -> dict[str, Any] | None:
+    """`obj`'s __dict__, or None for a class that lists "__dict__" in its slots: there the
+    dict is made on the first attribute set outside the slots
+    (`broker.core.connection.Connection`), and asking for it would make it, so it is not
+    asked (what such fields hold is in the tracemalloc totals)."""
+    for cls in type(obj).__mro__:
+        if "__dict__" in getattr(cls, "__slots__", ()):
+            return None
+    return vars(obj) if hasattr(obj, "__dict__") else None
+
+
 def _attrs(obj: object) -> Iterator[tuple[str, object]]:
     names: list[str] = []
     for cls in type(obj).__mro__:
-        names.extend(getattr(cls, "__slots__", ()))
-    if hasattr(obj, "__dict__"):
-        names.extend(vars(obj))
+        names.extend(n for n in getattr(cls, "__slots__", ()) if n != "__dict__")
+    names.extend(_instance_dict(obj) or ())
     for name in dict.fromkeys(names):
         with contextlib.suppress(AttributeError):
             yield name, getattr(obj, name)
@@ -207,7 +222,8 @@ def walk_connection(broker: Any) -> list[dict[str, Any]]:
     rows = []
     for label, a, b in pairs:
         owned = _owned(a, b)
-        own_dict = sys.getsizeof(vars(a)) if hasattr(a, "__dict__") else 0
+        own = _instance_dict(a)
+        own_dict = 0 if own is None else sys.getsizeof(own)
         rows.append(
             {
                 "object": f"{label}: {type(a).__name__}",
@@ -291,6 +307,10 @@ def render(results: list[dict[str, Any]], loop_name: str) -> str:
     lines = [
         f"RSS per idle connection: {rss:,.0f} B (median of {len(results)} rounds, "
         f"{results[0]['connections']:,} connections, {loop_name})",
+        "",
+        f"Goal (issue 15): <= {GOAL_BYTES:,} B per idle connection: "
+        f"{'met' if rss <= GOAL_BYTES else 'NOT met'} on {loop_name} "
+        f"({rss - GOAL_BYTES:+,.0f} B)",
         "",
         f"Python allocations per connection by source (tracemalloc, {results[0]['traced']:,} "
         "connections):",

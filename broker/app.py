@@ -113,6 +113,9 @@ class NodeApp:
         self.banned_store.open()
         try:
             self.tables_store.open()
+            # the clock goes on from the stamps stored (retained ones: `Persistence.open`)
+            for stamp in [*self.broker.replicated.stamps(), *self.broker.banned.stamps()]:
+                self.broker.hlc.restore(stamp)
             import_legacy(self.config.data_dir, self.apps.table)  # development builds' apps.json
             await self.plugins.start()
             try:

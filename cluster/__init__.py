@@ -16,9 +16,12 @@
 * `cluster.transport` (asyncio): TCP links, the cookie handshake, bounded per-peer send queues;
 * `cluster.rpc`: request/response with ids and timeouts (`RpcError`: `NodeUnreachable`,
   `RpcTimeout`, `RemoteError`);
+* `cluster.replicas` (asyncio): the tables every node holds a copy of, pulled from peers and
+  compared by digest every push/pull interval; `cluster.replicated_state`: the broker's
+  tables (retained messages, bans, the last-writer-wins tables), ordered by hybrid-clock stamps;
 * `cluster.runtime`: `ClusterNode`, which runs membership, route sync, forwarding, retained
   replication and RPC for one node.
 
 The pure modules do no I/O and read no clock: the runtime passes `now` and sends what it is
-given. Only `transport`, `rpc` and `runtime` touch asyncio.
+given. Only `transport`, `rpc`, `replicas` and `runtime` touch asyncio.
 """

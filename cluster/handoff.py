@@ -43,6 +43,7 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from broker.core.broker import Broker
 from broker.core.message import Message
 from broker.core.topics import topic_matches
 
@@ -242,6 +243,31 @@ class Handoff:
             self.stats["delivered"] += 1
         else:
             self.stats["dropped"] += 1
+
+
+def deliver_to(broker: Broker, client_id: str, message: Message) -> int:
+    """Deliver `message` to the session of `client_id` alone, as `Broker.publish` would through
+    its matching non-shared subscriptions (one copy, the highest granted QoS, every
+    identifier). 0 when there is no such session or no subscription matches."""
+    session = broker.sessions.get(client_id)
+    if session is None:
+        return 0
+    qos = -1
+    retain = False
+    ids: list[int] | None = None
+    for sub in session.subscriptions.values():
+        if sub.share_group is not None or not topic_matches(sub.topic_filter, message.topic):
+            continue
+        if sub.no_local and client_id == message.publisher:
+            continue  # MQTT-3.8.3-3
+        qos = max(qos, min(message.qos, sub.qos))
+        retain = retain or (message.retain and sub.retain_as_published)
+        if sub.identifier is not None:
+            ids = [*(ids or ()), sub.identifier]
+    if qos < 0:
+        return 0
+    session.deliver(message, qos, retain, ids, broker.clock())
+    return 1
 
 
 def _matches(filters: list[str], topic: str) -> bool:

@@ -50,7 +50,11 @@ subscribers over there are not forwarded (not queued either) until it heals. Eve
 reconnect) or with a seed address that no live member has (groups that formed apart, e.g. nodes
 restarted during the split, find each other through their seeds). Once one crosses, each side's
 full state tells the other "you are dead": those nodes refute with a higher incarnation and the
-alive news spreads by gossip on both sides. A member back from the dead triggers an early
+alive news spreads by gossip on both sides. The verdicts each side held about the other also
+spread by gossip once the sides meet, and reach nodes of the *same* side as their subject
+before its refutation does: a "dead" about a member whose frames reached us within the
+suspicion timeout only makes us suspect it (`_heard_lately`), so a healed partition never has
+a node declare dead a peer it could talk to all along. A member back from the dead triggers an early
 push/pull with it, which restores its routes. Dead members are remembered (and retried) for
 `dead_reclaim_time`, left ones for `left_reclaim_time`; after that only seeds reconnect.
 
@@ -509,10 +513,27 @@ class Membership:
             except WireError:
                 self.stats["malformed"] += 1
                 continue
-            if remote_state and update.state is DEAD:
-                # memberlist: a remote node's verdict in a full state makes us suspect only
+            if update.state is DEAD and (remote_state or self._heard_lately(update, now)):
+                # memberlist: a remote node's verdict in a full state makes us suspect only;
+                # so does a verdict about a member whose frames reach us (see _heard_lately)
                 update = replace(update, state=SUSPECT)
             self._apply(update, now)
+
+    def _heard_lately(self, u: Update, now: float) -> bool:
+        """A "dead" verdict about a member we hold live and heard from within the suspicion
+        timeout is doubted: a node that really died fell silent at least one probe interval
+        plus the suspicion timeout before anyone could declare it dead. Such a verdict is
+        stale (the far side of a healed partition gossiping what it held while apart): it
+        makes us suspect only, the member hears of it and refutes, and it is never declared
+        dead by a node it can talk to."""
+        m = self._table.get(u.name)
+        if m is None or m.state not in _LIVE or u.epoch != m.epoch:
+            return False
+        since = now - self.config.suspicion_timeout(self._table.live)
+        if self._prober.heard_since(u.name, since):
+            self.stats["dead_doubted"] += 1
+            return True
+        return False
 
     # -- the merge rules -------------------------------------------------------------------
 

@@ -16,14 +16,16 @@ call. It sees its node only through `PortsHost`, the few services it uses (`clus
 `attach()` (from `ClusterNode.start`) sets the broker's ports: `shared_route_listeners` feed
 `RouteSync.local_shared_update` (the groups that exist already are announced at once),
 `shared_dispatcher` is a `ClusterSharedDispatcher` over the node's route table and
-`session_locator` a `ClusterSessionLocator` over the registry, and the broker tells it the
-sessions that end (`session_end_listeners`). `detach()` (from `stop`) undoes that. Normal
-FORWARDs must then be published with `shared=False` by the receiver.
+`session_locator` a `ClusterSessionLocator` over the registry, told of every disconnection
+(`hooks.client_disconnected`) and, every 10 s, of sessions that ended otherwise (expiry).
+`detach()` (from `stop`) undoes that. Normal FORWARDs must then be published with
+`shared=False` by the receiver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -32,7 +34,7 @@ from typing import Any, Protocol
 
 from broker.core.broker import Broker
 from broker.core.message import Message
-from cluster.handoff import SESSION_KIND, Handoff
+from cluster.handoff import SESSION_KIND, Handoff, deliver_to
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler
 from cluster.shared_dispatch import ClusterSharedDispatcher
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 SHARED_KIND = "shared"
 #: How long a CONNECT waits at most for the other nodes to give its client id up.
 TAKEOVER_TIMEOUT = 3.0
+#: Seconds between two looks for sessions that ended here without a disconnection.
+SWEEP_INTERVAL = 10.0
 
 
 #: A FORWARD variant's receiver: (message, the raw body, the sender's HELLO).
@@ -128,7 +132,7 @@ class ClusterPorts:
             strategy=broker.settings.shared_subscription_strategy,
             alive=node.is_live,
         )
-        self.handoff = Handoff(node.name, self._send_session, broker.deliver_to)
+        self.handoff = Handoff(node.name, self._send_session, functools.partial(deliver_to, broker))
         self.locator = ClusterSessionLocator(
             node.name,
             broker,
@@ -139,6 +143,7 @@ class ClusterPorts:
             max_state_bytes=self.max_state_bytes,
         )
         self._held_routes: set[str] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self.attached = False
         locator = self.locator
         node.register_rpc(SURRENDER_METHOD, locator.serve_surrender)
@@ -161,8 +166,9 @@ class ClusterPorts:
         broker.shared_route_listeners.append(self._on_shared_route)
         broker.shared_dispatcher = self.dispatcher
         broker.session_locator = self.locator
-        broker.session_end_listeners.append(self.locator.session_ended)
+        broker.hooks.client_disconnected.append(self.locator.client_gone)
         self.attached = True
+        self._sweep_later()
 
     def detach(self) -> None:
         if not self.attached:
@@ -175,9 +181,20 @@ class ClusterPorts:
             broker.shared_dispatcher = None
         if broker.session_locator is self.locator:
             broker.session_locator = None
-        if self.locator.session_ended in broker.session_end_listeners:
-            broker.session_end_listeners.remove(self.locator.session_ended)
+        if self.locator.client_gone in broker.hooks.client_disconnected:
+            broker.hooks.client_disconnected.remove(self.locator.client_gone)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self.locator.close()
+
+    def _sweep_later(self) -> None:
+        """Every `SWEEP_INTERVAL` s: sessions that ended without their connection closing
+        (expired, dropped through the API) are released at their owners."""
+        if self.attached:
+            self.locator.sweep()
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep_later)
 
     # -- shared groups ---------------------------------------------------------------------
 

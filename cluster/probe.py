@@ -109,16 +109,28 @@ class Prober:
             self._probe = None
             self.stats["probes/answered_by_traffic"] += 1
 
+    def heard_since(self, name: str, since: float) -> bool:
+        """A frame from member `name` arrived at `since` or later (see `forget`)."""
+        return self._heard.get(name, -math.inf) >= since
+
     def forget(self, reaped: list[str], now: float) -> None:
         """Drop what no probe can use any more: the reaped members, and frames heard more than
         two probe intervals ago (a probe lasts one interval and counts the frames of the
-        interval before it was sent), which also covers senders that never became members."""
+        interval before it was sent), which also covers senders that never became members.
+        A live member's last frame is kept for the suspicion timeout if that is longer:
+        `Membership` doubts a remote "dead" about a member heard that recently."""
         heard = self._heard
         for name in reaped:
             heard.pop(name, None)
-        horizon = now - 2 * self.config.probe_interval
+        cfg = self.config
+        horizon = now - 2 * cfg.probe_interval
+        member_horizon = min(horizon, now - cfg.suspicion_timeout(self.table.live))
+        get = self.table.get
+        live = (MemberState.ALIVE, MemberState.SUSPECT)
         for name in [name for name, at in heard.items() if at < horizon]:
-            del heard[name]
+            m = get(name)
+            if m is None or m.state not in live or heard[name] < member_horizon:
+                del heard[name]
 
     def check(self, now: float, out: list[Outgoing]) -> tuple[Member, int] | None:
         """Timeouts: indirect probes, NACKs for relays.

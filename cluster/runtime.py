@@ -32,12 +32,13 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   down rather than losing their messages.
   `$SYS/` topics are node-local and never forwarded.
 * **Retained messages** are replicated to every node: a retained publish (a clear too) goes to
-  every live member; those without a matching route get it as FORWARD kind `retain` (stored, not
-  delivered). A node pulls the retained set (RPC `retained_dump`, bounded) and the banned table
-  (RPC `banned_dump`) from the first live peer it meets, once; the small last-writer-wins
-  tables (`broker.core.replicated`: the API apps, auth_clientid, auth_username; RPC
-  `tables_dump`) are pulled again from every member that joins later or comes back from the
-  dead. All of them go through `cluster.replicas`.
+  every live member with the hybrid-clock stamp of its write (FORWARD field `hlc`); those
+  without a matching route get it as FORWARD kind `retain` (stored, not delivered), and each
+  node keeps the write with the larger stamp. The retained set, the banned table and the
+  last-writer-wins tables (`cluster.replicated_state`) are pulled from the first live peer
+  met, again from every member that joins later or comes back from the dead (both sides of a
+  healed partition pull), and from a peer whose digest differs in the anti-entropy round
+  every push/pull interval (`cluster.replicas`).
 
 Extension points (for features built on top): `register_rpc(method, handler)` adds an RPC method;
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
@@ -60,17 +61,17 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.core.banned import BanEntry
 from broker.core.broker import Broker, Forwarded
 from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
 from cluster.delegate import MemberEvent
 from cluster.forwarder import Forwarder
-from cluster.members import LIVE_STATES
+from cluster.members import LIVE_STATES, MemberState
 from cluster.membership import Membership
 from cluster.membership_config import MembershipConfig
 from cluster.ports import ClusterPorts, ForwardHandler
 from cluster.replicas import ReplicaSet
+from cluster.replicated_state import BrokerState, stamp_retained
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
 from cluster.sync import RouteSync
@@ -82,7 +83,6 @@ from cluster.wire import (
     MessageType,
     Outgoing,
     WireError,
-    forward_body,
     parse_forward,
     parse_forward_batch,
 )
@@ -164,9 +164,10 @@ class ClusterNode:
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
         #: the app adds its own).
         self.replicas = ReplicaSet(self.call, self.rpc.register)
-        self.replicas.add("retained", self._retained_dump, self._merge_retained)
-        self.replicas.add("banned", self._banned_dump, self._merge_banned)
-        self.replicas.add("tables", self._tables_dump, broker.replicated.merge_all, resync=True)
+        self.state = BrokerState(
+            broker, self.replicas, self.config.retained_dump_max, self.config.retained_dump_bytes
+        )
+        broker.hlc.node = name  # unique per member (the workers of one node share its name)
         self.port = 0
         self.address: Address = ("127.0.0.1", 0)
         self._membership: Membership | None = None
@@ -224,6 +225,7 @@ class ClusterNode:
         self._timer = asyncio.get_running_loop().create_task(self._run_timer())
         if self.dns_seeds:
             self._spawn(self._refresh_dns())
+        self._spawn(self.replicas.run(self._anti_entropy_peers, self._anti_entropy_period))
         log.info(
             "cluster: node %s listening on %s:%d (advertised %s:%d), seeds %s",
             self.name, host, self.port, *self.address,
@@ -292,6 +294,7 @@ class ClusterNode:
         with contextlib.suppress(ValueError):
             self.broker.forward_hooks.remove(self.forward)
         self.ports.detach()
+        self.replicas.close()
         if self._timer is not None:
             self._wake.set()  # the timer sees `_running` is False and returns
             with contextlib.suppress(asyncio.CancelledError):
@@ -380,17 +383,21 @@ class ClusterNode:
             return 0
         targets = self.forward_targets(message)
         wait_drained = None
+        # A retained write goes with its hybrid-clock stamp (`Broker.retain` gave it one).
+        stamp = message.stamp.to_wire() if message.retain and message.stamp is not None else None
         if targets:
+            extra = None if stamp is None else {"hlc": stamp}
             for node in targets:
-                self.send_forward(node, message)
+                self.send_forward(node, message, extra=extra)
             wait_drained = self._congestion(targets)
         if self.ports.handoff.active:  # a session moved lately: after the copies it may get
             self.ports.handoff.on_message(message, time.monotonic(), targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
+            retain_extra = _RETAIN_EXTRA if stamp is None else {**_RETAIN_EXTRA, "hlc": stamp}
             for member in self.membership.live_members():
                 if member.name not in targets:
                     self.stats["retained/replicated"] += 1
-                    self.forwarder.send(member.address, message, _RETAIN_EXTRA)
+                    self.forwarder.send(member.address, message, retain_extra)
         if wait_drained is not None:
             return Forwarded(len(targets), wait_drained)
         return len(targets)
@@ -442,6 +449,8 @@ class ClusterNode:
 
     def _deliver(self, message: Message, body: Body, hello: Hello) -> None:
         self.stats["forward/received"] += 1
+        if message.retain:
+            stamp_retained(message, body)
         self.broker.publish(message, forward=False, shared=False)
         if self.ports.handoff.active:
             self.ports.handoff.on_message(message, time.monotonic())
@@ -449,7 +458,9 @@ class ClusterNode:
     def _store_retained(self, message: Message, body: Body, hello: Hello) -> None:
         self.stats["retained/received"] += 1
         if self.broker.settings.retain_available:
-            self.broker.retain(message)
+            stamp_retained(message, body)
+            if not self.broker.retain(message):
+                self.stats["retained/stale"] += 1
 
     # -- frames in -------------------------------------------------------------------------
 
@@ -636,65 +647,17 @@ class ClusterNode:
         if self._synced and self._running and any(t.resync for t in tables):
             self._spawn(self._pull_resync(node))
 
+    def _anti_entropy_peers(self) -> list[str]:
+        """Peers for the anti-entropy round: alive ones, once our initial pull is done."""
+        if not self._synced:
+            return []
+        return [m.name for m in self.membership.live_members() if m.state is MemberState.ALIVE]
+
+    def _anti_entropy_period(self) -> float:
+        return self.config.membership.push_pull_period(self.membership.live_count)
+
     async def _pull_resync(self, node: str) -> None:
         try:
             await self.replicas.pull(node, resync_only=True)
         except RpcError as exc:
             log.info("cluster: resync from %s failed: %s", node, exc)
-
-    async def _retained_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
-        cfg = self.config
-        out: list[Body] = []
-        size = 0
-        truncated = False
-        for _topic, message in self.broker.retained.match("#"):
-            if len(out) >= cfg.retained_dump_max or size >= cfg.retained_dump_bytes:
-                truncated = True
-                break
-            out.append(forward_body(message, message.node or self.name))
-            size += len(message.payload) + len(message.topic) + 64
-        if truncated:
-            log.warning(
-                "cluster: retained_dump for %s truncated at %d messages", from_node, len(out)
-            )
-        return {"messages": out, "truncated": truncated}
-
-    def _merge_retained(self, answer: Any) -> int:
-        messages = answer.get("messages") if isinstance(answer, dict) else None
-        if not isinstance(messages, list) or not self.broker.settings.retain_available:
-            return 0
-        added = 0
-        for body in messages:
-            try:
-                message = parse_forward(body) if isinstance(body, dict) else None
-            except WireError:
-                message = None
-            if message is None or not message.payload:
-                continue
-            if self.broker.retained.get(message.topic) is None:
-                self.broker.retain(message)
-                added += 1
-        return added
-
-    async def _tables_dump(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
-        return self.broker.replicated.dump_all()
-
-    async def _banned_dump(self, args: dict[str, Any], from_node: str) -> list[dict[str, object]]:
-        return [entry.to_dict() for entry in self.broker.banned.entries()]
-
-    def _merge_banned(self, answer: Any) -> int:
-        if not isinstance(answer, list):
-            return 0
-        table = self.broker.banned
-        added = 0
-        for item in answer:
-            try:
-                entry = BanEntry.from_dict(item)
-            except (KeyError, TypeError, ValueError, AttributeError):
-                continue
-            if table.get(entry.kind, entry.who) is None:
-                table.add(entry)
-                added += 1
-        if added:
-            self.broker.kick_banned()
-        return added

@@ -66,6 +66,10 @@ class ClusterSharedDispatcher:
         self.dropped = 0  # group matched, but no node took the message
         self._cursor_keys: set[tuple[str, str]] = set()
 
+    def has_groups(self, topic: str) -> bool:
+        """True when a shared group in the cluster matches `topic`."""
+        return bool(self.table.shared_count()) and bool(self.table.match_shared(topic))
+
     def dispatch(self, message: Message) -> int:
         """One member per matching group in the cluster; the deliveries made or sent."""
         if not self.table.shared_count():

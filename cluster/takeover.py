@@ -51,6 +51,7 @@ from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState, TakeoverDone
+from broker.core.hooks import ClientInfo
 from cluster.handoff import Handoff, plain_filters
 from cluster.registry import (
     ZERO,
@@ -405,9 +406,18 @@ class ClusterSessionLocator:
             done += 1
         return done
 
+    def client_gone(self, info: ClientInfo, reason: str) -> None:
+        """`hooks.client_disconnected`: a session that ended with its connection is released."""
+        self.session_ended(info.client_id)
+
+    def sweep(self) -> None:
+        """Release the sessions that ended without a disconnection (expired, dropped)."""
+        for client_id in [cid for cid in self.held if cid not in self.broker.sessions]:
+            self.session_ended(client_id)
+
     def session_ended(self, client_id: str) -> None:
-        """`Broker.session_end_listeners`: release it at its owner (after this loop turn: a
-        session discarded and opened again at once, a clean start, is not released)."""
+        """Release it at its owner if its session is gone, after this loop turn (a session
+        discarded and opened again at once, a clean start, is not released)."""
         if client_id in self.held:
             self._ended.add(client_id)
             if not self._flush_scheduled:

@@ -57,15 +57,19 @@ ROUTE_DELTA     from, deltas                     (route deltas only)
 PUSH_PULL_REQ   from, join, members, state       (full membership + route state)
 PUSH_PULL_RESP  from, join, members, state
 LEAVE           from, updates                    (carries the `left` update of the sender)
-FORWARD         topic, payload, qos, retain, props, publisher, origin, ts, [kind], [shared]
-                (kind publish | retain | shared; `shared: [group, filter]` with kind shared)
+FORWARD         topic, payload, qos, retain, props, publisher, origin, ts, [kind], [shared],
+                [hlc] (kind publish | retain | shared; `shared: [group, filter]` with kind
+                shared; `hlc: [ms, counter, node]`, the stamp of a retained write,
+                `broker.core.hlc`: an optional field, so no new version; without it the
+                receiver orders the write by its arrival time)
 FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in order; each
                 entry `[topic, payload, qos, retain, props, publisher, ts]`, plus an 8th element,
-                a map of the other FORWARD fields (`kind`, `shared`) and of `raw`, when it has
-                any. `raw: [is_v5, bytes]` is the QoS 0 PUBLISH as the client sent it (no flags,
-                payload up to `RAW_MAX` bytes), or the first encoding the origin made: the
-                receiver sends those bytes to its subscribers of that protocol version instead
-                of encoding them again, as the origin does for its own (`Message.frames`)
+                a map of the other FORWARD fields (`kind`, `shared`, `hlc`) and of `raw`, when
+                it has any. `raw: [is_v5, bytes]` is the QoS 0 PUBLISH as the client sent it
+                (no flags, payload up to `RAW_MAX` bytes), or the first encoding the origin
+                made: the receiver sends those bytes to its subscribers of that protocol
+                version instead of encoding them again, as the origin does for its own
+                (`Message.frames`)
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================

@@ -28,6 +28,7 @@ from management.common import (
     as_str,
     check_result,
     missing,
+    node_call,
     params,
     reply,
     view_of,
@@ -57,7 +58,8 @@ async def _write_everywhere(request: web.Request, query: str, args: dict[str, An
     """`query` (table_put / table_delete on the apps table) on every running node; this node's
     answer must be a success (a node that misses it pulls the row when it meets us again)."""
     view = view_of(request)
-    for node, answer in await view.call_all(query, {"table": TABLE, **args}):
+    stamp = await node_call(request, view.local_node, "hlc_now", {})
+    for node, answer in await view.call_all(query, {"table": TABLE, "hlc": stamp, **args}):
         if node == view.local_node:
             check_result(answer)
 

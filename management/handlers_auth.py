@@ -86,7 +86,10 @@ def _stamp(merged: ReplicatedTable, key: str) -> float:
 
 
 async def _write(request: web.Request, query: str, args: dict[str, Any]) -> None:
-    for _node, answer in await view_of(request).call_all(query, args):
+    """The same row, stamped once here (`hlc_now`), written on every running node."""
+    view = view_of(request)
+    stamp = await node_call(request, view.local_node, "hlc_now", {})
+    for _node, answer in await view.call_all(query, {**args, "hlc": stamp}):
         check_result(answer)
 
 

@@ -20,6 +20,7 @@ from management.common import (
     as_str,
     check_result,
     missing,
+    node_call,
     paginate,
     params,
     reply,
@@ -39,6 +40,7 @@ def _row(entry: dict[str, Any]) -> dict[str, Any]:
     """A banned object as the API shows it: `at` and `until` integer Unix seconds (the store
     keeps floats)."""
     out = dict(entry)
+    out.pop("hlc", None)  # the replication's order, not part of the API's object
     for key in ("at", "until"):
         if isinstance(out.get(key), int | float):
             out[key] = int(out[key])
@@ -74,7 +76,9 @@ async def create_banned(request: web.Request) -> web.Response:
     }
     if p.get("until") not in (None, ""):
         entry["until"] = int(as_number(p["until"], "until"))  # Unix seconds, whole
-    answers = await view_of(request).call_all("ban_add", {"entry": entry})
+    view = view_of(request)
+    entry["hlc"] = await node_call(request, view.local_node, "hlc_now", {})  # one stamp
+    answers = await view.call_all("ban_add", {"entry": entry})
     stored = entry
     for _node, answer in answers:
         stored = check_result(answer)["entry"]
@@ -86,6 +90,8 @@ async def delete_banned(request: web.Request) -> web.Response:
     p = await params(request)
     missing(p, "as")
     kind = _kind(p)
-    args = {"as": kind, "who": request.match_info["who"]}
-    await view_of(request).call_all("ban_delete", args)
+    view = view_of(request)
+    stamp = await node_call(request, view.local_node, "hlc_now", {})
+    args = {"as": kind, "who": request.match_info["who"], "hlc": stamp}
+    await view.call_all("ban_delete", args)
     return reply("ok")

@@ -157,7 +157,9 @@ async def delete_retained(request: web.Request) -> web.Response:
     topic = request.match_info["topic"]
     if not validate_topic_name(topic):
         raise BadTopic()
-    answers = await view_of(request).call_all("retained_delete", {"topic": topic})
+    view = view_of(request)
+    stamp = await node_call(request, view.local_node, "hlc_now", {})  # one clear, one stamp
+    answers = await view.call_all("retained_delete", {"topic": topic, "hlc": stamp})
     if not any(deleted for _node, deleted in answers):
         raise ApiError(404, "not_found")
     return reply("ok")

@@ -33,6 +33,7 @@ import psutil
 
 from broker.core.banned import BAN_KINDS, BanEntry
 from broker.core.channel import Channel
+from broker.core.hlc import stamp_from_wire
 from broker.core.message import Message, is_expired
 from broker.core.metrics import METRIC_NAMES, STAT_NAMES
 from broker.core.session import Session, Subscription
@@ -324,14 +325,25 @@ async def subscriptions(ctx: NodeContext, args: dict[str, Any]) -> Rows:
     return [row for s in list(table.values()) for row in _subscription_rows(ctx, s)]
 
 
+@query("hlc_now")
+async def hlc_now(ctx: NodeContext, args: dict[str, Any]) -> Any:
+    """A new stamp of this node's hybrid clock: the API node stamps a replicated write once
+    (a ban, a table row, a retained clear), then sends it with that stamp to every node."""
+    return ctx.broker.hlc.now().to_wire()
+
+
 @query("retained_delete")
 async def retained_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
     """Clear this node's copy of the retained message of `topic` (as an empty retained PUBLISH
-    would, but delivering nothing to subscribers); the caller asks every node. False: none."""
+    would, but delivering nothing to subscribers); the caller asks every node, with one stamp
+    (`hlc`) for the clear. False: none."""
     topic = str(args["topic"])
     if ctx.broker.retained.get(topic) is None:
         return False
-    ctx.broker.retain(Message(topic, b"", retain=True))
+    clear = Message(topic, b"", retain=True, timestamp=ctx.broker.clock())
+    clear.stamp = stamp_from_wire(args.get("hlc"))  # None: this node stamps it
+    if not ctx.broker.retain(clear):
+        return False  # a later write of the topic is here already
     log.info("retained message of %r deleted through the management API", topic)
     return True
 
@@ -558,6 +570,8 @@ async def ban_add(ctx: NodeContext, args: dict[str, Any]) -> Row:
     entry = BanEntry.from_dict(dict(args["entry"]))
     if entry.kind not in BAN_KINDS:
         return error("bad_as")
+    if entry.stamp is not None:  # stamped by the API node (`hlc_now`)
+        ctx.broker.hlc.update(entry.stamp)
     stored = ctx.broker.banned.add(entry)
     kicked = ctx.broker.kick_banned()
     return {"entry": stored.to_dict(), "kicked": kicked}
@@ -565,7 +579,12 @@ async def ban_add(ctx: NodeContext, args: dict[str, Any]) -> Row:
 
 @query("ban_delete")
 async def ban_delete(ctx: NodeContext, args: dict[str, Any]) -> bool:
-    return ctx.broker.banned.remove(str(args["as"]), str(args["who"]))
+    """Lift the ban; with the API node's stamp (`hlc`), the removal is remembered so that an
+    older copy of the ban from a node that was away does not bring it back."""
+    stamp = stamp_from_wire(args.get("hlc"))
+    if stamp is not None:
+        ctx.broker.hlc.update(stamp)
+    return ctx.broker.banned.remove(str(args["as"]), str(args["who"]), stamp)
 
 
 @query("kick_banned")

@@ -2,14 +2,15 @@
 
 Registered in `management.queries.QUERIES` when this module is imported (the API's handlers
 import it), so that remote nodes run them through the same RPC as every other query. A write
-carries the row as the API node stamped it (key, value, `at`), so every node stores the same
-row and applying it twice changes nothing.
+carries the row as the API node stamped it (key, value, `at`, and `hlc`, a stamp of its hybrid
+clock from `hlc_now`), so every node stores the same row and applying it twice changes nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from broker.core.hlc import Stamp, stamp_from_wire
 from broker.core.replicated import valid_table_name
 from management.queries import NodeContext, error, query
 
@@ -36,7 +37,7 @@ async def table_put(ctx: NodeContext, args: dict[str, Any]) -> Any:
         return error("bad_table")
     if isinstance(at, bool) or not isinstance(at, int | float):
         return error("bad_table")
-    return ctx.broker.replicated.table(name).put(key, value, float(at))
+    return ctx.broker.replicated.table(name).put(key, value, float(at), _stamp(ctx, args))
 
 
 @query("table_delete")
@@ -47,4 +48,13 @@ async def table_delete(ctx: NodeContext, args: dict[str, Any]) -> Any:
         return error("bad_table")
     if isinstance(at, bool) or not isinstance(at, int | float):
         return error("bad_table")
-    return ctx.broker.replicated.table(name).delete(key, float(at))
+    return ctx.broker.replicated.table(name).delete(key, float(at), _stamp(ctx, args))
+
+
+def _stamp(ctx: NodeContext, args: dict[str, Any]) -> Stamp | None:
+    """The write's stamp (`hlc`), taken into this node's clock; None when the API node sent
+    none (an older node: the row is ordered by `at`)."""
+    stamp = stamp_from_wire(args.get("hlc"))
+    if stamp is not None:
+        ctx.broker.hlc.update(stamp)
+    return stamp

@@ -24,20 +24,26 @@ from typing import NamedTuple
 from broker.core.banned import BannedTable
 from broker.core.client_port import ClientPort
 from broker.core.cluster_port import SessionLocator, SessionState, SharedDispatcher, WaitDrained
+from broker.core.hlc import HybridClock, Stamp
 from broker.core.hooks import ClientInfo, Hooks
-from broker.core.message import Message, is_expired
+from broker.core.message import Message, is_expired, retained_stamp
 from broker.core.metrics import Metrics, Stats
 from broker.core.replicated import ReplicatedTables
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.settings import Settings
 from broker.core.shared import SharedGroupPicker
-from broker.core.topics import parse_shared, topic_matches, validate_topic_filter
+from broker.core.topics import parse_shared, validate_topic_filter
 from broker.core.trie import SubscriptionTrie
 from broker.core.wills import WillTimers, will_message
 from broker.protocol.packets import Will
+from broker.protocol.runs import PublishRun
 
 log = logging.getLogger(__name__)
+
+#: Clears of retained topics remembered (their stamps), so that an older write of the topic
+#: arriving later (a heal, a slow link) does not bring the message back; the oldest go first.
+RETAINED_TOMBSTONES = 10_000
 
 #: Told about route changes: (real topic filter, True = first subscriber / False = last gone).
 RouteListener = Callable[[str, bool], None]
@@ -91,6 +97,11 @@ class Broker:
         self.stats = Stats()
         self.router: SubscriptionTrie[Subscription] = SubscriptionTrie()
         self.retained: RetainedStore[Message] = RetainedStore()
+        #: The order of replicated writes (retained messages, tables); the cluster names it
+        #: after its member and moves it with every stamp it receives.
+        self.hlc = HybridClock(self.settings.node_name, lambda: self.clock())
+        #: topic -> stamp of the clear of a retained topic (bounded: RETAINED_TOMBSTONES)
+        self.retained_gone: dict[str, Stamp] = {}
         self.sessions: dict[str, Session] = {}
         self.banned = BannedTable()
         #: tables kept the same on every node (auth_clientid/auth_username credentials)
@@ -101,9 +112,6 @@ class Broker:
         self.route_listeners: list[RouteListener] = []
         self.shared_route_listeners: list[SharedRouteListener] = []
         self.forward_hooks: list[ForwardHook] = []
-        #: Told the client id of every session that ends here (discarded, moved, expired): the
-        #: cluster's client-id registry forgets it (`cluster.takeover`).
-        self.session_end_listeners: list[Callable[[str], None]] = []
         # Cluster ports (broker.core.cluster_port); None on a single node.
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None
@@ -136,7 +144,7 @@ class Broker:
                 session.detach(self.clock())
                 if session.expiry_interval == 0:
                     self.discard_session(client_id)
-        self.update_stats()
+        self.update_client_stats()
 
     def accepting(self) -> bool:
         """False when `max_connections` is reached: the listener refuses new clients."""
@@ -174,7 +182,7 @@ class Broker:
         session.attach(channel)
         self.connected[client_id] = channel
         self.clients_total += 1
-        self.update_stats()
+        self.update_client_stats()
         return session, present
 
     def _new_session(
@@ -209,10 +217,8 @@ class Broker:
             return
         session.touch()
         for filt in list(session.subscriptions):
-            self.unsubscribe(session, filt)
-        self.update_stats()
-        for listener in self.session_end_listeners:
-            listener(client_id)
+            self.unsubscribe(session, filt)  # each refreshes the subscription gauges
+        self.update_client_stats()
 
     def drop_session(self, client_id: str) -> bool:
         """An operator ends the session of `client_id` (EMQX's clean_session): a connected
@@ -300,31 +306,6 @@ class Broker:
         state = None if clean_start else session.export_state()
         self.discard_session(client_id)
         return state
-
-    def deliver_to(self, client_id: str, message: Message) -> int:
-        """Deliver `message` to the session of `client_id` alone, as `publish` would through its
-        matching non-shared subscriptions (one copy, highest granted QoS, every identifier):
-        a message that another node forwards for a session that moved here. 0 when there is
-        no such session or no subscription matches."""
-        session = self.sessions.get(client_id)
-        if session is None:
-            return 0
-        qos = -1
-        retain = False
-        ids: list[int] | None = None
-        for sub in session.subscriptions.values():
-            if sub.share_group is not None or not topic_matches(sub.topic_filter, message.topic):
-                continue
-            if sub.no_local and client_id == message.publisher:
-                continue  # MQTT-3.8.3-3
-            qos = max(qos, min(message.qos, sub.qos))
-            retain = retain or (message.retain and sub.retain_as_published)
-            if sub.identifier is not None:
-                ids = [*(ids or ()), sub.identifier]
-        if qos < 0:
-            return 0
-        session.deliver(message, qos, retain, ids, self.clock())
-        return 1
 
     def kick(self, client_id: str) -> bool:
         """Disconnect the client connected here as `client_id` (0x98, Administrative action);
@@ -503,6 +484,55 @@ class Broker:
             return Published(count, wait_drained)
         return _PUBLISHED[count]
 
+    def run_targets(
+        self, run: PublishRun, publisher: str
+    ) -> list[tuple[Session, ClientPort]] | None:
+        """Who gets `run` (plain QoS 0 frames, `broker.protocol.runs`) as its very bytes: the
+        sessions and connections `publish` would deliver each of its messages to, each once.
+        None when `publish` must see the messages one by one: publish hooks or a cluster (they
+        take a `Message`), a shared group, a subscription identifier, a subscriber offline or
+        one the bytes do not fit (`ClientPort.passes`: topic aliases, Maximum Packet Size)."""
+        dispatcher = self.shared_dispatcher
+        if (
+            self.hooks.message_publish
+            or self.forward_hooks
+            or (dispatcher is not None and dispatcher.has_groups(run.topic))
+        ):
+            return None
+        normal, groups = self.router.match_all(run.topic)
+        if groups and dispatcher is None:  # with a dispatcher, `publish` leaves them to it
+            return None
+        sessions = self.sessions
+        connected = self.connected
+        targets: list[tuple[Session, ClientPort]] = []
+        for client_id, sub in normal:
+            if sub.no_local and client_id == publisher:
+                continue  # MQTT-3.8.3-3
+            if sub.identifier is not None:
+                return None
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            port = connected.get(client_id)
+            if port is None or session.outlet is not port or not port.passes(run):
+                return None
+            targets.append((session, port))
+        if len(targets) > 1 and len(normal) > 1:  # one copy per client (MQTT-3.3.5-1)
+            targets = list({id(session): (session, port) for session, port in targets}.values())
+        return targets
+
+    def publish_run(self, run: PublishRun, targets: list[tuple[Session, ClientPort]]) -> int:
+        """Deliver the authorized `run` to `run_targets`' answer: its bytes in one write to
+        each, counted per message as `publish` counts; the number of subscribers."""
+        if not targets:
+            self.metrics.counters["messages/dropped"] += run.count  # as `publish`, per message
+            return 0
+        count = run.count
+        for session, port in targets:
+            sent = port.send_run(run)
+            session.count_passed(sent, count - sent)
+        return len(targets)
+
     def publish_will(self, info: ClientInfo, will: Will) -> int:
         """Authorize, hook and route one will message now (`broker.core.wills`); the number of
         deliveries."""
@@ -544,17 +574,37 @@ class Broker:
         session.deliver(message, qos, False, ids, now)
         return 1
 
-    def retain(self, message: Message) -> None:
-        """Store, replace or clear (empty payload) the retained message of a topic."""
-        if self.dirty_retained is not None:
-            self.dirty_retained.add(message.topic)
-        if not message.payload:
-            self.retained.delete(message.topic)
+    def retain(self, message: Message) -> bool:
+        """Store, replace or clear (empty payload) the retained message of a topic if it is the
+        last write of it: the larger hybrid-clock stamp wins (`broker.core.hlc`), so every node
+        keeps the same value whatever order the writes reach it in. A write without a stamp is
+        taken here and stamped now (`message.stamp`, which the cluster forwards with it); one
+        with a stamp came from another node and moves our clock. False: a later write (or
+        clear) of the topic is held, this one changes nothing."""
+        topic = message.topic
+        held = self.retained.get(topic)
+        old = retained_stamp(held) if held is not None else self.retained_gone.get(topic)
+        stamp = message.stamp
+        if stamp is None:
+            stamp = message.stamp = self.hlc.now()
         else:
-            if self.retained.get(message.topic) is None:
+            self.hlc.update(stamp)
+        if old is not None and stamp <= old:
+            return False
+        if self.dirty_retained is not None:
+            self.dirty_retained.add(topic)
+        gone = self.retained_gone
+        if not message.payload:
+            self.retained.delete(topic)
+            gone[topic] = stamp  # a tombstone: an older write arriving later must not win
+            if len(gone) > RETAINED_TOMBSTONES:
+                del gone[next(iter(gone))]
+        else:
+            if held is None:
                 self.metrics.counters["messages/retained"] += 1
+                gone.pop(topic, None)
             stored = Message(
-                message.topic,
+                topic,
                 message.payload,
                 message.qos,
                 True,
@@ -563,8 +613,10 @@ class Broker:
                 message.timestamp,
                 message.node,
             )
-            self.retained.set(message.topic, stored)
+            stored.stamp = stamp
+            self.retained.set(topic, stored)
         self.stats.set("retained/count", len(self.retained))
+        return True
 
     def retained_for(self, topic_filter: str) -> Iterator[Message]:
         now = self.clock()
@@ -591,10 +643,18 @@ class Broker:
             self.discard_session(client_id)
         for pending in self.wills.due(now):  # delayed wills (broker.core.wills)
             self.publish_will(pending.info, pending.will)
+        self.update_stats()  # once per tick too: a gauge moved by anything else is fresh here
         self.update_slow_stats()
 
+    def update_client_stats(self) -> None:
+        """Refresh the two gauges a connect or a close changes (the rest cannot have moved:
+        subscriptions refresh them through `update_stats`); on every connect, so kept short."""
+        stats = self.stats
+        stats.set("connections/count", len(self.connected))
+        stats.set("sessions/count", len(self.sessions))
+
     def update_stats(self) -> None:
-        """Refresh the gauges that are cheap to read; called on every registry change."""
+        """Refresh the gauges that are cheap to read; called on every other registry change."""
         stats = self.stats
         stats.set("connections/count", len(self.connected))
         stats.set("sessions/count", len(self.sessions))

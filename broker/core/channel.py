@@ -20,7 +20,8 @@ timeouts, the close) lives in `broker.core.connection`, which the handlers see.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.core.connection import Connection, Violation
@@ -35,6 +36,7 @@ from broker.core.handle_publish import (
     handle_puback,
     handle_pubcomp,
     handle_publish,
+    handle_publish_run,
     handle_pubrec,
     handle_pubrel,
 )
@@ -42,6 +44,7 @@ from broker.core.handle_subscribe import handle_subscribe, handle_unsubscribe
 from broker.core.metrics import RECEIVED_COUNTER
 from broker.core.states import BEFORE_CONNECT, CLOSED, CONNECTED, CONNECTING, TAKEOVER
 from broker.protocol.constants import ReasonCode
+from broker.protocol.decode import expand_run
 from broker.protocol.errors import ProtocolError, UnsupportedProtocolVersion
 from broker.protocol.packets import (
     Auth,
@@ -57,6 +60,7 @@ from broker.protocol.packets import (
     Subscribe,
     Unsubscribe,
 )
+from broker.protocol.runs import PublishRun
 
 __all__ = ["CLOSED", "CONNECTED", "CONNECTING", "HANDLERS", "TAKEOVER", "Channel"]
 
@@ -93,7 +97,11 @@ class Channel(Connection):
         self.recv_cnt += 1
         counters["bytes/received"] += len(data)
         try:
-            packets = self.decoder.feed(data)
+            # Once connected, plain QoS 0 PUBLISHes come as runs of their bytes.
+            if self.state == CONNECTED:
+                packets = self.decoder.feed_runs(data)
+            else:
+                packets = self.decoder.feed(data)  # type: ignore[assignment]  # a subtype
         except UnsupportedProtocolVersion as exc:
             if self.state == CONNECTING and not exc.packets:
                 refuse_version(self, exc)
@@ -116,7 +124,7 @@ class Channel(Connection):
         if packets:
             self._handle(packets)
 
-    def _handle(self, packets: list[Packet]) -> None:
+    def _handle(self, packets: Sequence[Packet | PublishRun]) -> None:
         if not packets:
             return
         try:
@@ -125,13 +133,23 @@ class Channel(Connection):
             if self.state != CLOSED:
                 self.protocol_violation(exc.reason_code, exc.text, explain=True)
 
-    def _dispatch(self, packets: list[Packet]) -> None:
+    def _dispatch(self, packets: Sequence[Packet | PublishRun]) -> None:
         counters = self.broker.metrics.counters
         self.last_received = self.broker.clock()
         handlers = HANDLERS
         received_counter = RECEIVED_COUNTER
-        remaining = iter(packets)
-        for packet in remaining:
+        remaining = deque(packets)
+        while remaining:
+            packet = remaining.popleft()
+            if isinstance(packet, PublishRun):
+                if self.state == CONNECTED and handle_publish_run(self, packet):
+                    count = packet.count
+                    self.recv_pkt += count
+                    counters["packets/received"] += count
+                    counters["packets/publish/received"] += count
+                else:  # not as bytes: the same frames as packets, one by one, as ever
+                    remaining.extendleft(reversed(expand_run(packet)))
+                continue
             state = self.state
             if state >= CLOSED:
                 if state == TAKEOVER:  # the CONNECT waits for another node: keep the rest
@@ -139,7 +157,8 @@ class Channel(Connection):
                     if held is None:
                         held = self.held_packets = []
                     held.append(packet)
-                    held.extend(remaining)
+                    for rest in remaining:  # runs only come once connected: never, in fact
+                        held.extend(expand_run(rest) if isinstance(rest, PublishRun) else [rest])
                 return
             self.recv_pkt += 1
             counters["packets/received"] += 1

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from broker.core.hooks import ClientInfo
 from broker.core.session import Outlet
+from broker.protocol.runs import PublishRun
 
 
 class ClientPort(Outlet, Protocol):
@@ -28,6 +29,18 @@ class ClientPort(Outlet, Protocol):
     clean_start: bool
     keepalive: int
     connected_at: float
+
+    def passes(self, run: PublishRun) -> bool:
+        """True when each frame of `run` (in this client's protocol family) is the PUBLISH
+        this client would be sent for its message at QoS 0 (no topic alias to apply, within
+        its Maximum Packet Size)."""
+        ...
+
+    def send_run(self, run: PublishRun) -> int:
+        """Write `run` (that `passes`) as QoS 0 deliveries: how many of its messages went out
+        (the rest dropped, as `send_publish` drops a QoS 0 one: not connected, or over
+        `max_outgoing_buffer`)."""
+        ...
 
     def taken_over(self, session_ends: bool = True) -> None:
         """Another connection took the client id (MQTT-3.1.4-3): close with 0x8E; its will

@@ -15,8 +15,7 @@ does the I/O. A single node sets none of them (`Broker.shared_dispatcher` and
   `takeover`; when it returns True the channel waits (state TAKEOVER: input held, no keepalive)
   until `done` is called with the session state that another node surrendered (or None), then
   goes on as a local CONNECT does (`broker.core.handle_connect`). The cluster's locator asks the
-  client id's owner in a registry (`cluster.takeover`); the broker tells it every session that
-  ends here through `Broker.session_end_listeners`.
+  client id's owner in a registry (`cluster.takeover`).
 """
 
 from __future__ import annotations
@@ -39,6 +38,11 @@ class SharedDispatcher(Protocol):
     def dispatch(self, message: Message) -> int:
         """Give `message` to one member of every shared group in the cluster whose filter
         matches its topic; returns the deliveries made or handed to another node."""
+        ...
+
+    def has_groups(self, topic: str) -> bool:
+        """True when a shared group somewhere in the cluster matches `topic` (`dispatch`
+        would deliver it): a run of messages then goes through `dispatch` one by one."""
         ...
 
 

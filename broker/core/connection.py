@@ -64,6 +64,7 @@ from broker.protocol.packets import (
     PubRel,
     Will,
 )
+from broker.protocol.runs import PublishRun
 from broker.protocol.wire import Frames
 
 if TYPE_CHECKING:
@@ -132,26 +133,23 @@ class Link(Protocol):
 class Connection:
     """The MQTT side of one network connection, without its input. See the module docstring."""
 
-    #: Slots, not a __dict__: one Channel per connection, and idle connections should be cheap.
+    #: Slots for what every connection sets; one Channel per connection, and idle connections
+    #: should be cheap. What most never change (enhanced authentication, takeover and
+    #: flow-control holds, the publish rate bucket, a will, 5.0 problem information, topic
+    #: aliases) is read from the class defaults below until a connection sets its own, which
+    #: then lives in its `__dict__`: made on the first such write (about 100 bytes), not
+    #: 8 bytes per field in every connection.
     __slots__ = (
+        "__dict__",
         "_finished",
-        "auth",
-        "auth_method",
         "broker",
-        "cert_username",
         "clean_start",
         "client_id",
         "connected_at",
         "decoder",
         "disconnect_reason",
-        "dropped_too_large",
-        "held_at",
-        "held_bytes",
         "held_out",
-        "held_packets",
-        "hold_count",
         "info",
-        "is_bridge",
         "keepalive",
         "last_received",
         "link",
@@ -161,12 +159,6 @@ class Connection:
         "out_aliases",
         "peer_host",
         "peer_port",
-        "pending_connect",
-        "problem_info",
-        "proto_name",
-        "pub_stamp",
-        "pub_tokens",
-        "publish_will",
         "receive_maximum",
         "recv_cnt",
         "recv_msg",
@@ -178,11 +170,40 @@ class Connection:
         "send_pkt",
         "session",
         "state",
-        "topic_aliases",
         "username",
         "version",
-        "will",
     )
+
+    # The class defaults of the fields outside the slots (see above). Only immutable values
+    # (or a shared empty that refuses writes): a default is every connection's until it sets
+    # its own.
+    #: Set by a TLS transport with `use_identity_as_username`: the certificate's CN, which
+    #: replaces the CONNECT's username and stands for its authentication.
+    cert_username: str | None = None
+    #: The `publish_limit` token bucket (-1 = not used yet) and when it was last filled.
+    pub_tokens = -1.0
+    pub_stamp = 0.0
+    proto_name = "MQTT"
+    #: CONNECT came with the bridge bit (`Connect.bridge`): another broker bridging to us.
+    is_bridge = False
+    will: Will | None = None
+    #: Incoming topic aliases: the shared empty until the first alias.
+    topic_aliases: dict[int, str] = NO_ALIASES
+    #: Request Problem Information (MQTT-3.1.2-29), a 5.0 CONNECT property.
+    problem_info = True
+    dropped_too_large = 0
+    #: Enhanced authentication: the method and the exchange in progress (CONNECT or re-auth).
+    auth_method: str | None = None
+    auth: Authenticator | None = None
+    pending_connect: PendingConnect | None = None
+    #: Input that arrived while in TAKEOVER, handled once the CONNECT goes on (None: none).
+    held_packets: list[Packet] | None = None
+    held_bytes: bytearray | None = None
+    #: When flow control stopped reading this client (None = it is read), and how many
+    #: holds there were: a release for an earlier hold does not end a later one.
+    held_at: float | None = None
+    hold_count = 0
+    publish_will = True
 
     def __init__(
         self,
@@ -202,46 +223,20 @@ class Connection:
         self.version = 4
         self.client_id: str | None = None
         self.username: str | None = None
-        #: Set by a TLS transport with `use_identity_as_username`: the certificate's CN, which
-        #: replaces the CONNECT's username and stands for its authentication.
-        self.cert_username: str | None = None
-        #: The `publish_limit` token bucket (-1 = not used yet) and when it was last filled.
-        self.pub_tokens = -1.0
-        self.pub_stamp = 0.0
-        self.proto_name = "MQTT"
         self.clean_start = True
-        #: CONNECT came with the bridge bit (`Connect.bridge`): another broker bridging to us.
-        self.is_bridge = False
         self.keepalive = 0
         self.session: Session | None = None
-        self.will: Will | None = None
         self.info: ClientInfo | None = None
         self.receive_maximum = 65535
-        self.topic_aliases: dict[int, str] = NO_ALIASES  # shared until the first alias
         # What a 5.0 client asked for in CONNECT (module docstring).
         self.max_packet_out = DEFAULT_MAX_PACKET_SIZE
         self.out_aliases: OutgoingAliases | None = None
-        self.problem_info = True
-        self.dropped_too_large = 0
-        #: Enhanced authentication: the method and the exchange in progress (CONNECT or re-auth).
-        self.auth_method: str | None = None
-        self.auth: Authenticator | None = None
-        self.pending_connect: PendingConnect | None = None
-        #: Input that arrived while in TAKEOVER, handled once the CONNECT goes on (None: none;
-        #: made on first use, as most connections never wait for a takeover).
-        self.held_packets: list[Packet] | None = None
-        self.held_bytes: bytearray | None = None
-        #: When flow control stopped reading this client (None = it is read), and how many
-        #: holds there were: a release for an earlier hold does not end a later one.
-        self.held_at: float | None = None
-        self.hold_count = 0
         #: PUBLISH bytes for this connection held back until the ack of the client's own
         #: PUBLISH that caused them has been written (`hold_output`); None = not holding.
         self.held_out: list[bytes] | None = None
         self.opened_at = self.last_received = broker.clock()
         self.connected_at = 0.0
         self.disconnect_reason = ""
-        self.publish_will = True
         self._finished = False
         # Per-connection counters, named as EMQX's connection object fields.
         self.recv_oct = self.recv_cnt = self.recv_pkt = self.recv_msg = 0
@@ -411,6 +406,52 @@ class Connection:
         else:
             held.append(data)
         return True
+
+    def passes(self, run: PublishRun) -> bool:
+        """`ClientPort.passes`: the frames of `run`, in this client's protocol family
+        (`PublishRun.for_family`), are what `send_publish` would write for each of its
+        messages (QoS 0, no subscription identifier: `Broker.run_targets`)."""
+        return (
+            self.out_aliases is None
+            and self.held_out is None
+            and run.frame_len_for(self.version == MQTT_5) <= self.max_packet_out
+        )
+
+    def send_run(self, run: PublishRun) -> int:
+        """`ClientPort.send_run`: the run's bytes, counted per message. In one write when even
+        the last message would find at most `max_outgoing_buffer` bytes waiting (a write of n
+        bytes adds at most n to `Link.buffered`); near the cap, frame by frame, each dropped
+        where `send_publish` would drop it."""
+        if self.state != CONNECTED:
+            return 0
+        run = run.for_family(self.version == MQTT_5)
+        link = self.link
+        count = run.count
+        frame_len = run.frame_len
+        data = run.data
+        cap = self.broker.settings.max_outgoing_buffer
+        if link.buffered() + (count - 1) * frame_len <= cap:
+            link.write(data)
+            sent = count
+        else:
+            sent = 0
+            for start in range(0, count * frame_len, frame_len):
+                if link.buffered() <= cap:
+                    link.write(data[start : start + frame_len])
+                    sent += 1
+            self.broker.limits["max_outgoing_buffer"] += count - sent
+        size = sent * frame_len
+        self.send_oct += size
+        self.send_cnt += sent
+        self.send_pkt += sent
+        self.send_msg += sent
+        counters = self.broker.metrics.counters
+        counters["bytes/sent"] += size
+        counters["packets/sent"] += sent
+        counters["packets/publish/sent"] += sent
+        counters["messages/sent"] += sent
+        counters["messages/qos0/sent"] += sent
+        return sent
 
     def hold_output(self) -> None:
         """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2

@@ -85,8 +85,12 @@ def handle_connect(channel: Connection, packet: Connect) -> None:
         # TLS use_identity_as_username: the certificate is the authentication (mosquitto).
         packet = dataclasses.replace(packet, username=channel.cert_username, password=None)
     channel.version = version = packet.protocol_level
-    channel.proto_name = packet.protocol_name
-    channel.is_bridge = packet.bridge
+    # Set only where they differ from the class defaults: a field a connection sets lives in
+    # its own __dict__ (`Connection.__slots__`).
+    if packet.protocol_name != channel.proto_name:
+        channel.proto_name = packet.protocol_name
+    if packet.bridge:
+        channel.is_bridge = True
     is_v5 = version == MQTT_5
     props = packet.properties
     ack_props: Properties = {}
@@ -140,7 +144,8 @@ def handle_connect(channel: Connection, packet: Connect) -> None:
         aliases = min(int(props.get(PropertyId.TOPIC_ALIAS_MAXIMUM, 0)),
                       settings.outgoing_topic_alias_maximum)  # fmt: skip
         channel.out_aliases = OutgoingAliases(aliases) if aliases > 0 else None
-        channel.problem_info = props.get(PropertyId.REQUEST_PROBLEM_INFORMATION, 1) == 1
+        if props.get(PropertyId.REQUEST_PROBLEM_INFORMATION, 1) != 1:
+            channel.problem_info = False
         method = props.get(PropertyId.AUTHENTICATION_METHOD)
         if method is not None:
             factory = find_method(broker.hooks.auth_methods, settings, method)
@@ -275,7 +280,8 @@ def _open(
     )
     channel.clean_start = packet.clean_start
     channel.keepalive = keepalive
-    channel.will = packet.will
+    if packet.will is not None:
+        channel.will = packet.will
     channel.enter(ACCEPT)
     channel.connected_at = channel.last_received = broker.clock()
     session, present = broker.open_session(channel, client_id, packet.clean_start, expiry)

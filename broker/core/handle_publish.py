@@ -35,6 +35,7 @@ from broker.core.topic_alias import NO_ALIASES
 from broker.core.topics import is_utf8, validate_topic_name
 from broker.protocol.constants import MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import Properties, PubAck, PubComp, Publish, PubRec, PubRel
+from broker.protocol.runs import PublishRun
 
 if TYPE_CHECKING:
     from broker.core.settings import Settings
@@ -182,6 +183,45 @@ def handle_publish(channel: Connection, packet: Publish) -> None:
             channel.send(ack(packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS))
     finally:
         channel.release_output()
+
+
+def handle_publish_run(channel: Connection, run: PublishRun) -> bool:
+    """A run of plain QoS 0 PUBLISHes to one topic (`broker.protocol.runs`), handled as a
+    whole when that is what `handle_publish` would do with each of them; False (nothing done)
+    when any of its checks could come out differently per message or needs the packet: the
+    channel then hands the frames to `handle_publish` one by one.
+
+    Checked once per run, as they depend only on the topic and the client: the topic name and
+    limits, the ACL (`run_authorize`), the routing (`Broker.run_targets`). A `publish_limit`
+    (per message), `$` topics and everything `run_targets` declines take the packet path.
+    """
+    broker = channel.broker
+    settings = broker.settings
+    topic = run.topic
+    if (
+        settings.publish_rate is not None
+        or not topic
+        or "+" in topic
+        or "#" in topic
+        or topic[0] == "$"
+        or topic_limit(settings, topic)
+    ):
+        return False
+    session = channel.session
+    assert session is not None and channel.info is not None
+    targets = broker.run_targets(run, session.client_id)
+    if targets is None:
+        return False
+    count = run.count
+    counters = broker.metrics.counters
+    counters["messages/received"] += count
+    counters["messages/qos0/received"] += count
+    channel.recv_msg += count
+    if broker.hooks.run_authorize(channel.info, "publish", topic):
+        broker.publish_run(run, targets)
+    else:
+        counters["messages/dropped"] += count
+    return True
 
 
 def _route(channel: Connection, packet: Publish, topic: str, properties: Properties) -> int:

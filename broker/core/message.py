@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.core.hlc import Stamp, legacy_stamp, stamp_from_wire
 from broker.protocol.constants import PropertyId
 from broker.protocol.packets import EncodedPublish, Properties
 
@@ -22,6 +23,7 @@ class Message:
         "publisher",
         "qos",
         "retain",
+        "stamp",
         "timestamp",
         "topic",
     )
@@ -45,6 +47,9 @@ class Message:
         self.publisher = publisher
         self.timestamp = timestamp
         self.node = node
+        #: The hybrid-clock stamp of a retained write (`broker.core.hlc`): set by the node that
+        #: took the write (`Broker.retain`), carried with it to every node, compared there.
+        self.stamp: Stamp | None = None
         #: Its QoS 0 PUBLISH bytes, encoded once for all subscribers (`broker.protocol.wire`);
         #: only the outgoing encoder (`Connection.send_publish`) reads them.
         self.frames: EncodedPublish | None = None
@@ -86,7 +91,7 @@ def message_to_dict(message: Message) -> dict[str, Any]:
     Used to carry messages inside exported session state (`Session.export_state`). The wire
     turns tuples into lists; `message_from_dict` turns User Property pairs back into tuples.
     """
-    return {
+    data: dict[str, Any] = {
         "topic": message.topic,
         "payload": message.payload,
         "qos": message.qos,
@@ -96,6 +101,9 @@ def message_to_dict(message: Message) -> dict[str, Any]:
         "ts": message.timestamp,
         "node": message.node,
     }
+    if message.stamp is not None:
+        data["hlc"] = message.stamp.to_wire()
+    return data
 
 
 def message_from_dict(data: Any) -> Message:
@@ -127,4 +135,14 @@ def message_from_dict(data: Any) -> Message:
         ):
             raise ValueError("malformed user properties")
         props = {**props, _USER_PROPERTY: [(p[0], p[1]) for p in pairs]}
-    return Message(topic, payload, qos, retain, props, publisher, float(ts), node)
+    message = Message(topic, payload, qos, retain, props, publisher, float(ts), node)
+    if "hlc" in data:
+        message.stamp = stamp_from_wire(data["hlc"])
+    return message
+
+
+def retained_stamp(message: Message) -> Stamp:
+    """The order of a retained write: its stamp, or for one stored or sent without a stamp
+    (an older node, an older data file) its arrival wall time (`hlc.legacy_stamp`)."""
+    stamp = message.stamp
+    return stamp if stamp is not None else legacy_stamp(int(message.timestamp * 1000))

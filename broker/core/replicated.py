@@ -5,13 +5,16 @@ any later table of the same nature) must be identical on every node, survive a r
 back into line after a node was away, also for deletions. The banned list solves the first two
 (`broker.core.banned`, written on every node, persisted per node); this module adds what deletes
 need to converge: every row carries `at`, the wall-clock time given by the node that took the
-write, and a deletion leaves a tombstone (`value` None) with its own `at`.
+write, and `stamp`, that node's hybrid-clock stamp (`broker.core.hlc`: wall time, a counter and
+the node's name, so two writes of one key in the same millisecond on two nodes are still
+ordered, the same way everywhere); a deletion leaves a tombstone (`value` None) with its own.
+A row without a stamp (an older node, a file edited by `minibroker apps`) is ordered by `at`.
 
 Theory of operation
 -------------------
 * A write is stamped once (by the management API) and applied unchanged on every running node;
   applying the same row twice, or in any order with other rows, gives the same table (`merge`
-  is commutative, associative and idempotent: the larger `(at, tombstone, value)` wins).
+  is commutative, associative and idempotent: the larger `(stamp, tombstone, value)` wins).
 * A node that was away and the peers it meets pull each other's whole dump (cluster side:
   `cluster.replicas`, RPC `tables_dump`); both keep the newer row of each key, so a credential
   deleted while the node was down stays deleted, and one changed on the lone node is not lost.
@@ -29,6 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.core.hlc import Stamp, legacy_stamp, stamp_from_wire
+
 __all__ = ["ReplicatedTable", "ReplicatedTables", "Row", "valid_table_name"]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -45,16 +50,22 @@ class Row:
     at: float
     #: the record (plain, msgpack- and JSON-able data); None for a deleted key (a tombstone)
     value: Mapping[str, Any] | None
+    #: the writer's hybrid-clock stamp; None: ordered by `at` (`hlc.legacy_stamp`)
+    stamp: Stamp | None = None
 
-    def order(self) -> tuple[float, bool, str]:
-        """What decides between two rows of one key: newer wins; at the same time a
-        deletion wins (the safe side for credentials), then the larger value."""
+    def order(self) -> tuple[Stamp, bool, str]:
+        """What decides between two rows of one key: the later write (stamp) wins; at the
+        same stamp a deletion wins (the safe side for credentials), then the larger value."""
         text = "" if self.value is None else json.dumps(self.value, sort_keys=True, default=str)
-        return (self.at, self.value is None, text)
+        stamp = self.stamp if self.stamp is not None else legacy_stamp(int(self.at * 1000))
+        return (stamp, self.value is None, text)
 
     def to_dict(self) -> dict[str, Any]:
         value = None if self.value is None else dict(self.value)
-        return {"key": self.key, "at": self.at, "value": value}
+        out = {"key": self.key, "at": self.at, "value": value}
+        if self.stamp is not None:
+            out["hlc"] = self.stamp.to_wire()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Row:
@@ -66,7 +77,12 @@ class Row:
             raise ValueError("'at' must be a number")
         if value is not None and not isinstance(value, Mapping):
             raise ValueError("'value' must be an object or null")
-        return cls(key, float(at), None if value is None else dict(value))
+        stamp = None
+        if data.get("hlc") is not None:
+            stamp = stamp_from_wire(data["hlc"])
+            if stamp is None:
+                raise ValueError("'hlc' must be [ms, counter, node]")
+        return cls(key, float(at), None if value is None else dict(value), stamp)
 
 
 class ReplicatedTable:
@@ -95,13 +111,19 @@ class ReplicatedTable:
         """The live keys, sorted."""
         return sorted(key for key, row in self._rows.items() if row.value is not None)
 
-    def put(self, key: str, value: Mapping[str, Any], at: float) -> bool:
+    def put(
+        self, key: str, value: Mapping[str, Any], at: float, stamp: Stamp | None = None
+    ) -> bool:
         """Store `value` unless a newer row of `key` is there; True when it was taken."""
-        return self._apply([Row(key, at, dict(value))]) == 1
+        return self._apply([Row(key, at, dict(value), stamp)]) == 1
 
-    def delete(self, key: str, at: float) -> bool:
+    def delete(self, key: str, at: float, stamp: Stamp | None = None) -> bool:
         """Delete `key` (a tombstone at `at`) unless a newer row is there; True when taken."""
-        return self._apply([Row(key, at, None)]) == 1
+        return self._apply([Row(key, at, None, stamp)]) == 1
+
+    def stamps(self) -> list[Stamp]:
+        """The stamps of the rows that have one (a restart restores the clock from them)."""
+        return [row.stamp for row in self._rows.values() if row.stamp is not None]
 
     def dump(self) -> list[dict[str, Any]]:
         """Every row, tombstones included, by key (what is persisted and exchanged)."""
@@ -150,6 +172,9 @@ class ReplicatedTables:
 
     def names(self) -> list[str]:
         return sorted(self._tables)
+
+    def stamps(self) -> list[Stamp]:
+        return [stamp for table in self._tables.values() for stamp in table.stamps()]
 
     def dump_all(self) -> dict[str, list[dict[str, Any]]]:
         return {name: table.dump() for name, table in sorted(self._tables.items())}

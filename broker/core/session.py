@@ -341,6 +341,14 @@ class Session:
         else:
             self._enqueue((message, qos, retain, subscription_ids), now)
 
+    def count_passed(self, sent: int, dropped: int) -> None:
+        """QoS 0 deliveries made as a run's bytes (`Broker.publish_run`), counted as `deliver`
+        counts them: `sent` went out, `dropped` did not."""
+        self.deliver_msg += sent
+        if dropped:
+            self.mqueue_dropped += dropped
+            self.limits.metrics.counters["messages/dropped"] += dropped
+
     def _enqueue(self, item: QueuedDelivery, now: float) -> None:
         size = len(item[0].payload)
         limit = self._full(size)

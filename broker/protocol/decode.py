@@ -79,6 +79,7 @@ from broker.protocol.properties import (
     read_packet_id,
     read_utf8,
 )
+from broker.protocol.runs import PLAIN_QOS0, PublishRun, scan_run
 from broker.protocol.wire import Frames
 
 BodyDecoder = Callable[[int, bytearray, memoryview, int, int, int], Packet]
@@ -395,18 +396,32 @@ class Decoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Packet]:
         """Add `data`; return every packet now complete, in order. Raises only ProtocolError."""
+        return self._feed(data, False)  # type: ignore[return-value]  # no runs asked for
+
+    def feed_runs(self, data: bytes | bytearray | memoryview) -> list[Packet | PublishRun]:
+        """As `feed`, but plain QoS 0 PUBLISHes come as `PublishRun`s of their bytes
+        (`broker.protocol.runs`): what the broker passes on without making packets."""
+        return self._feed(data, True)
+
+    def _feed(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Packet | PublishRun]:
         buf = self._buf
         if buf is None:
             buf = bytearray(data)
         else:
             buf += data
         n = len(buf)
-        out: list[Packet] = []
+        out: list[Packet | PublishRun] = []
         pos = 0
         mv = memoryview(buf)
         try:
             while pos < n:
                 first = buf[pos]
+                if first == PLAIN_QOS0 and runs:
+                    run = scan_run(buf, pos, n, self.version == MQTT_5, self.max_packet_size)
+                    if run is not None:
+                        out.append(run)
+                        pos += len(run.data)
+                        continue
                 ptype = first >> 4
                 flags = first & 0x0F
                 version = MQTT_3_1_1 if self.version is None else self.version
@@ -473,3 +488,9 @@ class Decoder:
                 del buf[:pos]
             self._buf = buf
         return out
+
+
+def expand_run(run: PublishRun) -> list[Packet]:
+    """The PUBLISH packets of a run, exactly as `feed` makes them from the same bytes (each
+    with its own `frames`): the way back to the packet path when a run cannot pass as it is."""
+    return Decoder(version=MQTT_5 if run.v5 else MQTT_3_1_1).feed(run.data)

@@ -8,17 +8,19 @@ from broker.protocol.constants import ReasonCode
 
 if TYPE_CHECKING:
     from broker.protocol.packets import Packet
+    from broker.protocol.runs import PublishRun
 
 
 class ProtocolError(Exception):
     """Input that breaks the MQTT rules. `reason_code` is the 5.0 code to close the connection with.
 
     `packets`: when raised by `Decoder.feed`, the packets that were decoded completely from the
-    same call before the offending one (in order), so the caller may still act on them.
+    same call before the offending one (in order), so the caller may still act on them; from
+    `Decoder.feed_runs`, runs among them.
     """
 
     reason_code: int = ReasonCode.PROTOCOL_ERROR
-    packets: list[Packet]
+    packets: list[Packet | PublishRun]
 
     def __init__(self, message: str, reason_code: int | None = None) -> None:
         super().__init__(message)

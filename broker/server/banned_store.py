@@ -5,7 +5,9 @@ started with an empty list after a bad edit or a disk fault would let banned cli
 so the operator is told which file is wrong and why, and decides (fix it or remove it).
 
 Format: ``{"version": 1, "banned": [{"who": ..., "as": ..., "reason": ..., "desc": ...,
-"by": ..., "at": ..., "until": ...}, ...]}`` (the API's banned object plus `at`).
+"by": ..., "at": ..., "until": ..., "hlc": ...}, ...], "gone": [[as, who, hlc], ...]}`` (the
+API's banned object plus `at` and the write's hybrid-clock stamp `hlc`; `gone` are the removals
+remembered, `broker.core.banned`). `hlc` and `gone` are optional: older files have neither.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 
 from broker.core.banned import BAN_KINDS, BanEntry, BannedTable, normalize
+from broker.core.hlc import Stamp, stamp_from_wire
 from broker.server.datafiles import write_json_atomic
 from broker.server.errors import StartupError
 
@@ -38,6 +41,7 @@ class BannedStore:
         self.path = os.path.join(data_dir, FILE_NAME)
         self.save_errors = 0
         self._attached = False
+        self._gone: dict[tuple[str, str], Stamp] = {}  # as `read` found them
 
     def open(self) -> int:
         """Load the file into the table (if it exists), then save on every change.
@@ -46,7 +50,7 @@ class BannedStore:
         """
         entries = self.read()
         if entries is not None:
-            self.table.replace_all(entries)
+            self.table.replace_all(entries, self._gone)
             log.info("loaded %d banned entries from %s", len(entries), self.path)
         if not self._attached:
             self.table.on_change.append(self._on_change)
@@ -81,13 +85,22 @@ class BannedStore:
                 entries.append(_entry(item))
             except (KeyError, TypeError, ValueError) as exc:
                 raise self._corrupt(f"entry {index} is invalid ({exc!s})") from None
+        gone = doc.get("gone", [])
+        self._gone = {}
+        for index, item in enumerate(gone if isinstance(gone, list) else [None]):
+            stamp = stamp_from_wire(item[2]) if isinstance(item, list) and len(item) == 3 else None
+            if stamp is None or not all(isinstance(part, str) for part in item[:2]):
+                raise self._corrupt(f"removal {index} is invalid (expected [as, who, hlc])")
+            self._gone[(item[0], item[1])] = stamp
         return entries
 
     def save(self) -> None:
-        doc = {
+        doc: dict[str, object] = {
             "version": FORMAT_VERSION,
             "banned": [entry.to_dict() for entry in self.table.entries()],
         }
+        if self.table.gone:
+            doc["gone"] = [[k, w, s.to_wire()] for (k, w), s in self.table.gone.items()]
         write_json_atomic(self.path, doc)
 
     def _on_change(self) -> None:

@@ -27,6 +27,7 @@ from broker.server.banner import broker_version
 from broker.server.config import BrokerConfig, ListenerConfig
 from broker.server.listeners import ListenerStats
 from broker.server.persistence import Persistence
+from broker.server.socket_transport import SocketServer, available
 from broker.server.systopics import publish_sys
 from broker.server.tcp import MqttConnection, TcpListener
 from broker.server.tls import make_ssl_context
@@ -179,8 +180,8 @@ class Node:
             self.persistence = Persistence(
                 self.broker, config.data_dir, config.persistence_interval
             )
-        self._tcp_server: asyncio.Server | None = None
-        self._servers: list[asyncio.Server] = []  # every MQTT server: TCP and TLS
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []  # every MQTT server: TCP and TLS
         self._ws_runner: web.AppRunner | None = None
         self._runners: list[web.AppRunner] = []  # every WebSocket runner: ws and wss
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
@@ -243,7 +244,7 @@ class Node:
         if self._accept_errors is not None:
             self._accept_errors.sockets[sock.fileno()] = stats
 
-    async def _start_mqtt(self, listener: ListenerConfig, kind: str) -> asyncio.Server:
+    async def _start_mqtt(self, listener: ListenerConfig, kind: str) -> asyncio.AbstractServer:
         """MQTT over TCP (`kind` "tcp") or TLS ("tls"): the same protocol class."""
         loop = asyncio.get_running_loop()
         ctx = self._ssl_contexts["ssl"] if kind == "tls" else None
@@ -253,12 +254,17 @@ class Node:
         self._watch(sock, stats)
         identity = ctx is not None and listener.use_identity_as_username
         shared = TcpListener(self.broker, stats, kind, identity)
-        server = await loop.create_server(
-            lambda: MqttConnection(shared),
-            sock=sock,
-            ssl=ctx,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx is not None else None,
-        )
+        server: asyncio.AbstractServer
+        if ctx is None and available(loop):
+            # asyncio's own loop: the lean transport (about 1.3 KB less per idle connection)
+            server = SocketServer(loop, sock, lambda: MqttConnection(shared))
+        else:
+            server = await loop.create_server(
+                lambda: MqttConnection(shared),
+                sock=sock,
+                ssl=ctx,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx is not None else None,
+            )
         self._servers.append(server)
         return server
 

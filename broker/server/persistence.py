@@ -290,6 +290,8 @@ class Persistence:
             except ValueError as exc:
                 raise self._error(f"retained message of {topic!r} is invalid ({exc})") from None
             broker.retained.set(topic, message)
+            if message.stamp is not None:  # the clock goes on from the last write stored
+                broker.hlc.restore(message.stamp)
             retained += 1
         sessions = 0
         for client_id, blob in db.execute("SELECT client_id, state FROM sessions"):

@@ -116,7 +116,8 @@ def make_websocket_app(
         link = WebSocketLink(ws)
         stats.opened()
         channel = Channel(broker, link, host, port, kind)
-        channel.cert_username = cert_username
+        if cert_username is not None:  # else the class default: no __dict__ for it
+            channel.cert_username = cert_username
         try:
             while True:
                 if not link.readable.is_set():

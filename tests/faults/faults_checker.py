@@ -18,6 +18,9 @@ stopped) and the layout linked them at the time the publish was acknowledged.
 * retained_converge: after the last heal, every node serves the same retained value per topic.
 * no_false_death: no node declares a peer dead while the peer ran and was linked to it for the
   whole detection bound before.
+* heal_converge (partition scenarios): from the last heal, every node holds the same route
+  table, retained messages and banned list (a ban is made on each side while apart) within
+  the detection bound plus one push/pull anti-entropy round; the note gives each time.
 """
 
 from __future__ import annotations
@@ -152,6 +155,23 @@ def check(
             r.bad(f"n{observer} declared n{target} dead at +{t - h.faults[0].time:.1f} s")
     r.note = f"{len(deaths)} dead verdicts logged"
     return out
+
+
+def heal_result(times: dict[str, float | None] | None, bound: float) -> Result:
+    """`heal_converge` from `converge_after`'s times (None: no heal in the scenario)."""
+    r = Result("heal_converge")
+    if times is None:
+        r.note = "no heal"
+        return r
+    for kind, took in times.items():
+        r.checked += 1
+        if took is None:
+            r.bad(f"{kind} still apart {bound:.0f} s after the heal")
+    shown = ", ".join(
+        f"{kind} {'-' if took is None else f'{took:.1f} s'}" for kind, took in times.items()
+    )
+    r.note = f"agreed after the heal: {shown} (bound {bound:.0f} s)"
+    return r
 
 
 #: Every scenario's report, printed at the end of the pytest run (conftest's terminal summary).

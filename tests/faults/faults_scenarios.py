@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-from faults_checker import Result, check, deaths_from_logs, report
+from faults_checker import Result, check, deaths_from_logs, heal_result, report
 from faults_nodes import Cluster
 from faults_proxy import Shape
 from faults_workload import History, Plan, Workload
@@ -38,6 +41,10 @@ class Ctx:
     h: History
     w: Workload
     rounds: int  # 1 in the short profile
+    #: the convergence measurement of the last heal (`converge_after`), None before one
+    measure: asyncio.Task[dict[str, float | None]] | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    bans: int = 0
 
     def _up(self) -> set[int]:
         return {i for i in range(self.cluster.n) if self.cluster.up(i)}
@@ -48,10 +55,21 @@ class Ctx:
     def partition(self, groups: list[list[int]]) -> None:
         self.cluster.net.partition(groups)
         self.mark(f"partition {groups}")
+        if self.measure is not None:  # the next fault came first: that heal is not measured
+            self.measure.cancel()
+            self.measure = None
+        for group in groups:  # a ban made on each side while apart (REST, written on its side)
+            self.bans += 1
+            who = f"fault-ban-{self.bans}"
+            self.tasks.append(asyncio.create_task(_ban(self.cluster.http[group[0]], who)))
 
     def heal(self) -> None:
         self.cluster.net.heal()
         self.mark("heal")
+        if self.measure is not None:
+            self.measure.cancel()
+        bound = MembershipConfig().detection_bound(self.cluster.n) + PUSH_PULL
+        self.measure = asyncio.create_task(converge_after(self.cluster, time.monotonic(), bound))
 
     def kill(self, i: int) -> None:
         self.cluster.kill(i)
@@ -80,6 +98,73 @@ async def _members(port: int) -> int:
             return sum(1 for n in body if n.get("node_status") == "Running")
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return 0
+
+
+async def _ban(port: int, who: str) -> None:
+    """Ban client id `who` through node `port`'s API (bounded; a failure is left as it is)."""
+    body = {"who": who, "as": "client_id", "reason": "faults harness"}
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with (
+            aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.post(f"http://127.0.0.1:{port}/api/v3/banned", json=body) as reply,
+        ):
+            await reply.read()
+
+
+def _rows(body: Any) -> list[Any]:
+    """The rows of an API answer (a bare list, or EMQX's `data` / our paged `items`)."""
+    if isinstance(body, dict):
+        body = body.get("data", body.get("items", []))
+        if isinstance(body, dict):
+            body = body.get("items", [])
+    return body if isinstance(body, list) else []
+
+
+async def node_view(cluster: Cluster, i: int) -> dict[str, Any] | None:
+    """What node i holds of the replicated state: its route table and retained messages (its
+    API answers from its own copy) and its banned list (its `banned.json`); None if down."""
+    base = f"http://127.0.0.1:{cluster.http[i]}/api/v3"
+    try:
+        async with aiohttp.ClientSession(
+            headers=ADMIN, timeout=aiohttp.ClientTimeout(total=2)
+        ) as http:
+            async with http.get(f"{base}/routes?_limit=100000") as reply:
+                routes = frozenset((r["topic"], r["node"]) for r in _rows(await reply.json()))
+            async with http.get(f"{base}/retained?_limit=100000") as reply:
+                rows = _rows(await reply.json())
+                retained = {  # `$SYS/...` are each node's own
+                    r["topic"]: r.get("payload") for r in rows if not r["topic"].startswith("$")
+                }
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        doc = json.loads((cluster.tmp / f"data{i}" / "banned.json").read_text())
+        bans = frozenset((e["as"], e["who"]) for e in doc["banned"])
+    except FileNotFoundError:
+        bans = frozenset()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {"routes": routes, "retained": retained, "bans": bans}
+
+
+KINDS = ("routes", "retained", "bans")
+
+
+async def converge_after(cluster: Cluster, since: float, bound: float) -> dict[str, float | None]:
+    """Seconds from `since` (a heal) until every node holds the same routes, retained messages
+    and bans (each kind on its own; None: not within `bound`), polling every 0.2 s."""
+    out: dict[str, float | None] = {}
+    while len(out) < len(KINDS) and time.monotonic() - since < bound:
+        views = await asyncio.gather(*(node_view(cluster, i) for i in range(cluster.n)))
+        now = time.monotonic() - since
+        for kind in KINDS:
+            if kind in out or any(v is None for v in views):
+                continue
+            first = views[0][kind]  # type: ignore[index]
+            if all(v[kind] == first for v in views):  # type: ignore[index]
+                out[kind] = now
+        await asyncio.sleep(0.2)
+    return {kind: out.get(kind) for kind in KINDS}
 
 
 async def _until(check_: Callable[[], Awaitable[bool]], timeout: float) -> float | None:
@@ -133,6 +218,8 @@ async def run_scenario(
         healed = h.faults[-1].time
         await asyncio.sleep(1.0)
         await w.stop()
+        converge = await ctx.measure if ctx.measure is not None else None
+        await asyncio.gather(*ctx.tasks, return_exceptions=True)
         views: dict[int, dict[str, str] | None] = {}
         reads = 0
 
@@ -154,6 +241,7 @@ async def run_scenario(
         await _drain(w)
         deaths = deaths_from_logs({i: cluster.log_lines(i, " is dead") for i in range(n)})
         results = check(h, plan.sub_nodes, settle, views, deaths, note)
+        results["heal_converge"] = heal_result(converge, settle + PUSH_PULL)
         counts = Counter(f"{op.kind}:{op.outcome}" for op in h.ops)
         labels = [f.label for f in h.faults[1:]]
         faults_seen = ", ".join(labels[:6]) + (

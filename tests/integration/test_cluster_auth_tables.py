@@ -84,6 +84,11 @@ async def test_a_user_added_on_one_node_connects_on_any_node(nodes: Nodes) -> No
     # the same salted hash on both nodes (hashed once, by the node that took the call)
     rows = [app.broker.replicated.table("auth_username").get("u1") for app in (a, b)]
     assert rows[0] == rows[1] and rows[0] is not None
+    # one hybrid-clock stamp, given by the node that took the call, on every node
+    stamps = [app.broker.replicated.table("auth_clientid").row("d1") for app in (a, b)]
+    assert stamps[0] is not None and stamps[1] is not None
+    assert stamps[0].stamp == stamps[1].stamp and stamps[0].stamp is not None
+    assert stamps[0].stamp.node == B
     # an existing entry is refused whichever node is asked
     status, body = await http(b, "POST", "/auth_username", json={"username": "u1", "password": "x"})
     assert (status, body) == (409, {"message": "existed"})
@@ -203,8 +208,30 @@ async def test_both_sides_of_a_healed_partition_converge(nodes: Nodes) -> None:
     await http(a, "POST", "/auth_username", json={"username": "only-a", "password": "pa"})
     await http(b, "POST", "/auth_username", json={"username": "only-b", "password": "pb"})
     assert await code(b, "c", "u", "before") == 0  # B has not heard of the change yet
+    # a retained message written on both sides, and a ban made on one side only
+    for app in (a, b):
+        body = {"topic": "split/r", "payload": app.config.node_name, "retain": True, "qos": 1}
+        status, _ = await http(app, "POST", "/mqtt/publish", json=body)
+        assert status == 200
+    assert await http(b, "POST", "/banned", json={"who": "split-ban", "as": "client_id"})
+    written = [app.broker.retained.get("split/r") for app in (a, b)]
+    assert all(m is not None and m.stamp is not None for m in written)
+    winner = max(written, key=lambda m: m.stamp)  # type: ignore[arg-type,return-value,union-attr]
+    assert winner is not None
     partition.cut = False
     await converged(a, b)
+    # both sides pull each other's tables when they meet again: the later write wins on both
+    await eventually(
+        lambda: (
+            all(
+                (m := app.broker.retained.get("split/r")) is not None
+                and m.payload == winner.payload
+                for app in (a, b)
+            )
+            and all(app.broker.banned.get("client_id", "split-ban") for app in (a, b))
+        ),
+        timeout=20,
+    )
     tables = [app.broker.replicated.table("auth_username") for app in (a, b)]
     await eventually(
         lambda: (

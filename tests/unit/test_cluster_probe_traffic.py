@@ -136,7 +136,8 @@ def _heard(m: Membership) -> set[str]:
 
 def test_a_reaped_member_is_forgotten_by_the_prober() -> None:
     m = _membership("x", "y")
-    m.heard_from("x", T_JOIN)
+    # x fell silent longer than the suspicion timeout ago: a "dead" verdict about it is believed
+    m.heard_from("x", T0 - CFG.suspicion_timeout(3) - EPS)
     m.heard_from("y", T_JOIN)
     dead = Update(MemberState.DEAD, "x", ("10.0.0.2", 2), 0, 1).to_wire()
     m.handle(("10.0.0.9", 1), MessageType.GOSSIP, {"from": "z", "updates": [dead]}, T0)

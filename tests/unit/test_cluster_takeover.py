@@ -8,6 +8,7 @@ RPC methods after a loop turn, through msgpack as on the wire, and counts every 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from broker.core.message import Message
 from broker.core.settings import Settings
 from broker.protocol.constants import ReasonCode
 from broker.protocol.packets import ConnAck, Disconnect, Publish
-from cluster.handoff import Handoff
+from cluster.handoff import Handoff, deliver_to
 from cluster.registry import owner_of
 from cluster.rpc import NodeUnreachable, RemoteError, RpcTimeout
 from cluster.takeover import (
@@ -48,12 +49,12 @@ class Net:
         for name in names:
             broker = Broker(Settings(node_name=name), clock=lambda: 1000.0)
             later = self._later
-            handoff = Handoff(name, self._sender(name), broker.deliver_to, later=later)
+            handoff = Handoff(name, self._sender(name), partial(deliver_to, broker), later=later)
             locator = ClusterSessionLocator(
                 name, broker, self._live_for(name), self._caller(name), handoff, timeout=1.0
             )
             broker.session_locator = locator
-            broker.session_end_listeners.append(locator.session_ended)
+            broker.hooks.client_disconnected.append(locator.client_gone)
             self.brokers[name] = broker
             self.locators[name] = locator
 
@@ -195,6 +196,21 @@ async def test_the_session_ended_is_released_at_its_owner() -> None:
     await settle()
     assert net.locators["a"].registry.get(cid) is None
     assert ("b", "a", RELEASE_METHOD) in net.calls
+
+
+async def test_a_session_that_expires_is_released_by_the_sweep() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("a", net.live)
+    client = net.client("b")
+    client.connect(cid, clean_start=False)
+    await settle()
+    client.drop()
+    await settle()
+    assert net.locators["a"].registry.get(cid) is not None  # persistent: still held by b
+    net.brokers["b"].discard_session(cid)  # as its expiry would
+    net.locators["b"].sweep()
+    await settle()
+    assert net.locators["a"].registry.get(cid) is None
 
 
 async def test_messages_reaching_the_old_node_follow_the_session_once() -> None:
@@ -398,9 +414,9 @@ def test_deliver_to_one_session_only() -> None:
     one.subscribe("t/+", qos=1)
     two.connect("two")
     two.subscribe("t/#", qos=1)
-    assert broker.deliver_to("one", Message("t/x", b"m", 2)) == 1
-    assert broker.deliver_to("one", Message("u", b"m", 1)) == 0
-    assert broker.deliver_to("nobody", Message("t/x", b"m", 1)) == 0
+    assert deliver_to(broker, "one", Message("t/x", b"m", 2)) == 1
+    assert deliver_to(broker, "one", Message("u", b"m", 1)) == 0
+    assert deliver_to(broker, "nobody", Message("t/x", b"m", 1)) == 0
     got = one.publishes()
     assert [(p.payload, p.qos) for p in got] == [(b"m", 1)]
     assert isinstance(got[0], Publish) and two.publishes() == []

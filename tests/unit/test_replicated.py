@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.core.hlc import Stamp
 from broker.core.replicated import ReplicatedTable, ReplicatedTables, Row, valid_table_name
 from broker.server.replicated_store import ReplicatedStore, ReplicatedStoreError
 from cluster.replicas import ReplicaSet
@@ -58,22 +59,53 @@ def test_bad_table_names(name: object) -> None:
 @pytest.mark.parametrize(
     "item",
     [{"at": 1}, {"key": "", "at": 1}, {"key": "k", "at": "1"}, {"key": "k", "at": True},
-     {"key": "k", "at": 1, "value": [1]}, {"key": 3, "at": 1}],
+     {"key": "k", "at": 1, "value": [1]}, {"key": 3, "at": 1},
+     {"key": "k", "at": 1, "hlc": [1, 2]}, {"key": "k", "at": 1, "hlc": "x"}],
 )  # fmt: skip
 def test_malformed_rows_are_refused(item: dict[str, object]) -> None:
     with pytest.raises((KeyError, TypeError, ValueError)):
         Row.from_dict(item)
 
 
+_stamps = st.one_of(
+    st.none(),  # a row from an older node: ordered by `at`
+    st.builds(Stamp, st.integers(0, 5_000), st.integers(0, 3), st.sampled_from(["n1", "n2"])),
+)
 _rows = st.lists(
     st.builds(
         Row,
         key=st.sampled_from(["a", "b", "c"]),
         at=st.integers(0, 5).map(float),
         value=st.one_of(st.none(), st.fixed_dictionaries({"password": st.sampled_from("xyz")})),
+        stamp=_stamps,
     ),
     max_size=12,
 )
+
+
+def test_the_larger_stamp_wins_whatever_the_wall_times_say() -> None:
+    table = ReplicatedTable("t")
+    # n2's clock is behind, but its write came after it saw n1's (its stamp is larger)
+    assert table.put("k", {"v": "n1"}, 10.0, Stamp(10_000, 0, "n1"))
+    assert table.put("k", {"v": "n2"}, 9.0, Stamp(10_000, 1, "n2"))
+    assert not table.put("k", {"v": "late"}, 11.0, Stamp(10_000, 0, "n3"))
+    assert table.get("k") == {"v": "n2"}
+    # one millisecond, two nodes: the node name breaks the tie, the same way everywhere
+    assert table.put("j", {"v": "a"}, 1.0, Stamp(1_000, 0, "a"))
+    assert table.put("j", {"v": "b"}, 1.0, Stamp(1_000, 0, "b"))
+    assert not table.put("j", {"v": "a2"}, 1.0, Stamp(1_000, 0, "a"))
+
+
+def test_a_row_without_stamp_is_ordered_by_its_time_and_round_trips() -> None:
+    old = Row("k", 2.0, {"v": 1})  # from an older node or `minibroker apps`
+    new = Row("k", 2.0, {"v": 2}, Stamp(2_000, 0, "n1"))
+    assert new.order() > old.order()
+    assert Row("k", 2.001, {"v": 3}).order() > new.order()
+    assert Row.from_dict(new.to_dict()) == new
+    assert "hlc" not in old.to_dict() and Row.from_dict(old.to_dict()) == old
+    tables = ReplicatedTables()
+    tables.table("t").merge([new, Row("j", 1.0, None, Stamp(5, 1, "n2"))])
+    assert sorted(tables.stamps()) == [Stamp(5, 1, "n2"), Stamp(2_000, 0, "n1")]
 
 
 @given(_rows, _rows)

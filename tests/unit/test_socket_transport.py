@@ -1,0 +1,228 @@
+"""The lean TCP transport (`broker.server.socket_transport`) keeps asyncio's transport contract:
+bytes in order, flow control at the water marks, one `connection_lost` whatever the ending, the
+socket closed after it. Each test drives it over a real loopback socket pair on asyncio's own
+loop; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from broker.server.socket_transport import HIGH_WATER, Poller, SocketServer, SocketTransport
+
+TIMEOUT = 5.0
+#: SO_SNDBUF/SO_RCVBUF of the test sockets (the kernel doubles and rounds them).
+KERNEL_BUFFER = 32 * 1024
+
+
+class Recorder(asyncio.Protocol):
+    """Records every call the transport makes."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.data = bytearray()
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.events.append("made")
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool | None:
+        self.events.append("eof")
+        return None
+
+    def pause_writing(self) -> None:
+        self.events.append("pause_writing")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume_writing")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two connected loopback TCP sockets (socketpair() is AF_UNIX only on Linux), with small
+    kernel buffers so that a few MiB written surely wait in the transport."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        theirs = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, KERNEL_BUFFER)
+        theirs.settimeout(TIMEOUT)
+        theirs.connect(listener.getsockname())
+        ours, _addr = listener.accept()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_BUFFER)
+    return ours, theirs
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[SocketTransport, Recorder, socket.socket]]:
+    """A started transport on one end of a TCP pair; the other end, blocking with a timeout."""
+    ours, theirs = _tcp_pair()
+    ours.setblocking(False)
+    theirs.settimeout(TIMEOUT)
+    protocol = Recorder()
+    poller = Poller(asyncio.get_running_loop())
+    transport = SocketTransport(poller, ours, protocol)
+    transport.start()
+    yield transport, protocol, theirs
+    transport.abort()
+    theirs.close()
+    await asyncio.sleep(0)
+    poller.close_when_idle()
+    assert poller._epoll.closed  # the last connection went: the poller closed with it
+
+
+async def _until(condition: object, what: str) -> None:
+    for _ in range(500):
+        if callable(condition) and condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_reads_in_order_and_eof_closes(
+    pair: tuple[SocketTransport, Recorder, socket.socket],
+) -> None:
+    transport, protocol, theirs = pair
+    theirs.sendall(b"hello ")
+    theirs.sendall(b"world")
+    await _until(lambda: protocol.data == b"hello world", "the bytes")
+    theirs.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(protocol.lost, TIMEOUT) is None
+    assert protocol.events == ["made", "eof", "lost"]
+    assert transport._sock.fileno() == -1  # closed after connection_lost
+
+
+async def test_write_buffers_pauses_and_resumes(
+    pair: tuple[SocketTransport, Recorder, socket.socket],
+) -> None:
+    transport, protocol, theirs = pair
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    sent = bytearray()
+    for _ in range(64):  # 4 MiB: more than the kernel buffers of both ends take
+        transport.write(chunk)
+        sent += chunk
+        if "pause_writing" in protocol.events:
+            break
+    assert "pause_writing" in protocol.events
+    assert transport.get_write_buffer_size() > HIGH_WATER
+    received = bytearray()
+    loop = asyncio.get_running_loop()
+    while len(received) < len(sent):
+        received += await loop.run_in_executor(None, theirs.recv, 1 << 20)
+    assert received == sent
+    await _until(lambda: transport.get_write_buffer_size() == 0, "the buffer to drain")
+    assert protocol.events == ["made", "pause_writing", "resume_writing"]
+    assert transport._buffer is None  # no buffer object kept once everything went out
+
+
+async def test_close_sends_what_waits_then_loses_once(
+    pair: tuple[SocketTransport, Recorder, socket.socket],
+) -> None:
+    transport, protocol, theirs = pair
+    payload = b"x" * (4 << 20)
+    transport.write(payload)
+    transport.close()
+    transport.close()
+    transport.write(b"after close")  # dropped, as asyncio drops it
+    assert transport.is_closing()
+    received = bytearray()
+    loop = asyncio.get_running_loop()
+    while True:
+        data = await loop.run_in_executor(None, theirs.recv, 1 << 20)
+        if not data:
+            break
+        received += data
+    assert received == payload
+    assert await asyncio.wait_for(protocol.lost, TIMEOUT) is None
+    assert protocol.events.count("lost") == 1
+
+
+async def test_abort_drops_the_buffer(
+    pair: tuple[SocketTransport, Recorder, socket.socket],
+) -> None:
+    transport, protocol, _theirs = pair
+    transport.write(b"x" * (4 << 20))
+    assert transport.get_write_buffer_size() > 0
+    transport.abort()
+    transport.abort()
+    transport.close()
+    assert await asyncio.wait_for(protocol.lost, TIMEOUT) is None
+    assert protocol.events == ["made", "pause_writing", "lost"]
+    assert transport.get_write_buffer_size() == 0
+
+
+async def test_reset_by_peer_is_connection_lost_with_the_error(
+    pair: tuple[SocketTransport, Recorder, socket.socket],
+) -> None:
+    _transport, protocol, theirs = pair
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    theirs.close()  # linger 0: RST
+    exc = await asyncio.wait_for(protocol.lost, TIMEOUT)
+    assert isinstance(exc, OSError)
+    assert protocol.events == ["made", "lost"]
+
+
+async def test_pause_reading_holds_input_until_resumed(
+    pair: tuple[SocketTransport, Recorder, socket.socket],
+) -> None:
+    transport, protocol, theirs = pair
+    transport.pause_reading()
+    transport.pause_reading()
+    assert not transport.is_reading()
+    theirs.sendall(b"held")
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    assert protocol.data == b""
+    transport.resume_reading()
+    await _until(lambda: protocol.data == b"held", "the held bytes")
+
+
+async def test_addresses_are_asked_of_the_socket(
+    pair: tuple[SocketTransport, Recorder, socket.socket],
+) -> None:
+    transport, _protocol, theirs = pair
+    assert transport.get_extra_info("peername") == theirs.getsockname()
+    assert transport.get_extra_info("sockname") == theirs.getpeername()
+    assert transport.get_extra_info("peercert", "none") == "none"
+    assert not hasattr(transport, "__dict__")  # slots only: the point of this transport
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="selector loop with TCP sockets")
+async def test_server_accepts_and_stops() -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    server = SocketServer(loop, listener, factory)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
+    await _until(lambda: made and made[0].transport is not None, "the accepted connection")
+    assert made[0].transport is not None
+    made[0].transport.write(b"hi")
+    assert await asyncio.wait_for(reader.readexactly(2), TIMEOUT) == b"hi"
+    server.close()
+    assert not server.is_serving()
+    await server.wait_closed()
+    with pytest.raises(OSError):
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
+    writer.close()  # the accepted connection outlives the server, as asyncio's do
+    assert await asyncio.wait_for(made[0].lost, TIMEOUT) is None
