@@ -25,8 +25,9 @@ CONNECTs on node B (and is authenticated), B's broker asks its `session_locator`
   reach H go to B for that client id; B holds them until its import and drops the copies that
   also came directly.
 
-A session that ends here (clean disconnect, expiry, moved away) is released at its owner
-(`registry_release`, batched per owner per loop turn). When the members change, the ids whose
+A session that ends here is released at its owner (`registry_release`, batched per owner per
+loop turn): seen at its connection's close (`hooks.client_disconnected`) or, for one that
+expires or is dropped offline, by a sweep every 10 s (`cluster.ports`). When the members change, the ids whose
 owner changed are registered with their new owner (`registry_register`); two holders of one id
 (after a partition heals, or a claim that could not reach the owner) are resolved there: the
 newer stamp stays, the other holder gets `session_evict` and closes its connection with 0x8E
