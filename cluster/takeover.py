@@ -27,14 +27,17 @@ CONNECTs on node B (and is authenticated), B's broker asks its `session_locator`
 
 A session that ends here is released at its owner (`registry_release`, batched per owner per
 loop turn): seen at its connection's close (`hooks.client_disconnected`) or, for one that
-expires or is dropped offline, by a sweep every 10 s (`cluster.ports`). When the members change, the ids whose
-owner changed are registered with their new owner (`registry_register`); two holders of one id
+expires or is dropped offline, by a sweep every 10 s (`cluster.ports`).
+
+When the members change, the ids whose owner changed are registered with their new owner
+(`registry_register`); two holders of one id
 (after a partition heals, or a claim that could not reach the owner) are resolved there: the
 newer stamp stays, the other holder gets `session_evict` and closes its connection with 0x8E
 and drops its session (its queued messages are lost, counted in `messages/dropped`).
 
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
 id is registered again at the next membership change, where a duplicate is resolved as above.
+A holder that does not answer the owner's surrender is sent `session_evict` at its old stamp.
 `surrender_session` stays callable as before (a node of the previous version asks every peer);
 an owner of the previous version answers `registry_claim` with "no RPC method", and the CONNECT
 then asks every other node to surrender, as that version does (a rolling upgrade). No frame
