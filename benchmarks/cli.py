@@ -1,11 +1,12 @@
 """`minibroker-bench` / `python -m benchmarks`: an MQTT load generator in the spirit of emqtt-bench.
 
 Subcommands: `conn`, `pub`, `sub` (building blocks), the named scenarios `fan-in`, `fan-out`,
-`latency`, `conn-scale`, `many-subs`, `cluster`, `spread`, then `report` (JSON lines ->
-Markdown + PNG), `compare` (our broker vs mosquitto) and `cluster-scale` (one node vs a
-cluster). Any broker is a target (`--target HOST:PORT`, or `--start minibroker|mosquitto|amqtt`
-to start one on a free port). Each run prints one summary line
-with the generator's own CPU use, and appends one JSON object to `--out FILE` when given.
+`latency`, `conn-scale`, `many-subs`, `wildcards`, `cluster`, `spread`, then `report` (JSON
+lines -> Markdown + PNG), `compare` (our broker vs mosquitto), `cluster-scale` (one node vs a
+cluster) and `wildcard-goal` (many wildcard filters vs mosquitto). Any broker is a target
+(`--target HOST:PORT`, or `--start minibroker|mosquitto|amqtt` to start one on a free port).
+Each run prints one summary line with the generator's own CPU use, and appends one JSON object
+to `--out FILE` when given.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 from typing import Any
 
-from benchmarks import cluster_scale, compare, memory
+from benchmarks import cluster_scale, compare, memory, wildcard_goal
 from benchmarks.brokers import BROKERS, RunningBroker, start_broker
 from benchmarks.results import append_jsonl, make_record, read_jsonl, summary_line
 from benchmarks.scenarios import DEFAULTS, SCENARIOS, Params, Settings, run_scenario
@@ -44,6 +45,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "connect_concurrency": (("--connect-concurrency",), int, "handshakes in flight at once (%s)"),
     "filters": (("--filters",), int, "unrelated wildcard filters (%s)"),
     "filter_clients": (("--filter-clients",), int, "clients holding them (%s)"),
+    "topics": (("--topics",), int, "topics per publisher, published in turn (%s)"),
     "settle": (("--settle",), float, "idle seconds before reading broker memory (%s)"),
     "drain": (("--drain",), float, "max seconds to wait for deliveries after publishing (%s)"),
     "coalesce_ms": (("--coalesce-ms",), float, "subscribers batch reads this long; 0 = off (%s)"),
@@ -53,7 +55,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
 #: Counts of things that must exist; every other number given must be at least 0.
 AT_LEAST_ONE = (
     *("publishers", "subscribers", "connections", "inflight"),
-    *("connect_concurrency", "filter_clients"),
+    *("connect_concurrency", "filter_clients", "topics"),
 )
 PLACES = ("first", "others", "all")
 _FLOW = [
@@ -69,6 +71,7 @@ SCENARIO_OPTIONS: dict[str, list[str]] = {
     "latency": ["publishers", "qos", "size", "rate", "count", "duration", "drain"],
     "conn-scale": ["connections", "connect_rate", "connect_concurrency", "duration", "settle"],
     "many-subs": ["publishers", "filters", "filter_clients", *_FLOW],
+    "wildcards": ["publishers", "filters", "filter_clients", "topics", *_FLOW],
     "cluster": ["publishers", "subscribers", *_FLOW],
     "spread": ["publishers", "subscribers", "pubs_on", "subs_on", *_FLOW],
 }
@@ -81,6 +84,7 @@ HELP = {
     "latency": "one-to-one at a fixed rate; p50/p95/p99/max",
     "conn-scale": "connect rate and broker memory per connection",
     "many-subs": "routing throughput with 10 vs 10,000 unrelated wildcard filters",
+    "wildcards": "fan-in routed by a wildcard filter among --filters others, --topics each",
     "cluster": "publishers on the first --target, subscribers on the others",
     "spread": "publishers and subscribers placed over the --targets (--pubs-on/--subs-on)",
 }
@@ -221,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cluster_scale.add_arguments(scale)
+    wild = sub.add_parser(
+        "wildcard-goal",
+        help="msg/s and CPU per message with 100 to 100,000 wildcard filters vs mosquitto",
+        description=wildcard_goal.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    wildcard_goal.add_arguments(wild)
     return parser
 
 
@@ -327,6 +338,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cluster_scale.run(args)
     if args.command == "memory":
         return memory.run(args)
+    if args.command == "wildcard-goal":
+        return wildcard_goal.run(args)
     return _run_scenario(args)
 
 

@@ -57,6 +57,7 @@ SUITE: dict[str, Case] = {
     "latency": Case("latency", {"rate": 1000.0}),
     "conn-scale": Case("conn-scale", {"duration": 1.0}, scales_with_duration=False),
     "many-subs": Case("many-subs", {}),
+    "wildcards": Case("wildcards", {}),
 }
 
 
@@ -88,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--connections", type=int, default=10_000, help="conn-scale connections (10000)"
     )
     parser.add_argument(
-        "--filters", type=int, default=10_000, help="many-subs unrelated filters (10000)"
+        "--filters",
+        type=int,
+        default=10_000,
+        help="many-subs unrelated filters, wildcards filters on the paths (10000)",
     )
     parser.add_argument("--subscribers", type=int, default=100, help="fan-out subscribers (100)")
     parser.add_argument("--procs", type=int, default=1, help="load worker processes (1)")
@@ -122,7 +126,7 @@ def _case_params(name: str, args: argparse.Namespace) -> dict[str, Any]:
         params["drain"] = args.drain
     if case.scenario == "conn-scale":
         params["connections"] = args.connections
-    if case.scenario == "many-subs":
+    if case.scenario in ("many-subs", "wildcards"):
         params["filters"] = args.filters
     if case.scenario == "fan-out":
         params["subscribers"] = args.subscribers

@@ -65,6 +65,7 @@ class PubRole:
     limit: int = 0  # messages for this publisher; 0 = until the deadline
     timestamps: bool = False
     inflight: int = 64  # unacknowledged QoS 1/2 messages allowed
+    topics: int = 1  # > 1: publish in turn to `{topic}/0` .. `{topic}/{topics - 1}`
 
 
 @dataclass
@@ -201,10 +202,16 @@ class Worker:
 
     # -- phase 2: publish ----------------------------------------------------------------------
     async def publish(self, role: PubRole, client: BenchClient, t0: float, deadline: float) -> None:
-        template = FrameTemplate(role.topic, role.size, role.qos, role.timestamps)
+        if role.topics > 1:
+            names = [f"{role.topic}/{k}" for k in range(role.topics)]
+        else:
+            names = [role.topic]
+        templates = [FrameTemplate(t, role.size, role.qos, role.timestamps) for t in names]
+        template = templates[0]
         limit = role.limit if role.limit > 0 else math.inf
         fixed = template.fixed
         batch = max(1, min(1000, 64 * 1024 // (len(fixed) if fixed else role.size + 32)))
+        cycle = _Cycle(templates, batch) if len(templates) > 1 else None
         if role.qos:
             batch = min(batch, max(role.inflight, 1))
         now = time.monotonic()
@@ -222,7 +229,9 @@ class Worker:
             if role.qos:
                 n = min(n, role.inflight - (client.sent - client.acked))
             if n > 0:
-                if fixed is not None:
+                if cycle is not None:
+                    client.write(cycle.take(n, client, role.qos, role.timestamps))
+                elif fixed is not None:
                     client.write(fixed * n)
                 elif role.qos:
                     stamp = time.monotonic_ns()
@@ -282,6 +291,48 @@ class Worker:
             errors=self.errors,
         )
         return out
+
+
+class _Cycle:
+    """The frames of a publisher with several topics, each topic in turn (`PubRole.topics`).
+
+    QoS 0 without timestamps: all frames are joined once, twice over, so that any run of up to
+    one batch of consecutive frames is one slice of those bytes (no per-message work, as for a
+    single topic); otherwise each frame is built as for a single topic.
+    """
+
+    __slots__ = ("_blob", "_next", "_offsets", "_templates")
+
+    def __init__(self, templates: list[FrameTemplate], batch: int) -> None:
+        self._templates = templates
+        self._next = 0
+        self._blob = b""
+        self._offsets: list[int] = []
+        fixed = [t.fixed for t in templates]
+        if all(f is not None for f in fixed):
+            frames = [f for f in fixed if f is not None]
+            rounds = 1 + -(-batch // len(frames))  # enough for a batch starting anywhere
+            joined = frames * (rounds + 1)
+            offsets = [0]
+            for frame in joined:
+                offsets.append(offsets[-1] + len(frame))
+            self._blob = b"".join(joined)
+            self._offsets = offsets
+
+    def take(self, n: int, client: BenchClient, qos: int, timestamps: bool) -> bytes:
+        """The next `n` frames (n at most the batch the cycle was made for)."""
+        start = self._next
+        count = len(self._templates)
+        self._next = (start + n) % count
+        if self._blob:
+            offsets = self._offsets
+            return self._blob[offsets[start] : offsets[start + n]]
+        stamp = time.monotonic_ns() if timestamps else 0
+        templates = self._templates
+        return b"".join(
+            templates[(start + k) % count].frame(client.next_packet_id() if qos else 0, stamp)
+            for k in range(n)
+        )
 
 
 async def spin() -> None:

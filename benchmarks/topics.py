@@ -7,7 +7,7 @@ rather than a silent literal, so a typo does not turn a per-client topic into a 
 
 from __future__ import annotations
 
-__all__ = ["expand", "unrelated_filters"]
+__all__ = ["expand", "path_filters", "unrelated_filters"]
 
 
 def expand(pattern: str, index: int, client_id: str = "") -> str:
@@ -55,4 +55,31 @@ def unrelated_filters(total: int, clients: int, prefix: str = "bench/ms") -> lis
             lists[k].append(f"{prefix}/c{k}/f{j}/+")
         else:
             lists[k].append(f"{prefix}/+/c{k}-f{j}/#")
+    return lists
+
+
+def path_filters(
+    total: int, clients: int, publishers: int, topics: int, prefix: str = "bench/wc"
+) -> list[list[str]]:
+    """`total` wildcard filters over `clients` lists that lie on the paths of the topics
+    `{prefix}/<p>/<k>` (p < `publishers`, k < `topics`) without matching any of them.
+
+    Three shapes in turn, so that a trie walk meets a literal level, `+` and `#` at every depth
+    while only the subscriber's `{prefix}/+/+` matches: `{prefix}/+/x<j>` (a sibling of that
+    filter's last `+`), `{prefix}/<p>/<k>/x<j>/#` (one level below a published topic: its `#`
+    does not reach up to it) and `{prefix}/<p>/+/x<j>` (a `+` at the topic's last level with a
+    level more). The work of matching one topic does not depend on `total` in a trie.
+    """
+    if total < 0 or clients < 1 or publishers < 1 or topics < 1:
+        raise ValueError("total must be >= 0, clients, publishers and topics >= 1")
+    lists: list[list[str]] = [[] for _ in range(min(clients, max(total, 1)))]
+    for j in range(total):
+        shape = j % 3
+        if shape == 0:
+            filt = f"{prefix}/+/x{j}"
+        elif shape == 1:
+            filt = f"{prefix}/{j % publishers}/{j % topics}/x{j}/#"
+        else:
+            filt = f"{prefix}/{j % publishers}/+/x{j}"
+        lists[j % len(lists)].append(filt)
     return lists

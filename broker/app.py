@@ -198,6 +198,8 @@ def make_cluster_node(
     cluster_config = dataclasses.replace(
         cluster_config or ClusterConfig(),
         dns_refresh_interval=config.cluster_dns_refresh_interval,
+        forward_buffer=config.cluster_forward_buffer,
+        forward_buffer_bytes=config.cluster_forward_buffer_bytes,
     )
     if config.cluster_tls_enable:
         try:

@@ -21,6 +21,12 @@ once. A peer whose link cannot take a frame now (backoff, queue full) gets the s
 which the transport drops and counts at once, so the caller learns of the drop synchronously
 (shared-group dispatch relies on that), as before batching.
 
+Reliable QoS 1/2 (`cluster.outbox`): on a link that negotiated version 3, the plain publishes of
+QoS 1/2 in a batch are also held in that peer's `Outbox` until the peer acknowledges the batch's
+sequence number (FORWARD_ACK); they are parked while the link is down and sent again, in
+order, when a handshake with the peer completes (`link_up`). `forget` (the peer is dead or
+left) drops and counts what is still held.
+
 Accounting: a batch that the transport drops is reported to `on_drop` as that many messages
 (`Transport.send(weight=...)`). A batch that cannot be encoded (one bad entry) is resent as
 single FORWARDs, so only the bad message is lost (`on_unencodable`).
@@ -30,16 +36,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from broker.core.message import Message
+from cluster.outbox import Outbox, Record
 from cluster.transport import Transport
 from cluster.wire import (
     INTRODUCED_IN,
     Address,
     Body,
     Entry,
+    Hello,
     MessageType,
     WireError,
     entry_size,
@@ -53,15 +61,18 @@ __all__ = ["Forwarder"]
 log = logging.getLogger(__name__)
 
 _BATCH_VERSION = INTRODUCED_IN[MessageType.FORWARD_BATCH]
+_RELIABLE_VERSION = INTRODUCED_IN[MessageType.FORWARD_ACK]
 
 
 class _Batch:
-    __slots__ = ("entries", "messages", "size")
+    __slots__ = ("entries", "messages", "reliable", "reliable_size", "size")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.messages: list[tuple[Message, Body | None]] = []  # for the unencodable fallback
         self.size = 0
+        self.reliable: list[Entry] = []  # the QoS 1/2 plain publishes (held until acked)
+        self.reliable_size = 0
 
 
 class Forwarder:
@@ -75,22 +86,39 @@ class Forwarder:
         on_unencodable: Callable[[int], None],
         max_batch: int = 1000,
         max_batch_bytes: int = 512 * 1024,
+        max_held: int = 50_000,
+        max_held_bytes: int = 16 * 1024 * 1024,
+        on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self.transport = transport
         self.origin = origin
         self.stats = stats
         self.on_unencodable = on_unencodable
+        #: Held messages given up (buffer full, the peer dead): counted as dropped.
+        self.on_dropped = on_dropped or on_unencodable
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
         self._batches: dict[Address, _Batch] = {}
+        self._boxes: dict[Address, Outbox] = {}
+        self._redialling: set[Address] = set()
+        #: Seconds between two dials of a peer we hold messages for while its link is down.
+        self.redial_interval = 0.25
         self._scheduled = False
 
     def send(self, address: Address, message: Message, extra: Body | None = None) -> bool:
         """Forward `message` (FORWARD fields `extra`: kind, shared) to `address`; False if it
-        was dropped at once (counted by the transport)."""
+        was dropped at once (counted by the transport). A QoS 1/2 publish to a version-3 peer
+        is held (`cluster.outbox`) even while its link is down."""
         transport = self.transport
         version = transport.peer_version(address)
-        if version is None or version < _BATCH_VERSION or not transport.accepting(address):
+        reliable = (
+            version is not None and version >= _RELIABLE_VERSION and message.qos and not extra
+        )
+        if not reliable and (
+            version is None or version < _BATCH_VERSION or not transport.accepting(address)
+        ):
             return self.send_single(address, message, extra)
         batch = self._batches.get(address)
         if batch is None:
@@ -99,9 +127,13 @@ class Forwarder:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush)
         entry_ = forward_entry(message, extra)
+        size = entry_size(entry_)
         batch.entries.append(entry_)
         batch.messages.append((message, extra))
-        batch.size += entry_size(entry_)
+        batch.size += size
+        if reliable:
+            batch.reliable.append(entry_)
+            batch.reliable_size += size
         if len(batch.entries) >= self.max_batch or batch.size >= self.max_batch_bytes:
             del self._batches[address]
             self._send_batch(address, batch)
@@ -133,8 +165,181 @@ class Forwarder:
     def pending(self) -> int:
         return sum(len(b.entries) for b in self._batches.values())
 
+    def held(self) -> int:
+        """QoS 1/2 messages waiting for a peer's acknowledgement (sent or parked)."""
+        return sum(box.messages for box in self._boxes.values())
+
+    # -- reliable forwards (cluster.outbox) ------------------------------------------------
+
+    def ack(self, address: Address, seq: int) -> None:
+        """FORWARD_ACK from the peer at `address`: it processed every batch up to `seq`."""
+        box = self._boxes.get(address)
+        if box is not None:
+            self.stats["forward/acked"] += box.ack(seq)
+
+    def link_up(self, address: Address, peer: Hello) -> None:
+        """A handshake with `address` completed: what it has not acknowledged goes again, in
+        order (a new run of the peer gets it too: its clients' sessions came back with it),
+        then what was parked."""
+        box = self._boxes.get(address)
+        if box is None or not box.records:
+            return
+        version = self.transport.peer_version(address)
+        if version is None or version < _RELIABLE_VERSION:
+            self._give_up(address, "peer_version")  # the peer was replaced by an older node
+            return
+        box.resend = deque(box.numbered())
+        self._pump(address, box)
+
+    def forget(self, address: Address) -> None:
+        """The peer is dead or left: what is held for it is dropped and counted. (The outbox
+        keeps its numbering: the same run of the peer may come back after a partition.)"""
+        self._give_up(address, "peer_gone")
+
+    def move(self, old: Address, new: Address) -> None:
+        """The peer came back on another address (a new pod IP): what it has not
+        acknowledged waits for a link to the new one."""
+        box = self._boxes.pop(old, None)
+        if box is None:
+            return
+        if new in self._boxes:  # (two names swapped addresses: not worth merging)
+            self._boxes[old] = box
+            self._give_up(old, "peer_moved")
+            del self._boxes[old]
+            return
+        self._boxes[new] = box
+        if box.records:
+            self._redial(new)
+
+    def _give_up(self, address: Address, why: str) -> None:
+        box = self._boxes.get(address)
+        if box is None:
+            return
+        count = box.drop_all()
+        if count:
+            self.stats["forward/held_dropped"] += count
+            self.stats["forward/held_dropped/" + why] += count
+            self.on_dropped(count)
+            log.info("cluster: %d held messages for %s:%d dropped (%s)", count, *address, why)
+
+    def _box(self, address: Address) -> Outbox:
+        box = self._boxes.get(address)
+        if box is None:
+            box = self._boxes[address] = Outbox(self.max_held, self.max_held_bytes)
+        return box
+
+    def _send_record(self, address: Address, record: Record) -> bool:
+        body = forward_batch_body(self.origin, record.entries)
+        body["seq"] = record.seq
+        try:
+            return self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=0)
+        except WireError as exc:  # the entries were packed once: cannot happen
+            log.error("cluster: cannot send a held batch to %s:%d: %s", *address, exc)
+            return False
+
+    def _pump(self, address: Address, box: Outbox) -> None:
+        """Send what is due on the link, in order: the resends of this connection, then the
+        parked records; stop at the first frame the transport refuses (a full queue), which
+        waits for the next call. A link that is down is dialled instead."""
+        if not self.transport.is_up(address):
+            self._redial(address)
+            return
+        resend = box.resend
+        while resend:
+            record = resend[0]
+            if record.seq is not None and record.seq > box.acked:  # (else freed meanwhile)
+                if not self._send_record(address, record):
+                    return
+                self.stats["forward/resent"] += len(record.entries)
+            resend.popleft()
+        for record in box.parked():
+            box.number(record)
+            if not self._send_record(address, record):
+                box.unnumber(record)
+                return
+
+    def _send_reliable(self, address: Address, batch: _Batch) -> bool:
+        """The batch to a version-3 peer; False if it must go the old way (unencodable)."""
+        box = self._box(address)
+        record, left = box.add(batch.reliable, batch.reliable_size)
+        if left:
+            self.stats["forward/not_held"] += left  # sent below as a QoS 0 one would be
+        transport = self.transport
+        count = len(batch.entries)
+        if (
+            record is not None
+            and box.unnumbered == 1
+            and not box.resend
+            and transport.is_up(address)
+        ):
+            # The usual case: nothing else waits, one frame with every entry of the batch.
+            body = forward_batch_body(self.origin, batch.entries)
+            body["seq"] = box.number(record)
+            try:
+                ok = transport.send(
+                    address, MessageType.FORWARD_BATCH, body, weight=count - len(record.entries)
+                )
+            except WireError:
+                box.unnumber(record)
+                box.records.pop()  # the newest; the old way sends the batch one by one
+                box.unnumbered -= 1
+                box.messages -= len(record.entries)
+                box.size -= record.size
+                return False
+            if not ok:
+                box.unnumber(record)
+            self.stats["forward/batches"] += 1
+            self.stats["forward/batched"] += count
+            return True
+        kept = {id(e) for e in record.entries} if record is not None else set()
+        others = [i for i, e in enumerate(batch.entries) if id(e) not in kept]
+        if others:
+            self._send_plain(address, batch, others)
+        if record is not None and not transport.is_up(address):
+            self.stats["forward/parked"] += len(record.entries)
+        self._pump(address, box)
+        return True
+
+    def _redial(self, address: Address) -> None:
+        """Dial a peer we hold messages for, again every `redial_interval`, until its link is
+        up or nothing is held (a peer declared dead has them dropped): links otherwise
+        reconnect only when some frame is sent to them."""
+        if address in self._redialling:
+            return
+        self._redialling.add(address)
+        self.transport.connect(address)
+        asyncio.get_running_loop().call_later(self.redial_interval, self._redial_tick, address)
+
+    def _redial_tick(self, address: Address) -> None:
+        self._redialling.discard(address)
+        box = self._boxes.get(address)
+        if box is not None and box.records and not self.transport.is_up(address):
+            self._redial(address)
+
+    def _send_plain(self, address: Address, batch: _Batch, indexes: list[int]) -> None:
+        """The entries of `batch` at `indexes` without a number (not held)."""
+        entries = [batch.entries[i] for i in indexes]
+        body = forward_batch_body(self.origin, entries)
+        try:
+            self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=len(entries))
+        except WireError:
+            self.stats["forward/batch_split"] += 1
+            for i in indexes:
+                self.send_single(address, *batch.messages[i])
+            return
+        self.stats["forward/batches"] += 1
+        self.stats["forward/batched"] += len(entries)
+
     def _send_batch(self, address: Address, batch: _Batch) -> None:
         count = len(batch.entries)
+        version = self.transport.peer_version(address)
+        if (
+            batch.reliable
+            and version is not None
+            and version >= _RELIABLE_VERSION
+            and self._send_reliable(address, batch)
+        ):
+            return
         body = forward_batch_body(self.origin, batch.entries)
         try:
             self.transport.send(address, MessageType.FORWARD_BATCH, body, weight=count)

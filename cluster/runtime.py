@@ -27,6 +27,9 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   give it up (`cluster.takeover`); messages still reaching the old node follow (`cluster.handoff`).
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
+  Except QoS 1/2 publishes to a version-3 peer: those are held until the peer acknowledges them
+  and sent again after a reconnect (`cluster.outbox`, `cluster.receiver`); they are dropped and
+  counted only when the peer is declared dead or leaves.
   Before that, a congested link holds back the publishing client until it drains (flow
   control, `cluster.transport`; `stats["forward/held"]`), so a slower peer slows publishers
   down rather than losing their messages.
@@ -70,6 +73,7 @@ from cluster.members import LIVE_STATES, MemberState
 from cluster.membership import Membership
 from cluster.membership_config import MembershipConfig
 from cluster.ports import ClusterPorts, ForwardHandler
+from cluster.receiver import Receiver
 from cluster.replicas import ReplicaSet
 from cluster.replicated_state import BrokerState, stamp_retained
 from cluster.routes import RouteTable
@@ -83,8 +87,7 @@ from cluster.wire import (
     MessageType,
     Outgoing,
     WireError,
-    parse_forward,
-    parse_forward_batch,
+    get_int,
 )
 
 __all__ = ["ClusterConfig", "ClusterNode", "ForwardHandler"]
@@ -118,6 +121,9 @@ class ClusterConfig:
     retained_dump_bytes: int = 8 * 1024 * 1024
     #: How long `stop()` waits for the LEAVE to go out.
     leave_timeout: float = 1.0
+    #: QoS 1/2 forwards held per peer until it acknowledges them (`cluster.outbox`).
+    forward_buffer: int = 50_000
+    forward_buffer_bytes: int = 16 * 1024 * 1024
     #: Seconds between two resolutions of the DNS seeds (`dns:NAME:PORT`), and the bound of one.
     dns_refresh_interval: float = 30.0
     dns_timeout: float = 5.0
@@ -158,8 +164,15 @@ class ClusterNode:
         )
         self.transport.on_heard = self._on_heard
         self.forwarder = Forwarder(
-            self.transport, broker.node_name, self.stats, self._count_forward_dropped
+            self.transport,
+            broker.node_name,
+            self.stats,
+            self._count_forward_dropped,
+            max_held=self.config.forward_buffer,
+            max_held_bytes=self.config.forward_buffer_bytes,
         )
+        self.transport.on_link_up = self.forwarder.link_up
+        self._addresses: dict[str, Address] = {}  # the last address of every member seen
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
         #: the app adds its own).
@@ -175,6 +188,15 @@ class ClusterNode:
             "publish": self._deliver,
             "retain": self._store_retained,
         }
+        #: FORWARD / FORWARD_BATCH in: the handlers above, de-duplication and FORWARD_ACK.
+        self.receiver = Receiver(
+            name,
+            self.stats,
+            broker.clock,
+            self._send_frame,
+            self._forward_kinds,
+            lambda: self._running,
+        )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
@@ -477,53 +499,20 @@ class ClusterNode:
             self.send_outgoing(self.membership.handle(hello.address, msg_type, body, self.now()))
             self._wake.set()
         elif msg_type is MessageType.FORWARD_BATCH:
-            self._on_forward_batch(hello, body)
+            self.receiver.on_forward_batch(hello, body)
         elif msg_type is MessageType.FORWARD:
-            self._on_forward(hello, body)
+            self.receiver.on_forward(hello, body)
+        elif msg_type is MessageType.FORWARD_ACK:
+            try:
+                self.forwarder.ack(hello.address, get_int(body, "seq"))
+            except WireError:
+                self.stats["forward/malformed_ack"] += 1
         elif msg_type is MessageType.RPC_REQUEST:
             self.rpc.handle_request(hello.name, hello.address, body)
         elif msg_type is MessageType.RPC_RESPONSE:
             self.rpc.handle_response(hello.name, body)
         else:
             self.stats["frames/unexpected"] += 1
-
-    def _on_forward(self, hello: Hello, body: Body) -> None:
-        kind = body.get("kind", "publish")
-        handler = self._forward_kinds.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            self.stats["forward/unknown_kind"] += 1
-            return
-        try:
-            message = parse_forward(body, now=self.broker.clock())
-        except WireError as exc:
-            self.stats["forward/malformed"] += 1
-            log.warning("cluster: malformed FORWARD from %s: %s", hello.name, exc)
-            return
-        handler(message, body, hello)
-
-    def _on_forward_batch(self, hello: Hello, body: Body) -> None:
-        """Each message of the batch, in order, to the handler of its kind."""
-        try:
-            messages, bad = parse_forward_batch(body, now=self.broker.clock())
-        except WireError as exc:
-            self.stats["forward/malformed"] += 1
-            log.warning("cluster: malformed FORWARD_BATCH from %s: %s", hello.name, exc)
-            return
-        if bad:
-            self.stats["forward/malformed"] += bad
-            log.warning("cluster: %d malformed messages in a batch from %s", bad, hello.name)
-        kinds = self._forward_kinds
-        deliver = self._deliver
-        for message, extra in messages:
-            if not extra:
-                deliver(message, extra, hello)
-                continue
-            kind = extra.get("kind", "publish")
-            handler = kinds.get(kind) if isinstance(kind, str) else None
-            if handler is None:
-                self.stats["forward/unknown_kind"] += 1
-                continue
-            handler(message, extra, hello)
 
     def _on_drop(self, address: Address, msg_type: MessageType, count: int) -> None:
         if msg_type is MessageType.FORWARD or msg_type is MessageType.FORWARD_BATCH:
@@ -603,6 +592,10 @@ class ClusterNode:
         self.stats["events/" + event.kind] += 1
         self.ports.members_changed(name, event.kind)
         host, port = event.address
+        previous = self._addresses.get(name)
+        if previous is not None and previous != event.address:  # a restart on a new address
+            self.forwarder.move(previous, event.address)
+        self._addresses[name] = event.address
         if event.kind == "join":
             log.info("cluster: node %s joined (%s:%d)", name, host, port)
             if not self._synced and not self._syncing and self._running:
@@ -618,10 +611,12 @@ class ClusterNode:
         elif event.kind == "dead":
             log.warning("cluster: node %s is dead; its routes are purged", name)
             self.rpc.fail_node(name)
+            self.forwarder.forget(event.address)  # what it has not acknowledged is dropped
             self.transport.forget(event.address)  # a later send reconnects (lazily)
         elif event.kind == "left":
             log.info("cluster: node %s left; its routes are purged", name)
             self.rpc.fail_node(name)
+            self.forwarder.forget(event.address)
             self.transport.forget(event.address)
 
     def _spawn(self, coro: Any) -> None:

@@ -101,6 +101,10 @@ async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.
     return await asyncio.open_connection(host, port)
 
 
+def _no_link_up(address: Address, hello: Hello) -> None:
+    """The default `Transport.on_link_up`: nothing is held."""
+
+
 _REFUSAL_LOG_INTERVAL = 60.0
 #: The first byte of a TLS ClientHello; a frame starting with it would claim over 350 MB.
 _TLS_HANDSHAKE = 0x16
@@ -239,6 +243,10 @@ class _Link:
             self.backoff = cfg.backoff_min
             transport.stats["connects"] += 1
             log.debug("cluster link to %s:%d (%s) is up", host, port, peer.name)
+            try:  # what the peer has not acknowledged goes first (`cluster.outbox`)
+                transport.on_link_up(self.address, peer)
+            except Exception:
+                log.exception("cluster: link-up handler for %s:%d failed", host, port)
             watch = loop.create_task(self._watch(reader))
             while not self.closed:
                 if not self.queue:
@@ -364,6 +372,9 @@ class Transport:
         self.cookie = cookie
         self.on_frame = on_frame
         self.on_drop: DropHandler = on_drop or (lambda address, msg_type, count: None)
+        #: Called when a handshake on our link to `address` completed (before the link writes
+        #: its queue): the forwarder resends what the peer has not acknowledged.
+        self.on_link_up: Callable[[Address, Hello], None] = _no_link_up
         #: Called once per chunk read from a peer, before its frames: proof the peer runs.
         self.on_heard: Callable[[Hello], None] = lambda hello: None
         self.config = config or TransportConfig()
@@ -404,6 +415,7 @@ class Transport:
                 return
             hello, frames = accepted
             self.stats["accepted"] += 1
+            self._peer_dialled(hello.address)
             while True:
                 if frames:
                     self.on_heard(hello)
@@ -426,6 +438,17 @@ class Transport:
         finally:
             self._inbound.discard(writer)
             writer.close()
+
+    def _peer_dialled(self, address: Address) -> None:
+        """A peer completed a handshake with us, so it runs: our link to it stops backing
+        off (a restarted peer would otherwise wait up to `backoff_max` for our answers, its
+        join response among them, and for the forwards we hold for it)."""
+        link = self._links.get(address)
+        if link is not None and link.task is None and not link.closed:
+            link.retry_at = 0.0
+            link.backoff = self.config.backoff_min
+            if self.on_link_up is not _no_link_up:
+                self.connect(address)
 
     def _refused(self, peername: object, why: str) -> None:
         """One warning per peer host and reason every `_REFUSAL_LOG_INTERVAL` seconds (a
@@ -537,6 +560,18 @@ class Transport:
             return False
         link.waiters.append(release)
         return True
+
+    def connect(self, address: Address) -> None:
+        """Dial `address` now unless its link is connected, connecting or backing off (links
+        otherwise connect on the next frame sent): held messages wait for `on_link_up`."""
+        if self._closing:
+            return
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link(self, address)
+        loop = asyncio.get_running_loop()
+        if not link.closed and link.task is None and loop.time() >= link.retry_at:
+            link.task = loop.create_task(link._run())
 
     def is_up(self, address: Address) -> bool:
         link = self._links.get(address)

@@ -26,7 +26,10 @@ version that introduced it (`INTRODUCED_IN`). A frame is decoded as follows:
 
 A sender talks to a peer at `min(our version, the version in the peer's HELLO)`.
 
-Versions. 1: the types up to RPC_RESPONSE. 2: FORWARD_BATCH. Compatibility rule: a node sends
+Versions. 1: the types up to RPC_RESPONSE. 2: FORWARD_BATCH. 3: FORWARD_ACK, and the `seq`
+field of FORWARD_BATCH (reliable QoS 1/2 forwards, `cluster.outbox`): a node numbers batches
+only on a link that negotiated 3, and acknowledges only numbered batches, so a version-2 peer
+never sees either (it would ignore `seq` anyway). Compatibility rule: a node sends
 a type only on a link whose handshake negotiated a version that has it, so it sends
 FORWARD_BATCH only to peers whose HELLO_ACK said 2 or more; to a version-1 peer (and on a link
 whose handshake is not done yet) every message goes as its own FORWARD. A version-2 node reads
@@ -70,6 +73,10 @@ FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in
                 made: the receiver sends those bytes to its subscribers of that protocol
                 version instead of encoding them again, as the origin does for its own
                 (`Message.frames`)
+                With `seq` (v3): the batch's link sequence number; the receiver skips a
+                batch whose `seq` it processed already from that run of the sender and
+                acknowledges it with FORWARD_ACK
+FORWARD_ACK     from, seq (v3): every numbered batch up to `seq` was processed (cumulative)
 RPC_REQUEST     id, method, args
 RPC_RESPONSE    id, ok, result | error
 ==============  ===============================================================================
@@ -93,7 +100,7 @@ from broker.core.message import Message
 from broker.protocol.constants import PropertyId
 from broker.protocol.wire import Frames
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 HEADER_SIZE = 4
 
@@ -130,6 +137,7 @@ class MessageType(IntEnum):
     RPC_REQUEST = 13
     RPC_RESPONSE = 14
     FORWARD_BATCH = 15
+    FORWARD_ACK = 16
 
 
 class Outgoing(NamedTuple):
@@ -144,6 +152,7 @@ class Outgoing(NamedTuple):
 INTRODUCED_IN: dict[MessageType, int] = {
     **dict.fromkeys(MessageType, 1),
     MessageType.FORWARD_BATCH: 2,
+    MessageType.FORWARD_ACK: 3,
 }
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
@@ -473,6 +482,20 @@ def entry_size(entry: Entry) -> int:
 
 def forward_batch_body(origin: str, entries: list[Entry]) -> Body:
     return {"origin": origin, "msgs": entries}
+
+
+def forward_ack_body(origin: str, seq: int) -> Body:
+    return {"from": origin, "seq": seq}
+
+
+def batch_seq(body: Body) -> int | None:
+    """The `seq` of a FORWARD_BATCH (v3), None when it has none; raises WireError if bad."""
+    seq = body.get("seq")
+    if seq is None:
+        return None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise WireError("field 'seq' must be a positive integer")
+    return seq
 
 
 _NO_EXTRA: Body = {}

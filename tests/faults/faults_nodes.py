@@ -6,8 +6,9 @@ ports are per namespace, so fixed ports never clash. With `shaped=True` each nod
 sends to this node crosses the proxy, and partitions still cut it (the peer reaches the proxy
 over the bridge). The test process reaches each node's MQTT and HTTP through a gateway on
 127.0.0.1. Crash = SIGKILL, pause = SIGSTOP (until SIGCONT), restart = start again on the same
-data dir. Only PIDs this module started are signalled. Both output streams are drained by
-threads (a full pipe would freeze the node) and kept with their arrival time.
+data dir (with `persistence = true`: persistent sessions and their queues come back). Only PIDs
+this module started are signalled. Both output streams are drained by threads (a full pipe
+would freeze the node) and kept with their arrival time.
 """
 
 from __future__ import annotations
@@ -99,11 +100,19 @@ class Cluster:
             sys.executable, "-c", ENTRY, "start", "--node-name", self.names[i], "--host", addr,
             "--mqtt-port", str(MQTT), "--ws-port", "8083", "--http-port", str(HTTP),
             "--cluster-port", str(CLUSTER), "--data-dir", str(self.tmp / f"data{i}"),
-            "--join", seeds,
+            "--join", seeds, "--config", str(self._config()),
         ]  # fmt: skip
         if self.shaped:
             argv += ["--advertise", f"{addr}:{PROXIED}"]
         return self.net.exec_argv(i, argv)
+
+    def _config(self) -> Path:
+        """Persistent sessions survive a restart (`persistence`), as a deployment that
+        restarts nodes would run them."""
+        path = self.tmp / "node.toml"
+        if not path.exists():
+            path.write_text("persistence = true\n", encoding="utf-8")
+        return path
 
     async def spawn(self, i: int) -> None:
         env = dict(os.environ)

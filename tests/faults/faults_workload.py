@@ -207,18 +207,34 @@ class Workload:
     async def _receive(
         self, client: aiomqtt.Client, name: str, node: int, leave: Callable[[], bool]
     ) -> None:
+        # Never cancel a pending read: aiomqtt's iterator takes the message off its queue in a
+        # task of its own, and a cancel that lands in the loop turn where that task finished
+        # loses the message (a stalled test loop makes that likely: every waiting subscriber
+        # lost the first publish after a stall). The read stays pending across the polls.
         messages = aiter(client.messages)
-        while self.running and not leave():
-            try:
-                async with asyncio.timeout(0.25):
-                    message = await anext(messages)
-            except TimeoutError:
-                continue
-            now = time.monotonic()
-            payload = bytes(message.payload).decode()  # type: ignore[arg-type]
-            op = Op("recv", name, node, payload, now, now, "ok", message.qos)
-            op.extra["mid"] = message.mid
-            self.h.ops.append(op)
+        pending: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while self.running and not leave():
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({pending}, timeout=0.25)
+                if not done:
+                    continue
+                message, pending = pending.result(), None
+                self._record(name, node, message)
+        finally:
+            if pending is not None:
+                if pending.done() and not pending.cancelled() and pending.exception() is None:
+                    self._record(name, node, pending.result())
+                else:
+                    pending.cancel()
+
+    def _record(self, name: str, node: int, message: aiomqtt.Message) -> None:
+        now = time.monotonic()
+        payload = bytes(message.payload).decode()  # type: ignore[arg-type]
+        op = Op("recv", name, node, payload, now, now, "ok", message.qos)
+        op.extra["mid"] = message.mid
+        self.h.ops.append(op)
 
     async def _shared(self, i: int) -> None:
         name = f"shr{i}"

@@ -57,10 +57,6 @@ PROPERTIES = [
     "one_session_per_id", "retained_converge", "no_false_death", "heal_converge",
 ]  # fmt: skip
 
-RESTART = (
-    "a restarted node does not route to its persistent sessions until their clients come back "
-    "and messages in flight to a killed node are lost: acked QoS 1/2 messages are lost; issue 14"
-)
 EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # Held in every run measured (README); with a partition, the roaming session can get a
     # QoS 2 message twice (two copies of the session meet at heal), so those only measure.
@@ -68,6 +64,14 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         (scenario, prop): ("holds", "")
         for scenario in ("baseline", "kill_during_takeover", "restart_each", "cpu_load")
         for prop in ("qos2_exactly_once", "no_false_death")
+        # A SIGKILLed node comes back with its sessions as persisted up to 1 s before
+        # (persistence_interval, more on a loaded machine): a QoS 2 message completed in that
+        # window is sent again (kill_during_takeover 1 in 11 runs; restart_each 0 in 7, then 2
+        # in one), and a restarted node brings back its stale copy of a session that moved
+        # while it was down (52 at the roaming session once), so measured only.
+        if not (
+            scenario in ("kill_during_takeover", "restart_each") and prop == "qos2_exactly_once"
+        )
     },
     ("flapping", "no_false_death"): ("holds", ""),
     # Held in every run since stale "dead" verdicts are doubted and replicated writes are
@@ -78,8 +82,17 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         for prop in ("no_false_death", "retained_converge", "heal_converge")
     },
     ("baseline", "retained_converge"): ("holds", ""),
-    ("kill_during_takeover", "acked_delivered"): ("fails", RESTART),
-    ("restart_each", "acked_delivered"): ("fails", RESTART),
+    # Reliable forwards (cluster.outbox), persistent sessions that come back with their node
+    # and peers that stop backing off towards it: kill_during_takeover and restart_each lose
+    # 0-1 per run (0 in 9 of 11 and 7 of 8 runs), what the killed node had queued in its
+    # last persistence_interval, or held for it past the detection bound: measured only.
+    # The first-publish loss was the workload's (a cancelled aiomqtt read); with it fixed,
+    # 0 lost with no fault and under CPU starvation in every run; on the flapping link (cuts
+    # shorter than the detection bound) the held forwards are sent again: 0 lost.
+    **{
+        (scenario, "acked_delivered"): ("holds", "")
+        for scenario in ("baseline", "cpu_load", "flapping")
+    },
     # The client-id registry (cluster/takeover.py): 0 twin pairs both up in every scenario of
     # three full runs (2-6 pairs each), but one pair of five in one run of restart_each (while
     # nodes restart, their views of the members can differ: two owners): measured only there.
@@ -88,9 +101,9 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         for scenario in SCENARIOS
         if scenario != "restart_each"
     },
-    # takeover_no_loss (cluster/handoff.py) is measured only: 0 lost in three full runs, but
-    # the README's unexplained start-up case (the workload's first QoS 1 publish reaching no
-    # subscriber at all) counts against it too, in about one run of five.
+    # takeover_no_loss (cluster/handoff.py) is measured only: 0 lost in 5 of 6 full runs; the
+    # one miss was the workload's first publish (the start-up case since fixed on main), so it
+    # may be asserted once runs of the merged code show it holding every time.
 }
 
 _cache: dict[str, dict[str, Result]] = {}

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from benchmarks.stats import LatencySampler, latency_summary, median, percentile, rate
-from benchmarks.topics import expand, unrelated_filters
+from benchmarks.topics import expand, path_filters, unrelated_filters
 
 
 def _numpy_linear(values: list[float], p: float) -> float:
@@ -145,3 +145,27 @@ def test_unrelated_filters_fewer_filters_than_clients() -> None:
     assert sum(len(fl) for fl in lists) == 10
     with pytest.raises(ValueError):
         unrelated_filters(10, 0)
+
+
+def test_path_filters_lie_on_the_published_paths_and_never_match() -> None:
+    """Every filter shares the `bench/wc/...` prefix with the published topics (so a trie walk
+    meets it), only the subscriber's `bench/wc/+/+` matches them."""
+    publishers, topics = 3, 7
+    lists = path_filters(999, 10, publishers, topics)
+    flat = [f for fl in lists for f in fl]
+    assert len(lists) == 10 and len(flat) == len(set(flat)) == 999
+    assert {f.count("/") for f in flat} >= {3, 4, 5}
+    published = [f"bench/wc/{p}/{k}" for p in range(publishers) for k in range(topics)]
+    for f in flat:
+        assert f.startswith("bench/wc/")
+        assert not any(_matches(f, t) for t in published), f
+    # Each lies on some published topic's path: its first 3 levels fit one.
+    for f in flat:
+        head = f.split("/")[:3]
+        assert any(
+            all(h in ("+", lvl) for h, lvl in zip(head, t.split("/"), strict=False))
+            for t in published
+        ), f
+    assert all(_matches("bench/wc/+/+", t) for t in published)
+    with pytest.raises(ValueError):
+        path_filters(10, 1, 0, 1)

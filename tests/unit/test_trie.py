@@ -148,6 +148,102 @@ def test_a_change_forgets_only_the_topics_its_filter_matches(
     }
 
 
+def brute_force(model: Model, topic: str) -> tuple[list[tuple[str, int]], list[tuple]]:
+    """Every stored filter tried against the topic with the reference matcher."""
+    shared = expected_shared(model, topic)
+    return expected_normal(model, topic), sorted(
+        (g, r, sorted(m.items())) for (g, r), m in shared.items()
+    )
+
+
+def as_sorted(answer: tuple[list[tuple[str, int]], list]) -> tuple[list, list]:
+    normal, shared = answer
+    return sorted(normal), sorted((g, r, sorted(m.items())) for g, r, m in shared)
+
+
+def check_cache_indexes(trie: SubscriptionTrie[int]) -> None:
+    """The cache, its node lists, its topic trie and every node's `topics` agree."""
+    assert set(trie._cache) == set(trie._cache_nodes) == set(trie._cached_topics.topics())
+    assert len(trie._cache) <= trie._cache_size and len(trie._seen) <= trie._cache_size
+    held: dict[int, set[str]] = {}
+    for topic, nodes in trie._cache_nodes.items():
+        for node in nodes:
+            held.setdefault(id(node), set()).add(topic)
+            assert topic in node.topics
+    stack = list(trie._root.children.values())
+    while stack:
+        node = stack.pop()
+        assert node.topics == held.get(id(node), set())  # no stale back-reference
+        assert node.plus is node.children.get("+") and node.hash is node.children.get("#")
+        stack.extend(node.children.values())
+    live: set[int] = set()
+    stack = [trie._root]
+    while stack:
+        node = stack.pop()
+        live.add(id(node))
+        stack.extend(node.children.values())
+    for frontier, before in trie._frontier.values():
+        assert all(id(node) in live for node in [*frontier, *before])  # no pruned node
+
+
+publish_topics_st = st.sampled_from(["a", "b", "a/b", "a/", "/a", "", "a//b", "$x", "$x/a", "b/$x"])
+steps_st = st.lists(
+    st.one_of(
+        st.tuples(st.just("sub"), any_filters(), st.sampled_from(KEYS), st.integers(0, 9)),
+        st.tuples(st.just("unsub"), any_filters(), st.sampled_from(KEYS), st.just(0)),
+        st.tuples(
+            st.just("pub"), topics_st | publish_topics_st.filter(bool), st.just(""), st.just(0)
+        ),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=steps_st, cache_size=st.integers(1, 4))
+def test_cached_equals_uncached_equals_brute_force(
+    steps: list[tuple[str, str, str, int]], cache_size: int
+) -> None:
+    """After any sequence of subscribes, unsubscribes and publishes (topics repeating, a cache
+    of 1-4 topics so that the doorkeeper, evictions and invalidations all happen): the cached
+    answer, the uncached walk and every filter tried by the reference matcher agree, for
+    `$`-topics (MQTT-4.7.2-1), `$share/` and `$queue/` groups, `+` on empty levels and `#`
+    matching its parent level (MQTT-4.7.1-2/3)."""
+    trie: SubscriptionTrie[int] = SubscriptionTrie(cache_size=cache_size)
+    model: Model = {}
+    for kind, arg, key, value in steps:
+        if kind == "sub":
+            trie.add(arg, key, value)
+            model[(arg, key)] = value
+        elif kind == "unsub":
+            trie.remove(arg, key)
+            model.pop((arg, key), None)
+        else:
+            for _ in range(2):  # the first sighting passes the doorkeeper, the second fills
+                cached = as_sorted(trie.match_all(arg))
+                uncached = as_sorted((trie.match(arg), trie.match_shared(arg)))
+                assert cached == uncached == brute_force(model, arg)
+                # From the parent's remembered frontier, or by a full walk: the same nodes.
+                walked = trie._walk(arg.split("/"), arg.startswith("$"), None)
+                assert sorted(map(id, trie._match_wild(arg))) == sorted(map(id, walked))
+        check_cache_indexes(trie)
+
+
+def test_a_new_node_on_a_parent_path_reaches_topics_below_that_parent() -> None:
+    """A parent's remembered frontier is forgotten when a wildcard node is created or pruned:
+    `a/b/+` creates the node `a/b` that topics under `a/b` must now pass through."""
+    trie: SubscriptionTrie[int] = SubscriptionTrie()
+    trie.add("a/+/x", "k1", 1)
+    for _ in range(3):
+        assert trie.match_all("a/b/x") == ([("k1", 1)], [])
+    assert "a/b" in trie._frontier
+    trie.add("a/b/+", "k2", 2)
+    assert sorted(trie.match_all("a/b/x")[0]) == [("k1", 1), ("k2", 2)]
+    assert sorted(trie.match("a/b/y")) == [("k2", 2)]
+    trie.remove("a/b/+", "k2")  # pruned: no frontier may still hold `a/b`
+    assert trie.match_all("a/b/x") == ([("k1", 1)], []) and trie.match("a/b/y") == []
+
+
 def test_exact_filters_are_not_in_the_trie() -> None:
     trie: SubscriptionTrie[int] = SubscriptionTrie()
     trie.add("a/b", "c1", 1)
@@ -165,7 +261,7 @@ def test_resubscribe_keeps_unrelated_cached_topics() -> None:
     trie.add("x/+", "c1", 1)
     trie.add("y/#", "c2", 2)
     trie.add("z", "c3", 3)
-    for topic in ("x/1", "y/1", "z", "w"):
+    for topic in ("x/1", "y/1", "z", "w") * 2:  # remembered from the second sighting on
         trie.match_all(topic)
     trie.add("x/+", "c1", 4)  # a re-subscribe with new options
     assert set(trie._cache) == {"y/1", "z", "w"}
@@ -179,15 +275,36 @@ def test_resubscribe_keeps_unrelated_cached_topics() -> None:
 
 
 def test_match_cache_is_bounded() -> None:
-    """Past `MATCH_CACHE_SIZE` topics the oldest answers go, one at a time, not all at once."""
+    """A full cache keeps its topics (their hits go on) and declines new ones; once it has
+    declined as many as it holds, it forgets everything at once and fills again."""
+    size = MATCH_CACHE_SIZE
     trie: SubscriptionTrie[int] = SubscriptionTrie()
     trie.add("a/#", "k", 1)
-    for i in range(MATCH_CACHE_SIZE * 2 + 5):
+    for i in range(size * 2 + 5):
         assert trie.match_all(f"a/{i}")[0] == [("k", 1)]
-    assert len(trie._cache) == MATCH_CACHE_SIZE
-    assert f"a/{MATCH_CACHE_SIZE * 2 + 4}" in trie._cache and "a/0" not in trie._cache
-    assert len(trie._cached_topics) == MATCH_CACHE_SIZE
-    assert len(trie._root.children["a"].children["#"].topics) == MATCH_CACHE_SIZE
+        assert trie.match_all(f"a/{i}")[0] == [("k", 1)]
+        if i == size * 2 - 2:  # the first `size` topics were kept, `size - 1` declined
+            assert set(trie._cache) == {f"a/{j}" for j in range(size)}
+    # The `size`-th it would have declined cleared the cache, and it and the rest were kept.
+    assert set(trie._cache) == {f"a/{j}" for j in range(size * 2 - 1, size * 2 + 5)}
+    assert len(trie._cached_topics) == 6
+    assert trie._root.children["a"].children["#"].topics == set(trie._cache)
+
+
+def test_one_off_topics_are_answered_but_not_remembered() -> None:
+    """A topic is remembered on its second sighting within the last `cache_size` new topics, so
+    a stream of always-new topics pays the walk only; the doorkeeper itself stays bounded."""
+    trie: SubscriptionTrie[int] = SubscriptionTrie(cache_size=8)
+    trie.add("a/+", "k", 1)
+    for i in range(100):
+        assert trie.match_all(f"a/{i}") == ([("k", 1)], [])
+        assert trie.match_all(f"b/{i}") == ([], [])
+    assert not trie._cache and len(trie._seen) <= 8
+    trie.match_all("a/x")
+    assert "a/x" not in trie._cache
+    assert trie.match_all("a/x") == ([("k", 1)], [])
+    assert "a/x" in trie._cache and "a/x" not in trie._seen
+    assert trie.match_all("a/x") is trie._cache["a/x"]
 
 
 @settings(max_examples=300, deadline=None)

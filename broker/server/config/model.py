@@ -199,6 +199,15 @@ class BrokerConfig(CoreOptions):
         "", section="cluster", key="advertise", kind="advertise",
         doc='what peers dial: "host" or "host:port"; "" = the bind address and bound port',
     )  # fmt: skip
+    cluster_forward_buffer: int = setting(
+        50_000, section="cluster", key="forward_buffer", lo=0, hi=10_000_000,
+        doc="QoS 1/2 messages held per peer until it acknowledges them (resent after a "
+        "reconnect; dropped and counted when the peer is dead or the buffer is full)",
+    )  # fmt: skip
+    cluster_forward_buffer_bytes: int = setting(
+        16 * 1024 * 1024, section="cluster", key="forward_buffer_bytes", lo=0,
+        hi=4 * 1024 * 1024 * 1024, note="bytes", doc="bytes of forward_buffer per peer",
+    )  # fmt: skip
     cluster_tls_enable: bool = setting(
         False, section="cluster", key="tls_enable",
         doc="true: mutual TLS on the cluster link (every node of the cluster must set it)",
