@@ -8,35 +8,45 @@ call. It sees its node only through `PortsHost`, the few services it uses (`clus
   chose this node for one member of the group (`Broker.deliver_shared_local`); when the group
   has no member here any more the message is counted in `messages/dropped` and
   `stats["shared/dropped"]`;
-* RPC `surrender_session {client_id, clean_start}` -> the session state or None
-  (`cluster.takeover.serve_surrender`).
+* the client-id registry (`cluster.takeover`): RPC `registry_claim`, `registry_register`,
+  `registry_release` (this node as the owner of ids), `surrender_session` and `session_evict`
+  (this node as a holder), and FORWARD kind `session` (`cluster.handoff`: messages for a
+  session that moved, from the node it left).
 
 `attach()` (from `ClusterNode.start`) sets the broker's ports: `shared_route_listeners` feed
 `RouteSync.local_shared_update` (the groups that exist already are announced at once),
 `shared_dispatcher` is a `ClusterSharedDispatcher` over the node's route table and
-`session_locator` a `ClusterSessionLocator` asking the other live nodes. `detach()` (from `stop`)
-undoes that. Normal FORWARDs must then be published with `shared=False` by the receiver.
+`session_locator` a `ClusterSessionLocator` over the registry, told of every disconnection
+(`hooks.client_disconnected`) and, every 10 s, of sessions that ended otherwise (expiry).
+`detach()` (from `stop`) undoes that. Normal FORWARDs must then be published with
+`shared=False` by the receiver.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from broker.core.broker import Broker
-from broker.core.cluster_port import SessionState
 from broker.core.message import Message
+from cluster.handoff import SESSION_KIND, Handoff, deliver_to
 from cluster.routes import RouteTable
 from cluster.rpc import MethodHandler
 from cluster.shared_dispatch import ClusterSharedDispatcher
 from cluster.sync import RouteSync
 from cluster.takeover import (
+    CLAIM_METHOD,
+    EVICT_METHOD,
     MAX_STATE_BYTES,
+    REGISTER_METHOD,
+    RELEASE_METHOD,
     SURRENDER_METHOD,
     ClusterSessionLocator,
-    serve_surrender,
 )
 from cluster.wire import Body, Hello
 
@@ -46,6 +56,8 @@ log = logging.getLogger(__name__)
 SHARED_KIND = "shared"
 #: How long a CONNECT waits at most for the other nodes to give its client id up.
 TAKEOVER_TIMEOUT = 3.0
+#: Seconds between two looks for sessions that ended here without a disconnection.
+SWEEP_INTERVAL = 10.0
 
 
 #: A FORWARD variant's receiver: (message, the raw body, the sender's HELLO).
@@ -120,12 +132,27 @@ class ClusterPorts:
             strategy=broker.settings.shared_subscription_strategy,
             alive=node.is_live,
         )
+        self.handoff = Handoff(node.name, self._send_session, functools.partial(deliver_to, broker))
         self.locator = ClusterSessionLocator(
-            self._peers, node.call, timeout=min(rpc_timeout, TAKEOVER_TIMEOUT)
+            node.name,
+            broker,
+            node.live_nodes,
+            node.call,
+            self.handoff,
+            timeout=min(rpc_timeout, TAKEOVER_TIMEOUT),
+            max_state_bytes=self.max_state_bytes,
         )
+        self._held_routes: set[str] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self.attached = False
-        node.register_rpc(SURRENDER_METHOD, self._surrender)
+        locator = self.locator
+        node.register_rpc(SURRENDER_METHOD, locator.serve_surrender)
+        node.register_rpc(CLAIM_METHOD, locator.serve_claim)
+        node.register_rpc(REGISTER_METHOD, locator.serve_register)
+        node.register_rpc(RELEASE_METHOD, locator.serve_release)
+        node.register_rpc(EVICT_METHOD, locator.serve_evict)
         node.register_forward_kind(SHARED_KIND, self._on_shared_forward)
+        node.register_forward_kind(SESSION_KIND, self._on_session_forward)
 
     def attach(self) -> None:
         broker = self.node.broker
@@ -139,7 +166,9 @@ class ClusterPorts:
         broker.shared_route_listeners.append(self._on_shared_route)
         broker.shared_dispatcher = self.dispatcher
         broker.session_locator = self.locator
+        broker.hooks.client_disconnected.append(self.locator.client_gone)
         self.attached = True
+        self._sweep_later()
 
     def detach(self) -> None:
         if not self.attached:
@@ -152,7 +181,20 @@ class ClusterPorts:
             broker.shared_dispatcher = None
         if broker.session_locator is self.locator:
             broker.session_locator = None
+        if self.locator.client_gone in broker.hooks.client_disconnected:
+            broker.hooks.client_disconnected.remove(self.locator.client_gone)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self.locator.close()
+
+    def _sweep_later(self) -> None:
+        """Every `SWEEP_INTERVAL` s: sessions that ended without their connection closing
+        (expired, dropped through the API) are released at their owners."""
+        if self.attached:
+            self.locator.sweep()
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep_later)
 
     # -- shared groups ---------------------------------------------------------------------
 
@@ -182,8 +224,38 @@ class ClusterPorts:
 
     # -- takeover ----------------------------------------------------------------------------
 
-    def _peers(self) -> list[str]:
-        return self.node.live_nodes()[1:]  # this node comes first
+    def members_changed(self, node: str, kind: str) -> None:
+        """A member joined, came back, died or left: registry entries move (`cluster.registry`)."""
+        if self.attached:
+            self.locator.members_changed(node, kind)
 
-    async def _surrender(self, args: dict[str, Any], from_node: str) -> SessionState | None:
-        return serve_surrender(self.node.broker, args, from_node, self.max_state_bytes)
+    def holds_route(self, filt: str, present: bool) -> bool:
+        """The last local subscriber of `filt` left (`present` False): keep its route while a
+        forwarding record needs it (`cluster.handoff`); it is withdrawn when the record ends."""
+        if present:
+            self._held_routes.discard(filt)  # a local subscriber again
+            return False
+        if not self.handoff.covers(filt, time.monotonic()):
+            return False
+        if filt not in self._held_routes:
+            self._held_routes.add(filt)
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.handoff.ttl + 0.1, self._release_routes)
+        return True
+
+    def _release_routes(self) -> None:
+        now = time.monotonic()
+        for filt in list(self._held_routes):
+            if self.handoff.covers(filt, now):
+                continue
+            self._held_routes.discard(filt)
+            if self.attached and not self.node.broker.router.has_filter(filt):
+                self.node.sync.local_update(filt, False)
+                self.node.wake()
+
+    def _send_session(self, node: str, message: Message, extra: dict[str, Any]) -> int:
+        return self.node.send_forward(node, message, SESSION_KIND, extra)
+
+    def _on_session_forward(self, message: Message, body: Body, hello: Hello) -> None:
+        self.node.stats["session/received"] += 1
+        self.handoff.on_session_forward(message, body, time.monotonic())

@@ -9,13 +9,15 @@ node with a live peer used to lose the fast path for every run. Here:
   for a topic nobody elsewhere subscribes to): the run goes exactly as on a lone node. None
   when one of them cannot take a run entry (a link that did not negotiate `wire.RUN_VERSION`,
   one that cannot take a frame now, a member not live): every message then takes the packet
-  path and is forwarded, or dropped and counted, as ever.
+  path and is forwarded, or dropped and counted, as ever. Also None while a session moved
+  lately (`cluster.handoff` looks at every message then).
 * `forward_run`: the run goes as ONE entry of each such node's FORWARD_BATCH
   (`Forwarder.send_run`), counted per message as `ClusterNode.send_forward` counts
   (`messages/forward`, `stats["forward/sent"]`), with the same flow control.
 * `deliver` (the receiving node): a run entry to the local subscribers as bytes
   (`runs_delivery.deliver_forwarded_run`, `forward=False, shared=False` semantics), or, when
-  one of them needs the messages, each message through `Broker.publish` as a forwarded copy.
+  one of them needs the messages (or the handoff looks at messages), each message as the
+  runtime delivers a forwarded copy (`deliver_one`).
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ from cluster.forwarder import Forwarder
 from cluster.members import LIVE_STATES, Member
 from cluster.routes import RouteTable
 from cluster.transport import Transport
-from cluster.wire import RUN_VERSION, ForwardedRun, Hello
+from cluster.wire import RUN_VERSION, Body, ForwardedRun, Hello
 
 __all__ = ["ClusterRuns"]
 
 
 class ClusterRuns:
     """See the module docstring. The callables are the node's: its member lookup, its
-    per-message forward (`send_forward`) and its congestion check (`_congestion`)."""
+    per-message forward (`send_forward`), its congestion check (`_congestion`), whether
+    its handoff looks at messages now, and its delivery of one forwarded copy (`_deliver`)."""
 
     def __init__(
         self,
@@ -52,6 +55,8 @@ class ClusterRuns:
         member: Callable[[str], Member | None],
         send_forward: Callable[[str, Message], int],
         congestion: Callable[[AbstractSet[str]], WaitDrained | None],
+        handoff_active: Callable[[], bool],
+        deliver_one: Callable[[Message, Body, Hello], None],
     ) -> None:
         self.broker = broker
         self.table = table
@@ -61,10 +66,14 @@ class ClusterRuns:
         self.member = member
         self.send_forward = send_forward
         self.congestion = congestion
+        self.handoff_active = handoff_active
+        self.deliver_one = deliver_one
 
     # -- the sending node (broker.core.cluster_port.RunForwarder) ---------------------------
 
     def run_nodes(self, topic: str) -> AbstractSet[str] | None:
+        if self.handoff_active():
+            return None
         nodes = self.table.remote_match(topic)
         if not nodes:
             return nodes
@@ -101,10 +110,15 @@ class ClusterRuns:
     def deliver(self, forwarded: ForwardedRun, hello: Hello) -> None:
         """A run entry from `hello`'s node, given to the local subscribers."""
         run = forwarded.run
-        self.stats["forward/received"] += run.count
         broker = self.broker
-        if deliver_forwarded_run(broker, run, forwarded.publisher):
+        if not self.handoff_active() and deliver_forwarded_run(broker, run, forwarded.publisher):
+            self.stats["forward/received"] += run.count
             self.stats["forward/runs_received"] += 1
             return
+        deliver_one = self.deliver_one
         for message in run_messages(run, forwarded.publisher, broker.clock(), hello.name):
-            broker.publish(message, forward=False, shared=False)
+            deliver_one(message, _PLAIN, hello)
+
+
+#: The FORWARD fields of a plain publish (what a batch's plain entries carry).
+_PLAIN: Body = {}

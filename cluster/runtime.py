@@ -23,8 +23,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   (QoS min(pub, sub), the message keeps its QoS) and never forwards again.
   Shared groups are not served from forwarded copies: the origin dispatches each
   message to one member per group in the whole cluster (`cluster.ports`, FORWARD kind `shared`).
-* **Takeover.** A CONNECT asks the other live nodes to give its client id up (RPC
-  `surrender_session`), carrying the session over (`cluster.ports`, `cluster.takeover`).
+* **Takeover.** A CONNECT asks its client id's owner in the registry, which makes the holder
+  give it up (`cluster.takeover`); messages still reaching the old node follow (`cluster.handoff`).
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
   Except QoS 1/2 publishes to a version-3 peer: those are held until the peer acknowledges them
@@ -208,6 +208,8 @@ class ClusterNode:
             lambda node: self.membership.get(node),
             self.send_forward,
             self._congestion,
+            lambda: self.ports.handoff.active,
+            self._deliver,
         )
         self.receiver.on_run = self.runs.deliver
         self._wake = asyncio.Event()
@@ -429,6 +431,8 @@ class ClusterNode:
             for node in targets:
                 self.send_forward(node, message, extra=extra)
             wait_drained = self._congestion(targets)
+        if self.ports.handoff.active:  # a session moved lately: after the copies it may get
+            self.ports.handoff.on_message(message, time.monotonic(), targets)
         if message.retain:  # replicated everywhere: a new subscriber on any node gets it
             retain_extra = _RETAIN_EXTRA if stamp is None else {**_RETAIN_EXTRA, "hlc": stamp}
             for member in self.membership.live_members():
@@ -489,6 +493,8 @@ class ClusterNode:
         if message.retain:
             stamp_retained(message, body)
         self.broker.publish(message, forward=False, shared=False)
+        if self.ports.handoff.active:
+            self.ports.handoff.on_message(message, time.monotonic())
 
     def _store_retained(self, message: Message, body: Body, hello: Hello) -> None:
         self.stats["retained/received"] += 1
@@ -542,6 +548,8 @@ class ClusterNode:
         self._wake.set()
 
     def _on_route(self, filt: str, present: bool) -> None:
+        if self.ports.holds_route(filt, present):
+            return  # a session moved away: withdrawn later (`cluster.handoff`)
         try:
             self.sync.local_update(filt, present)
         except ValueError:
@@ -601,6 +609,7 @@ class ClusterNode:
         if name == self.name:
             return
         self.stats["events/" + event.kind] += 1
+        self.ports.members_changed(name, event.kind)
         host, port = event.address
         previous = self._addresses.get(name)
         if previous is not None and previous != event.address:  # a restart on a new address

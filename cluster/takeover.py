@@ -1,43 +1,87 @@
-"""A client id unique in the cluster: taking a client and its session over from another node.
+"""A client id unique in the cluster: the registry lookup on CONNECT and the session's move.
 
 Theory of operation
 -------------------
-When a client CONNECTs on node B (and is authenticated), B's broker asks its `session_locator`
-(`broker.core.cluster_port`) before opening the session; `ClusterSessionLocator` is that
-locator. It calls RPC `surrender_session {client_id, clean_start}` on every other live node at
-once. A node that has a connection with that client id closes it with 0x8E (Session taken over);
-a node that has its session exports it (`Session.export_state`: subscriptions, queued and
-inflight messages, QoS 2 ids awaiting PUBREL), discards it (its routes are withdrawn) and
-returns the state, unless the new connection starts clean (then nothing is carried). B imports
-the state (re-subscribing, so routes are announced here), and the CONNACK says session present.
+Each client id has an owner node (`cluster.registry`: rendezvous hashing over the live members)
+that knows which node holds the id's session and serialises the claims of it. When a client
+CONNECTs on node B (and is authenticated), B's broker asks its `session_locator`
+(`broker.core.cluster_port`); `ClusterSessionLocator` is that locator:
 
-At most one node should hold the session; after a partition there may be two, and the one
-disconnected last (`disconnected_at`) wins, the other is discarded. A node that does not answer
-within the timeout is skipped: the CONNECT goes on with what the others gave (a client on a
-node cut off by a partition keeps its connection there until the partition heals).
+* **Owner here, nobody else holds the id** (always so on a lone node): the entry is written in
+  this node's table and the CONNECT goes on at once: no cluster message at all.
+* **Otherwise one RPC** `registry_claim {client_id, clean_start, stamp}` to the owner (or none
+  when B owns the id). The owner, one claim per id at a time, records B as the holder with a
+  stamp newer than the previous claim's (`Registry.claim`) and, if another live node H held the
+  id, calls `surrender_session {client_id, clean_start, node: B}` on H: H closes its connection
+  with 0x8E (Session taken over), exports the session (`Session.export_state`: subscriptions,
+  queued and inflight messages, QoS 2 ids awaiting PUBREL) and discards it, unless the new
+  connection starts clean (then nothing is carried). The owner answers `{state, stamp}`; B
+  imports the state (re-subscribing, so routes are announced here) and the CONNACK says session
+  present. A CONNECT costs at most two RPCs (B -> owner -> H) whatever the cluster size.
+* Two CONNECTs with one id on two nodes meet at the owner: the later claim makes the earlier
+  holder surrender (its connection gets 0x8E; the owner's answer to it went first on the same
+  link, so its connection is open by then). Exactly one stays.
+* H keeps a forwarding record for the moved session (`cluster.handoff`): messages that still
+  reach H go to B for that client id; B holds them until its import and drops the copies that
+  also came directly.
 
-Limits: messages routed to the old node between its surrender and the new node's route
-announcement reaching the publishers are lost (QoS 0) or dropped (QoS 1/2, counted), as they
-would be for any route change; two connections of the same client id racing on two nodes at
-the same moment may both stay up (each asks the other before either has a session).
+A session that ends here is released at its owner (`registry_release`, batched per owner per
+loop turn): seen at its connection's close (`hooks.client_disconnected`) or, for one that
+expires or is dropped offline, by a sweep every 10 s (`cluster.ports`).
+
+When the members change, the ids whose owner changed are registered with their new owner
+(`registry_register`); two holders of one id
+(after a partition heals, or a claim that could not reach the owner) are resolved there: the
+newer stamp stays, the other holder gets `session_evict` and closes its connection with 0x8E
+and drops its session (its queued messages are lost, counted in `messages/dropped`).
+
+A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
+id is registered again at the next membership change, where a duplicate is resolved as above.
+A holder that does not answer the owner's surrender is sent `session_evict` at its old stamp.
+`surrender_session` stays callable as before (a node of the previous version asks every peer);
+an owner of the previous version answers `registry_claim` with "no RPC method", and the CONNECT
+then asks every other node to surrender, as that version does (a rolling upgrade). No frame
+type is new (the registry is RPC methods and a FORWARD kind), so the wire version is unchanged;
+a node of the previous version counts a FORWARD kind `session` as unknown and drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState, TakeoverDone
-
-if TYPE_CHECKING:
-    from broker.core.broker import Broker
+from broker.core.hooks import ClientInfo
+from cluster.handoff import Handoff, plain_filters
+from cluster.registry import (
+    ZERO,
+    Registry,
+    Stamp,
+    StampClock,
+    entries_wire,
+    moved,
+    owner_of,
+    parse_entries,
+    parse_stamp,
+)
+from cluster.rpc import RemoteError, RpcError
 
 log = logging.getLogger(__name__)
 
 #: The RPC method a node serves to give a client up.
 SURRENDER_METHOD = "surrender_session"
+#: The owner's methods: a CONNECT's claim, holders registering again, sessions that ended.
+CLAIM_METHOD = "registry_claim"
+REGISTER_METHOD = "registry_register"
+RELEASE_METHOD = "registry_release"
+#: A holder that lost a conflict drops the client id.
+EVICT_METHOD = "session_evict"
+#: Entries per `registry_register` / `registry_release` call.
+BATCH = 2_000
 #: Session state larger than this (payloads and topics, roughly) loses its newest queued
 #: messages (counted as dropped) so that the answer fits in one cluster frame.
 MAX_STATE_BYTES = 8 * 1024 * 1024
@@ -114,24 +158,64 @@ def _disconnected_at(state: SessionState) -> float:
 
 
 class ClusterSessionLocator:
-    """The broker's `session_locator` in a cluster: every other live node gives the client up.
+    """The broker's `session_locator` in a cluster, and the owner side of the registry.
 
-    `peers()` names the other live nodes; `call` is `ClusterNode.call`. `done` always runs,
-    with None when nobody had the session or nobody answered in time.
+    `live_nodes()` names the live members, this node first; `call` is `ClusterNode.call`.
+    `done` always runs, with None when nobody had the session or the owner did not answer.
     """
 
-    def __init__(self, peers: Callable[[], list[str]], call: Call, timeout: float = 3.0) -> None:
-        self.peers = peers
+    def __init__(
+        self,
+        name: str,
+        broker: Broker,
+        live_nodes: Callable[[], list[str]],
+        call: Call,
+        handoff: Handoff,
+        timeout: float = 3.0,
+        max_state_bytes: int = MAX_STATE_BYTES,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.broker = broker
+        self.live_nodes = live_nodes
         self.call = call
+        self.handoff = handoff
         self.timeout = timeout
-        self.stats: dict[str, int] = {"takeovers": 0, "sessions_moved": 0, "failures": 0}
+        self.max_state_bytes = max_state_bytes
+        self.registry = Registry()
+        self.clock = StampClock(wall)
+        #: The ids whose session is here, with the stamp of the claim that brought it.
+        self.held: dict[str, Stamp] = {}
+        self.stats: dict[str, int] = {
+            "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
+            "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
+        }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._ended: set[str] = set()
+        self._flush_scheduled = False
+        self._last_live: list[str] = [name]
+        self._dirty: set[str] = set()
+        self._rejoined: set[str] = set()
+        self._gone: set[str] = set()
+        self._rebalance_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the CONNECT (broker.core.cluster_port.SessionLocator) ---------------------------------
 
     def takeover(self, client_id: str, clean_start: bool, done: TakeoverDone) -> bool:
-        peers = self.peers()
-        if not peers:
-            return False
         self.stats["takeovers"] += 1
+        nodes = self.live_nodes()
+        stamp = self.clock.next()
+        owner = owner_of(client_id, nodes)
+        if owner == self.name:
+            entry = self.registry.get(client_id)
+            if entry is None or entry.node == self.name or entry.node not in nodes:
+                _, stamp = self.registry.claim(client_id, self.name, stamp)
+                self.held[client_id] = stamp
+                self.handoff.reclaimed(client_id)
+                self.stats["local"] += 1
+                return False
         answered = False
 
         def once(state: SessionState | None) -> None:
@@ -140,8 +224,9 @@ class ClusterSessionLocator:
                 answered = True
                 done(state)
 
+        self.handoff.claim_started(client_id)
         task = asyncio.get_running_loop().create_task(
-            self._run(peers, client_id, clean_start, once)
+            self._claim(owner, client_id, clean_start, stamp, once)
         )
         self._pending[task] = once
         task.add_done_callback(self._finished)
@@ -150,30 +235,296 @@ class ClusterSessionLocator:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._pending.pop(task, None)
 
-    async def _run(
-        self, peers: list[str], client_id: str, clean_start: bool, done: TakeoverDone
+    async def _claim(
+        self, owner: str, client_id: str, clean_start: bool, stamp: Stamp, done: TakeoverDone
     ) -> None:
         state: SessionState | None = None
-        args = surrender_args(client_id, clean_start)
+        args = {"client_id": client_id, "clean_start": clean_start, "stamp": list(stamp)}
         try:
-            answers = await asyncio.gather(*(self._ask(peer, args) for peer in peers))
-            state = pick_state(answers)
+            if owner == self.name:
+                answer = await self.serve_claim(args, self.name)
+            else:
+                self.stats["claims_sent"] += 1
+                try:
+                    answer = await self.call(owner, CLAIM_METHOD, args, self.timeout)
+                except RemoteError as exc:
+                    if "no RPC method" not in str(exc):
+                        raise
+                    answer = {"state": await self._ask_everyone(client_id, clean_start)}
+            if isinstance(answer, dict):
+                stamp = parse_stamp(answer.get("stamp")) or stamp
+                found = answer.get("state")
+                state = found if isinstance(found, dict) else None
             if state is not None:
                 self.stats["sessions_moved"] += 1
-        finally:
-            done(state)  # also when cancelled (the node stops): the CONNECT goes on alone
-
-    async def _ask(self, peer: str, args: dict[str, Any]) -> SessionState | None:
-        try:
-            answer = await self.call(peer, SURRENDER_METHOD, args, self.timeout)
-        except Exception as exc:  # unreachable, timeout, remote error: that node is skipped
+        except Exception as exc:  # unreachable, timeout, remote error: go on alone
             self.stats["failures"] += 1
-            log.info("takeover of %s: %s did not answer: %s", args["client_id"], peer, exc)
-            return None
-        return answer if isinstance(answer, dict) else None
+            self._dirty.add(client_id)
+            log.info("takeover of %s: owner %s did not answer: %s", client_id, owner, exc)
+        finally:
+            # Nothing awaited from here on: the session is open before anything else runs.
+            self.clock.observe(stamp)
+            done(state)  # also when cancelled (the node stops): the CONNECT goes on alone
+            if client_id in self.broker.sessions:
+                self.held[client_id] = stamp
+            filters = plain_filters(state) if state is not None and not clean_start else None
+            self.handoff.claim_finished(client_id, filters, time.monotonic())
+
+    async def _ask_everyone(self, client_id: str, clean_start: bool) -> SessionState | None:
+        """The owner runs the previous version (no registry): every other node is asked to
+        surrender, as that version does (during a rolling upgrade)."""
+        self.stats["fallbacks"] += 1
+        args = {**surrender_args(client_id, clean_start), "node": self.name}
+        peers = self.live_nodes()[1:]
+        answers = await asyncio.gather(
+            *(self.call(peer, SURRENDER_METHOD, args, self.timeout) for peer in peers),
+            return_exceptions=True,
+        )
+        return pick_state([a if isinstance(a, dict) else None for a in answers])
 
     def close(self) -> None:
         """Cancel the takeovers in progress; their CONNECTs go on alone (`done(None)`)."""
         for task, once in list(self._pending.items()):
             task.cancel()
             once(None)
+        for bg in list(self._tasks):
+            bg.cancel()
+
+    # -- the owner --------------------------------------------------------------------------
+
+    async def serve_claim(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
+        """`registry_claim`: `from_node` takes the client over; one claim per id at a time."""
+        client_id = args.get("client_id")
+        clean_start = args.get("clean_start", False)
+        stamp = parse_stamp(args.get("stamp"))
+        if not isinstance(client_id, str) or not client_id or not isinstance(clean_start, bool):
+            raise ValueError("registry_claim needs client_id (str), clean_start (bool), stamp")
+        if stamp is None:
+            raise ValueError("registry_claim needs a stamp [ms, n]")
+        self.clock.observe(stamp)
+        lock, users = self._locks.get(client_id) or (asyncio.Lock(), 0)
+        self._locks[client_id] = (lock, users + 1)
+        try:
+            async with lock:
+                previous, stamp = self.registry.claim(client_id, from_node, stamp)
+                state = None
+                holder = previous.node if previous is not None else from_node
+                if previous is not None and holder != from_node and holder in self.live_nodes():
+                    ok, state = await self._surrender_at(holder, client_id, clean_start, from_node)
+                    if not ok:  # it may still hold the id: evict it once it can be reached
+                        self._evict_at(holder, {client_id: previous.stamp})
+                return {"state": state, "stamp": list(stamp)}
+        finally:
+            lock, users = self._locks[client_id]
+            if users <= 1:
+                del self._locks[client_id]
+            else:
+                self._locks[client_id] = (lock, users - 1)
+
+    async def _surrender_at(
+        self, holder: str, client_id: str, clean_start: bool, new_node: str
+    ) -> tuple[bool, SessionState | None]:
+        """(answered, the state) of the holder's `surrender_session`."""
+        args = {**surrender_args(client_id, clean_start), "node": new_node}
+        try:
+            # Shorter than the claim's own timeout: the claim still answers in time.
+            answer = await self.call(holder, SURRENDER_METHOD, args, self.timeout * 2 / 3)
+        except RpcError as exc:
+            self.stats["failures"] += 1
+            log.info("takeover of %s: holder %s did not answer: %s", client_id, holder, exc)
+            return False, None
+        return True, answer if isinstance(answer, dict) else None
+
+    async def serve_register(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
+        """`registry_register`: `from_node` holds these ids; answers the ones it must drop."""
+        lose: dict[str, Stamp] = {}
+        nodes = set(self.live_nodes())
+        for client_id, stamp in parse_entries(args.get("entries")):
+            self.clock.observe(stamp)
+            evict = self.registry.register(client_id, from_node, stamp, nodes.__contains__)
+            if evict is None:
+                continue
+            if evict.node == from_node:
+                lose[client_id] = evict.stamp
+            else:
+                self._evict_at(evict.node, {client_id: evict.stamp})
+        return {"evict": entries_wire(lose)}
+
+    async def serve_release(self, args: dict[str, Any], from_node: str) -> int:
+        """`registry_release`: sessions of `from_node` that ended."""
+        released = 0
+        for client_id, stamp in parse_entries(args.get("entries")):
+            released += self.registry.release(client_id, from_node, stamp)
+        return released
+
+    def _evict_at(self, node: str, entries: dict[str, Stamp]) -> None:
+        if node == self.name:
+            self.evict(entries)
+        else:
+            self._spawn(self._send(node, EVICT_METHOD, {"entries": entries_wire(entries)}))
+
+    # -- the holder ---------------------------------------------------------------------------
+
+    async def serve_surrender(self, args: dict[str, Any], from_node: str) -> SessionState | None:
+        """`surrender_session`: give the client up to `node` (the caller, for an older peer)."""
+        client_id = args.get("client_id")
+        new_node = args.get("node")
+        if not isinstance(new_node, str) or not new_node:
+            new_node = from_node
+        session = None
+        if isinstance(client_id, str):
+            self.held.pop(client_id, None)  # no release for it: the owner moved it already
+            session = self.broker.sessions.get(client_id)
+        if session is not None and args.get("clean_start") is False:
+            # Before the session goes: its routes are then kept while the record lives.
+            filters = [s.filter for s in session.subscriptions.values() if s.share_group is None]
+            self.handoff.surrendered(session.client_id, new_node, filters, time.monotonic())
+        state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
+        self.stats["surrendered"] += 1
+        if state is not None:
+            queued, inflight = len(state.get("queue") or ()), len(state.get("inflight") or ())
+            log.info("client %s moves to %s (%d queued, %d inflight messages)",
+                     client_id, new_node, queued, inflight)  # fmt: skip
+        return state
+
+    async def serve_evict(self, args: dict[str, Any], from_node: str) -> int:
+        """`session_evict`: this node lost these ids to a newer claim elsewhere."""
+        return self.evict(dict(parse_entries(args.get("entries"))))
+
+    def evict(self, entries: dict[str, Stamp]) -> int:
+        """Drop the ids still held here at those stamps: 0x8E to the connection, the session
+        discarded (what it had queued is counted as dropped)."""
+        done = 0
+        for client_id, stamp in entries.items():
+            if self.held.get(client_id) != stamp:
+                continue  # a newer claim here since: it went through the owner
+            del self.held[client_id]
+            session = self.broker.sessions.get(client_id)
+            if session is not None:
+                self.broker.metrics.counters["messages/dropped"] += len(session.queue)
+            log.warning(
+                "client %s is held by a newer claim on another node: dropped here", client_id
+            )
+            self.broker.surrender_session(client_id, "", clean_start=False)
+            self.stats["evicted"] += 1
+            done += 1
+        return done
+
+    def client_gone(self, info: ClientInfo, reason: str) -> None:
+        """`hooks.client_disconnected`: a session that ended with its connection is released."""
+        self.session_ended(info.client_id)
+
+    def sweep(self) -> None:
+        """Release the sessions that ended without a disconnection (expired, dropped)."""
+        for client_id in [cid for cid in self.held if cid not in self.broker.sessions]:
+            self.session_ended(client_id)
+
+    def session_ended(self, client_id: str) -> None:
+        """Release it at its owner if its session is gone, after this loop turn (a session
+        discarded and opened again at once, a clean start, is not released)."""
+        if client_id in self.held:
+            self._ended.add(client_id)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_released)
+
+    def _flush_released(self) -> None:
+        self._flush_scheduled = False
+        ended, self._ended = self._ended, set()
+        nodes = self.live_nodes()
+        by_owner: dict[str, dict[str, Stamp]] = {}
+        for client_id in ended:
+            if client_id in self.broker.sessions:
+                continue
+            stamp = self.held.pop(client_id, None)
+            if stamp is not None:
+                by_owner.setdefault(owner_of(client_id, nodes), {})[client_id] = stamp
+        for owner, entries in by_owner.items():
+            self.stats["released"] += len(entries)
+            if owner == self.name:
+                for client_id, stamp in entries.items():
+                    self.registry.release(client_id, self.name, stamp)
+            else:
+                for chunk in _chunks(entries):
+                    self._spawn(self._send(owner, RELEASE_METHOD, {"entries": entries_wire(chunk)}))
+
+    # -- membership changes -------------------------------------------------------------------
+
+    def members_changed(self, node: str, kind: str) -> None:
+        """A member event (`cluster.delegate.MemberEvent`): entries move after this loop turn."""
+        if kind in ("join", "alive"):
+            self._rejoined.add(node)
+            self._gone.discard(node)
+        elif kind in ("dead", "left"):
+            self._gone.add(node)
+            self._rejoined.discard(node)
+        else:
+            return
+        if not self._rebalance_scheduled:
+            self._rebalance_scheduled = True
+            asyncio.get_running_loop().call_soon(self._rebalance)
+
+    def _rebalance(self) -> None:
+        self._rebalance_scheduled = False
+        rejoined, self._rejoined = self._rejoined, set()
+        gone, self._gone = self._gone, set()
+        for node in gone:
+            self.registry.drop_node(node)
+        after = self.live_nodes()
+        before, self._last_live = self._last_live, after
+        for client_id in self.broker.sessions:
+            self.held.setdefault(client_id, ZERO)  # restored from disk: any claim beats it
+        for client_id in self.registry.not_owned(self.name, after):
+            del self.registry.entries[client_id]  # its holder registers it with the new owner
+        groups = moved(self.held, before, after, rejoined)
+        mine = set(groups.get(self.name, ()))
+        for client_id in self.held:  # ours to own, not in our table yet (restored, or alone)
+            missing = client_id not in mine and self.registry.get(client_id) is None
+            if missing and owner_of(client_id, after) == self.name:
+                groups.setdefault(self.name, []).append(client_id)
+        dirty, self._dirty = self._dirty, set()
+        for client_id in dirty:
+            if client_id in self.held:
+                owner = owner_of(client_id, after)
+                if client_id not in groups.get(owner, ()):
+                    groups.setdefault(owner, []).append(client_id)
+        for owner, ids in groups.items():
+            entries = {cid: self.held[cid] for cid in ids}
+            self.stats["registered"] += len(entries)
+            if owner == self.name:
+                lose: dict[str, Stamp] = {}
+                live = set(after)
+                for client_id, stamp in entries.items():
+                    evict = self.registry.register(client_id, self.name, stamp, live.__contains__)
+                    if evict is not None and evict.node == self.name:
+                        lose[client_id] = stamp
+                    elif evict is not None:
+                        self._evict_at(evict.node, {client_id: evict.stamp})
+                self.evict(lose)
+            else:
+                for chunk in _chunks(entries):
+                    self._spawn(self._register(owner, chunk))
+
+    async def _register(self, owner: str, entries: dict[str, Stamp]) -> None:
+        answer = await self._send(owner, REGISTER_METHOD, {"entries": entries_wire(entries)})
+        if isinstance(answer, dict):
+            self.evict(dict(parse_entries(answer.get("evict"))))
+        elif answer is None:
+            self._dirty.update(entries)  # try again at the next change
+
+    async def _send(self, node: str, method: str, args: dict[str, Any]) -> Any:
+        try:
+            return await self.call(node, method, args, self.timeout)
+        except RpcError as exc:
+            log.info("cluster: %s to %s failed: %s", method, node, exc)
+            return None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _chunks(entries: dict[str, Stamp]) -> list[dict[str, Stamp]]:
+    items = list(entries.items())
+    return [dict(items[i : i + BATCH]) for i in range(0, len(items), BATCH)]

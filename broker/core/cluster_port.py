@@ -14,7 +14,8 @@ does the I/O. A single node sets none of them (`Broker.shared_dispatcher` and
 * `SessionLocator`: a client id unique in the cluster. After authentication, a CONNECT asks
   `takeover`; when it returns True the channel waits (state TAKEOVER: input held, no keepalive)
   until `done` is called with the session state that another node surrendered (or None), then
-  goes on as a local CONNECT does (`broker.core.handle_connect`).
+  goes on as a local CONNECT does (`broker.core.handle_connect`). The cluster's locator asks the
+  client id's owner in a registry (`cluster.takeover`).
 * `RunForwarder`: runs of plain QoS 0 frames (`broker.protocol.runs`) on a node with live
   peers. `Broker.run_forwarder` answers for the cluster's forward hook: `run_nodes(topic)` is
   the set of other nodes a message to `topic` is forwarded to (empty: the run goes as on a lone
@@ -57,9 +58,10 @@ class SessionLocator(Protocol):
     def takeover(self, client_id: str, clean_start: bool, done: TakeoverDone) -> bool:
         """Make every other node give up `client_id`: close its connection (0x8E) and, unless
         `clean_start`, hand over its session state. Returns False when there is nothing to ask
-        (single node, no live peer): `done` is then never called and the CONNECT goes on at
-        once. Otherwise `done` is called exactly once, later or before returning, with the
-        state (None if no node had one, or on failure/timeout)."""
+        (single node, or no other node holds the id as far as this node knows for sure): `done`
+        is then never called and the CONNECT goes on at once. Otherwise `done` is called
+        exactly once, later or before returning, with the state (None if no node had one, or
+        on failure/timeout)."""
         ...
 
 

@@ -53,12 +53,14 @@ class Row:
     #: the writer's hybrid-clock stamp; None: ordered by `at` (`hlc.legacy_stamp`)
     stamp: Stamp | None = None
 
-    def order(self) -> tuple[Stamp, bool, str]:
+    def order(self) -> tuple[Stamp, bool, str, float]:
         """What decides between two rows of one key: the later write (stamp) wins; at the
-        same stamp a deletion wins (the safe side for credentials), then the larger value."""
+        same stamp a deletion wins (the safe side for credentials), then the larger value, then
+        the later `at`: a total order on what a row holds, so every merge order ends the same
+        (hypothesis found two tombstones with one stamp and different times)."""
         text = "" if self.value is None else json.dumps(self.value, sort_keys=True, default=str)
         stamp = self.stamp if self.stamp is not None else legacy_stamp(int(self.at * 1000))
-        return (stamp, self.value is None, text)
+        return (stamp, self.value is None, text, self.at)
 
     def to_dict(self) -> dict[str, Any]:
         value = None if self.value is None else dict(self.value)

@@ -57,10 +57,6 @@ PROPERTIES = [
     "one_session_per_id", "retained_converge", "no_false_death", "heal_converge",
 ]  # fmt: skip
 
-SESSIONS = (
-    "one session per client id is not held: two CONNECTs with one id on two nodes at once both "
-    "stay up (each node's takeover RPC finds no session on the other yet); issue 14 part 2"
-)
 EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # Held in every run measured (README); with a partition, the roaming session can get a
     # QoS 2 message twice (two copies of the session meet at heal), so those only measure.
@@ -97,13 +93,17 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         (scenario, "acked_delivered"): ("holds", "")
         for scenario in ("baseline", "cpu_load", "flapping")
     },
+    # The client-id registry (cluster/takeover.py): 0 twin pairs both up in every scenario of
+    # three full runs (2-6 pairs each), but one pair of five in one run of restart_each (while
+    # nodes restart, their views of the members can differ: two owners): measured only there.
     **{
-        (scenario, "one_session_per_id"): ("fails", SESSIONS)
+        (scenario, "one_session_per_id"): ("holds", "")
         for scenario in SCENARIOS
-        # Their twins often meet a killed node, so not every run fails: measured only. (A
-        # clean-venv CI run had kill_during_takeover's pairs all hold: XPASS(strict).)
-        if scenario not in ("restart_each", "kill_during_takeover")
+        if scenario != "restart_each"
     },
+    # takeover_no_loss (cluster/handoff.py) is measured only: 0 lost in 5 of 6 full runs; the
+    # one miss was the workload's first publish (the start-up case since fixed on main), so it
+    # may be asserted once runs of the merged code show it holding every time.
 }
 
 _cache: dict[str, dict[str, Result]] = {}

@@ -271,3 +271,37 @@ async def test_a_peer_of_an_older_protocol_gets_every_message(
         assert cluster_stats(b).get("forward/runs_received", 0) == 0
         await publisher.close()
         await sub_b.close()
+
+
+async def test_while_a_moved_session_is_followed_runs_take_the_packet_path(
+    nodes: ClusterNodes,
+) -> None:
+    """`cluster.handoff` looks at every message while a session moved lately: no run then,
+    on the publisher's node nor on the receiving one, and every message still arrives."""
+    from cluster.handoff import Handoff
+
+    a = await nodes.start("a")
+    b = await nodes.start("b", a)
+    await converged(a, b)
+    sub_b, _ = await RawClient.connect(b.node.tcp_port, "sub-b")
+    assert await raw_subscribe(sub_b, ("runs/#", 0)) == [0]
+    await routed(a, "runs/p", b.config.node_name)
+    messages = burst("p", 300)
+    publisher, _ = await RawClient.connect(a.node.tcp_port, "p")
+    active = mock.PropertyMock(return_value=True)
+    on_message = mock.Mock()
+    with (
+        run_spy() as runs,
+        mock.patch.object(Handoff, "active", active),
+        mock.patch.object(Handoff, "on_message", on_message),
+    ):
+        publisher.send_raw(b"".join(encode(m) for m in messages))
+        await raw_publish_qos1(publisher, "runs/p", b"end", 1)
+        got = await recv_n(sub_b, len(messages) + 1)
+    assert runs and all(n < 0 for n in runs), runs
+    want = [*messages, Publish("runs/p", b"end")]
+    assert [encode(p) for p in got] == [encode(m) for m in want]
+    # each message seen by the handoff on both nodes (published on A, arrived on B)
+    assert on_message.call_count == 2 * len(want)
+    await publisher.close()
+    await sub_b.close()

@@ -149,6 +149,7 @@ async def test_persistent_session_moves_with_queued_messages(
     assert payloads == [b"0", b"1", b"2"]
     assert "dev" not in a.broker.sessions
     await eventually(lambda: ("t/#", B) in c.cluster.table.routes())  # type: ignore[union-attr]
+    # a's route stays while its forwarding record lives (cluster.handoff), then goes
     await eventually(lambda: ("t/#", A) not in c.cluster.table.routes())  # type: ignore[union-attr]
     await new.close()
 

@@ -1,18 +1,33 @@
-"""The cluster side of takeover: the locator over an RPC `call`, the surrender method."""
+"""The cluster side of takeover: the registry locator over an in-memory RPC, the surrender
+method, the forwarding of messages for a session that moved (`cluster.handoff`).
+
+`Net` wires N `ClusterSessionLocator`s with real `Broker`s: `call` dispatches to the target's
+RPC methods after a loop turn, through msgpack as on the wire, and counts every call.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import pytest
-from cluster_fakes import FakeClient
+from cluster_fakes import FakeClient, msgpack_roundtrip
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState
 from broker.core.message import Message
-from cluster.rpc import NodeUnreachable
+from broker.core.settings import Settings
+from broker.protocol.constants import ReasonCode
+from broker.protocol.packets import ConnAck, Disconnect, Publish
+from cluster.handoff import Handoff, deliver_to
+from cluster.registry import owner_of
+from cluster.rpc import NodeUnreachable, RemoteError, RpcTimeout
 from cluster.takeover import (
+    CLAIM_METHOD,
+    EVICT_METHOD,
+    REGISTER_METHOD,
+    RELEASE_METHOD,
     SURRENDER_METHOD,
     ClusterSessionLocator,
     pick_state,
@@ -21,47 +36,342 @@ from cluster.takeover import (
 )
 
 
-def locator_with(answers: dict[str, Any]) -> tuple[ClusterSessionLocator, list[tuple[str, Any]]]:
-    calls: list[tuple[str, Any]] = []
+class Net:
+    def __init__(self, names: list[str]) -> None:
+        self.live = list(names)
+        self.calls: list[tuple[str, str, str]] = []  # (from, to, method)
+        self.forwards = 0
+        self.later: list[Any] = []  # forwarded copies waiting (`cluster.handoff.HOLD`)
+        self.lost: set[str] = set()  # methods whose requests are lost on the way
+        self.old: set[str] = set()  # nodes of the previous version: no registry methods
+        self.brokers: dict[str, Broker] = {}
+        self.locators: dict[str, ClusterSessionLocator] = {}
+        for name in names:
+            broker = Broker(Settings(node_name=name), clock=lambda: 1000.0)
+            later = self._later
+            handoff = Handoff(name, self._sender(name), partial(deliver_to, broker), later=later)
+            locator = ClusterSessionLocator(
+                name, broker, self._live_for(name), self._caller(name), handoff, timeout=1.0
+            )
+            broker.session_locator = locator
+            broker.hooks.client_disconnected.append(locator.client_gone)
+            self.brokers[name] = broker
+            self.locators[name] = locator
 
-    async def call(node: str, method: str, args: dict[str, Any], timeout: float) -> Any:
-        assert method == SURRENDER_METHOD
-        calls.append((node, args))
-        answer = answers[node]
-        if isinstance(answer, BaseException):
-            raise answer
-        if answer == "hang":
-            await asyncio.sleep(3600)
-        return answer
+    def _live_for(self, name: str) -> Any:
+        return lambda: [name, *sorted(n for n in self.live if n != name)]
 
-    return ClusterSessionLocator(lambda: sorted(answers), call, timeout=1.0), calls
+    def _caller(self, origin: str) -> Any:
+        async def call(node: str, method: str, args: dict[str, Any], timeout: float) -> Any:
+            if node not in self.live:
+                raise NodeUnreachable(node)
+            self.calls.append((origin, node, method))
+            if method in self.lost:
+                raise RpcTimeout(node)
+            if node in self.old and method != SURRENDER_METHOD:
+                raise RemoteError(f"{node}: LookupError: no RPC method {method!r}")
+            await asyncio.sleep(0)
+            target = self.locators[node]
+            handler = {
+                CLAIM_METHOD: target.serve_claim,
+                REGISTER_METHOD: target.serve_register,
+                RELEASE_METHOD: target.serve_release,
+                EVICT_METHOD: target.serve_evict,
+                SURRENDER_METHOD: target.serve_surrender,
+            }[method]
+            result = await handler(msgpack_roundtrip(args), origin)
+            await asyncio.sleep(0)
+            return msgpack_roundtrip(result)
+
+        return call
+
+    def _sender(self, origin: str) -> Any:
+        def send(node: str, message: Message, extra: dict[str, Any]) -> int:
+            self.forwards += 1
+            target = self.locators[node].handoff
+            loop = asyncio.get_running_loop()
+            loop.call_soon(target.on_session_forward, message, msgpack_roundtrip(extra), 0.0)
+            return 1
+
+        return send
+
+    def _later(self, delay: float, callback: Any) -> None:
+        self.later.append(callback)
+
+    def run_later(self) -> None:
+        while self.later:
+            self.later.pop(0)()
+
+    def client(self, node: str) -> FakeClient:
+        return FakeClient(self.brokers[node])
+
+    def arrive(self, node: str, message: Message) -> None:
+        """A message reaches `node` (published there or forwarded to it)."""
+        self.brokers[node].publish(message, forward=False, shared=False)
+        handoff = self.locators[node].handoff
+        if handoff.active:
+            handoff.on_message(message, 0.0)
 
 
-async def test_locator_asks_every_peer_and_keeps_the_latest_session() -> None:
-    older: SessionState = {"client_id": "c", "disconnected_at": 5.0}
-    newer: SessionState = {"client_id": "c", "disconnected_at": 9.0}
-    locator, calls = locator_with(
-        {"b": older, "c": None, "d": NodeUnreachable("d"), "e": newer, "f": "junk"}
-    )
-    got: list[SessionState | None] = []
-    assert locator.takeover("c", False, got.append)
-    assert got == []  # answered later, on the loop
-    await asyncio.sleep(0.01)
-    assert got == [newer]
-    assert {node for node, _ in calls} == {"b", "c", "d", "e", "f"}
-    assert calls[0][1] == {"client_id": "c", "clean_start": False}
-    assert locator.stats == {"takeovers": 1, "sessions_moved": 1, "failures": 1}
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
-async def test_locator_without_peers_is_not_needed() -> None:
-    locator, _ = locator_with({})
-    assert not locator.takeover("c", True, lambda state: pytest.fail("not called"))
+def cid_owned_by(owner: str, nodes: list[str]) -> str:
+    return next(f"dev{i}" for i in range(1000) if owner_of(f"dev{i}", nodes) == owner)
+
+
+async def test_a_lone_node_makes_no_call_on_connect() -> None:
+    net = Net(["a"])
+    for i in range(20):
+        client = net.client("a")
+        client.connect(f"c{i}", clean_start=i % 2 == 0)
+        assert client.connack().reason_code == 0  # at once: no TAKEOVER wait
+    await settle()
+    assert net.calls == []
+    assert len(net.locators["a"].registry) == 20
+
+
+async def test_connect_costs_at_most_two_calls_whatever_the_cluster_size() -> None:
+    names = [f"n{i}" for i in range(6)]
+    net = Net(names)
+    cid = cid_owned_by("n1", names)
+    old = net.client("n2")
+    old.connect(cid, clean_start=False)
+    await settle()
+    assert old.connack().reason_code == 0
+    assert net.calls == [("n2", "n1", CLAIM_METHOD)]
+    net.calls.clear()
+    new = net.client("n3")
+    new.connect(cid, clean_start=False)
+    await settle()
+    assert new.connack().session_present
+    assert net.calls == [("n3", "n1", CLAIM_METHOD), ("n1", "n2", SURRENDER_METHOD)]
+    packets = old.received()
+    assert isinstance(packets[-1], Disconnect)
+    assert packets[-1].reason_code == ReasonCode.SESSION_TAKEN_OVER
+    assert cid not in net.brokers["n2"].sessions and cid in net.brokers["n3"].sessions
+
+
+async def test_a_reconnect_on_the_owner_itself_makes_no_call() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("a", net.live)
+    for _ in range(3):
+        client = net.client("a")
+        client.connect(cid)
+        assert client.connack().reason_code == 0
+    await settle()
+    assert net.calls == []
+
+
+@pytest.mark.parametrize("owner", ["a", "b", "c"])
+async def test_concurrent_connects_with_one_id_leave_exactly_one(owner: str) -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by(owner, net.live)
+    first, second = net.client("b"), net.client("c")
+    first.connect(cid)
+    second.connect(cid)  # before the first's claim is answered
+    await settle()
+    live = [c for c in (first, second) if not c.link.closed]
+    assert len(live) == 1, "exactly one connection stays (issue 14)"
+    loser = first if live[0] is second else second
+    packets = loser.received()
+    assert isinstance(packets[0], ConnAck)
+    assert isinstance(packets[-1], Disconnect)
+    assert packets[-1].reason_code == ReasonCode.SESSION_TAKEN_OVER  # 0x8E
+    holders = [n for n, b in net.brokers.items() if cid in b.connected]
+    assert len(holders) == 1
+    assert net.locators[owner].registry.get(cid).node == holders[0]  # type: ignore[union-attr]
+
+
+async def test_the_session_ended_is_released_at_its_owner() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("a", net.live)
+    client = net.client("b")
+    client.connect(cid)  # clean: the session ends with the connection
+    await settle()
+    assert net.locators["a"].registry.get(cid) is not None
+    client.drop()
+    await settle()
+    assert net.locators["a"].registry.get(cid) is None
+    assert ("b", "a", RELEASE_METHOD) in net.calls
+
+
+async def test_a_session_that_expires_is_released_by_the_sweep() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("a", net.live)
+    client = net.client("b")
+    client.connect(cid, clean_start=False)
+    await settle()
+    client.drop()
+    await settle()
+    assert net.locators["a"].registry.get(cid) is not None  # persistent: still held by b
+    net.brokers["b"].discard_session(cid)  # as its expiry would
+    net.locators["b"].sweep()
+    await settle()
+    assert net.locators["a"].registry.get(cid) is None
+
+
+async def test_messages_reaching_the_old_node_follow_the_session_once() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    old = net.client("a")
+    old.connect(cid, clean_start=False)
+    await settle()
+    old.subscribe("t/#", qos=2)
+    new = net.client("b")
+    new.connect(cid, clean_start=False)
+    await settle()
+    assert new.connack().session_present
+    assert net.locators["a"].handoff.records  # a forwarding record on the old node
+    # A publisher's node that still routes t/# to a only:
+    net.arrive("a", Message("t/1", b"only-a", 1, publisher="p", node="c"))
+    # ...and one that routes to both (b has the subscription now): delivered once.
+    both = Message("t/2", b"both", 2, publisher="p", node="c")
+    net.arrive("b", both)
+    net.arrive("a", Message("t/2", b"both", 2, publisher="p", node="c"))
+    await settle()
+    net.run_later()
+    got = [p.payload for p in new.publishes()]
+    assert sorted(got) == [b"both", b"only-a"]
+    assert net.locators["b"].handoff.stats["duplicates"] == 1
+
+
+async def test_a_forwarded_copy_that_overtook_the_direct_one_is_dropped() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("b", net.live)
+    old = net.client("a")
+    old.connect(cid, clean_start=False)
+    await settle()
+    old.subscribe("t", qos=2)
+    new = net.client("b")
+    new.connect(cid, clean_start=False)
+    # while b's claim is in flight, a copy reaches b directly (not delivered: no session yet)
+    net.arrive("b", Message("t", b"gap", 2, publisher="p", node="c"))
+    await settle()
+    assert new.connack().session_present
+    handoff = net.locators["b"].handoff
+    # the old node forwards the gap message (at once) and one the publisher also sent to b
+    for payload in (b"gap", b"race"):
+        body = {"cid": cid, "org": "c"}
+        handoff.on_session_forward(Message("t", payload, 2, publisher="p", node="a"), body, 0.0)
+    assert [p.payload for p in new.publishes()] == [b"gap"]
+    net.arrive("b", Message("t", b"race", 2, publisher="p", node="c"))  # the direct copy, late
+    net.run_later()
+    assert [p.payload for p in new.publishes()] == [b"race"]  # once
+    assert handoff.stats["duplicates"] == 1
+
+
+async def test_forwards_during_the_claim_wait_for_the_import() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("a", net.live)
+    old = net.client("a")
+    old.connect(cid, clean_start=False)
+    old.subscribe("t", qos=1)
+    new = net.client("b")
+    handoff = net.locators["b"].handoff
+    new.connect(cid, clean_start=False)
+    assert cid in handoff.pending
+    message = Message("t", b"early", 1, publisher="p", node="a")
+    handoff.on_session_forward(message, {"cid": cid, "org": "a"}, 0.0)
+    assert handoff.pending[cid]  # held: the session is not here yet
+    await settle()
+    assert new.publishes() == []  # it may be overtaking a direct copy: it waits a moment
+    net.run_later()
+    assert [p.payload for p in new.publishes()] == [b"early"]
+
+
+async def test_duplicates_after_a_heal_keep_the_newer_claim() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    net.live = ["a", "c"]  # b cut off: it takes its own claims
+    on_a = net.client("a")
+    on_a.connect(cid)
+    await settle()
+    net.live = ["b"]
+    on_b = net.client("b")
+    on_b.connect(cid)  # b alone owns everything: newer claim, no call
+    await settle()
+    assert on_a.connack().reason_code == on_b.connack().reason_code == 0
+    net.live = ["a", "b", "c"]  # heal: everyone registers again
+    for name in ("a", "b", "c"):
+        for other in ("a", "b", "c"):
+            if other != name:
+                net.locators[name].members_changed(other, "alive")
+    await settle()
+    assert on_a.link.closed and not on_b.link.closed
+    last = on_a.received()[-1]
+    assert isinstance(last, Disconnect) and last.reason_code == ReasonCode.SESSION_TAKEN_OVER
+    assert net.locators["c"].registry.get(cid).node == "b"  # type: ignore[union-attr]
+    assert cid not in net.brokers["a"].sessions
+
+
+async def test_a_holder_that_does_not_answer_the_surrender_is_evicted_later() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    old = net.client("a")
+    old.connect(cid)
+    await settle()
+    net.lost = {SURRENDER_METHOD}
+    new = net.client("b")
+    new.connect(cid)
+    await settle()
+    assert new.connack().reason_code == 0  # the CONNECT goes on without the old session
+    assert ("c", "a", EVICT_METHOD) in net.calls
+    last = old.received()[-1]
+    assert isinstance(last, Disconnect) and last.reason_code == ReasonCode.SESSION_TAKEN_OVER
+    assert [n for n, b in net.brokers.items() if cid in b.connected] == ["b"]
+
+
+async def test_an_owner_of_the_previous_version_makes_the_connect_ask_everyone() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    net.old = {"c"}
+    old = net.client("a")
+    old.connect(cid, clean_start=False)
+    await settle()
+    old.subscribe("t", qos=1)
+    new = net.client("b")
+    new.connect(cid, clean_start=False)
+    await settle()
+    assert new.connack().session_present  # the session came from a, asked directly
+    assert ("b", "a", SURRENDER_METHOD) in net.calls and ("b", "c", SURRENDER_METHOD) in net.calls
+    assert net.locators["b"].stats["fallbacks"] == 1
+
+
+async def test_an_owner_that_does_not_answer_lets_the_connect_go_on() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("a", net.live)
+    locator = net.locators["b"]
+
+    async def silent(node: str, method: str, args: dict[str, Any], timeout: float) -> Any:
+        await asyncio.sleep(timeout)  # as ClusterNode.call: no answer within the timeout
+        raise RpcTimeout(node)
+
+    locator.call = silent
+    locator.timeout = 0.05
+    client = net.client("b")
+    client.connect(cid)
+    await settle()
+    assert client.received() == []  # waiting
+    async with asyncio.timeout(5):
+        while not client.inbox and not client.link.out:
+            await asyncio.sleep(0.02)
+    assert client.connack().reason_code == 0
+    assert locator.stats["failures"] == 1
 
 
 async def test_close_answers_pending_takeovers_once() -> None:
-    locator, _ = locator_with({"b": "hang"})
+    net = Net(["a", "b"])
+    locator = net.locators["b"]
+
+    async def hang(*args: Any) -> Any:
+        await asyncio.sleep(3600)
+
+    locator.call = hang
     got: list[SessionState | None] = []
-    assert locator.takeover("c", False, got.append)
+    assert locator.takeover(cid_owned_by("a", net.live), False, got.append)
     await asyncio.sleep(0)
     locator.close()
     await asyncio.sleep(0.01)
@@ -95,3 +405,18 @@ def test_serve_surrender_validates_and_trims() -> None:
 def test_trim_state_keeps_everything_that_fits() -> None:
     state: SessionState = {"queue": [[{"payload": b"x", "topic": "t"}, 1, False, None]]}
     assert trim_state(state, 10_000) == 0 and len(state["queue"]) == 1
+
+
+def test_deliver_to_one_session_only() -> None:
+    broker = Broker(clock=lambda: 1.0)
+    one, two = FakeClient(broker), FakeClient(broker)
+    one.connect("one")
+    one.subscribe("t/+", qos=1)
+    two.connect("two")
+    two.subscribe("t/#", qos=1)
+    assert deliver_to(broker, "one", Message("t/x", b"m", 2)) == 1
+    assert deliver_to(broker, "one", Message("u", b"m", 1)) == 0
+    assert deliver_to(broker, "nobody", Message("t/x", b"m", 1)) == 0
+    got = one.publishes()
+    assert [(p.payload, p.qos) for p in got] == [(b"m", 1)]
+    assert isinstance(got[0], Publish) and two.publishes() == []

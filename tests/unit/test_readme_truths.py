@@ -55,6 +55,7 @@ STALE = {
     "being built on this runtime": "shared groups and takeover are cluster-wide",
     "served per node": "a shared group gives each message to one member in the whole cluster",
     "client id is unique per node": "a client id is unique in the cluster (cluster/takeover.py)",
+    "the takeover RPC each CONNECT makes": "a CONNECT asks its id's owner in the registry",
 }
 
 
