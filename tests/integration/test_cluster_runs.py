@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -23,6 +22,7 @@ import aiomqtt
 import pytest
 from cluster_support import ClusterNodes, converged
 from rawclient import RawClient
+from runs_spy import run_spy
 from test_core_support import (
     TIMEOUT,
     collect,
@@ -34,7 +34,6 @@ from test_core_support import (
 
 import cluster.transport as transport_module
 from broker.app import NodeApp
-from broker.core import handle_publish as handle_publish_module
 from broker.protocol.codec import encode
 from broker.protocol.packets import Packet, Publish
 from cluster.wire import Body, hello_ack_body, hello_body
@@ -45,21 +44,6 @@ async def nodes(tmp_path: Path) -> AsyncIterator[ClusterNodes]:
     cluster = ClusterNodes(tmp_path)
     yield cluster
     await cluster.stop_all()
-
-
-@contextmanager
-def run_spy() -> Iterator[list[int]]:
-    """What `handle_publish_run` answered per run: +count taken as bytes, -count not."""
-    calls: list[int] = []
-    real = handle_publish_module.handle_publish_run
-
-    def spy(channel: Any, run: Any) -> bool:
-        done = real(channel, run)
-        calls.append(run.count if done else -run.count)
-        return done
-
-    with mock.patch("broker.core.channel.handle_publish_run", spy):
-        yield calls
 
 
 def burst(name: str, n: int) -> list[Publish]:

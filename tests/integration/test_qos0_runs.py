@@ -10,16 +10,16 @@ import asyncio
 import base64
 import contextlib
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import aiohttp
 import aiomqtt
 import pytest
 from plugin_support import client as app_client
 from rawclient import RawClient
+from runs_spy import run_spy
 from test_core_support import (
     TIMEOUT,
     collect,
@@ -31,27 +31,11 @@ from test_core_support import (
 )
 
 from broker.app import NodeApp
-from broker.core import handle_publish as handle_publish_module
 from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_5
 from broker.protocol.packets import Publish
 
 AppFactory = Callable[..., Any]
-
-
-@contextlib.contextmanager
-def run_spy() -> Iterator[list[int]]:
-    """What `handle_publish_run` answered per run: +count taken as bytes, -count not."""
-    calls: list[int] = []
-    real = handle_publish_module.handle_publish_run
-
-    def spy(channel: Any, run: Any) -> bool:
-        done = real(channel, run)
-        calls.append(run.count if done else -run.count)
-        return done
-
-    with mock.patch("broker.core.channel.handle_publish_run", spy):
-        yield calls
 
 
 def burst() -> list[Publish]:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memharness import MemBroker, MemClient
+from runs_spy import run_spy
 
-from broker.core import handle_publish as handle_publish_module
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId
 from broker.protocol.packets import (
@@ -173,15 +173,7 @@ def test_runs_change_nothing_a_client_or_operator_sees(
 def spied_scenario(batch: list[Packet]) -> tuple[list[int], dict[str, Any]]:
     """Run one batch; also what `handle_publish_run` answered for each run (+count: taken
     as bytes, -count: handed back to the packet path)."""
-    calls: list[int] = []
-    real = handle_publish_module.handle_publish_run
-
-    def spy(channel: Any, run: Any) -> bool:
-        done = real(channel, run)
-        calls.append(run.count if done else -run.count)
-        return done
-
-    with mock.patch("broker.core.channel.handle_publish_run", spy):
+    with run_spy() as calls:
         outcome = run_scenario(MQTT_3_1_1, [batch], self_no_local=False, deny=None, cap=None)
     return calls, outcome
 
