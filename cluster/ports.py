@@ -190,9 +190,11 @@ class ClusterPorts:
 
     def _sweep_later(self) -> None:
         """Every `SWEEP_INTERVAL` s: sessions that ended without their connection closing
-        (expired, dropped through the API) are released at their owners."""
+        (expired, dropped through the API) are released at their owners, and held ids whose
+        registration is not confirmed under the current members are registered again."""
         if self.attached:
             self.locator.sweep()
+            self.locator.reconcile()
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep_later)
 

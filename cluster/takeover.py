@@ -37,6 +37,15 @@ and drops its session (its queued messages are lost, counted in `messages/droppe
 
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
 id is registered again at the next membership change, where a duplicate is resolved as above.
+
+Members can disagree for a while (a node rejoining is seen by some before others), and then two
+nodes name two owners of one id. So every holder remembers, per id, the (owner, member view) its
+registration was last confirmed under, and a periodic round (`reconcile`, with the 10 s sweep)
+registers again, batched per owner, the ids whose confirmation does not match the current view:
+a registration that failed, a claim that got no answer, every id once after a membership change.
+A steady cluster sends nothing; a duplicate left by disagreeing views is resolved at the owner
+within one round of the views agreeing. (Residual: an owner that dropped an entry while its own
+view differed is not told to the holder; the next membership change registers it again.)
 A holder that does not answer the owner's surrender is sent `session_evict` at its old stamp.
 `surrender_session` stays callable as before (a node of the previous version asks every peer);
 an owner of the previous version answers `registry_claim` with "no RPC method", and the CONNECT
@@ -200,6 +209,8 @@ class ClusterSessionLocator:
         self._gone: set[str] = set()
         self._rebalance_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Held ids whose registration the owner confirmed: (owner, member view) at the time.
+        self._confirmed: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     # -- the CONNECT (broker.core.cluster_port.SessionLocator) ---------------------------------
 
@@ -213,6 +224,7 @@ class ClusterSessionLocator:
             if entry is None or entry.node == self.name or entry.node not in nodes:
                 _, stamp = self.registry.claim(client_id, self.name, stamp)
                 self.held[client_id] = stamp
+                self._confirmed[client_id] = (self.name, _view(nodes))
                 self.handoff.reclaimed(client_id)
                 self.stats["local"] += 1
                 return False
@@ -226,7 +238,7 @@ class ClusterSessionLocator:
 
         self.handoff.claim_started(client_id)
         task = asyncio.get_running_loop().create_task(
-            self._claim(owner, client_id, clean_start, stamp, once)
+            self._claim(owner, client_id, clean_start, stamp, once, _view(nodes))
         )
         self._pending[task] = once
         task.add_done_callback(self._finished)
@@ -236,9 +248,16 @@ class ClusterSessionLocator:
         self._pending.pop(task, None)
 
     async def _claim(
-        self, owner: str, client_id: str, clean_start: bool, stamp: Stamp, done: TakeoverDone
+        self,
+        owner: str,
+        client_id: str,
+        clean_start: bool,
+        stamp: Stamp,
+        done: TakeoverDone,
+        view: tuple[str, ...],
     ) -> None:
         state: SessionState | None = None
+        confirmed = False
         args = {"client_id": client_id, "clean_start": clean_start, "stamp": list(stamp)}
         try:
             if owner == self.name:
@@ -257,6 +276,7 @@ class ClusterSessionLocator:
                 state = found if isinstance(found, dict) else None
             if state is not None:
                 self.stats["sessions_moved"] += 1
+            confirmed = True
         except Exception as exc:  # unreachable, timeout, remote error: go on alone
             self.stats["failures"] += 1
             self._dirty.add(client_id)
@@ -267,6 +287,10 @@ class ClusterSessionLocator:
             done(state)  # also when cancelled (the node stops): the CONNECT goes on alone
             if client_id in self.broker.sessions:
                 self.held[client_id] = stamp
+                if confirmed:
+                    self._confirmed[client_id] = (owner, view)
+                else:  # registered again by the next round
+                    self._confirmed.pop(client_id, None)
             filters = plain_filters(state) if state is not None and not clean_start else None
             self.handoff.claim_finished(client_id, filters, time.monotonic())
 
@@ -374,6 +398,7 @@ class ClusterSessionLocator:
         session = None
         if isinstance(client_id, str):
             self.held.pop(client_id, None)  # no release for it: the owner moved it already
+            self._confirmed.pop(client_id, None)
             session = self.broker.sessions.get(client_id)
         if session is not None and args.get("clean_start") is False:
             # Before the session goes: its routes are then kept while the record lives.
@@ -399,6 +424,7 @@ class ClusterSessionLocator:
             if self.held.get(client_id) != stamp:
                 continue  # a newer claim here since: it went through the owner
             del self.held[client_id]
+            self._confirmed.pop(client_id, None)
             session = self.broker.sessions.get(client_id)
             if session is not None:
                 self.broker.metrics.counters["messages/dropped"] += len(session.queue)
@@ -437,6 +463,7 @@ class ClusterSessionLocator:
             if client_id in self.broker.sessions:
                 continue
             stamp = self.held.pop(client_id, None)
+            self._confirmed.pop(client_id, None)
             if stamp is not None:
                 by_owner.setdefault(owner_of(client_id, nodes), {})[client_id] = stamp
         for owner, entries in by_owner.items():
@@ -488,8 +515,31 @@ class ClusterSessionLocator:
                 owner = owner_of(client_id, after)
                 if client_id not in groups.get(owner, ()):
                     groups.setdefault(owner, []).append(client_id)
-        for owner, ids in groups.items():
-            entries = {cid: self.held[cid] for cid in ids}
+        self._register_groups(
+            {o: {cid: self.held[cid] for cid in ids} for o, ids in groups.items()}, after
+        )
+
+    def reconcile(self) -> int:
+        """The periodic round: register again the held ids whose registration is not confirmed
+        by their owner under the current member view; returns how many were sent."""
+        nodes = self.live_nodes()
+        view = _view(nodes)
+        for client_id in [cid for cid in self._confirmed if cid not in self.held]:
+            del self._confirmed[client_id]
+        groups: dict[str, dict[str, Stamp]] = {}
+        for client_id, stamp in self.held.items():
+            if client_id not in self.broker.sessions:
+                continue  # ended: the sweep releases it
+            owner = owner_of(client_id, nodes)
+            if self._confirmed.get(client_id) != (owner, view):
+                groups.setdefault(owner, {})[client_id] = stamp
+        self._register_groups(groups, nodes)
+        return sum(len(entries) for entries in groups.values())
+
+    def _register_groups(self, groups: dict[str, dict[str, Stamp]], after: list[str]) -> None:
+        """Register these held ids with their owners under the member list `after`."""
+        view = _view(after)
+        for owner, entries in groups.items():
             self.stats["registered"] += len(entries)
             if owner == self.name:
                 lose: dict[str, Stamp] = {}
@@ -498,19 +548,26 @@ class ClusterSessionLocator:
                     evict = self.registry.register(client_id, self.name, stamp, live.__contains__)
                     if evict is not None and evict.node == self.name:
                         lose[client_id] = stamp
-                    elif evict is not None:
+                        continue
+                    if evict is not None:
                         self._evict_at(evict.node, {client_id: evict.stamp})
+                    self._confirmed[client_id] = (owner, view)
                 self.evict(lose)
             else:
                 for chunk in _chunks(entries):
-                    self._spawn(self._register(owner, chunk))
+                    self._spawn(self._register(owner, chunk, view))
 
-    async def _register(self, owner: str, entries: dict[str, Stamp]) -> None:
+    async def _register(self, owner: str, entries: dict[str, Stamp], view: tuple[str, ...]) -> None:
         answer = await self._send(owner, REGISTER_METHOD, {"entries": entries_wire(entries)})
         if isinstance(answer, dict):
+            for client_id, stamp in entries.items():
+                if self.held.get(client_id) == stamp:
+                    self._confirmed[client_id] = (owner, view)
             self.evict(dict(parse_entries(answer.get("evict"))))
         elif answer is None:
-            self._dirty.update(entries)  # try again at the next change
+            self._dirty.update(entries)  # try again at the next change, or the next round
+            for client_id in entries:
+                self._confirmed.pop(client_id, None)
 
     async def _send(self, node: str, method: str, args: dict[str, Any]) -> Any:
         try:
@@ -523,6 +580,10 @@ class ClusterSessionLocator:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _view(nodes: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(nodes))
 
 
 def _chunks(entries: dict[str, Stamp]) -> list[dict[str, Stamp]]:
