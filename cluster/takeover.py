@@ -530,9 +530,10 @@ class ClusterSessionLocator:
         for client_id, stamp in self.held.items():
             if client_id not in self.broker.sessions:
                 continue  # ended: the sweep releases it
-            owner = owner_of(client_id, nodes)
-            if self._confirmed.get(client_id) != (owner, view):
-                groups.setdefault(owner, {})[client_id] = stamp
+            confirmed = self._confirmed.get(client_id)
+            if confirmed is not None and confirmed[1] == view:
+                continue  # confirmed under this very view (so by this owner): no hashing
+            groups.setdefault(owner_of(client_id, nodes), {})[client_id] = stamp
         self._register_groups(groups, nodes)
         return sum(len(entries) for entries in groups.values())
 
