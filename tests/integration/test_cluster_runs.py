@@ -11,18 +11,16 @@ link negotiated an older protocol (3, 2) still gets every message, through the o
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import aiohttp
 import aiomqtt
 import pytest
 from cluster_support import ClusterNodes, converged
 from rawclient import RawClient
-from runs_spy import run_spy
+from runs_support import rest_metrics, run_spy
 from test_core_support import (
     TIMEOUT,
     collect,
@@ -56,19 +54,6 @@ def burst(name: str, n: int) -> list[Publish]:
 async def recv_n(client: RawClient, n: int) -> list[Packet]:
     async with asyncio.timeout(3 * TIMEOUT):
         return [await client.recv(3 * TIMEOUT) for _ in range(n)]
-
-
-async def rest_metrics(app: NodeApp) -> dict[str, int]:
-    auth = "Basic " + base64.b64encode(b"admin:public").decode()
-    url = f"http://127.0.0.1:{app.http_port}/api/v3/nodes/{app.config.node_name}/metrics"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, headers={"Authorization": auth}) as reply,
-    ):
-        assert reply.status == 200, await reply.text()
-        body: dict[str, Any] = await reply.json()
-    data: dict[str, int] = body.get("data", body)
-    return data
 
 
 async def routed(a: NodeApp, topic: str, node: str) -> None:

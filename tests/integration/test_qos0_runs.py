@@ -7,19 +7,17 @@ counters of the REST API and `$SYS` count every message."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import aiomqtt
 import pytest
 from plugin_support import client as app_client
 from rawclient import RawClient
-from runs_spy import run_spy
+from runs_support import rest_metrics, run_spy
 from test_core_support import (
     TIMEOUT,
     collect,
@@ -44,19 +42,6 @@ def burst() -> list[Publish]:
     a = [Publish("burst/a", f"a{i:04d}".encode() * (1 if i % 3 else 5)) for i in range(400)]
     b = [Publish("burst/b", f"b{i:04d}".encode()) for i in range(100)]
     return [*a[:200], Publish("burst/a", b"kept", retain=True), *a[200:], *b]
-
-
-async def rest_metrics(app: NodeApp) -> dict[str, int]:
-    auth = "Basic " + base64.b64encode(b"admin:public").decode()
-    url = f"http://127.0.0.1:{app.http_port}/api/v3/nodes/{app.node.config.node_name}/metrics"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, headers={"Authorization": auth}) as reply,
-    ):
-        assert reply.status == 200, await reply.text()
-        body: dict[str, Any] = await reply.json()
-    data: dict[str, int] = body.get("data", body)
-    return data
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub missing")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memharness import MemBroker, MemClient
-from runs_spy import run_spy
+from runs_support import run_spy
 
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId

@@ -1,0 +1,47 @@
+"""For tests of the QoS 0 fast path: which way each run went (`broker.core.handle_publish`), and
+a node's counters as its REST API gives them."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
+
+import aiohttp
+
+from broker.app import NodeApp
+from broker.core import handle_publish as handle_publish_module
+
+__all__ = ["rest_metrics", "run_spy"]
+
+
+@contextmanager
+def run_spy() -> Iterator[list[int]]:
+    """What `handle_publish_run` answered per run: +count taken as bytes, -count handed back
+    to the packet path."""
+    calls: list[int] = []
+    real = handle_publish_module.handle_publish_run
+
+    def spy(channel: Any, run: Any) -> bool:
+        done = real(channel, run)
+        calls.append(run.count if done else -run.count)
+        return done
+
+    with mock.patch("broker.core.channel.handle_publish_run", spy):
+        yield calls
+
+
+async def rest_metrics(app: NodeApp) -> dict[str, int]:
+    """`GET /api/v3/nodes/<node>/metrics` of `app` (either API format)."""
+    auth = "Basic " + base64.b64encode(b"admin:public").decode()
+    url = f"http://127.0.0.1:{app.http_port}/api/v3/nodes/{app.config.node_name}/metrics"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={"Authorization": auth}) as reply,
+    ):
+        assert reply.status == 200, await reply.text()
+        body: dict[str, Any] = await reply.json()
+    data: dict[str, int] = body.get("data", body)
+    return data
