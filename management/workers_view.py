@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.rpc import RemoteError, RpcError
 from cluster.runtime import ClusterNode
 from management.queries import query
-from management.view import NodeDown, UnknownNode, run_query
+from management.view import LocalView, NodeDown, UnknownNode, run_query
 
 if TYPE_CHECKING:
     from management.queries import NodeContext
@@ -94,8 +94,9 @@ def _merge_listeners(answers: list[list[dict[str, Any]]]) -> list[dict[str, Any]
     return list(merged.values())
 
 
-class WorkersView:
-    """The node's workers seen as one node (see the module docstring)."""
+class WorkersView(LocalView):
+    """The node's workers seen as one node (see the module docstring): a `LocalView` whose
+    queries are answered by every worker."""
 
     def __init__(
         self,
@@ -105,21 +106,11 @@ class WorkersView:
         count: int,
         timeout: float | None = None,
     ) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self.cluster = cluster
         self.index = index
         self.count = count
         self.timeout = timeout
-
-    @property
-    def local_node(self) -> str:
-        return self.ctx.node_name
-
-    def node_names(self) -> list[str]:
-        return [self.local_node]
-
-    def is_known(self, node: str) -> bool:
-        return node == self.local_node
 
     async def _on_worker(self, index: int, name: str, args: dict[str, Any]) -> Any:
         if index == self.index:
