@@ -7,73 +7,21 @@ a real `Transport` with a `Forwarder`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from api_support import eventually
+from scripted_peer import Peer
 
 from broker.core.message import Message
 from cluster.forwarder import Forwarder
 from cluster.transport import Transport, TransportConfig
 from cluster.wire import (
-    Address,
-    Body,
-    FrameDecoder,
     MessageType,
-    encode_frame,
-    parse_forward,
     parse_forward_batch,
 )
-
-
-class Peer:
-    """The accepting end of links, speaking protocol `version`; records frames."""
-
-    def __init__(self, version: int) -> None:
-        self.version = version
-        self.frames: list[tuple[int, MessageType, Body]] = []
-        self.server: asyncio.Server | None = None
-        self.address: Address = ("127.0.0.1", 0)
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.address = ("127.0.0.1", self.server.sockets[0].getsockname()[1])
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder()
-        greeted = False
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                for frame in decoder.feed(data):
-                    if not greeted:
-                        greeted = True
-                        ack = {"name": "old", "epoch": 1, "addr": list(self.address),
-                               "version": self.version, "error": None}  # fmt: skip
-                        writer.write(encode_frame(MessageType.HELLO_ACK, ack, version=1))
-                        continue
-                    self.frames.append(frame)
-        writer.close()
-
-    def messages(self) -> list[str]:
-        """The topics received, in order, whatever the frame type."""
-        out: list[str] = []
-        for _, msg_type, body in self.frames:
-            if msg_type is MessageType.FORWARD:
-                out.append(parse_forward(body).topic)
-            elif msg_type is MessageType.FORWARD_BATCH:
-                out.extend(i[0].topic for i in parse_forward_batch(body)[0] if type(i) is tuple)
-        return out
-
-    def types(self) -> Counter[MessageType]:
-        return Counter(t for _, t, _ in self.frames)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 @pytest.fixture
@@ -99,7 +47,7 @@ async def test_batches_only_to_a_peer_of_version_2(
     sender: tuple[Transport, Forwarder, list[int]], version: int
 ) -> None:
     transport, forwarder, dropped = sender
-    peer = Peer(version)
+    peer = Peer(version, name="old")
     await peer.start()
     try:
         # before any handshake: one FORWARD per message (any peer understands it)
@@ -128,7 +76,7 @@ async def test_a_large_turn_is_cut_into_bounded_batches(
 ) -> None:
     transport, forwarder, _ = sender
     forwarder.max_batch = 100
-    peer = Peer(2)
+    peer = Peer(2, name="old")
     await peer.start()
     try:
         await connected(transport, peer)
@@ -148,7 +96,7 @@ async def test_a_dropped_batch_counts_every_message(
     transport, forwarder, _ = sender
     lost: list[tuple[MessageType, int]] = []
     transport.on_drop = lambda address, msg_type, count: lost.append((msg_type, count))
-    peer = Peer(2)
+    peer = Peer(2, name="old")
     await peer.start()
     await connected(transport, peer)
     link: Any = transport._links[peer.address]
@@ -177,7 +125,7 @@ async def test_a_run_is_one_entry_only_for_a_peer_of_version_4(
 
     transport, forwarder, dropped = sender
     forwarder.max_batch = 250
-    peer = Peer(version)
+    peer = Peer(version, name="old")
     await peer.start()
     try:
         await connected(transport, peer)

@@ -9,80 +9,21 @@ runtime does when a FORWARD_ACK arrives (`test_cluster_delivery.py` runs the who
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 from api_support import eventually
+from scripted_peer import Peer
 
 from broker.core.message import Message
 from cluster.forwarder import Forwarder
 from cluster.transport import Transport, TransportConfig
 from cluster.wire import (
-    Address,
     Body,
-    FrameDecoder,
     MessageType,
-    encode_frame,
-    parse_forward_batch,
 )
-
-
-class Peer:
-    """The accepting end of our link, speaking protocol `version`; records frames."""
-
-    def __init__(self, version: int) -> None:
-        self.version = version
-        self.frames: list[tuple[int, MessageType, Body]] = []
-        self.server: asyncio.Server | None = None
-        self.address: Address = ("127.0.0.1", 0)
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.refusing = False
-        self.accepted = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.address = ("127.0.0.1", self.server.sockets[0].getsockname()[1])
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusing:
-            writer.transport.abort()
-            return
-        self.accepted += 1
-        self.writers.add(writer)
-        decoder = FrameDecoder()
-        greeted = False
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                for frame in decoder.feed(data):
-                    if not greeted:
-                        greeted = True
-                        ack = {"name": "b", "epoch": 1, "addr": list(self.address),
-                               "version": self.version, "error": None}  # fmt: skip
-                        writer.write(encode_frame(MessageType.HELLO_ACK, ack, version=1))
-                        continue
-                    self.frames.append(frame)
-        self.writers.discard(writer)
-        writer.close()
-
-    def cut(self) -> None:
-        for writer in list(self.writers):
-            writer.transport.abort()
-
-    def batches(self) -> list[tuple[int | None, list[str]]]:
-        """(seq, topics) of every FORWARD_BATCH received, in order."""
-        return [
-            (body.get("seq"), [m.topic for m, _ in parse_forward_batch(body)[0]])
-            for _, msg_type, body in self.frames
-            if msg_type is MessageType.FORWARD_BATCH
-        ]
-
-    async def close(self) -> None:
-        self.cut()
-        if self.server is not None:
-            self.server.close()
 
 
 @pytest.fixture
