@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.core.connection import Connection, Violation
+from broker.core.frames_delivery import handle_publish_frames
 from broker.core.handle_connect import (
     handle_auth,
     handle_connect,
@@ -60,7 +61,7 @@ from broker.protocol.packets import (
     Subscribe,
     Unsubscribe,
 )
-from broker.protocol.runs import PublishRun
+from broker.protocol.runs import PublishFrames, PublishRun
 
 __all__ = ["CLOSED", "CONNECTED", "CONNECTING", "HANDLERS", "TAKEOVER", "Channel"]
 
@@ -124,7 +125,7 @@ class Channel(Connection):
         if packets:
             self._handle(packets)
 
-    def _handle(self, packets: Sequence[Packet | PublishRun]) -> None:
+    def _handle(self, packets: Sequence[Packet | PublishRun | PublishFrames]) -> None:
         if not packets:
             return
         try:
@@ -133,7 +134,7 @@ class Channel(Connection):
             if self.state != CLOSED:
                 self.protocol_violation(exc.reason_code, exc.text, explain=True)
 
-    def _dispatch(self, packets: Sequence[Packet | PublishRun]) -> None:
+    def _dispatch(self, packets: Sequence[Packet | PublishRun | PublishFrames]) -> None:
         counters = self.broker.metrics.counters
         self.last_received = self.broker.clock()
         handlers = HANDLERS
@@ -141,6 +142,9 @@ class Channel(Connection):
         remaining = deque(packets)
         while remaining:
             packet = remaining.popleft()
+            if isinstance(packet, PublishFrames):  # counted there, as far as it went
+                remaining.extendleft(reversed(handle_publish_frames(self, packet)))
+                continue
             if isinstance(packet, PublishRun):
                 if self.state == CONNECTED and handle_publish_run(self, packet):
                     count = packet.count
@@ -158,7 +162,8 @@ class Channel(Connection):
                         held = self.held_packets = []
                     held.append(packet)
                     for rest in remaining:  # runs only come once connected: never, in fact
-                        held.extend(expand_run(rest) if isinstance(rest, PublishRun) else [rest])
+                        runs = isinstance(rest, (PublishRun, PublishFrames))
+                        held.extend(expand_run(rest) if runs else [rest])  # type: ignore[arg-type]
                 return
             self.recv_pkt += 1
             counters["packets/received"] += 1

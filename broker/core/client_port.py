@@ -42,6 +42,18 @@ class ClientPort(Outlet, Protocol):
         `max_outgoing_buffer`)."""
         ...
 
+    def frames_room(self, v5: bool, longest: int) -> int | None:
+        """None when plain QoS 0 frames of the protocol family `v5` (5.0 or 3.x), none longer
+        than `longest`, are not the PUBLISHes this client would be sent for their messages
+        (not connected, topic aliases, Maximum Packet Size, another family); else the bytes
+        that may still be written before its QoS 0 deliveries are dropped (negative: none)."""
+        ...
+
+    def send_frames(self, data: bytes, count: int) -> None:
+        """Write `data`, `count` QoS 0 PUBLISH frames for which `frames_room` allowed, in one
+        write, counted per message as `send_publish` counts them."""
+        ...
+
     def taken_over(self, session_ends: bool = True) -> None:
         """Another connection took the client id (MQTT-3.1.4-3): close with 0x8E; its will
         only if the session ends with it (`session_ends`)."""

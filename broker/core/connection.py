@@ -454,6 +454,35 @@ class Connection:
         counters["messages/qos0/sent"] += sent
         return sent
 
+    def frames_room(self, v5: bool, longest: int) -> int | None:
+        """`ClientPort.frames_room`: None when plain QoS 0 frames of the protocol family `v5`
+        (up to `longest` bytes) are not what `send_publish` would write for their messages;
+        else how many bytes may be added before QoS 0 deliveries drop (negative: they drop)."""
+        if (
+            self.state != CONNECTED
+            or self.out_aliases is not None
+            or self.held_out is not None
+            or longest > self.max_packet_out
+            or (self.version == MQTT_5) is not v5
+        ):
+            return None
+        return self.broker.settings.max_outgoing_buffer - self.link.buffered()
+
+    def send_frames(self, data: bytes, count: int) -> None:
+        """`ClientPort.send_frames`: `count` QoS 0 deliveries already framed, in one write."""
+        self.link.write(data)
+        size = len(data)
+        self.send_oct += size
+        self.send_cnt += count
+        self.send_pkt += count
+        self.send_msg += count
+        counters = self.broker.metrics.counters
+        counters["bytes/sent"] += size
+        counters["packets/sent"] += count
+        counters["packets/publish/sent"] += count
+        counters["messages/sent"] += count
+        counters["messages/qos0/sent"] += count
+
     def hold_output(self) -> None:
         """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2
         message comes back to it (it subscribes to what it publishes) only after its

@@ -79,7 +79,7 @@ from broker.protocol.properties import (
     read_packet_id,
     read_utf8,
 )
-from broker.protocol.runs import PLAIN_QOS0, PublishRun, scan_run
+from broker.protocol.runs import PLAIN_QOS0, PublishFrames, PublishRun, scan_frames, scan_run
 from broker.protocol.wire import Frames
 
 BodyDecoder = Callable[[int, bytearray, memoryview, int, int, int], Packet]
@@ -398,26 +398,32 @@ class Decoder:
         """Add `data`; return every packet now complete, in order. Raises only ProtocolError."""
         return self._feed(data, False)  # type: ignore[return-value]  # no runs asked for
 
-    def feed_runs(self, data: bytes | bytearray | memoryview) -> list[Packet | PublishRun]:
+    def feed_runs(self, data: bytes | bytearray | memoryview) -> list[Packet | PublishRun | PublishFrames]:
         """As `feed`, but plain QoS 0 PUBLISHes come as `PublishRun`s of their bytes
         (`broker.protocol.runs`): what the broker passes on without making packets."""
         return self._feed(data, True)
 
-    def _feed(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Packet | PublishRun]:
+    def _feed(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Packet | PublishRun | PublishFrames]:
         buf = self._buf
         if buf is None:
             buf = bytearray(data)
         else:
             buf += data
         n = len(buf)
-        out: list[Packet | PublishRun] = []
+        out: list[Packet | PublishRun | PublishFrames] = []
         pos = 0
         mv = memoryview(buf)
         try:
             while pos < n:
                 first = buf[pos]
                 if first == PLAIN_QOS0 and runs:
-                    run = scan_run(buf, pos, n, self.version == MQTT_5, self.max_packet_size)
+                    v5 = self.version == MQTT_5
+                    frames = scan_frames(buf, pos, n, v5, self.max_packet_size)
+                    if frames is not None:
+                        out.append(frames)
+                        pos += len(frames.data)
+                        continue
+                    run = scan_run(buf, pos, n, v5, self.max_packet_size)
                     if run is not None:
                         out.append(run)
                         pos += len(run.data)
@@ -490,7 +496,9 @@ class Decoder:
         return out
 
 
-def expand_run(run: PublishRun) -> list[Packet]:
-    """The PUBLISH packets of a run, exactly as `feed` makes them from the same bytes (each
-    with its own `frames`): the way back to the packet path when a run cannot pass as it is."""
-    return Decoder(version=MQTT_5 if run.v5 else MQTT_3_1_1).feed(run.data)
+def expand_run(run: PublishRun | PublishFrames) -> list[Packet]:
+    """The PUBLISH packets of a run (or of `PublishFrames` from its `first` frame on), exactly
+    as `feed` makes them from the same bytes (each with its own `frames`): the way back to the
+    packet path when a run cannot pass as it is."""
+    data = run.data if isinstance(run, PublishRun) else run.data[run.start(run.first) :]
+    return Decoder(version=MQTT_5 if run.v5 else MQTT_3_1_1).feed(data)

@@ -8,7 +8,7 @@ from broker.protocol.constants import ReasonCode
 
 if TYPE_CHECKING:
     from broker.protocol.packets import Packet
-    from broker.protocol.runs import PublishRun
+    from broker.protocol.runs import PublishFrames, PublishRun
 
 
 class ProtocolError(Exception):
@@ -20,7 +20,7 @@ class ProtocolError(Exception):
     """
 
     reason_code: int = ReasonCode.PROTOCOL_ERROR
-    packets: list[Packet | PublishRun]
+    packets: list[Packet | PublishRun | PublishFrames]
 
     def __init__(self, message: str, reason_code: int | None = None) -> None:
         super().__init__(message)

@@ -189,3 +189,109 @@ def _count_by_columns(
 
 #: Each byte value as a one-byte `bytes`, made once.
 _BYTES = [bytes([b]) for b in range(256)]
+
+
+class PublishFrames:
+    """Plain QoS 0 PUBLISH frames to changing topics, back to back as received: the frames
+    `first` to `len(topics) - 1` of `data`, frame `i` being `data[ends[i - 1]:ends[i]]` (the
+    first starts at 0) to `topics[i]`. No two neighbours form a run (`scan_frames`).
+
+    `longest` is the largest frame length. Every frame passes the checks of `measure_run`, so
+    a frame made into a `PublishRun` of one (`run`) is what `scan_run` would have found.
+    """
+
+    __slots__ = ("data", "ends", "first", "longest", "topics", "v5")
+    packet_type = 3  # PacketType.PUBLISH
+
+    def __init__(
+        self, data: bytes, topics: list[str], ends: list[int], longest: int, v5: bool, first: int
+    ) -> None:
+        self.data = data
+        self.topics = topics
+        self.ends = ends
+        self.longest = longest
+        self.v5 = v5
+        self.first = first
+
+    @property
+    def count(self) -> int:
+        """The number of frames (from `first` on)."""
+        return len(self.topics) - self.first
+
+    def start(self, i: int) -> int:
+        """Where frame `i` starts in `data`."""
+        return self.ends[i - 1] if i else 0
+
+    def run(self, i: int) -> PublishRun:
+        """Frame `i` alone, as the run of one that `scan_run` would have made of it."""
+        start = self.start(i)
+        end = self.ends[i]
+        return PublishRun(self.topics[i], self.data[start:end], 1, end - start, self.v5)
+
+    def rest(self, i: int) -> PublishFrames | None:
+        """The frames from `i` on (sharing this object's lists), or None when there are none."""
+        if i >= len(self.topics):
+            return None
+        return PublishFrames(self.data, self.topics, self.ends, self.longest, self.v5, i)
+
+    def __repr__(self) -> str:
+        return f"PublishFrames(count={self.count}, bytes={len(self.data)})"
+
+
+def scan_frames(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> PublishFrames | None:
+    """The plain QoS 0 PUBLISH frames from `pos` of `buf[:n]` up to the first that is not
+    one (the checks of `measure_run`), or that starts a run (its next frame has the same topic
+    and length: `scan_run` passes such runs on whole); None when there is no such frame at
+    `pos`. One loop of a few steps per frame and one copy of the bytes: what lets a read of
+    always-new topics (each a run of one) pass as bytes too."""
+    start = pos
+    topics: list[str] = []
+    ends: list[int] = []
+    longest = 0
+    last_topic = ""
+    last_len = -1
+    while pos + 2 <= n and buf[pos] == PLAIN_QOS0:
+        length = buf[pos + 1]
+        head = 2
+        if length > 0x7F:
+            if pos + 3 > n:
+                break
+            second = buf[pos + 2]
+            if second == 0 or second > 0x7F:  # non-minimal (MQTT-1.5.5-1) or 16 KiB and over
+                break
+            length = (length & 0x7F) | (second << 7)
+            head = 3
+        frame_len = head + length
+        end = pos + frame_len
+        if end > n or frame_len > max_size or length < 2:
+            break
+        topic_at = pos + head + 2
+        topic_end = topic_at + ((buf[topic_at - 2] << 8) | buf[topic_at - 1])
+        if v5:
+            if topic_end + 1 > end or buf[topic_end] != 0:
+                break
+        elif topic_end > end:
+            break
+        try:
+            topic = str(buf[topic_at:topic_end], "utf-8")
+        except UnicodeDecodeError:
+            break
+        if "\x00" in topic:
+            break
+        if frame_len == last_len and topic == last_topic:  # the previous frame starts a run
+            topics.pop()
+            ends.pop()
+            pos -= frame_len
+            break
+        topics.append(topic)
+        pos = end
+        ends.append(pos - start)
+        if frame_len > longest:
+            longest = frame_len
+        last_topic = topic
+        last_len = frame_len
+    if not topics:
+        return None
+    with memoryview(buf) as view:
+        data = view[start:pos].tobytes()
+    return PublishFrames(data, topics, ends, longest, v5, 0)
