@@ -162,8 +162,10 @@ class Channel(Connection):
                         held = self.held_packets = []
                     held.append(packet)
                     for rest in remaining:  # runs only come once connected: never, in fact
-                        runs = isinstance(rest, (PublishRun, PublishFrames))
-                        held.extend(expand_run(rest) if runs else [rest])  # type: ignore[arg-type]
+                        if isinstance(rest, (PublishRun, PublishFrames)):
+                            held.extend(expand_run(rest))
+                        else:
+                            held.append(rest)
                 return
             self.recv_pkt += 1
             counters["packets/received"] += 1

@@ -398,12 +398,16 @@ class Decoder:
         """Add `data`; return every packet now complete, in order. Raises only ProtocolError."""
         return self._feed(data, False)  # type: ignore[return-value]  # no runs asked for
 
-    def feed_runs(self, data: bytes | bytearray | memoryview) -> list[Packet | PublishRun | PublishFrames]:
+    def feed_runs(
+        self, data: bytes | bytearray | memoryview
+    ) -> list[Packet | PublishRun | PublishFrames]:
         """As `feed`, but plain QoS 0 PUBLISHes come as `PublishRun`s of their bytes
         (`broker.protocol.runs`): what the broker passes on without making packets."""
         return self._feed(data, True)
 
-    def _feed(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Packet | PublishRun | PublishFrames]:
+    def _feed(
+        self, data: bytes | bytearray | memoryview, runs: bool
+    ) -> list[Packet | PublishRun | PublishFrames]:
         buf = self._buf
         if buf is None:
             buf = bytearray(data)
