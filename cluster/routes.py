@@ -375,6 +375,11 @@ class RouteTable:
                 out.extend((group, real, node) for node in nodes)
         return sorted(out)
 
+    def remote_count(self) -> int:
+        """The number of routes (normal and shared) of other nodes: 0 when `remote_match`
+        and the shared matches find only this node for any topic."""
+        return self._len - len(self._origins[self.node].view)
+
     def shared_count(self) -> int:
         """The number of (group, filter, node) shared routes."""
         return self._shared_len

@@ -88,6 +88,9 @@ class ClusterRuns:
                 return None
         return nodes
 
+    def alone(self) -> bool:
+        return not self.table.remote_count() and not self.handoff_active()
+
     def forward_run(
         self, run: PublishRun, publisher: str, nodes: AbstractSet[str]
     ) -> WaitDrained | None:

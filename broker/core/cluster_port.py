@@ -72,6 +72,12 @@ class RunForwarder(Protocol):
         Cheap: it runs once per run, from the route table's per-topic cache."""
         ...
 
+    def alone(self) -> bool:
+        """True when `run_nodes` would answer empty for every topic now (no other node has a
+        route, normal or shared, and no handoff looks at messages): what a read of frames to
+        many topics asks once instead of per topic."""
+        ...
+
     def forward_run(
         self, run: PublishRun, publisher: str, nodes: AbstractSet[str]
     ) -> WaitDrained | None:

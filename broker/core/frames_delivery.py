@@ -63,13 +63,17 @@ class _Out:
 
 def _open(broker: Broker) -> bool:
     """No message of a read could be treated differently from the next for reasons other
-    than its topic (what `handle_publish_run` and `runs_delivery.plan_run` check per run)."""
-    return (
-        broker.settings.publish_rate is None
-        and not broker.hooks.message_publish
-        and not broker.forward_hooks
-        and broker.shared_dispatcher is None
-    )
+    than its topic (what `handle_publish_run` and `runs_delivery.plan_run` check per run):
+    no publish rate limit or hooks, and no other node that could want one of them (a cluster
+    node alone in its cluster, `RunForwarder.alone`: then the shared groups that matter are
+    the local ones, which the router's answer shows)."""
+    if broker.settings.publish_rate is not None or broker.hooks.message_publish:
+        return False
+    hooks = broker.forward_hooks
+    if not hooks and broker.shared_dispatcher is None:
+        return True
+    forwarder = broker.run_forwarder
+    return len(hooks) <= 1 and forwarder is not None and forwarder.alone()
 
 
 def handle_publish_frames(channel: Connection, frames: PublishFrames) -> Leftover:
