@@ -156,6 +156,7 @@ def test_purge() -> None:
     assert not table.purge("me")  # our own routes are not purged
     assert table.routes() == [("mine", "me")]
     assert len(table) == 1
+    assert table.remote_count() == 0, "alone again: only this node's routes are left"
 
 
 def test_match_uses_wildcards_and_includes_self() -> None:
@@ -182,6 +183,9 @@ def test_match_agrees_with_naive(routes: list[tuple[str, str]], topic: str) -> N
     naive = {node for filt, node in table.routes() if topic_matches(filt, topic)}
     assert table.match(topic) == naive
     assert table.remote_match(topic) == naive - {"me"}
+    # `remote_count` 0 (what lets a read of frames skip `remote_match`) only with no route
+    # of another node, and then no topic has a remote match.
+    assert table.remote_count() == sum(node != "me" for _, node in table.routes())
 
 
 def test_remote_match_leaves_this_node_out_and_follows_route_changes() -> None:

@@ -7,7 +7,7 @@ ACL, and a subscriber's outgoing buffer running over `max_outgoing_buffer`."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
@@ -97,6 +97,7 @@ def run_scenario(
     subscribers: list[Subscriber] = SUBSCRIBERS,
     waiting: int = 0,
     grows: bool = True,
+    on_sub: Callable[[MemClient], None] | None = None,
     **config: Any,
 ) -> dict[str, Any]:
     """Connect the subscribers and the publisher, publish `batches` (one read each) and
@@ -118,6 +119,8 @@ def run_scenario(
         if cap:  # bytes the client has not read yet stay buffered: drops past the cap
             link = client.link
             link.buffered = lambda link=link: len(link.out) * grows + waiting  # type: ignore[method-assign]
+        if on_sub is not None:
+            on_sub(client)
         subs.append(client)
     publisher, _ = mem.connect("pub", publisher_version)
     publisher.send(Subscribe(1, [SubscriptionRequest("a/b", 0, self_no_local)]))

@@ -1,0 +1,195 @@
+"""Frames to changing topics (`PublishFrames`, `broker.core.frames_delivery`) change nothing a
+client or an operator can see: the same reads with the fast path and with every PUBLISH as a
+packet give every client the same bytes, in the same order, and leave every counter the same,
+whatever the wildcard filters (MQTT-4.7.1-2/3: `#` and `+`), the subscribers' versions and
+options, the ACL, and a subscriber's outgoing buffer reaching `max_outgoing_buffer`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_publish_runs_core import ASKS, Subscriber, packets_only, run_scenario
+
+from broker.core import frames_delivery
+from broker.protocol.codec import Decoder, encode
+from broker.protocol.constants import MQTT_3_1_1, MQTT_5
+from broker.protocol.packets import Packet, PingReq, Publish
+from broker.protocol.runs import PublishFrames, scan_frames
+
+assert ASKS  # the 5.0 subscribers' CONNECT asks (Maximum Packet Size, aliases) come from there
+
+#: Topics under a few parents, as a publisher cycling through many topics sends them.
+TOPICS = [f"w/{p}/{k}" for p in range(3) for k in range(6)] + ["w/1", "a/b", "$x/w/1/1"]
+#: Wildcard subscribers (version, [(filter, no_local, subscription identifier)], ask...).
+WILD: list[Subscriber] = [
+    (MQTT_3_1_1, [("w/+/+", False, None)]),
+    (MQTT_3_1_1, [("w/1/#", False, None), ("w/+/2", False, None)]),  # overlapping: one copy
+    (MQTT_3_1_1, [("+/0/+", False, None), ("a/b", False, None)]),
+    (MQTT_3_1_1, [("w/#", False, None), ("#", False, None)]),  # `#` skips `$x/..` (4.7.2-1)
+    (MQTT_5, [("w/+/+", False, None)]),  # the other family: today's path
+    (MQTT_5, [("w/2/+", False, 5)]),  # a subscription identifier: today's path
+    (MQTT_3_1_1, [("w/0/+/x", False, None), ("w/+/x/#", False, None)]),  # never match
+    (MQTT_5, [("w/#", False, None)], "mps"),  # type: ignore[list-item]
+    (MQTT_5, [("w/+/1", False, None)], "alias"),  # type: ignore[list-item]
+]
+
+
+@contextmanager
+def frames_spy() -> Iterator[list[int]]:
+    """How many frames each call of `handle_publish_frames` passed on as bytes."""
+    calls: list[int] = []
+    real = frames_delivery.handle_publish_frames
+
+    def spy(channel: Any, frames: PublishFrames) -> Any:
+        left = real(channel, frames)
+        rest = sum(item.count for item in left)
+        calls.append(frames.count - rest)
+        return left
+
+    with mock.patch("broker.core.channel.handle_publish_frames", spy):
+        yield calls
+
+
+def changing_batches() -> st.SearchStrategy[list[list[Packet]]]:
+    plain = st.builds(
+        Publish, topic=st.sampled_from(TOPICS), payload=st.sampled_from([b"x", b"y" * 40, b""])
+    )
+    other = st.one_of(
+        st.builds(
+            Publish, topic=st.sampled_from(TOPICS), payload=st.just(b"r"), retain=st.just(True)
+        ),
+        st.builds(
+            Publish,
+            topic=st.sampled_from(TOPICS),
+            payload=st.just(b"q"),
+            qos=st.just(1),
+            packet_id=st.just(9),
+        ),
+        st.just(PingReq()),
+    )
+    batch = st.lists(st.one_of(plain, plain, plain, other), max_size=40)
+    return st.lists(batch, min_size=1, max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([MQTT_3_1_1, MQTT_5]),
+    changing_batches(),
+    st.booleans(),
+    st.sampled_from([None, "w/1/1", "a/b"]),
+    st.sampled_from([None, 300, 2000]),
+    st.lists(st.sampled_from(WILD), min_size=1, max_size=4),
+)
+def test_frames_change_nothing_a_client_or_operator_sees(
+    version: int,
+    batches: list[list[Packet]],
+    no_local: bool,
+    deny: str | None,
+    cap: int | None,
+    subscribers: list[Subscriber],
+) -> None:
+    """MQTT-4.6.0-6 (ordered topics) and beyond: every subscriber gets each publisher's
+    messages in the order they were published, the same with and without the fast path."""
+    args: dict[str, Any] = {
+        "self_no_local": no_local,
+        "deny": deny,
+        "cap": cap,
+        "subscribers": subscribers,
+    }
+    fast = run_scenario(version, batches, **args)
+    with packets_only():
+        reference = run_scenario(version, batches, **args)
+    assert fast == reference
+
+
+def test_a_read_of_changing_topics_goes_as_bytes_in_one_write() -> None:
+    """Every frame of the read to the `w/+/+` subscriber, in one write, counted per message."""
+    batch: list[Packet] = [Publish(f"w/{i % 3}/{i}", bytes([i]) * 10) for i in range(60)]
+    subs: list[Subscriber] = [WILD[0], WILD[6]]
+    writes: list[int] = []
+    with frames_spy() as calls:
+        fast = run_scenario(
+            MQTT_3_1_1, [batch], self_no_local=False, deny=None, cap=None, subscribers=subs,
+            on_sub=lambda client: _count_writes(client, writes),
+        )  # fmt: skip
+    assert calls == [60]
+    assert writes == [1, 0], "one write to the subscriber, none to the one that never matches"
+    assert fast["sub0"][0] == b"".join(encode(p) for p in batch), "the very bytes, in order"
+    counters = fast["counters"]
+    assert counters["messages/received"] == counters["packets/publish/received"] == 60
+    assert counters["messages/sent"] == counters["messages/qos0/sent"] == 60
+    with packets_only():
+        reference = run_scenario(
+            MQTT_3_1_1, [batch], self_no_local=False, deny=None, cap=None, subscribers=subs
+        )
+    assert fast == reference
+
+
+def _count_writes(client: Any, writes: list[int]) -> None:
+    index = len(writes)
+    writes.append(0)
+    link = client.link
+    real = link.write
+
+    def write(data: bytes) -> None:
+        writes[index] += 1
+        real(data)
+
+    link.write = write
+
+
+def test_a_frame_that_needs_the_packet_path_keeps_its_place() -> None:
+    """`w/2/x` reaches a subscriber with a subscription identifier: that frame alone takes
+    today's path, and the `w/+/+` subscriber still gets every frame in order (MQTT-4.6.0-6)."""
+    topics = ["w/0/a", "w/1/b", "w/2/c", "w/0/d", "w/2/e", "w/1/f"]
+    batch: list[Packet] = [Publish(t, t.encode()) for t in topics]
+    subs: list[Subscriber] = [WILD[0], WILD[5]]
+    with frames_spy() as calls:
+        fast = run_scenario(
+            MQTT_3_1_1, [batch], self_no_local=False, deny=None, cap=None, subscribers=subs
+        )
+    assert calls == [2, 1, 1], "w/0/a w/1/b | w/2/c alone | w/0/d | w/2/e alone | w/1/f"
+    got = Decoder(version=MQTT_3_1_1).feed(fast["sub0"][0])
+    assert [p.topic for p in got if isinstance(p, Publish)] == topics
+    with packets_only():
+        reference = run_scenario(
+            MQTT_3_1_1, [batch], self_no_local=False, deny=None, cap=None, subscribers=subs
+        )
+    assert fast == reference
+
+
+def test_a_slow_subscriber_drops_from_the_same_message_as_before() -> None:
+    """`max_outgoing_buffer` applies per message within a read of changing topics."""
+    only: list[Subscriber] = [(MQTT_3_1_1, [("w/+/+", False, None)])]
+    for waiting in (0, 100, 299, 300, 301, 5000):
+        for grows in (True, False):
+            batch: list[Packet] = [Publish(f"w/0/{i}", b"y" * 40) for i in range(30)]
+            args: dict[str, Any] = {
+                "self_no_local": False, "deny": None, "cap": 300, "subscribers": only,
+                "waiting": waiting, "grows": grows,
+            }  # fmt: skip
+            fast = run_scenario(MQTT_3_1_1, [batch], **args)
+            with packets_only():
+                reference = run_scenario(MQTT_3_1_1, [batch], **args)
+            assert fast == reference
+
+
+def test_scan_frames_stops_where_a_run_starts() -> None:
+    """A frame followed by one of the same topic and length is left to `scan_run`."""
+    frames = [Publish("a/1", b"x"), Publish("a/2", b"x"), Publish("a/3", b"x")]
+    frames += [Publish("a/3", b"y"), Publish("a/4", b"x")]
+    data = bytearray(b"".join(encode(p) for p in frames))
+    found = scan_frames(data, 0, len(data), False, 1 << 20)
+    assert found is not None
+    assert found.topics == ["a/1", "a/2"]
+    assert found.data == data[: found.ends[-1]]
+    rest = scan_frames(data, len(found.data), len(data), False, 1 << 20)
+    assert rest is None, "the run of two a/3 frames comes first"
+    decoder = Decoder(version=MQTT_3_1_1)
+    kinds = [type(item).__name__ for item in decoder.feed_runs(bytes(data))]
+    assert kinds == ["PublishFrames", "PublishRun", "PublishFrames"]
