@@ -15,7 +15,7 @@ from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId
 from broker.protocol.decode import expand_run
 from broker.protocol.errors import MalformedPacket
 from broker.protocol.packets import Packet, PingReq, Properties, Publish
-from broker.protocol.runs import PublishRun, measure_run, scan_run
+from broker.protocol.runs import PublishFrames, PublishRun, measure_run, scan_frames, scan_run
 
 # Topics of one length, so that frames differing only in the topic line up column by column.
 TOPICS = ["a/b", "a/c", "x/b", "a/bb", "sensor/1/temperature"]
@@ -64,8 +64,10 @@ def streams(version: int) -> st.SearchStrategy[list[Packet]]:
     )  # type: ignore[misc]
 
 
-def feed_in_chunks(decoder: Decoder, data: bytes, cuts: list[int]) -> list[Packet | PublishRun]:
-    out: list[Packet | PublishRun] = []
+def feed_in_chunks(
+    decoder: Decoder, data: bytes, cuts: list[int]
+) -> list[Packet | PublishRun | PublishFrames]:
+    out: list[Packet | PublishRun | PublishFrames] = []
     bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     for start, stop in itertools.pairwise(bounds):
         out.extend(decoder.feed_runs(data[start:stop]))
@@ -80,12 +82,17 @@ def test_runs_and_packets_reassemble_to_the_input(version: int, data: st.DataObj
     cuts = data.draw(st.lists(st.integers(0, max(len(wire), 1)), max_size=6))
     items = feed_in_chunks(Decoder(version=version), wire, cuts)
     # Encoding is canonical, so a packet stands for its own bytes.
-    rebuilt = b"".join(i.data if isinstance(i, PublishRun) else encode(i, version) for i in items)
+    rebuilt = b"".join(
+        i.data if isinstance(i, PublishRun | PublishFrames) else encode(i, version) for i in items
+    )
     assert rebuilt == wire
     # As packets, the same list the packet decoder gives, whatever the chunks.
     expanded: list[Packet] = []
     for item in items:
-        expanded.extend(expand_run(item) if isinstance(item, PublishRun) else [item])
+        if isinstance(item, PublishRun | PublishFrames):
+            expanded.extend(expand_run(item))
+        else:
+            expanded.append(item)
     assert expanded == Decoder(version=version).feed(wire) == packets
 
 
@@ -97,6 +104,9 @@ def test_a_run_claims_only_plain_qos0_frames_of_its_topic(
     packets = data.draw(streams(version))
     wire = b"".join(encode(p, version) for p in packets)
     for item in Decoder(version=version).feed_runs(wire):
+        if isinstance(item, PublishFrames):
+            _check_frames(item, version)
+            continue
         if not isinstance(item, PublishRun):
             continue
         assert item.v5 is (version == MQTT_5)
@@ -110,6 +120,26 @@ def test_a_run_claims_only_plain_qos0_frames_of_its_topic(
             assert raw == encode(frame, version), "never a split inside a frame"
 
 
+def _check_frames(item: PublishFrames, version: int) -> None:
+    """Frames to changing topics: each a plain QoS 0 PUBLISH of its topic, split exactly at
+    `ends`, and no two neighbours of one topic and length (those are a run)."""
+    assert item.v5 is (version == MQTT_5) and item.first == 0
+    frames = Decoder(version=version).feed(item.data)
+    assert len(frames) == item.count == len(item.topics) == len(item.ends)
+    start = 0
+    for i, frame in enumerate(frames):
+        assert isinstance(frame, Publish)
+        assert (frame.qos, frame.retain, frame.dup, frame.properties) == (0, False, False, {})
+        assert frame.topic == item.topics[i]
+        raw = item.data[start : item.ends[i]]
+        assert raw == encode(frame, version), "never a split inside a frame"
+        assert len(raw) <= item.longest
+        if i:
+            previous = item.data[item.start(i - 1) : start]
+            assert (frame.topic, len(raw)) != (item.topics[i - 1], len(previous))
+        start = item.ends[i]
+
+
 def test_a_long_run_is_counted_to_the_frame_where_it_ends() -> None:
     # Past the one-by-one frames the column check takes over; the break falls mid-window.
     same = encode(Publish("a/b", b"0123456789"))
@@ -117,11 +147,16 @@ def test_a_long_run_is_counted_to_the_frame_where_it_ends() -> None:
     for length in (1, 2, 8, 9, 16, 17, 37, 500):
         wire = same * length + other_topic + same * 3
         items = Decoder().feed_runs(wire)
-        assert [(i.topic, i.count) for i in items if isinstance(i, PublishRun)] == [
-            ("a/b", length),
-            ("a/c", 1),
-            ("a/b", 3),
+        found = [
+            (i.topic, i.count) if isinstance(i, PublishRun) else (i.topics[0], -i.count)
+            for i in items
+            if isinstance(i, PublishRun | PublishFrames)
         ]
+        # Lone frames (a/c, and a/b when alone) are frames to changing topics (count < 0).
+        if length == 1:
+            assert found == [("a/b", -2), ("a/b", 3)]
+        else:
+            assert found == [("a/b", length), ("a/c", -1), ("a/b", 3)]
 
 
 def test_payloads_that_look_like_heads_do_not_extend_a_run() -> None:
@@ -130,7 +165,10 @@ def test_payloads_that_look_like_heads_do_not_extend_a_run() -> None:
     frame = encode(Publish("a/b", bytes(head) * 5))
     wire = frame * 20 + encode(Publish("a/b", b"short"))
     items = Decoder().feed_runs(wire)
-    assert [i.count for i in items if isinstance(i, PublishRun)] == [20, 1]
+    assert [(type(i).__name__, i.count) for i in items] == [
+        ("PublishRun", 20),
+        ("PublishFrames", 1),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -146,11 +184,12 @@ def test_payloads_that_look_like_heads_do_not_extend_a_run() -> None:
 def test_frames_the_decoder_refuses_or_reads_otherwise_are_never_a_run(wire: bytes) -> None:
     buf = bytearray(wire)
     assert scan_run(buf, 0, len(buf), False, 1 << 20) is None
+    assert scan_frames(buf, 0, len(buf), False, 1 << 20) is None
     try:
         packets = Decoder().feed_runs(wire)
     except MalformedPacket:
         return
-    assert not any(isinstance(p, PublishRun) for p in packets)
+    assert not any(isinstance(p, PublishRun | PublishFrames) for p in packets)
 
 
 def test_incomplete_and_oversized_frames_are_left_to_the_decoder() -> None:
@@ -161,13 +200,18 @@ def test_incomplete_and_oversized_frames_are_left_to_the_decoder() -> None:
     run = scan_run(buf, 0, len(buf) - 1, False, 1 << 20)
     assert run is not None and run.count == 2, "a partial last frame is not in the run"
     assert measure_run(bytes(buf), 0, len(buf), False, 1 << 20) == ("a/b", 3, len(frame))
+    assert scan_frames(buf, 0, len(frame) - 1, False, 1 << 20) is None
+    assert scan_frames(buf, 0, len(buf), False, len(frame) - 1) is None
+    other = bytearray(frame + encode(Publish("a/c", b"x" * 10)))
+    found = scan_frames(other, 0, len(other) - 1, False, 1 << 20)
+    assert found is not None and found.topics == ["a/b"], "nor in frames to changing topics"
 
 
 def test_a_v5_frame_with_properties_ends_a_run() -> None:
     plain = encode(Publish("a/b", b"x"), MQTT_5)
     with_props = encode(Publish("a/b", b"x", properties={PropertyId.CONTENT_TYPE: "t"}), MQTT_5)
     items = Decoder(version=MQTT_5).feed_runs(plain * 10 + with_props + plain)
-    assert [type(i).__name__ for i in items] == ["PublishRun", "Publish", "PublishRun"]
+    assert [type(i).__name__ for i in items] == ["PublishRun", "Publish", "PublishFrames"]
     assert isinstance(items[0], PublishRun) and items[0].count == 10
     # A 3.1.1 frame read as 5.0 (no property length) is not a 5.0 run.
     assert scan_run(bytearray(encode(Publish("a/b", b"x"))), 0, 8, True, 1 << 20) is None
