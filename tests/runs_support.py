@@ -12,6 +12,7 @@ from unittest import mock
 import aiohttp
 
 from broker.app import NodeApp
+from broker.core import frames_delivery as frames_module
 from broker.core import handle_publish as handle_publish_module
 
 __all__ = ["rest_metrics", "run_spy"]
@@ -20,7 +21,7 @@ __all__ = ["rest_metrics", "run_spy"]
 @contextmanager
 def run_spy() -> Iterator[list[int]]:
     """What `handle_publish_run` answered per run: +count taken as bytes, -count handed back
-    to the packet path."""
+    to the packet path; and +count per call of `handle_publish_frames` that took frames."""
     calls: list[int] = []
     real = handle_publish_module.handle_publish_run
 
@@ -29,7 +30,21 @@ def run_spy() -> Iterator[list[int]]:
         calls.append(run.count if done else -run.count)
         return done
 
-    with mock.patch("broker.core.channel.handle_publish_run", spy):
+    real_frames = frames_module.handle_publish_frames
+
+    def frames_spy(channel: Any, frames: Any) -> Any:
+        """Frames to changing topics: +the frames taken as bytes (what is left comes back
+        as a run of one, seen by `spy`, and as frames again)."""
+        left = real_frames(channel, frames)
+        taken = frames.count - sum(item.count for item in left)
+        if taken:
+            calls.append(taken)
+        return left
+
+    with (
+        mock.patch("broker.core.channel.handle_publish_run", spy),
+        mock.patch("broker.core.channel.handle_publish_frames", frames_spy),
+    ):
         yield calls
 
 
