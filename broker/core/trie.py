@@ -149,9 +149,11 @@ class SubscriptionTrie(Generic[V]):
         self._declined = 0
         #: Topics answered once without being remembered (the doorkeeper, module docstring).
         self._seen: set[str] = set()
-        #: parent topic -> (the wildcard nodes its levels lead to, the `#` nodes met on the
-        #: way); emptied whenever a wildcard node is created or pruned (module docstring).
-        self._frontier: dict[str, tuple[list[_Node[V]], list[_Node[V]]]] = {}
+        #: parent topic -> (the children of the wildcard nodes its levels lead to, the nodes
+        #: that match whatever its last level: `#` nodes met on the way, the `+` children
+        #: with subscribers and their `#` children); emptied whenever a wildcard node is
+        #: created or pruned or gains its first or loses its last subscriber (module docstring).
+        self._frontier: dict[str, tuple[list[dict[str, _Node[V]]], list[_Node[V]]]] = {}
 
     # -- mutation ----------------------------------------------------------------------------
 
@@ -197,6 +199,7 @@ class SubscriptionTrie(Generic[V]):
                 self._forget_node(node)
             else:
                 self._forget_matching(real)  # a new filter: the topics it matches change
+                self._frontier.clear()  # its node now matches: frontiers' fixed part changes
         if key in table:
             table[key] = value
             return False
@@ -245,7 +248,9 @@ class SubscriptionTrie(Generic[V]):
         self._len -= 1
         last = node.count == 0
         if last:
-            if not wild:
+            if wild:
+                self._frontier.clear()  # its node no longer matches (if it stays, as a path)
+            else:
                 del self._exact[real]
             # Prune upwards while nodes are empty leaves.
             for parent, level in reversed(path):
@@ -333,7 +338,8 @@ class SubscriptionTrie(Generic[V]):
         return None if node is None else node.shared.get(group)
 
     def _match_wild(self, topic: str) -> list[_Node[V]]:
-        """Every wildcard node whose real filter matches `topic` (each at most once).
+        """Every wildcard node whose real filter matches `topic` (each at most once); a list
+        the trie may keep (a frontier's fixed part): the caller must not change it.
 
         A topic of several levels starts from its parent's frontier (`_frontier`, module
         docstring), so only its last level is looked up; the first topic under a parent walks
@@ -347,28 +353,40 @@ class SubscriptionTrie(Generic[V]):
         parent = topic[:cut]
         known = self._frontier.get(parent)
         if known is None:
-            frontier: list[_Node[V]] = []
-            before = self._walk(parent.split("/"), topic.startswith("$"), frontier)
-            if len(self._frontier) >= self._cache_size:
-                self._frontier.clear()
-            known = self._frontier[parent] = (frontier, before)
-        frontier, before = known
-        out = before.copy()
+            known = self._frontier_of(parent)
+        probes, fixed = known
         last = topic[cut + 1 :]
-        for node in frontier:
-            plus = node.plus
-            if plus is not None:
-                if plus.count:
-                    out.append(plus)
-                if plus.hash is not None:
-                    out.append(plus.hash)
-            child = node.children.get(last)
-            if child is not None:
+        out = None
+        for children in probes:
+            child = children.get(last)
+            if child is not None and (child.count or child.hash is not None):
+                if out is None:
+                    out = fixed.copy()
                 if child.count:
                     out.append(child)
                 if child.hash is not None:
                     out.append(child.hash)
-        return out
+        return fixed if out is None else out
+
+    def _frontier_of(self, parent: str) -> tuple[list[dict[str, _Node[V]]], list[_Node[V]]]:
+        """Walk `parent` once and remember, for the topics below it, what their last level
+        is looked up in and what matches them whatever it is (`_frontier`)."""
+        frontier: list[_Node[V]] = []
+        fixed = self._walk(parent.split("/"), parent.startswith("$"), frontier)
+        probes: list[dict[str, _Node[V]]] = []
+        for node in frontier:
+            plus = node.plus
+            if plus is not None:
+                if plus.count:
+                    fixed.append(plus)
+                if plus.hash is not None:
+                    fixed.append(plus.hash)
+            if node.children:
+                probes.append(node.children)
+        if len(self._frontier) >= self._cache_size:
+            self._frontier.clear()
+        known = self._frontier[parent] = (probes, fixed)
+        return known
 
     def _walk(
         self, levels: list[str], dollar: bool, frontier: list[_Node[V]] | None
@@ -428,7 +446,7 @@ class SubscriptionTrie(Generic[V]):
         out = self._match_wild(topic)
         exact = self._exact.get(topic)
         if exact is not None:
-            out.append(exact)
+            out = [*out, exact]
         return out
 
     def match(self, topic: str) -> list[tuple[str, V]]:

@@ -177,13 +177,18 @@ def check_cache_indexes(trie: SubscriptionTrie[int]) -> None:
         assert node.plus is node.children.get("+") and node.hash is node.children.get("#")
         stack.extend(node.children.values())
     live: set[int] = set()
+    live_children: set[int] = set()
     stack = [trie._root]
     while stack:
         node = stack.pop()
         live.add(id(node))
+        live_children.add(id(node.children))
         stack.extend(node.children.values())
-    for frontier, before in trie._frontier.values():
-        assert all(id(node) in live for node in [*frontier, *before])  # no pruned node
+    for probes, fixed in trie._frontier.values():
+        assert all(id(node) in live for node in fixed)  # no pruned node
+        assert all(id(children) in live_children for children in probes)
+        # The fixed part matches whatever the last level: only nodes with subscribers.
+        assert all(node.count for node in fixed)
 
 
 publish_topics_st = st.sampled_from(["a", "b", "a/b", "a/", "/a", "", "a//b", "$x", "$x/a", "b/$x"])
