@@ -7,8 +7,8 @@ packet path). Here one loop over the frames of a read does, per frame, only what
 its topic, and everything else once per read:
 
 * once per read: the conditions under which no message of the read could be treated
-  differently (`_open`: no publish rate limit, no publish hooks, no cluster forward hooks, no
-  shared-subscription dispatcher); else the frames go back as runs of one, today's path;
+  differently (`_open`: no publish rate limit, no publish hooks, and no other node that could
+  want one, `RunForwarder.alone`); else the frames go back as runs of one, today's path;
 * per frame: the topic checks of `handle_publish_run` (no wildcard, no `$`, `topic_limit`),
   the router (`SubscriptionTrie.match_all`: its cache, else the parent's frontier), and the
   ACL (each topic asked once per read, only when authorize hooks are loaded);
