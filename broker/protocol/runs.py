@@ -238,12 +238,16 @@ class PublishFrames:
         return f"PublishFrames(count={self.count}, bytes={len(self.data)})"
 
 
-def scan_frames(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> PublishFrames | None:
+def scan_frames(
+    buf: bytearray, pos: int, n: int, v5: bool, max_size: int
+) -> PublishFrames | PublishRun | None:
     """The plain QoS 0 PUBLISH frames from `pos` of `buf[:n]` up to the first that is not
     one (the checks of `measure_run`), or that starts a run (its next frame has the same topic
     and length: `scan_run` passes such runs on whole); None when there is no such frame at
-    `pos`. One loop of a few steps per frame and one copy of the bytes: what lets a read of
-    always-new topics (each a run of one) pass as bytes too."""
+    `pos`; a `PublishRun` of one when there is only one (a read of one message, as at a low
+    rate: `handle_publish_run` passes that on with less set-up). One loop of a few steps per
+    frame and one copy of the bytes: what lets a read of always-new topics (each a run of
+    one) pass as bytes too."""
     start = pos
     topics: list[str] = []
     ends: list[int] = []
@@ -294,4 +298,6 @@ def scan_frames(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> Pu
         return None
     with memoryview(buf) as view:
         data = view[start:pos].tobytes()
+    if len(topics) == 1:  # a lone frame: the run of one `scan_run` makes (cheaper to pass on)
+        return PublishRun(topics[0], data, 1, len(data), v5)
     return PublishFrames(data, topics, ends, longest, v5, 0)

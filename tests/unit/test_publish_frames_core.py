@@ -185,11 +185,11 @@ def test_scan_frames_stops_where_a_run_starts() -> None:
     frames += [Publish("a/3", b"y"), Publish("a/4", b"x")]
     data = bytearray(b"".join(encode(p) for p in frames))
     found = scan_frames(data, 0, len(data), False, 1 << 20)
-    assert found is not None
+    assert isinstance(found, PublishFrames)
     assert found.topics == ["a/1", "a/2"]
     assert found.data == data[: found.ends[-1]]
     rest = scan_frames(data, len(found.data), len(data), False, 1 << 20)
     assert rest is None, "the run of two a/3 frames comes first"
     decoder = Decoder(version=MQTT_3_1_1)
     kinds = [type(item).__name__ for item in decoder.feed_runs(bytes(data))]
-    assert kinds == ["PublishFrames", "PublishRun", "PublishFrames"]
+    assert kinds == ["PublishFrames", "PublishRun", "PublishRun"], "a lone frame: a run of one"
