@@ -13,6 +13,7 @@ from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from memharness import MemBroker
 from test_publish_runs_core import ASKS, Subscriber, packets_only, run_scenario
 
 from broker.core import frames_delivery
@@ -193,3 +194,38 @@ def test_scan_frames_stops_where_a_run_starts() -> None:
     decoder = Decoder(version=MQTT_3_1_1)
     kinds = [type(item).__name__ for item in decoder.feed_runs(bytes(data))]
     assert kinds == ["PublishFrames", "PublishRun", "PublishRun"], "a lone frame: a run of one"
+
+
+class _Forwarder:
+    """A cluster's `RunForwarder` as the broker sees it: `alone` says whether any other node
+    has a route; no topic routes elsewhere (`run_nodes` empty)."""
+
+    def __init__(self, alone: bool) -> None:
+        self.lone = alone
+
+    def alone(self) -> bool:
+        return self.lone
+
+    def run_nodes(self, topic: str) -> frozenset[str]:
+        return frozenset()
+
+
+def test_a_cluster_node_passes_frames_as_bytes_only_while_alone() -> None:
+    """A node with a cluster port and no route of another node takes the fast path; once
+    another node has routes, each frame goes the way a run goes (`run_nodes`, per topic),
+    and the cluster's forward hook sees nothing the fast path hid from it."""
+    batch: list[Packet] = [Publish(f"w/{i % 3}/{i}", b"m") for i in range(12)]
+    for alone in (True, False):
+        mem = MemBroker()
+        forwarded: list[str] = []
+        mem.broker.forward_hooks.append(lambda m, seen=forwarded: seen.append(m.topic) or 0)
+        mem.broker.run_forwarder = _Forwarder(alone)  # type: ignore[assignment]
+        sub, _ = mem.connect("sub")
+        sub.subscribe(("w/+/+", 0))
+        publisher, _ = mem.connect("pub")
+        with frames_spy() as calls:
+            publisher.send(*batch)
+        assert calls == ([12] if alone else [0])
+        got = [p.topic for p in sub.received() if isinstance(p, Publish)]
+        assert got == [p.topic for p in batch if isinstance(p, Publish)]  # MQTT-4.6.0-6
+        assert forwarded == [], "no other node routes these topics: nothing forwarded"
