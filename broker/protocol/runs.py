@@ -276,6 +276,14 @@ def scan_frames(
                 break
         elif topic_end > end:
             break
+        # The first frame's next one repeats its head: a run, `scan_run`'s (checked before
+        # any decoding, as a one-topic stream meets this at every read).
+        if (
+            not topics
+            and end + topic_end - pos <= n
+            and buf[end : end + topic_end - pos] == buf[pos:topic_end]
+        ):
+            return None
         try:
             topic = str(buf[topic_at:topic_end], "utf-8")
         except UnicodeDecodeError:
