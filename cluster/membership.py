@@ -373,9 +373,11 @@ class Membership:
             if self._table.live <= 1 and not self._leaving:  # alone: seeds, the dead and left
                 down = self._table.down()
                 down = self.rng.sample(down, min(3, len(down)))
-                body = self._push_pull_body(join=True)
-                for address in [*self._seeds, *(m.address for m in down)]:
-                    out.append(Outgoing(address, MessageType.PUSH_PULL_REQ, body))
+                addresses = [*self._seeds, *(m.address for m in down)]
+                if addresses:  # (the body holds every route: not made for nobody)
+                    body = self._push_pull_body(join=True)
+                    for address in addresses:
+                        out.append(Outgoing(address, MessageType.PUSH_PULL_REQ, body))
         if now >= self._next_reap:
             self._next_reap = now + 1.0
             reaped = self._table.reap(now - cfg.dead_reclaim_time, now - cfg.left_reclaim_time)

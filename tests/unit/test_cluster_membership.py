@@ -424,3 +424,23 @@ def test_chaos_then_calm_converges(seed: int) -> None:
         return all(node.table.routes() == truth for node in up.values())
 
     assert sim.run_until_true(calm, 60) is not None
+
+
+def test_a_node_alone_without_seeds_builds_no_join_body() -> None:
+    """The join body carries every route of the node (the route state): a node alone with no
+    seed and no dead member to try has nobody to send it to, so it is not built every
+    `join_retry_interval` (with 100,000 filters that cost 5% of a busy broker)."""
+    m = Membership("me", ("10.0.0.1", 1), 1, CFG, random.Random(0))
+    assert m.join([], 0.0) == []
+    built: list[bool] = []
+    real = m._push_pull_body
+    m._push_pull_body = lambda join: built.append(join) or real(join)  # type: ignore[method-assign]
+    now = 0.0
+    for _ in range(20):  # past several join retries
+        now += CFG.join_retry_interval
+        assert [o for o in m.tick(now) if o.msg_type is MessageType.PUSH_PULL_REQ] == []
+    assert built == []
+    m2 = Membership("me", ("10.0.0.1", 1), 1, CFG, random.Random(0))
+    m2.join([("10.0.0.9", 1)], 0.0)  # a seed that never answers: retried with the body
+    out = m2.tick(CFG.join_retry_interval + 0.01)
+    assert [o.address for o in out if o.msg_type is MessageType.PUSH_PULL_REQ] == [("10.0.0.9", 1)]
