@@ -11,7 +11,8 @@ its topic, and everything else once per read:
   want one, `RunForwarder.alone`); else the frames go back as runs of one, today's path;
 * per frame: the topic checks of `handle_publish_run` (no wildcard, no `$`, `topic_limit`),
   the router (`SubscriptionTrie.match_all`: its cache, else the parent's frontier), and the
-  ACL (each topic asked once per read, only when authorize hooks are loaded);
+  ACL when authorize hooks are loaded: each topic asked once per read, or once until the
+  rules change when every hook is pure (`_answers`, `Hooks.pure_authorize`);
 * per distinct subscriber list the router answers with (the trie hands out the same list
   object for every topic a single filter matches): who gets it (`_plan`, as
   `runs_delivery.local_targets` decides it), computed once per read;
@@ -30,10 +31,13 @@ is counted as the packet path counts it.
 
 from __future__ import annotations
 
+import weakref
+
 from broker.core.broker import Broker
 from broker.core.client_port import ClientPort
 from broker.core.connection import Connection
 from broker.core.handle_publish import topic_limit
+from broker.core.hooks import ClientInfo
 from broker.core.session import Session, Subscription
 from broker.core.states import CONNECTED
 from broker.protocol.runs import PublishFrames, PublishRun
@@ -92,8 +96,9 @@ def handle_publish_frames(channel: Connection, frames: PublishFrames) -> Leftove
     settings = broker.settings
     max_levels = settings.max_topic_levels
     max_length = settings.max_topic_length
-    authorize = broker.hooks.run_authorize if broker.hooks.authorize else None
-    allowed: dict[str, bool] = {}
+    hooks = broker.hooks
+    authorize = hooks.run_authorize if hooks.authorize else None
+    allowed = _answers(broker, info) if authorize is not None else {}
     match_all = broker.router.match_all
     plans: dict[int, tuple[object, list[_Out] | None]] = {}
     outs: dict[str, _Out] = {}
@@ -138,6 +143,8 @@ def handle_publish_frames(channel: Connection, frames: PublishFrames) -> Leftove
             ok = allowed.get(topic)
             if ok is None:
                 ok = allowed[topic] = authorize(info, "publish", topic)
+                if len(allowed) > _ACL_TOPICS:
+                    allowed.clear()  # bounded: a client of ever-new topics starts over
             if not ok:
                 dropped += 1
                 start = end
@@ -187,6 +194,44 @@ def handle_publish_frames(channel: Connection, frames: PublishFrames) -> Leftove
     if rest is not None:
         left.append(rest)
     return left
+
+
+#: Publish decisions remembered per client (`_answers`), at most.
+_ACL_TOPICS = 4096
+
+
+class _Acl:
+    """The remembered publish decisions of a broker's pure authorize hooks: per (client id,
+    username), topic -> allowed; valid for `key` (the epoch and the hooks)."""
+
+    __slots__ = ("answers", "key")
+
+    def __init__(self, key: tuple[object, ...]) -> None:
+        self.key = key
+        self.answers: dict[tuple[str, str | None], dict[str, bool]] = {}
+
+
+_ACLS: weakref.WeakKeyDictionary[Broker, _Acl] = weakref.WeakKeyDictionary()
+
+
+def _answers(broker: Broker, info: ClientInfo) -> dict[str, bool]:
+    """Where to remember this client's publish decisions: for this read only, unless every
+    authorize hook is pure (`Hooks.pure_authorize`); then across reads, forgotten when a
+    hook comes or goes or its owner bumps `Hooks.authorize_epoch` (an ACL reload)."""
+    hooks = broker.hooks
+    if not hooks.authorize_is_pure():
+        return {}
+    key = (hooks.authorize_epoch, *hooks.authorize)
+    acl = _ACLS.get(broker)
+    if acl is None or acl.key != key:
+        acl = _ACLS[broker] = _Acl(key)
+    who = (info.client_id, info.username)
+    answers = acl.answers.get(who)
+    if answers is None:
+        if len(acl.answers) >= _ACL_TOPICS:
+            acl.answers.clear()
+        answers = acl.answers[who] = {}
+    return answers
 
 
 def _flush(broker: Broker, outs: dict[str, _Out], data: bytes) -> None:

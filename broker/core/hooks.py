@@ -48,6 +48,17 @@ class Hooks:
     session_subscribed: list[SessionSubscribedHook] = field(default_factory=list)
     #: MQTT 5.0 enhanced authentication methods by name (see `broker.core.enhanced_auth`).
     auth_methods: dict[str, AuthMethod] = field(default_factory=dict)
+    #: Authorize hooks (the same objects as in `authorize`) whose answer depends only on the
+    #: client's id and username, the action and the topic, until `authorize_epoch` changes:
+    #: answers the QoS 0 fast path may remember (`broker.core.frames_delivery`).
+    pure_authorize: list[AuthorizeHook] = field(default_factory=list)
+    #: Bumped by the owner of a pure authorize hook whenever its rules change (a reload).
+    authorize_epoch: int = 0
+
+    def authorize_is_pure(self) -> bool:
+        """Every authorize hook is pure (`pure_authorize`): its answers may be remembered."""
+        pure = self.pure_authorize
+        return all(any(hook is known for known in pure) for hook in self.authorize)
 
     def run_authenticate(self, client: ClientInfo, password: bytes | None) -> bool | None:
         for hook in self.authenticate:

@@ -146,7 +146,11 @@ class AclFilePlugin(Plugin):
             raise PluginLoadError("no ACL file: set acl_file, or file in [plugins.acl_file]")
         self.acl = self._read()
         log.info("acl_file: loaded %s", self.file)
-        self.attach(ctx.broker.hooks.authorize, self.authorize)
+        hook = self.authorize
+        self.attach(ctx.broker.hooks.authorize, hook)
+        # Its answers follow from the file's rules, the client's id and username, the action
+        # and the topic alone: remembered by the fast path until `reload` bumps the epoch.
+        self.attach(ctx.broker.hooks.pure_authorize, hook)
 
     def _read(self) -> Acl:
         """Read and parse the whole file; PluginLoadError with the reason."""
@@ -171,6 +175,8 @@ class AclFilePlugin(Plugin):
             log.error("acl_file: RELOAD FAILED, keeping the rules loaded before: %s", exc)
             return False
         self.acl = acl
+        if self._ctx is not None:
+            self._ctx.broker.hooks.authorize_epoch += 1  # remembered answers are void
         log.info("acl_file: reloaded %s", self.file)
         return True
 

@@ -229,3 +229,73 @@ def test_a_cluster_node_passes_frames_as_bytes_only_while_alone() -> None:
         got = [p.topic for p in sub.received() if isinstance(p, Publish)]
         assert got == [p.topic for p in batch if isinstance(p, Publish)]  # MQTT-4.6.0-6
         assert forwarded == [], "no other node routes these topics: nothing forwarded"
+
+
+def test_acl_answers_are_remembered_across_reads_until_a_reload(tmp_path: Any) -> None:
+    """With the acl_file plugin (a pure authorize hook), a topic's publish decision is asked
+    once, not once per read, and a reload (new rules) voids every remembered answer."""
+    from types import SimpleNamespace
+
+    from broker.plugins.acl_file import Acl, AclFilePlugin
+
+    acl = tmp_path / "acl"
+    acl.write_text("topic read w/#\ntopic write w/0/#\n")  # anonymous clients
+    mem = MemBroker()
+    plugin = AclFilePlugin()
+    ctx = SimpleNamespace(broker=mem.broker, config={"file": str(acl)}, node_config=None)
+    plugin.load(ctx)  # type: ignore[arg-type]
+    sub, _ = mem.connect("sub")
+    sub.subscribe(("w/+/+", 0))
+    publisher, _ = mem.connect("pub")
+    batch: list[Packet] = [Publish(f"w/{i % 2}/{i % 4}", b"m") for i in range(8)]
+    asked: list[str] = []
+    real = Acl.check
+
+    def check(self: Acl, client_id: str, username: str | None, access: int, topic: str) -> bool:
+        asked.append(topic)
+        return real(self, client_id, username, access, topic)
+
+    def topics() -> list[str]:
+        return [p.topic for p in sub.received() if isinstance(p, Publish)]
+
+    with mock.patch.object(Acl, "check", check):
+        publisher.send(*batch)
+        assert topics() == ["w/0/0", "w/0/2", "w/0/0", "w/0/2"]
+        assert sorted(asked) == ["w/0/0", "w/0/2", "w/1/1", "w/1/3"], "once per topic"
+        asked.clear()
+        publisher.send(*batch)  # the next read: every answer remembered
+        assert topics() == ["w/0/0", "w/0/2", "w/0/0", "w/0/2"]
+        assert asked == []
+        acl.write_text("topic read w/#\ntopic write w/1/#\n")
+        assert plugin.reload()
+        publisher.send(*batch)  # the new rules apply at once
+        assert topics() == ["w/1/1", "w/1/3", "w/1/1", "w/1/3"]
+        assert sorted(asked) == ["w/0/0", "w/0/2", "w/1/1", "w/1/3"]
+    plugin.unload()
+    assert mem.broker.hooks.authorize == mem.broker.hooks.pure_authorize == []
+
+
+def test_an_authorize_hook_not_known_pure_is_asked_every_read() -> None:
+    """A hook not in `Hooks.pure_authorize` may answer differently each time: asked once
+    per topic and read, and its new answer applies to the next read."""
+    mem = MemBroker()
+    denied = {"w/0/0"}
+    asked: list[str] = []
+
+    def hook(info: Any, action: str, topic: str) -> bool:
+        asked.append(topic)
+        return topic not in denied
+
+    mem.broker.hooks.authorize.append(hook)
+    sub, _ = mem.connect("sub")
+    sub.subscribe(("w/+/+", 0))
+    publisher, _ = mem.connect("pub")
+    batch: list[Packet] = [Publish("w/0/0", b"a"), Publish("w/0/1", b"b")] * 2
+    for read in range(3):
+        asked.clear()
+        publisher.send(*batch)
+        assert sorted(asked) == ["w/0/0", "w/0/1"]
+        got = [p.topic for p in sub.received() if isinstance(p, Publish)]
+        assert got == (["w/0/1", "w/0/1"] if read < 2 else ["w/0/0", "w/0/1"] * 2)
+        if read == 1:
+            denied.clear()
