@@ -227,12 +227,16 @@ class Forwarder:
     def link_up(self, address: Address, peer: Hello) -> None:
         """A handshake with `address` completed: what it has not acknowledged goes again, in
         order (a new run of the peer gets it too: its clients' sessions came back with it),
-        then what was parked."""
+        then what was parked. A version-3 peer gets its (empty) outbox now: with the link
+        closed later (a dead verdict), it is what says the peer takes numbered batches."""
         box = self._boxes.get(address)
+        version = self.transport.peer_version(address)
+        reliable = version is not None and version >= _RELIABLE_VERSION
+        if box is None and reliable:
+            box = self._box(address)
         if box is None or not box.records:
             return
-        version = self.transport.peer_version(address)
-        if version is None or version < _RELIABLE_VERSION:
+        if not reliable:
             self._give_up(address, "peer_version")  # the peer was replaced by an older node
             return
         box.resend = deque(box.numbered())

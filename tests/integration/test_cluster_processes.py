@@ -4,8 +4,9 @@ Every node binds port 0 everywhere and its banner tells the ports really bound (
 included); nodes 2 and 3 join node 1. One set of processes serves the module, in file order:
 delivery across nodes, retained, bans, REST aggregation, then node 3 killed with SIGKILL
 (detected within `MembershipConfig.detection_bound(3)` plus a margin, its routes purged
-`DEAD_HOLD` seconds later with what was held for it, the rest still working) and restarted (it rejoins and receives again). Only processes this module
-started are signalled, by their PIDs; every wait is bounded.
+`DEAD_HOLD` seconds later with what was held for it, the rest still working) and restarted
+(it rejoins and receives again). Only processes this module started are signalled, by their
+PIDs; every wait is bounded.
 """
 
 from __future__ import annotations
