@@ -1,18 +1,22 @@
 """The grace of a peer declared dead (`cluster.dead_hold`, `[cluster] dead_hold`): the pure
 clock of the graces, the route table kept through a grace (`RouteSync.keep_dead`) and replaced
-by the peer's current routes when it comes back, and shared dispatch that never picks a member
-on a dead node while a live one exists."""
+by the peer's current routes when it comes back, shared dispatch that never picks a member on a
+dead node while a live one exists, and `PeerGrace` driving them from member events."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 
 from broker.core.message import Message
-from cluster.dead_hold import DeadHold
+from cluster.dead_hold import DeadHold, PeerGrace
 from cluster.delegate import MemberEvent
+from cluster.forwarder import Forwarder
 from cluster.routes import RouteTable
 from cluster.shared_dispatch import ClusterSharedDispatcher
 from cluster.sync import RouteSync
+from cluster.transport import Transport
 
 B = ("127.0.0.1", 2)
 
@@ -172,3 +176,52 @@ def test_shared_dispatch_never_picks_a_dead_node_while_a_live_one_has_members() 
     sent.clear()
     assert last.dispatch(Message("t/x", b"x", 1)) == 0  # (their sends drop and count)
     assert set(sent) == {"b", "c"} and last.dropped == 1
+
+
+# -- PeerGrace: the policy applied to routes, held forwards and the link -------------------------
+
+
+def _grace(seconds: float) -> tuple[PeerGrace, RouteSync, Forwarder, Counter[str]]:
+    sync, _ = _synced(keep_dead=False)
+    stats: Counter[str] = Counter()
+    transport = Transport("a", 1, "cookie", lambda *x: None)
+    forwarder = Forwarder(transport, "a", stats, lambda n: None)
+    return PeerGrace(seconds, sync, forwarder, transport, stats), sync, forwarder, stats
+
+
+def test_peer_grace_keeps_a_dead_peer_then_purges_it_at_the_end() -> None:
+    grace, sync, _, stats = _grace(30.0)
+    assert sync.keep_dead
+    sync.on_event(MemberEvent("dead", "b", B, 5))  # (membership tells the sync first)
+    grace.dead("b", 5, B, now=10.0)
+    assert grace.holds("b") and sync.table.remote_match("t/1") == {"b"}
+    assert grace.next_deadline() == 40.0
+    assert grace.expire(39.0) == 0 and grace.holds("b")
+    assert grace.expire(40.0) == 1
+    assert not grace.holds("b") and sync.table.routes() == []
+    assert stats["dead_hold/started"] == 1 and stats["dead_hold/expired"] == 1
+
+
+def test_peer_grace_ends_when_the_peer_comes_back() -> None:
+    grace, sync, _, stats = _grace(30.0)
+    sync.on_event(MemberEvent("dead", "b", B, 5))
+    grace.dead("b", 5, B, now=0.0)
+    sync.on_event(MemberEvent("alive", "b", B, 5))
+    grace.back("b", B)
+    assert not grace.holds("b") and stats["dead_hold/returned"] == 1
+    assert grace.expire(100.0) == 0
+    assert sync.table.routes() == [("t/1", "b"), ("t/2", "b")]  # not purged
+
+
+def test_peer_grace_of_zero_and_a_leave_purge_at_once() -> None:
+    grace, sync, _, stats = _grace(0.0)
+    assert not sync.keep_dead
+    sync.on_event(MemberEvent("dead", "b", B, 5))
+    grace.dead("b", 5, B, now=0.0)
+    assert not grace.holds("b") and sync.table.routes() == [] and not stats
+    grace, sync, _, _ = _grace(30.0)
+    sync.on_event(MemberEvent("dead", "b", B, 5))
+    grace.dead("b", 5, B, now=0.0)
+    sync.on_event(MemberEvent("left", "b", B, 5))
+    grace.left("b", B)
+    assert not grace.holds("b") and sync.table.routes() == [] and grace.expire(100.0) == 0
