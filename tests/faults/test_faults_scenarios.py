@@ -96,7 +96,7 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # A peer declared dead keeps its routes and held forwards for `[cluster] dead_hold` (60 s,
     # cluster/dead_hold.py): what was in flight at the split and what is published after the
     # heal, before the sides see each other alive, now arrives. 0 lost in every run measured:
-    # 6 runs of each of these four scenarios on branch dead-grace (from 3-64 per run before).
+    # 6 runs of each of these four scenarios on branch dead-grace (4-64 per run on its base).
     **{
         (scenario, "acked_delivered"): ("holds", "")
         for scenario in ("isolate_sub", "isolate_pub", "split_2_3", "pause")
