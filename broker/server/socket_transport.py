@@ -24,7 +24,8 @@ it is read, for writing while bytes wait, and not at all otherwise (an error or 
 reported to whichever side is registered, as the selector does). When the loop finds the
 poller's epoll readable it takes up to `MAX_EVENTS` ready sockets and calls their transports;
 more stay ready for the next loop turn. Callbacks these make with `call_soon` run in the next
-turn, as with the loop's own readers.
+turn, as with the loop's own readers. A `Batch` given to the server is told when the handling of
+the ready sockets begins and ends (the MQTT connections send what their reads routed at its end).
 
 Reading: one `recv(MAX_READ)` per readiness, the bytes to `data_received`; an empty read is EOF
 (`eof_received`, then close unless it returns true). Writing: `write` sends at once when nothing
@@ -46,12 +47,13 @@ import errno
 import select
 import socket
 from asyncio.trsock import TransportSocket
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "HIGH_WATER",
     "LOW_WATER",
     "MAX_READ",
+    "Batch",
     "Poller",
     "SocketServer",
     "SocketTransport",
@@ -93,13 +95,24 @@ def available(loop: asyncio.AbstractEventLoop) -> bool:
     )
 
 
+class Batch(Protocol):
+    """Told when a poller starts and ends handling its ready sockets, so that what the reads
+    caused (writes to other connections) can be done once at the end of all of them, in this
+    loop turn (`broker.server.tcp.WriteBatch`)."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class Poller:
     """One epoll for the connections of a listener, watched by the loop as one descriptor."""
 
-    __slots__ = ("_closing", "_epoll", "_live", "_loop", "_transports")
+    __slots__ = ("_batch", "_closing", "_epoll", "_live", "_loop", "_transports")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch: Batch | None = None) -> None:
         self._loop = loop
+        self._batch = batch
         self._epoll = select.epoll()
         #: fd -> transport, for the sockets registered now (reading or writing).
         self._transports: dict[int, SocketTransport] = {}
@@ -145,15 +158,22 @@ class Poller:
             events = self._epoll.poll(0, MAX_EVENTS)
         except InterruptedError:
             return
-        transports = self._transports
-        for fd, event in events:
-            transport = transports.get(fd)
-            if transport is None:
-                continue
-            if event & _READ_EVENTS and transport._state & _READING:
-                transport.read_ready()
-            if event & _WRITE_EVENTS and transport._buffer is not None:
-                transport.write_ready()
+        batch = self._batch
+        if batch is not None:
+            batch.begin()
+        try:
+            transports = self._transports
+            for fd, event in events:
+                transport = transports.get(fd)
+                if transport is None:
+                    continue
+                if event & _READ_EVENTS and transport._state & _READING:
+                    transport.read_ready()
+                if event & _WRITE_EVENTS and transport._buffer is not None:
+                    transport.write_ready()
+        finally:
+            if batch is not None:
+                batch.end()
 
     def close_when_idle(self) -> None:
         """The listener closed: close this epoll once its last connection is gone."""
@@ -401,11 +421,12 @@ class SocketServer(asyncio.AbstractServer):
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         protocol_factory: Any,
+        batch: Batch | None = None,
     ) -> None:
         self._loop = loop
         self._sock: socket.socket | None = sock
         self._factory = protocol_factory
-        self._poller = Poller(loop)
+        self._poller = Poller(loop, batch)
         self._retry: asyncio.TimerHandle | None = None
         #: TCP_NODELAY for each accepted socket (asked once: `socket.family` builds an enum).
         self._nodelay = sock.family in (socket.AF_INET, socket.AF_INET6)
