@@ -88,7 +88,8 @@ class AcceptErrors:
     calling accept() after the first failure). So for this node's listening sockets only, each
     pause is counted once (`ListenerStats.accept_paused`, `max_open_files`) and a warning is
     logged at most every `FD_WARNING_INTERVAL` seconds; any other report goes to the handler that
-    was installed before. (uvloop handles EMFILE inside libuv instead; not covered here.)
+    was installed before. Plain TCP goes through our `SocketServer` on uvloop as well, which
+    reports the same way; uvloop's own servers (TLS there) handle EMFILE inside libuv.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, broker: Broker) -> None:
