@@ -22,6 +22,12 @@ or flagged PUBLISH, properties, a topic that is not valid UTF-8 or holds U+0000,
 or long (body of 16 KiB or more) header, a frame not complete yet or over `max_size`. So a
 run never holds a frame the decoder would refuse or read differently, and falling back to
 `broker.protocol.decode.expand_run` gives the same packets the decoder would have made.
+
+A publisher cycling through many topics sends no run longer than one frame. `scan_frames`
+(which the decoder tries first) takes such frames together: each frame with the same checks
+as above, up to the first that is not one or that starts a run (left to `scan_run`), as one
+`PublishFrames` (the bytes, each frame's topic and end); a lone frame stays a `PublishRun` of
+one. `broker.core.frames_delivery` routes them frame by frame in one loop per read.
 """
 
 from __future__ import annotations
@@ -194,7 +200,8 @@ _BYTES = [bytes([b]) for b in range(256)]
 class PublishFrames:
     """Plain QoS 0 PUBLISH frames to changing topics, back to back as received: the frames
     `first` to `len(topics) - 1` of `data`, frame `i` being `data[ends[i - 1]:ends[i]]` (the
-    first starts at 0) to `topics[i]`. No two neighbours form a run (`scan_frames`).
+    first starts at 0) to `topics[i]`. No two neighbours form a run, and the decoder makes
+    one of two frames or more (`scan_frames`).
 
     `longest` is the largest frame length. Every frame passes the checks of `measure_run`, so
     a frame made into a `PublishRun` of one (`run`) is what `scan_run` would have found.
