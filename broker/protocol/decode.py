@@ -401,8 +401,9 @@ class Decoder:
     def feed_runs(
         self, data: bytes | bytearray | memoryview
     ) -> list[Packet | PublishRun | PublishFrames]:
-        """As `feed`, but plain QoS 0 PUBLISHes come as `PublishRun`s of their bytes
-        (`broker.protocol.runs`): what the broker passes on without making packets."""
+        """As `feed`, but plain QoS 0 PUBLISHes come as `PublishRun`s of their bytes, or as
+        `PublishFrames` when their topics change from frame to frame (`broker.protocol.runs`):
+        what the broker passes on without making packets."""
         return self._feed(data, True)
 
     def _feed(
