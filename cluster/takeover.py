@@ -70,13 +70,13 @@ from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState, TakeoverDone
+from broker.core.hlc import Stamp as ClockStamp
 from broker.core.hooks import ClientInfo
 from cluster.handoff import Handoff, plain_filters
 from cluster.registry import (
     ZERO,
     Registry,
     Stamp,
-    StampClock,
     entries_wire,
     moved,
     owner_of,
@@ -188,7 +188,6 @@ class ClusterSessionLocator:
         handoff: Handoff,
         timeout: float = 3.0,
         max_state_bytes: int = MAX_STATE_BYTES,
-        wall: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.broker = broker
@@ -198,13 +197,12 @@ class ClusterSessionLocator:
         self.timeout = timeout
         self.max_state_bytes = max_state_bytes
         self.registry = Registry()
-        self.clock = StampClock(wall)
         #: The ids whose session is here, with the stamp of the claim that brought it.
         self.held: dict[str, Stamp] = {}
         self.stats: dict[str, int] = {
             "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
             "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
-            "stand_ins": 0,
+            "stand_ins": 0, "stamps_rejected": 0,
         }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -224,7 +222,7 @@ class ClusterSessionLocator:
     def takeover(self, client_id: str, clean_start: bool, done: TakeoverDone) -> bool:
         self.stats["takeovers"] += 1
         nodes = self.live_nodes()
-        stamp = self.clock.next()
+        stamp = self._now()
         owner = owner_of(client_id, nodes)
         if owner == self.name:
             entry = self.registry.get(client_id)
@@ -286,7 +284,7 @@ class ClusterSessionLocator:
             log.info("takeover of %s: owner %s did not answer: %s", client_id, owner, exc)
         finally:
             # Nothing awaited from here on: the session is open before anything else runs.
-            self.clock.observe(stamp)
+            self._observe(stamp, owner)  # the owner's stamp, as the owner recorded it
             done(state)  # also when cancelled (the node stops): the CONNECT goes on alone
             if client_id in self.broker.sessions:
                 self.held[client_id] = stamp
@@ -296,6 +294,23 @@ class ClusterSessionLocator:
                     self._confirmed.pop(client_id, None)
             filters = plain_filters(state) if state is not None and not clean_start else None
             self.handoff.claim_finished(client_id, filters, time.monotonic())
+
+    def _now(self) -> Stamp:
+        """A claim's stamp from the node's one hybrid clock (`Broker.hlc`)."""
+        stamp = self.broker.hlc.now()
+        return stamp.ms, stamp.counter
+
+    def _observe(self, stamp: Stamp, node: str) -> bool:
+        """Take a stamp made elsewhere into the clock; False when it is beyond the clock's
+        drift bound (`broker.core.hlc`): it is then not trusted to order anything."""
+        if stamp == ZERO:
+            return True
+        if self.broker.hlc.update(ClockStamp(stamp[0], stamp[1], node)):
+            return True
+        self.stats["stamps_rejected"] += 1
+        log.warning("registry: a stamp from %s is %.0f s ahead of our clock: not trusted",
+                    node, stamp[0] / 1000 - self.broker.hlc.wall())  # fmt: skip
+        return False
 
     async def _claim_at(
         self, owner: str, nodes: list[str], args: dict[str, Any]
@@ -359,7 +374,8 @@ class ClusterSessionLocator:
             raise ValueError("registry_claim needs client_id (str), clean_start (bool), stamp")
         if stamp is None:
             raise ValueError("registry_claim needs a stamp [ms, n]")
-        self.clock.observe(stamp)
+        if not self._observe(stamp, from_node):
+            stamp = self._now()  # the claimant's clock is too far ahead: ordered by ours
         lock, users = self._locks.get(client_id) or (asyncio.Lock(), 0)
         self._locks[client_id] = (lock, users + 1)
         try:
@@ -398,7 +414,8 @@ class ClusterSessionLocator:
         lose: dict[str, Stamp] = {}
         nodes = set(self.live_nodes())
         for client_id, stamp in parse_entries(args.get("entries")):
-            self.clock.observe(stamp)
+            if not self._observe(stamp, from_node):
+                stamp = ZERO  # too far ahead to trust: loses to any other holder
             evict = self.registry.register(client_id, from_node, stamp, nodes.__contains__)
             if evict is None:
                 continue

@@ -538,15 +538,20 @@ class Broker:
         keeps the same value whatever order the writes reach it in. A write without a stamp is
         taken here and stamped now (`message.stamp`, which the cluster forwards with it); one
         with a stamp came from another node and moves our clock. False: a later write (or
-        clear) of the topic is held, this one changes nothing."""
+        clear) of the topic is held, or the stamp is beyond the clock's drift bound; this one
+        changes nothing."""
         topic = message.topic
         held = self.retained.get(topic)
         old = retained_stamp(held) if held is not None else self.retained_gone.get(topic)
         stamp = message.stamp
         if stamp is None:
             stamp = message.stamp = self.hlc.now()
-        else:
-            self.hlc.update(stamp)
+        elif not self.hlc.update(stamp):
+            # beyond the drift bound (`broker.core.hlc`, counted in `hlc.rejected`): refused;
+            # anti-entropy offers it again, taken once our wall clock is within the bound
+            log.warning("retained %s: stamp %s is beyond the clock's drift bound: refused",
+                        topic, stamp)  # fmt: skip
+            return False
         if old is not None and stamp <= old:
             return False
         if self.dirty_retained is not None:

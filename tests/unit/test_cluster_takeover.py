@@ -533,3 +533,29 @@ def test_deliver_to_one_session_only() -> None:
     got = one.publishes()
     assert [(p.payload, p.qos) for p in got] == [(b"m", 1)]
     assert isinstance(got[0], Publish) and two.publishes() == []
+
+
+async def test_the_registry_uses_the_nodes_one_clock_and_its_drift_rule() -> None:
+    """Claims are stamped by `Broker.hlc` (one clock per node); a claim or a registration
+    stamped beyond the drift bound (broker.core.hlc) is not trusted by the owner."""
+    net = Net(["a", "b", "c"])
+    owner = net.locators["a"]
+    cid = cid_owned_by("a", net.live)
+    ahead = [1000_000 + 10 * 60_000, 0]  # 10 minutes ahead of a's wall clock (1000 s)
+    answer = await owner.serve_claim({"client_id": cid, "clean_start": True, "stamp": ahead}, "b")
+    assert answer["stamp"][0] < ahead[0]  # ordered by the owner's own clock
+    assert owner.stats["stamps_rejected"] == 1 and net.brokers["a"].hlc.rejected == 1
+    assert net.brokers["a"].hlc.peek().ms < ahead[0]
+    # a later claim from c (sane clock) is newer: the far-ahead one did not win
+    later = net.brokers["c"].hlc.now()
+    args = {"client_id": cid, "clean_start": True, "stamp": [later.ms, later.counter]}
+    await owner.serve_claim(args, "c")
+    assert owner.registry.get(cid).node == "c"  # type: ignore[union-attr]
+    # a registration stamped far ahead loses to the holder the owner knows
+    got = await owner.serve_register({"entries": [[cid, ahead]]}, "b")
+    assert got == {"evict": [[cid, [0, 0]]]}
+    assert owner.registry.get(cid).node == "c"  # type: ignore[union-attr]
+    # the stamp of a CONNECT comes from the broker's clock
+    before = net.brokers["b"].hlc.peek()
+    net.client("b").connect(cid_owned_by("b", net.live))
+    assert net.brokers["b"].hlc.peek() > before
