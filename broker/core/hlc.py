@@ -28,7 +28,8 @@ ties, so two stamps of different nodes are never equal. Tuples compare in that o
   own wall clock, so two nodes would keep two different orders of the same writes and never
   converge; a rejected write is refused the same way everywhere, and converges (late) once the
   writer's clock is fixed or real time passes it. The cost is said plainly: while its clock is
-  ahead, such a node's retained writes reach its own subscribers and clients only.
+  ahead, such a node's retained values are kept on that node only (the messages themselves are
+  still delivered everywhere; only storing them as retained is refused).
 
 A stamp from a peer that predates this clock (no stamp on the wire) is read as its wall time:
 `legacy_stamp(ms)` = `(ms, 0, "")`, which sorts before any stamp of a node at that millisecond.
