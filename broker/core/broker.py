@@ -560,7 +560,9 @@ class Broker:
         if not message.payload:
             self.retained.delete(topic)
             gone.pop(topic, None)  # the newest last: expiry and the bound take the oldest first
-            gone[topic] = stamp  # a tombstone: an older write arriving later must not win
+            ttl_ms = self.settings.retained_tombstone_ttl * 1000
+            if stamp.ms >= int(self.clock() * 1000) - ttl_ms:  # (an expired one is not kept)
+                gone[topic] = stamp  # a tombstone: an older write arriving later must not win
             if len(gone) > RETAINED_TOMBSTONES:
                 oldest = next(iter(gone))
                 del gone[oldest]

@@ -142,3 +142,13 @@ def test_format_2_is_migrated_and_its_rows_kept(tmp_path: Path) -> None:
     finally:
         db.close()
     assert decode_value(blob) == {"cleared": broker.retained_gone["r/k"].to_wire()}
+
+
+def test_a_clear_older_than_the_ttl_removes_an_older_value_but_leaves_no_tombstone() -> None:
+    clock = Clock(1000.0)
+    broker = _broker(clock, ttl=60)
+    assert broker.retain(_old_write("r/a", 900_000))  # a value written at 900 s
+    clear = Message("r/a", b"", 0, True, timestamp=930.0)
+    clear.stamp = Stamp(930_000, 0, "n2@h")  # a clear from a peer, 70 s old: past the TTL
+    assert broker.retain(clear)
+    assert broker.retained.get("r/a") is None and broker.retained_gone == {}
