@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.protocol.acked_runs import AckedRun
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId
-from broker.protocol.acked_runs import AckedRun
 from broker.protocol.decode import Run, expand_run
 from broker.protocol.errors import MalformedPacket
 from broker.protocol.packets import Packet, PingReq, Properties, Publish
