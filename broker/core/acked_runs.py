@@ -84,12 +84,7 @@ def handle_acked_run(channel: Connection, run: AckedRun) -> bool:
             channel.send_acks(run.acks(), count, PacketType.PUBACK)
         return True
     if qos1:
-        now = broker.clock()
-        node = broker.node_name
-        for payload in run.payloads():
-            message = Message(topic, payload, 1, False, {}, publisher, now, node)
-            for target in qos1:
-                target.deliver(message, 1, False, None, now)
+        _deliver_qos1(broker, run, qos1, publisher)
     if qos0_run is not None:
         for target, port in qos0:
             sent = port.send_run(qos0_run)
@@ -100,6 +95,28 @@ def handle_acked_run(channel: Connection, run: AckedRun) -> bool:
         code = ReasonCode.NO_MATCHING_SUBSCRIBERS if is_v5 else 0
     channel.send_acks(run.acks(code), count, PacketType.PUBACK)
     return True
+
+
+def _deliver_qos1(broker: Broker, run: AckedRun, targets: list[Session], publisher: str) -> None:
+    """Give each message of `run` to each of `targets` at QoS 1, as `Broker.publish` would,
+    one target at a time (sessions share nothing but counters). A target whose queue is full
+    stays full for the rest of the run (nothing it acknowledges is read meanwhile): the rest
+    is dropped and counted at once (`Session.refuses`), without making their messages."""
+    now = broker.clock()
+    node = broker.node_name
+    topic = run.topic
+    count = run.count
+    messages: list[Message | None] = [None] * count
+    for target in targets:
+        for i in range(count):
+            if target.refuses(now):
+                target.count_refused(count - i)
+                break
+            message = messages[i]
+            if message is None:
+                payload = run.payload(i)
+                message = messages[i] = Message(topic, payload, 1, False, {}, publisher, now, node)
+            target.deliver(message, 1, False, None, now)
 
 
 def plan_acked_run(broker: Broker, topic: str, publisher: str) -> Targets | None:

@@ -55,12 +55,10 @@ class AckedRun:
         self.id_at = id_at
         self.payload_at = id_at + 3 if v5 else id_at + 2
 
-    def payloads(self) -> list[bytes]:
-        """Each frame's payload, in order (one copy each, as the decoder makes them)."""
-        data = self.data
-        start = self.payload_at
-        frame_len = self.frame_len
-        return [data[at + start : at + frame_len] for at in range(0, len(data), frame_len)]
+    def payload(self, index: int) -> bytes:
+        """The payload of frame `index` (a copy, as the decoder makes it)."""
+        at = index * self.frame_len
+        return self.data[at + self.payload_at : at + self.frame_len]
 
     def packet_ids(self) -> list[int]:
         """Each frame's packet id, in order."""
@@ -149,11 +147,15 @@ def scan_acked_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) ->
         column = buf[topic_end + 2 : stop : frame_len]
         count = min(count, len(column) - len(column.lstrip(b"\x00")))
     if count:  # a packet id of 0 is refused by the decoder (MQTT-2.3.1-1)
-        high = buf[topic_end:stop:frame_len]
-        low = buf[topic_end + 1 : stop : frame_len]
-        zero = bytes(map(int.__or__, high[:count], low[:count])).find(0)
+        end = pos + count * frame_len
+        ids = bytearray(2 * count)  # every packet id, big-endian, back to back
+        ids[0::2] = buf[topic_end:end:frame_len]
+        ids[1::2] = buf[topic_end + 1 : end : frame_len]
+        zero = ids.find(b"\x00\x00")
+        while zero > 0 and zero & 1:  # the low byte of one id and the high byte of the next
+            zero = ids.find(b"\x00\x00", zero + 1)
         if zero >= 0:
-            count = zero
+            count = zero // 2
     if not count:
         return None
     with memoryview(buf) as view:
