@@ -7,9 +7,11 @@ to one topic; they differ only in packet id and payload. `scan_acked_run` finds,
 offset of the decoder's buffer, the longest run of such frames, as `broker.protocol.runs` does
 for QoS 0: the same first byte 0x32 (PUBLISH, QoS 1, no DUP, no RETAIN), the same minimal
 Remaining Length, the same topic and, in MQTT 5, a property length of 0 after the packet id.
-The head is compared column by column over every frame at once (`buf[pos + j :: frame_len]`
-is byte `j` of every frame), so finding a run is a few dozen C-level slices, not Python
-steps per frame. A packet id of 0 (MQTT-2.3.1-1) ends the run: the decoder refuses that frame.
+The first frames are compared one by one (`startswith`), the rest of a long run column by
+column over every frame at once (`buf[pos + j :: frame_len]` is byte `j` of every frame), so
+finding a run is a few dozen C-level slices, not Python steps per frame. A packet id of 0
+(MQTT-2.3.1-1) ends the run: the decoder refuses that frame. A run of one frame is left to the
+decoder too: the packet path costs a lone message less than a run's once-per-run work.
 
 An `AckedRun` then gives what the broker needs without a `Publish` per frame: the payloads,
 the PUBACK of every frame in one `bytes` (`acks`), and the same messages as QoS 0 frames
@@ -24,6 +26,8 @@ from broker.protocol.runs import PublishRun, encode_varint
 
 #: First byte of a PUBLISH with QoS 1 and neither DUP nor RETAIN.
 PLAIN_QOS1 = 0x32
+#: Frames compared one at a time before the column check takes over.
+_ONE_BY_ONE = 8
 #: PUBACK's first byte (type 4, flags 0).
 _PUBACK = 0x40
 
@@ -120,12 +124,16 @@ def scan_acked_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) ->
         length = (length & 0x7F) | (second << 7)
         head = 3
     frame_len = head + length
-    if pos + frame_len > n or frame_len > max_size or length < 4:
+    # A run of one is the decoder's: the packet path costs it less than a run would.
+    if pos + 2 * frame_len > n or frame_len > max_size or length < 4:
         return None
     topic_at = pos + head + 2
     topic_end = topic_at + ((buf[topic_at - 2] << 8) | buf[topic_at - 1])
-    payload_at = topic_end + 3 if v5 else topic_end + 2
-    if payload_at > pos + frame_len:
+    if topic_end + (3 if v5 else 2) > pos + frame_len:
+        return None
+    prefix = bytes(buf[pos:topic_end])  # everything up to the packet id
+    at = pos + frame_len
+    if not buf.startswith(prefix, at):
         return None
     try:
         topic = str(buf[topic_at:topic_end], "utf-8")
@@ -133,21 +141,30 @@ def scan_acked_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) ->
         return None
     if "\x00" in topic:
         return None
-    available = (n - pos) // frame_len
-    stop = pos + available * frame_len
-    # How many frames from `pos` have the same head: byte column by byte column, at once.
-    count = available
-    for j in range(pos, topic_end):
-        column = buf[j:stop:frame_len]
-        same = len(column) - len(column.lstrip(_BYTES[buf[j]]))
-        if same < count:
-            count = same
+    # The first frames one by one; a long run's rest byte column by byte column, at once.
+    count = 2
+    at += frame_len
+    while count < _ONE_BY_ONE and at + frame_len <= n and buf.startswith(prefix, at):
+        count += 1
+        at += frame_len
+    if count == _ONE_BY_ONE:
+        available = (n - pos) // frame_len
+        start = pos + count * frame_len
+        stop = pos + available * frame_len
+        agree = available - count
+        for j, byte in enumerate(prefix):
+            if agree <= 0:
+                break
+            column = buf[start + j : stop : frame_len]
+            agree = min(agree, len(column) - len(column.lstrip(_BYTES[byte])))
+        count += agree
+    end = pos + count * frame_len
     id_at = topic_end - pos
     if v5:  # a property length of 0: anything else is for the decoder to read
-        column = buf[topic_end + 2 : stop : frame_len]
-        count = min(count, len(column) - len(column.lstrip(b"\x00")))
-    if count:  # a packet id of 0 is refused by the decoder (MQTT-2.3.1-1)
+        column = buf[topic_end + 2 : end : frame_len]
+        count = len(column) - len(column.lstrip(b"\x00"))
         end = pos + count * frame_len
+    if count:  # a packet id of 0 is refused by the decoder (MQTT-2.3.1-1)
         ids = bytearray(2 * count)  # every packet id, big-endian, back to back
         ids[0::2] = buf[topic_end:end:frame_len]
         ids[1::2] = buf[topic_end + 1 : end : frame_len]
@@ -156,7 +173,7 @@ def scan_acked_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) ->
             zero = ids.find(b"\x00\x00", zero + 1)
         if zero >= 0:
             count = zero // 2
-    if not count:
+    if count < 2:
         return None
     with memoryview(buf) as view:
         data = view[pos : pos + count * frame_len].tobytes()
