@@ -22,6 +22,8 @@ Anything the decoder would refuse or read differently is left to the decoder (No
 
 from __future__ import annotations
 
+import re
+
 from broker.protocol.runs import PublishRun, encode_varint
 
 #: First byte of a PUBLISH with QoS 1 and neither DUP nor RETAIN.
@@ -147,17 +149,8 @@ def scan_acked_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) ->
     while count < _ONE_BY_ONE and at + frame_len <= n and buf.startswith(prefix, at):
         count += 1
         at += frame_len
-    if count == _ONE_BY_ONE:
-        available = (n - pos) // frame_len
-        start = pos + count * frame_len
-        stop = pos + available * frame_len
-        agree = available - count
-        for j, byte in enumerate(prefix):
-            if agree <= 0:
-                break
-            column = buf[start + j : stop : frame_len]
-            agree = min(agree, len(column) - len(column.lstrip(_BYTES[byte])))
-        count += agree
+    if count == _ONE_BY_ONE:  # a long run, likely: the rest in C
+        count += _count_rest(buf, at - frame_len, n, prefix, frame_len) - 1
     end = pos + count * frame_len
     id_at = topic_end - pos
     if v5:  # a property length of 0: anything else is for the decoder to read
@@ -180,5 +173,41 @@ def scan_acked_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) ->
     return AckedRun(topic, data, count, frame_len, v5, id_at)
 
 
+def _count_rest(buf: bytearray, pos: int, n: int, prefix: bytes, frame_len: int) -> int:
+    """How many whole frames from `pos` on begin with `prefix`, the one at `pos` known to.
+    One regular-expression match in C: the head of the frame at `pos`, then (payload, the
+    same head again) as often as it repeats (`_repeats`). Without a pattern (too many
+    shapes seen), byte column by byte column."""
+    available = (n - pos) // frame_len
+    stop = pos + available * frame_len
+    pattern = _repeats(len(prefix), frame_len)
+    if pattern is not None:
+        found = pattern.match(buf, pos, stop)
+        assert found is not None  # the frame at `pos` has the head
+        return 1 + (found.end() - pos - len(prefix)) // frame_len
+    agree = available - 1
+    for j, byte in enumerate(prefix):
+        if agree <= 0:
+            break
+        column = buf[pos + frame_len + j : stop : frame_len]
+        agree = min(agree, len(column) - len(column.lstrip(_BYTES[byte])))
+    return 1 + agree
+
+
+def _repeats(head: int, frame_len: int) -> re.Pattern[bytes] | None:
+    """`(head bytes)(?:(the rest of a frame)(the same head bytes))*`, compiled once per
+    shape (head and frame length); None once `_MAX_PATTERNS` shapes are held (a client that
+    varies its sizes gets the column check rather than a compile per run)."""
+    key = (head, frame_len)
+    pattern = _PATTERNS.get(key)
+    if pattern is None and len(_PATTERNS) < _MAX_PATTERNS:
+        source = b"(.{%d})(?:.{%d}\\1)*" % (head, frame_len - head)
+        pattern = _PATTERNS[key] = re.compile(source, re.DOTALL)
+    return pattern
+
+
+#: Compiled `_repeats` patterns by (head length, frame length).
+_PATTERNS: dict[tuple[int, int], re.Pattern[bytes]] = {}
+_MAX_PATTERNS = 256
 #: Each byte value as a one-byte `bytes`, made once.
 _BYTES = [bytes([b]) for b in range(256)]

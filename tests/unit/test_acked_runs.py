@@ -4,9 +4,11 @@ PUBACKs and QoS 0 frames are the encoder's bytes; a packet id of 0 is left to th
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.protocol import acked_runs
 from broker.protocol.acked_runs import AckedRun
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId
@@ -135,3 +137,33 @@ def test_a_zero_packet_id_ends_a_run_before_it() -> None:
         assert run.packet_ids() == [0x0100, 0x00FF, 7]
     else:
         raise AssertionError("a packet id of 0 was accepted")
+
+
+@pytest.mark.parametrize("patterns", [True, False])
+def test_a_payload_that_holds_the_frame_head_does_not_hide_a_frame(
+    patterns: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run's rest is counted by one pattern match (frame head, then payload and the
+    same head, repeated) or, with no pattern to spare, by columns: a payload that holds
+    the frames' head changes neither."""
+    if not patterns:
+        monkeypatch.setattr(acked_runs, "_PATTERNS", {})
+        monkeypatch.setattr(acked_runs, "_MAX_PATTERNS", 0)
+    # 'a/b' with a 20-byte payload: Remaining Length 27, head 32 1b 00 03 'a/b'.
+    head = b"\x32\x1b\x00\x03a/b"
+    payload = head + b"p" * (20 - len(head))
+    packets = [Publish("a/b", payload, qos=1, packet_id=i + 1) for i in range(12)]
+    packets.append(Publish("a/c", payload, qos=1, packet_id=13))  # another topic ends it
+    wire = b"".join(encode(p) for p in packets)
+    assert wire.startswith(head)
+    items = Decoder().feed_runs(wire)
+    assert isinstance(items[0], AckedRun)
+    assert items[0].count == 12
+    expanded = [p for i in items for p in (expand_run(i) if isinstance(i, AckedRun) else [i])]
+    assert expanded == packets
+    plain = b"p" * 20
+    wire = b"".join(encode(Publish("a/b", plain, qos=1, packet_id=i + 1)) for i in range(12))
+    (run,) = Decoder().feed_runs(wire)
+    assert isinstance(run, AckedRun)
+    assert run.count == 12
+    assert [run.payload(i) for i in range(12)] == [plain] * 12
