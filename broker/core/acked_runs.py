@@ -7,7 +7,7 @@ nodes. `handle_acked_run` takes them once per run and then does per message only
 message: a `Message` for each QoS 1 delivery (its packet id and inflight slot are the
 session's business, as ever), the run's bytes re-framed once for QoS 0 subscribers
 (`AckedRun.as_qos0`, passed on as a QoS 0 run is), and the PUBACKs of the whole run in one
-write, after every message of the run was routed (MQTT-4.3.2-1: ownership is taken before
+write, after every message of the run was routed (MQTT-4.3.2-2: ownership is taken before
 the PUBACK). When any check could come out differently per message, or a message needs
 something only the packet path does, it answers False having done nothing, and the channel
 hands the frames to `handle_publish` one by one: behaviour never depends on this module.
