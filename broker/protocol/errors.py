@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from broker.protocol.constants import ReasonCode
 
 if TYPE_CHECKING:
+    from broker.protocol.acked_runs import AckedRun
     from broker.protocol.packets import Packet
     from broker.protocol.runs import PublishFrames, PublishRun
 
@@ -20,7 +21,7 @@ class ProtocolError(Exception):
     """
 
     reason_code: int = ReasonCode.PROTOCOL_ERROR
-    packets: list[Packet | PublishRun | PublishFrames]
+    packets: list[Packet | PublishRun | AckedRun | PublishFrames]
 
     def __init__(self, message: str, reason_code: int | None = None) -> None:
         super().__init__(message)
