@@ -176,8 +176,9 @@ class BrokerConfig(CoreOptions):
     )  # fmt: skip
     durable_acks: bool = setting(
         False,
-        doc="true: PUBACK/PUBREC of a message queued into a persistent session, and PUBREL/"
-        "PUBCOMP of a persistent session's QoS 2 flow, only once it is committed to disk",
+        doc="true (with persistence): PUBACK/PUBREC of a message queued into a persistent "
+        "session, and PUBREL/PUBCOMP of a persistent session's QoS 2 flow, only once that is "
+        "committed to disk",
     )
     data_dir: str = setting(
         "./data", section="node", kind="nonempty", doc="directory for persistent state"
