@@ -416,13 +416,16 @@ class Persistence:
             return 0
         writer = self._writer
         assert writer is not None
-        changes = self._rows(taken)
-        write = functools.partial(self._write, changes, full=False)
-        future = asyncio.get_running_loop().run_in_executor(writer, write)
+        try:
+            write = functools.partial(self._write, self._rows(taken), full=False)
+            future = asyncio.get_running_loop().run_in_executor(writer, write)
+        except BaseException:
+            self._give_back(taken, releases)
+            raise
         self._in_flight = (future, releases)
         try:
             await asyncio.shield(future)  # a cancel (stop) leaves the write to `stop`
-        except (OSError, sqlite3.Error):
+        except Exception:
             self._in_flight = None
             self._give_back(taken, releases)
             raise
@@ -608,6 +611,11 @@ class Persistence:
             except (OSError, sqlite3.Error) as exc:  # keep serving; retried after an interval
                 self.save_errors += 1
                 log.error("persistence: cannot write %s: %s", self.path, exc)
+                await asyncio.sleep(self.interval)
+                continue
+            except Exception:  # a bug: the flusher must go on (acks wait for it)
+                self.save_errors += 1
+                log.exception("persistence: cannot flush to %s", self.path)
                 await asyncio.sleep(self.interval)
                 continue
             if rows:
