@@ -333,3 +333,29 @@ def test_flush_sends_the_acks_after_the_write_and_keeps_them_when_it_fails(
     assert store.flush() >= 1
     assert pub.packets() == [PubAck(1)]
     store.close()
+
+
+async def test_the_running_flusher_commits_when_an_ack_waits(tmp_path: Path) -> None:
+    """With an hour-long interval, only the wake-up of a parked ack can make this commit."""
+    broker = Broker(clock=lambda: 1000.0)
+    store = Persistence(broker, str(tmp_path), interval_ms=3_600_000, durable_acks=True)
+    store.open()
+    store.start()
+    try:
+        subscriber(broker, "keep", persistent=True).channel.close()
+        pub = Client(broker, "pub", persistent=False)
+        flushes = store.flushes
+        for packet_id in (1, 2, 3):
+            pub.send(Publish("t/1", b"m", 1, packet_id=packet_id))
+        assert pub.packets() == []
+        got: list[Packet] = []
+        async with asyncio.timeout(10):
+            while len(got) < 3:
+                await asyncio.sleep(0.01)
+                got += pub.packets()
+        assert got == [PubAck(1), PubAck(2), PubAck(3)]
+        assert store.flushes > flushes
+        pub.send(Publish("t/1", b"m", 1, packet_id=4))  # parked; stop saves, then sends it
+    finally:
+        await store.stop()
+    assert pub.packets() == [PubAck(4)]
