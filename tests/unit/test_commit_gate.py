@@ -343,6 +343,11 @@ async def test_the_running_flusher_commits_when_an_ack_waits(tmp_path: Path) -> 
     store.start()
     try:
         subscriber(broker, "keep", persistent=True).channel.close()
+        for _ in range(100):  # the flusher is asleep for its interval (nothing waits yet)
+            await asyncio.sleep(0)
+            if store._wakeup is not None and not store.flushes:
+                break
+        assert store._wakeup is not None
         pub = Client(broker, "pub", persistent=False)
         flushes = store.flushes
         for packet_id in (1, 2, 3):
