@@ -200,6 +200,7 @@ def make_cluster_node(
         dns_refresh_interval=config.cluster_dns_refresh_interval,
         forward_buffer=config.cluster_forward_buffer,
         forward_buffer_bytes=config.cluster_forward_buffer_bytes,
+        dead_hold=config.cluster_dead_hold,
     )
     if config.cluster_tls_enable:
         try:

@@ -24,8 +24,10 @@ which the transport drops and counts at once, so the caller learns of the drop s
 Reliable QoS 1/2 (`cluster.outbox`): on a link that negotiated version 3, the plain publishes of
 QoS 1/2 in a batch are also held in that peer's `Outbox` until the peer acknowledges the batch's
 sequence number (FORWARD_ACK); they are parked while the link is down and sent again, in
-order, when a handshake with the peer completes (`link_up`). `forget` (the peer is dead or
-left) drops and counts what is still held.
+order, when a handshake with the peer completes (`link_up`). `forget` (the peer left, or its
+grace after a dead verdict ended: `cluster.dead_hold`) drops and counts what is still held.
+Within that grace the peer has no link (closed at the verdict): its outbox alone says it takes
+numbered batches, new ones are parked, and the link is dialled until it is up again.
 
 Runs (`send_run`, `cluster.runs`): a run of plain QoS 0 frames from one client goes as ONE
 entry (`wire.run_entry`) of the peer's batch, in order with the other forwards, only on a link
@@ -125,9 +127,7 @@ class Forwarder:
         is held (`cluster.outbox`) even while its link is down."""
         transport = self.transport
         version = transport.peer_version(address)
-        reliable = (
-            version is not None and version >= _RELIABLE_VERSION and message.qos and not extra
-        )
+        reliable = bool(message.qos) and not extra and self._reliable(address, version)
         if not reliable and (
             version is None or version < _BATCH_VERSION or not transport.accepting(address)
         ):
@@ -166,6 +166,15 @@ class Forwarder:
             del self._batches[address]
             self._send_batch(address, batch)
         return True
+
+    def _reliable(self, address: Address, version: int | None) -> bool:
+        """The peer at `address` takes numbered batches: its last handshake negotiated version
+        3, or, with no link now (a peer declared dead, whose link was closed, or one that moved
+        to a new address), we hold messages for it (only ever done for a version-3 peer; a
+        handshake with an older one drops them, `link_up`)."""
+        if version is not None:
+            return version >= _RELIABLE_VERSION
+        return address in self._boxes
 
     def _batch(self, address: Address) -> _Batch:
         """The pending batch of `address`, new (and a flush scheduled) if there is none."""
@@ -218,16 +227,28 @@ class Forwarder:
     def link_up(self, address: Address, peer: Hello) -> None:
         """A handshake with `address` completed: what it has not acknowledged goes again, in
         order (a new run of the peer gets it too: its clients' sessions came back with it),
-        then what was parked."""
+        then what was parked. A version-3 peer gets its (empty) outbox now: with the link
+        closed later (a dead verdict), it is what says the peer takes numbered batches."""
         box = self._boxes.get(address)
+        version = self.transport.peer_version(address)
+        reliable = version is not None and version >= _RELIABLE_VERSION
+        if box is None and reliable:
+            box = self._box(address)
         if box is None or not box.records:
             return
-        version = self.transport.peer_version(address)
-        if version is None or version < _RELIABLE_VERSION:
+        if not reliable:
             self._give_up(address, "peer_version")  # the peer was replaced by an older node
             return
         box.resend = deque(box.numbered())
         self._pump(address, box)
+
+    def resume(self, address: Address) -> None:
+        """Hold on for `address` (a peer declared dead, within its grace, or back from it):
+        what is held goes out now if its link is up, else the link is dialled until it is
+        (`_redial`)."""
+        box = self._boxes.get(address)
+        if box is not None and box.records:
+            self._pump(address, box)
 
     def forget(self, address: Address) -> None:
         """The peer is dead or left: what is held for it is dropped and counted. (The outbox
@@ -385,8 +406,7 @@ class Forwarder:
         version = self.transport.peer_version(address)
         if (
             batch.reliable
-            and version is not None
-            and version >= _RELIABLE_VERSION
+            and self._reliable(address, version)
             and self._send_reliable(address, batch)
         ):
             return

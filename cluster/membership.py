@@ -44,19 +44,20 @@ exchanges its full member list and the delegate's state with one random member
 retries its seeds and a few dead or left members every `join_retry_interval`. A remote `dead`
 learned from a full state only makes us suspect.
 
-Partitions. Each side soon holds the other side dead: routes to it are purged, so messages for
-subscribers over there are not forwarded (not queued either) until it heals. Every
-`reconnect_interval` a node tries a push/pull with one random dead or left member (as Serf's
-reconnect) or with a seed address that no live member has (groups that formed apart, e.g. nodes
-restarted during the split, find each other through their seeds). Once one crosses, each side's
-full state tells the other "you are dead": those nodes refute with a higher incarnation and the
-alive news spreads by gossip on both sides. The verdicts each side held about the other also
-spread by gossip once the sides meet, and reach nodes of the *same* side as their subject
-before its refutation does: a "dead" about a member whose frames reached us within the
-suspicion timeout only makes us suspect it (`_heard_lately`), so a healed partition never has
-a node declare dead a peer it could talk to all along. A member back from the dead triggers an early
-push/pull with it, which restores its routes. Dead members are remembered (and retried) for
-`dead_reclaim_time`, left ones for `left_reclaim_time`; after that only seeds reconnect.
+Partitions. Each side soon holds the other side dead; the runtime keeps a dead member's routes
+and the QoS 1/2 forwards held for it for `dead_hold` seconds (`cluster.dead_hold`), then purges
+them. Every `reconnect_interval` a node tries a push/pull with one random dead or left member
+(as Serf's reconnect) or with a seed address that no live member has (groups that formed apart,
+e.g. nodes restarted during the split, find each other through their seeds). Once one crosses,
+each side's full state tells the other "you are dead": those nodes refute with a higher
+incarnation and the alive news spreads by gossip on both sides. The verdicts each side held
+about the other also spread by gossip once the sides meet, and reach nodes of the *same* side as
+their subject before its refutation does: a "dead" about a member whose frames reached us within
+the suspicion timeout only makes us suspect it (`_heard_lately`), so a healed partition never
+has a node declare dead a peer it could talk to all along. A member back from the dead triggers
+an early push/pull with it, which brings its routes up to date (back, if they were purged). Dead
+members are remembered (and retried) for `dead_reclaim_time`, left ones for `left_reclaim_time`;
+after that only seeds reconnect.
 
 Leaving. `leave()` marks this node left (incarnation + 1) and sends LEAVE to a few members; the
 `left` update then spreads by gossip. A leaving node no longer probes or refutes.
@@ -211,11 +212,15 @@ class Membership:
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do."""
-        at = min(self._next_probe, self._prober.next_deadline())
+        at = self._prober.next_deadline()
         for deadline, _, _ in self._suspicions.values():
             at = min(at, deadline)
-        if self._queue or self.delegate.has_broadcasts():
-            at = min(at, self._next_gossip)
+        # A node alone in its table has nobody to probe or gossip to: it does not wake the loop
+        # for them (7 idle wake-ups a second, each delaying whatever message arrives then).
+        if len(self._table) > 1:
+            at = min(at, self._next_probe)
+            if self._queue or self.delegate.has_broadcasts():
+                at = min(at, self._next_gossip)
         if not self._leaving:
             at = min(at, self._next_push_pull)
             if self._table.live <= 1 and len(self._table) + len(self._seeds) > 1:

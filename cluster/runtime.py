@@ -12,8 +12,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   FORWARD is delivered locally (below); RPC_REQUEST/RESPONSE go to `cluster.rpc`.
 * **Routes.** The broker tells us when a filter gets its first local subscriber or loses its
   last (`route_listeners`); `RouteSync.local_update` records it and membership gossips it. At
-  start the broker's existing filters are announced. A member that dies or leaves has its routes
-  purged by `RouteSync`.
+  start the broker's existing filters are announced. A member that leaves, or stays dead for
+  `dead_hold` seconds, has its routes purged by `RouteSync`.
 * **Forwarding.** Every message published on this node passes `forward()` (a forward hook, on
   the broker's publish path only while another node is alive: `_sync_forward_hook`): the
   route table is matched and the message goes ONCE to each remote node with a matching route
@@ -28,8 +28,9 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   A FORWARD that cannot be queued (peer down, queue full) or that its link drops later is counted
   in `messages/dropped` and `stats["forward/dropped"]`; each one sent counts `messages/forward`.
   Except QoS 1/2 publishes to a version-3 peer: those are held until the peer acknowledges them
-  and sent again after a reconnect (`cluster.outbox`, `cluster.receiver`); they are dropped and
-  counted only when the peer is declared dead or leaves.
+  and sent again after a reconnect (`cluster.outbox`, `cluster.receiver`), even to a peer
+  declared dead within its grace (`cluster.dead_hold`, whose routes stay until then); they are
+  dropped and counted only when that grace ends or the peer leaves.
   Before that, a congested link holds back the publishing client until it drains (flow
   control, `cluster.transport`; `stats["forward/held"]`), so a slower peer slows publishers
   down rather than losing their messages.
@@ -67,6 +68,7 @@ from typing import Any
 from broker.core.broker import Broker, Forwarded
 from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
+from cluster.dead_hold import PeerGrace
 from cluster.delegate import MemberEvent
 from cluster.forwarder import Forwarder
 from cluster.members import LIVE_STATES, MemberState
@@ -125,6 +127,9 @@ class ClusterConfig:
     #: QoS 1/2 forwards held per peer until it acknowledges them (`cluster.outbox`).
     forward_buffer: int = 50_000
     forward_buffer_bytes: int = 16 * 1024 * 1024
+    #: Seconds a peer declared dead keeps its routes and held forwards (`cluster.dead_hold`);
+    #: 0: purged and dropped at the verdict.
+    dead_hold: float = 60.0
     #: Seconds between two resolutions of the DNS seeds (`dns:NAME:PORT`), and the bound of one.
     dns_refresh_interval: float = 30.0
     dns_timeout: float = 5.0
@@ -173,6 +178,10 @@ class ClusterNode:
             max_held_bytes=self.config.forward_buffer_bytes,
         )
         self.transport.on_link_up = self.forwarder.link_up
+        #: Dead peers within their grace (`[cluster] dead_hold`).
+        self.grace = PeerGrace(
+            self.config.dead_hold, self.sync, self.forwarder, self.transport, self.stats
+        )
         self._addresses: dict[str, Address] = {}  # the last address of every member seen
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
@@ -472,15 +481,17 @@ class ClusterNode:
         if kind != "publish":
             extra = {"kind": kind, **(extra or {})}
         member = self.membership.get(node)
-        ok = member is not None and member.state in LIVE_STATES
-        if ok and member is not None:
-            ok = self.forwarder.send(member.address, message, extra)
-        counters = self.broker.metrics.counters
+        # A dead peer within its grace gets what its outbox holds (QoS 1/2 plain publishes).
+        tried = member is not None and (
+            member.state in LIVE_STATES
+            or (message.qos > 0 and not extra and self.grace.holds(node))
+        )
+        ok = tried and member is not None and self.forwarder.send(member.address, message, extra)
         if ok:
-            counters["messages/forward"] += 1
+            self.broker.metrics.counters["messages/forward"] += 1
             self.stats["forward/sent"] += 1
             return 1
-        if member is None or member.state not in LIVE_STATES:
+        if not tried:
             self._count_forward_dropped(1)  # (a queue drop is counted by _on_drop)
         log.debug("cluster: message on %r to %s dropped", message.topic, node)
         return 0
@@ -562,11 +573,16 @@ class ClusterNode:
         membership = self.membership
         while self._running:
             try:
+                self.grace.expire(self.now())  # (`send_outgoing` updates the forward hook)
                 self.send_outgoing(membership.tick(self.now()))
             except Exception:  # a bug must not stop failure detection for good
                 log.exception("cluster: membership tick failed")
             self._wake.clear()
-            delay = membership.next_deadline() - self.now()
+            grace_end = self.grace.next_deadline()
+            deadline = membership.next_deadline()
+            if grace_end is not None:
+                deadline = min(deadline, grace_end)
+            delay = deadline - self.now()
             if delay > 0:
                 # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel)
                 with contextlib.suppress(TimeoutError):
@@ -590,7 +606,7 @@ class ClusterNode:
         Runs after every membership change; a joining node has no routes to forward to before
         its join is known here."""
         hooks = self.broker.forward_hooks
-        wanted = self._running and self.membership.live_count > 1
+        wanted = self._running and (self.membership.live_count > 1 or len(self.grace.hold) > 0)
         present = self.forward in hooks
         if wanted and not present:
             hooks.append(self.forward)
@@ -616,6 +632,8 @@ class ClusterNode:
         if previous is not None and previous != event.address:  # a restart on a new address
             self.forwarder.move(previous, event.address)
         self._addresses[name] = event.address
+        if event.kind in ("join", "alive"):
+            self.grace.back(name, event.address)  # what was held for it goes now
         if event.kind == "join":
             log.info("cluster: node %s joined (%s:%d)", name, host, port)
             if not self._synced and not self._syncing and self._running:
@@ -628,16 +646,15 @@ class ClusterNode:
             self._resync(name)
         elif event.kind == "suspect":
             log.info("cluster: node %s is suspect", name)
-        elif event.kind == "dead":
-            log.warning("cluster: node %s is dead; its routes are purged", name)
+        elif event.kind == "dead":  # routes and held forwards kept for `dead_hold` seconds
+            if not self.config.dead_hold:
+                log.warning("cluster: node %s is dead; its routes are purged", name)
             self.rpc.fail_node(name)
-            self.forwarder.forget(event.address)  # what it has not acknowledged is dropped
-            self.transport.forget(event.address)  # a later send reconnects (lazily)
+            self.grace.dead(name, event.epoch, event.address, self.now())
         elif event.kind == "left":
             log.info("cluster: node %s left; its routes are purged", name)
             self.rpc.fail_node(name)
-            self.forwarder.forget(event.address)
-            self.transport.forget(event.address)
+            self.grace.left(name, event.address)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

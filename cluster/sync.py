@@ -11,10 +11,14 @@
   node, or from an older run, is dropped. As memberlist's delegates, `RouteSync` is never handed
   the membership: it keeps its own view of the live runs from the member events it is told.
   A `dead`/`left` event purges that run's routes; a `join` (fresh run) purges what is left of
-  older runs.
+  older runs. With `keep_dead` (`[cluster] dead_hold` above 0) a `dead` event keeps the routes
+  (frozen: news from a dead node is still refused) until the runtime ends the grace with
+  `purge_dead` (`cluster.dead_hold`); `left` purges at once.
 * A node that was wrongly declared dead (a partition, heavy loss) comes back alive in the same
   epoch; every node that purged its routes then runs a push/pull with it at once (membership does
-  that on such a resurrection), which brings its routes back.
+  that on such a resurrection), which brings its routes back. A node that kept them (its grace)
+  gets the same push/pull: the returning node's own entry is a snapshot at its latest seq, which
+  replaces the kept one whole, so a route it withdrew while apart does not linger.
 """
 
 from __future__ import annotations
@@ -30,8 +34,17 @@ from cluster.wire import WireError
 class RouteSync(Delegate):
     """Gossip and push/pull of a `RouteTable`. Create it, then pass it to `Membership`."""
 
-    def __init__(self, table: RouteTable, *, gossip: bool = True, limit_factor: int = 2) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        *,
+        gossip: bool = True,
+        limit_factor: int = 2,
+        keep_dead: bool = False,
+    ) -> None:
         self.table = table
+        #: True: a dead member's routes stay until `purge_dead` (its grace, `cluster.dead_hold`).
+        self.keep_dead = keep_dead
         self.gossip = gossip  # False: push/pull only (for the simulation's comparison)
         #: Route deltas are sent `limit_factor` times as often as membership updates: a route
         #: that gossip misses loses messages until the next push/pull repairs it.
@@ -99,13 +112,26 @@ class RouteSync(Delegate):
     def on_event(self, event: MemberEvent) -> None:
         if event.kind in ("dead", "left"):  # that run, not a newer one we already heard of
             self._live.pop(event.name, None)
-            if self.table.purge(event.name, older_than=event.epoch + 1):
-                self._drop_queued(event.name)
+            if event.kind == "left" or not self.keep_dead:
+                self._purge(event.name, event.epoch)
             return
         # join, alive, suspect: the member's current run (an event always names it) is live
         self._live[event.name] = event.epoch
         if event.kind == "join":
             self.table.purge(event.name, older_than=event.epoch)
+
+    def purge_dead(self, name: str, epoch: int) -> bool:
+        """The grace of dead member `name` (run `epoch`) is over: its routes go, unless it is
+        live again (then they are its current ones). True if something was purged."""
+        if name in self._live:
+            return False
+        return self._purge(name, epoch)
+
+    def _purge(self, name: str, epoch: int) -> bool:
+        if self.table.purge(name, older_than=epoch + 1):
+            self._drop_queued(name)
+            return True
+        return False
 
     def _drop_queued(self, origin: str) -> None:
         # Rare (a death), so a scan of the queued keys is fine.

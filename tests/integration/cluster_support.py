@@ -37,14 +37,14 @@ class ClusterNodes:
         **overrides: Any,
     ) -> NodeApp:
         """Start node `name` joining through `join` (none: it starts alone); `overrides`
-        replace fields of its BrokerConfig."""
+        replace fields of its BrokerConfig (`cluster_join` too: seeds other than nodes)."""
+        seeds = [f"127.0.0.1:{app.cluster_port}" for app in join]
         cfg = make_config(
             self.tmp_path,
             node_name=name,
             data_dir=str(self.tmp_path / name),
             cluster=ListenerConfig(bind="127.0.0.1", port=0, enabled=True),
-            cluster_join=[f"127.0.0.1:{app.cluster_port}" for app in join],
-            **{**self.defaults, **overrides},
+            **{"cluster_join": seeds, **self.defaults, **overrides},
         )
         app = NodeApp(cfg, cluster_config=cluster_config)
         await app.start()

@@ -196,3 +196,38 @@ async def test_what_is_held_follows_a_peer_that_comes_back_on_another_address(
     finally:
         await old.close()
         await new.close()
+
+
+async def test_a_peer_declared_dead_within_its_grace_keeps_getting_held_messages(
+    sender: tuple[Transport, Forwarder, list[int]],
+) -> None:
+    """The dead verdict closes the link (`PeerGrace.dead`: `Transport.forget`) but keeps the
+    outbox: with no link, and so no negotiated version, new QoS 1/2 messages for the peer are
+    still held (its outbox says it takes numbered batches), the link is dialled, and when the
+    peer answers again the unacknowledged batch and the parked ones go, in order; nothing is
+    dropped. QoS 0 is not held."""
+    transport, forwarder, dropped = sender
+    peer = Peer(3)
+    await peer.start()
+    try:
+        await connected(transport, peer)
+        forwarder.send(peer.address, msg(0))
+        await eventually(lambda: len(peer.batches()) == 1)  # seq 1, never acknowledged
+        peer.refusing = True
+        peer.cut()
+        transport.forget(peer.address)  # declared dead
+        forwarder.resume(peer.address)
+        assert transport.peer_version(peer.address) is None
+        forwarder.send(peer.address, msg(1))
+        forwarder.send(peer.address, msg(2, qos=2))
+        forwarder.send(peer.address, msg(3, qos=0))  # not held: dropped and counted
+        forwarder.flush()
+        assert forwarder.held() == 3 and forwarder.stats["forward/parked"] == 2
+        await eventually(lambda: transport.stats["dropped/FORWARD"] >= 1)
+        peer.refusing = False  # back (a healed partition)
+        await eventually(lambda: len(peer.batches()) == 3)
+        assert peer.batches()[1:] == [(1, ["t/0"]), (2, ["t/1", "t/2"])]
+        forwarder.ack(peer.address, 2)
+        assert forwarder.held() == 0 and dropped == []
+    finally:
+        await peer.close()

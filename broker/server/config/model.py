@@ -208,11 +208,17 @@ class BrokerConfig(CoreOptions):
     cluster_forward_buffer: int = setting(
         50_000, section="cluster", key="forward_buffer", lo=0, hi=10_000_000,
         doc="QoS 1/2 messages held per peer until it acknowledges them (resent after a "
-        "reconnect; dropped and counted when the peer is dead or the buffer is full)",
+        "reconnect; dropped and counted when the peer leaves, stays dead past dead_hold, or "
+        "the buffer is full)",
     )  # fmt: skip
     cluster_forward_buffer_bytes: int = setting(
         16 * 1024 * 1024, section="cluster", key="forward_buffer_bytes", lo=0,
         hi=4 * 1024 * 1024 * 1024, note="bytes", doc="bytes of forward_buffer per peer",
+    )  # fmt: skip
+    cluster_dead_hold: float = setting(
+        60.0, section="cluster", key="dead_hold", kind="seconds", note="0 = drop at the verdict",
+        doc="seconds a peer declared dead keeps its routes and held QoS 1/2 messages (resent "
+        "if it comes back in time; then dropped and counted)",
     )  # fmt: skip
     cluster_tls_enable: bool = setting(
         False, section="cluster", key="tls_enable",
