@@ -205,8 +205,6 @@ class Connection:
     #: holds there were: a release for an earlier hold does not end a later one.
     held_at: float | None = None
     hold_count = 0
-    #: PUBLISHes to this client waiting for a commit (`durable_acks`, `send_publish`).
-    out_waiting = 0
     publish_will = True
 
     def __init__(
@@ -405,26 +403,11 @@ class Connection:
         counters["messages/sent"] += 1
         counters[_QOS_SENT[qos]] += 1
         held = self.held_out
-        if held is not None:
-            held.append(data)
-        elif (
-            (qos == 2 or self.out_waiting)
-            and (gate := self.ack_gate()) is not None
-            and (self.out_waiting or self.client_id in gate.dirty)
-        ):
-            # durable_acks: a QoS 2 PUBLISH goes out once its packet id is on disk (a crash
-            # before would send the message again under another id: twice), and whatever
-            # follows it to this client waits behind it, in order.
-            self.out_waiting += 1
-            gate.hold(functools.partial(self._write_committed, data))
-        else:
+        if held is None:
             link.write(data)
+        else:
+            held.append(data)
         return True
-
-    def _write_committed(self, data: bytes) -> None:
-        self.out_waiting -= 1
-        if self.state == CONNECTED:
-            self.link.write(data)
 
     def passes(self, run: PublishRun) -> bool:
         """`ClientPort.passes`: the frames of `run`, in this client's protocol family

@@ -210,33 +210,3 @@ async def test_clean_subscribers_never_wait(tmp_path: Path, durable: bool) -> No
             assert got == [payload("c", n) for n in range(COUNT)]
     finally:
         await node.kill()
-
-
-async def test_qos2_delivery_killed_after_publish_comes_back_with_its_packet_id(
-    tmp_path: Path,
-) -> None:
-    """The QoS 2 PUBLISH reaches the subscriber only once its packet id is committed, so the
-    restored session resends it with that id and DUP (MQTT-4.4.0-1), which the client knows
-    (it still awaits the PUBREL for it) and does not take as a new message."""
-    node, _ = await start(tmp_path, durable=True)
-    try:
-        sub, ack = await RawClient.connect(node.mqtt_port, "da-sub4", clean_start=False)
-        assert isinstance(ack, ConnAck)
-        sub.send(Subscribe(1, [SubscriptionRequest("da/#", 2)]))
-        await sub.recv(TIMEOUT)  # SUBACK
-        pub, _ = await RawClient.connect(node.mqtt_port, "da-pub4", clean_start=True)
-        pub.send(Publish("da/q2", b"kept", 2, packet_id=1))
-        delivery = await sub.recv(TIMEOUT)
-        assert isinstance(delivery, Publish) and delivery.payload == b"kept"
-        await node.kill()  # SIGKILL right after the PUBLISH, before our PUBREC
-        await sub.close()
-        await pub.close()
-        node, _ = await start(tmp_path, durable=True)
-        sub, ack = await RawClient.connect(node.mqtt_port, "da-sub4", clean_start=False)
-        assert isinstance(ack, ConnAck) and ack.session_present
-        again = await sub.recv(TIMEOUT)
-        assert isinstance(again, Publish) and again.payload == b"kept"
-        assert (again.packet_id, again.dup) == (delivery.packet_id, True)
-        await sub.close()
-    finally:
-        await node.kill()
