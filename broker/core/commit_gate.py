@@ -4,9 +4,7 @@ Why: persistence (`broker.server.persistence`) mirrors the broker's state to dis
 commits, so a SIGKILL loses what changed since the last one. An ack sent before that commit
 promises something a crash can take back: a publisher's PUBACK/PUBREC for a message queued into
 a persistent session, a PUBREL (the broker's "I have the PUBREC") for an outgoing QoS 2 one, a
-FORWARD_ACK that lets the sending node forget a forward. An outgoing QoS 2 PUBLISH waits too:
-sent before its packet id is on disk, a crash makes the broker send it again under another id,
-which the client takes as a new message. Holding those acks until the commit
+FORWARD_ACK that lets the sending node forget a forward. Holding those acks until the commit
 closes the window: what was acknowledged survives the crash, and what was not is resent.
 
 Theory of operation

@@ -177,7 +177,7 @@ class BrokerConfig(CoreOptions):
     durable_acks: bool = setting(
         False,
         doc="true (with persistence): PUBACK/PUBREC of a message queued into a persistent "
-        "session, and a persistent session's QoS 2 PUBLISH/PUBREL/PUBCOMP, only once that is "
+        "session, and PUBREL/PUBCOMP of a persistent session's QoS 2 flow, only once that is "
         "committed to disk",
     )
     data_dir: str = setting(
