@@ -48,7 +48,8 @@ from broker.protocol.packets import Will
 log = logging.getLogger(__name__)
 
 #: Clears of retained topics remembered (their stamps), so that an older write of the topic
-#: arriving later (a heal, a slow link) does not bring the message back; the oldest go first.
+#: arriving later (a heal, a slow link, a node restarted with the old value) does not bring the
+#: message back; at most this many (the oldest go first), each for `retained_tombstone_ttl`.
 RETAINED_TOMBSTONES = 10_000
 
 #: Told about route changes: (real topic filter, True = first subscriber / False = last gone).
@@ -541,15 +542,20 @@ class Broker:
         keeps the same value whatever order the writes reach it in. A write without a stamp is
         taken here and stamped now (`message.stamp`, which the cluster forwards with it); one
         with a stamp came from another node and moves our clock. False: a later write (or
-        clear) of the topic is held, this one changes nothing."""
+        clear) of the topic is held, or the stamp is beyond the clock's drift bound; this one
+        changes nothing."""
         topic = message.topic
         held = self.retained.get(topic)
         old = retained_stamp(held) if held is not None else self.retained_gone.get(topic)
         stamp = message.stamp
         if stamp is None:
             stamp = message.stamp = self.hlc.now()
-        else:
-            self.hlc.update(stamp)
+        elif not self.hlc.update(stamp):
+            # beyond the drift bound (`broker.core.hlc`, counted in `hlc.rejected`): refused;
+            # anti-entropy offers it again, taken once our wall clock is within the bound
+            log.warning("retained %s: stamp %s is beyond the clock's drift bound: refused",
+                        topic, stamp)  # fmt: skip
+            return False
         if old is not None and stamp <= old:
             return False
         if self.dirty_retained is not None:
@@ -557,9 +563,15 @@ class Broker:
         gone = self.retained_gone
         if not message.payload:
             self.retained.delete(topic)
-            gone[topic] = stamp  # a tombstone: an older write arriving later must not win
+            gone.pop(topic, None)  # the newest last: expiry and the bound take the oldest first
+            ttl_ms = self.settings.retained_tombstone_ttl * 1000
+            if stamp.ms >= int(self.clock() * 1000) - ttl_ms:  # (an expired one is not kept)
+                gone[topic] = stamp  # a tombstone: an older write arriving later must not win
             if len(gone) > RETAINED_TOMBSTONES:
-                del gone[next(iter(gone))]
+                oldest = next(iter(gone))
+                del gone[oldest]
+                if self.dirty_retained is not None:
+                    self.dirty_retained.add(oldest)
         else:
             if held is None:
                 self.metrics.counters["messages/retained"] += 1
@@ -591,12 +603,30 @@ class Broker:
                 continue
             yield message
 
+    def expire_tombstones(self, now: float) -> int:
+        """Forget the clears of retained topics made more than `retained_tombstone_ttl` seconds
+        ago (by their stamp's wall time); the table is in about the order of the clears, so
+        this stops at the first young one. Returns how many went."""
+        gone = self.retained_gone
+        limit = int((now - self.settings.retained_tombstone_ttl) * 1000)
+        expired = 0
+        while gone:
+            topic, stamp = next(iter(gone.items()))
+            if stamp.ms >= limit:
+                break
+            del gone[topic]
+            if self.dirty_retained is not None:
+                self.dirty_retained.add(topic)
+            expired += 1
+        return expired
+
     # -- housekeeping ---------------------------------------------------------------------
 
     def tick(self) -> None:
         """Called about once a second: keepalive and connect timeouts, expired sessions."""
         now = self.clock()
         self.banned.expire(now)
+        self.expire_tombstones(now)
         for channel in list(self.channels):
             channel.check_timeouts(now)
         expired = [cid for cid, s in self.sessions.items() if s.expired(now)]

@@ -316,6 +316,19 @@ class Connection:
             return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
         return {}
 
+    def send_acks(self, data: bytes, count: int, packet_type: int) -> None:
+        """`count` acks of one kind (each within the client's Maximum Packet Size) in one
+        write, counted as `send` counts each (`broker.core.acked_runs`)."""
+        size = len(data)
+        counters = self.broker.metrics.counters
+        self.send_oct += size
+        self.send_cnt += count
+        self.send_pkt += count
+        counters["bytes/sent"] += size
+        counters["packets/sent"] += count
+        counters[SENT_COUNTER[packet_type]] += count
+        self.link.write(data)
+
     def _count_sent(self, packet_type: int, size: int) -> None:
         counters = self.broker.metrics.counters
         self.send_oct += size

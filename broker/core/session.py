@@ -355,6 +355,22 @@ class Session:
             self.mqueue_dropped += dropped
             self.limits.metrics.counters["messages/dropped"] += dropped
 
+    def refuses(self, now: float) -> bool:
+        """True when `deliver` would drop any QoS 1/2 delivery now, whatever its message: the
+        queue ahead of it is full (`max_queued_messages`) and nothing in it can expire yet.
+        Nothing changes meanwhile but what is delivered (`broker.core.acked_runs`)."""
+        return len(self.queue) >= self.limits.max_queued and now < self._earliest_expiry
+
+    def count_refused(self, count: int) -> None:
+        """`count` QoS 1 deliveries dropped as `deliver` drops each one `refuses`."""
+        dirty = self.dirty
+        if dirty is not None:
+            dirty.add(self.client_id)
+        self.mqueue_dropped += count
+        metrics = self.limits.metrics
+        metrics.counters["messages/dropped"] += count
+        metrics.limits["max_queued_messages"] += count
+
     def _enqueue(self, item: QueuedDelivery, now: float) -> None:
         size = len(item[0].payload)
         limit = self._full(size)

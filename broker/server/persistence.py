@@ -44,22 +44,29 @@ version) stops the start with a `PersistenceError` naming the file: a broker tha
 started empty would drop every queued message of its persistent sessions.
 
 Rows are tagged JSON (bytes as `{"$b": base64}`, maps with non-string keys as `{"$m": pairs}`):
-retained `topic -> message_to_dict`, sessions `client_id -> Session.export_state()`, wills
-`client_id, deadline -> pending_will_to_dict`, delayed `id, due -> message_to_dict`.
+retained `topic -> message_to_dict` or, for a cleared topic, `topic -> {"cleared": stamp}`
+(the tombstone, `Broker.retained_gone`, with its hybrid-clock stamp `[ms, counter, node]`),
+sessions `client_id -> Session.export_state()`, wills `client_id, deadline ->
+pending_will_to_dict`, delayed `id, due -> message_to_dict`.
 
-Format versions (`meta.version`): 1 had retained and sessions; 2 adds `wills` and `delayed`. A
-version 1 file is migrated in place at open (the two empty tables are created, the version
-raised, in one transaction); any other version stops the start, the file untouched.
+Why tombstones are stored: a node that restarted without them would take an older value of a
+cleared topic from a peer that missed the clear (anti-entropy) and serve it again. They are
+kept `retained_tombstone_ttl` seconds after the clear (by the stamp's wall time): one past its
+time is not loaded, and its row is deleted at the next flush.
+
+Format versions (`meta.version`): 1 had retained and sessions; 2 adds `wills` and `delayed`; 3
+adds tombstone rows to `retained` (a version 2 node would read one as a broken message, so the
+version is raised although no table changed). A version 1 or 2 file is migrated in place at
+open (the missing empty tables are created, the version raised, in one transaction); any other
+version stops the start, the file untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import functools
-import json
 import logging
 import os
 import sqlite3
@@ -69,9 +76,11 @@ from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.commit_gate import CommitGate, DirtySessions, Release
+from broker.core.hlc import stamp_from_wire
 from broker.core.message import Message, message_from_dict, message_to_dict
 from broker.core.wills import pending_will_from_dict, pending_will_to_dict
 from broker.server.errors import StartupError
+from broker.server.rowcodec import decode_value, encode_value
 
 __all__ = [
     "FILE_NAME",
@@ -85,9 +94,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FILE_NAME = "broker.db"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: older versions that `open` migrates in place (their tables are a subset of _SCHEMA's)
-_MIGRATES_FROM = ("1",)
+_MIGRATES_FROM = ("1", "2")
+#: the key of a tombstone row in `retained` (a cleared topic)
+_CLEARED = "cleared"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -113,46 +124,6 @@ _Taken = tuple[list[str], list[str], list[str], list[int]]
 
 class PersistenceError(StartupError):
     """The persistence database cannot be opened or read; the message names the file."""
-
-
-# -- row encoding ------------------------------------------------------------------------------
-
-
-def _pack(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return {"$b": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) and k not in ("$b", "$m") for k in value):
-            return {k: _pack(v) for k, v in value.items()}
-        return {"$m": [[_pack(k), _pack(v)] for k, v in value.items()]}
-    if isinstance(value, list | tuple):
-        return [_pack(v) for v in value]
-    return value
-
-
-def _unpack(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and "$b" in value:
-            return base64.b64decode(value["$b"], validate=True)
-        if len(value) == 1 and "$m" in value:
-            return {_unpack(k): _unpack(v) for k, v in value["$m"]}
-        return {k: _unpack(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unpack(v) for v in value]
-    return value
-
-
-def encode_value(value: Any) -> bytes:
-    """Tagged JSON of a msgpack-able value (bytes and int-keyed maps survive the trip)."""
-    return json.dumps(_pack(value), separators=(",", ":")).encode("utf-8")
-
-
-def decode_value(data: bytes) -> Any:
-    """The inverse of `encode_value`; raises ValueError on anything malformed."""
-    try:
-        return _unpack(json.loads(bytes(data).decode("utf-8")))
-    except (TypeError, KeyError, UnicodeDecodeError) as exc:
-        raise ValueError(str(exc)) from None
 
 
 # -- delayed publishes --------------------------------------------------------------------------
@@ -311,9 +282,23 @@ class Persistence:
         for session in broker.sessions.values():
             session.dirty = dirty_sessions
         retained = 0
+        expired: list[str] = []
+        oldest_kept = int((broker.clock() - broker.settings.retained_tombstone_ttl) * 1000)
+        tombstones: list[tuple[str, Any]] = []
         for topic, blob in db.execute("SELECT topic, message FROM retained"):
             try:
-                message = message_from_dict(decode_value(blob))
+                data = decode_value(blob)
+                if isinstance(data, dict) and _CLEARED in data:
+                    stamp = stamp_from_wire(data[_CLEARED])
+                    if stamp is None:
+                        raise ValueError("a tombstone's stamp must be [ms, counter, node]")
+                    broker.hlc.restore(stamp)
+                    if stamp.ms < oldest_kept:
+                        expired.append(topic)  # deleted at the next flush
+                    else:
+                        tombstones.append((topic, stamp))
+                    continue
+                message = message_from_dict(data)
             except ValueError as exc:
                 raise self._error(f"retained message of {topic!r} is invalid ({exc})") from None
             broker.retained.set(topic, message)
@@ -359,9 +344,13 @@ class Persistence:
                 raise self._error(f"delayed message {key!r} is invalid ({exc})") from None
             store.pending[key] = (float(due), message)
             self.loaded_delayed += 1
+        broker.retained_gone.clear()
+        for topic, stamp in sorted(tombstones, key=lambda item: item[1]):  # oldest first
+            broker.retained_gone[topic] = stamp
         broker.update_stats()
         dirty_sessions.clear()
         dirty_retained.clear()
+        dirty_retained.update(expired)
         dirty_wills.clear()
         store.dirty.clear()
         return retained, sessions
@@ -494,7 +483,9 @@ class Persistence:
             return 0
         changes: _Changes = {
             "sessions": self._session_rows(list(broker.sessions)),
-            "retained": self._retained_rows(list(broker.retained.topics())),
+            "retained": self._retained_rows(
+                list(broker.retained.topics()) + list(broker.retained_gone)
+            ),
             "wills": self._will_rows(list(broker.wills.pending)),
             "delayed": self._delayed_rows(list(self.delayed.pending)),
         }
@@ -521,10 +512,15 @@ class Persistence:
         rows: list[tuple[Any, ...]] = []
         gone: list[Any] = []
         retained = self.broker.retained
+        cleared = self.broker.retained_gone
         for topic in topics:
             message: Message | None = retained.get(topic)
             if message is None:
-                gone.append(topic)
+                stamp = cleared.get(topic)
+                if stamp is None:
+                    gone.append(topic)
+                else:  # a tombstone, kept across a restart
+                    rows.append((topic, encode_value({_CLEARED: stamp.to_wire()})))
             else:
                 rows.append((topic, encode_value(message_to_dict(message))))
         return rows, gone

@@ -107,16 +107,18 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         for scenario in ("isolate_sub", "isolate_pub", "split_2_3", "pause")
     },
     # The client-id registry (cluster/takeover.py): 0 twin pairs both up in every scenario of
-    # three full runs (2-6 pairs each), but one pair of five in one run of restart_each (while
-    # nodes restart, their views of the members can differ: two owners): measured only there.
-    **{
-        (scenario, "one_session_per_id"): ("holds", "")
-        for scenario in SCENARIOS
-        if scenario != "restart_each"
-    },
-    # takeover_no_loss (cluster/handoff.py) is measured only: 0 lost in 5 of 6 full runs; the
-    # one miss was the workload's first publish (the start-up case since fixed on main), so it
-    # may be asserted once runs of the merged code show it holding every time.
+    # three full runs (2-6 pairs each). restart_each had a pair both up in 3 of 13 runs: both
+    # claims went to the id's owner while it was down (killed, not yet declared dead) and each
+    # CONNECT went on alone; an unreachable owner is now stood in for by the next node of the
+    # id's rendezvous order, so the two meet there: 0 pairs both up in 10 runs of restart_each
+    # (47 pairs) and 6 of kill_during_takeover (34 pairs) since.
+    **{(scenario, "one_session_per_id"): ("holds", "") for scenario in SCENARIOS},
+    # takeover_no_loss (cluster/handoff.py): 0 lost with no fault (6 runs, ~288 checked each)
+    # and under CPU starvation (6 runs, ~195 each). kill_during_takeover lost 1 in 1 of 10 runs
+    # (a message the killed node acknowledged just before the kill, lost at its own subscriber
+    # too: the persistence window, not the handoff), so measured only there; restart_each has
+    # no quiet time to check it in (0 checked), the partition scenarios are not measured yet.
+    **{(scenario, "takeover_no_loss"): ("holds", "") for scenario in ("baseline", "cpu_load")},
 }
 
 _cache: dict[str, dict[str, Result]] = {}
