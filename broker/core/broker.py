@@ -30,6 +30,7 @@ from broker.core.cluster_port import (
     SharedDispatcher,
     WaitDrained,
 )
+from broker.core.commit_gate import CommitGate, DirtySessions
 from broker.core.hlc import HybridClock, Stamp
 from broker.core.hooks import ClientInfo, Hooks
 from broker.core.message import Message, is_expired, retained_stamp
@@ -125,8 +126,11 @@ class Broker:
         self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
         # Persistence (broker.server.persistence) sets these: the client ids and retained topics
         # changed since its last flush. None = nothing is persisted (no bookkeeping at all).
-        self.dirty_sessions: set[str] | None = None
+        self.dirty_sessions: DirtySessions | None = None
         self.dirty_retained: set[str] | None = None
+        #: Acks held until the commit of what they acknowledge (`broker.core.commit_gate`);
+        #: persistence sets it, None = nothing waits.
+        self.commit_gate: CommitGate | None = None
         self.started_at = self.clock()
         self.clients_total = 0
         self.route_count = 0

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
+from broker.core.commit_gate import DirtySessions
 from broker.core.message import (
     Message,
     expiry_left,
@@ -234,8 +235,9 @@ class Session:
         self.awaiting_rel: dict[int, float] = _NO_RELS
         self.outlet: Outlet | None = None
         self.disconnected_at: float | None = None
-        #: The broker's set of changed client ids (persistence), None when nothing is persisted.
-        self.dirty: set[str] | None = None
+        #: The broker's set of changed client ids (persistence), None when nothing is persisted;
+        #: a change to a persistent session also moves its `marks` (`broker.core.commit_gate`).
+        self.dirty: DirtySessions | None = None
         self.mqueue_dropped = 0
         self.deliver_msg = 0
         self.enqueue_msg = 0
@@ -264,6 +266,8 @@ class Session:
         dirty = self.dirty
         if dirty is not None:
             dirty.add(self.client_id)
+            if self.expiry_interval:
+                dirty.marks += 1
 
     def attach(self, outlet: Outlet) -> None:
         self.outlet = outlet
@@ -325,6 +329,8 @@ class Session:
             dirty = self.dirty
             if dirty is not None:
                 dirty.add(self.client_id)
+                if self.expiry_interval:
+                    dirty.marks += 1
         if qos == 0:
             if outlet is not None:
                 if outlet.send_publish(message, 0, retain, None, False, subscription_ids):
