@@ -455,47 +455,33 @@ class Connection:
                     link.write(data[start : start + frame_len])
                     sent += 1
             self.broker.limits["max_outgoing_buffer"] += count - sent
-        size = sent * frame_len
-        self.send_oct += size
-        self.send_cnt += sent
-        self.send_pkt += sent
-        self.send_msg += sent
-        counters = self.broker.metrics.counters
-        counters["bytes/sent"] += size
-        counters["packets/sent"] += sent
-        counters["packets/publish/sent"] += sent
-        counters["messages/sent"] += sent
-        counters["messages/qos0/sent"] += sent
+        self._count_qos0(sent * frame_len, sent)
         return sent
 
     def frames_room(self, v5: bool, longest: int) -> int | None:
-        """`ClientPort.frames_room`: None when plain QoS 0 frames of the protocol family `v5`
-        (up to `longest` bytes) are not what `send_publish` would write for their messages;
-        else how many bytes may be added before QoS 0 deliveries drop (negative: they drop)."""
-        if (
-            self.state != CONNECTED
-            or self.out_aliases is not None
-            or self.held_out is not None
-            or longest > self.max_packet_out
-            or (self.version == MQTT_5) is not v5
-        ):
+        """`ClientPort.frames_room`: None unless QoS 0 frames of family `v5`, up to `longest`
+        bytes, are what `send_publish` writes; else the bytes left before QoS 0 drops."""
+        if self.state != CONNECTED or self.out_aliases is not None or self.held_out is not None:
+            return None
+        if longest > self.max_packet_out or (self.version == MQTT_5) is not v5:
             return None
         return self.broker.settings.max_outgoing_buffer - self.link.buffered()
 
     def send_frames(self, data: bytes, count: int) -> None:
         """`ClientPort.send_frames`: `count` QoS 0 deliveries already framed, in one write."""
         self.link.write(data)
-        size = len(data)
+        self._count_qos0(len(data), count)
+
+    def _count_qos0(self, size: int, sent: int) -> None:
+        """`sent` QoS 0 PUBLISHes of `size` bytes in all went out as bytes, counted per message."""
         self.send_oct += size
-        self.send_cnt += count
-        self.send_pkt += count
-        self.send_msg += count
+        self.send_cnt += sent
+        self.send_pkt += sent
+        self.send_msg += sent
         counters = self.broker.metrics.counters
         counters["bytes/sent"] += size
-        counters["packets/sent"] += count
-        counters["packets/publish/sent"] += count
-        counters["messages/sent"] += count
-        counters["messages/qos0/sent"] += count
+        for name in _QOS0_SENT:
+            counters[name] += sent
 
     def hold_output(self) -> None:
         """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2
@@ -696,6 +682,8 @@ class Connection:
         connection without an input side has nothing held."""
 
 
+#: What a QoS 0 PUBLISH passed on as bytes counts, besides its bytes.
+_QOS0_SENT = ("packets/sent", "packets/publish/sent", "messages/sent", "messages/qos0/sent")
 _QOS_SENT = ("messages/qos0/sent", "messages/qos1/sent", "messages/qos2/sent")
 #: Longest Reason String sent, in characters (it is diagnostics, not data).
 _REASON_MAX = 1000
