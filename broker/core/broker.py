@@ -120,6 +120,8 @@ class Broker:
         # Cluster ports (broker.core.cluster_port); None on a single node.
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None
+        #: QoS 2 copies not routed to a session that arrived after them (`late_for`).
+        self.late_skipped = 0
         self.run_forwarder: RunForwarder | None = None
         self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
         # Persistence (broker.server.persistence) sets these: the client ids and retained topics
@@ -180,6 +182,7 @@ class Broker:
             session = None
         if session is None:
             session = self._new_session(client_id, clean_start, expiry_interval, now)
+            session.arrived = self.hlc.now()
             self.sessions[client_id] = session
         else:
             present = True
@@ -268,6 +271,7 @@ class Broker:
                          for item in state.get("subscriptions") or []]  # fmt: skip
         now = self.clock()
         session = self._new_session(client_id, clean_start, expiry, now, username)
+        session.arrived = self.hlc.now()
         session.load_deliveries(state, now)
         created_at = state.get("created_at")
         if isinstance(created_at, int | float) and not isinstance(created_at, bool):
@@ -430,6 +434,13 @@ class Broker:
         counters = self.metrics.counters
         if message.retain:
             self.retain(message)
+        # QoS 2: its publish stamp, set here at its origin (a copy from a peer brings it),
+        # skips the session copies that arrived here after it (`late_for`).
+        stamp = None
+        if message.qos == 2:
+            stamp = message.stamp
+            if stamp is None and forward:
+                stamp = message.stamp = self.hlc.now()
         normal, groups = self.router.match_all(message.topic)
         now = self.clock()
         sessions = self.sessions
@@ -442,7 +453,11 @@ class Broker:
         if len(normal) == 1 and not groups:
             client_id, sub = normal[0]
             session = sessions.get(client_id)
-            if session is not None and not (sub.no_local and client_id == publisher):
+            if (
+                session is not None
+                and not (sub.no_local and client_id == publisher)
+                and (stamp is None or not self.late_for(session, stamp))
+            ):
                 qos = message.qos if message.qos < sub.qos else sub.qos
                 retain = message.retain and sub.retain_as_published
                 ids = [sub.identifier] if sub.identifier is not None else None
@@ -467,6 +482,8 @@ class Broker:
             for client_id, (qos, retain, ids) in merged.items():
                 session = sessions.get(client_id)
                 if session is not None:
+                    if stamp is not None and self.late_for(session, stamp):
+                        continue
                     session.deliver(message, qos, retain, ids, now)
                     delivered += 1
             for group, topic_filter, members in groups:
@@ -489,6 +506,20 @@ class Broker:
         if wait_drained is not None or count >= 64:
             return Published(count, wait_drained)
         return _PUBLISHED[count]
+
+    def late_for(self, session: Session, stamp: Stamp) -> bool:
+        """True (counted) when a QoS 2 message stamped `stamp` at its origin was published
+        before this copy of the session arrived here: a copy held for this node while it was
+        cut off (`cluster.dead_hold`) or slower than the takeover. Where the session was when
+        the message was published, it got the message there; what it had not delivered came
+        with the session's state or the old node's handoff (`cluster.handoff`, which delivers
+        without this check). Routed here as well, the client would get it twice."""
+        arrived = session.arrived
+        if arrived is None or stamp >= arrived:
+            return False
+        self.late_skipped += 1
+        self.metrics.counters["messages/dropped"] += 1
+        return True
 
     def publish_will(self, info: ClientInfo, will: Will) -> int:
         """Authorize, hook and route one will message now (`broker.core.wills`); the number of

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
+from broker.core.hlc import Stamp
 from broker.core.message import (
     Message,
     expiry_left,
@@ -185,6 +186,7 @@ class Session:
     __slots__ = (
         "_earliest_expiry",
         "_next_packet_id",
+        "arrived",
         "awaiting_rel",
         "clean_start",
         "client_id",
@@ -227,6 +229,10 @@ class Session:
         self.queued_bytes = 0  # payload bytes in `queue`
         self.created_at = now
         self.username = username
+        #: The hybrid-clock stamp of this copy's arrival on this node (`Broker.open_session`,
+        #: `Broker.import_session`): a QoS 2 message published before it is not routed to it
+        #: (`Broker.publish`). None (restored from disk, built directly): nothing is skipped.
+        self.arrived: Stamp | None = None
         self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
         # Shared empty stand-ins until first used (module docstring).
         self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
