@@ -403,7 +403,9 @@ class ClusterSessionLocator:
         if session is not None and args.get("clean_start") is False:
             # Before the session goes: its routes are then kept while the record lives.
             filters = [s.filter for s in session.subscriptions.values() if s.share_group is None]
-            self.handoff.surrendered(session.client_id, new_node, filters, time.monotonic())
+            self.handoff.surrendered(
+                session.client_id, new_node, filters, time.monotonic(), session.arrived
+            )
         state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
         self.stats["surrendered"] += 1
         if state is not None:

@@ -9,6 +9,7 @@ from broker.core.broker import Broker
 from broker.core.hlc import Stamp
 from broker.core.message import Message
 from broker.protocol.packets import Publish
+from cluster.handoff import Handoff
 from cluster.wire import forward_body, forward_entry, parse_forward, parse_forward_batch
 
 NOW = 1000.0
@@ -127,3 +128,20 @@ def test_a_session_kind_forward_keeps_its_fields_with_the_stamp() -> None:
     message.stamp = Stamp(5, 0, "n1")
     entry = forward_entry(message, {"kind": "session", "cid": "c"})
     assert entry[7] == {"kind": "session", "cid": "c", "hlc": [5, 0, "n1"]}
+
+
+def test_the_old_node_does_not_pass_on_a_qos2_message_older_than_its_copy() -> None:
+    """`cluster.handoff`: a copy held for the old node that arrives after the surrender, and
+    was published before the surrendered copy arrived there, reached the session elsewhere."""
+    sent: list[bytes] = []
+
+    def send(node: str, message: Message, extra: dict[str, object]) -> int:
+        sent.append(message.payload)
+        return 1
+
+    handoff = Handoff("h", send, lambda cid, m: 0, later=lambda d, cb: None)
+    handoff.surrendered("c", "b", ["t/#"], NOW, arrived=Stamp(5000, 0, "h"))
+    handoff.on_message(copy_from("p", 4999, payload=b"older"), NOW)
+    handoff.on_message(copy_from("p", 5001, payload=b"newer"), NOW)
+    handoff.on_message(copy_from("p", 4999, qos=1, payload=b"qos1"), NOW)
+    assert sent == [b"newer", b"qos1"] and handoff.stats["late_skipped"] == 1
