@@ -288,6 +288,10 @@ def deliver_to(broker: Broker, client_id: str, message: Message) -> int:
             ids = [*(ids or ()), sub.identifier]
     if qos < 0:
         return 0
+    stamp = message.stamp
+    if stamp is not None and message.qos == 2 and not session.accept_qos2(stamp):
+        broker.qos2_repeats += 1
+        return 0  # it reached the session already (counted as dropped by the handoff)
     session.deliver(message, qos, retain, ids, broker.clock())
     return 1
 

@@ -122,6 +122,8 @@ class Broker:
         self.session_locator: SessionLocator | None = None
         #: QoS 2 copies not routed to a session that arrived after them (`late_for`).
         self.late_skipped = 0
+        #: QoS 2 copies a persistent session had accepted already (`Session.accept_qos2`).
+        self.qos2_repeats = 0
         self.run_forwarder: RunForwarder | None = None
         self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
         # Persistence (broker.server.persistence) sets these: the client ids and retained topics
@@ -513,11 +515,15 @@ class Broker:
         cut off (`cluster.dead_hold`) or slower than the takeover. Where the session was when
         the message was published, it got the message there; what it had not delivered came
         with the session's state or the old node's handoff (`cluster.handoff`, which delivers
-        without this check). Routed here as well, the client would get it twice."""
+        without this check). Routed here as well, the client would get it twice. Also True
+        for a copy the session accepted before (`Session.accept_qos2`)."""
         arrived = session.arrived
         if arrived is None or stamp >= arrived:
-            return False
-        self.late_skipped += 1
+            if session.accept_qos2(stamp):
+                return False
+            self.qos2_repeats += 1  # it reached this session (or one it was moved from)
+        else:
+            self.late_skipped += 1
         self.metrics.counters["messages/dropped"] += 1
         return True
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
-from broker.core.hlc import Stamp
+from broker.core.hlc import Stamp, stamp_from_wire
 from broker.core.message import (
     Message,
     expiry_left,
@@ -200,6 +200,7 @@ class Session:
         "limits",
         "mqueue_dropped",
         "outlet",
+        "qos2_seen",
         "queue",
         "queued_bytes",
         "subscriptions",
@@ -233,6 +234,9 @@ class Session:
         #: `Broker.import_session`): a QoS 2 message published before it is not routed to it
         #: (`Broker.publish`). None (restored from disk, built directly): nothing is skipped.
         self.arrived: Stamp | None = None
+        #: Publish stamps of the QoS 2 messages this persistent session accepted, oldest first
+        #: (`accept_qos2`); moved and persisted with the session (`export_state`).
+        self.qos2_seen: dict[Stamp, None] | None = None
         self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
         # Shared empty stand-ins until first used (module docstring).
         self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
@@ -346,6 +350,24 @@ class Session:
             self._send_new(message, qos, retain, subscription_ids, now)
         else:
             self._enqueue((message, qos, retain, subscription_ids), now)
+
+    def accept_qos2(self, stamp: Stamp) -> bool:
+        """False when this persistent session accepted the QoS 2 message published at `stamp`
+        already (a copy that reached it twice: held for a node and passed on from another,
+        or brought by a moved session and delivered again): MQTT-4.3.3-2, once. The record
+        holds the last `QOS2_SEEN_MAX` stamps; a session that ends with its connection
+        (expiry 0) keeps none."""
+        if not self.expiry_interval:
+            return True
+        seen = self.qos2_seen
+        if seen is None:
+            seen = self.qos2_seen = {}
+        elif stamp in seen:
+            return False
+        seen[stamp] = None
+        if len(seen) > QOS2_SEEN_MAX:
+            del seen[next(iter(seen))]
+        return True
 
     def count_passed(self, sent: int, dropped: int) -> None:
         """QoS 0 deliveries made as a run's bytes (`broker.core.runs_delivery`), counted as
@@ -586,6 +608,7 @@ class Session:
             "queue": queue,
             "inflight": inflight,
             "awaiting_rel": list(self.awaiting_rel),
+            "qos2_seen": [list(stamp) for stamp in self.qos2_seen or ()],
         }
 
     def load_deliveries(self, state: SessionState, now: float) -> None:
@@ -623,7 +646,17 @@ class Session:
             raise ValueError("bad awaiting_rel")
         for packet_id in rel:
             self.await_rel(packet_id, now)
+        seen = state.get("qos2_seen") or []  # (absent in the state of an older node)
+        stamps = [stamp_from_wire(item) for item in seen] if isinstance(seen, list) else [None]
+        if None in stamps:
+            raise ValueError("bad qos2_seen")
+        if stamps:
+            self.qos2_seen = dict.fromkeys(s for s in stamps[-QOS2_SEEN_MAX:] if s is not None)
 
+
+#: QoS 2 publish stamps a persistent session remembers (`Session.accept_qos2`): at a few
+#: dozen QoS 2 messages a second, the last minute or so; about 100 bytes each.
+QOS2_SEEN_MAX = 2_000
 
 #: `Session.export_state()`: a msgpack-able map (see there).
 SessionState = dict[str, Any]

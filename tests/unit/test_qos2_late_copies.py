@@ -3,13 +3,15 @@ was published (`Broker.late_for`), and its publish stamp travels with it (`clust
 
 from __future__ import annotations
 
+import pytest
 from cluster_fakes import FakeClient, msgpack_roundtrip
 
 from broker.core.broker import Broker
 from broker.core.hlc import Stamp
 from broker.core.message import Message
+from broker.core.session import QOS2_SEEN_MAX
 from broker.protocol.packets import Publish
-from cluster.handoff import Handoff
+from cluster.handoff import Handoff, deliver_to
 from cluster.wire import forward_body, forward_entry, parse_forward, parse_forward_batch
 
 NOW = 1000.0
@@ -145,3 +147,59 @@ def test_the_old_node_does_not_pass_on_a_qos2_message_older_than_its_copy() -> N
     handoff.on_message(copy_from("p", 5001, payload=b"newer"), NOW)
     handoff.on_message(copy_from("p", 4999, qos=1, payload=b"qos1"), NOW)
     assert sent == [b"newer", b"qos1"] and handoff.stats["late_skipped"] == 1
+
+
+def test_a_persistent_session_accepts_a_qos2_message_once_and_remembers_a_bounded_number() -> None:
+    broker = Broker(clock=lambda: NOW)
+    client = connected(broker, "c")
+    session = broker.sessions["c"]
+    assert session.arrived is not None
+    ms = session.arrived.ms + 1
+    broker.publish(copy_from("other", ms), forward=False, shared=False)
+    broker.publish(copy_from("other", ms), forward=False, shared=False)  # the same message
+    assert payloads(client) == [b"m"] and broker.qos2_repeats == 1
+    for i in range(QOS2_SEEN_MAX + 5):
+        assert session.accept_qos2(Stamp(ms + 1 + i, 0, "other"))
+    assert session.qos2_seen is not None and len(session.qos2_seen) == QOS2_SEEN_MAX
+    assert session.accept_qos2(Stamp(ms, 0, "other"))  # the oldest went first
+
+
+def test_a_session_without_expiry_keeps_no_record() -> None:
+    broker = Broker(clock=lambda: NOW)
+    client = connected(broker, "c", clean_start=True)
+    session = broker.sessions["c"]
+    assert session.arrived is not None
+    message = copy_from("other", session.arrived.ms + 1)
+    broker.publish(message, forward=False, shared=False)
+    broker.publish(message, forward=False, shared=False)
+    assert payloads(client) == [b"m", b"m"] and session.qos2_seen is None
+
+
+def test_the_record_moves_with_the_session_and_a_repeat_is_dropped_there() -> None:
+    """A copy held for the old node and passed on by its handoff (`deliver_to`), or routed to
+    the new one, after the session moved with the message in its state."""
+    source = Broker(clock=lambda: NOW)
+    connected(source, "c").drop()
+    arrived = source.sessions["c"].arrived
+    assert arrived is not None
+    message = copy_from("other", arrived.ms + 1)
+    source.publish(message, forward=False, shared=False)  # queued, offline
+    state = source.surrender_session("c", "here")
+    assert state is not None and state["qos2_seen"] == [[arrived.ms + 1, 0, "other"]]
+    broker = Broker(clock=lambda: NOW - 5)  # (a clock behind: not skipped as late)
+    broker.import_session(msgpack_roundtrip(state))
+    assert deliver_to(broker, "c", copy_from("other", arrived.ms + 1)) == 0
+    broker.publish(copy_from("other", arrived.ms + 1), forward=False, shared=False)
+    assert broker.qos2_repeats == 2 and broker.late_skipped == 0
+    client = FakeClient(broker)
+    client.connect("c", clean_start=False)
+    assert payloads(client) == [b"m"]  # once, from the state
+
+
+def test_a_malformed_record_is_refused() -> None:
+    broker = Broker(clock=lambda: NOW)
+    connected(broker, "c").drop()
+    state = broker.surrender_session("c", "x")
+    assert state is not None
+    with pytest.raises(ValueError, match="qos2_seen"):
+        Broker(clock=lambda: NOW).import_session({**state, "qos2_seen": [[1, 2]]})
