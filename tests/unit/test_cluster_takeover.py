@@ -8,6 +8,7 @@ RPC methods after a loop turn, through msgpack as on the wire, and counts every 
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 from typing import Any
 
@@ -504,3 +505,18 @@ def test_deliver_to_one_session_only() -> None:
     got = one.publishes()
     assert [(p.payload, p.qos) for p in got] == [(b"m", 1)]
     assert isinstance(got[0], Publish) and two.publishes() == []
+
+
+async def test_a_claim_older_than_two_timeouts_is_refused_by_the_owner() -> None:
+    """A claim delivered late (a TCP retransmit after a partition healed) must not move the
+    live session to the stale copy of its caller."""
+    net = Net(["a", "b"])
+    owner = net.locators["a"]
+    now_ms = int(time.time() * 1000)
+    stale = {"client_id": "c", "clean_start": False, "stamp": [now_ms - 2_500, 0]}
+    with pytest.raises(ValueError, match="old"):
+        await owner.serve_claim(stale, "b")
+    assert owner.stats["stale_claims"] == 1 and len(owner.registry) == 0
+    fresh = {"client_id": "c", "clean_start": False, "stamp": [now_ms - 500, 0]}
+    answer = await owner.serve_claim(fresh, "b")
+    assert answer["state"] is None and len(owner.registry) == 1
