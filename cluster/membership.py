@@ -212,11 +212,15 @@ class Membership:
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do."""
-        at = min(self._next_probe, self._prober.next_deadline())
+        at = self._prober.next_deadline()
         for deadline, _, _ in self._suspicions.values():
             at = min(at, deadline)
-        if self._queue or self.delegate.has_broadcasts():
-            at = min(at, self._next_gossip)
+        # A node alone in its table has nobody to probe or gossip to: it does not wake the loop
+        # for them (7 idle wake-ups a second, each delaying whatever message arrives then).
+        if len(self._table) > 1:
+            at = min(at, self._next_probe)
+            if self._queue or self.delegate.has_broadcasts():
+                at = min(at, self._next_gossip)
         if not self._leaving:
             at = min(at, self._next_push_pull)
             if self._table.live <= 1 and len(self._table) + len(self._seeds) > 1:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cluster.delegate import Delegate
 from cluster.members import MemberState, Update
 from cluster.membership import Membership, MembershipConfig, Outgoing
 from cluster.sim import SimNetwork
@@ -424,3 +425,23 @@ def test_chaos_then_calm_converges(seed: int) -> None:
         return all(node.table.routes() == truth for node in up.values())
 
     assert sim.run_until_true(calm, 60) is not None
+
+
+class _Chatty(Delegate):
+    """A delegate that always has a broadcast queued (a lone node's route changes)."""
+
+    def has_broadcasts(self) -> bool:
+        return True
+
+
+def test_a_lone_node_does_not_wake_to_probe_or_gossip() -> None:
+    """With nobody else in its table, neither the probe nor the gossip interval brings the
+    deadline forward (they would wake the loop several times a second for nothing); once a
+    second member is known, both do."""
+    cfg = MembershipConfig()
+    m = Membership("a", ("10.0.0.1", 1), 1, cfg, random.Random(0), _Chatty())
+    m.tick(0.0)
+    quiet = min(cfg.probe_interval, cfg.gossip_interval)
+    assert m.next_deadline() > quiet * 3
+    _gossip(m, [Update(ALIVE, "y", ("10.0.0.9", 1), 0, 1)])
+    assert m.next_deadline() <= max(cfg.probe_interval, cfg.gossip_interval)

@@ -1,7 +1,8 @@
 """The lean TCP transport (`broker.server.socket_transport`) keeps asyncio's transport contract:
 bytes in order, flow control at the water marks, one `connection_lost` whatever the ending, the
 socket closed after it. Each test drives it over a real loopback socket pair on asyncio's own
-loop; every wait is bounded."""
+loop and on uvloop's (when installed: the node uses this transport on both); every wait is
+bounded."""
 
 from __future__ import annotations
 
@@ -12,11 +13,41 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from broker.server.socket_transport import HIGH_WATER, Poller, SocketServer, SocketTransport
+from broker.server.socket_transport import (
+    HIGH_WATER,
+    Poller,
+    SocketServer,
+    SocketTransport,
+    available,
+)
+
+try:
+    import uvloop
+except ImportError:  # optional: the `bench` extra
+    uvloop = None  # type: ignore[assignment]
 
 TIMEOUT = 5.0
 #: SO_SNDBUF/SO_RCVBUF of the test sockets (the kernel doubles and rounds them).
 KERNEL_BUFFER = 32 * 1024
+
+
+# pytest-asyncio 1.x deprecates this fixture for a conftest hook that would apply to every test
+# of the directory; this module alone runs on both loops.
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
+
+
+@pytest.fixture(params=["asyncio", "uvloop"], scope="module")
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test of this module on asyncio's loop and on uvloop's."""
+    if request.param == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed")
+        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
+    return asyncio.DefaultEventLoopPolicy()
+
+
+async def test_the_loop_of_this_test_can_run_the_lean_transport() -> None:
+    assert available(asyncio.get_running_loop())
 
 
 class Recorder(asyncio.Protocol):
@@ -226,3 +257,53 @@ async def test_server_accepts_and_stops() -> None:
         await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
     writer.close()  # the accepted connection outlives the server, as asyncio's do
     assert await asyncio.wait_for(made[0].lost, TIMEOUT) is None
+
+
+async def test_a_poller_batch_brackets_the_handling_of_all_its_ready_sockets() -> None:
+    """The poller tells its `Batch` when it starts and ends handling the sockets it found ready
+    (what `broker.server.tcp.WriteBatch` sends its writes at): every read of one readiness falls
+    between one `begin` and one `end`, also when a protocol raises."""
+    log: list[str] = []
+
+    class Batch:
+        def begin(self) -> None:
+            log.append("begin")
+
+        def end(self) -> None:
+            log.append("end")
+
+    class Logging(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            log.append(f"read {self.name}")
+            if data == b"boom":
+                raise RuntimeError("protocol bug")
+
+    poller = Poller(asyncio.get_running_loop(), Batch())
+    sockets = [_tcp_pair(), _tcp_pair()]
+    protocols = [Logging(), Logging()]
+    transports = []
+    for (ours, _theirs), protocol, name in zip(sockets, protocols, "ab", strict=True):
+        protocol.name = name  # type: ignore[attr-defined]
+        ours.setblocking(False)
+        transport = SocketTransport(poller, ours, protocol)
+        transport.start()
+        transports.append(transport)
+    try:
+        sockets[0][1].sendall(b"x")
+        sockets[1][1].sendall(b"y")
+        await asyncio.sleep(0.05)  # both ready before the loop looks
+        await _until(lambda: len(log) >= 4, "both reads")
+        assert log[0] == "begin" and log[-1] == "end"
+        assert sorted(log[1:-1]) == ["read a", "read b"], "one readiness, one batch"
+        log.clear()
+        sockets[0][1].sendall(b"boom")  # data_received raises: the batch still ends
+        await asyncio.wait_for(protocols[0].lost, TIMEOUT)
+        assert log[:3] == ["begin", "read a", "end"]
+    finally:
+        for transport in transports:
+            transport.abort()
+        for _ours, theirs in sockets:
+            theirs.close()
+        await asyncio.sleep(0)
+        poller.close_when_idle()
