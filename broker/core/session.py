@@ -35,7 +35,7 @@ which gives exactly-once delivery.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Protocol
 
 from broker.core.hlc import Stamp, stamp_from_wire
@@ -236,7 +236,7 @@ class Session:
         self.arrived: Stamp | None = None
         #: Publish stamps of the QoS 2 messages this persistent session accepted, oldest first
         #: (`accept_qos2`); moved and persisted with the session (`export_state`).
-        self.qos2_seen: dict[Stamp, None] | None = None
+        self.qos2_seen: OrderedDict[Stamp, None] | None = None
         self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
         # Shared empty stand-ins until first used (module docstring).
         self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
@@ -361,12 +361,12 @@ class Session:
             return True
         seen = self.qos2_seen
         if seen is None:
-            seen = self.qos2_seen = {}
+            seen = self.qos2_seen = OrderedDict()
         elif stamp in seen:
             return False
         seen[stamp] = None
         if len(seen) > QOS2_SEEN_MAX:
-            del seen[next(iter(seen))]
+            seen.popitem(last=False)  # O(1); a dict's first key is not, after many deletes
         return True
 
     def count_passed(self, sent: int, dropped: int) -> None:
@@ -651,7 +651,7 @@ class Session:
         if None in stamps:
             raise ValueError("bad qos2_seen")
         if stamps:
-            self.qos2_seen = dict.fromkeys(s for s in stamps[-QOS2_SEEN_MAX:] if s is not None)
+            self.qos2_seen = OrderedDict.fromkeys(s for s in stamps[-QOS2_SEEN_MAX:] if s)
 
 
 #: QoS 2 publish stamps a persistent session remembers (`Session.accept_qos2`): at a few
