@@ -30,7 +30,7 @@ from broker.core.cluster_port import (
     SharedDispatcher,
     WaitDrained,
 )
-from broker.core.hlc import HybridClock, Stamp
+from broker.core.hlc import HybridClock, Stamp, stamp_from_wire
 from broker.core.hooks import ClientInfo, Hooks
 from broker.core.message import Message, is_expired, retained_stamp
 from broker.core.metrics import Metrics, Stats
@@ -247,13 +247,14 @@ class Broker:
 
     # -- moving sessions between nodes (cluster takeover, broker.core.cluster_port) ---------
 
-    def import_session(self, state: SessionState) -> Session:
+    def import_session(self, state: SessionState, *, moved: bool = False) -> Session:
         """Install a session that another node surrendered (`Session.export_state`), offline.
 
         Its subscriptions go through `subscribe`, so routes are announced; its inflight window
         is resent when a connection resumes it. A local session of the same client id (only
         after a partition can there be two) is replaced. Raises ValueError on malformed state,
-        before anything is changed.
+        before anything is changed. `moved` (a takeover): the copy arrives here now
+        (`Session.arrived`); else (restored from disk) it keeps the arrival it was saved with.
         """
         client_id = state.get("client_id")
         username = state.get("username")
@@ -273,7 +274,7 @@ class Broker:
                          for item in state.get("subscriptions") or []]  # fmt: skip
         now = self.clock()
         session = self._new_session(client_id, clean_start, expiry, now, username)
-        session.arrived = self.hlc.now()
+        session.arrived = self.hlc.now() if moved else stamp_from_wire(state.get("arrived"))
         session.load_deliveries(state, now)
         created_at = state.get("created_at")
         if isinstance(created_at, int | float) and not isinstance(created_at, bool):

@@ -232,7 +232,8 @@ class Session:
         self.username = username
         #: The hybrid-clock stamp of this copy's arrival on this node (`Broker.open_session`,
         #: `Broker.import_session`): a QoS 2 message published before it is not routed to it
-        #: (`Broker.publish`). None (restored from disk, built directly): nothing is skipped.
+        #: (`Broker.publish`). Restored from disk, it keeps the saved one (None: nothing is
+        #: skipped; an older data file, or built directly).
         self.arrived: Stamp | None = None
         #: Publish stamps of the QoS 2 messages this persistent session accepted, oldest first
         #: (`accept_qos2`); moved and persisted with the session (`export_state`).
@@ -582,7 +583,9 @@ class Session:
         identifier]` (the filter with any `$share/` prefix); queued deliveries
         `[message, qos, retain, subscription_ids]`; inflight ones `[packet_id, message, qos,
         retain, subscription_ids, awaiting_comp]` in window order; `awaiting_rel` the ids of
-        incoming QoS 2 messages already routed. Messages are `message_to_dict` maps.
+        incoming QoS 2 messages already routed; `qos2_seen` the stamps of `accept_qos2`;
+        `arrived` this copy's arrival stamp (kept by a restore from disk, not by a move).
+        Messages are `message_to_dict` maps.
         """
         subscriptions = [
             [s.filter, s.qos, s.no_local, s.retain_as_published, s.retain_handling, s.identifier]
@@ -609,6 +612,7 @@ class Session:
             "inflight": inflight,
             "awaiting_rel": list(self.awaiting_rel),
             "qos2_seen": [list(stamp) for stamp in self.qos2_seen or ()],
+            "arrived": None if self.arrived is None else list(self.arrived),
         }
 
     def load_deliveries(self, state: SessionState, now: float) -> None:

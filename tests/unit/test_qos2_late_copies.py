@@ -95,10 +95,27 @@ def test_an_imported_session_arrives_at_its_import() -> None:
     assert state is not None
     clock[0] = NOW + 3
     broker = Broker(clock=lambda: clock[0])
-    session = broker.import_session(msgpack_roundtrip(state))
+    session = broker.import_session(msgpack_roundtrip(state), moved=True)
     assert session.arrived is not None and session.arrived.ms == int((NOW + 3) * 1000)
     broker.publish(copy_from("other", int((NOW + 1) * 1000)), forward=False, shared=False)
     assert broker.late_skipped == 1  # it reached the session on the source node
+
+
+def test_a_session_restored_from_disk_keeps_its_arrival() -> None:
+    """A restarted node: what peers held for it while it was down (published after the
+    session arrived, before the restart) is delivered, not taken for late."""
+    clock = [NOW]
+    before = Broker(clock=lambda: clock[0])
+    connected(before, "c").drop()
+    state = msgpack_roundtrip(before.sessions["c"].export_state())
+    clock[0] = NOW + 30
+    broker = Broker(clock=lambda: clock[0])
+    session = broker.import_session(state)  # as `broker.server.persistence` restores it
+    assert session.arrived == before.sessions["c"].arrived
+    broker.publish(copy_from("other", int((NOW + 10) * 1000)), forward=False, shared=False)
+    assert broker.late_skipped == 0 and len(session.queue) == 1
+    old_file = {k: v for k, v in state.items() if k != "arrived"}  # an older data file
+    assert Broker(clock=lambda: NOW).import_session(old_file).arrived is None
 
 
 def test_a_session_resumed_here_keeps_its_arrival() -> None:
@@ -187,7 +204,7 @@ def test_the_record_moves_with_the_session_and_a_repeat_is_dropped_there() -> No
     state = source.surrender_session("c", "here")
     assert state is not None and state["qos2_seen"] == [[arrived.ms + 1, 0, "other"]]
     broker = Broker(clock=lambda: NOW - 5)  # (a clock behind: not skipped as late)
-    broker.import_session(msgpack_roundtrip(state))
+    broker.import_session(msgpack_roundtrip(state), moved=True)
     assert deliver_to(broker, "c", copy_from("other", arrived.ms + 1)) == 0
     broker.publish(copy_from("other", arrived.ms + 1), forward=False, shared=False)
     assert broker.qos2_repeats == 2 and broker.late_skipped == 0
