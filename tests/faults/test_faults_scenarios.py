@@ -76,9 +76,9 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # QoS 2 at the roaming session around a partition (README "Under faults"): a copy held for
     # a node skips session copies that arrived there after it was published (Broker.late_for),
     # a persistent session drops a repeat (Session.accept_qos2), and an owner refuses a claim
-    # delivered late. 0 in every run on branch qos2-dedup (2026-12-06), 4 runs of each
-    # scenario (3 alone on 922bfa7, 1 after the merge with main) (5-62 per run with dead_hold
-    # before; on its base isolate_sub 10, split_2_3 9 and 6, pause 0).
+    # delivered late. 0 in every run on branch qos2-dedup (2026-12-06), 5 runs of each
+    # scenario: 3 alone on 922bfa7, 2 of the four together on 10c4c15 and 8603111 (5-62 per
+    # run with dead_hold before; on its base isolate_sub 10, split_2_3 9 and 6, pause 0).
     **{
         (scenario, "qos2_exactly_once"): ("holds", "")
         for scenario in ("isolate_sub", "isolate_pub", "split_2_3", "pause")
