@@ -26,7 +26,9 @@ everything still held is dropped and counted. Nothing is held without bound.
 Receiver (`Inbox`). A batch with `seq` is processed only if `seq` is above the last one seen
 from that sender's incarnation (its epoch); a resent batch it already processed is skipped and
 acknowledged again, so a QoS 2 message is delivered once however often it was resent. The
-acknowledgement (FORWARD_ACK `seq`) is cumulative and goes back once per loop turn per sender.
+acknowledgement (FORWARD_ACK `seq`) is cumulative and goes back once per loop turn per sender;
+with persistence on, for a batch that went into a persistent session, only once the commit
+that holds it is durable (`cluster.receiver`), so a receiver killed before then loses nothing.
 
 What a crash still loses: the receiver's de-duplication lives in memory, so a batch its
 previous incarnation processed but had not acknowledged is delivered again by the new one (at

@@ -10,11 +10,13 @@ stamp)` for the ids it owns; it is the one place where two CONNECTs with one id 
 serialises them (`cluster.takeover`): the later claim wins and the earlier holder is told to
 give the client up.
 
-A **stamp** orders the claims of one id cluster-wide: `(milliseconds, counter)` from a hybrid
-clock (`StampClock`: wall time, but never behind a stamp it has seen, so it moves forward
-across nodes whose clocks disagree), with the node name breaking ties. A session that this
-node holds without a claim (restored from disk at start) has stamp `ZERO`: any real claim
-beats it.
+A **stamp** orders the claims of one id cluster-wide: `(milliseconds, counter)` of the node's
+one hybrid clock (`broker.core.hlc.HybridClock`, `Broker.hlc`: wall time, but never behind a
+stamp it has seen, so it moves forward across nodes whose clocks disagree), with the node name
+breaking ties. The clock's drift rule holds here too: a stamp further ahead of the owner's
+wall clock than the bound is rejected, and the owner then orders by its own clock
+(`cluster.takeover`). A session that this node holds without a claim (restored from disk at
+start) has stamp `ZERO`: any real claim beats it.
 
 When the members change, each node registers again the ids it holds whose owner changed, and
 all the ids owned by a node that (re)joined (it may have restarted with an empty table). After a
@@ -26,7 +28,6 @@ of a member that died or left are dropped (it registers again if it comes back).
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -83,25 +84,6 @@ def parse_stamp(value: Any) -> Stamp | None:
     ):
         return int(value[0]), int(value[1])
     return None
-
-
-class StampClock:
-    """A hybrid logical clock for claims: wall milliseconds, never behind what it has seen."""
-
-    def __init__(self, wall: Callable[[], float] = time.time) -> None:
-        self.wall = wall
-        self.last: Stamp = ZERO
-
-    def next(self) -> Stamp:
-        ms = int(self.wall() * 1000)
-        last_ms, count = self.last
-        self.last = (ms, 0) if ms > last_ms else (last_ms, count + 1)
-        return self.last
-
-    def observe(self, stamp: Stamp) -> None:
-        """A stamp made elsewhere: the next one here is newer."""
-        if stamp > self.last:
-            self.last = stamp
 
 
 class Entry(NamedTuple):

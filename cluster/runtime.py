@@ -206,6 +206,7 @@ class ClusterNode:
             self._send_frame,
             self._forward_kinds,
             lambda: self._running,
+            lambda: broker.commit_gate,
         )
         #: Runs of QoS 0 frames forwarded as one entry (`cluster.runs`): the broker's port.
         self.runs = ClusterRuns(

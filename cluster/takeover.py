@@ -35,6 +35,12 @@ When the members change, the ids whose owner changed are registered with their n
 newer stamp stays, the other holder gets `session_evict` and closes its connection with 0x8E
 and drops its session (its queued messages are lost, counted in `messages/dropped`).
 
+An owner this node has no link to (killed or restarting, before the membership declares it
+dead: the claim fails at once with `NodeUnreachable`) is stood in for by the next node of the
+id's rendezvous order among the same members (`_claim_at`): two CONNECTs of one id on nodes that
+see the same members meet there, and it is the id's owner once the dead one is declared dead.
+(Measured: without it, restart_each left a twin pair both up, claimed while their owner was
+down.) Such a claim is not confirmed, so the next round registers it at the owner itself.
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
 id is registered again at the next membership change, where a duplicate is resolved as above.
 The owner refuses a claim older than `STALE_CLAIMS` timeouts by its stamp: one held in a link
@@ -67,20 +73,20 @@ from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState, TakeoverDone
+from broker.core.hlc import Stamp as ClockStamp
 from broker.core.hooks import ClientInfo
 from cluster.handoff import Handoff, plain_filters
 from cluster.registry import (
     ZERO,
     Registry,
     Stamp,
-    StampClock,
     entries_wire,
     moved,
     owner_of,
     parse_entries,
     parse_stamp,
 )
-from cluster.rpc import RemoteError, RpcError
+from cluster.rpc import NodeUnreachable, RemoteError, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +193,6 @@ class ClusterSessionLocator:
         handoff: Handoff,
         timeout: float = 3.0,
         max_state_bytes: int = MAX_STATE_BYTES,
-        wall: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.broker = broker
@@ -197,13 +202,12 @@ class ClusterSessionLocator:
         self.timeout = timeout
         self.max_state_bytes = max_state_bytes
         self.registry = Registry()
-        self.clock = StampClock(wall)
         #: The ids whose session is here, with the stamp of the claim that brought it.
         self.held: dict[str, Stamp] = {}
         self.stats: dict[str, int] = {
             "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
             "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
-            "stale_claims": 0,
+            "stand_ins": 0, "stamps_rejected": 0, "stale_claims": 0,
         }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -223,7 +227,7 @@ class ClusterSessionLocator:
     def takeover(self, client_id: str, clean_start: bool, done: TakeoverDone) -> bool:
         self.stats["takeovers"] += 1
         nodes = self.live_nodes()
-        stamp = self.clock.next()
+        stamp = self._now()
         owner = owner_of(client_id, nodes)
         if owner == self.name:
             entry = self.registry.get(client_id)
@@ -244,7 +248,7 @@ class ClusterSessionLocator:
 
         self.handoff.claim_started(client_id)
         task = asyncio.get_running_loop().create_task(
-            self._claim(owner, client_id, clean_start, stamp, once, _view(nodes))
+            self._claim(nodes, client_id, clean_start, stamp, once)
         )
         self._pending[task] = once
         task.add_done_callback(self._finished)
@@ -255,41 +259,37 @@ class ClusterSessionLocator:
 
     async def _claim(
         self,
-        owner: str,
+        nodes: list[str],
         client_id: str,
         clean_start: bool,
         stamp: Stamp,
         done: TakeoverDone,
-        view: tuple[str, ...],
     ) -> None:
         state: SessionState | None = None
         confirmed = False
+        view = _view(nodes)
+        owner = owner_of(client_id, nodes)
         args = {"client_id": client_id, "clean_start": clean_start, "stamp": list(stamp)}
         try:
-            if owner == self.name:
-                answer = await self.serve_claim(args, self.name)
-            else:
-                self.stats["claims_sent"] += 1
-                try:
-                    answer = await self.call(owner, CLAIM_METHOD, args, self.timeout)
-                except RemoteError as exc:
-                    if "no RPC method" not in str(exc):
-                        raise
-                    answer = {"state": await self._ask_everyone(client_id, clean_start)}
+            answer, owner = await self._claim_at(owner, nodes, args)
+            # Claimed at a stand-in (the owner had no link): confirmed by the owner itself
+            # at the next round, when it can be reached again.
+            confirmed = owner == owner_of(client_id, nodes)
             if isinstance(answer, dict):
                 stamp = parse_stamp(answer.get("stamp")) or stamp
                 found = answer.get("state")
                 state = found if isinstance(found, dict) else None
             if state is not None:
                 self.stats["sessions_moved"] += 1
-            confirmed = True
+            if not confirmed:
+                self._dirty.add(client_id)
         except Exception as exc:  # unreachable, timeout, remote error: go on alone
             self.stats["failures"] += 1
             self._dirty.add(client_id)
             log.info("takeover of %s: owner %s did not answer: %s", client_id, owner, exc)
         finally:
             # Nothing awaited from here on: the session is open before anything else runs.
-            self.clock.observe(stamp)
+            self._observe(stamp, owner)  # the owner's stamp, as the owner recorded it
             done(state)  # also when cancelled (the node stops): the CONNECT goes on alone
             if client_id in self.broker.sessions:
                 self.held[client_id] = stamp
@@ -299,6 +299,54 @@ class ClusterSessionLocator:
                     self._confirmed.pop(client_id, None)
             filters = plain_filters(state) if state is not None and not clean_start else None
             self.handoff.claim_finished(client_id, filters, time.monotonic())
+
+    def _now(self) -> Stamp:
+        """A claim's stamp from the node's one hybrid clock (`Broker.hlc`)."""
+        stamp = self.broker.hlc.now()
+        return stamp.ms, stamp.counter
+
+    def _observe(self, stamp: Stamp, node: str) -> bool:
+        """Take a stamp made elsewhere into the clock; False when it is beyond the clock's
+        drift bound (`broker.core.hlc`): it is then not trusted to order anything."""
+        if stamp == ZERO:
+            return True
+        if self.broker.hlc.update(ClockStamp(stamp[0], stamp[1], node)):
+            return True
+        self.stats["stamps_rejected"] += 1
+        log.warning("registry: a stamp from %s is %.0f s ahead of our clock: not trusted",
+                    node, stamp[0] / 1000 - self.broker.hlc.wall())  # fmt: skip
+        return False
+
+    async def _claim_at(
+        self, owner: str, nodes: list[str], args: dict[str, Any]
+    ) -> tuple[Any, str]:
+        """(answer, the node that answered) of the claim at `owner`. An owner this node has
+        no link to (killed, restarting: `NodeUnreachable` at once, before its death is
+        known) is stood in for by the next node of the id's rendezvous order among `nodes`:
+        two CONNECTs of one id on two nodes with the same view of the members then still meet
+        at one node, which is also the id's owner once the unreachable one is declared dead."""
+        client_id = args["client_id"]
+        tried: list[str] = []
+        while True:
+            if owner == self.name:
+                return await self.serve_claim(args, self.name), owner
+            self.stats["claims_sent"] += 1
+            try:
+                return await self.call(owner, CLAIM_METHOD, args, self.timeout), owner
+            except NodeUnreachable:
+                tried.append(owner)
+                rest = [node for node in nodes if node not in tried]
+                if not rest:
+                    raise
+                log.info("takeover of %s: owner %s has no link; %s stands in",
+                         client_id, owner, owner_of(client_id, rest))  # fmt: skip
+                self.stats["stand_ins"] += 1
+                owner = owner_of(client_id, rest)
+            except RemoteError as exc:
+                if "no RPC method" not in str(exc):
+                    raise
+                state = await self._ask_everyone(client_id, args["clean_start"])
+                return {"state": state}, owner
 
     async def _ask_everyone(self, client_id: str, clean_start: bool) -> SessionState | None:
         """The owner runs the previous version (no registry): every other node is asked to
@@ -331,14 +379,15 @@ class ClusterSessionLocator:
             raise ValueError("registry_claim needs client_id (str), clean_start (bool), stamp")
         if stamp is None:
             raise ValueError("registry_claim needs a stamp [ms, n]")
-        age = self.clock.wall() - stamp[0] / 1000
-        if age > STALE_CLAIMS * self.timeout:
+        age = self.broker.hlc.wall() - stamp[0] / 1000
+        if age > STALE_CLAIMS * self.timeout and stamp != ZERO:
             # Its caller went on alone long ago (a request held in a cut TCP link, delivered by
             # a retransmit after the heal): served now, it would move the live session to the
             # caller's stale copy. The next round registers the caller's copy instead.
             self.stats["stale_claims"] += 1
             raise ValueError(f"registry_claim of {client_id} is {age:.1f} s old")
-        self.clock.observe(stamp)
+        if not self._observe(stamp, from_node):
+            stamp = self._now()  # the claimant's clock is too far ahead: ordered by ours
         lock, users = self._locks.get(client_id) or (asyncio.Lock(), 0)
         self._locks[client_id] = (lock, users + 1)
         try:
@@ -377,7 +426,8 @@ class ClusterSessionLocator:
         lose: dict[str, Stamp] = {}
         nodes = set(self.live_nodes())
         for client_id, stamp in parse_entries(args.get("entries")):
-            self.clock.observe(stamp)
+            if not self._observe(stamp, from_node):
+                stamp = ZERO  # too far ahead to trust: loses to any other holder
             evict = self.registry.register(client_id, from_node, stamp, nodes.__contains__)
             if evict is None:
                 continue

@@ -30,16 +30,19 @@ from broker.core.cluster_port import (
     SharedDispatcher,
     WaitDrained,
 )
+from broker.core.commit_gate import CommitGate, DirtySessions
 from broker.core.hlc import HybridClock, Stamp, stamp_from_wire
 from broker.core.hooks import ClientInfo, Hooks
 from broker.core.message import Message, is_expired, retained_stamp
 from broker.core.metrics import Metrics, Stats
+from broker.core.qos2_once import is_late
 from broker.core.replicated import ReplicatedTables
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
+from broker.core.session_state import subscription_from_state
 from broker.core.settings import Settings
 from broker.core.shared import SharedGroupPicker
-from broker.core.topics import parse_shared, validate_topic_filter
+from broker.core.topics import parse_shared
 from broker.core.trie import SubscriptionTrie
 from broker.core.wills import WillTimers, will_message
 from broker.protocol.packets import Will
@@ -47,7 +50,8 @@ from broker.protocol.packets import Will
 log = logging.getLogger(__name__)
 
 #: Clears of retained topics remembered (their stamps), so that an older write of the topic
-#: arriving later (a heal, a slow link) does not bring the message back; the oldest go first.
+#: arriving later (a heal, a slow link, a node restarted with the old value) does not bring the
+#: message back; at most this many (the oldest go first), each for `retained_tombstone_ttl`.
 RETAINED_TOMBSTONES = 10_000
 
 #: Told about route changes: (real topic filter, True = first subscriber / False = last gone).
@@ -120,16 +124,17 @@ class Broker:
         # Cluster ports (broker.core.cluster_port); None on a single node.
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None
-        #: QoS 2 copies not routed to a session that arrived after them (`late_for`).
-        self.late_skipped = 0
-        #: QoS 2 copies a persistent session had accepted already (`Session.accept_qos2`).
-        self.qos2_repeats = 0
+        #: QoS 2 copies not routed to a session (`late_for`): late ones, and repeats.
+        self.late_skipped = self.qos2_repeats = 0
         self.run_forwarder: RunForwarder | None = None
         self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
         # Persistence (broker.server.persistence) sets these: the client ids and retained topics
         # changed since its last flush. None = nothing is persisted (no bookkeeping at all).
-        self.dirty_sessions: set[str] | None = None
+        self.dirty_sessions: DirtySessions | None = None
         self.dirty_retained: set[str] | None = None
+        #: Acks held until the commit of what they acknowledge (`broker.core.commit_gate`);
+        #: persistence sets it, None = nothing waits.
+        self.commit_gate: CommitGate | None = None
         self.started_at = self.clock()
         self.clients_total = 0
         self.route_count = 0
@@ -270,7 +275,7 @@ class Broker:
             or not 0 <= expiry <= 0xFFFFFFFF
         ):
             raise ValueError("malformed session state")
-        subscriptions = [_subscription_from_state(client_id, item)
+        subscriptions = [subscription_from_state(client_id, item)
                          for item in state.get("subscriptions") or []]  # fmt: skip
         now = self.clock()
         session = self._new_session(client_id, clean_start, expiry, now, username)
@@ -437,13 +442,10 @@ class Broker:
         counters = self.metrics.counters
         if message.retain:
             self.retain(message)
-        # QoS 2: its publish stamp, set here at its origin (a copy from a peer brings it),
-        # skips the session copies that arrived here after it (`late_for`).
-        stamp = None
-        if message.qos == 2:
-            stamp = message.stamp
-            if stamp is None and forward:
-                stamp = message.stamp = self.hlc.now()
+        # QoS 2: stamped at its origin (a copy from a peer brings its stamp), for `late_for`.
+        stamp = message.stamp if message.qos == 2 else None
+        if stamp is None and message.qos == 2 and forward:
+            stamp = message.stamp = self.hlc.now()
         normal, groups = self.router.match_all(message.topic)
         now = self.clock()
         sessions = self.sessions
@@ -511,20 +513,14 @@ class Broker:
         return _PUBLISHED[count]
 
     def late_for(self, session: Session, stamp: Stamp) -> bool:
-        """True (counted) when a QoS 2 message stamped `stamp` at its origin was published
-        before this copy of the session arrived here: a copy held for this node while it was
-        cut off (`cluster.dead_hold`) or slower than the takeover. Where the session was when
-        the message was published, it got the message there; what it had not delivered came
-        with the session's state or the old node's handoff (`cluster.handoff`, which delivers
-        without this check). Routed here as well, the client would get it twice. Also True
-        for a copy the session accepted before (`Session.accept_qos2`)."""
-        arrived = session.arrived
-        if arrived is None or stamp >= arrived:
-            if session.accept_qos2(stamp):
-                return False
-            self.qos2_repeats += 1  # it reached this session (or one it was moved from)
-        else:
+        """True (counted as dropped) when a QoS 2 message stamped `stamp` predates this session
+        copy's arrival here or was accepted by it already (`broker.core.qos2_once`)."""
+        if is_late(session.arrived, stamp):
             self.late_skipped += 1
+        elif session.accept_qos2(stamp):
+            return False
+        else:
+            self.qos2_repeats += 1
         self.metrics.counters["messages/dropped"] += 1
         return True
 
@@ -575,15 +571,20 @@ class Broker:
         keeps the same value whatever order the writes reach it in. A write without a stamp is
         taken here and stamped now (`message.stamp`, which the cluster forwards with it); one
         with a stamp came from another node and moves our clock. False: a later write (or
-        clear) of the topic is held, this one changes nothing."""
+        clear) of the topic is held, or the stamp is beyond the clock's drift bound; this one
+        changes nothing."""
         topic = message.topic
         held = self.retained.get(topic)
         old = retained_stamp(held) if held is not None else self.retained_gone.get(topic)
         stamp = message.stamp
         if stamp is None:
             stamp = message.stamp = self.hlc.now()
-        else:
-            self.hlc.update(stamp)
+        elif not self.hlc.update(stamp):
+            # beyond the drift bound (`broker.core.hlc`, counted in `hlc.rejected`): refused;
+            # anti-entropy offers it again, taken once our wall clock is within the bound
+            log.warning("retained %s: stamp %s is beyond the clock's drift bound: refused",
+                        topic, stamp)  # fmt: skip
+            return False
         if old is not None and stamp <= old:
             return False
         if self.dirty_retained is not None:
@@ -591,9 +592,15 @@ class Broker:
         gone = self.retained_gone
         if not message.payload:
             self.retained.delete(topic)
-            gone[topic] = stamp  # a tombstone: an older write arriving later must not win
+            gone.pop(topic, None)  # the newest last: expiry and the bound take the oldest first
+            ttl_ms = self.settings.retained_tombstone_ttl * 1000
+            if stamp.ms >= int(self.clock() * 1000) - ttl_ms:  # (an expired one is not kept)
+                gone[topic] = stamp  # a tombstone: an older write arriving later must not win
             if len(gone) > RETAINED_TOMBSTONES:
-                del gone[next(iter(gone))]
+                oldest = next(iter(gone))
+                del gone[oldest]
+                if self.dirty_retained is not None:
+                    self.dirty_retained.add(oldest)
         else:
             if held is None:
                 self.metrics.counters["messages/retained"] += 1
@@ -625,12 +632,30 @@ class Broker:
                 continue
             yield message
 
+    def expire_tombstones(self, now: float) -> int:
+        """Forget the clears of retained topics made more than `retained_tombstone_ttl` seconds
+        ago (by their stamp's wall time); the table is in about the order of the clears, so
+        this stops at the first young one. Returns how many went."""
+        gone = self.retained_gone
+        limit = int((now - self.settings.retained_tombstone_ttl) * 1000)
+        expired = 0
+        while gone:
+            topic, stamp = next(iter(gone.items()))
+            if stamp.ms >= limit:
+                break
+            del gone[topic]
+            if self.dirty_retained is not None:
+                self.dirty_retained.add(topic)
+            expired += 1
+        return expired
+
     # -- housekeeping ---------------------------------------------------------------------
 
     def tick(self) -> None:
         """Called about once a second: keepalive and connect timeouts, expired sessions."""
         now = self.clock()
         self.banned.expire(now)
+        self.expire_tombstones(now)
         for channel in list(self.channels):
             channel.check_timeouts(now)
         expired = [cid for cid, s in self.sessions.items() if s.expired(now)]
@@ -672,24 +697,3 @@ def _takeover_ends_session(session: Session | None, clean_start: bool) -> bool:
     connection starts clean, or the old session was to end with its connection (expiry 0:
     a 5.0 Session Expiry Interval 0 or a 3.x clean session)."""
     return clean_start or session is None or session.expiry_interval == 0
-
-
-def _subscription_from_state(client_id: str, item: object) -> Subscription:
-    """A `Subscription` from its exported form (`Session.export_state`); raises ValueError."""
-    if not isinstance(item, list | tuple) or len(item) < 6:
-        raise ValueError(f"bad subscription {item!r:.200}")
-    filt, qos, no_local, rap, handling, identifier = item[:6]
-    if (
-        not isinstance(filt, str)
-        or not validate_topic_filter(filt)
-        or qos not in (0, 1, 2)
-        or not isinstance(no_local, bool)
-        or not isinstance(rap, bool)
-        or handling not in (0, 1, 2)
-        or not (identifier is None or isinstance(identifier, int))
-    ):
-        raise ValueError(f"bad subscription {item!r:.200}")
-    group, topic_filter = parse_shared(filt)
-    return Subscription(
-        client_id, filt, topic_filter, group, qos, no_local, rap, handling, identifier
-    )

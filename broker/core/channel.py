@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from broker.core.acked_runs import handle_acked_run
 from broker.core.connection import Connection, Violation
 from broker.core.handle_connect import (
     handle_auth,
@@ -43,8 +44,9 @@ from broker.core.handle_publish import (
 from broker.core.handle_subscribe import handle_subscribe, handle_unsubscribe
 from broker.core.metrics import RECEIVED_COUNTER
 from broker.core.states import BEFORE_CONNECT, CLOSED, CONNECTED, CONNECTING, TAKEOVER
+from broker.protocol.acked_runs import AckedRun
 from broker.protocol.constants import ReasonCode
-from broker.protocol.decode import expand_run
+from broker.protocol.decode import Run, expand_run
 from broker.protocol.errors import ProtocolError, UnsupportedProtocolVersion
 from broker.protocol.packets import (
     Auth,
@@ -97,7 +99,7 @@ class Channel(Connection):
         self.recv_cnt += 1
         counters["bytes/received"] += len(data)
         try:
-            # Once connected, plain QoS 0 PUBLISHes come as runs of their bytes.
+            # Once connected, plain QoS 0 and QoS 1 PUBLISHes come as runs of their bytes.
             if self.state == CONNECTED:
                 packets = self.decoder.feed_runs(data)
             else:
@@ -124,7 +126,7 @@ class Channel(Connection):
         if packets:
             self._handle(packets)
 
-    def _handle(self, packets: Sequence[Packet | PublishRun]) -> None:
+    def _handle(self, packets: Sequence[Packet | Run]) -> None:
         if not packets:
             return
         try:
@@ -133,7 +135,7 @@ class Channel(Connection):
             if self.state != CLOSED:
                 self.protocol_violation(exc.reason_code, exc.text, explain=True)
 
-    def _dispatch(self, packets: Sequence[Packet | PublishRun]) -> None:
+    def _dispatch(self, packets: Sequence[Packet | Run]) -> None:
         counters = self.broker.metrics.counters
         self.last_received = self.broker.clock()
         handlers = HANDLERS
@@ -141,8 +143,12 @@ class Channel(Connection):
         remaining = deque(packets)
         while remaining:
             packet = remaining.popleft()
-            if isinstance(packet, PublishRun):
-                if self.state == CONNECTED and handle_publish_run(self, packet):
+            if isinstance(packet, (PublishRun, AckedRun)):
+                if self.state == CONNECTED and (
+                    handle_acked_run(self, packet)
+                    if isinstance(packet, AckedRun)
+                    else handle_publish_run(self, packet)
+                ):
                     count = packet.count
                     self.recv_pkt += count
                     counters["packets/received"] += count
@@ -158,7 +164,8 @@ class Channel(Connection):
                         held = self.held_packets = []
                     held.append(packet)
                     for rest in remaining:  # runs only come once connected: never, in fact
-                        held.extend(expand_run(rest) if isinstance(rest, PublishRun) else [rest])
+                        runs = (PublishRun, AckedRun)
+                        held.extend(expand_run(rest) if isinstance(rest, runs) else [rest])
                 return
             self.recv_pkt += 1
             counters["packets/received"] += 1

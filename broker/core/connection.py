@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import WaitDrained
+from broker.core.commit_gate import CommitGate
 from broker.core.hooks import ClientInfo
 from broker.core.message import Message, expiry_left
 from broker.core.metrics import SENT_COUNTER
@@ -315,6 +316,19 @@ class Connection:
             return {PropertyId.REASON_STRING: text[:_REASON_MAX]}
         return {}
 
+    def send_acks(self, data: bytes, count: int, packet_type: int) -> None:
+        """`count` acks of one kind (each within the client's Maximum Packet Size) in one
+        write, counted as `send` counts each (`broker.core.acked_runs`)."""
+        size = len(data)
+        counters = self.broker.metrics.counters
+        self.send_oct += size
+        self.send_cnt += count
+        self.send_pkt += count
+        counters["bytes/sent"] += size
+        counters["packets/sent"] += count
+        counters[SENT_COUNTER[packet_type]] += count
+        self.link.write(data)
+
     def _count_sent(self, packet_type: int, size: int) -> None:
         counters = self.broker.metrics.counters
         self.send_oct += size
@@ -467,7 +481,36 @@ class Connection:
             self.link.write(b"".join(held))
 
     def send_pubrel(self, packet_id: int) -> None:
-        self.send(PubRel(packet_id))
+        """PUBREL for an outgoing QoS 2 message; with `durable_acks`, for a persistent session
+        whose state is not committed yet, only after the commit (`ack_gate`)."""
+        gate = self.ack_gate()
+        if gate is not None and self.client_id in gate.dirty:
+            self.send_after_commit(PubRel(packet_id), gate)
+        else:
+            self.send(PubRel(packet_id))
+
+    def ack_gate(self) -> CommitGate | None:
+        """The commit gate when acks to this client wait for commits (`durable_acks`, and
+        its session is persistent); None: acks go at once."""
+        gate = self.broker.commit_gate
+        session = self.session
+        if gate is None or not gate.client_acks or session is None:
+            return None
+        return gate if session.expiry_interval else None
+
+    def send_after_commit(self, packet: Packet, gate: CommitGate) -> None:
+        """Send `packet` once the commit holding what it acknowledges is durable
+        (`broker.core.commit_gate`); the PUBLISHes `hold_output` holds wait with it, so the
+        client still sees its ack before its own message comes back."""
+        held, self.held_out = self.held_out, None
+        gate.hold(functools.partial(self._send_committed, packet, held))
+
+    def _send_committed(self, packet: Packet, held: list[bytes] | None) -> None:
+        if self.state != CONNECTED:
+            return  # gone: the client sends it again (QoS 1/2 retry on reconnect)
+        self.send(packet)
+        if held:
+            self.link.write(b"".join(held))
 
     # -- closing --------------------------------------------------------------------------
 

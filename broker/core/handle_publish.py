@@ -139,8 +139,13 @@ def handle_publish(channel: Connection, packet: Publish) -> None:
     if qos == 2:
         assert packet_id is not None
         if packet_id in session.awaiting_rel:
-            # A resent QoS 2 PUBLISH: acknowledge, never route twice (MQTT-4.3.3-9).
-            channel.send(PubRec(packet_id))
+            # A resent QoS 2 PUBLISH: acknowledge, never route twice (MQTT-4.3.3-9); with
+            # durable_acks not before the commit of its awaiting_rel entry.
+            gate = channel.ack_gate()
+            if gate is not None and session.client_id in gate.dirty:
+                channel.send_after_commit(PubRec(packet_id), gate)
+            else:
+                channel.send(PubRec(packet_id))
             return
         if len(session.awaiting_rel) >= settings.max_awaiting_rel:
             counters["messages/qos2/dropped"] += 1
@@ -160,6 +165,12 @@ def handle_publish(channel: Connection, packet: Publish) -> None:
             counters["messages/dropped"] += 1
         return
     assert packet_id is not None
+    # durable_acks: the ack waits for the commit when the message went into a persistent
+    # session (or, QoS 2, the publisher's awaiting_rel is one): `broker.core.commit_gate`.
+    gate = channel.broker.commit_gate
+    if gate is not None and not gate.client_acks:
+        gate = None
+    marks = gate.marks if gate is not None else 0
     # Acknowledge before onward delivery: a copy of this message for this same connection is
     # held until the PUBACK/PUBREC is written (`Connection.hold_output`).
     channel.hold_output()
@@ -173,7 +184,9 @@ def handle_publish(channel: Connection, packet: Publish) -> None:
         else:
             counters["messages/dropped"] += 1
         ack = PubAck if qos == 1 else PubRec
-        if not is_v5 or (allowed and matched):
+        if gate is not None and gate.marks != marks:
+            channel.send_after_commit(ack(packet_id, _success(is_v5, matched)), gate)
+        elif not is_v5 or (allowed and matched):
             channel.send(ack(packet_id))
         elif not allowed:
             reason = channel.reason(f"not authorized to publish to {topic!r}")
@@ -246,6 +259,12 @@ def _route(channel: Connection, packet: Publish, topic: str, properties: Propert
     return channel.route(message, packet)
 
 
+def _success(is_v5: bool, matched: int) -> int:
+    """The reason code of a successful PUBACK/PUBREC: 0x10 when a 5.0 message matched
+    nobody (a success code, sent bare)."""
+    return ReasonCode.NO_MATCHING_SUBSCRIBERS if is_v5 and not matched else 0
+
+
 def handle_puback(channel: Connection, packet: PubAck) -> None:
     assert channel.session is not None
     if not channel.session.on_puback(packet.packet_id, channel.broker.clock()):
@@ -261,7 +280,7 @@ def handle_pubrec(channel: Connection, packet: PubRec) -> None:
             channel.broker.metrics.counters["packets/pubrec/missed"] += 1
         return
     if session.on_pubrec(packet.packet_id, now):
-        channel.send(PubRel(packet.packet_id))
+        channel.send_pubrel(packet.packet_id)  # (after the commit, with durable_acks)
     else:
         channel.broker.metrics.counters["packets/pubrec/missed"] += 1
         code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if channel.version == MQTT_5 else 0
@@ -274,7 +293,12 @@ def handle_pubrel(channel: Connection, packet: PubRel) -> None:
     assert session is not None
     if session.release_rel(packet.packet_id):
         session.touch()
-        channel.send(PubComp(packet.packet_id))
+        # durable_acks: the id leaves awaiting_rel on disk before the client may reuse it
+        gate = channel.ack_gate()
+        if gate is not None:
+            channel.send_after_commit(PubComp(packet.packet_id), gate)
+        else:
+            channel.send(PubComp(packet.packet_id))
     else:
         channel.broker.metrics.counters["packets/pubrel/missed"] += 1
         code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if channel.version == MQTT_5 else 0

@@ -16,9 +16,20 @@ ties, so two stamps of different nodes are never equal. Tuples compare in that o
   did not move, else back to 0.
 * `update(stamp)` (a stamp received from a peer): `ms = max(ms, stamp.ms, wall)` with the
   counter past both when they tie, so the next `now()` is greater than every stamp seen.
-* Bounded drift: `ms - wall` never exceeds `max_drift_ms`: a received stamp further ahead of
-  our wall clock than that (a peer with a clock far in the future) is not taken into the clock
-  (`rejected` counts it); the write it carries is still ordered by its stamp.
+* **The drift rule** (one for the node): a received stamp more than `max_drift_ms` (60 s) ahead
+  of our wall clock is *rejected*: `update` returns False, counts it in `rejected`, leaves the
+  clock alone, and the write it carries is not ordered by it. For a replicated last-writer-wins
+  write (a retained message, `Broker.retain`) that means refused: this node keeps what it has,
+  and anti-entropy offers the write again until our wall clock is within the bound of it. For
+  a claim of a client id (`cluster.takeover`), the one owner of the id orders it by its own
+  clock instead. So `ms - wall` never exceeds the bound, and a peer whose clock runs far ahead
+  no longer wins every write until real time catches up with it.
+  Why reject and not clamp (take the stamp as `wall + bound`): every node would clamp to its
+  own wall clock, so two nodes would keep two different orders of the same writes and never
+  converge; a rejected write is refused the same way everywhere, and converges (late) once the
+  writer's clock is fixed or real time passes it. The cost is said plainly: while its clock is
+  ahead, such a node's retained values are kept on that node only (the messages themselves are
+  still delivered everywhere; only storing them as retained is refused).
 
 A stamp from a peer that predates this clock (no stamp on the wire) is read as its wall time:
 `legacy_stamp(ms)` = `(ms, 0, "")`, which sorts before any stamp of a node at that millisecond.
@@ -33,7 +44,8 @@ from typing import Any, NamedTuple
 
 __all__ = ["HybridClock", "Stamp", "legacy_stamp", "stamp_from_wire"]
 
-#: A stamp further ahead of the wall clock than this is not taken into the clock (1 minute).
+#: A received stamp further ahead of the wall clock than this is rejected (1 minute): far more
+#: than NTP-synchronised machines drift apart, far less than a clock set wrong by hand.
 DEFAULT_MAX_DRIFT_MS = 60_000
 
 

@@ -35,10 +35,11 @@ which gives exactly-once delivery.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, Protocol
 
-from broker.core.hlc import Stamp, stamp_from_wire
+from broker.core.commit_gate import DirtySessions
+from broker.core.hlc import Stamp
 from broker.core.message import (
     Message,
     expiry_left,
@@ -47,6 +48,7 @@ from broker.core.message import (
     message_to_dict,
 )
 from broker.core.metrics import Metrics
+from broker.core.qos2_once import Seen
 from broker.core.shared_empty import SharedEmptyDeque, SharedEmptyDict
 
 
@@ -235,9 +237,8 @@ class Session:
         #: (`Broker.publish`). Restored from disk, it keeps the saved one (None: nothing is
         #: skipped; an older data file, or built directly).
         self.arrived: Stamp | None = None
-        #: Publish stamps of the QoS 2 messages this persistent session accepted, oldest first
-        #: (`accept_qos2`); moved and persisted with the session (`export_state`).
-        self.qos2_seen: OrderedDict[Stamp, None] | None = None
+        #: The QoS 2 messages it accepted (`accept_qos2`), moved and persisted with it.
+        self.qos2_seen: Seen | None = None
         self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
         # Shared empty stand-ins until first used (module docstring).
         self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
@@ -245,8 +246,9 @@ class Session:
         self.awaiting_rel: dict[int, float] = _NO_RELS
         self.outlet: Outlet | None = None
         self.disconnected_at: float | None = None
-        #: The broker's set of changed client ids (persistence), None when nothing is persisted.
-        self.dirty: set[str] | None = None
+        #: The broker's set of changed client ids (persistence), None when nothing is persisted;
+        #: a change to a persistent session also moves its `marks` (`broker.core.commit_gate`).
+        self.dirty: DirtySessions | None = None
         self.mqueue_dropped = 0
         self.deliver_msg = 0
         self.enqueue_msg = 0
@@ -275,6 +277,8 @@ class Session:
         dirty = self.dirty
         if dirty is not None:
             dirty.add(self.client_id)
+            if self.expiry_interval:
+                dirty.marks += 1
 
     def attach(self, outlet: Outlet) -> None:
         self.outlet = outlet
@@ -336,6 +340,8 @@ class Session:
             dirty = self.dirty
             if dirty is not None:
                 dirty.add(self.client_id)
+                if self.expiry_interval:
+                    dirty.marks += 1
         if qos == 0:
             if outlet is not None:
                 if outlet.send_publish(message, 0, retain, None, False, subscription_ids):
@@ -353,22 +359,14 @@ class Session:
             self._enqueue((message, qos, retain, subscription_ids), now)
 
     def accept_qos2(self, stamp: Stamp) -> bool:
-        """False when this persistent session accepted the QoS 2 message published at `stamp`
-        already (a copy that reached it twice: held for a node and passed on from another,
-        or brought by a moved session and delivered again): MQTT-4.3.3-2, once. The record
-        holds the last `QOS2_SEEN_MAX` stamps; a session that ends with its connection
-        (expiry 0) keeps none."""
+        """False for a QoS 2 message this persistent session accepted already
+        (`broker.core.qos2_once`); a session without expiry keeps no record."""
         if not self.expiry_interval:
             return True
         seen = self.qos2_seen
         if seen is None:
-            seen = self.qos2_seen = OrderedDict()
-        elif stamp in seen:
-            return False
-        seen[stamp] = None
-        if len(seen) > QOS2_SEEN_MAX:
-            seen.popitem(last=False)  # O(1); a dict's first key is not, after many deletes
-        return True
+            seen = self.qos2_seen = Seen()
+        return seen.accept(stamp)
 
     def count_passed(self, sent: int, dropped: int) -> None:
         """QoS 0 deliveries made as a run's bytes (`broker.core.runs_delivery`), counted as
@@ -377,6 +375,22 @@ class Session:
         if dropped:
             self.mqueue_dropped += dropped
             self.limits.metrics.counters["messages/dropped"] += dropped
+
+    def refuses(self, now: float) -> bool:
+        """True when `deliver` would drop any QoS 1/2 delivery now, whatever its message: the
+        queue ahead of it is full (`max_queued_messages`) and nothing in it can expire yet.
+        Nothing changes meanwhile but what is delivered (`broker.core.acked_runs`)."""
+        return len(self.queue) >= self.limits.max_queued and now < self._earliest_expiry
+
+    def count_refused(self, count: int) -> None:
+        """`count` QoS 1 deliveries dropped as `deliver` drops each one `refuses`."""
+        dirty = self.dirty
+        if dirty is not None:
+            dirty.add(self.client_id)
+        self.mqueue_dropped += count
+        metrics = self.limits.metrics
+        metrics.counters["messages/dropped"] += count
+        metrics.limits["max_queued_messages"] += count
 
     def _enqueue(self, item: QueuedDelivery, now: float) -> None:
         size = len(item[0].payload)
@@ -611,7 +625,7 @@ class Session:
             "queue": queue,
             "inflight": inflight,
             "awaiting_rel": list(self.awaiting_rel),
-            "qos2_seen": [list(stamp) for stamp in self.qos2_seen or ()],
+            "qos2_seen": self.qos2_seen.to_wire() if self.qos2_seen is not None else [],
             "arrived": None if self.arrived is None else list(self.arrived),
         }
 
@@ -650,19 +664,8 @@ class Session:
             raise ValueError("bad awaiting_rel")
         for packet_id in rel:
             self.await_rel(packet_id, now)
-        seen = state.get("qos2_seen") or []  # (absent in the state of an older node)
-        stamps = [stamp_from_wire(item) for item in seen] if isinstance(seen, list) else [None]
-        if None in stamps:
-            raise ValueError("bad qos2_seen")
-        if stamps:
-            self.qos2_seen = OrderedDict.fromkeys(s for s in stamps[-QOS2_SEEN_MAX:] if s)
+        self.qos2_seen = Seen.from_wire(state.get("qos2_seen"))  # (none from an older node)
 
-
-#: QoS 2 publish stamps a persistent session remembers (`Session.accept_qos2`): at a few
-#: dozen QoS 2 messages a second to one session, the last half minute or so, longer than a
-#: partition's held copies take to arrive after a heal. Cost when full: about 100 KB of memory,
-#: 27 KB in its exported state and 0.2 ms to export it (a move, a persistence write).
-QOS2_SEEN_MAX = 1_000
 
 #: `Session.export_state()`: a msgpack-able map (see there).
 SessionState = dict[str, Any]

@@ -61,6 +61,11 @@ class CoreOptions:
         doc="seconds an abandoned persistent session is kept (caps 5.0 clients too)",
     )  # fmt: skip
     retain_available: bool = setting(True, doc="false: a retained PUBLISH is refused")
+    retained_tombstone_ttl: int = setting(
+        86_400, lo=1,
+        doc="seconds the clear of a retained topic is remembered (and persisted), so that a "
+        "node back with the old value cannot revive it; a node away longer should start empty",
+    )  # fmt: skip
     max_connections: int = setting(
         0, lo=0, note="0 = unlimited", doc="clients connected at once; more are closed at accept"
     )

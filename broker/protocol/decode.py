@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from broker.protocol.acked_runs import PLAIN_QOS1, AckedRun, scan_acked_run
 from broker.protocol.constants import MQTT_3_1, MQTT_3_1_1, MQTT_5, PacketType
 from broker.protocol.errors import (
     MalformedPacket,
@@ -82,6 +83,8 @@ from broker.protocol.properties import (
 from broker.protocol.runs import PLAIN_QOS0, PublishRun, scan_run
 from broker.protocol.wire import Frames
 
+#: What `feed_runs` gives for frames it did not turn into packets.
+Run = PublishRun | AckedRun
 BodyDecoder = Callable[[int, bytearray, memoryview, int, int, int], Packet]
 
 DEFAULT_MAX_PACKET_SIZE = 268_435_460  # 1 type byte + 4 length bytes + 268,435,455
@@ -398,19 +401,20 @@ class Decoder:
         """Add `data`; return every packet now complete, in order. Raises only ProtocolError."""
         return self._feed(data, False)  # type: ignore[return-value]  # no runs asked for
 
-    def feed_runs(self, data: bytes | bytearray | memoryview) -> list[Packet | PublishRun]:
+    def feed_runs(self, data: bytes | bytearray | memoryview) -> list[Packet | Run]:
         """As `feed`, but plain QoS 0 PUBLISHes come as `PublishRun`s of their bytes
-        (`broker.protocol.runs`): what the broker passes on without making packets."""
+        (`broker.protocol.runs`): what the broker passes on without making packets; plain
+        QoS 1 ones as `AckedRun`s (`broker.protocol.acked_runs`)."""
         return self._feed(data, True)
 
-    def _feed(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Packet | PublishRun]:
+    def _feed(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Packet | Run]:
         buf = self._buf
         if buf is None:
             buf = bytearray(data)
         else:
             buf += data
         n = len(buf)
-        out: list[Packet | PublishRun] = []
+        out: list[Packet | Run] = []
         pos = 0
         mv = memoryview(buf)
         try:
@@ -421,6 +425,14 @@ class Decoder:
                     if run is not None:
                         out.append(run)
                         pos += len(run.data)
+                        continue
+                elif first == PLAIN_QOS1 and runs:
+                    acked = scan_acked_run(
+                        buf, pos, n, self.version == MQTT_5, self.max_packet_size
+                    )
+                    if acked is not None:
+                        out.append(acked)
+                        pos += len(acked.data)
                         continue
                 ptype = first >> 4
                 flags = first & 0x0F
@@ -490,7 +502,7 @@ class Decoder:
         return out
 
 
-def expand_run(run: PublishRun) -> list[Packet]:
+def expand_run(run: Run) -> list[Packet]:
     """The PUBLISH packets of a run, exactly as `feed` makes them from the same bytes (each
     with its own `frames`): the way back to the packet path when a run cannot pass as it is."""
     return Decoder(version=MQTT_5 if run.v5 else MQTT_3_1_1).feed(run.data)

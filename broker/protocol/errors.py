@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from broker.protocol.constants import ReasonCode
 
 if TYPE_CHECKING:
+    from broker.protocol.acked_runs import AckedRun
     from broker.protocol.packets import Packet
     from broker.protocol.runs import PublishRun
 
@@ -20,7 +21,7 @@ class ProtocolError(Exception):
     """
 
     reason_code: int = ReasonCode.PROTOCOL_ERROR
-    packets: list[Packet | PublishRun]
+    packets: list[Packet | PublishRun | AckedRun]
 
     def __init__(self, message: str, reason_code: int | None = None) -> None:
         super().__init__(message)

@@ -179,7 +179,7 @@ class Node:
         self.persistence: Persistence | None = None
         if config.persistence:
             self.persistence = Persistence(
-                self.broker, config.data_dir, config.persistence_interval
+                self.broker, config.data_dir, config.persistence_interval, config.durable_acks
             )
         self._tcp_server: asyncio.AbstractServer | None = None
         self._servers: list[asyncio.AbstractServer] = []  # every MQTT server: TCP and TLS

@@ -27,27 +27,46 @@ instance; what the plugin has not taken stays in the store (and on disk).
 
 Durability window: SQLite runs in WAL mode with `synchronous = FULL`, so a committed flush
 survives a SIGKILL and a power loss. What changed after the last commit is lost on a crash: at
-most `persistence_interval` milliseconds of acknowledged messages (plus the time of one flush).
+most `persistence_interval` milliseconds of changes (plus the time of one flush).
+
+Acks that wait for a commit (`broker.core.commit_gate`): the FORWARD_ACK of a cluster batch that
+went into a persistent session always, and with `durable_acks` the PUBACK/PUBREC of a message
+queued into one and the PUBREL/PUBCOMP of a persistent session's QoS 2 flow. The first ack
+parked wakes the flusher, which commits after one more loop turn (group commit: every ack
+parked until then shares the transaction) instead of at the end of its interval; acks parked
+while a commit is being written wait for the next one, which starts as soon as it is done. The
+rows are built on the event loop and written by one thread (a single writer), so the loop
+serves clients during the fsync. With these, an acknowledged message is on disk before its ack
+leaves: a SIGKILL loses only what was not acknowledged yet, which the sender sends again.
 
 A database that cannot be opened or read (not an SQLite file, a bad row, an unknown format
 version) stops the start with a `PersistenceError` naming the file: a broker that silently
 started empty would drop every queued message of its persistent sessions.
 
 Rows are tagged JSON (bytes as `{"$b": base64}`, maps with non-string keys as `{"$m": pairs}`):
-retained `topic -> message_to_dict`, sessions `client_id -> Session.export_state()`, wills
-`client_id, deadline -> pending_will_to_dict`, delayed `id, due -> message_to_dict`.
+retained `topic -> message_to_dict` or, for a cleared topic, `topic -> {"cleared": stamp}`
+(the tombstone, `Broker.retained_gone`, with its hybrid-clock stamp `[ms, counter, node]`),
+sessions `client_id -> Session.export_state()`, wills `client_id, deadline ->
+pending_will_to_dict`, delayed `id, due -> message_to_dict`.
 
-Format versions (`meta.version`): 1 had retained and sessions; 2 adds `wills` and `delayed`. A
-version 1 file is migrated in place at open (the two empty tables are created, the version
-raised, in one transaction); any other version stops the start, the file untouched.
+Why tombstones are stored: a node that restarted without them would take an older value of a
+cleared topic from a peer that missed the clear (anti-entropy) and serve it again. They are
+kept `retained_tombstone_ttl` seconds after the clear (by the stamp's wall time): one past its
+time is not loaded, and its row is deleted at the next flush.
+
+Format versions (`meta.version`): 1 had retained and sessions; 2 adds `wills` and `delayed`; 3
+adds tombstone rows to `retained` (a version 2 node would read one as a broken message, so the
+version is raised although no table changed). A version 1 or 2 file is migrated in place at
+open (the missing empty tables are created, the version raised, in one transaction); any other
+version stops the start, the file untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import concurrent.futures
 import contextlib
-import json
+import functools
 import logging
 import os
 import sqlite3
@@ -56,9 +75,12 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.core.broker import Broker
+from broker.core.commit_gate import CommitGate, DirtySessions, Release
+from broker.core.hlc import stamp_from_wire
 from broker.core.message import Message, message_from_dict, message_to_dict
 from broker.core.wills import pending_will_from_dict, pending_will_to_dict
 from broker.server.errors import StartupError
+from broker.server.rowcodec import decode_value, encode_value
 
 __all__ = [
     "FILE_NAME",
@@ -72,9 +94,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FILE_NAME = "broker.db"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: older versions that `open` migrates in place (their tables are a subset of _SCHEMA's)
-_MIGRATES_FROM = ("1",)
+_MIGRATES_FROM = ("1", "2")
+#: the key of a tombstone row in `retained` (a cleared topic)
+_CLEARED = "cleared"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -94,50 +118,12 @@ _KEYS = {"sessions": "client_id", "retained": "topic", "wills": "client_id", "de
 _Rows = tuple[list[tuple[Any, ...]], list[Any]]
 #: the same, by table
 _Changes = dict[str, _Rows]
+#: the keys a flush took from the dirty sets: sessions, retained, wills, delayed
+_Taken = tuple[list[str], list[str], list[str], list[int]]
 
 
 class PersistenceError(StartupError):
     """The persistence database cannot be opened or read; the message names the file."""
-
-
-# -- row encoding ------------------------------------------------------------------------------
-
-
-def _pack(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return {"$b": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) and k not in ("$b", "$m") for k in value):
-            return {k: _pack(v) for k, v in value.items()}
-        return {"$m": [[_pack(k), _pack(v)] for k, v in value.items()]}
-    if isinstance(value, list | tuple):
-        return [_pack(v) for v in value]
-    return value
-
-
-def _unpack(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and "$b" in value:
-            return base64.b64decode(value["$b"], validate=True)
-        if len(value) == 1 and "$m" in value:
-            return {_unpack(k): _unpack(v) for k, v in value["$m"]}
-        return {k: _unpack(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unpack(v) for v in value]
-    return value
-
-
-def encode_value(value: Any) -> bytes:
-    """Tagged JSON of a msgpack-able value (bytes and int-keyed maps survive the trip)."""
-    return json.dumps(_pack(value), separators=(",", ":")).encode("utf-8")
-
-
-def decode_value(data: bytes) -> Any:
-    """The inverse of `encode_value`; raises ValueError on anything malformed."""
-    try:
-        return _unpack(json.loads(bytes(data).decode("utf-8")))
-    except (TypeError, KeyError, UnicodeDecodeError) as exc:
-        raise ValueError(str(exc)) from None
 
 
 # -- delayed publishes --------------------------------------------------------------------------
@@ -195,8 +181,12 @@ class Persistence:
     """Mirrors `broker`'s retained messages, persistent sessions, pending delayed wills and
     delayed publishes into `<data_dir>/broker.db`."""
 
-    def __init__(self, broker: Broker, data_dir: str, interval_ms: int = 1000) -> None:
+    def __init__(
+        self, broker: Broker, data_dir: str, interval_ms: int = 1000, durable_acks: bool = False
+    ) -> None:
         self.broker = broker
+        #: `durable_acks`: acks to clients wait for the commit too (`broker.core.commit_gate`)
+        self.durable_acks = durable_acks
         self.path = os.path.join(data_dir, FILE_NAME)
         self.interval = max(interval_ms, 1) / 1000.0
         self.flushes = 0
@@ -210,6 +200,12 @@ class Persistence:
         self.loaded_delayed = 0
         self._db: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        #: the flusher sleeps on this until its interval ends or an ack waits (`_wake`)
+        self._wakeup: asyncio.Future[None] | None = None
+        #: the one thread that writes (started with the flusher)
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        #: a commit being written by the thread, and the acks it releases
+        self._in_flight: tuple[asyncio.Future[None], list[Release]] | None = None
 
     # -- start: open and load ----------------------------------------------------------------
 
@@ -277,16 +273,32 @@ class Persistence:
     def _load(self, db: sqlite3.Connection) -> tuple[int, int]:
         broker = self.broker
         # Bookkeeping on before the sessions are created, so that they share the set.
-        dirty_sessions: set[str] = set()
+        dirty_sessions = DirtySessions()
         dirty_retained: set[str] = set()
         broker.dirty_sessions = dirty_sessions
         broker.dirty_retained = dirty_retained
+        gate = broker.commit_gate = CommitGate(dirty_sessions, self.durable_acks)
+        gate.wake = self._wake
         for session in broker.sessions.values():
             session.dirty = dirty_sessions
         retained = 0
+        expired: list[str] = []
+        oldest_kept = int((broker.clock() - broker.settings.retained_tombstone_ttl) * 1000)
+        tombstones: list[tuple[str, Any]] = []
         for topic, blob in db.execute("SELECT topic, message FROM retained"):
             try:
-                message = message_from_dict(decode_value(blob))
+                data = decode_value(blob)
+                if isinstance(data, dict) and _CLEARED in data:
+                    stamp = stamp_from_wire(data[_CLEARED])
+                    if stamp is None:
+                        raise ValueError("a tombstone's stamp must be [ms, counter, node]")
+                    broker.hlc.restore(stamp)
+                    if stamp.ms < oldest_kept:
+                        expired.append(topic)  # deleted at the next flush
+                    else:
+                        tombstones.append((topic, stamp))
+                    continue
+                message = message_from_dict(data)
             except ValueError as exc:
                 raise self._error(f"retained message of {topic!r} is invalid ({exc})") from None
             broker.retained.set(topic, message)
@@ -332,9 +344,13 @@ class Persistence:
                 raise self._error(f"delayed message {key!r} is invalid ({exc})") from None
             store.pending[key] = (float(due), message)
             self.loaded_delayed += 1
+        broker.retained_gone.clear()
+        for topic, stamp in sorted(tombstones, key=lambda item: item[1]):  # oldest first
+            broker.retained_gone[topic] = stamp
         broker.update_stats()
         dirty_sessions.clear()
         dirty_retained.clear()
+        dirty_retained.update(expired)
         dirty_wills.clear()
         store.dirty.clear()
         return retained, sessions
@@ -361,42 +377,104 @@ class Persistence:
     # -- writing -----------------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Write what changed since the last flush; returns the rows written or deleted.
+        """Write what changed since the last flush, then send the acks that waited for it;
+        returns the rows written or deleted.
 
-        On a write error the changes are kept for the next flush and the error is raised.
+        On a write error the changes (and acks) are kept for the next flush and the error is
+        raised.
         """
+        taken = self._take()
+        releases = self._take_acks()
+        if taken is None:
+            self._release(releases)
+            return 0
+        try:
+            self._write(self._rows(taken), full=False)
+        except BaseException:
+            self._give_back(taken, releases)
+            raise
+        self._release(releases)
+        return sum(len(keys) for keys in taken)
+
+    async def _flush_async(self) -> int:
+        """`flush`, with the write done by the writer thread while the loop goes on."""
+        taken = self._take()
+        releases = self._take_acks()
+        if taken is None:
+            self._release(releases)
+            return 0
+        writer = self._writer
+        assert writer is not None
+        try:
+            write = functools.partial(self._write, self._rows(taken), full=False)
+            future = asyncio.get_running_loop().run_in_executor(writer, write)
+        except BaseException:
+            self._give_back(taken, releases)
+            raise
+        self._in_flight = (future, releases)
+        try:
+            await asyncio.shield(future)  # a cancel (stop) leaves the write to `stop`
+        except Exception:
+            self._in_flight = None
+            self._give_back(taken, releases)
+            raise
+        self._in_flight = None
+        self._release(releases)
+        return sum(len(keys) for keys in taken)
+
+    def _take(self) -> _Taken | None:
+        """Take the keys of the dirty sets (cleared in place, never replaced: every session
+        holds the set); None when there is nothing to write."""
         broker = self.broker
         dirty_sessions, dirty_retained = broker.dirty_sessions, broker.dirty_retained
         dirty_wills, dirty_delayed = broker.wills.dirty, self.delayed.dirty
         if self._db is None or dirty_sessions is None or dirty_retained is None:
-            return 0
+            return None
         if dirty_wills is None:
-            return 0
+            return None
         if not (dirty_sessions or dirty_retained or dirty_wills or dirty_delayed):
-            return 0
-        client_ids = list(dirty_sessions)
-        topics = list(dirty_retained)
-        will_ids = list(dirty_wills)
-        delayed_ids = list(dirty_delayed)
-        dirty_sessions.clear()  # (cleared, never replaced: every session holds this set)
+            return None
+        taken = (list(dirty_sessions), list(dirty_retained), list(dirty_wills),
+                 list(dirty_delayed))  # fmt: skip
+        dirty_sessions.clear()
         dirty_retained.clear()
         dirty_wills.clear()
         dirty_delayed.clear()
-        try:
-            changes: _Changes = {
-                "sessions": self._session_rows(client_ids),
-                "retained": self._retained_rows(topics),
-                "wills": self._will_rows(will_ids),
-                "delayed": self._delayed_rows(delayed_ids),
-            }
-            self._write(changes, full=False)
-        except BaseException:
-            dirty_sessions.update(client_ids)
-            dirty_retained.update(topics)
-            dirty_wills.update(will_ids)
-            dirty_delayed.update(delayed_ids)
-            raise
-        return len(client_ids) + len(topics) + len(will_ids) + len(delayed_ids)
+        return taken
+
+    def _rows(self, taken: _Taken) -> _Changes:
+        client_ids, topics, will_ids, delayed_ids = taken
+        return {
+            "sessions": self._session_rows(client_ids),
+            "retained": self._retained_rows(topics),
+            "wills": self._will_rows(will_ids),
+            "delayed": self._delayed_rows(delayed_ids),
+        }
+
+    def _give_back(self, taken: _Taken, releases: list[Release]) -> None:
+        """A write failed: its changes and acks wait for the next flush."""
+        broker = self.broker
+        client_ids, topics, will_ids, delayed_ids = taken
+        for dirty, keys in ((broker.dirty_sessions, client_ids), (broker.dirty_retained, topics),
+                            (broker.wills.dirty, will_ids)):  # fmt: skip
+            if dirty is not None:
+                dirty.update(keys)
+        self.delayed.dirty.update(delayed_ids)
+        gate = broker.commit_gate
+        if gate is not None:
+            gate.give_back(releases)
+
+    def _take_acks(self) -> list[Release]:
+        gate = self.broker.commit_gate
+        return gate.take() if gate is not None else []
+
+    def _release(self, releases: list[Release]) -> None:
+        """The commit that covers these acks is durable: send them."""
+        for release in releases:
+            try:
+                release()
+            except Exception:  # one connection's trouble must not keep the others' acks
+                log.exception("persistence: cannot send an ack after a commit")
 
     def flush_all(self) -> int:
         """Rewrite every table from memory (graceful stop); returns the rows written."""
@@ -405,7 +483,9 @@ class Persistence:
             return 0
         changes: _Changes = {
             "sessions": self._session_rows(list(broker.sessions)),
-            "retained": self._retained_rows(list(broker.retained.topics())),
+            "retained": self._retained_rows(
+                list(broker.retained.topics()) + list(broker.retained_gone)
+            ),
             "wills": self._will_rows(list(broker.wills.pending)),
             "delayed": self._delayed_rows(list(self.delayed.pending)),
         }
@@ -432,10 +512,15 @@ class Persistence:
         rows: list[tuple[Any, ...]] = []
         gone: list[Any] = []
         retained = self.broker.retained
+        cleared = self.broker.retained_gone
         for topic in topics:
             message: Message | None = retained.get(topic)
             if message is None:
-                gone.append(topic)
+                stamp = cleared.get(topic)
+                if stamp is None:
+                    gone.append(topic)
+                else:  # a tombstone, kept across a restart
+                    rows.append((topic, encode_value({_CLEARED: stamp.to_wire()})))
             else:
                 rows.append((topic, encode_value(message_to_dict(message))))
         return rows, gone
@@ -489,39 +574,73 @@ class Persistence:
         self.flushes += 1
         self.last_flush_rows = sum(len(rows) + len(gone) for rows, gone in changes.values())
 
-    # -- the periodic flusher ----------------------------------------------------------------
+    # -- the flusher -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the periodic flush (after `open`)."""
+        """Start the flusher (after `open`)."""
         if self._task is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, "persistence-writer")
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def _wake(self) -> None:
+        """An ack waits for a commit: end the flusher's sleep (`CommitGate.wake`)."""
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.interval)
+            gate = self.broker.commit_gate
+            if gate is None or not gate.waiting:  # else acks wait: commit at once
+                wakeup = self._wakeup = loop.create_future()
+                timer = loop.call_later(self.interval, self._wake)
+                try:
+                    await wakeup
+                finally:
+                    self._wakeup = None
+                    timer.cancel()
+            await asyncio.sleep(0)  # group commit: what this loop turn parks joins it
             started = time.monotonic()
             try:
-                rows = self.flush()
-            except (OSError, sqlite3.Error) as exc:  # keep serving; retried at the next flush
+                rows = await self._flush_async()
+            except (OSError, sqlite3.Error) as exc:  # keep serving; retried after an interval
                 self.save_errors += 1
                 log.error("persistence: cannot write %s: %s", self.path, exc)
+                await asyncio.sleep(self.interval)
+                continue
+            except Exception:  # a bug: the flusher must go on (acks wait for it)
+                self.save_errors += 1
+                log.exception("persistence: cannot flush to %s", self.path)
+                await asyncio.sleep(self.interval)
                 continue
             if rows:
                 log.debug("persistence: flushed %d rows in %.1f ms", rows,
                           (time.monotonic() - started) * 1000)  # fmt: skip
 
     async def stop(self) -> None:
-        """Stop the flusher, write everything (graceful stop) and close the database."""
+        """Stop the flusher, write everything (graceful stop), send the acks still waiting
+        and close the database."""
+        releases: list[Release] = []
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._in_flight is not None:  # the write the cancel left running: let it end
+            future, releases = self._in_flight
+            self._in_flight = None
+            with contextlib.suppress(OSError, sqlite3.Error):
+                await future
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         if self._db is None:
             return
         try:
             rows = self.flush_all()
             log.info("persistence: saved %d rows to %s", rows, self.path)
+            self._release(releases + self._take_acks())
         except (OSError, sqlite3.Error) as exc:
             self.save_errors += 1
             log.error("persistence: cannot save to %s at stop: %s", self.path, exc)

@@ -85,13 +85,19 @@ def check(
     def near_change(t: float) -> bool:
         return t - h.last_change_before(t) < settle
 
+    def when(t: float) -> str:
+        """Where `t` falls among the faults (the examples say it: a cause is found by time)."""
+        state = h.state(t)
+        return f"{t - state.time:.1f} s after {state.label}"
+
     r = out["acked_delivered"]
     for op in acked:
         for i in sub_nodes:
             if h.reachable(op.end, op.node, i):
                 r.checked += 1
                 if got[f"sub{i}"][op.value] == 0:
-                    r.bad(f"{op.value} acked by n{op.node} not at sub{i}", near_change(op.end))
+                    r.bad(f"{op.value} acked by n{op.node} not at sub{i}, {when(op.end)}",
+                          near_change(op.end))  # fmt: skip
 
     r = out["qos2_exactly_once"]
     for op in h.ops:
@@ -101,7 +107,8 @@ def check(
                 if count:
                     r.checked += 1
                     if count > 1:
-                        r.bad(f"{op.value} {count}x at {name}", near_change(op.end))
+                        r.bad(f"{op.value} {count}x at {name}, {when(op.end)}",
+                              near_change(op.end))  # fmt: skip
 
     quiet = [op for op in acked if h.quiet(op.end, settle)]
     r = out["takeover_no_loss"]

@@ -6,9 +6,10 @@ ports are per namespace, so fixed ports never clash. With `shaped=True` each nod
 sends to this node crosses the proxy, and partitions still cut it (the peer reaches the proxy
 over the bridge). The test process reaches each node's MQTT and HTTP through a gateway on
 127.0.0.1. Crash = SIGKILL, pause = SIGSTOP (until SIGCONT), restart = start again on the same
-data dir (with `persistence = true`: persistent sessions and their queues come back). Only PIDs
-this module started are signalled. Both output streams are drained by threads (a full pipe
-would freeze the node) and kept with their arrival time.
+data dir (with `persistence = true` and `durable_acks = true`: persistent sessions and what was
+acknowledged into them come back). Only PIDs this module started are signalled. Both output
+streams are drained by threads (a full pipe would freeze the node) and kept with their arrival
+time.
 """
 
 from __future__ import annotations
@@ -108,10 +109,12 @@ class Cluster:
 
     def _config(self) -> Path:
         """Persistent sessions survive a restart (`persistence`), as a deployment that
-        restarts nodes would run them."""
+        restarts nodes would run them, and an ack means the state it acknowledges is on disk
+        (`durable_acks`): the checker holds acknowledged messages to delivery across a
+        SIGKILL."""
         path = self.tmp / "node.toml"
         if not path.exists():
-            path.write_text("persistence = true\n", encoding="utf-8")
+            path.write_text("persistence = true\ndurable_acks = true\n", encoding="utf-8")
         return path
 
     async def spawn(self, i: int) -> None:

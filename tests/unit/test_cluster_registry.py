@@ -9,7 +9,6 @@ from cluster.registry import (
     Entry,
     Evict,
     Registry,
-    StampClock,
     moved,
     newer,
     owner_of,
@@ -119,15 +118,7 @@ def test_drop_node_and_not_owned() -> None:
     assert all(owner_of(cid, NODES) != "a@h" for cid in gone)
 
 
-def test_stamp_clock_never_goes_back() -> None:
-    now = [1.0]
-    clock = StampClock(lambda: now[0])
-    a = clock.next()
-    now[0] = 0.5  # the wall clock stepped back
-    b = clock.next()
-    assert b > a
-    clock.observe((5000, 3))  # a stamp from a node ahead
-    assert clock.next() > (5000, 3)
+def test_newer_breaks_ties_by_node_name() -> None:
     assert newer((1, 0), "a", (0, 9), "z") and newer((1, 0), "b", (1, 0), "a")
 
 

@@ -8,7 +8,6 @@ RPC methods after a loop turn, through msgpack as on the wire, and counts every 
 from __future__ import annotations
 
 import asyncio
-import time
 from functools import partial
 from typing import Any
 
@@ -330,6 +329,35 @@ def registry_calls(net: Net) -> list[tuple[str, str, str]]:
     return [c for c in net.calls if c[2] in (CLAIM_METHOD, REGISTER_METHOD, RELEASE_METHOD)]
 
 
+async def test_two_connects_meet_at_a_stand_in_while_the_owner_has_no_link() -> None:
+    """The owner was killed (or is restarting): its peers still count it live but have no
+    link to it. Both claims go to the next node of the id's rendezvous order, the same on
+    both sides, so exactly one connection stays (the fault suite's restart_each double)."""
+    net = Net(["a", "b", "c", "d"])
+    cid = next(
+        f"dev{i}"
+        for i in range(1000)
+        if owner_of(f"dev{i}", net.live) == "c" and owner_of(f"dev{i}", ["a", "b", "d"]) == "d"
+    )
+    net.views = {name: ["a", "b", "c", "d"] for name in ("a", "b", "d")}
+    net.live = ["a", "b", "d"]  # c unreachable, not yet declared dead by anyone
+    first, second = net.client("a"), net.client("b")
+    first.connect(cid)
+    second.connect(cid)
+    await settle()
+    assert len([c for c in (first, second) if not c.link.closed]) == 1
+    assert [n for n, b in net.brokers.items() if cid in b.connected] in (["a"], ["b"])
+    assert net.locators["a"].stats["stand_ins"] == net.locators["b"].stats["stand_ins"] == 1
+    holder = next(n for n, b in net.brokers.items() if cid in b.connected)
+    assert net.locators["d"].registry.get(cid).node == holder  # type: ignore[union-attr]
+    # c comes back (empty table): the next round registers the id at its owner again
+    net.live = ["a", "b", "c", "d"]
+    for locator in net.locators.values():
+        locator.reconcile()
+    await settle()
+    assert net.locators["c"].registry.get(cid).node == holder  # type: ignore[union-attr]
+
+
 async def test_the_round_resolves_a_duplicate_left_by_disagreeing_views() -> None:
     net = Net(["a", "b", "c"])
     # c rejoins: b sees it already, a not yet; a owns the id in its view, c in b's.
@@ -507,12 +535,38 @@ def test_deliver_to_one_session_only() -> None:
     assert isinstance(got[0], Publish) and two.publishes() == []
 
 
+async def test_the_registry_uses_the_nodes_one_clock_and_its_drift_rule() -> None:
+    """Claims are stamped by `Broker.hlc` (one clock per node); a claim or a registration
+    stamped beyond the drift bound (broker.core.hlc) is not trusted by the owner."""
+    net = Net(["a", "b", "c"])
+    owner = net.locators["a"]
+    cid = cid_owned_by("a", net.live)
+    ahead = [1000_000 + 10 * 60_000, 0]  # 10 minutes ahead of a's wall clock (1000 s)
+    answer = await owner.serve_claim({"client_id": cid, "clean_start": True, "stamp": ahead}, "b")
+    assert answer["stamp"][0] < ahead[0]  # ordered by the owner's own clock
+    assert owner.stats["stamps_rejected"] == 1 and net.brokers["a"].hlc.rejected == 1
+    assert net.brokers["a"].hlc.peek().ms < ahead[0]
+    # a later claim from c (sane clock) is newer: the far-ahead one did not win
+    later = net.brokers["c"].hlc.now()
+    args = {"client_id": cid, "clean_start": True, "stamp": [later.ms, later.counter]}
+    await owner.serve_claim(args, "c")
+    assert owner.registry.get(cid).node == "c"  # type: ignore[union-attr]
+    # a registration stamped far ahead loses to the holder the owner knows
+    got = await owner.serve_register({"entries": [[cid, ahead]]}, "b")
+    assert got == {"evict": [[cid, [0, 0]]]}
+    assert owner.registry.get(cid).node == "c"  # type: ignore[union-attr]
+    # the stamp of a CONNECT comes from the broker's clock
+    before = net.brokers["b"].hlc.peek()
+    net.client("b").connect(cid_owned_by("b", net.live))
+    assert net.brokers["b"].hlc.peek() > before
+
+
 async def test_a_claim_older_than_two_timeouts_is_refused_by_the_owner() -> None:
     """A claim delivered late (a TCP retransmit after a partition healed) must not move the
     live session to the stale copy of its caller."""
     net = Net(["a", "b"])
     owner = net.locators["a"]
-    now_ms = int(time.time() * 1000)
+    now_ms = int(net.brokers["a"].hlc.wall() * 1000)
     stale = {"client_id": "c", "clean_start": False, "stamp": [now_ms - 2_500, 0]}
     with pytest.raises(ValueError, match="old"):
         await owner.serve_claim(stale, "b")

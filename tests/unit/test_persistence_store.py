@@ -63,11 +63,12 @@ def test_flush_writes_what_changed_and_nothing_for_clean_sessions(tmp_path: Path
     retained = rows(tmp_path, "retained")
     assert retained["t/1"]["props"] == {9: b"\x01", 38: [["a", "b"]]}
     assert store.flush() == 0  # nothing changed: nothing written
-    # a retained clear and a discarded session delete their rows
+    # a discarded session deletes its row; a retained clear leaves its tombstone (its stamp)
     broker.publish(Message("t/1", b"", 0, True))
     broker.discard_session("keep")
     assert store.flush() >= 2
-    assert rows(tmp_path, "sessions") == {} and rows(tmp_path, "retained") == {}
+    assert rows(tmp_path, "sessions") == {}
+    assert rows(tmp_path, "retained") == {"t/1": {"cleared": broker.retained_gone["t/1"].to_wire()}}
     store.close()
 
 

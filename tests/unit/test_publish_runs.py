@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.protocol.acked_runs import AckedRun
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId
-from broker.protocol.decode import expand_run
+from broker.protocol.decode import Run, expand_run
 from broker.protocol.errors import MalformedPacket
 from broker.protocol.packets import Packet, PingReq, Properties, Publish
 from broker.protocol.runs import PublishRun, measure_run, scan_run
@@ -64,8 +65,8 @@ def streams(version: int) -> st.SearchStrategy[list[Packet]]:
     )  # type: ignore[misc]
 
 
-def feed_in_chunks(decoder: Decoder, data: bytes, cuts: list[int]) -> list[Packet | PublishRun]:
-    out: list[Packet | PublishRun] = []
+def feed_in_chunks(decoder: Decoder, data: bytes, cuts: list[int]) -> list[Packet | Run]:
+    out: list[Packet | Run] = []
     bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     for start, stop in itertools.pairwise(bounds):
         out.extend(decoder.feed_runs(data[start:stop]))
@@ -80,12 +81,13 @@ def test_runs_and_packets_reassemble_to_the_input(version: int, data: st.DataObj
     cuts = data.draw(st.lists(st.integers(0, max(len(wire), 1)), max_size=6))
     items = feed_in_chunks(Decoder(version=version), wire, cuts)
     # Encoding is canonical, so a packet stands for its own bytes.
-    rebuilt = b"".join(i.data if isinstance(i, PublishRun) else encode(i, version) for i in items)
+    runs = (PublishRun, AckedRun)  # QoS 1 runs: tests/unit/test_acked_runs.py
+    rebuilt = b"".join(i.data if isinstance(i, runs) else encode(i, version) for i in items)
     assert rebuilt == wire
     # As packets, the same list the packet decoder gives, whatever the chunks.
     expanded: list[Packet] = []
     for item in items:
-        expanded.extend(expand_run(item) if isinstance(item, PublishRun) else [item])
+        expanded.extend(expand_run(item) if isinstance(item, runs) else [item])
     assert expanded == Decoder(version=version).feed(wire) == packets
 
 

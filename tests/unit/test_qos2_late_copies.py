@@ -9,7 +9,7 @@ from cluster_fakes import FakeClient, msgpack_roundtrip
 from broker.core.broker import Broker
 from broker.core.hlc import Stamp
 from broker.core.message import Message
-from broker.core.session import QOS2_SEEN_MAX
+from broker.core.qos2_once import SEEN_MAX as QOS2_SEEN_MAX
 from broker.protocol.packets import Publish
 from cluster.handoff import Handoff, deliver_to
 from cluster.wire import forward_body, forward_entry, parse_forward, parse_forward_batch

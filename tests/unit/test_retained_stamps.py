@@ -31,13 +31,18 @@ def test_a_local_write_is_stamped_and_beats_every_stamp_seen() -> None:
     assert stored is not None and stored.payload == b"local" and stored.stamp == local.stamp
 
 
-def test_a_stamp_beyond_the_drift_bound_does_not_move_the_clock_but_keeps_its_order() -> None:
+def test_a_write_stamped_beyond_the_drift_bound_is_refused_until_the_clock_catches_up() -> None:
     broker = _broker()  # a peer whose clock is 10 minutes ahead (beyond the 1 minute bound)
-    assert broker.retain(_write("t", b"future", Stamp(700_000, 0, "n2")))
+    future = _write("t", b"future", Stamp(700_000, 0, "n2"))
+    assert not broker.retain(future)  # the drift rule (broker.core.hlc): rejected, refused
     assert broker.hlc.rejected == 1 and broker.hlc.peek().ms < 700_000
-    assert not broker.retain(_write("t", b"local", None))  # every node orders it the same way
+    assert broker.retained.get("t") is None
+    assert broker.retain(_write("t", b"local", None))  # a later local write is not beaten
     stored = broker.retained.get("t")
-    assert stored is not None and stored.payload == b"future"
+    assert stored is not None and stored.payload == b"local"
+    # within the bound of it (a stamp 30 s ahead): taken, and it moves the clock
+    assert broker.retain(_write("t", b"near", Stamp(broker.hlc.peek().ms + 30_000, 0, "n2")))
+    assert broker.hlc.rejected == 1
 
 
 def test_writes_in_any_order_leave_the_largest_stamp() -> None:

@@ -174,6 +174,12 @@ class BrokerConfig(CoreOptions):
         1000, lo=10, hi=3_600_000, note="milliseconds",
         doc="ms between flushes of what changed (the durability window)",
     )  # fmt: skip
+    durable_acks: bool = setting(
+        False,
+        doc="true (with persistence): PUBACK/PUBREC of a message queued into a persistent "
+        "session, and PUBREL/PUBCOMP of a persistent session's QoS 2 flow, only once that is "
+        "committed to disk",
+    )
     data_dir: str = setting(
         "./data", section="node", kind="nonempty", doc="directory for persistent state"
     )
