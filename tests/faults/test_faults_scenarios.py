@@ -79,8 +79,8 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # a persistent session drops a repeat (Session.accept_qos2), and an owner refuses a claim
     # delivered late. 0 in every run on branch qos2-dedup (2026-12-06), 5 runs of each
     # scenario before the merge with main (3 alone on 922bfa7, 2 together on 10c4c15 and
-    # 8603111), 1-2 after it (5-62 per run with dead_hold before; on its base isolate_sub 10,
-    # split_2_3 9 and 6, pause 0). isolate_sub: 22 in one run of two after the merge with main
+    # 8603111), 2 after it (5-62 per run with dead_hold before; on its base isolate_sub 10,
+    # split_2_3 9 and 6, pause 0). isolate_sub: 22 in one run of three after the merge (0, 0)
     # (its registry stand-ins; the node logs show a session surrendered to a node the client
     # had left), so measured only there until that is understood.
     **{
