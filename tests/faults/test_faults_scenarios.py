@@ -81,8 +81,8 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # scenario before the merge with main (3 alone on 922bfa7, 2 together on 10c4c15 and
     # 8603111), 2 after it (5-62 per run with dead_hold before; on its base isolate_sub 10,
     # split_2_3 9 and 6, pause 0). isolate_sub: 22 in one run of three after the merge (0, 0)
-    # (its registry stand-ins; the node logs show a session surrendered to a node the client
-    # had left), so measured only there until that is understood.
+    # (cause not found; another run's logs show the isolated node surrendering the session to
+    # a node the client had left), so measured only there until that is understood.
     **{
         (scenario, "qos2_exactly_once"): ("holds", "")
         for scenario in ("isolate_pub", "split_2_3", "pause")
