@@ -27,6 +27,10 @@ before B has imported the session. EMQX keeps a "pending" buffer for this; here:
   an id whose session is not here (it moved on again) is dropped and counted: it is not passed
   on, since the node that holds the session now gets its own copy from its own previous holder.
 
+A QoS 2 message published before the surrendered copy arrived on H (a copy held for H while
+it was cut off, `cluster.dead_hold`) is not passed on: it reached the session where it was
+then (`Broker.late_for`, the same rule for the copies routed to a node).
+
 Limits: a message that reached H before its export *and* B directly after the import (a link
 slower than the whole takeover) is delivered twice; a forwarded message identical (origin,
 publisher, topic, payload, QoS) to one delivered in the window is taken for its copy; a forward
@@ -44,6 +48,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from broker.core.broker import Broker
+from broker.core.hlc import Stamp
 from broker.core.message import Message
 from broker.core.topics import topic_matches
 
@@ -73,12 +78,17 @@ def _call_later(delay: float, callback: Callable[[], None]) -> Any:
 
 
 class _Record:
-    __slots__ = ("expires", "filters", "target")
+    __slots__ = ("arrived", "expires", "filters", "target")
 
-    def __init__(self, target: str, filters: list[str], expires: float) -> None:
+    def __init__(
+        self, target: str, filters: list[str], expires: float, arrived: Stamp | None = None
+    ) -> None:
         self.target = target
         self.filters = filters
         self.expires = expires
+        #: When the surrendered copy had arrived here (`Session.arrived`): a QoS 2 message
+        #: published before that was not this copy's to pass on (`Broker.late_for`).
+        self.arrived = arrived
 
 
 class _Window:
@@ -127,11 +137,18 @@ class Handoff:
 
     # -- the old node ------------------------------------------------------------------------
 
-    def surrendered(self, client_id: str, target: str, filters: list[str], now: float) -> None:
+    def surrendered(
+        self,
+        client_id: str,
+        target: str,
+        filters: list[str],
+        now: float,
+        arrived: Stamp | None = None,
+    ) -> None:
         if target == self.name or not filters:
             return
         self.records.pop(client_id, None)
-        self.records[client_id] = _Record(target, filters, now + self.ttl)
+        self.records[client_id] = _Record(target, filters, now + self.ttl, arrived)
         while len(self.records) > self.max_records:
             self.records.popitem(last=False)
             self.stats["records/evicted"] += 1
@@ -150,8 +167,13 @@ class Handoff:
         self._expire(now)
         topic = message.topic
         if self.records:
+            stamp = message.stamp if message.qos == 2 else None
             for client_id, record in self.records.items():
                 if record.target not in sent_to and _matches(record.filters, topic):
+                    arrived = record.arrived
+                    if stamp is not None and arrived is not None and stamp < arrived:
+                        self.stats["late_skipped"] += 1  # it reached the session elsewhere
+                        continue
                     self._send(record.target, client_id, message, message.node or self.name)
         if self.windows:
             for window in self.windows.values():
@@ -266,6 +288,10 @@ def deliver_to(broker: Broker, client_id: str, message: Message) -> int:
             ids = [*(ids or ()), sub.identifier]
     if qos < 0:
         return 0
+    stamp = message.stamp
+    if stamp is not None and message.qos == 2 and not session.accept_qos2(stamp):
+        broker.qos2_repeats += 1
+        return 0  # it reached the session already (counted as dropped by the handoff)
     session.deliver(message, qos, retain, ids, broker.clock())
     return 1
 

@@ -43,6 +43,9 @@ see the same members meet there, and it is the id's owner once the dead one is d
 down.) Such a claim is not confirmed, so the next round registers it at the owner itself.
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
 id is registered again at the next membership change, where a duplicate is resolved as above.
+The owner refuses a claim older than `STALE_CLAIMS` timeouts by its stamp: one held in a link
+cut by a partition reaches it only by a TCP retransmit after the heal, when the live session
+is elsewhere and serving it would move that session to the caller's stale copy.
 
 Members can disagree for a while (a node rejoining is seen by some before others), and then two
 nodes name two owners of one id. So every holder remembers, per id, the (owner, member view) its
@@ -95,6 +98,8 @@ REGISTER_METHOD = "registry_register"
 RELEASE_METHOD = "registry_release"
 #: A holder that lost a conflict drops the client id.
 EVICT_METHOD = "session_evict"
+#: A claim older than this many claim timeouts (by its stamp) is refused: its caller gave up.
+STALE_CLAIMS = 2
 #: Entries per `registry_register` / `registry_release` call.
 BATCH = 2_000
 #: Session state larger than this (payloads and topics, roughly) loses its newest queued
@@ -202,7 +207,7 @@ class ClusterSessionLocator:
         self.stats: dict[str, int] = {
             "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
             "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
-            "stand_ins": 0, "stamps_rejected": 0,
+            "stand_ins": 0, "stamps_rejected": 0, "stale_claims": 0,
         }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -374,6 +379,13 @@ class ClusterSessionLocator:
             raise ValueError("registry_claim needs client_id (str), clean_start (bool), stamp")
         if stamp is None:
             raise ValueError("registry_claim needs a stamp [ms, n]")
+        age = self.broker.hlc.wall() - stamp[0] / 1000
+        if age > STALE_CLAIMS * self.timeout and stamp != ZERO:
+            # Its caller went on alone long ago (a request held in a cut TCP link, delivered by
+            # a retransmit after the heal): served now, it would move the live session to the
+            # caller's stale copy. The next round registers the caller's copy instead.
+            self.stats["stale_claims"] += 1
+            raise ValueError(f"registry_claim of {client_id} is {age:.1f} s old")
         if not self._observe(stamp, from_node):
             stamp = self._now()  # the claimant's clock is too far ahead: ordered by ours
         lock, users = self._locks.get(client_id) or (asyncio.Lock(), 0)
@@ -454,7 +466,9 @@ class ClusterSessionLocator:
         if session is not None and args.get("clean_start") is False:
             # Before the session goes: its routes are then kept while the record lives.
             filters = [s.filter for s in session.subscriptions.values() if s.share_group is None]
-            self.handoff.surrendered(session.client_id, new_node, filters, time.monotonic())
+            self.handoff.surrendered(
+                session.client_id, new_node, filters, time.monotonic(), session.arrived
+            )
         state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
         self.stats["surrendered"] += 1
         if state is not None:

@@ -65,7 +65,8 @@ FORWARD         topic, payload, qos, retain, props, publisher, origin, ts, [kind
                 [hlc] (kind publish | retain | shared; `shared: [group, filter]` with kind
                 shared; `hlc: [ms, counter, node]`, the stamp of a retained write,
                 `broker.core.hlc`: an optional field, so no new version; without it the
-                receiver orders the write by its arrival time)
+                receiver orders the write by its arrival time; on a QoS 2 message, its
+                publish stamp: `Broker.late_for`, none from an older node: nothing skipped)
 FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in order; each
                 entry `[topic, payload, qos, retain, props, publisher, ts]`, plus an 8th element,
                 a map of the other FORWARD fields (`kind`, `shared`, `hlc`) and of `raw`, when
@@ -103,6 +104,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from broker.core.hlc import stamp_from_wire
 from broker.core.message import Message
 from broker.protocol.constants import PropertyId
 from broker.protocol.runs import PublishRun, measure_run
@@ -366,8 +368,9 @@ def parse_hello_ack(body: Body) -> Hello:
 
 
 def forward_body(message: Message, origin: str) -> Body:
-    """FORWARD body for one message published on node `origin`."""
-    return {
+    """FORWARD body for one message published on node `origin` (a QoS 2 one with its
+    publish stamp, `hlc`, when it has one)."""
+    body: Body = {
         "topic": message.topic,
         "payload": message.payload,
         "qos": message.qos,
@@ -377,6 +380,9 @@ def forward_body(message: Message, origin: str) -> Body:
         "origin": origin,
         "ts": message.timestamp,
     }
+    if message.qos == 2 and message.stamp is not None:
+        body["hlc"] = message.stamp.to_wire()
+    return body
 
 
 def parse_forward(body: Body, now: float | None = None) -> Message:
@@ -387,7 +393,7 @@ def parse_forward(body: Body, now: float | None = None) -> Message:
     counts from its arrival here: the origin forwards as it routes, so only transit time is
     added, and clock skew between nodes does not matter); without, the origin's `ts` is kept.
     """
-    return _message(
+    message = _message(
         body.get("topic"),
         body.get("payload"),
         body.get("qos"),
@@ -398,6 +404,9 @@ def parse_forward(body: Body, now: float | None = None) -> Message:
         body.get("origin"),
         now,
     )
+    if message.qos == 2 and "hlc" in body:
+        message.stamp = stamp_from_wire(body["hlc"])
+    return message
 
 
 def _message(
@@ -466,6 +475,10 @@ def forward_entry(message: Message, extra: Body | None = None) -> Entry:
         if raw is not None and frames.fits(message.topic, message.payload, message.properties):
             pair = [frames.raw_v5, raw]
             extra = {**extra, "raw": pair} if extra else {"raw": pair}
+    stamp = message.stamp
+    if stamp is not None and message.qos == 2 and not (extra and "hlc" in extra):
+        # Its publish stamp (`Broker.late_for`), in the field a retained write's stamp uses.
+        extra = {**extra, "hlc": stamp.to_wire()} if extra else {"hlc": stamp.to_wire()}
     if extra:
         entry.append(extra)
     return entry
@@ -593,6 +606,8 @@ def parse_forward_batch(
             bad += 1
             continue
         if extra:
+            if qos == 2 and "hlc" in extra:
+                message.stamp = stamp_from_wire(extra["hlc"])
             raw = extra.get("raw")
             if raw is not None:
                 if not _take_raw(message, raw):

@@ -31,16 +31,18 @@ from broker.core.cluster_port import (
     WaitDrained,
 )
 from broker.core.commit_gate import CommitGate, DirtySessions
-from broker.core.hlc import HybridClock, Stamp
+from broker.core.hlc import HybridClock, Stamp, stamp_from_wire
 from broker.core.hooks import ClientInfo, Hooks
 from broker.core.message import Message, is_expired, retained_stamp
 from broker.core.metrics import Metrics, Stats
+from broker.core.qos2_once import is_late
 from broker.core.replicated import ReplicatedTables
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
+from broker.core.session_state import subscription_from_state
 from broker.core.settings import Settings
 from broker.core.shared import SharedGroupPicker
-from broker.core.topics import parse_shared, validate_topic_filter
+from broker.core.topics import parse_shared
 from broker.core.trie import SubscriptionTrie
 from broker.core.wills import WillTimers, will_message
 from broker.protocol.packets import Will
@@ -122,6 +124,8 @@ class Broker:
         # Cluster ports (broker.core.cluster_port); None on a single node.
         self.shared_dispatcher: SharedDispatcher | None = None
         self.session_locator: SessionLocator | None = None
+        #: QoS 2 copies not routed to a session (`late_for`): late ones, and repeats.
+        self.late_skipped = self.qos2_repeats = 0
         self.run_forwarder: RunForwarder | None = None
         self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
         # Persistence (broker.server.persistence) sets these: the client ids and retained topics
@@ -185,6 +189,7 @@ class Broker:
             session = None
         if session is None:
             session = self._new_session(client_id, clean_start, expiry_interval, now)
+            session.arrived = self.hlc.now()
             self.sessions[client_id] = session
         else:
             present = True
@@ -247,13 +252,14 @@ class Broker:
 
     # -- moving sessions between nodes (cluster takeover, broker.core.cluster_port) ---------
 
-    def import_session(self, state: SessionState) -> Session:
+    def import_session(self, state: SessionState, *, moved: bool = False) -> Session:
         """Install a session that another node surrendered (`Session.export_state`), offline.
 
         Its subscriptions go through `subscribe`, so routes are announced; its inflight window
         is resent when a connection resumes it. A local session of the same client id (only
         after a partition can there be two) is replaced. Raises ValueError on malformed state,
-        before anything is changed.
+        before anything is changed. `moved` (a takeover): the copy arrives here now
+        (`Session.arrived`); else (restored from disk) it keeps the arrival it was saved with.
         """
         client_id = state.get("client_id")
         username = state.get("username")
@@ -269,10 +275,11 @@ class Broker:
             or not 0 <= expiry <= 0xFFFFFFFF
         ):
             raise ValueError("malformed session state")
-        subscriptions = [_subscription_from_state(client_id, item)
+        subscriptions = [subscription_from_state(client_id, item)
                          for item in state.get("subscriptions") or []]  # fmt: skip
         now = self.clock()
         session = self._new_session(client_id, clean_start, expiry, now, username)
+        session.arrived = self.hlc.now() if moved else stamp_from_wire(state.get("arrived"))
         session.load_deliveries(state, now)
         created_at = state.get("created_at")
         if isinstance(created_at, int | float) and not isinstance(created_at, bool):
@@ -435,6 +442,10 @@ class Broker:
         counters = self.metrics.counters
         if message.retain:
             self.retain(message)
+        # QoS 2: stamped at its origin (a copy from a peer brings its stamp), for `late_for`.
+        stamp = message.stamp if message.qos == 2 else None
+        if stamp is None and message.qos == 2 and forward:
+            stamp = message.stamp = self.hlc.now()
         normal, groups = self.router.match_all(message.topic)
         now = self.clock()
         sessions = self.sessions
@@ -447,7 +458,11 @@ class Broker:
         if len(normal) == 1 and not groups:
             client_id, sub = normal[0]
             session = sessions.get(client_id)
-            if session is not None and not (sub.no_local and client_id == publisher):
+            if (
+                session is not None
+                and not (sub.no_local and client_id == publisher)
+                and (stamp is None or not self.late_for(session, stamp))
+            ):
                 qos = message.qos if message.qos < sub.qos else sub.qos
                 retain = message.retain and sub.retain_as_published
                 ids = [sub.identifier] if sub.identifier is not None else None
@@ -472,6 +487,8 @@ class Broker:
             for client_id, (qos, retain, ids) in merged.items():
                 session = sessions.get(client_id)
                 if session is not None:
+                    if stamp is not None and self.late_for(session, stamp):
+                        continue
                     session.deliver(message, qos, retain, ids, now)
                     delivered += 1
             for group, topic_filter, members in groups:
@@ -494,6 +511,18 @@ class Broker:
         if wait_drained is not None or count >= 64:
             return Published(count, wait_drained)
         return _PUBLISHED[count]
+
+    def late_for(self, session: Session, stamp: Stamp) -> bool:
+        """True (counted as dropped) when a QoS 2 message stamped `stamp` predates this session
+        copy's arrival here or was accepted by it already (`broker.core.qos2_once`)."""
+        if is_late(session.arrived, stamp):
+            self.late_skipped += 1
+        elif session.accept_qos2(stamp):
+            return False
+        else:
+            self.qos2_repeats += 1
+        self.metrics.counters["messages/dropped"] += 1
+        return True
 
     def publish_will(self, info: ClientInfo, will: Will) -> int:
         """Authorize, hook and route one will message now (`broker.core.wills`); the number of
@@ -668,24 +697,3 @@ def _takeover_ends_session(session: Session | None, clean_start: bool) -> bool:
     connection starts clean, or the old session was to end with its connection (expiry 0:
     a 5.0 Session Expiry Interval 0 or a 3.x clean session)."""
     return clean_start or session is None or session.expiry_interval == 0
-
-
-def _subscription_from_state(client_id: str, item: object) -> Subscription:
-    """A `Subscription` from its exported form (`Session.export_state`); raises ValueError."""
-    if not isinstance(item, list | tuple) or len(item) < 6:
-        raise ValueError(f"bad subscription {item!r:.200}")
-    filt, qos, no_local, rap, handling, identifier = item[:6]
-    if (
-        not isinstance(filt, str)
-        or not validate_topic_filter(filt)
-        or qos not in (0, 1, 2)
-        or not isinstance(no_local, bool)
-        or not isinstance(rap, bool)
-        or handling not in (0, 1, 2)
-        or not (identifier is None or isinstance(identifier, int))
-    ):
-        raise ValueError(f"bad subscription {item!r:.200}")
-    group, topic_filter = parse_shared(filt)
-    return Subscription(
-        client_id, filt, topic_filter, group, qos, no_local, rap, handling, identifier
-    )

@@ -248,7 +248,7 @@ def accept_connect(
             if state is not None and not packet.clean_start:
                 try:
                     # Even when this connection is gone meanwhile: the session stays, offline.
-                    broker.import_session(state)
+                    broker.import_session(state, moved=True)
                 except ValueError as exc:
                     log.warning("session of %s from another node refused: %s", client_id, exc)
             if channel.state != TAKEOVER:

@@ -39,6 +39,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from broker.core.commit_gate import DirtySessions
+from broker.core.hlc import Stamp
 from broker.core.message import (
     Message,
     expiry_left,
@@ -47,6 +48,7 @@ from broker.core.message import (
     message_to_dict,
 )
 from broker.core.metrics import Metrics
+from broker.core.qos2_once import Seen
 from broker.core.shared_empty import SharedEmptyDeque, SharedEmptyDict
 
 
@@ -186,6 +188,7 @@ class Session:
     __slots__ = (
         "_earliest_expiry",
         "_next_packet_id",
+        "arrived",
         "awaiting_rel",
         "clean_start",
         "client_id",
@@ -199,6 +202,7 @@ class Session:
         "limits",
         "mqueue_dropped",
         "outlet",
+        "qos2_seen",
         "queue",
         "queued_bytes",
         "subscriptions",
@@ -228,6 +232,13 @@ class Session:
         self.queued_bytes = 0  # payload bytes in `queue`
         self.created_at = now
         self.username = username
+        #: The hybrid-clock stamp of this copy's arrival on this node (`Broker.open_session`,
+        #: `Broker.import_session`): a QoS 2 message published before it is not routed to it
+        #: (`Broker.publish`). Restored from disk, it keeps the saved one (None: nothing is
+        #: skipped; an older data file, or built directly).
+        self.arrived: Stamp | None = None
+        #: The QoS 2 messages it accepted (`accept_qos2`), moved and persisted with it.
+        self.qos2_seen: Seen | None = None
         self.subscriptions: dict[str, Subscription] = _NO_SUBSCRIPTIONS
         # Shared empty stand-ins until first used (module docstring).
         self.inflight: dict[int, InflightEntry] = _NO_INFLIGHT
@@ -346,6 +357,16 @@ class Session:
             self._send_new(message, qos, retain, subscription_ids, now)
         else:
             self._enqueue((message, qos, retain, subscription_ids), now)
+
+    def accept_qos2(self, stamp: Stamp) -> bool:
+        """False for a QoS 2 message this persistent session accepted already
+        (`broker.core.qos2_once`); a session without expiry keeps no record."""
+        if not self.expiry_interval:
+            return True
+        seen = self.qos2_seen
+        if seen is None:
+            seen = self.qos2_seen = Seen()
+        return seen.accept(stamp)
 
     def count_passed(self, sent: int, dropped: int) -> None:
         """QoS 0 deliveries made as a run's bytes (`broker.core.runs_delivery`), counted as
@@ -576,7 +597,9 @@ class Session:
         identifier]` (the filter with any `$share/` prefix); queued deliveries
         `[message, qos, retain, subscription_ids]`; inflight ones `[packet_id, message, qos,
         retain, subscription_ids, awaiting_comp]` in window order; `awaiting_rel` the ids of
-        incoming QoS 2 messages already routed. Messages are `message_to_dict` maps.
+        incoming QoS 2 messages already routed; `qos2_seen` the stamps of `accept_qos2`;
+        `arrived` this copy's arrival stamp (kept by a restore from disk, not by a move).
+        Messages are `message_to_dict` maps.
         """
         subscriptions = [
             [s.filter, s.qos, s.no_local, s.retain_as_published, s.retain_handling, s.identifier]
@@ -602,6 +625,8 @@ class Session:
             "queue": queue,
             "inflight": inflight,
             "awaiting_rel": list(self.awaiting_rel),
+            "qos2_seen": self.qos2_seen.to_wire() if self.qos2_seen is not None else [],
+            "arrived": None if self.arrived is None else list(self.arrived),
         }
 
     def load_deliveries(self, state: SessionState, now: float) -> None:
@@ -639,6 +664,7 @@ class Session:
             raise ValueError("bad awaiting_rel")
         for packet_id in rel:
             self.await_rel(packet_id, now)
+        self.qos2_seen = Seen.from_wire(state.get("qos2_seen"))  # (none from an older node)
 
 
 #: `Session.export_state()`: a msgpack-able map (see there).

@@ -58,8 +58,7 @@ PROPERTIES = [
 ]  # fmt: skip
 
 EXPECT: dict[tuple[str, str], tuple[str, str]] = {
-    # Held in every run measured (README); with a partition, the roaming session can get a
-    # QoS 2 message twice (two copies of the session meet at heal), so those only measure.
+    # Held in every run measured (README).
     # Under kill and restart the nodes run with durable_acks (faults_nodes.py): a PUBREL goes
     # out only once the "released" state is on disk, so a SIGKILLed node no longer sends a
     # completed message again. Measured since: kill_during_takeover 0 twice in 10 runs,
@@ -75,6 +74,19 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         )
     },
     ("flapping", "no_false_death"): ("holds", ""),
+    # QoS 2 at the roaming session around a partition (README "Under faults"): a copy held for
+    # a node skips session copies that arrived there after it was published (Broker.late_for),
+    # a persistent session drops a repeat (Session.accept_qos2), and an owner refuses a claim
+    # delivered late. 0 in every run on branch qos2-dedup (2026-12-06), 5 runs of each
+    # scenario before the merge with main (3 alone on 922bfa7, 2 together on 10c4c15 and
+    # 8603111), 2 after it (5-62 per run with dead_hold before; on its base isolate_sub 10,
+    # split_2_3 9 and 6, pause 0). isolate_sub: 22 in one run of three after the merge (0, 0)
+    # (cause not found; another run's logs show the isolated node surrendering the session to
+    # a node the client had left), so measured only there until that is understood.
+    **{
+        (scenario, "qos2_exactly_once"): ("holds", "")
+        for scenario in ("isolate_pub", "split_2_3", "pause")
+    },
     # Held in every run since stale "dead" verdicts are doubted and replicated writes are
     # ordered by hybrid-clock stamps (3 runs each, README "Under faults").
     **{

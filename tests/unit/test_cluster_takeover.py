@@ -559,3 +559,18 @@ async def test_the_registry_uses_the_nodes_one_clock_and_its_drift_rule() -> Non
     before = net.brokers["b"].hlc.peek()
     net.client("b").connect(cid_owned_by("b", net.live))
     assert net.brokers["b"].hlc.peek() > before
+
+
+async def test_a_claim_older_than_two_timeouts_is_refused_by_the_owner() -> None:
+    """A claim delivered late (a TCP retransmit after a partition healed) must not move the
+    live session to the stale copy of its caller."""
+    net = Net(["a", "b"])
+    owner = net.locators["a"]
+    now_ms = int(net.brokers["a"].hlc.wall() * 1000)
+    stale = {"client_id": "c", "clean_start": False, "stamp": [now_ms - 2_500, 0]}
+    with pytest.raises(ValueError, match="old"):
+        await owner.serve_claim(stale, "b")
+    assert owner.stats["stale_claims"] == 1 and len(owner.registry) == 0
+    fresh = {"client_id": "c", "clean_start": False, "stamp": [now_ms - 500, 0]}
+    answer = await owner.serve_claim(fresh, "b")
+    assert answer["state"] is None and len(owner.registry) == 1
