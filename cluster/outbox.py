@@ -30,10 +30,13 @@ acknowledgement (FORWARD_ACK `seq`) is cumulative and goes back once per loop tu
 with persistence on, for a batch that went into a persistent session, only once the commit
 that holds it is durable (`cluster.receiver`), so a receiver killed before then loses nothing.
 
-What a crash still loses: the receiver's de-duplication lives in memory, so a batch its
-previous incarnation processed but had not acknowledged is delivered again by the new one (at
-least once across a receiver crash, as `broker.server.persistence` is); the sender's outbox
-lives in memory too: a sender that crashes loses what it held.
+With persistence on, the receiver's last (epoch, seq) per sender name is also committed, in the
+same transaction as the sessions its batches changed (`broker.core.commit_gate.KeptRecords`,
+one record per sender name, its latest epoch only), and read back at start: a batch that the
+previous incarnation processed and committed but had not acknowledged is recognised when the
+sender resends it, and only acknowledged. Without persistence the record lives in memory (a
+restarted node has no sessions to queue a duplicate into anyway). What a crash still loses:
+the sender's outbox lives in memory, so a sender that crashes loses what it held.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
+from broker.core.commit_gate import KeptRecords
 from cluster.wire import Entry
 
 __all__ = ["Inbox", "Outbox", "Record"]
@@ -148,16 +152,21 @@ class Outbox:
 class Inbox:
     """The last batch number processed per sender: name -> (epoch, seq). Kept when the
     sender is declared dead (it may come back with the same epoch, after a partition, and go
-    on numbering where it stopped); one pair per node name ever seen."""
+    on numbering where it stopped); one pair per node name ever seen. With `kept` (the commit
+    gate's records, persistence on) every pair is recorded there too, and a sender not seen in
+    this run is looked up there (what the previous run committed)."""
 
     __slots__ = ("_last",)
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[int, int]] = {}
 
-    def accept(self, sender: str, epoch: int, seq: int) -> bool:
+    def accept(self, sender: str, epoch: int, seq: int, kept: KeptRecords | None = None) -> bool:
         """True if the batch `seq` from this run of `sender` is new (and records it)."""
         last = self._last.get(sender)
+        key = KEPT_PREFIX + sender
+        if last is None and kept is not None:
+            last = _pair(kept.get(key))
         if last is not None:
             last_epoch, last_seq = last
             if epoch < last_epoch:
@@ -165,4 +174,17 @@ class Inbox:
             if epoch == last_epoch and seq <= last_seq:
                 return False
         self._last[sender] = (epoch, seq)
+        if kept is not None:
+            kept.put(key, [epoch, seq])
         return True
+
+
+#: The key of a sender's record in `KeptRecords` (after it: the sender's node name).
+KEPT_PREFIX = "forward_inbox/"
+
+
+def _pair(value: object) -> tuple[int, int] | None:
+    """A kept [epoch, seq] (None for a missing or malformed one: nothing to compare with)."""
+    if isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
+        return value[0], value[1]
+    return None

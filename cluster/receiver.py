@@ -8,7 +8,9 @@ commit that holds it is durable (`broker.core.commit_gate`): the sender keeps it
 a SIGKILL of this node before the commit loses nothing (the sender sends it again to the next
 run of this node). Acks are cumulative, so while one is held for a sender every later one of that
 sender waits behind it, in order. Without persistence, or for a batch that changed no persistent
-session, the ack goes at the end of the loop turn as before.
+session, the ack goes at the end of the loop turn as before. The de-duplication record
+(`Inbox`) is committed with the sessions too, so a batch resent after a restart of this node is
+recognised and only acknowledged.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class Receiver:
         gate = self.commit_gate()
         marks = gate.marks if gate is not None else 0
         try:
-            if not self.inbox.accept(hello.name, hello.epoch, seq):
+            kept = gate.kept if gate is not None else None
+            if not self.inbox.accept(hello.name, hello.epoch, seq, kept):
                 self.stats["forward/duplicate_batches"] += 1
                 return
             self._deliver_batch(hello, body)

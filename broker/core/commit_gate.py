@@ -22,6 +22,12 @@ snapshot wait for the next commit. The first ack parked calls `wake`, so the flu
 once instead of at the end of its interval (group commit: every ack parked until the flusher
 runs shares one transaction). The gate does no I/O and knows no clock.
 
+`kept` (`KeptRecords`) is a small mapping that other layers fill and the edge commits in the same
+transaction as the sessions: what a layer writes there on the loop is in the commit that holds
+the session changes it made before (the edge snapshots both at once). The cluster keeps the last
+forward batch it processed per sender there, so a batch resent after a restart is recognised.
+The values are opaque here (anything the edge's row codec encodes).
+
 `client_acks` is the `durable_acks` setting: whether acks to clients wait (it costs them
 latency). Forward acks between nodes always wait when persistence is on: they cost no client.
 """
@@ -29,8 +35,9 @@ latency). Forward acks between nodes always wait when persistence is on: they co
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["CommitGate", "DirtySessions", "Release"]
+__all__ = ["CommitGate", "DirtySessions", "KeptRecords", "Release"]
 
 #: Sends one held ack (or does whatever waited for the commit).
 Release = Callable[[], None]
@@ -46,14 +53,35 @@ class DirtySessions(set[str]):
         self.marks = 0
 
 
+class KeptRecords:
+    """Records committed with the sessions (see the module docstring): key -> value, and the
+    keys changed since the last commit. Keep it small: every key is a row."""
+
+    __slots__ = ("dirty", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Any] = {}
+        self.dirty: set[str] = set()
+
+    def get(self, key: str) -> Any:
+        return self.rows.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        """Record `value` under `key`; the next commit writes it."""
+        self.rows[key] = value
+        self.dirty.add(key)
+
+
 class CommitGate:
     """The acks waiting for the next commit (see the module docstring)."""
 
-    __slots__ = ("client_acks", "dirty", "waiting", "wake")
+    __slots__ = ("client_acks", "dirty", "kept", "waiting", "wake")
 
     def __init__(self, dirty: DirtySessions, client_acks: bool = False) -> None:
         self.dirty = dirty
         self.client_acks = client_acks
+        #: Records of other layers, committed with the sessions.
+        self.kept = KeptRecords()
         self.waiting: list[Release] = []
         #: Called when the first ack is parked (the flusher commits soon); set by the edge.
         self.wake: Callable[[], None] | None = None

@@ -47,7 +47,9 @@ Rows are tagged JSON (bytes as `{"$b": base64}`, maps with non-string keys as `{
 retained `topic -> message_to_dict` or, for a cleared topic, `topic -> {"cleared": stamp}`
 (the tombstone, `Broker.retained_gone`, with its hybrid-clock stamp `[ms, counter, node]`),
 sessions `client_id -> Session.export_state()`, wills `client_id, deadline ->
-pending_will_to_dict`, delayed `id, due -> message_to_dict`.
+pending_will_to_dict`, delayed `id, due -> message_to_dict`, kept `key -> value` (the gate's
+`KeptRecords`, opaque here: the cluster's last forward batch per sender, written in the same
+transaction as the sessions that batch changed).
 
 Why tombstones are stored: a node that restarted without them would take an older value of a
 cleared topic from a peer that missed the clear (anti-entropy) and serve it again. They are
@@ -56,9 +58,9 @@ time is not loaded, and its row is deleted at the next flush.
 
 Format versions (`meta.version`): 1 had retained and sessions; 2 adds `wills` and `delayed`; 3
 adds tombstone rows to `retained` (a version 2 node would read one as a broken message, so the
-version is raised although no table changed). A version 1 or 2 file is migrated in place at
-open (the missing empty tables are created, the version raised, in one transaction); any other
-version stops the start, the file untouched.
+version is raised although no table changed); 4 adds `kept`. A version 1, 2 or 3 file is
+migrated in place at open (the missing empty tables are created, the version raised, in one
+transaction); any other version stops the start, the file untouched.
 """
 
 from __future__ import annotations
@@ -94,9 +96,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FILE_NAME = "broker.db"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: older versions that `open` migrates in place (their tables are a subset of _SCHEMA's)
-_MIGRATES_FROM = ("1", "2")
+_MIGRATES_FROM = ("1", "2", "3")
 #: the key of a tombstone row in `retained` (a cleared topic)
 _CLEARED = "cleared"
 
@@ -109,17 +111,22 @@ _SCHEMA = (
     " will BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS delayed (id INTEGER PRIMARY KEY, due REAL NOT NULL,"
     " message BLOB NOT NULL)",
+    # version 4
+    "CREATE TABLE IF NOT EXISTS kept (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
 )
 
 #: table -> its key column, in the order a flush writes them
-_KEYS = {"sessions": "client_id", "retained": "topic", "wills": "client_id", "delayed": "id"}
+_KEYS = {
+    "sessions": "client_id", "retained": "topic", "wills": "client_id", "delayed": "id",
+    "kept": "key",
+}  # fmt: skip
 
 #: rows to write and keys to delete (of one table)
 _Rows = tuple[list[tuple[Any, ...]], list[Any]]
 #: the same, by table
 _Changes = dict[str, _Rows]
-#: the keys a flush took from the dirty sets: sessions, retained, wills, delayed
-_Taken = tuple[list[str], list[str], list[str], list[int]]
+#: the keys a flush took from the dirty sets: sessions, retained, wills, delayed, kept
+_Taken = tuple[list[str], list[str], list[str], list[int], list[str]]
 
 
 class PersistenceError(StartupError):
@@ -344,6 +351,12 @@ class Persistence:
                 raise self._error(f"delayed message {key!r} is invalid ({exc})") from None
             store.pending[key] = (float(due), message)
             self.loaded_delayed += 1
+        kept = gate.kept
+        for key, blob in db.execute("SELECT key, value FROM kept"):
+            try:
+                kept.rows[key] = decode_value(blob)
+            except ValueError as exc:
+                raise self._error(f"kept record {key!r} is invalid ({exc})") from None
         broker.retained_gone.clear()
         for topic, stamp in sorted(tombstones, key=lambda item: item[1]):  # oldest first
             broker.retained_gone[topic] = stamp
@@ -353,6 +366,7 @@ class Persistence:
         dirty_retained.update(expired)
         dirty_wills.clear()
         store.dirty.clear()
+        kept.dirty.clear()
         return retained, sessions
 
     def _resume_delayed(self) -> None:
@@ -430,12 +444,14 @@ class Persistence:
         dirty_wills, dirty_delayed = broker.wills.dirty, self.delayed.dirty
         if self._db is None or dirty_sessions is None or dirty_retained is None:
             return None
-        if dirty_wills is None:
+        if dirty_wills is None or broker.commit_gate is None:
             return None
-        if not (dirty_sessions or dirty_retained or dirty_wills or dirty_delayed):
+        dirty_kept = broker.commit_gate.kept.dirty
+        if not (dirty_sessions or dirty_retained or dirty_wills or dirty_delayed or dirty_kept):
             return None
         taken = (list(dirty_sessions), list(dirty_retained), list(dirty_wills),
-                 list(dirty_delayed))  # fmt: skip
+                 list(dirty_delayed), list(dirty_kept))  # fmt: skip
+        dirty_kept.clear()
         dirty_sessions.clear()
         dirty_retained.clear()
         dirty_wills.clear()
@@ -443,18 +459,19 @@ class Persistence:
         return taken
 
     def _rows(self, taken: _Taken) -> _Changes:
-        client_ids, topics, will_ids, delayed_ids = taken
+        client_ids, topics, will_ids, delayed_ids, kept_keys = taken
         return {
             "sessions": self._session_rows(client_ids),
             "retained": self._retained_rows(topics),
             "wills": self._will_rows(will_ids),
             "delayed": self._delayed_rows(delayed_ids),
+            "kept": self._kept_rows(kept_keys),
         }
 
     def _give_back(self, taken: _Taken, releases: list[Release]) -> None:
         """A write failed: its changes and acks wait for the next flush."""
         broker = self.broker
-        client_ids, topics, will_ids, delayed_ids = taken
+        client_ids, topics, will_ids, delayed_ids, kept_keys = taken
         for dirty, keys in ((broker.dirty_sessions, client_ids), (broker.dirty_retained, topics),
                             (broker.wills.dirty, will_ids)):  # fmt: skip
             if dirty is not None:
@@ -462,6 +479,7 @@ class Persistence:
         self.delayed.dirty.update(delayed_ids)
         gate = broker.commit_gate
         if gate is not None:
+            gate.kept.dirty.update(kept_keys)
             gate.give_back(releases)
 
     def _take_acks(self) -> list[Release]:
@@ -479,6 +497,7 @@ class Persistence:
     def flush_all(self) -> int:
         """Rewrite every table from memory (graceful stop); returns the rows written."""
         broker = self.broker
+        gate = broker.commit_gate
         if self._db is None:
             return 0
         changes: _Changes = {
@@ -488,8 +507,11 @@ class Persistence:
             ),
             "wills": self._will_rows(list(broker.wills.pending)),
             "delayed": self._delayed_rows(list(self.delayed.pending)),
+            "kept": self._kept_rows(list(gate.kept.rows) if gate is not None else []),
         }
         self._write(changes, full=True)
+        if gate is not None:
+            gate.kept.dirty.clear()
         for dirty in (broker.dirty_sessions, broker.dirty_retained, broker.wills.dirty):
             if dirty is not None:
                 dirty.clear()
@@ -549,6 +571,12 @@ class Persistence:
             else:
                 rows.append((key, entry[0], encode_value(message_to_dict(entry[1]))))
         return rows, gone
+
+    def _kept_rows(self, keys: list[str]) -> _Rows:
+        gate = self.broker.commit_gate
+        kept = gate.kept.rows if gate is not None else {}
+        rows = [(key, encode_value(kept[key])) for key in keys if key in kept]
+        return rows, [key for key in keys if key not in kept]
 
     def _write(self, changes: _Changes, *, full: bool) -> None:
         """One transaction: per table, (all rows first when `full`) the deletions, then the

@@ -226,7 +226,7 @@ def _version_1_file(path: Path) -> None:
 
 
 def test_format_1_is_migrated_in_place(tmp_path: Path) -> None:
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
     _version_1_file(tmp_path / FILE_NAME)
     broker = Broker(clock=Clock(100.0))
     store = Persistence(broker, str(tmp_path))
@@ -236,7 +236,7 @@ def test_format_1_is_migrated_in_place(tmp_path: Path) -> None:
     store.close()
     db = sqlite3.connect(tmp_path / FILE_NAME)
     try:
-        assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("4",)
         assert db.execute("SELECT count(*) FROM delayed").fetchone() == (1,)
         assert db.execute("SELECT count(*) FROM wills").fetchone() == (0,)
     finally:

@@ -137,7 +137,7 @@ def test_format_2_is_migrated_and_its_rows_kept(tmp_path: Path) -> None:
     store.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("4",)
         (blob,) = db.execute("SELECT message FROM retained").fetchone()
     finally:
         db.close()
