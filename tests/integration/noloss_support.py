@@ -208,13 +208,17 @@ class CliProc:
             raise
 
 
-async def start_cli(config: Path, data_dir: Path, stderr_path: Path, name: str) -> CliProc:
-    """The CLI with `config`, port 0 everywhere; the banner tells the MQTT port bound."""
+async def start_cli(
+    config: Path, data_dir: Path, stderr_path: Path, name: str, cluster_port: int = 0
+) -> CliProc:
+    """The CLI with `config`, port 0 everywhere (but `cluster_port` when given: a test that
+    dials the node's cluster port chooses it); the banner tells the MQTT port bound."""
     with open(stderr_path, "ab") as stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", ENTRY, "start", "--config", str(config),
             "--node-name", name, "--host", "127.0.0.1",
-            "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0", "--cluster-port", "0",
+            "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0",
+            "--cluster-port", str(cluster_port),
             "--data-dir", str(data_dir),
             stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=REPO, env=cli_env(),
         )  # fmt: skip
