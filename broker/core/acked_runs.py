@@ -12,12 +12,12 @@ the PUBACK). When any check could come out differently per message, or a message
 something only the packet path does, it answers False having done nothing, and the channel
 hands the frames to `handle_publish` one by one: behaviour never depends on this module.
 
-Declined (packet path): a `publish_limit`, a topic that is invalid, over a limit or starts
-with `$`, a Maximum QoS of 0, publish hooks, a shared group (here or in the cluster), a
-subscription identifier, another node the topic routes to, the publisher among the
-subscribers (its PUBACK goes before its own copy, `Connection.hold_output`), an offline QoS 0
-subscriber or one the QoS 0 bytes do not fit (`ClientPort.passes`), and a PUBACK larger than
-the publisher's Maximum Packet Size.
+Declined (packet path): `durable_acks` (each ack waits for its commit), a `publish_limit`, a
+topic that is invalid, over a limit or starts with `$`, a Maximum QoS of 0, publish hooks, a
+shared group (here or in the cluster), a subscription identifier, another node the topic routes
+to, the publisher among the subscribers (its PUBACK goes before its own copy,
+`Connection.hold_output`), an offline QoS 0 subscriber or one the QoS 0 bytes do not fit
+(`ClientPort.passes`), and a PUBACK larger than the publisher's Maximum Packet Size.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def handle_acked_run(channel: Connection, run: AckedRun) -> bool:
     broker = channel.broker
     settings = broker.settings
     topic = run.topic
+    gate = broker.commit_gate
     if (
         settings.publish_rate is not None
         or settings.max_qos_allowed < 1
+        or (gate is not None and gate.client_acks)  # durable_acks: acks wait per message
         or not topic
         or "+" in topic
         or "#" in topic

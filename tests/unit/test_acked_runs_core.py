@@ -278,3 +278,33 @@ def test_nobody_subscribed_and_not_authorized_acks_of_mqtt5() -> None:
         (i + 1, ReasonCode.NOT_AUTHORIZED) for i in range(10)
     ]
     assert denied["counters"]["messages/dropped"] == 10
+
+
+def test_with_durable_acks_a_run_takes_the_packet_path_and_its_acks_wait() -> None:
+    """`durable_acks`: a PUBACK for a message queued into a persistent session waits for the
+    commit (`broker.core.commit_gate`); the run path writes its PUBACKs at once, so it
+    declines and each PUBLISH's ack is parked by `handle_publish` (MQTT-4.3.2-2 still: every
+    ack after its message is owned)."""
+    from broker.core.commit_gate import CommitGate, DirtySessions
+
+    mem = MemBroker()
+    broker = mem.broker
+    dirty = broker.dirty_sessions = DirtySessions()  # as persistence sets it up at start
+    gate = broker.commit_gate = CommitGate(dirty, client_acks=True)
+    props = {PropertyId.SESSION_EXPIRY_INTERVAL: 600}
+    sub, _ = mem.connect("keeper", MQTT_5, properties=props, clean_start=False)
+    sub.send(Subscribe(1, [SubscriptionRequest("d/x", 1)]))
+    sub.received()
+    sub.send(Disconnect())
+    publisher, _ = mem.connect("pub", MQTT_3_1_1)
+    batch = [Publish("d/x", bytes([i]), qos=1, packet_id=i + 1) for i in range(20)]
+    with acked_spy() as calls:
+        publisher.send_raw(b"".join(encode(p, MQTT_3_1_1) for p in batch))
+    assert calls == [-20], "declined: the packet path parks each ack"
+    assert not publisher.link.out, "no PUBACK before the commit"
+    released = gate.take()
+    assert len(released) == 20
+    for release in released:
+        release()
+    acks = Decoder().feed(bytes(publisher.link.out))
+    assert [p.packet_id for p in acks if isinstance(p, PubAck)] == list(range(1, 21))
