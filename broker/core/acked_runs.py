@@ -25,7 +25,7 @@ from __future__ import annotations
 from broker.core.broker import Broker
 from broker.core.client_port import ClientPort
 from broker.core.connection import Connection
-from broker.core.handle_publish import topic_limit
+from broker.core.handle_publish import run_declines_topic
 from broker.core.message import Message
 from broker.core.session import Session
 from broker.protocol.acked_runs import AckedRun
@@ -44,14 +44,9 @@ def handle_acked_run(channel: Connection, run: AckedRun) -> bool:
     topic = run.topic
     gate = broker.commit_gate
     if (
-        settings.publish_rate is not None
-        or settings.max_qos_allowed < 1
+        settings.max_qos_allowed < 1
         or (gate is not None and gate.client_acks)  # durable_acks: acks wait per message
-        or not topic
-        or "+" in topic
-        or "#" in topic
-        or topic[0] == "$"
-        or topic_limit(settings, topic)
+        or run_declines_topic(settings, topic)
     ):
         return False
     session = channel.session

@@ -58,6 +58,20 @@ def topic_limit(settings: Settings, topic: str) -> str:
     return ""
 
 
+def run_declines_topic(settings: Settings, topic: str) -> bool:
+    """True when a run (QoS 0 or QoS 1) to `topic` must take the packet path: a per-message
+    `publish_limit`, an empty topic, a wildcard (refused per message), a `$` topic or a topic
+    over a limit."""
+    return (
+        settings.publish_rate is not None
+        or not topic
+        or "+" in topic
+        or "#" in topic
+        or topic[0] == "$"
+        or bool(topic_limit(settings, topic))
+    )
+
+
 def _publish_allowed(channel: Connection, rate: float, burst: float) -> bool:
     """Take one token from the channel's publish bucket (`publish_limit`)."""
     now = channel.broker.clock()
@@ -213,14 +227,7 @@ def handle_publish_run(channel: Connection, run: PublishRun) -> bool:
     broker = channel.broker
     settings = broker.settings
     topic = run.topic
-    if (
-        settings.publish_rate is not None
-        or not topic
-        or "+" in topic
-        or "#" in topic
-        or topic[0] == "$"
-        or topic_limit(settings, topic)
-    ):
+    if run_declines_topic(settings, topic):
         return False
     session = channel.session
     assert session is not None and channel.info is not None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from broker.protocol.runs import PublishRun, encode_varint
+from broker.protocol.runs import PublishRun, encode_varint, short_frame_size
 
 #: First byte of a PUBLISH with QoS 1 and neither DUP nor RETAIN.
 PLAIN_QOS1 = 0x32
@@ -115,16 +115,10 @@ def scan_acked_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) ->
     frame there is not one (module docstring). `buf[pos]` is PLAIN_QOS1."""
     if pos + 2 > n:
         return None
-    length = buf[pos + 1]
-    head = 2
-    if length > 0x7F:
-        if pos + 3 > n:
-            return None
-        second = buf[pos + 2]
-        if second == 0 or second > 0x7F:  # non-minimal (MQTT-1.5.5-1) or 16 KiB and over
-            return None
-        length = (length & 0x7F) | (second << 7)
-        head = 3
+    sized = short_frame_size(buf, pos, n)
+    if sized is None:
+        return None
+    head, length = sized
     frame_len = head + length
     # A run of one is the decoder's: the packet path costs it less than a run would.
     if pos + 2 * frame_len > n or frame_len > max_size or length < 4:

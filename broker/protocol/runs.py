@@ -127,6 +127,21 @@ def scan_run(buf: bytearray, pos: int, n: int, v5: bool, max_size: int) -> Publi
     return PublishRun(topic, data, count, frame_len, v5)
 
 
+def short_frame_size(buf: bytes | bytearray, pos: int, n: int) -> tuple[int, int] | None:
+    """(fixed header length, remaining length) of the frame at `pos` of `buf[:n]` (at least
+    two bytes there), or None when its length is cut off, not minimal (MQTT-1.5.5-1) or 16 KiB
+    and over (runs stop there). `scan_frames` reads the same inline, once per frame."""
+    length = buf[pos + 1]
+    if length <= 0x7F:
+        return 2, length
+    if pos + 3 > n:
+        return None
+    second = buf[pos + 2]
+    if second == 0 or second > 0x7F:
+        return None
+    return 3, (length & 0x7F) | (second << 7)
+
+
 def measure_run(
     buf: bytes | bytearray, pos: int, n: int, v5: bool, max_size: int
 ) -> tuple[str, int, int] | None:
@@ -134,16 +149,10 @@ def measure_run(
     `pos`, or None. Also what a load client counts received frames with."""
     if pos + 2 > n or buf[pos] != PLAIN_QOS0:
         return None
-    length = buf[pos + 1]
-    head = 2
-    if length > 0x7F:
-        if pos + 3 > n:
-            return None
-        second = buf[pos + 2]
-        if second == 0 or second > 0x7F:  # non-minimal (MQTT-1.5.5-1) or 16 KiB and over
-            return None
-        length = (length & 0x7F) | (second << 7)
-        head = 3
+    sized = short_frame_size(buf, pos, n)
+    if sized is None:
+        return None
+    head, length = sized
     frame_len = head + length
     if pos + frame_len > n or frame_len > max_size:
         return None
