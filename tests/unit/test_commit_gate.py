@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from memharness import MemLink
 
 from broker.core.broker import Broker
 from broker.core.channel import Channel
@@ -42,34 +43,11 @@ from cluster.wire import (
 )
 
 
-class Link:
-    """A channel's link that keeps what is written."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def buffered(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 class Client:
     """A channel with a decoder of what it was sent."""
 
     def __init__(self, broker: Broker, client_id: str, *, persistent: bool, v5: bool = False):
-        self.link = Link()
+        self.link = MemLink()
         self.channel = Channel(broker, self.link, "127.0.0.1", 40000)
         self.version = MQTT_5 if v5 else 4
         self.decoder = Decoder(version=self.version)
