@@ -1,5 +1,6 @@
-"""For tests of the QoS 0 fast path: which way each run went (`broker.core.handle_publish`), and
-a node's counters as its REST API gives them."""
+"""For tests of the fast paths: which way each run went (`broker.core.handle_publish`,
+`broker.core.acked_runs`), the packet path alone as the reference, and a node's counters as its
+REST API gives them."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from unittest import mock
 import aiohttp
 
 from broker.app import NodeApp
+from broker.core import acked_runs as acked_runs_module
 from broker.core import frames_delivery as frames_module
 from broker.core import handle_publish as handle_publish_module
+from broker.protocol.codec import Decoder
 
-__all__ = ["rest_metrics", "run_spy"]
+__all__ = ["acked_spy", "packets_only", "rest_metrics", "run_spy"]
 
 
 @contextmanager
@@ -46,6 +49,28 @@ def run_spy() -> Iterator[list[int]]:
         mock.patch("broker.core.channel.handle_publish_frames", frames_spy),
     ):
         yield calls
+
+
+@contextmanager
+def acked_spy() -> Iterator[list[int]]:
+    """What `handle_acked_run` answered per run: +count handled, -count handed back."""
+    calls: list[int] = []
+    real = acked_runs_module.handle_acked_run
+
+    def spy(channel: Any, run: Any) -> bool:
+        done = real(channel, run)
+        calls.append(run.count if done else -run.count)
+        return done
+
+    with mock.patch("broker.core.channel.handle_acked_run", spy):
+        yield calls
+
+
+@contextmanager
+def packets_only() -> Iterator[None]:
+    """The reference: every PUBLISH decoded into a packet, as before the fast paths."""
+    with mock.patch.object(Decoder, "feed_runs", lambda self, data: self.feed(data)):
+        yield
 
 
 async def rest_metrics(app: NodeApp) -> dict[str, int]:

@@ -8,39 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
-from unittest import mock
 
 import aiomqtt
 import pytest
 from rawclient import RawClient
-from runs_support import rest_metrics
+from runs_support import acked_spy, rest_metrics
 from test_core_support import TIMEOUT, collect, eventually, paho_client
 
 from broker.app import NodeApp
-from broker.core import acked_runs as acked_runs_module
 from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_5
 from broker.protocol.packets import PubAck, Publish
 
 AppFactory = Callable[..., Any]
-
-
-@contextmanager
-def acked_spy() -> Iterator[list[int]]:
-    """What `handle_acked_run` answered per run: +count handled, -count handed back."""
-    calls: list[int] = []
-    real = acked_runs_module.handle_acked_run
-
-    def spy(channel: Any, run: Any) -> bool:
-        done = real(channel, run)
-        calls.append(run.count if done else -run.count)
-        return done
-
-    with mock.patch("broker.core.channel.handle_acked_run", spy):
-        yield calls
 
 
 async def acks(client: RawClient, n: int) -> list[PubAck]:

@@ -7,16 +7,13 @@ acknowledging between reads."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
-from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memharness import MemBroker, MemClient
+from runs_support import acked_spy, packets_only
 
-from broker.core import acked_runs as acked_runs_module
 from broker.protocol.codec import Decoder, encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId, ReasonCode
 from broker.protocol.packets import (
@@ -52,28 +49,6 @@ ASKS: dict[str, dict[int, Any]] = {
     "alias": {PropertyId.TOPIC_ALIAS_MAXIMUM: 5},
     "offline": {},
 }
-
-
-@contextlib.contextmanager
-def packets_only() -> Iterator[None]:
-    """The reference: every PUBLISH decoded into a packet, as before the fast paths."""
-    with mock.patch.object(Decoder, "feed_runs", lambda self, data: self.feed(data)):
-        yield
-
-
-@contextlib.contextmanager
-def acked_spy() -> Iterator[list[int]]:
-    """What `handle_acked_run` answered per run: +count handled, -count handed back."""
-    calls: list[int] = []
-    real = acked_runs_module.handle_acked_run
-
-    def spy(channel: Any, run: Any) -> bool:
-        done = real(channel, run)
-        calls.append(run.count if done else -run.count)
-        return done
-
-    with mock.patch("broker.core.channel.handle_acked_run", spy):
-        yield calls
 
 
 def qos1_batches() -> st.SearchStrategy[list[list[Packet]]]:

@@ -6,18 +6,16 @@ ACL, and a subscriber's outgoing buffer running over `max_outgoing_buffer`."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memharness import MemBroker, MemClient
-from runs_support import run_spy
+from runs_support import packets_only, run_spy
 
-from broker.protocol.codec import Decoder, encode
+from broker.protocol.codec import encode
 from broker.protocol.constants import MQTT_3_1_1, MQTT_5, PropertyId
 from broker.protocol.packets import (
     Packet,
@@ -52,13 +50,6 @@ ASKS = {
     "alias": {PropertyId.TOPIC_ALIAS_MAXIMUM: 5},
 }
 POOL += [(MQTT_5, [("a/#", False, None)], "mps"), (MQTT_5, [("+/+", False, None)], "alias")]  # type: ignore[list-item]
-
-
-@contextlib.contextmanager
-def packets_only() -> Iterator[None]:
-    """The reference: every PUBLISH decoded into a packet, as before the fast path."""
-    with mock.patch.object(Decoder, "feed_runs", lambda self, data: self.feed(data)):
-        yield
 
 
 def plain_batches() -> st.SearchStrategy[list[list[Packet]]]:
