@@ -165,6 +165,7 @@ class ClusterNode:
         self.table = RouteTable(name, self.epoch)
         self.sync = RouteSync(self.table)
         self.stats: Counter[str] = Counter()
+        broker.metrics.cluster = self.stats  # shown by the management layer (Prometheus)
         self.transport = Transport(
             name, self.epoch, cookie, self._on_frame, self._on_drop, self.config.transport
         )

@@ -23,6 +23,7 @@ import aiomqtt
 import pytest
 from api_support import ADMIN, basic, eventually
 from cluster_support import ClusterNodes, converged
+from prometheus_client.parser import text_string_to_metric_families
 from test_cluster_delivery import Relay, Subscriber
 
 from broker.app import NodeApp
@@ -76,6 +77,18 @@ async def status_of(app: NodeApp, node: str) -> str:
     ):
         assert reply.status == 200
         return str((await reply.json())["node_status"])
+
+
+async def prometheus_counter(app: NodeApp, name: str) -> float:
+    """A `minibroker_cluster_*` counter as `GET /metrics` shows it (the management layer)."""
+    async with (
+        aiohttp.ClientSession(f"http://127.0.0.1:{app.http_port}", headers=basic(*ADMIN)) as http,
+        http.get("/metrics") as reply,
+    ):
+        assert reply.status == 200
+        text = await reply.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return float(families[name].samples[0].value)
 
 
 async def publish(port: int, payloads: list[str], qos: int) -> None:
@@ -153,6 +166,8 @@ async def test_dropped_and_counted_when_the_grace_ends_first(nodes: ClusterNodes
         stats = a.cluster.stats
         assert stats["dead_hold/expired"] == 1 and stats["forward/held_dropped/peer_gone"] >= 10
         assert a.node.broker.metrics.counters["messages/dropped"] >= dropped + 10
+        shown = await prometheus_counter(a, "minibroker_cluster_forward_held_dropped")
+        assert shown == stats["forward/held_dropped"] >= 10
         assert a.cluster.forwarder.held() == 0
         partition(relays, False)
         await eventually(lambda: a.cluster is not None and a.cluster.is_live(B), timeout=TIMEOUT)
