@@ -180,9 +180,8 @@ class ClusterNode:
         )
         self.transport.on_link_up = self.forwarder.link_up
         #: Dead peers within their grace (`[cluster] dead_hold`).
-        self.grace = PeerGrace(
-            self.config.dead_hold, self.sync, self.forwarder, self.transport, self.stats
-        )
+        self.grace = PeerGrace(self.config.dead_hold, self.sync, self.forwarder, self.transport,
+                               self.stats, self.config.membership.dead_reclaim_time)  # fmt: skip
         self._addresses: dict[str, Address] = {}  # the last address of every member seen
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
@@ -494,6 +493,7 @@ class ClusterNode:
             return 1
         if not tried:
             self._count_forward_dropped(1)  # (a queue drop is counted by _on_drop)
+            self.grace.dropped(node, 0 if extra else message.qos)  # a plain QoS 1/2 publish
         log.debug("cluster: message on %r to %s dropped", message.topic, node)
         return 0
 
@@ -607,7 +607,7 @@ class ClusterNode:
         Runs after every membership change; a joining node has no routes to forward to before
         its join is known here."""
         hooks = self.broker.forward_hooks
-        wanted = self._running and (self.membership.live_count > 1 or len(self.grace.hold) > 0)
+        wanted = self._running and (self.membership.live_count > 1 or self.grace.active())
         present = self.forward in hooks
         if wanted and not present:
             hooks.append(self.forward)
