@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import re
+import time
 from collections import Counter
 
 import aiohttp
@@ -45,12 +46,53 @@ def faketime_lib() -> str | None:
 
 
 def skewed(node: int, seconds: float) -> Options:
-    """Node `node`'s wall clock `seconds` off (monotonic clocks untouched)."""
+    """Node `node`'s wall clock `seconds` off (monotonic clocks untouched); the scenario's
+    property `clock_skew` checks that the node really ran with it."""
     lib = faketime_lib()
     if lib is None:
         raise RuntimeError("libfaketime is not installed (apt-get install faketime)")
     env = {"LD_PRELOAD": lib, "FAKETIME": f"{seconds:+g}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-    return Options(env={node: env})
+
+    async def seen(ctx: Ctx, results: dict[str, Result]) -> dict[str, Result]:
+        return {"clock_skew": await _skew_seen(ctx, node, seconds)}
+
+    return Options(env={node: env}, extra=seen)
+
+
+async def _broker_time(port: int) -> float | None:
+    """The node's wall clock as its REST API shows it (`datetime` of /brokers, in seconds)."""
+    try:
+        async with (
+            aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=5)) as http,
+            http.get(f"http://127.0.0.1:{port}/api/v3/brokers/") as reply,
+        ):
+            body = await reply.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    rows = body.get("data", body) if isinstance(body, dict) else body
+    try:
+        text = rows[0]["datetime"]
+        return time.mktime(time.strptime(text, "%Y-%m-%d %H:%M:%S"))
+    except (LookupError, TypeError, ValueError):
+        return None
+
+
+async def _skew_seen(ctx: Ctx, node: int, seconds: float) -> Result:
+    """The skewed node's wall clock minus another node's, read at once (1 s resolution): a
+    violation unless within 1.5 s of `seconds` (libfaketime not applied, or applied wrong)."""
+    r = Result("clock_skew")
+    other = (node + 1) % ctx.cluster.n
+    for _ in range(3):
+        pair = await asyncio.gather(*(_broker_time(ctx.cluster.http[i]) for i in (node, other)))
+        r.checked += 1
+        if None in pair:
+            r.bad("a node's time unread")
+            continue
+        gap = pair[0] - pair[1]  # type: ignore[operator]
+        r.note = f"n{node} minus n{other}: {gap:+.0f} s (wanted {seconds:+g} s)"
+        if abs(gap - seconds) > 1.5:
+            r.bad(r.note)
+    return r
 
 
 async def long_partition(ctx: Ctx) -> None:
