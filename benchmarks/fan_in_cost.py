@@ -193,6 +193,7 @@ def run_cost(args: argparse.Namespace) -> dict[str, list[list[float]]]:
     """`local`, `forwarded`, `cluster-local`: us of CPU per received message, per node."""
     results: dict[str, list[list[float]]] = {}
     cases = [("local", 1, [0], 0), ("forwarded", 2, [1], 0), ("cluster-local", 2, [0], 0)]
+    cases = [c for c in cases if c[0] in args.cases.split(",")]
     for round_no in range(args.rounds):
         for name, count, pub_nodes, sub_node in cases:
             nodes = _start(count, [0, 1])
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-P", type=int, default=10, help="publishers (10)")
     parser.add_argument("-n", type=int, default=400_000, help="messages per publisher")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions (3)")
+    parser.add_argument(
+        "--cases", default="local,forwarded,cluster-local", help="cost mode: which placements"
+    )
     parser.add_argument("--gen-core", type=int, default=1, help="the generator's core (1)")
     args = parser.parse_args(argv)
     if len(os.sched_getaffinity(0)) < 2:
