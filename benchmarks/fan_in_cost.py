@@ -20,7 +20,7 @@ and prints CPU microseconds per received message for each node (node 1 of `forwa
 `--mode scale` is fan-in with the subscriber's node pinned to core 0 in both cases and
 everything else (the generator, and the second node) on core 1, so the subscriber's node is
 the bottleneck of both: 1 node gets all P publishers, 2 nodes get P/2 each. It prints the
-received msg/s of each and their ratio.
+received msg/s of each and their ratio, and the same for the CPU-bound rate (`run_scale`).
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class Outcome:
     received: int
     seconds: float  # first byte sent to last byte received
     cpu_s: list[float]  # each node's CPU seconds over the same window
+    generator_cpu_s: float = 0.0  # this process's (publishers and subscriber), same window
 
 
 def _route_ready(sub: socket.socket, pubs: list[socket.socket]) -> None:
@@ -148,6 +149,7 @@ def fan_in(
     got = 0
     sub.settimeout(idle)
     cpu0 = [cpu_seconds(pid) or 0.0 for pid in pids]
+    gen0 = time.process_time()
     started = time.monotonic()
     last = started
     go.set()
@@ -161,6 +163,7 @@ def fan_in(
     except TimeoutError:
         pass
     cpu1 = [cpu_seconds(pid) or 0.0 for pid in pids]
+    gen1 = time.process_time()
     for t in threads:
         t.join(timeout=10)
     for s in [sub, *pubs]:
@@ -170,6 +173,7 @@ def fan_in(
         got // len(FRAME),
         last - started,
         [b - a for a, b in zip(cpu0, cpu1, strict=True)],
+        gen1 - gen0,
     )
 
 
@@ -215,7 +219,11 @@ def run_cost(args: argparse.Namespace) -> dict[str, list[list[float]]]:
 
 
 def run_scale(args: argparse.Namespace) -> dict[str, list[float]]:
-    """Fan-in msg/s, subscriber's node on core 0, the generator (and node 2) on core 1."""
+    """Fan-in, the subscriber's node on core 0, the generator (and node 2) on core 1: the
+    received msg/s, and the CPU-bound rate, messages over the busiest core's CPU seconds
+    (node 1's on core 0; the generator's plus node 2's on core 1): what the pair would
+    deliver with each core to itself. On a machine shared with other jobs the wall-clock
+    rate is mostly their share of the cores; the CPU-bound rate is not."""
     rates: dict[str, list[float]] = {}
     for round_no in range(args.rounds):
         order = [1, 2] if round_no % 2 == 0 else [2, 1]
@@ -227,12 +235,19 @@ def run_scale(args: argparse.Namespace) -> dict[str, list[float]]:
             finally:
                 _stop(nodes)
             rate = out.received / out.seconds if out.seconds else 0.0
-            rates.setdefault(f"{count} node{'s' if count > 1 else ''}", []).append(rate)
+            core1 = out.generator_cpu_s + sum(out.cpu_s[1:])
+            bound = out.received / max(out.cpu_s[0], core1, 1e-9)
+            label = f"{count} node{'s' if count > 1 else ''}"
+            rates.setdefault(label, []).append(rate)
+            rates.setdefault(f"{label}, CPU-bound", []).append(bound)
             loss = 100.0 * (1 - out.received / out.sent)
             print(
                 f"round {round_no + 1} {count} node(s): {rate:,.0f} msg/s received"
-                f" ({loss:.1f}% lost, {out.seconds:.2f} s); CPU s: "
-                + ", ".join(f"node{i + 1} {c:.2f}" for i, c in enumerate(out.cpu_s)),
+                f" ({loss:.1f}% lost, {out.seconds:.2f} s), CPU-bound {bound:,.0f} msg/s;"
+                f" CPU s: generator {out.generator_cpu_s:.2f}, "
+                + ", ".join(f"node{i + 1} {c:.2f}" for i, c in enumerate(out.cpu_s))
+                + "; node1 us/msg "
+                + f"{out.cpu_s[0] / max(out.received, 1) * 1e6:.3f}",
                 flush=True,
             )
     return rates
@@ -269,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         rate_medians = {k: statistics.median(v) for k, v in rates.items()}
         for k, v in rate_medians.items():
             print(f"median {k}: {v:,.0f} msg/s")
-        if len(rate_medians) == 2 and rate_medians["1 node"]:
-            print(f"2 nodes / 1 node = {rate_medians['2 nodes'] / rate_medians['1 node']:.2f}")
+        for suffix in ("", ", CPU-bound"):
+            one, two = rate_medians.get("1 node" + suffix), rate_medians.get("2 nodes" + suffix)
+            if one and two:
+                print(f"2 nodes / 1 node{suffix} = {two / one:.2f}")
     print(f"load average {os.getloadavg()[0]:.1f}")
     return 0
 
