@@ -31,25 +31,36 @@ An empty deque costs 760 bytes and an empty dict 64: most of an idle connection'
 Incoming QoS 2 uses `awaiting_rel`: the message is routed once, when its PUBLISH first arrives;
 a resent PUBLISH with a packet id still awaiting PUBREL is acknowledged but not routed again,
 which gives exactly-once delivery.
+
+Elsewhere: the records a session holds (`Subscription`, `InflightEntry`) are
+`broker.core.session_records`, and its export for a move or a restore (`export_state`,
+`load_deliveries`, inherited from `SessionExport`) is `broker.core.session_export`; both are
+re-exported here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol
+from typing import Protocol
 
 from broker.core.commit_gate import DirtySessions
 from broker.core.hlc import Stamp
-from broker.core.message import (
-    Message,
-    expiry_left,
-    is_expired,
-    message_from_dict,
-    message_to_dict,
-)
+from broker.core.message import Message, expiry_left, is_expired
 from broker.core.metrics import Metrics
 from broker.core.qos2_once import Seen
+from broker.core.session_export import SessionExport, SessionState
+from broker.core.session_records import InflightEntry, QueuedDelivery, Subscription
 from broker.core.shared_empty import SharedEmptyDeque, SharedEmptyDict
+
+__all__ = [
+    "InflightEntry",
+    "Outlet",
+    "QueuedDelivery",
+    "Session",
+    "SessionLimits",
+    "SessionState",
+    "Subscription",
+]
 
 
 class Outlet(Protocol):
@@ -75,63 +86,6 @@ class Outlet(Protocol):
     def send_pubrel(self, packet_id: int) -> None: ...
 
 
-class Subscription:
-    """One subscription of one client; `topic_filter` lacks any `$share/<g>/` prefix."""
-
-    __slots__ = (
-        "client_id",
-        "filter",
-        "identifier",
-        "no_local",
-        "qos",
-        "retain_as_published",
-        "retain_handling",
-        "share_group",
-        "topic_filter",
-    )
-
-    def __init__(
-        self,
-        client_id: str,
-        filter: str,
-        topic_filter: str,
-        share_group: str | None,
-        qos: int,
-        no_local: bool = False,
-        retain_as_published: bool = False,
-        retain_handling: int = 0,
-        identifier: int | None = None,
-    ) -> None:
-        self.client_id = client_id
-        self.filter = filter
-        self.topic_filter = topic_filter
-        self.share_group = share_group
-        self.qos = qos
-        self.no_local = no_local
-        self.retain_as_published = retain_as_published
-        self.retain_handling = retain_handling
-        self.identifier = identifier
-
-
-class InflightEntry:
-    __slots__ = ("awaiting_comp", "message", "qos", "retain", "sent_at", "subscription_ids")
-
-    def __init__(
-        self,
-        message: Message,
-        qos: int,
-        retain: bool,
-        subscription_ids: list[int] | None,
-        sent_at: float,
-    ) -> None:
-        self.message = message
-        self.qos = qos
-        self.retain = retain
-        self.subscription_ids = subscription_ids
-        self.sent_at = sent_at
-        self.awaiting_comp = False
-
-
 _NEVER = float("inf")
 
 
@@ -139,7 +93,6 @@ _NO_INFLIGHT: dict[int, InflightEntry] = SharedEmptyDict()
 _NO_RELS: dict[int, float] = SharedEmptyDict()
 _NO_SUBSCRIPTIONS: dict[str, Subscription] = SharedEmptyDict()
 
-QueuedDelivery = tuple[Message, int, bool, "list[int] | None"]
 _NO_QUEUE: deque[QueuedDelivery] = SharedEmptyDeque()
 
 
@@ -182,7 +135,7 @@ def _shared_limits(
     return limits
 
 
-class Session:
+class Session(SessionExport):
     """The per-client-id state of the broker; see the module docstring for the flows."""
 
     __slots__ = (
@@ -587,106 +540,3 @@ class Session:
             return False
         self._complete(packet_id, now)
         return True
-
-    # -- moving a session between nodes (cluster takeover) --------------------------------
-
-    def export_state(self) -> SessionState:
-        """What survives a move to another node, as plain msgpack-able data.
-
-        Subscriptions are `[filter, qos, no_local, retain_as_published, retain_handling,
-        identifier]` (the filter with any `$share/` prefix); queued deliveries
-        `[message, qos, retain, subscription_ids]`; inflight ones `[packet_id, message, qos,
-        retain, subscription_ids, awaiting_comp]` in window order; `awaiting_rel` the ids of
-        incoming QoS 2 messages already routed; `qos2_seen` the stamps of `accept_qos2`;
-        `arrived` this copy's arrival stamp (kept by a restore from disk, not by a move).
-        Messages are `message_to_dict` maps.
-        """
-        subscriptions = [
-            [s.filter, s.qos, s.no_local, s.retain_as_published, s.retain_handling, s.identifier]
-            for s in self.subscriptions.values()
-        ]
-        queue = [
-            [message_to_dict(m), qos, retain, _ids_out(ids)] for m, qos, retain, ids in self.queue
-        ]
-        inflight = []
-        for pid, e in self.inflight.items():
-            ids_out = _ids_out(e.subscription_ids)
-            message = message_to_dict(e.message)
-            inflight.append([pid, message, e.qos, e.retain, ids_out, e.awaiting_comp])
-        return {
-            "v": 1,
-            "client_id": self.client_id,
-            "username": self.username,
-            "clean_start": self.clean_start,
-            "expiry_interval": self.expiry_interval,
-            "created_at": self.created_at,
-            "disconnected_at": self.disconnected_at,
-            "subscriptions": subscriptions,
-            "queue": queue,
-            "inflight": inflight,
-            "awaiting_rel": list(self.awaiting_rel),
-            "qos2_seen": self.qos2_seen.to_wire() if self.qos2_seen is not None else [],
-            "arrived": None if self.arrived is None else list(self.arrived),
-        }
-
-    def load_deliveries(self, state: SessionState, now: float) -> None:
-        """Take the queue, inflight window and `awaiting_rel` of an exported state (the
-        subscriptions are the broker's business: `Broker.import_session`). Inflight entries keep
-        their packet ids and are resent by `resume` (DUP=1, or PUBREL once PUBREC'd); queued
-        deliveries beyond `max_queued` are dropped and counted. Raises ValueError."""
-        for item in _items(state, "queue", 4):
-            if len(self.queue) >= self.limits.max_queued:
-                self._drop()
-                continue
-            qos, retain, ids = item[1], item[2], _sub_ids(item[3])
-            if qos not in (0, 1, 2) or not isinstance(retain, bool):
-                raise ValueError(f"bad queued delivery {item!r:.200}")
-            message = message_from_dict(item[0])
-            self._own_queue().append((message, qos, retain, ids))
-            self.queued_bytes += len(message.payload)
-        self._earliest_expiry = 0.0  # imported messages: let the next full-queue check scan
-        for item in _items(state, "inflight", 6):
-            packet_id, qos, retain, awaiting_comp = item[0], item[2], item[3], item[5]
-            if (
-                not isinstance(packet_id, int)
-                or not 1 <= packet_id <= 65535
-                or qos not in (1, 2)
-                or not isinstance(retain, bool)
-                or not isinstance(awaiting_comp, bool)
-            ):
-                raise ValueError(f"bad inflight entry {item!r:.200}")
-            entry = InflightEntry(message_from_dict(item[1]), qos, retain, _sub_ids(item[4]), now)
-            entry.awaiting_comp = awaiting_comp and qos == 2
-            self._own_inflight()[packet_id] = entry
-            self._next_packet_id = packet_id % 65535 + 1
-        rel = state.get("awaiting_rel") or []
-        if not isinstance(rel, list) or not all(isinstance(i, int) for i in rel):
-            raise ValueError("bad awaiting_rel")
-        for packet_id in rel:
-            self.await_rel(packet_id, now)
-        self.qos2_seen = Seen.from_wire(state.get("qos2_seen"))  # (none from an older node)
-
-
-#: `Session.export_state()`: a msgpack-able map (see there).
-SessionState = dict[str, Any]
-
-
-def _items(state: SessionState, key: str, width: int) -> list[list[Any]]:
-    items = state.get(key) or []
-    if not isinstance(items, list) or not all(
-        isinstance(i, list | tuple) and len(i) >= width for i in items
-    ):
-        raise ValueError(f"bad {key!r} in session state")
-    return [list(i) for i in items]
-
-
-def _ids_out(ids: list[int] | None) -> list[int] | None:
-    return None if ids is None else list(ids)
-
-
-def _sub_ids(value: Any) -> list[int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list | tuple) or not all(isinstance(i, int) for i in value):
-        raise ValueError(f"bad subscription identifiers {value!r:.100}")
-    return list(value)
