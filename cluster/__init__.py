@@ -11,6 +11,9 @@
 * `cluster.sim`: an in-memory network with a virtual clock (tests, `benchmarks.cluster_sim`);
 * `cluster.shared_dispatch`: `ClusterSharedDispatcher`, one member per shared group cluster-wide;
 * `cluster.takeover`: a client id unique in the cluster (surrender RPC, `ClusterSessionLocator`);
+  the locator inherits the registry owner's side (`cluster.takeover_owner`) and the
+  registration rounds (`cluster.takeover_rounds`); `cluster.takeover_wire` holds the RPC names
+  and the surrendered state's helpers;
 * `cluster.ports`: plugs those two into the broker's ports (`broker.core.cluster_port`) and the
   runtime (`cluster.runtime`, asyncio).
 * `cluster.transport` (asyncio): TCP links, the cookie handshake, bounded per-peer send queues;

@@ -61,6 +61,12 @@ an owner of the previous version answers `registry_claim` with "no RPC method", 
 then asks every other node to surrender, as that version does (a rolling upgrade). No frame
 type is new (the registry is RPC methods and a FORWARD kind), so the wire version is unchanged;
 a node of the previous version counts a FORWARD kind `session` as unknown and drops it.
+
+Where it lives: this module is the CONNECT's claim and the holder's answers
+(`ClusterSessionLocator`); the owner's side is `cluster.takeover_owner` (`RegistryOwner`), the
+registration after member changes and the periodic round `cluster.takeover_rounds`
+(`RegistryRounds`), both inherited by the locator; the RPC method names, limits and the
+surrendered state's helpers are `cluster.takeover_wire`, re-exported here.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from broker.core.broker import Broker
@@ -81,103 +87,52 @@ from cluster.registry import (
     Registry,
     Stamp,
     entries_wire,
-    moved,
     owner_of,
     parse_entries,
     parse_stamp,
 )
 from cluster.rpc import NodeUnreachable, RemoteError, RpcError
+from cluster.takeover_owner import RegistryOwner
+from cluster.takeover_rounds import RegistryRounds
+from cluster.takeover_wire import (
+    BATCH,
+    CLAIM_METHOD,
+    EVICT_METHOD,
+    MAX_STATE_BYTES,
+    REGISTER_METHOD,
+    RELEASE_METHOD,
+    STALE_CLAIMS,
+    SURRENDER_METHOD,
+    Call,
+    chunks,
+    pick_state,
+    serve_surrender,
+    surrender_args,
+    trim_state,
+    view_of,
+)
+
+__all__ = [
+    "BATCH",
+    "CLAIM_METHOD",
+    "EVICT_METHOD",
+    "MAX_STATE_BYTES",
+    "REGISTER_METHOD",
+    "RELEASE_METHOD",
+    "STALE_CLAIMS",
+    "SURRENDER_METHOD",
+    "Call",
+    "ClusterSessionLocator",
+    "pick_state",
+    "serve_surrender",
+    "surrender_args",
+    "trim_state",
+]
 
 log = logging.getLogger(__name__)
 
-#: The RPC method a node serves to give a client up.
-SURRENDER_METHOD = "surrender_session"
-#: The owner's methods: a CONNECT's claim, holders registering again, sessions that ended.
-CLAIM_METHOD = "registry_claim"
-REGISTER_METHOD = "registry_register"
-RELEASE_METHOD = "registry_release"
-#: A holder that lost a conflict drops the client id.
-EVICT_METHOD = "session_evict"
-#: A claim older than this many claim timeouts (by its stamp) is refused: its caller gave up.
-STALE_CLAIMS = 2
-#: Entries per `registry_register` / `registry_release` call.
-BATCH = 2_000
-#: Session state larger than this (payloads and topics, roughly) loses its newest queued
-#: messages (counted as dropped) so that the answer fits in one cluster frame.
-MAX_STATE_BYTES = 8 * 1024 * 1024
 
-#: (node, method, args, timeout) -> result; raises on failure (`ClusterNode.call`).
-Call = Callable[[str, str, dict[str, Any], float], Awaitable[Any]]
-
-
-def surrender_args(client_id: str, clean_start: bool) -> dict[str, Any]:
-    return {"client_id": client_id, "clean_start": clean_start}
-
-
-def serve_surrender(
-    broker: Broker, args: dict[str, Any], from_node: str, max_bytes: int = MAX_STATE_BYTES
-) -> SessionState | None:
-    """The `surrender_session` RPC method on the node that may hold the client."""
-    client_id = args.get("client_id")
-    clean_start = args.get("clean_start", False)
-    if not isinstance(client_id, str) or not client_id or not isinstance(clean_start, bool):
-        raise ValueError("surrender_session needs client_id (str) and clean_start (bool)")
-    state = broker.surrender_session(client_id, from_node, clean_start=clean_start)
-    if state is not None:
-        dropped = trim_state(state, max_bytes)
-        if dropped:
-            broker.metrics.counters["messages/dropped"] += dropped
-            log.warning("session of %s: %d queued messages dropped to fit the move to %s",
-                        client_id, dropped, from_node)  # fmt: skip
-    return state
-
-
-def trim_state(state: SessionState, max_bytes: int) -> int:
-    """Drop the newest queued messages of an exported state until it is about `max_bytes`;
-    returns how many were dropped."""
-    size = 0
-    for item in state.get("inflight") or ():
-        size += _message_size(item[1])
-    queue: list[Any] = state.get("queue") or []
-    keep = 0
-    for item in queue:
-        size += _message_size(item[0])
-        if size > max_bytes:
-            break
-        keep += 1
-    dropped = len(queue) - keep
-    if dropped:
-        state["queue"] = queue[:keep]
-    return dropped
-
-
-def _message_size(message: Any) -> int:
-    if not isinstance(message, dict):
-        return 0
-    payload, topic = message.get("payload", b""), message.get("topic", "")
-    return 64 + (len(payload) if isinstance(payload, bytes) else 0) + len(str(topic))
-
-
-def pick_state(states: Iterable[SessionState | None]) -> SessionState | None:
-    """The state to keep when several nodes answered: at most one should have one; else the
-    session disconnected last."""
-    found = [s for s in states if isinstance(s, dict)]
-    if len(found) > 1:
-        log.warning("client %s had a session on %d nodes; keeping the latest",
-                    found[0].get("client_id"), len(found))  # fmt: skip
-    best: SessionState | None = None
-    for state in found:
-        if best is None or _disconnected_at(state) > _disconnected_at(best):
-            best = state
-    return best
-
-
-def _disconnected_at(state: SessionState) -> float:
-    value = state.get("disconnected_at")
-    return float(value) if isinstance(value, int | float) else float("-inf")
-
-
-class ClusterSessionLocator:
+class ClusterSessionLocator(RegistryOwner, RegistryRounds):
     """The broker's `session_locator` in a cluster, and the owner side of the registry.
 
     `live_nodes()` names the live members, this node first; `call` is `ClusterNode.call`.
@@ -234,7 +189,7 @@ class ClusterSessionLocator:
             if entry is None or entry.node == self.name or entry.node not in nodes:
                 _, stamp = self.registry.claim(client_id, self.name, stamp)
                 self.held[client_id] = stamp
-                self._confirmed[client_id] = (self.name, _view(nodes))
+                self._confirmed[client_id] = (self.name, view_of(nodes))
                 self.handoff.reclaimed(client_id)
                 self.stats["local"] += 1
                 return False
@@ -267,7 +222,7 @@ class ClusterSessionLocator:
     ) -> None:
         state: SessionState | None = None
         confirmed = False
-        view = _view(nodes)
+        view = view_of(nodes)
         owner = owner_of(client_id, nodes)
         args = {"client_id": client_id, "clean_start": clean_start, "stamp": list(stamp)}
         try:
@@ -368,88 +323,6 @@ class ClusterSessionLocator:
         for bg in list(self._tasks):
             bg.cancel()
 
-    # -- the owner --------------------------------------------------------------------------
-
-    async def serve_claim(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
-        """`registry_claim`: `from_node` takes the client over; one claim per id at a time."""
-        client_id = args.get("client_id")
-        clean_start = args.get("clean_start", False)
-        stamp = parse_stamp(args.get("stamp"))
-        if not isinstance(client_id, str) or not client_id or not isinstance(clean_start, bool):
-            raise ValueError("registry_claim needs client_id (str), clean_start (bool), stamp")
-        if stamp is None:
-            raise ValueError("registry_claim needs a stamp [ms, n]")
-        age = self.broker.hlc.wall() - stamp[0] / 1000
-        if age > STALE_CLAIMS * self.timeout and stamp != ZERO:
-            # Its caller went on alone long ago (a request held in a cut TCP link, delivered by
-            # a retransmit after the heal): served now, it would move the live session to the
-            # caller's stale copy. The next round registers the caller's copy instead.
-            self.stats["stale_claims"] += 1
-            raise ValueError(f"registry_claim of {client_id} is {age:.1f} s old")
-        if not self._observe(stamp, from_node):
-            stamp = self._now()  # the claimant's clock is too far ahead: ordered by ours
-        lock, users = self._locks.get(client_id) or (asyncio.Lock(), 0)
-        self._locks[client_id] = (lock, users + 1)
-        try:
-            async with lock:
-                previous, stamp = self.registry.claim(client_id, from_node, stamp)
-                state = None
-                holder = previous.node if previous is not None else from_node
-                if previous is not None and holder != from_node and holder in self.live_nodes():
-                    ok, state = await self._surrender_at(holder, client_id, clean_start, from_node)
-                    if not ok:  # it may still hold the id: evict it once it can be reached
-                        self._evict_at(holder, {client_id: previous.stamp})
-                return {"state": state, "stamp": list(stamp)}
-        finally:
-            lock, users = self._locks[client_id]
-            if users <= 1:
-                del self._locks[client_id]
-            else:
-                self._locks[client_id] = (lock, users - 1)
-
-    async def _surrender_at(
-        self, holder: str, client_id: str, clean_start: bool, new_node: str
-    ) -> tuple[bool, SessionState | None]:
-        """(answered, the state) of the holder's `surrender_session`."""
-        args = {**surrender_args(client_id, clean_start), "node": new_node}
-        try:
-            # Shorter than the claim's own timeout: the claim still answers in time.
-            answer = await self.call(holder, SURRENDER_METHOD, args, self.timeout * 2 / 3)
-        except RpcError as exc:
-            self.stats["failures"] += 1
-            log.info("takeover of %s: holder %s did not answer: %s", client_id, holder, exc)
-            return False, None
-        return True, answer if isinstance(answer, dict) else None
-
-    async def serve_register(self, args: dict[str, Any], from_node: str) -> dict[str, Any]:
-        """`registry_register`: `from_node` holds these ids; answers the ones it must drop."""
-        lose: dict[str, Stamp] = {}
-        nodes = set(self.live_nodes())
-        for client_id, stamp in parse_entries(args.get("entries")):
-            if not self._observe(stamp, from_node):
-                stamp = ZERO  # too far ahead to trust: loses to any other holder
-            evict = self.registry.register(client_id, from_node, stamp, nodes.__contains__)
-            if evict is None:
-                continue
-            if evict.node == from_node:
-                lose[client_id] = evict.stamp
-            else:
-                self._evict_at(evict.node, {client_id: evict.stamp})
-        return {"evict": entries_wire(lose)}
-
-    async def serve_release(self, args: dict[str, Any], from_node: str) -> int:
-        """`registry_release`: sessions of `from_node` that ended."""
-        released = 0
-        for client_id, stamp in parse_entries(args.get("entries")):
-            released += self.registry.release(client_id, from_node, stamp)
-        return released
-
-    def _evict_at(self, node: str, entries: dict[str, Stamp]) -> None:
-        if node == self.name:
-            self.evict(entries)
-        else:
-            self._spawn(self._send(node, EVICT_METHOD, {"entries": entries_wire(entries)}))
-
     # -- the holder ---------------------------------------------------------------------------
 
     async def serve_surrender(self, args: dict[str, Any], from_node: str) -> SessionState | None:
@@ -537,104 +410,10 @@ class ClusterSessionLocator:
                 for client_id, stamp in entries.items():
                     self.registry.release(client_id, self.name, stamp)
             else:
-                for chunk in _chunks(entries):
+                for chunk in chunks(entries):
                     self._spawn(self._send(owner, RELEASE_METHOD, {"entries": entries_wire(chunk)}))
 
-    # -- membership changes -------------------------------------------------------------------
-
-    def members_changed(self, node: str, kind: str) -> None:
-        """A member event (`cluster.delegate.MemberEvent`): entries move after this loop turn."""
-        if kind in ("join", "alive"):
-            self._rejoined.add(node)
-            self._gone.discard(node)
-        elif kind in ("dead", "left"):
-            self._gone.add(node)
-            self._rejoined.discard(node)
-        else:
-            return
-        if not self._rebalance_scheduled:
-            self._rebalance_scheduled = True
-            asyncio.get_running_loop().call_soon(self._rebalance)
-
-    def _rebalance(self) -> None:
-        self._rebalance_scheduled = False
-        rejoined, self._rejoined = self._rejoined, set()
-        gone, self._gone = self._gone, set()
-        for node in gone:
-            self.registry.drop_node(node)
-        after = self.live_nodes()
-        before, self._last_live = self._last_live, after
-        for client_id in self.broker.sessions:
-            self.held.setdefault(client_id, ZERO)  # restored from disk: any claim beats it
-        for client_id in self.registry.not_owned(self.name, after):
-            del self.registry.entries[client_id]  # its holder registers it with the new owner
-        groups = moved(self.held, before, after, rejoined)
-        mine = set(groups.get(self.name, ()))
-        for client_id in self.held:  # ours to own, not in our table yet (restored, or alone)
-            missing = client_id not in mine and self.registry.get(client_id) is None
-            if missing and owner_of(client_id, after) == self.name:
-                groups.setdefault(self.name, []).append(client_id)
-        dirty, self._dirty = self._dirty, set()
-        for client_id in dirty:
-            if client_id in self.held:
-                owner = owner_of(client_id, after)
-                if client_id not in groups.get(owner, ()):
-                    groups.setdefault(owner, []).append(client_id)
-        self._register_groups(
-            {o: {cid: self.held[cid] for cid in ids} for o, ids in groups.items()}, after
-        )
-
-    def reconcile(self) -> int:
-        """The periodic round: register again the held ids whose registration is not confirmed
-        by their owner under the current member view; returns how many were sent."""
-        nodes = self.live_nodes()
-        view = _view(nodes)
-        for client_id in [cid for cid in self._confirmed if cid not in self.held]:
-            del self._confirmed[client_id]
-        groups: dict[str, dict[str, Stamp]] = {}
-        for client_id, stamp in self.held.items():
-            if client_id not in self.broker.sessions:
-                continue  # ended: the sweep releases it
-            confirmed = self._confirmed.get(client_id)
-            if confirmed is not None and confirmed[1] == view:
-                continue  # confirmed under this very view (so by this owner): no hashing
-            groups.setdefault(owner_of(client_id, nodes), {})[client_id] = stamp
-        self._register_groups(groups, nodes)
-        return sum(len(entries) for entries in groups.values())
-
-    def _register_groups(self, groups: dict[str, dict[str, Stamp]], after: list[str]) -> None:
-        """Register these held ids with their owners under the member list `after`."""
-        view = _view(after)
-        for owner, entries in groups.items():
-            self.stats["registered"] += len(entries)
-            if owner == self.name:
-                lose: dict[str, Stamp] = {}
-                live = set(after)
-                for client_id, stamp in entries.items():
-                    evict = self.registry.register(client_id, self.name, stamp, live.__contains__)
-                    if evict is not None and evict.node == self.name:
-                        lose[client_id] = stamp
-                        continue
-                    if evict is not None:
-                        self._evict_at(evict.node, {client_id: evict.stamp})
-                    self._confirmed[client_id] = (owner, view)
-                self.evict(lose)
-            else:
-                for chunk in _chunks(entries):
-                    self._spawn(self._register(owner, chunk, view))
-
-    async def _register(self, owner: str, entries: dict[str, Stamp], view: tuple[str, ...]) -> None:
-        answer = await self._send(owner, REGISTER_METHOD, {"entries": entries_wire(entries)})
-        if isinstance(answer, dict):
-            for client_id, stamp in entries.items():
-                if self.held.get(client_id) == stamp:
-                    self._confirmed[client_id] = (owner, view)
-            self.evict(dict(parse_entries(answer.get("evict"))))
-        elif answer is None:
-            self._dirty.update(entries)  # try again at the next change, or the next round
-            for client_id in entries:
-                self._confirmed.pop(client_id, None)
-
+    # -- background RPC (also the owner's and the rounds') ---------------------------------
     async def _send(self, node: str, method: str, args: dict[str, Any]) -> Any:
         try:
             return await self.call(node, method, args, self.timeout)
@@ -646,12 +425,3 @@ class ClusterSessionLocator:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _view(nodes: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(nodes))
-
-
-def _chunks(entries: dict[str, Stamp]) -> list[dict[str, Stamp]]:
-    items = list(entries.items())
-    return [dict(items[i : i + BATCH]) for i in range(0, len(items), BATCH)]
