@@ -1,7 +1,8 @@
 """The lean TCP transport (`broker.server.socket_transport`) keeps asyncio's transport contract:
 bytes in order, flow control at the water marks, one `connection_lost` whatever the ending, the
 socket closed after it. Each test drives it over a real loopback socket pair on asyncio's own
-loop and on uvloop's (when installed: the node uses this transport on both); every wait is
+loop (with the poller's own epoll, and on the `LeanSelector` that serves it from the loop's
+epoll) and on uvloop's (when installed: the node uses this transport on both); every wait is
 bounded."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from broker.server.lean_selector import LeanSelector, new_event_loop
 from broker.server.socket_transport import (
     HIGH_WATER,
     Poller,
@@ -36,13 +38,23 @@ KERNEL_BUFFER = 32 * 1024
 pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
 
 
-@pytest.fixture(params=["asyncio", "uvloop"], scope="module")
+class _LeanPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio's loop on the `LeanSelector` (what `minibroker start --loop asyncio` runs)."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return new_event_loop()
+
+
+@pytest.fixture(params=["asyncio", "asyncio-lean-selector", "uvloop"], scope="module")
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Every test of this module on asyncio's loop and on uvloop's."""
+    """Every test of this module on asyncio's loop (with the poller's own epoll, and with the
+    loop's: `LeanSelector`) and on uvloop's."""
     if request.param == "uvloop":
         if uvloop is None:
             pytest.skip("uvloop is not installed")
         return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
+    if request.param == "asyncio-lean-selector":
+        return _LeanPolicy()
     return asyncio.DefaultEventLoopPolicy()
 
 
@@ -112,7 +124,7 @@ async def pair() -> AsyncIterator[tuple[SocketTransport, Recorder, socket.socket
     theirs.close()
     await asyncio.sleep(0)
     poller.close_when_idle()
-    assert poller._epoll.closed  # the last connection went: the poller closed with it
+    assert poller.closed  # the last connection went: the poller closed with it
 
 
 async def _until(condition: object, what: str) -> None:
@@ -307,3 +319,43 @@ async def test_a_poller_batch_brackets_the_handling_of_all_its_ready_sockets() -
             theirs.close()
         await asyncio.sleep(0)
         poller.close_when_idle()
+
+
+async def test_on_the_lean_selector_the_loop_and_the_transports_share_one_epoll() -> None:
+    """On a `LeanSelector` loop the poller has no epoll of its own: its sockets are in the
+    loop's, served from `select` beside the loop's own readers (both ready in one turn), and
+    closing the last connection of a closed listener leaves the loop's epoll open."""
+    loop = asyncio.get_running_loop()
+    selector = getattr(loop, "_selector", None)
+    if not isinstance(selector, LeanSelector):
+        pytest.skip("the poller's own epoll on this loop")
+    poller = Poller(loop)
+    assert poller._epoll is selector.epoll
+    ours, theirs = _tcp_pair()
+    ours.setblocking(False)
+    protocol = Recorder()
+    transport = SocketTransport(poller, ours, protocol)
+    transport.start()
+    fd = ours.fileno()
+    assert selector.transports[fd] is transport
+    other_ours, other_theirs = _tcp_pair()
+    other_ours.setblocking(False)
+    loop_reads: list[bytes] = []
+    loop.add_reader(other_ours.fileno(), lambda: loop_reads.append(other_ours.recv(100)))
+    try:
+        theirs.sendall(b"lean")
+        other_theirs.sendall(b"loop")
+        await asyncio.sleep(0.05)  # both ready before the loop looks
+        await _until(lambda: bytes(protocol.data) == b"lean" and loop_reads == [b"loop"], "reads")
+        transport.write(b"back")
+        assert theirs.recv(100) == b"back"
+    finally:
+        loop.remove_reader(other_ours.fileno())
+        other_ours.close()
+        other_theirs.close()
+        theirs.close()
+    await asyncio.wait_for(protocol.lost, TIMEOUT)
+    poller.close_when_idle()
+    assert poller.closed
+    assert fd not in selector.transports
+    assert not selector.epoll.closed and selector.open
