@@ -391,9 +391,9 @@ def main(argv: list[str] | None = None) -> int:
 
             result = uvloop.run(coro)
         else:  # asyncio's loop as `minibroker start --loop asyncio` makes it
-            from broker.cli import loop_factory
+            from broker.server.lean_selector import new_event_loop
 
-            with asyncio.Runner(loop_factory=loop_factory("asyncio")) as runner:
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
                 result = runner.run(coro)
         print(json.dumps(result))
         return 0
