@@ -13,8 +13,9 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from loops import LOOPS, loop_policy
 
-from broker.server.lean_selector import LeanSelector, new_event_loop
+from broker.server.lean_selector import LeanSelector
 from broker.server.socket_transport import (
     HIGH_WATER,
     Poller,
@@ -22,11 +23,6 @@ from broker.server.socket_transport import (
     SocketTransport,
     available,
 )
-
-try:
-    import uvloop
-except ImportError:  # optional: the `bench` extra
-    uvloop = None  # type: ignore[assignment]
 
 TIMEOUT = 5.0
 #: SO_SNDBUF/SO_RCVBUF of the test sockets (the kernel doubles and rounds them).
@@ -38,24 +34,10 @@ KERNEL_BUFFER = 32 * 1024
 pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
 
 
-class _LeanPolicy(asyncio.DefaultEventLoopPolicy):
-    """asyncio's loop on the `LeanSelector` (what `minibroker start --loop asyncio` runs)."""
-
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return new_event_loop()
-
-
-@pytest.fixture(params=["asyncio", "asyncio-lean-selector", "uvloop"], scope="module")
+@pytest.fixture(params=LOOPS, scope="module")
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Every test of this module on asyncio's loop (with the poller's own epoll, and with the
-    loop's: `LeanSelector`) and on uvloop's."""
-    if request.param == "uvloop":
-        if uvloop is None:
-            pytest.skip("uvloop is not installed")
-        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
-    if request.param == "asyncio-lean-selector":
-        return _LeanPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+    """Every test of this module on each loop of `loops.LOOPS`."""
+    return loop_policy(request.param)
 
 
 async def test_the_loop_of_this_test_can_run_the_lean_transport() -> None:
