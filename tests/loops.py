@@ -16,13 +16,15 @@ try:
 except ImportError:  # optional: the `bench` extra
     uvloop = None  # type: ignore[assignment]
 
-__all__ = ["LOOPS", "loop_policy"]
+__all__ = ["LOOPS", "LeanSelectorPolicy", "loop_policy"]
 
 #: The `params` of a module's `event_loop_policy` fixture.
 LOOPS = ["asyncio", "asyncio-lean-selector", "uvloop"]
 
 
-class _LeanSelectorPolicy(asyncio.DefaultEventLoopPolicy):
+class LeanSelectorPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio's loop on the `LeanSelector`: the loop of every test (tests/conftest.py)."""
+
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         return new_event_loop()
 
@@ -34,5 +36,5 @@ def loop_policy(name: str) -> asyncio.AbstractEventLoopPolicy:
             pytest.skip("uvloop is not installed")
         return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
     if name == "asyncio-lean-selector":
-        return _LeanSelectorPolicy()
+        return LeanSelectorPolicy()
     return asyncio.DefaultEventLoopPolicy()
