@@ -338,6 +338,7 @@ class Forwarder:
             # The usual case: nothing else waits, one frame with every entry of the batch.
             body = forward_batch_body(self.origin, batch.entries)
             body["seq"] = box.number(record)
+            body["live"] = True  # as routed, link up: not held (`Message.live`)
             try:
                 ok = transport.send(
                     address, MessageType.FORWARD_BATCH, body, weight=count - len(record.entries)

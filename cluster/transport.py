@@ -395,6 +395,8 @@ class Transport:
         self._links: dict[Address, _Link] = {}
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.StreamWriter] = set()
+        #: The accepted connections by the sender's advertised address (`forget` closes them).
+        self._inbound_from: dict[Address, set[asyncio.StreamWriter]] = {}
         self._refusal_logged: dict[tuple[str, str], float] = {}
         self._closing = False
 
@@ -430,6 +432,7 @@ class Transport:
                 return
             hello, frames = accepted
             self.stats["accepted"] += 1
+            self._inbound_from.setdefault(hello.address, set()).add(writer)
             self._peer_dialled(hello.address)
             while True:
                 if frames:
@@ -452,6 +455,10 @@ class Transport:
             log.info("cluster connection from %s closed: %s", peername, why)
         finally:
             self._inbound.discard(writer)
+            for address in [a for a, ws in self._inbound_from.items() if writer in ws]:
+                self._inbound_from[address].discard(writer)
+                if not self._inbound_from[address]:
+                    del self._inbound_from[address]
             writer.close()
 
     def _peer_dialled(self, address: Address) -> None:
@@ -596,7 +603,13 @@ class Transport:
         return sum(len(link.queue) for link in self._links.values())
 
     def forget(self, address: Address) -> None:
-        """Close the link to `address` (a member that left or was reaped); dropping its queue."""
+        """Close the link to `address` (a member that left, was reaped or declared dead),
+        dropping its queue, and the connections it made to us: after a partition its kernel
+        would otherwise deliver what it sent into the cut by TCP retransmits once the network
+        heals, seconds late (a takeover claim; a batch sent `live`, `cluster.forwarder`),
+        where the new connections carry what it sends again."""
+        for writer in self._inbound_from.pop(address, ()):
+            writer.close()
         link = self._links.pop(address, None)
         if link is not None:
             link.closed = True

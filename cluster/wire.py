@@ -77,7 +77,10 @@ FORWARD_BATCH   origin, msgs (v2): the forwards of one loop turn to one peer, in
                 (`Message.frames`)
                 With `seq` (v3): the batch's link sequence number; the receiver skips a
                 batch whose `seq` it processed already from that run of the sender and
-                acknowledges it with FORWARD_ACK
+                acknowledges it with FORWARD_ACK. With `live: true` (optional, no new
+                version): the batch is going out as it was routed, on a link that was up,
+                not held nor sent again; its QoS 2 messages are not checked against a session
+                copy's arrival stamp (`Message.live`, `Broker.late_for`)
                 Run entries (v4): `[topic, publisher, is_v5, count, frames]`, `count` plain
                 QoS 0 PUBLISH frames to `topic` as client `publisher` sent them
                 (`broker.protocol.runs`), one entry for the messages of a run; a receiver
