@@ -70,6 +70,7 @@ from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
 from cluster.dead_hold import PeerGrace
 from cluster.delegate import MemberEvent
+from cluster.first_sync import FirstSync
 from cluster.forwarder import Forwarder
 from cluster.members import LIVE_STATES, MemberState
 from cluster.membership import Membership
@@ -164,6 +165,8 @@ class ClusterNode:
         self.epoch = int(time.time() * 1000)  # grows across restarts (cluster.membership)
         self.table = RouteTable(name, self.epoch)
         self.sync = RouteSync(self.table)
+        self.first_sync = FirstSync()  # what the MQTT listeners wait for (`cluster.first_sync`)
+        self.sync.on_full_state = self.first_sync.seen
         self.stats: Counter[str] = Counter()
         self.transport = Transport(
             name, self.epoch, cookie, self._on_frame, self._on_drop, self.config.transport

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cluster.delegate import Delegate, MemberEvent
@@ -54,6 +55,8 @@ class RouteSync(Delegate):
         self._live: dict[str, int] = {}
         self.malformed = 0
         self._queue: TransmitQueue[tuple[str, str]] = TransmitQueue()
+        #: Called after each peer's whole table is merged (push/pull): `cluster.first_sync`.
+        self.on_full_state: Callable[[], None] | None = None
 
     # -- the broker side ---------------------------------------------------------------------
 
@@ -108,6 +111,8 @@ class RouteSync(Delegate):
     def merge_remote_state(self, state: Any, join: bool, now: float) -> None:
         if isinstance(state, list):
             self.table.merge_full(state, self._accept)
+            if self.on_full_state is not None:
+                self.on_full_state()
 
     def on_event(self, event: MemberEvent) -> None:
         if event.kind in ("dead", "left"):  # that run, not a newer one we already heard of
