@@ -77,8 +77,8 @@ def nodes() -> Iterator[list[NodeProc]]:
         stop(node)
 
 
-async def publish_once(port: int, n: int) -> bool:
-    """Connect, publish QoS 1 `fs/x` with payload n; True once the PUBACK came (a refused or
+async def publish_once(port: int, n: int, topic: str = "fs/x") -> bool:
+    """Connect, publish QoS 1 `topic` with payload n; True once the PUBACK came (a refused or
     dropped connection: False)."""
     try:
         client, ack = await RawClient.connect(port, f"fs-pub-{n}", clean_start=True)
@@ -87,7 +87,7 @@ async def publish_once(port: int, n: int) -> bool:
     try:
         if not (isinstance(ack, ConnAck) and ack.reason_code == 0):
             return False
-        client.send(Publish("fs/x", str(n).encode(), 1, packet_id=1))
+        client.send(Publish(topic, str(n).encode(), 1, packet_id=1))
         reply = await client.recv(TIMEOUT)
         return isinstance(reply, PubAck) and reply.packet_id == 1
     except (OSError, EOFError, TimeoutError):
