@@ -48,6 +48,12 @@ Extension points (for features built on top): `register_rpc(method, handler)` ad
 `register_forward_kind(kind, handler)` adds a FORWARD variant (body field `kind`) and
 `send_forward(node, message, kind, extra)` sends one; `forward_targets(message)` decides which
 nodes get a message and may be overridden.
+
+Where each part lives: this module wires the parts (`ClusterNode.__init__`, `start`, `stop`)
+and carries messages (forwarding, frames in); driving membership (the timer, member events,
+the forward hook, state pulls) is `cluster.node_membership`, DNS seeds are
+`cluster.node_discovery`, live-node queries and RPC are `cluster.node_rpc`, and the settings
+are `cluster.node_config`; `ClusterNode` inherits the three parts.
 """
 
 from __future__ import annotations
@@ -57,39 +63,38 @@ import contextlib
 import functools
 import logging
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from typing import Any
 
 from broker.core.broker import Broker, Forwarded
 from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
 from cluster.dead_hold import PeerGrace
-from cluster.delegate import MemberEvent
 from cluster.first_sync import FirstSync
 from cluster.forwarder import Forwarder
-from cluster.members import LIVE_STATES, MemberState
+from cluster.members import LIVE_STATES
 from cluster.membership import Membership
-from cluster.membership_config import MembershipConfig
+from cluster.node_config import ClusterConfig
+from cluster.node_discovery import DnsDiscovery
+from cluster.node_membership import MembershipDriver
+from cluster.node_rpc import NodeRpc
 from cluster.ports import ClusterPorts, ForwardHandler
 from cluster.receiver import Receiver
 from cluster.replicas import ReplicaSet
 from cluster.replicated_state import BrokerState, stamp_retained
 from cluster.routes import RouteTable
-from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError, RpcHandler
+from cluster.rpc import RpcEndpoint, RpcHandler
 from cluster.runs import ClusterRuns
 from cluster.sync import RouteSync
-from cluster.transport import Transport, TransportConfig
+from cluster.transport import Transport
 from cluster.wire import (
     Address,
     Body,
     Hello,
     MessageType,
-    Outgoing,
     WireError,
     get_int,
 )
@@ -111,32 +116,10 @@ _MEMBERSHIP_TYPES = frozenset(
         MessageType.LEAVE,
     }
 )
-_MAX_TIMER_SLEEP = 1.0
 _RETAIN_EXTRA: Body = {"kind": "retain"}
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterConfig:
-    membership: MembershipConfig = field(default_factory=MembershipConfig)
-    transport: TransportConfig = field(default_factory=TransportConfig)
-    rpc_timeout: float = 5.0
-    #: Bounds of one `retained_dump` answer (what a joining node pulls).
-    retained_dump_max: int = 10_000
-    retained_dump_bytes: int = 8 * 1024 * 1024
-    #: How long `stop()` waits for the LEAVE to go out.
-    leave_timeout: float = 1.0
-    #: QoS 1/2 forwards held per peer until it acknowledges them (`cluster.outbox`).
-    forward_buffer: int = 50_000
-    forward_buffer_bytes: int = 16 * 1024 * 1024
-    #: Seconds a peer declared dead keeps its routes and held forwards (`cluster.dead_hold`);
-    #: 0: purged and dropped at the verdict.
-    dead_hold: float = 60.0
-    #: Seconds between two resolutions of the DNS seeds (`dns:NAME:PORT`), and the bound of one.
-    dns_refresh_interval: float = 30.0
-    dns_timeout: float = 5.0
-
-
-class ClusterNode:
+class ClusterNode(DnsDiscovery, NodeRpc, MembershipDriver):
     """One node's membership in the cluster. See the module docstring."""
 
     def __init__(
@@ -284,58 +267,6 @@ class ClusterNode:
             ", ".join(f"{h}:{p}" for h, p in seeds) or "none",
         )  # fmt: skip
 
-    # -- DNS discovery ---------------------------------------------------------------------
-
-    def _all_seeds(self) -> list[Address]:
-        out: list[Address] = []
-        for seed in [*self.seeds, *self.resolved]:
-            if seed != self.address and seed not in out:
-                out.append(seed)
-        return out
-
-    def _is_self(self, address: Address) -> bool:
-        """Our own record in the DNS answer (a pod resolving its headless service)."""
-        host, port = address
-        own_host = self.name.rpartition("@")[2]
-        return port == self.port and host in (self.address[0], own_host)
-
-    async def resolve_dns_seeds(self) -> list[Address]:
-        """Every A/AAAA address of the DNS seeds (names that do not resolve are logged)."""
-        loop = asyncio.get_running_loop()
-        out: list[Address] = []
-        for name, port in self.dns_seeds:
-            try:
-                async with asyncio.timeout(self.config.dns_timeout):
-                    infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-            except (OSError, TimeoutError) as exc:
-                self.stats["dns/failed"] += 1
-                log.warning("cluster: cannot resolve %s: %s", name, exc)
-                continue
-            for _family, _type, _proto, _canon, sockaddr in infos:
-                address: Address = (str(sockaddr[0]), int(sockaddr[1]))
-                if address not in out and not self._is_self(address):
-                    out.append(address)
-        self.stats["dns/resolved"] += 1
-        return out
-
-    async def _refresh_dns(self) -> None:
-        """Re-resolve the DNS seeds periodically; join addresses that are not members yet."""
-        while self._running:
-            await asyncio.sleep(self.config.dns_refresh_interval)
-            if not self._running:
-                return
-            resolved = await self.resolve_dns_seeds()
-            members = {m.address for m in self.membership.live_members()}
-            new = [a for a in resolved if a not in members and a != self.address]
-            changed = resolved != self.resolved
-            self.resolved = resolved
-            if new or changed:
-                if new:
-                    log.info("cluster: DNS discovery: joining %s",
-                             ", ".join(f"{h}:{p}" for h, p in new))  # fmt: skip
-                self.send_outgoing(self.membership.join(self._all_seeds(), self.now()))
-                self._wake.set()
-
     async def stop(self) -> None:
         """Leave gracefully (the LEAVE goes out, bounded), then close every link."""
         if not self._running:
@@ -365,58 +296,6 @@ class ClusterNode:
                 await task
         await self.transport.close()
         log.info("cluster: node %s left", self.name)
-
-    # -- queries ---------------------------------------------------------------------------
-
-    def live_nodes(self) -> list[str]:
-        """Members alive or suspect: this node first, then the others by name."""
-        others = sorted(m.name for m in self.membership.live_members())
-        return [self.name, *others]
-
-    def is_live(self, node: str) -> bool:
-        member = self.membership.get(node)
-        return member is not None and member.state in LIVE_STATES
-
-    def knows(self, node: str) -> bool:
-        """Any member ever seen (alive, suspect, dead or left, until reaped)."""
-        return self.membership.get(node) is not None
-
-    # -- RPC -------------------------------------------------------------------------------
-
-    def register_rpc(self, method: str, handler: MethodHandler) -> None:
-        """Serve `method` with `async handler(args, from_node)`."""
-        self.rpc.register(method, handler)
-
-    async def call(
-        self, node: str, method: str, args: dict[str, Any], timeout: float | None = None
-    ) -> Any:
-        """Run `method` on `node` (this node too); raises NodeUnreachable/RpcTimeout/RemoteError."""
-        if node == self.name:
-            return await self.rpc.dispatch(method, args, self.name)
-        member = self.membership.get(node)
-        if member is None or member.state not in LIVE_STATES:
-            raise NodeUnreachable(node)
-        wait = self.config.rpc_timeout if timeout is None else timeout
-        return await self.rpc.call(node, member.address, method, args, wait)
-
-    async def call_all(
-        self, method: str, args: dict[str, Any], timeout: float | None = None
-    ) -> list[tuple[str, Any]]:
-        """Run `method` on every live node (this one first) at once; failures are logged and
-        skipped."""
-        nodes = self.live_nodes()
-        results = await asyncio.gather(
-            *(self.call(node, method, args, timeout) for node in nodes), return_exceptions=True
-        )
-        out: list[tuple[str, Any]] = []
-        for node, result in zip(nodes, results, strict=True):
-            if isinstance(result, RpcError):
-                log.warning("cluster: %s did not answer %s: %s", node, method, result)
-            elif isinstance(result, BaseException):
-                log.warning("cluster: %s failed on %s: %r", method, node, result)
-            else:
-                out.append((node, result))
-        return out
 
     # -- forwarding ------------------------------------------------------------------------
 
@@ -551,148 +430,3 @@ class ClusterNode:
     def _on_drop(self, address: Address, msg_type: MessageType, count: int) -> None:
         if msg_type is MessageType.FORWARD or msg_type is MessageType.FORWARD_BATCH:
             self._count_forward_dropped(count)
-
-    # -- membership driving ----------------------------------------------------------------
-
-    def now(self) -> float:
-        """The membership clock: the event loop's monotonic time."""
-        return asyncio.get_running_loop().time()
-
-    def wake(self) -> None:
-        """Run the timer now: something to gossip was queued (a route change)."""
-        self._wake.set()
-
-    def _on_route(self, filt: str, present: bool) -> None:
-        if self.ports.holds_route(filt, present):
-            return  # a session moved away: withdrawn later (`cluster.handoff`)
-        try:
-            self.sync.local_update(filt, present)
-        except ValueError:
-            log.warning("cluster: cannot route filter %r", filt)
-            return
-        self._wake.set()
-
-    async def _run_timer(self) -> None:
-        membership = self.membership
-        while self._running:
-            try:
-                self.grace.expire(self.now())  # (`send_outgoing` updates the forward hook)
-                self.send_outgoing(membership.tick(self.now()))
-            except Exception:  # a bug must not stop failure detection for good
-                log.exception("cluster: membership tick failed")
-            self._wake.clear()
-            grace_end = self.grace.next_deadline()
-            deadline = membership.next_deadline()
-            if grace_end is not None:
-                deadline = min(deadline, grace_end)
-            delay = deadline - self.now()
-            if delay > 0:
-                # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(delay, _MAX_TIMER_SLEEP)):
-                        await self._wake.wait()
-            else:
-                await asyncio.sleep(0)
-
-    def send_outgoing(self, out: list[Outgoing]) -> None:
-        """Send what membership returned, then act on its events (links, routes, hook)."""
-        for address, msg_type, body in out:
-            self._send_frame(address, msg_type, body)
-        if self._membership is not None:
-            for event in self._membership.take_events():
-                self._on_event(event)
-            self._sync_forward_hook()
-
-    def _sync_forward_hook(self) -> None:
-        """Keep `forward` on the broker's publish path only while another node is alive or
-        suspect: a node alone (most deployments) pays nothing per message for the cluster.
-        Runs after every membership change; a joining node has no routes to forward to before
-        its join is known here."""
-        hooks = self.broker.forward_hooks
-        wanted = self._running and (self.membership.live_count > 1 or len(self.grace.hold) > 0)
-        present = self.forward in hooks
-        if wanted and not present:
-            hooks.append(self.forward)
-        elif present and not wanted:
-            hooks.remove(self.forward)
-
-    def _send_frame(self, address: Address, msg_type: MessageType, body: Body) -> bool:
-        try:
-            return self.transport.send(address, msg_type, body)
-        except WireError as exc:
-            self.stats["send/unencodable"] += 1
-            log.error("cluster: cannot send %s to %s:%d: %s", msg_type.name, *address, exc)
-            return False
-
-    def _on_event(self, event: MemberEvent) -> None:
-        name = event.name
-        if name == self.name:
-            return
-        self.stats["events/" + event.kind] += 1
-        self.ports.members_changed(name, event.kind)
-        host, port = event.address
-        previous = self._addresses.get(name)
-        if previous is not None and previous != event.address:  # a restart on a new address
-            self.forwarder.move(previous, event.address)
-        self._addresses[name] = event.address
-        if event.kind in ("join", "alive"):
-            self.grace.back(name, event.address)  # what was held for it goes now
-        if event.kind == "join":
-            log.info("cluster: node %s joined (%s:%d)", name, host, port)
-            if not self._synced and not self._syncing and self._running:
-                self._syncing = True
-                self._spawn(self._initial_sync(name))
-            else:
-                self._resync(name)
-        elif event.kind == "alive":
-            log.info("cluster: node %s is alive again", name)
-            self._resync(name)
-        elif event.kind == "suspect":
-            log.info("cluster: node %s is suspect", name)
-        elif event.kind == "dead":  # routes and held forwards kept for `dead_hold` seconds
-            if not self.config.dead_hold:
-                log.warning("cluster: node %s is dead; its routes are purged", name)
-            self.rpc.fail_node(name)
-            self.grace.dead(name, event.epoch, event.address, self.now())
-        elif event.kind == "left":
-            log.info("cluster: node %s left; its routes are purged", name)
-            self.rpc.fail_node(name)
-            self.grace.left(name, event.address)
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # -- state pulled by a joining node ----------------------------------------------------
-
-    async def _initial_sync(self, first: str) -> None:
-        """Pull every replicated table from one live peer (the first that answers)."""
-        try:
-            candidates = [first, *(n for n in self.live_nodes()[1:] if n != first)]
-            if await self.replicas.pull_all(candidates) is not None:
-                self._synced = True
-        finally:
-            self._syncing = False
-
-    def _resync(self, node: str) -> None:
-        """A node joined or came back after the initial sync: pull the resync tables from it
-        (both sides do, so changes made apart during a partition converge)."""
-        tables = self.replicas.tables.values()
-        if self._synced and self._running and any(t.resync for t in tables):
-            self._spawn(self._pull_resync(node))
-
-    def _anti_entropy_peers(self) -> list[str]:
-        """Peers for the anti-entropy round: alive ones, once our initial pull is done."""
-        if not self._synced:
-            return []
-        return [m.name for m in self.membership.live_members() if m.state is MemberState.ALIVE]
-
-    def _anti_entropy_period(self) -> float:
-        return self.config.membership.push_pull_period(self.membership.live_count)
-
-    async def _pull_resync(self, node: str) -> None:
-        try:
-            await self.replicas.pull(node, resync_only=True)
-        except RpcError as exc:
-            log.info("cluster: resync from %s failed: %s", node, exc)

@@ -1,5 +1,11 @@
 """One client connection: its per-connection state, its output, and how it closes.
 
+Where each part lives: this module holds the state, flow control and the output (`send`,
+`send_publish` and the QoS 0 run/frame paths); how a connection ends (`close`, `shut`,
+`refuse`, `protocol_violation`, timeouts, the will) is `broker.core.connection_close`, and the
+order of acks and onward deliveries (`hold_output`, commit-gated acks) is
+`broker.core.ack_order`; `Connection` inherits both.
+
 Theory of operation
 -------------------
 A transport creates a `Channel` (`broker.core.channel`, this class plus the input side) per
@@ -30,9 +36,10 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from broker.core.ack_order import AckOrder
 from broker.core.broker import Broker
 from broker.core.cluster_port import WaitDrained
-from broker.core.commit_gate import CommitGate
+from broker.core.connection_close import Closing
 from broker.core.hooks import ClientInfo
 from broker.core.message import Message, expiry_left
 from broker.core.metrics import SENT_COUNTER
@@ -40,7 +47,6 @@ from broker.core.session import Session
 from broker.core.states import (
     ACCEPT,
     AWAIT_TAKEOVER,
-    CLOSE,
     CLOSED,
     CONNECTED,
     CONNECTING,
@@ -53,17 +59,12 @@ from broker.protocol.constants import (
     MQTT_5,
     PacketType,
     PropertyId,
-    ReasonCode,
-    connack_code_for_version,
 )
 from broker.protocol.packets import (
-    ConnAck,
     Connect,
-    Disconnect,
     Packet,
     Properties,
     Publish,
-    PubRel,
     Will,
 )
 from broker.protocol.runs import PublishRun
@@ -85,12 +86,6 @@ __all__ = [
     "Link",
     "Violation",
 ]
-
-#: Seconds a new connection may take to send CONNECT before it is dropped.
-CONNECT_TIMEOUT = 30.0
-
-#: Seconds a connection's input stays held by flow control at most (`Connection.hold_input`).
-MAX_HOLD = 5.0
 
 
 class PendingConnect:
@@ -132,7 +127,7 @@ class Link(Protocol):
     def resume_reading(self) -> None: ...
 
 
-class Connection:
+class Connection(AckOrder, Closing):
     """The MQTT side of one network connection, without its input. See the module docstring."""
 
     #: Slots for what every connection sets; one Channel per connection, and idle connections
@@ -483,171 +478,11 @@ class Connection:
         for name in _QOS0_SENT:
             counters[name] += sent
 
-    def hold_output(self) -> None:
-        """Hold PUBLISHes to this connection until `release_output`: a client's own QoS 1/2
-        message comes back to it (it subscribes to what it publishes) only after its
-        PUBACK/PUBREC, so the client sees its publish acknowledged before onward delivery
-        (as mosquitto and EMQX order it)."""
-        self.held_out = []
-
-    def release_output(self) -> None:
-        held, self.held_out = self.held_out, None
-        if held:
-            self.link.write(b"".join(held))
-
-    def send_pubrel(self, packet_id: int) -> None:
-        """PUBREL for an outgoing QoS 2 message; with `durable_acks`, for a persistent session
-        whose state is not committed yet, only after the commit (`ack_gate`)."""
-        gate = self.ack_gate()
-        if gate is not None and self.client_id in gate.dirty:
-            self.send_after_commit(PubRel(packet_id), gate)
-        else:
-            self.send(PubRel(packet_id))
-
-    def ack_gate(self) -> CommitGate | None:
-        """The commit gate when acks to this client wait for commits (`durable_acks`, and
-        its session is persistent); None: acks go at once."""
-        gate = self.broker.commit_gate
-        session = self.session
-        if gate is None or not gate.client_acks or session is None:
-            return None
-        return gate if session.expiry_interval else None
-
-    def send_after_commit(self, packet: Packet, gate: CommitGate) -> None:
-        """Send `packet` once the commit holding what it acknowledges is durable
-        (`broker.core.commit_gate`); the PUBLISHes `hold_output` holds wait with it, so the
-        client still sees its ack before its own message comes back."""
-        held, self.held_out = self.held_out, None
-        gate.hold(functools.partial(self._send_committed, packet, held))
-
-    def _send_committed(self, packet: Packet, held: list[bytes] | None) -> None:
-        if self.state != CONNECTED:
-            return  # gone: the client sends it again (QoS 1/2 retry on reconnect)
-        self.send(packet)
-        if held:
-            self.link.write(b"".join(held))
-
-    # -- closing --------------------------------------------------------------------------
-
-    def close(self, reason_code: int | None = None, reason: str = "", detail: str = "") -> None:
-        """Close from the broker side, telling a 5.0 client why with DISCONNECT (and `detail`
-        as its Reason String). A server DISCONNECT never carries a Session Expiry Interval."""
-        if self.state == CLOSED:
-            return
-        if reason_code is not None and self.state == CONNECTED and self.version == MQTT_5:
-            self.send(Disconnect(reason_code, self.reason_always(detail)))
-        self.shut(reason or (f"reason_{reason_code:#04x}" if reason_code is not None else "closed"))
-
-    def shut(self, reason: str, link_open: bool = True) -> None:
-        """The close sequence, the only one: state CLOSED, close the link (unless the transport
-        is gone already), then `finish`. `reason` is what the disconnected hook is told."""
-        if self.state == CLOSED:
-            return
-        self.disconnect_reason = reason
-        self.enter(CLOSE)
-        if link_open:
-            self.link.close()
-        self.finish()
+    # -- state and publishing -------------------------------------------------------------
 
     def enter(self, event: str) -> None:
         """Change state as the table in `broker.core.states` allows (nowhere else)."""
         self.state = next_state(self.state, event)
-
-    def refuse(
-        self,
-        reason_code: int,
-        reason: str,
-        detail: str = "",
-        who: tuple[str, str | None] = ("", None),
-    ) -> None:
-        """Refuse the CONNECT with a CONNACK carrying `reason_code`, then close; a refused
-        login (`who`: client id, username) is logged as mosquitto does."""
-        if who[0]:
-            log.info("refused %s (username %r) from %s:%s: %s",
-                     who[0], who[1], self.peer_host, self.peer_port, reason)  # fmt: skip
-        self.send_connack(False, reason_code, self.reason_always(detail))
-        self.shut(reason)
-
-    def send_connack(self, present: bool, reason_code: int, properties: Properties) -> None:
-        """CONNACK with `reason_code` mapped to 3.1.1's return codes for an old client."""
-        code = connack_code_for_version(reason_code, self.version)
-        self.send(ConnAck(present, code, properties if self.version == MQTT_5 else {}))
-
-    def protocol_violation(self, reason_code: int, message: str, explain: bool = False) -> None:
-        """Bad input: answer with the reason code where the spec asks for one, then close.
-
-        With `explain`, a 5.0 DISCONNECT carries `message` as its Reason String (not for the
-        codes that say it all, `_SELF_EXPLANATORY`); a CONNACK refusing a broken CONNECT never.
-        """
-        log.info("closing %s (%s:%s): %s", self.client_id, self.peer_host, self.peer_port, message)
-        # Codes that say it all go out bare; the others carry the message as Reason String.
-        detail = message if explain and reason_code not in _SELF_EXPLANATORY else ""
-        if self.state == CONNECTING:
-            if self.decoder.version == MQTT_5:
-                self.version = MQTT_5  # a 5.0 CONNACK, not the 3.1.1 default's mapped code
-                self.send_connack(False, reason_code, {})  # a broken CONNECT: code only
-            self.shut("protocol_error")
-        else:
-            self.close(reason_code, "protocol_error", detail)
-
-    def taken_over(self, session_ends: bool = True) -> None:
-        """Another connection CONNECTed with our client id (MQTT-3.1.4-3).
-
-        The will goes out only if the session ends with this takeover (`session_ends`: either
-        connection is clean / its session expiry 0): a session that continues on the new
-        connection takes the will away, as mosquitto 2.0 does and as a 5.0 Will Delay Interval
-        would (MQTT-3.1.3-9); a reconnect that resumes its session is not the client's death.
-        """
-        if not session_ends:
-            self.publish_will = False
-        self.close(ReasonCode.SESSION_TAKEN_OVER, "takeover")
-
-    def kick(self) -> None:
-        """An operator disconnected this client (management API)."""
-        self.close(ReasonCode.ADMINISTRATIVE_ACTION, "kicked")
-
-    def check_timeouts(self, now: float) -> None:
-        if self.held_at is not None and now - self.held_at > MAX_HOLD:
-            self.release_input()  # a safety net: whoever held it did not release it
-        if self.state == CONNECTING:
-            if now - self.opened_at > CONNECT_TIMEOUT:
-                self.close(None, "connect_timeout")
-        elif self.state == TAKEOVER:  # a safety net: the locator always answers, even failing
-            if now - self.last_received > CONNECT_TIMEOUT:
-                self.close(None, "takeover_timeout")
-        elif (
-            self.state == CONNECTED
-            and self.keepalive
-            and now - self.last_received > self.keepalive * 1.5  # MQTT-3.1.2-24
-        ):
-            self.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive_timeout")
-
-    def finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        broker = self.broker
-        if self.info is not None:
-            if self.will is not None and self.publish_will:
-                self._send_will(self.will, self.info)
-            broker.channel_closed(self)
-            for hook in broker.hooks.client_disconnected:
-                hook(self.info, self.disconnect_reason)
-        else:
-            broker.channel_closed(self)
-
-    def _send_will(self, will: Will, info: ClientInfo) -> None:
-        """Publish the will now, or schedule it after its Will Delay Interval: at the earlier
-        of the delay and the end of the session (MQTT-3.1.2-8, MQTT-3.1.3-9; `core.wills`)."""
-        broker = self.broker
-        if will.properties and self.version == MQTT_5:
-            delay = will.properties.get(PropertyId.WILL_DELAY_INTERVAL, 0)
-            session = self.session
-            if delay and session is not None and session.expiry_interval > 0:
-                wait = min(delay, session.expiry_interval)
-                broker.wills.add(info.client_id, info, will, broker.clock() + wait)
-                return
-        broker.publish_will(info, will)
 
     def route(self, message: Message, packet: Publish | None = None) -> int:
         """Publish a message this client sent (`Broker.publish`, hooks included) and act on
@@ -687,13 +522,3 @@ _QOS0_SENT = ("packets/sent", "packets/publish/sent", "messages/sent", "messages
 _QOS_SENT = ("messages/qos0/sent", "messages/qos1/sent", "messages/qos2/sent")
 #: Longest Reason String sent, in characters (it is diagnostics, not data).
 _REASON_MAX = 1000
-#: Server DISCONNECT/CONNACK codes sent without a Reason String: the code is the whole story.
-_SELF_EXPLANATORY = frozenset(
-    {
-        ReasonCode.SERVER_SHUTTING_DOWN,
-        ReasonCode.SESSION_TAKEN_OVER,
-        ReasonCode.KEEP_ALIVE_TIMEOUT,
-        ReasonCode.PACKET_TOO_LARGE,
-        ReasonCode.ADMINISTRATIVE_ACTION,
-    }
-)

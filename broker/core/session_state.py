@@ -1,7 +1,8 @@
 """The exported form of a session (`Session.export_state`) read back: its subscriptions.
 
-Why a module of its own: `Broker.import_session` needs it and `broker.core.broker` is at the
-700-line bound of the project rules.
+Why a module of its own: it is the reading (and checking) of one exported format, the inverse
+of `Session.export_state`, apart from what `Broker.import_session`
+(`broker.core.session_registry`) does with the result.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from broker import __version__
 from broker.core.broker import Broker
 from broker.server.config import BrokerConfig
-from broker.server.persistence import DelayedStore
+from broker.server.delayed_store import DelayedStore
 
 __all__ = ["Plugin", "PluginContext", "PluginLoadError"]
 

@@ -27,7 +27,7 @@ from broker.core.message import Message
 from broker.core.topics import validate_topic_name
 from broker.plugins.base import Plugin, PluginContext
 from broker.server.config import plugin_defaults
-from broker.server.persistence import DelayedStore
+from broker.server.delayed_store import DelayedStore
 
 __all__ = ["MAX_DELAY", "DelayedPublishPlugin", "parse_delayed"]
 

@@ -31,8 +31,8 @@ from broker.core.broker import Broker
 from broker.plugins.base import Plugin, PluginContext, PluginLoadError
 from broker.server.config import BrokerConfig
 from broker.server.datafiles import write_json_atomic
+from broker.server.delayed_store import DelayedStore
 from broker.server.errors import StartupError
-from broker.server.persistence import DelayedStore
 
 __all__ = [
     "BUILTIN_PLUGINS",

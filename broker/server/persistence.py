@@ -61,6 +61,11 @@ adds tombstone rows to `retained` (a version 2 node would read one as a broken m
 version is raised although no table changed); 4 adds `kept`. A version 1, 2 or 3 file is
 migrated in place at open (the missing empty tables are created, the version raised, in one
 transaction); any other version stops the start, the file untouched.
+
+Where each part lives: this module writes (the dirty sets taken, rows built on the loop and
+written by one thread, the flusher, the graceful stop); opening and loading the file (schema,
+migration, `PersistenceError`) is `broker.server.persistence_load`, and the delayed messages'
+store is `broker.server.delayed_store`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -73,19 +78,19 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any
 
 from broker.core.broker import Broker
-from broker.core.commit_gate import CommitGate, DirtySessions, Release
-from broker.core.hlc import stamp_from_wire
-from broker.core.message import Message, message_from_dict, message_to_dict
-from broker.core.wills import pending_will_from_dict, pending_will_to_dict
-from broker.server.errors import StartupError
+from broker.core.commit_gate import Release
+from broker.core.message import Message, message_to_dict
+from broker.core.wills import pending_will_to_dict
+from broker.server.delayed_store import DelayedStore
+from broker.server.persistence_load import CLEARED, FORMAT_VERSION, Loading, PersistenceError
 from broker.server.rowcodec import decode_value, encode_value
 
 __all__ = [
     "FILE_NAME",
+    "FORMAT_VERSION",
     "DelayedStore",
     "Persistence",
     "PersistenceError",
@@ -96,24 +101,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FILE_NAME = "broker.db"
-FORMAT_VERSION = 4
-#: older versions that `open` migrates in place (their tables are a subset of _SCHEMA's)
-_MIGRATES_FROM = ("1", "2", "3")
-#: the key of a tombstone row in `retained` (a cleared topic)
-_CLEARED = "cleared"
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, message BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, state BLOB NOT NULL)",
-    # version 2
-    "CREATE TABLE IF NOT EXISTS wills (client_id TEXT PRIMARY KEY, deadline REAL NOT NULL,"
-    " will BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS delayed (id INTEGER PRIMARY KEY, due REAL NOT NULL,"
-    " message BLOB NOT NULL)",
-    # version 4
-    "CREATE TABLE IF NOT EXISTS kept (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
-)
 
 #: table -> its key column, in the order a flush writes them
 _KEYS = {
@@ -129,62 +116,7 @@ _Changes = dict[str, _Rows]
 _Taken = tuple[list[str], list[str], list[str], list[int], list[str]]
 
 
-class PersistenceError(StartupError):
-    """The persistence database cannot be opened or read; the message names the file."""
-
-
-# -- delayed publishes --------------------------------------------------------------------------
-
-#: Told about a delayed message loaded from disk: (id, due wall-clock time, message).
-DelayedListener = Callable[[int, float, Message], None]
-
-
-class DelayedStore:
-    """The `$delayed/...` messages waiting to be published, as persistence mirrors them.
-
-    The delayed_publish plugin owns the timers and calls `add` when it accepts a message and
-    `remove` when it fires it; this holds the (due, message) pairs the flusher writes. Rows
-    loaded at start are handed to `listener` (the plugin's scheduler) when one is set, and in
-    any case kept in `pending`, so a plugin loaded later takes them too.
-    """
-
-    __slots__ = ("_next_id", "dirty", "listener", "pending")
-
-    def __init__(self) -> None:
-        self.pending: dict[int, tuple[float, Message]] = {}
-        #: ids added or removed since the last flush
-        self.dirty: set[int] = set()
-        self.listener: DelayedListener | None = None
-        self._next_id = 0
-
-    def add(self, due: float, message: Message) -> int:
-        """Record a message to publish at wall-clock time `due`; returns its id."""
-        self._next_id += 1
-        key = self._next_id
-        self.pending[key] = (due, message)
-        self.dirty.add(key)
-        return key
-
-    def remove(self, key: int) -> None:
-        """The message `key` was published (or dropped): forget it."""
-        if self.pending.pop(key, None) is not None:
-            self.dirty.add(key)
-
-    def restore(self, key: int, due: float, message: Message) -> None:
-        """A message loaded from disk: keep it, and tell the listener."""
-        self.pending[key] = (due, message)
-        self._next_id = max(self._next_id, key)
-        if self.listener is not None:
-            self.listener(key, due, message)
-
-    def __len__(self) -> int:
-        return len(self.pending)
-
-
-# -- the store ---------------------------------------------------------------------------------
-
-
-class Persistence:
+class Persistence(Loading):
     """Mirrors `broker`'s retained messages, persistent sessions, pending delayed wills and
     delayed publishes into `<data_dir>/broker.db`."""
 
@@ -213,180 +145,6 @@ class Persistence:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         #: a commit being written by the thread, and the acks it releases
         self._in_flight: tuple[asyncio.Future[None], list[Release]] | None = None
-
-    # -- start: open and load ----------------------------------------------------------------
-
-    def open(self) -> tuple[int, int]:
-        """Open (or create) the database and load it into the broker.
-
-        Returns (retained messages, sessions) loaded; raises PersistenceError.
-        """
-        try:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise self._error(f"cannot open it: {exc}") from None
-        try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
-            if not mode or str(mode[0]).lower() != "wal":
-                raise self._error(f"cannot switch it to WAL mode (got {mode!r})")
-            db.execute("PRAGMA synchronous=FULL")
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if not check or check[0] != "ok":
-                raise self._error(f"integrity check failed: {check!r}")
-            self._prepare_schema(db)
-            loaded = self._load(db)
-        except sqlite3.Error as exc:
-            db.close()
-            raise self._error(f"cannot read it: {exc}") from None
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
-        log.info(
-            "persistence: loaded %d retained messages, %d sessions, %d delayed wills and %d "
-            "delayed messages from %s",
-            loaded[0], loaded[1], self.loaded_wills, self.loaded_delayed, self.path,
-        )  # fmt: skip
-        self._resume_delayed()
-        return loaded
-
-    def _prepare_schema(self, db: sqlite3.Connection) -> None:
-        """Create the tables, or migrate an older format in place; refuse an unknown one
-        before changing anything in the file."""
-        version: str | None = None
-        has_meta = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if has_meta:
-            row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-            version = None if row is None else str(row[0])
-        if version is not None and version != str(FORMAT_VERSION):
-            if version not in _MIGRATES_FROM:
-                raise self._error(f"unsupported format version {version!r}")
-            log.info("persistence: migrating %s from format %s to %d", self.path, version,
-                     FORMAT_VERSION)  # fmt: skip
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (str(FORMAT_VERSION),))
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
-
-    def _load(self, db: sqlite3.Connection) -> tuple[int, int]:
-        broker = self.broker
-        # Bookkeeping on before the sessions are created, so that they share the set.
-        dirty_sessions = DirtySessions()
-        dirty_retained: set[str] = set()
-        broker.dirty_sessions = dirty_sessions
-        broker.dirty_retained = dirty_retained
-        gate = broker.commit_gate = CommitGate(dirty_sessions, self.durable_acks)
-        gate.wake = self._wake
-        for session in broker.sessions.values():
-            session.dirty = dirty_sessions
-        retained = 0
-        expired: list[str] = []
-        oldest_kept = int((broker.clock() - broker.settings.retained_tombstone_ttl) * 1000)
-        tombstones: list[tuple[str, Any]] = []
-        for topic, blob in db.execute("SELECT topic, message FROM retained"):
-            try:
-                data = decode_value(blob)
-                if isinstance(data, dict) and _CLEARED in data:
-                    stamp = stamp_from_wire(data[_CLEARED])
-                    if stamp is None:
-                        raise ValueError("a tombstone's stamp must be [ms, counter, node]")
-                    broker.hlc.restore(stamp)
-                    if stamp.ms < oldest_kept:
-                        expired.append(topic)  # deleted at the next flush
-                    else:
-                        tombstones.append((topic, stamp))
-                    continue
-                message = message_from_dict(data)
-            except ValueError as exc:
-                raise self._error(f"retained message of {topic!r} is invalid ({exc})") from None
-            broker.retained.set(topic, message)
-            if message.stamp is not None:  # the clock goes on from the last write stored
-                broker.hlc.restore(message.stamp)
-            retained += 1
-        sessions = 0
-        for client_id, blob in db.execute("SELECT client_id, state FROM sessions"):
-            try:
-                state = decode_value(blob)
-                if not isinstance(state, dict) or state.get("client_id") != client_id:
-                    raise ValueError("not the state of this client id")
-                if state.get("expiry_interval") == 0:
-                    continue
-                broker.import_session(state)
-            except ValueError as exc:
-                raise self._error(f"session of {client_id!r} is invalid ({exc})") from None
-            sessions += 1
-        # Pending wills and delayed messages after the sessions they may be delivered to.
-        dirty_wills: set[str] = set()
-        broker.wills.dirty = dirty_wills
-        self.loaded_wills = 0
-        for client_id, deadline, blob in db.execute("SELECT client_id, deadline, will FROM wills"):
-            try:
-                data = decode_value(blob)
-                if not isinstance(data, dict):
-                    raise ValueError("a pending will must be a map")
-                # the column is the deadline (an operator may edit it; the blob has a copy)
-                pending = pending_will_from_dict(client_id, {**data, "deadline": deadline})
-            except ValueError as exc:
-                raise self._error(f"delayed will of {client_id!r} is invalid ({exc})") from None
-            broker.wills.add(client_id, pending.info, pending.will, pending.deadline)
-            self.loaded_wills += 1
-        self.loaded_delayed = 0
-        store = self.delayed
-        store.pending.clear()
-        for key, due, blob in db.execute("SELECT id, due, message FROM delayed ORDER BY id"):
-            try:
-                if not isinstance(key, int) or not isinstance(due, int | float):
-                    raise ValueError(f"bad id or due time {key!r}, {due!r}")
-                message = message_from_dict(decode_value(blob))
-            except ValueError as exc:
-                raise self._error(f"delayed message {key!r} is invalid ({exc})") from None
-            store.pending[key] = (float(due), message)
-            self.loaded_delayed += 1
-        kept = gate.kept
-        for key, blob in db.execute("SELECT key, value FROM kept"):
-            try:
-                kept.rows[key] = decode_value(blob)
-            except ValueError as exc:
-                raise self._error(f"kept record {key!r} is invalid ({exc})") from None
-        broker.retained_gone.clear()
-        for topic, stamp in sorted(tombstones, key=lambda item: item[1]):  # oldest first
-            broker.retained_gone[topic] = stamp
-        broker.update_stats()
-        dirty_sessions.clear()
-        dirty_retained.clear()
-        dirty_retained.update(expired)
-        dirty_wills.clear()
-        store.dirty.clear()
-        kept.dirty.clear()
-        return retained, sessions
-
-    def _resume_delayed(self) -> None:
-        """After a load: publish the wills whose time has come (the others wait for the
-        broker's tick) and hand the delayed messages to the plugin, if it is loaded. What
-        this changes is recorded for the next flush."""
-        broker = self.broker
-        for pending in broker.wills.due(broker.clock()):
-            try:
-                broker.publish_will(pending.info, pending.will)
-            except Exception:  # a hook's bug must not stop the start; the will is gone
-                log.exception("persistence: cannot publish the will of %s", pending.client_id)
-        store = self.delayed
-        loaded = sorted(store.pending.items())
-        store.pending.clear()
-        for key, (due, message) in loaded:
-            try:
-                store.restore(key, due, message)
-            except Exception:  # kept in the store: a later load of the plugin takes it
-                log.exception("persistence: cannot reschedule delayed message %d", key)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -542,7 +300,7 @@ class Persistence:
                 if stamp is None:
                     gone.append(topic)
                 else:  # a tombstone, kept across a restart
-                    rows.append((topic, encode_value({_CLEARED: stamp.to_wire()})))
+                    rows.append((topic, encode_value({CLEARED: stamp.to_wire()})))
             else:
                 rows.append((topic, encode_value(message_to_dict(message))))
         return rows, gone
@@ -680,11 +438,3 @@ class Persistence:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
-
-    def _error(self, problem: str) -> PersistenceError:
-        message = (
-            f"{self.path}: corrupt or unreadable persistence database: {problem}; fix or move "
-            "the file away (the node refuses to start rather than lose its stored sessions)"
-        )
-        log.error("%s", message)
-        return PersistenceError(message)

@@ -10,7 +10,7 @@ import pytest
 
 from broker.core.broker import Broker, Forwarded
 from broker.core.channel import CLOSED, Channel
-from broker.core.connection import MAX_HOLD
+from broker.core.connection_close import MAX_HOLD
 from broker.core.message import Message
 from broker.protocol.codec import encode
 from broker.protocol.packets import Connect, Publish

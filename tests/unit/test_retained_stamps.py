@@ -3,9 +3,10 @@ wire (`cluster.replicated_state.stamp_retained`, FORWARD field `hlc`)."""
 
 from __future__ import annotations
 
-from broker.core.broker import RETAINED_TOMBSTONES, Broker
+from broker.core.broker import Broker
 from broker.core.hlc import Stamp
 from broker.core.message import Message
+from broker.core.retention import RETAINED_TOMBSTONES
 from broker.core.settings import Settings
 from cluster.replicated_state import stamp_retained
 from cluster.wire import forward_body, forward_entry, parse_forward, parse_forward_batch
