@@ -11,7 +11,7 @@ Theory of operation
 `send(address, message, extra)` appends the message's entry (`wire.forward_entry`) to that
 peer's pending batch and, for the first message of a turn, schedules `flush` with `call_soon`:
 it runs after every callback already ready in this turn (the reads of all the clients that had
-data), so a batch holds what one turn produced. A batch that reaches `max_batch` messages or
+data), so a batch holds what one turn produced. A batch that reaches `max_batch` entries or
 `max_batch_bytes` is sent at once (a frame stays far below the frame limit). Order is kept: a
 peer gets its messages in the order they were routed.
 
@@ -31,8 +31,12 @@ numbered batches, new ones are parked, and the link is dialled until it is up ag
 
 Runs (`send_run`, `cluster.runs`): a run of plain QoS 0 frames from one client goes as ONE
 entry (`wire.run_entry`) of the peer's batch, in order with the other forwards, only on a link
-that negotiated version 4 (`wire.RUN_VERSION`); it counts as its number of messages towards
-`max_batch` and in every count below, and is never held (QoS 0).
+that negotiated version 4 (`wire.RUN_VERSION`). `max_batch` bounds a batch's entries (the
+work per entry, encoding and parsing it, is what it limits), so a run counts there as one,
+and a turn's runs share frames of up to `max_batch_bytes` (with the count of messages as
+the bound, a batch was sent for every 1,000 messages, about two runs, and each frame cost
+both ends a fixed amount); it counts as its number of messages in every count below, and
+is never held (QoS 0).
 
 Accounting: a batch that the transport drops is reported to `on_drop` as that many messages
 (`Transport.send(weight=...)`). A batch that cannot be encoded (one bad entry) is resent as
@@ -142,7 +146,7 @@ class Forwarder:
         if reliable:
             batch.reliable.append(entry_)
             batch.reliable_size += size
-        if batch.count >= self.max_batch or batch.size >= self.max_batch_bytes:
+        if len(batch.entries) >= self.max_batch or batch.size >= self.max_batch_bytes:
             del self._batches[address]
             self._send_batch(address, batch)
         return True
@@ -162,7 +166,7 @@ class Forwarder:
         batch.count += forwarded.run.count
         batch.size += entry_size(entry_)
         self.stats["forward/runs"] += 1
-        if batch.count >= self.max_batch or batch.size >= self.max_batch_bytes:
+        if len(batch.entries) >= self.max_batch or batch.size >= self.max_batch_bytes:
             del self._batches[address]
             self._send_batch(address, batch)
         return True
@@ -334,6 +338,7 @@ class Forwarder:
             # The usual case: nothing else waits, one frame with every entry of the batch.
             body = forward_batch_body(self.origin, batch.entries)
             body["seq"] = box.number(record)
+            body["live"] = True  # as routed, link up: not held (`Message.live`)
             try:
                 ok = transport.send(
                     address, MessageType.FORWARD_BATCH, body, weight=count - len(record.entries)

@@ -121,7 +121,7 @@ class MembershipDriver:
         Runs after every membership change; a joining node has no routes to forward to before
         its join is known here."""
         hooks = self.broker.forward_hooks
-        wanted = self._running and (self.membership.live_count > 1 or len(self.grace.hold) > 0)
+        wanted = self._running and (self.membership.live_count > 1 or self.grace.active())
         present = self.forward in hooks
         if wanted and not present:
             hooks.append(self.forward)

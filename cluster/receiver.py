@@ -127,6 +127,7 @@ class Receiver:
             log.warning("cluster: %d malformed messages in a batch from %s", bad, hello.name)
         kinds = self.kinds
         deliver = self.kinds["publish"]
+        live = body.get("live") is True  # sent as routed, not held (`Message.live`)
         for item in messages:
             if isinstance(item, ForwardedRun):
                 if self.on_run is None:  # (a runtime always sets it)
@@ -135,6 +136,7 @@ class Receiver:
                     self.on_run(item, hello)
                 continue
             message, extra = item
+            message.live = live
             if not extra:
                 deliver(message, extra, hello)
                 continue

@@ -30,7 +30,8 @@ the broker's port (`Broker.route_listeners`, `Broker.forward_hooks`, `Broker.pub
   Except QoS 1/2 publishes to a version-3 peer: those are held until the peer acknowledges them
   and sent again after a reconnect (`cluster.outbox`, `cluster.receiver`), even to a peer
   declared dead within its grace (`cluster.dead_hold`, whose routes stay until then); they are
-  dropped and counted only when that grace ends or the peer leaves.
+  dropped and counted only when that grace ends or the peer leaves (past the grace its routes
+  stay, frozen, and what is sent for it is dropped and counted as `forward/held_dropped`).
   Before that, a congested link holds back the publishing client until it drains (flow
   control, `cluster.transport`; `stats["forward/held"]`), so a slower peer slows publishers
   down rather than losing their messages.
@@ -151,6 +152,7 @@ class ClusterNode(DnsDiscovery, NodeRpc, MembershipDriver):
         self.first_sync = FirstSync()  # what the MQTT listeners wait for (`cluster.first_sync`)
         self.sync.on_full_state = self.first_sync.seen
         self.stats: Counter[str] = Counter()
+        broker.metrics.cluster = self.stats  # shown by the management layer (Prometheus)
         self.transport = Transport(
             name, self.epoch, cookie, self._on_frame, self._on_drop, self.config.transport
         )
@@ -165,9 +167,8 @@ class ClusterNode(DnsDiscovery, NodeRpc, MembershipDriver):
         )
         self.transport.on_link_up = self.forwarder.link_up
         #: Dead peers within their grace (`[cluster] dead_hold`).
-        self.grace = PeerGrace(
-            self.config.dead_hold, self.sync, self.forwarder, self.transport, self.stats
-        )
+        self.grace = PeerGrace(self.config.dead_hold, self.sync, self.forwarder, self.transport,
+                               self.stats, self.config.membership.dead_reclaim_time)  # fmt: skip
         self._addresses: dict[str, Address] = {}  # the last address of every member seen
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
@@ -375,6 +376,7 @@ class ClusterNode(DnsDiscovery, NodeRpc, MembershipDriver):
             return 1
         if not tried:
             self._count_forward_dropped(1)  # (a queue drop is counted by _on_drop)
+            self.grace.dropped(node, 0 if extra else message.qos)  # a plain QoS 1/2 publish
         log.debug("cluster: message on %r to %s dropped", message.topic, node)
         return 0
 

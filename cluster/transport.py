@@ -68,6 +68,7 @@ from cluster.wire import (
     WireError,
     check_hello,
     encode_frame,
+    encode_frame_parts,
     hello_ack_body,
     hello_body,
     negotiate,
@@ -83,7 +84,12 @@ FrameHandler = Callable[[Hello, MessageType, Body], None]
 #: Called when frames to `address` are dropped: (address, type, number of frames).
 DropHandler = Callable[[Address, MessageType, int], None]
 
-_READ_SIZE = 65536
+#: Bytes read from a link at a time, and the StreamReader's buffer limit of an accepted link
+#: (it pauses reading above twice that). FORWARD_BATCH frames run to `max_batch_bytes`
+#: (512 KiB): with 64 KiB (asyncio's default) a busy link paused and resumed its socket
+#: and woke its reader for every few tens of KiB, a fixed cost per read that the
+#: receiving node of a fan-in paid on top of its deliveries.
+_READ_SIZE = 256 * 1024
 #: A host of this form is a Unix socket path (the workers of one machine): ("unix:/path", 0).
 UNIX_PREFIX = "unix:"
 
@@ -135,7 +141,8 @@ class _Link:
         self.transport = transport
         self.address = address
         #: (type, frame, messages it carries: 1, or a FORWARD_BATCH's count)
-        self.queue: deque[tuple[MessageType, bytes, int]] = deque()
+        #: (type, frame header, frame body, weight): `wire.encode_frame_parts`.
+        self.queue: deque[tuple[MessageType, bytes, bytes, int]] = deque()
         self.queued_bytes = 0
         self.version = PROTOCOL_VERSION
         #: The version of the last completed handshake (kept while reconnecting), None before.
@@ -180,7 +187,9 @@ class _Link:
             and self.queued_bytes + size <= cfg.max_queue_bytes
         )
 
-    def enqueue(self, msg_type: MessageType, frame: bytes, now: float, weight: int = 1) -> bool:
+    def enqueue(
+        self, msg_type: MessageType, frame: tuple[bytes, bytes], now: float, weight: int = 1
+    ) -> bool:
         cfg = self.transport.config
         stats = self.transport.stats
         if self.closed:
@@ -189,10 +198,12 @@ class _Link:
             if now < self.retry_at:
                 return self._drop(msg_type, "unreachable", weight)
             self.task = asyncio.get_running_loop().create_task(self._run())
-        if len(self.queue) >= cfg.max_queue or self.queued_bytes + len(frame) > cfg.max_queue_bytes:
+        head, packed = frame
+        size = len(head) + len(packed)
+        if len(self.queue) >= cfg.max_queue or self.queued_bytes + size > cfg.max_queue_bytes:
             return self._drop(msg_type, "queue_full", weight)
-        self.queue.append((msg_type, frame, weight))
-        self.queued_bytes += len(frame)
+        self.queue.append((msg_type, head, packed, weight))
+        self.queued_bytes += size
         self.idle.clear()
         self.wake.set()
         stats["queued"] += 1
@@ -208,7 +219,7 @@ class _Link:
 
     def _drop_queue(self, why: str) -> None:
         dropped: Counter[MessageType] = Counter()
-        for msg_type, _, weight in self.queue:
+        for msg_type, _, _, weight in self.queue:
             dropped[msg_type] += weight
         self.queue.clear()
         self.queued_bytes = 0
@@ -259,11 +270,11 @@ class _Link:
                     raise ConnectionError("closed by the peer")
                 if not self.queue:
                     continue
-                frames = [frame for _, frame, _ in self.queue]
-                sent = len(frames)
+                parts = [part for _, head, body, _ in self.queue for part in (head, body)]
+                sent = len(self.queue)
                 self.queue.clear()
                 self.queued_bytes = 0
-                conn.write(b"".join(frames))
+                conn.writelines(parts)  # vectored on uvloop: no copy of the bodies
                 await conn.drain()
                 transport.stats["sent"] += sent
                 self._release_if_drained()
@@ -328,15 +339,15 @@ class _Link:
     def _drop_newer_than(self, version: int) -> None:
         """Frames queued before the handshake in types the peer does not have (it is older
         than we assumed): dropped and counted, not sent to be skipped."""
-        if all(INTRODUCED_IN[t] <= version for t, _, _ in self.queue):
+        if all(INTRODUCED_IN[t] <= version for t, _, _, _ in self.queue):
             return
-        keep: deque[tuple[MessageType, bytes, int]] = deque()
+        keep: deque[tuple[MessageType, bytes, bytes, int]] = deque()
         for item in self.queue:
-            msg_type, frame, weight = item
+            msg_type, head, body, weight = item
             if INTRODUCED_IN[msg_type] <= version:
                 keep.append(item)
             else:
-                self.queued_bytes -= len(frame)
+                self.queued_bytes -= len(head) + len(body)
                 self._drop(msg_type, "peer_version", weight)
         self.queue = keep
 
@@ -384,6 +395,8 @@ class Transport:
         self._links: dict[Address, _Link] = {}
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.StreamWriter] = set()
+        #: The accepted connections by the sender's advertised address (`forget` closes them).
+        self._inbound_from: dict[Address, set[asyncio.StreamWriter]] = {}
         self._refusal_logged: dict[tuple[str, str], float] = {}
         self._closing = False
 
@@ -393,9 +406,13 @@ class Transport:
         """Start accepting peers on host:port; returns the bound port (port 0 works). A
         `unix:PATH` host listens on that Unix socket instead (returns 0)."""
         if host.startswith(UNIX_PREFIX):
-            self._server = await asyncio.start_unix_server(self._serve, host[len(UNIX_PREFIX) :])
+            self._server = await asyncio.start_unix_server(
+                self._serve, host[len(UNIX_PREFIX) :], limit=_READ_SIZE
+            )
             return 0
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._serve, host, port, reuse_address=True, limit=_READ_SIZE
+        )
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 
@@ -415,6 +432,7 @@ class Transport:
                 return
             hello, frames = accepted
             self.stats["accepted"] += 1
+            self._inbound_from.setdefault(hello.address, set()).add(writer)
             self._peer_dialled(hello.address)
             while True:
                 if frames:
@@ -437,6 +455,10 @@ class Transport:
             log.info("cluster connection from %s closed: %s", peername, why)
         finally:
             self._inbound.discard(writer)
+            for address in [a for a, ws in self._inbound_from.items() if writer in ws]:
+                self._inbound_from[address].discard(writer)
+                if not self._inbound_from[address]:
+                    del self._inbound_from[address]
             writer.close()
 
     def _peer_dialled(self, address: Address) -> None:
@@ -531,7 +553,7 @@ class Transport:
         link = self._links.get(address)
         if link is None:
             link = self._links[address] = _Link(self, address)
-        frame = encode_frame(msg_type, body, link.version, self.config.max_frame)
+        frame = encode_frame_parts(msg_type, body, link.version, self.config.max_frame)
         return link.enqueue(msg_type, frame, asyncio.get_running_loop().time(), weight)
 
     def peer_version(self, address: Address) -> int | None:
@@ -581,7 +603,13 @@ class Transport:
         return sum(len(link.queue) for link in self._links.values())
 
     def forget(self, address: Address) -> None:
-        """Close the link to `address` (a member that left or was reaped); dropping its queue."""
+        """Close the link to `address` (a member that left, was reaped or declared dead),
+        dropping its queue, and the connections it made to us: after a partition its kernel
+        would otherwise deliver what it sent into the cut by TCP retransmits once the network
+        heals, seconds late (a takeover claim; a batch sent `live`, `cluster.forwarder`),
+        where the new connections carry what it sends again."""
+        for writer in self._inbound_from.pop(address, ()):
+            writer.close()
         link = self._links.pop(address, None)
         if link is not None:
             link.closed = True

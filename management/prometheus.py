@@ -1,12 +1,16 @@
 """Prometheus exposition of the broker's counters and gauges (`GET /metrics`).
 
 Names: `minibroker_<metric with '/' -> '_'>_total` counters for the 43 metrics and
-`minibroker_<stat with '/' -> '_'>` gauges for the 18 stats, each labelled `node`. The node
-exposes its own figures, as every node is scraped on its own.
+`minibroker_<stat with '/' -> '_'>` gauges for the 18 stats, each labelled `node`, and
+`minibroker_cluster_<counter>_total` for each counter of the cluster runtime (e.g.
+`minibroker_cluster_forward_held_dropped_total`: QoS 1/2 forwards held for a peer and dropped,
+as when its `dead_hold` grace ends; EMQX's metrics have no name for it). The node exposes its
+own figures, as every node is scraped on its own.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,15 +27,23 @@ def metric_name(name: str) -> str:
     return PREFIX + name.replace("/", "_")
 
 
+def cluster_metric_name(name: str) -> str:
+    """`forward/held_dropped/peer_gone` -> `minibroker_cluster_forward_held_dropped_peer_gone`."""
+    return PREFIX + "cluster_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
 #: (node, metrics, stats) as the `metrics` and `stats` queries answer them.
 NodeFigures = tuple[str, dict[str, int], dict[str, int]]
 
 
 class BrokerCollector(Collector):
-    """Yields one family per metric/stat with a sample per node."""
+    """Yields one family per metric/stat with a sample per node, then the cluster counters."""
 
-    def __init__(self, figures: list[NodeFigures]) -> None:
+    def __init__(
+        self, figures: list[NodeFigures], cluster: dict[str, dict[str, int]] | None = None
+    ) -> None:
         self.figures = figures
+        self.cluster = cluster or {}  # node -> the `cluster_counters` query's answer
 
     def collect(self) -> Iterator[Metric]:
         for name in METRIC_NAMES:
@@ -48,6 +60,15 @@ class BrokerCollector(Collector):
             for node, _metrics, stats in self.figures:
                 gauge.add_metric([node], stats.get(name, 0))
             yield gauge
+        for name in sorted({name for counters in self.cluster.values() for name in counters}):
+            counter = CounterMetricFamily(
+                cluster_metric_name(name),
+                f"cluster counter {name}: counted since the node started",
+                labels=["node"],
+            )
+            for node, counters in self.cluster.items():
+                counter.add_metric([node], counters.get(name, 0))
+            yield counter
 
 
 async def exposition(view: ClusterView) -> tuple[bytes, str]:
@@ -55,6 +76,7 @@ async def exposition(view: ClusterView) -> tuple[bytes, str]:
     node = view.local_node
     metrics = await view.call(node, "metrics", {})
     stats = await view.call(node, "stats", {})
+    cluster = await view.call(node, "cluster_counters", {})
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BrokerCollector([(node, metrics, stats)]))
+    registry.register(BrokerCollector([(node, metrics, stats)], {node: cluster}))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -536,6 +536,12 @@ async def metrics(ctx: NodeContext, args: dict[str, Any]) -> dict[str, int]:
     return {name: int(counters[name]) for name in METRIC_NAMES}
 
 
+@query("cluster_counters")
+async def cluster_counters(ctx: NodeContext, args: dict[str, Any]) -> dict[str, int]:
+    """The cluster runtime's counters (`Metrics.cluster`): why forwards were dropped or held."""
+    return {name: int(value) for name, value in ctx.broker.metrics.cluster.items()}
+
+
 @query("stats")
 async def stats(ctx: NodeContext, args: dict[str, Any]) -> dict[str, int]:
     broker = ctx.broker

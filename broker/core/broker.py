@@ -188,7 +188,7 @@ class Broker(SessionRegistry, Retention):
             if (
                 session is not None
                 and not (sub.no_local and client_id == publisher)
-                and (stamp is None or not self.late_for(session, stamp))
+                and (stamp is None or not self.late_for(session, stamp, message.live))
             ):
                 qos = message.qos if message.qos < sub.qos else sub.qos
                 retain = message.retain and sub.retain_as_published
@@ -214,7 +214,7 @@ class Broker(SessionRegistry, Retention):
             for client_id, (qos, retain, ids) in merged.items():
                 session = sessions.get(client_id)
                 if session is not None:
-                    if stamp is not None and self.late_for(session, stamp):
+                    if stamp is not None and self.late_for(session, stamp, message.live):
                         continue
                     session.deliver(message, qos, retain, ids, now)
                     delivered += 1
@@ -239,10 +239,10 @@ class Broker(SessionRegistry, Retention):
             return Published(count, wait_drained)
         return _PUBLISHED[count]
 
-    def late_for(self, session: Session, stamp: Stamp) -> bool:
+    def late_for(self, session: Session, stamp: Stamp, live: bool = False) -> bool:
         """True (counted as dropped) when a QoS 2 message stamped `stamp` predates this session
-        copy's arrival here or was accepted by it already (`broker.core.qos2_once`)."""
-        if is_late(session.arrived, stamp):
+        copy's arrival here (not asked of a `live` one) or was accepted by it already."""
+        if not live and is_late(session.arrived, stamp):
             self.late_skipped += 1
         elif session.accept_qos2(stamp):
             return False

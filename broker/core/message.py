@@ -17,6 +17,7 @@ class Message:
 
     __slots__ = (
         "frames",
+        "live",
         "node",
         "payload",
         "properties",
@@ -50,6 +51,11 @@ class Message:
         #: The hybrid-clock stamp of a retained write (`broker.core.hlc`): set by the node that
         #: took the write (`Broker.retain`), carried with it to every node, compared there.
         self.stamp: Stamp | None = None
+        #: True: it came from a peer in a FORWARD_BATCH sent as it was routed, on a link that
+        #: was up (not held across a cut, not sent again): `Broker.late_for` does not compare
+        #: its publish stamp with a session copy's arrival stamp, which two clocks made (a
+        #: peer's wall clock behind or ahead would make a live message look late).
+        self.live = False
         #: Its QoS 0 PUBLISH bytes, encoded once for all subscribers (`broker.protocol.wire`);
         #: only the outgoing encoder (`Connection.send_publish`) reads them.
         self.frames: EncodedPublish | None = None

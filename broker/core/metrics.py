@@ -124,13 +124,17 @@ LIMIT_NAMES: tuple[str, ...] = (
 class Metrics:
     """Monotonic counters by EMQX name; a plain dict so hot paths can bump it directly.
 
-    `limits` counts the limit hits by `LIMIT_NAMES` (not EMQX metrics: a separate dict)."""
+    `limits` counts the limit hits by `LIMIT_NAMES` (not EMQX metrics: a separate dict).
+    `cluster` is the cluster runtime's own counters (`forward/held_dropped`, `dead_hold/...`;
+    the runtime puts its dict here), so the management layer can show why a message was
+    dropped beyond EMQX's one `messages/dropped`; empty on a node without a cluster."""
 
-    __slots__ = ("counters", "limits")
+    __slots__ = ("cluster", "counters", "limits")
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = dict.fromkeys(METRIC_NAMES, 0)
         self.limits: dict[str, int] = dict.fromkeys(LIMIT_NAMES, 0)
+        self.cluster: dict[str, int] = {}
 
     def inc(self, name: str, amount: int = 1) -> None:
         self.counters[name] += amount

@@ -206,6 +206,31 @@ def _count_by_columns(
 _BYTES = [bytes([b]) for b in range(256)]
 
 
+def measure_framed_run(data: bytes, count: int, v5: bool) -> tuple[str, int] | None:
+    """(topic, frame length) when `data` is `count` frames of one length that any subscriber
+    reads as `count` plain QoS 0 PUBLISHes, else None: the first frame passes every check of
+    `measure_run`, and every frame has the first's fixed header, topic length and (5.0)
+    property length. The topic bytes of the other frames are not compared: this is for bytes
+    a cluster peer found to be a run with `measure_run` before it sent them
+    (`cluster.wire`), and checks the few columns that frame the stream instead of all of the
+    head's (about a third of the cost for a 11-byte topic, less for longer ones)."""
+    size = len(data)
+    if count < 1 or not size or size % count:
+        return None
+    frame_len = size // count
+    first = measure_run(data, 0, frame_len, v5, frame_len)
+    if first is None or first[2] != frame_len:
+        return None
+    head = _head_len(data)
+    columns = list(range(head + 2))  # the fixed header and the topic's length
+    if v5:
+        columns.append(head + 2 + ((data[head] << 8) | data[head + 1]))  # property length
+    for j in columns:
+        if data[j::frame_len].lstrip(_BYTES[data[j]]):
+            return None
+    return first[0], frame_len
+
+
 class PublishFrames:
     """Plain QoS 0 PUBLISH frames to changing topics, back to back as received: the frames
     `first` to `len(topics) - 1` of `data`, frame `i` being `data[ends[i - 1]:ends[i]]` (the

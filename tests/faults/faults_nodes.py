@@ -65,10 +65,19 @@ class Proc:
 class Cluster:
     """`n` nodes in namespaces; `start()`, faults, `close()` (always: it tears everything down)."""
 
-    def __init__(self, n: int, tmp: Path, shaped: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        tmp: Path,
+        shaped: bool = False,
+        config: str = "",
+        env: dict[int, dict[str, str]] | None = None,
+    ) -> None:
         self.n = n
         self.tmp = tmp
         self.shaped = shaped
+        self.config = config  # more TOML for every node (e.g. a short `[cluster] dead_hold`)
+        self.env = env or {}  # more environment per node (e.g. libfaketime on one of them)
         self.net = Net(n)
         self.procs: list[Proc | None] = [None] * n
         self.lives: list[list[Proc]] = [[] for _ in range(n)]  # every process each node had
@@ -114,12 +123,14 @@ class Cluster:
         SIGKILL."""
         path = self.tmp / "node.toml"
         if not path.exists():
-            path.write_text("persistence = true\ndurable_acks = true\n", encoding="utf-8")
+            text = "persistence = true\ndurable_acks = true\n" + self.config
+            path.write_text(text, encoding="utf-8")
         return path
 
     async def spawn(self, i: int) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env.update(self.env.get(i, {}))
         popen = subprocess.Popen(
             self._argv(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
             preexec_fn=_die_with_parent,

@@ -36,6 +36,16 @@ LONG = os.environ.get("MINIBROKER_FAULTS", "short") == "long"
 
 
 @dataclass
+class Options:
+    """What a scenario changes in the nodes (more TOML, environment per node) and the
+    properties it adds, checked before the nodes stop (`extra(ctx, results)`)."""
+
+    config: str = ""
+    env: dict[int, dict[str, str]] = field(default_factory=dict)
+    extra: Callable[[Ctx, dict[str, Result]], Awaitable[dict[str, Result]]] | None = None
+
+
+@dataclass
 class Ctx:
     cluster: Cluster
     h: History
@@ -184,8 +194,10 @@ async def run_scenario(
     tmp: Path,
     rounds: int = 1,
     shape: Shape | None = None,
+    options: Options | None = None,
 ) -> tuple[dict[str, Result], str]:
-    cluster = Cluster(n, tmp, shaped=shape is not None)
+    options = options or Options()
+    cluster = Cluster(n, tmp, shape is not None, options.config, options.env)
     h = History(n)
     w = Workload(h, lambda i: cluster.mqtt[i], plan)
     settle = MembershipConfig().detection_bound(n)
@@ -242,6 +254,8 @@ async def run_scenario(
         deaths = deaths_from_logs({i: cluster.log_lines(i, " is dead") for i in range(n)})
         results = check(h, plan.sub_nodes, settle, views, deaths, note)
         results["heal_converge"] = heal_result(converge, settle + PUSH_PULL)
+        if options.extra is not None:  # a scenario's own properties (e.g. faults_long.py)
+            results.update(await options.extra(ctx, results))
         counts = Counter(f"{op.kind}:{op.outcome}" for op in h.ops)
         labels = [f.label for f in h.faults[1:]]
         faults_seen = ", ".join(labels[:6]) + (

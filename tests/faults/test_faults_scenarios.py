@@ -14,13 +14,16 @@ Every scenario also asserts that its workload did something (no property checked
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from faults_checker import REPORTS, Result
+from faults_long import LONG_PARTITION, SKEW, long_partition, skew_schedule, skewed
 from faults_proxy import Shape
 from faults_scenarios import (
     LONG,
+    Options,
     baseline,
     cpu_load,
     flapping,
@@ -51,10 +54,21 @@ SCENARIOS = {
     ),
     "restart_each": (3, Plan([0, 1, 2], [0, 1, 2]), restart_each, None),
     "cpu_load": (3, Plan([0, 1, 2], [0, 1, 2]), cpu_load, None),
+    # faults_long.py: a cut longer than a short dead_hold; node 1's wall clock off by SKEW.
+    "long_partition": (3, Plan([0, 1, 2], [0, 1, 2]), long_partition, None),
+    "skew_behind": (3, Plan([0, 1, 2], [0, 1, 2]), skew_schedule, None),
+    "skew_ahead": (3, Plan([0, 1, 2], [0, 1, 2]), skew_schedule, None),
+}
+#: The nodes' options of the scenarios that change them (built when the scenario runs).
+OPTIONS: dict[str, Callable[[], Options]] = {
+    "long_partition": lambda: LONG_PARTITION,
+    "skew_behind": lambda: skewed(1, -SKEW),
+    "skew_ahead": lambda: skewed(1, SKEW),
 }
 PROPERTIES = [
     "acked_delivered", "qos2_exactly_once", "takeover_no_loss", "shared_group",
     "one_session_per_id", "retained_converge", "no_false_death", "heal_converge",
+    "held_or_counted", "clock_skew",
 ]  # fmt: skip
 
 PARTITIONED = ("isolate_sub", "isolate_pub", "split_2_3", "pause")
@@ -68,7 +82,7 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # and its de-duplication was in memory; it is committed with the sessions since, issue 14:
     # 0 in 4 runs on branch batch-seq), so measured only (before: 1 in 11 and 2 in 8).
     # Asserted under kill and restart too since (issue 14, branch takeover, 2026-12-07): 0 in
-    # 18 short and 6 long runs of kill_during_takeover, 17 short and 6 long of restart_each.
+    # 19 short and 6 long runs of kill_during_takeover, 18 short and 6 long of restart_each.
     **{
         (scenario, prop): ("holds", "")
         for scenario in ("baseline", "kill_during_takeover", "restart_each", "cpu_load")
@@ -81,9 +95,13 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # delivered late. 0 in every run on branch qos2-dedup (2026-12-06), 5 runs of each
     # scenario before the merge with main (3 alone on 922bfa7, 2 together on 10c4c15 and
     # 8603111), 2 after it (5-62 per run with dead_hold before; on its base isolate_sub 10,
-    # split_2_3 9 and 6, pause 0). isolate_sub: 22 in one run of three after the merge (0, 0)
-    # (cause not found; another run's logs show the isolated node surrendering the session to
-    # a node the client had left), so measured only there until that is understood.
+    # split_2_3 9 and 6, pause 0). isolate_sub: 22 in one run of three after the merge, then
+    # 24 and 25 in 2 of 6 (branch faults-long): a takeover claim sent into the cut, delivered
+    # by a TCP retransmit on the old inbound connection after the heal, swapped the two
+    # copies. Closed (Transport.forget closes inbound connections at the dead verdict): no
+    # swap in 6 runs since, but 14 in 1 of them from another cause (after the heal the client's
+    # next node took the majority side's copy, whose queue repeated what the isolated node's
+    # copy had delivered from held forwards), so measured only there.
     **{
         (scenario, "qos2_exactly_once"): ("holds", "")
         for scenario in ("isolate_pub", "split_2_3", "pause")
@@ -109,11 +127,11 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # restarted node itself as it came back, before it had its peers' routes): measured only.
     # The restarted node's own acks: its MQTT listeners now open only once a peer's route
     # table is merged (cluster/first_sync.py), and a session moved to a node is committed
-    # before its CONNACK (durable_acks): kill_during_takeover 0 lost in 18 short and 6 long
-    # runs since (branch takeover, 2026-12-07), asserted. (restart_each: 0 in 17 short and 5
+    # before its CONNACK (durable_acks): kill_during_takeover 0 lost in 19 short and 6 long
+    # runs since (branch takeover, 2026-12-07), asserted. (restart_each: 0 in 18 short and 5
     # long, 1 in one long run: a peer that learnt the restart by gossip had purged the old
     # run's routes before the new run's arrived, the likely cause; they are kept until then
-    # since, cluster/sync.py: 0 in 8 short and 3 long runs.)
+    # since, cluster/sync.py: 0 in 9 short and 3 long runs.)
     **{
         (scenario, "acked_delivered"): ("holds", "")
         for scenario in ("baseline", "cpu_load", "flapping", "restart_each", "kill_during_takeover")
@@ -138,14 +156,30 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # (a message the killed node acknowledged just before the kill, lost at its own subscriber
     # too: the persistence window, not the handoff), so measured only there; restart_each has
     # no quiet time to check it in (0 checked), the partition scenarios are not measured yet.
-    # kill_during_takeover since the two changes above: 0 lost in 18 short and 6 long runs
+    # kill_during_takeover since the two changes above: 0 lost in 19 short and 6 long runs
     # (62-69 checked per run; branch takeover, 2026-12-07), asserted. Around partitions and
     # a pause: 0 in every run measured (5 each on branch qos2-dedup, the two rehearsals on
-    # main, one full run on branch takeover: 8 runs, 42-69 checked each), asserted.
+    # main, two full runs on branch takeover: 9 runs, 42-69 checked each), asserted.
     **{
         (scenario, "takeover_no_loss"): ("holds", "")
         for scenario in ("baseline", "cpu_load", "kill_during_takeover", *PARTITIONED)
     },
+    # faults_long.py (branch faults-long, 2026-12-07). A cut longer than dead_hold: every
+    # acknowledged QoS 1/2 message for a session across it delivered or counted (held_dropped),
+    # 0 uncounted in 3 runs since the routes stay past the grace (before: 241 of 497 sent
+    # nowhere, uncounted). Its acked_delivered counts what was dropped and counted after the
+    # heal before the sides saw each other (8-32 per run): measured only, as its QoS 2 twice.
+    ("long_partition", "held_or_counted"): ("holds", ""),
+    # A node's wall clock 2 s behind / ahead (libfaketime): before live copies were exempt
+    # from the arrival rule, 4 / 12 QoS 2 messages lost at the roaming session; 0 in 2 runs
+    # of each since. skew_behind lost one QoS 1 message in one of them (not the QoS 2 rule;
+    # cause not found): takeover_no_loss measured only there.
+    **{
+        (scenario, prop): ("holds", "")
+        for scenario in ("skew_behind", "skew_ahead")
+        for prop in ("clock_skew", "qos2_exactly_once", "acked_delivered", "no_false_death")
+    },
+    ("skew_ahead", "takeover_no_loss"): ("holds", ""),
 }
 
 _cache: dict[str, dict[str, Result]] = {}
@@ -154,7 +188,11 @@ _cache: dict[str, dict[str, Result]] = {}
 def results(name: str, tmp: Path) -> dict[str, Result]:
     if name not in _cache:
         n, plan, faults, shape = SCENARIOS[name]
-        got, text = asyncio.run(run_scenario(name, n, plan, faults, tmp, ROUNDS, shape))
+        try:
+            options = OPTIONS[name]() if name in OPTIONS else None
+        except RuntimeError as exc:  # e.g. libfaketime not installed
+            pytest.skip(str(exc))
+        got, text = asyncio.run(run_scenario(name, n, plan, faults, tmp, ROUNDS, shape, options))
         REPORTS.append(text)
         print(text)
         _cache[name] = got

@@ -117,14 +117,16 @@ async def test_a_run_is_one_entry_only_for_a_peer_of_version_4(
 ) -> None:
     """`send_run` appends a run (`cluster.runs`) as one entry, in order with the messages,
     only on a link that negotiated `RUN_VERSION`; else it does nothing and says so (the
-    caller then forwards message by message). A run counts as its messages in a batch."""
+    caller then forwards message by message). A run counts as one entry towards
+    `max_batch` (202 messages in 3 entries stay pending with a bound of 4), and as its
+    messages in the counts."""
     from broker.protocol.codec import encode
     from broker.protocol.packets import Publish
     from broker.protocol.runs import PublishRun
     from cluster.wire import RUN_VERSION, ForwardedRun
 
     transport, forwarder, dropped = sender
-    forwarder.max_batch = 250
+    forwarder.max_batch = 4
     peer = Peer(version, name="old")
     await peer.start()
     try:
@@ -137,7 +139,7 @@ async def test_a_run_is_one_entry_only_for_a_peer_of_version_4(
         forwarder.send(peer.address, msg(1))
         if taken:
             assert forwarder.pending() == 202
-            forwarder.send_run(peer.address, run)  # 402 messages: over max_batch, sent now
+            forwarder.send_run(peer.address, run)  # the 4th entry: max_batch, sent now
             assert forwarder.pending() == 0
         await eventually(lambda: len(peer.messages()) == 2)
         batches = [b for _, t, b in peer.frames if t is MessageType.FORWARD_BATCH]

@@ -7,8 +7,10 @@ partition: `a` declares `b` dead. `b` has a persistent QoS 1 subscriber, `a` a p
 * Within the grace: `b` keeps its route at `a` (shown dead by the REST API all along), what `a`
   acknowledges for `b`'s subscriber meanwhile is held, and when the partition heals every
   message arrives, a QoS 2 one once (MQTT-4.3.3-2: delivered exactly once).
-* After the grace: `b`'s route is purged at `a` and what was held is dropped and counted in
-  `messages/dropped`; after the heal none of it arrives.
+* After the grace: what was held is dropped and counted in `messages/dropped` and
+  `forward/held_dropped` (Prometheus `minibroker_cluster_forward_held_dropped`); `b`'s route
+  stays, frozen, so what `a` acknowledges for it afterwards is dropped and counted too; after
+  the heal none of it arrives, and what is published then does.
 Every wait is bounded.
 """
 
@@ -23,6 +25,7 @@ import aiomqtt
 import pytest
 from api_support import ADMIN, basic, eventually
 from cluster_support import ClusterNodes, converged
+from prometheus_client.parser import text_string_to_metric_families
 from test_cluster_delivery import Relay, Subscriber
 
 from broker.app import NodeApp
@@ -76,6 +79,18 @@ async def status_of(app: NodeApp, node: str) -> str:
     ):
         assert reply.status == 200
         return str((await reply.json())["node_status"])
+
+
+async def prometheus_counter(app: NodeApp, name: str) -> float:
+    """A `minibroker_cluster_*` counter as `GET /metrics` shows it (the management layer)."""
+    async with (
+        aiohttp.ClientSession(f"http://127.0.0.1:{app.http_port}", headers=basic(*ADMIN)) as http,
+        http.get("/metrics") as reply,
+    ):
+        assert reply.status == 200
+        text = await reply.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return float(families[name].samples[0].value)
 
 
 async def publish(port: int, payloads: list[str], qos: int) -> None:
@@ -149,10 +164,17 @@ async def test_dropped_and_counted_when_the_grace_ends_first(nodes: ClusterNodes
         await publish(a.node.tcp_port, lost, qos=1)
         assert a.cluster.grace.holds(B) and a.cluster.forwarder.held() >= 10
         await eventually(lambda: a.cluster is not None and not a.cluster.grace.holds(B))
-        assert a.cluster.table.remote_match("t/x") == set()  # purged at the end of the grace
         stats = a.cluster.stats
         assert stats["dead_hold/expired"] == 1 and stats["forward/held_dropped/peer_gone"] >= 10
+        # Past the grace the route stays, frozen: a message for b is dropped and counted.
+        assert a.cluster.table.remote_match("t/x") == {B}
+        late = [f"late-{i}" for i in range(5)]
+        await publish(a.node.tcp_port, late, qos=1)
+        assert stats["forward/held_dropped/after_grace"] == 5
+        lost += late
         assert a.node.broker.metrics.counters["messages/dropped"] >= dropped + 10
+        shown = await prometheus_counter(a, "minibroker_cluster_forward_held_dropped")
+        assert shown == stats["forward/held_dropped"] >= 15
         assert a.cluster.forwarder.held() == 0
         partition(relays, False)
         await eventually(lambda: a.cluster is not None and a.cluster.is_live(B), timeout=TIMEOUT)

@@ -206,6 +206,21 @@ async def metric(node: NodeProc, name: str) -> int:
     return int(body[name])
 
 
+async def held_dropped(node: NodeProc) -> int:
+    """QoS 1/2 forwards for a dead peer dropped and counted, from the Prometheus `/metrics`."""
+    status, _ = await api(node, "GET", "/status")
+    assert status == 200
+    async with (
+        aiohttp.ClientSession(f"http://127.0.0.1:{node.http}") as http,
+        http.get("/metrics") as reply,
+    ):
+        text = await reply.text()
+    for line in text.splitlines():
+        if line.startswith("minibroker_cluster_forward_held_dropped_total{"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
 async def _metric_above(node: NodeProc, name: str, value: int) -> bool:
     return await metric(node, name) > value
 
@@ -358,14 +373,19 @@ async def test_killed_node_detected_purged_then_rejoins(cluster: Cluster) -> Non
         assert (status, body) == (200, {"name": NAMES[2], "node_status": "Stopped"})
 
         # The node list may drop node 3 when its links close, before the membership's dead
-        # verdict starts the grace: the purge is bounded from the kill, by detection + grace.
-        async def purged() -> bool:  # after its grace: routes gone, the held message counted
-            for node in (n1, n2):
-                if any(owner == NAMES[2] for _, owner in await route_set(node)):
-                    return False
+        # verdict starts the grace: the count is bounded from the kill, by detection + grace.
+        async def counted() -> bool:  # after its grace: the held message dropped and counted
             return await _metric_above(n1, "messages/dropped", dropped)
 
-        await until(purged, DETECTION_BOUND + DEAD_HOLD + MARGIN - (time.monotonic() - killed_at))
+        await until(counted, DETECTION_BOUND + DEAD_HOLD + MARGIN - (time.monotonic() - killed_at))
+        assert await held_dropped(n1) == 1
+        # Past the grace its routes stay, frozen (until it comes back or is forgotten), so a
+        # QoS 1/2 message for it is dropped and counted too, not sent nowhere.
+        for node in (n1, n2):
+            assert ("k/#", NAMES[2]) in await route_set(node)
+        async with mqtt(n1, "pub-drop") as pub:
+            await pub.publish("k/late", b"x", qos=1)
+        assert await held_dropped(n1) == 2
     # the rest keeps working
     async with mqtt(n2, "on-2") as on2, mqtt(n1, "pub-k") as pub:
         await on2.subscribe("k/#", qos=1)

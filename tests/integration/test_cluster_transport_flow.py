@@ -265,3 +265,27 @@ async def test_a_hold_is_released_when_the_transport_closes(
     await _congest(a, peer, released)
     await asyncio.wait_for(a.close(), WAIT)  # the flush times out: the peer reads nothing
     assert released.is_set()
+
+
+async def test_forget_closes_the_peers_connections_to_us_too(
+    closing: list[Transport | StalledPeer],
+) -> None:
+    """A peer declared dead is forgotten both ways: after a partition its kernel would
+    otherwise deliver, by TCP retransmits, what it sent into the cut on the old connection,
+    seconds late (issue 14's fault suite: QoS 2 batches and takeover claims). What it sends
+    next comes on a new connection."""
+    config = TransportConfig(backoff_min=0.05, backoff_max=0.1)
+    received: list[Body] = []
+    b = _transport("b", config, received)
+    a = _transport("a", config)
+    closing += [b, a]
+    b.address = ("127.0.0.1", await b.listen("127.0.0.1", 0))
+    await _up(a, b.address)
+    await eventually(lambda: len(received) == 1, WAIT)
+    assert b.stats["accepted"] == 1
+    b.forget(a.address)  # (a's advertised address: what its HELLO named)
+    await eventually(lambda: not a.is_up(b.address), WAIT)  # a saw its connection close
+    await eventually(  # (sent again while a's link backs off: each send is one gossip frame)
+        lambda: a.send(b.address, MessageType.GOSSIP, _gossip(1)) and len(received) >= 2, WAIT
+    )
+    assert b.stats["accepted"] == 2  # a new connection

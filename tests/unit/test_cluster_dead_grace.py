@@ -191,17 +191,42 @@ def _grace(seconds: float) -> tuple[PeerGrace, RouteSync, Forwarder, Counter[str
     return PeerGrace(seconds, sync, forwarder, transport, stats), sync, forwarder, stats
 
 
-def test_peer_grace_keeps_a_dead_peer_then_purges_it_at_the_end() -> None:
+def test_peer_grace_keeps_a_dead_peer_then_counts_its_forwards_then_purges_it() -> None:
     grace, sync, _, stats = _grace(30.0)
     assert sync.keep_dead
     sync.on_event(MemberEvent("dead", "b", B, 5))  # (membership tells the sync first)
     grace.dead("b", 5, B, now=10.0)
     assert grace.holds("b") and sync.table.remote_match("t/1") == {"b"}
-    assert grace.next_deadline() == 40.0
+    assert grace.next_deadline() == 40.0 and grace.active()
     assert grace.expire(39.0) == 0 and grace.holds("b")
+    grace.dropped("b", 1)  # within the grace a forward is held, not dropped: nothing counted
+    assert stats["forward/held_dropped"] == 0
     assert grace.expire(40.0) == 1
-    assert not grace.holds("b") and sync.table.routes() == []
     assert stats["dead_hold/started"] == 1 and stats["dead_hold/expired"] == 1
+    # Past the grace: the routes stay (frozen) so that what is sent for it is counted.
+    assert not grace.holds("b") and sync.table.remote_match("t/1") == {"b"} and grace.active()
+    grace.dropped("b", 1)
+    grace.dropped("b", 2)
+    grace.dropped("b", 0)  # QoS 0: counted in forward/dropped only (by the runtime)
+    grace.dropped("c", 1)  # not a dead peer past its grace here
+    assert stats["forward/held_dropped"] == stats["forward/held_dropped/after_grace"] == 2
+    assert grace.next_deadline() == 40.0 + 3600.0
+    assert grace.expire(3639.0) == 0 and sync.table.remote_match("t/1") == {"b"}
+    grace.expire(3640.0)  # forgotten, as membership forgets a dead member: purged
+    assert sync.table.routes() == [] and not grace.active() and grace.next_deadline() is None
+
+
+def test_peer_grace_counting_ends_when_the_peer_comes_back() -> None:
+    grace, sync, _, stats = _grace(30.0)
+    sync.on_event(MemberEvent("dead", "b", B, 5))
+    grace.dead("b", 5, B, now=0.0)
+    grace.expire(30.0)
+    sync.on_event(MemberEvent("alive", "b", B, 5))
+    grace.back("b", B)
+    grace.dropped("b", 1)
+    assert stats["forward/held_dropped"] == 0 and not grace.active()
+    assert grace.expire(5000.0) == 0
+    assert sync.table.routes() == [("t/1", "b"), ("t/2", "b")]  # its own, not purged
 
 
 def test_peer_grace_ends_when_the_peer_comes_back() -> None:

@@ -97,8 +97,10 @@ def test_malformed_run_entries_are_counted_not_delivered() -> None:
         ["t/x", "p", False, 2, run.data[: 2 * run.frame_len] + b"\x00"],  # wrong count
         ["t/y", "p", False, 3, run.data],  # another topic than the frames'
         ["t/x", "p", True, 3, run.data],  # 3.1.1 frames read as 5.0
-        ["t/x", "p", False, 3, run.data[: 2 * run.frame_len] + other],
+        ["t/x", "p", False, 1, run.data],  # one frame's length is not the bytes'
+        ["t/x", "p", False, 3, other + run.data[run.frame_len :]],  # the first frame's topic
         ["t/x", "p", False, 3, run.data[: 2 * run.frame_len] + retained],
+        ["t/x", "p", False, 3, run.data[: run.frame_len] + retained + run.data[: run.frame_len]],
         ["t/x", "p", False, 0, b""],
         ["t/x", 1, False, 3, run.data],
         ["t/x", "p", 0, 3, run.data],
@@ -111,3 +113,27 @@ def test_malformed_run_entries_are_counted_not_delivered() -> None:
     out, bad = parse_forward_batch(body)
     assert bad == len(hostile)
     assert len(out) == 1 and isinstance(out[0], ForwardedRun) and out[0].run.data == run.data
+
+
+def test_a_run_entry_framing_is_checked_in_every_frame_its_topic_in_the_first() -> None:
+    """The receiver checks the bytes that frame each frame (fixed header, topic length, 5.0
+    property length) in all of them, and the whole head in the first; the later frames' topic
+    bytes come on trust from the peer that found the run (`measure_framed_run`), like `raw`."""
+    for v5 in (False, True):
+        run = make_run("t/x", [b"aa", b"bb", b"cc"], v5)
+        version = MQTT_5 if v5 else MQTT_3_1_1
+        longer = encode(Publish("t/xy", b"a"), version)  # same length, longer topic
+        same_length_topic = encode(Publish("t/y", b"aa"), version)
+        assert len(longer) == len(same_length_topic) == run.frame_len
+        out, bad = parse(
+            [
+                ["t/x", "p", v5, 3, run.data[: 2 * run.frame_len] + longer],
+                ["t/x", "p", v5, 3, run.data[: 2 * run.frame_len] + same_length_topic],
+            ]
+        )
+        assert bad == 1 and len(out) == 1 and out[0].run.count == 3
+    v5_run = make_run("t/x", [b"aa", b"bb"], True)
+    with_property = bytearray(v5_run.data)
+    with_property[-3] = 1  # the second frame's property length
+    out, bad = parse([["t/x", "p", True, 2, bytes(with_property)]])
+    assert (out, bad) == ([], 1)
