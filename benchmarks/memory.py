@@ -390,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop
 
             result = uvloop.run(coro)
-        else:
-            result = asyncio.run(coro)
+        else:  # asyncio's loop as `minibroker start --loop asyncio` makes it
+            from broker.server.lean_selector import new_event_loop
+
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                result = runner.run(coro)
         print(json.dumps(result))
         return 0
     return run(build_parser().parse_args(argv))

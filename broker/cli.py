@@ -145,15 +145,18 @@ LOOPS = ("auto", "asyncio", "uvloop")
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop for `--loop`: uvloop's when asked for or, with `auto`, when installed;
-    None = asyncio's own. Raises ImportError for `uvloop` without uvloop installed."""
+    else asyncio's own, on the selector that serves the lean transports from the loop's own
+    epoll (`broker.server.lean_selector`). Raises ImportError for `uvloop` without uvloop."""
+    from broker.server.lean_selector import new_event_loop
+
     if choice == "asyncio":
-        return None
+        return new_event_loop
     try:
         import uvloop
     except ImportError:
         if choice == "uvloop":
             raise
-        return None
+        return new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 

@@ -1,17 +1,27 @@
-"""Shared fixtures: an in-process broker node on ephemeral loopback ports."""
+"""Shared fixtures: an in-process broker node on ephemeral loopback ports, and the event loop
+every test runs on: asyncio's on the `LeanSelector`, as `minibroker start` makes it (the lean
+transport's modules also run on asyncio's default loop and on uvloop: tests/loops.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loops import LeanSelectorPolicy
 
 from broker.app import NodeApp
 from broker.server.config import BrokerConfig, ListenerConfig, ManagementConfig
 from broker.server.node import Node
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """The loop `minibroker start --loop asyncio` runs (`broker.server.lean_selector`)."""
+    return LeanSelectorPolicy()
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> BrokerConfig:

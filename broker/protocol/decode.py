@@ -80,7 +80,14 @@ from broker.protocol.properties import (
     read_packet_id,
     read_utf8,
 )
-from broker.protocol.runs import PLAIN_QOS0, PublishFrames, PublishRun, scan_frames, scan_run
+from broker.protocol.runs import (
+    PLAIN_QOS0,
+    PublishFrames,
+    PublishRun,
+    lone_frame,
+    scan_frames,
+    scan_run,
+)
 from broker.protocol.wire import Frames
 
 #: What `feed_runs` gives for frames it did not turn into packets.
@@ -406,6 +413,11 @@ class Decoder:
         `PublishFrames` when their topics change from frame to frame (`broker.protocol.runs`):
         what the broker passes on without making packets; plain QoS 1 ones as `AckedRun`s
         (`broker.protocol.acked_runs`)."""
+        if self._buf is None and type(data) is bytes and data and data[0] == PLAIN_QOS0:
+            # One whole frame in the read (a lone message): no buffer, no scan, no copy.
+            run = lone_frame(data, self.version == MQTT_5, self.max_packet_size)
+            if run is not None:
+                return [run]
         return self._feed(data, True)
 
     def _feed(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Packet | Run]:

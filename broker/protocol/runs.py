@@ -27,7 +27,9 @@ A publisher cycling through many topics sends no run longer than one frame. `sca
 (which the decoder tries first) takes such frames together: each frame with the same checks
 as above, up to the first that is not one or that starts a run (left to `scan_run`), as one
 `PublishFrames` (the bytes, each frame's topic and end); a lone frame stays a `PublishRun` of
-one. `broker.core.frames_delivery` routes them frame by frame in one loop per read.
+one. `broker.core.frames_delivery` routes them frame by frame in one loop per read. A read
+that is one whole frame and nothing else (a lone message, as at a low rate) is checked by
+`lone_frame` instead, with the same checks and no buffer or copy.
 """
 
 from __future__ import annotations
@@ -277,6 +279,41 @@ class PublishFrames:
 
     def __repr__(self) -> str:
         return f"PublishFrames(count={self.count}, bytes={len(self.data)})"
+
+
+def lone_frame(data: bytes, v5: bool, max_size: int) -> PublishRun | None:
+    """`data` (a whole read, nothing buffered before it) as the `PublishRun` of one that
+    `scan_frames` makes of it when it is exactly one plain QoS 0 PUBLISH frame, or None (the
+    decoder then scans it as ever). The same checks as `scan_frames`, without its buffer, lists
+    and copy: a read of one message, as at a low rate, is the latency of every message there
+    (README "Latency of a lone message")."""
+    n = len(data)
+    if n < 4 or data[0] != PLAIN_QOS0:
+        return None
+    length = data[1]
+    head = 2
+    if length > 0x7F:
+        second = data[2]
+        if second == 0 or second > 0x7F:  # non-minimal (MQTT-1.5.5-1) or 16 KiB and over
+            return None
+        length = (length & 0x7F) | (second << 7)
+        head = 3
+    if head + length != n or n > max_size:
+        return None
+    topic_at = head + 2
+    topic_end = topic_at + ((data[head] << 8) | data[head + 1])
+    if v5:
+        if topic_end >= n or data[topic_end] != 0:
+            return None
+    elif topic_end > n:
+        return None
+    try:
+        topic = str(data[topic_at:topic_end], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in topic:
+        return None
+    return PublishRun(topic, data, 1, n, v5)
 
 
 def scan_frames(

@@ -48,13 +48,16 @@ import errno
 import select
 import socket
 from asyncio.trsock import TransportSocket
-from typing import Any, Protocol
+from typing import Any
+
+from broker.server.lean_selector import Batch, LeanSelector
 
 __all__ = [
     "HIGH_WATER",
     "LOW_WATER",
     "MAX_READ",
     "Batch",
+    "LeanSelector",
     "Poller",
     "SocketServer",
     "SocketTransport",
@@ -104,30 +107,40 @@ def available(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.split(".", 1)[0] == "uvloop"
 
 
-class Batch(Protocol):
-    """Told when a poller starts and ends handling its ready sockets, so that what the reads
-    caused (writes to other connections) can be done once at the end of all of them, in this
-    loop turn (`broker.server.tcp.WriteBatch`)."""
+class _Detached:
+    """The batch of a poller detached from its `LeanSelector` (closed)."""
 
     def begin(self) -> None: ...
 
     def end(self) -> None: ...
 
 
+_DETACHED = _Detached()
+
+
 class Poller:
     """One epoll for the connections of a listener, watched by the loop as one descriptor."""
 
-    __slots__ = ("_batch", "_closing", "_epoll", "_live", "_loop", "_transports")
+    __slots__ = ("_batch", "_closing", "_epoll", "_live", "_loop", "_selector", "_transports")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, batch: Batch | None = None) -> None:
         self._loop = loop
         self._batch = batch
-        self._epoll = select.epoll()
-        #: fd -> transport, for the sockets registered now (reading or writing).
-        self._transports: dict[int, SocketTransport] = {}
         #: Transports started and not lost yet (registered or not).
         self._live = 0
         self._closing = False
+        selector = getattr(loop, "_selector", None)
+        if isinstance(selector, LeanSelector) and selector.open:
+            # The loop's own epoll: its `select` hands these sockets' readiness to them.
+            self._selector: LeanSelector | None = selector
+            self._epoll = selector.epoll
+            #: fd -> transport, for the sockets registered now (reading or writing).
+            self._transports: dict[int, SocketTransport] = selector.transports  # type: ignore[assignment]
+            selector.attach(loop, batch)
+            return
+        self._selector = None
+        self._epoll = select.epoll()
+        self._transports = {}
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def update(self, transport: SocketTransport) -> None:
@@ -184,6 +197,13 @@ class Poller:
             if batch is not None:
                 batch.end()
 
+    @property
+    def closed(self) -> bool:
+        """Closed: its epoll, or (on a `LeanSelector`) its place in the loop's."""
+        if self._selector is not None:
+            return self._batch is _DETACHED
+        return self._epoll.closed
+
     def close_when_idle(self) -> None:
         """The listener closed: close this epoll once its last connection is gone."""
         self._closing = True
@@ -191,6 +211,12 @@ class Poller:
             self._close()
 
     def _close(self) -> None:
+        selector = self._selector
+        if selector is not None:  # the loop's epoll: not ours to close
+            if self._batch is not _DETACHED:
+                selector.detach(self._batch)
+                self._batch = _DETACHED
+            return
         if self._epoll.closed:
             return
         self._loop.remove_reader(self._epoll.fileno())
@@ -219,6 +245,13 @@ class SocketTransport(asyncio.Transport):
         if not self._state & _CLOSING:
             self._state |= _READING
             self._poller.update(self)
+
+    def ready(self, event: int) -> None:
+        """The socket is ready for `event` (epoll's mask): what `LeanSelector` calls."""
+        if event & _READ_EVENTS and self._state & _READING:
+            self.read_ready()
+        if event & _WRITE_EVENTS and self._buffer is not None:
+            self.write_ready()
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -2,13 +2,15 @@
 transport (`broker.server.socket_transport`), which is what makes an idle connection cost about
 1.3 KB instead of 2.8 KB (asyncio) or 2.1 KB (uvloop) (issue 15); the memory work must not be
 lost to a silent fallback. Real clients over real sockets; the node is in this process, so its
-objects can be looked at. Every test runs on both loops (uvloop when installed)."""
+objects can be looked at. Every test runs on asyncio's loop (with the poller's own epoll and on
+the `LeanSelector` that `minibroker start` uses) and on uvloop's (when installed)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from loops import LOOPS, loop_policy
 from rawclient import RawClient
 
 from broker.protocol.codec import encode
@@ -21,27 +23,20 @@ from broker.protocol.packets import (
     Subscribe,
     SubscriptionRequest,
 )
+from broker.server.lean_selector import LeanSelector
 from broker.server.node import Node
 from broker.server.socket_transport import SocketTransport, available
 from broker.server.tcp import MqttConnection
-
-try:
-    import uvloop
-except ImportError:  # optional: the `bench` extra
-    uvloop = None  # type: ignore[assignment]
 
 # pytest-asyncio 1.x deprecates this fixture for a conftest hook that would apply to every test
 # of the directory; this module alone runs on both loops.
 pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
 
 
-@pytest.fixture(params=["asyncio", "uvloop"], scope="module")
+@pytest.fixture(params=LOOPS, scope="module")
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        if uvloop is None:
-            pytest.skip("uvloop is not installed")
-        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
-    return asyncio.DefaultEventLoopPolicy()
+    """Every test of this module on each loop of `loops.LOOPS`."""
+    return loop_policy(request.param)
 
 
 async def test_a_tcp_client_is_served_by_the_lean_transport(node: Node) -> None:
@@ -94,3 +89,24 @@ async def test_messages_reach_a_subscriber_in_order_one_by_one_and_in_bursts(nod
     finally:
         await pub.close()
         await sub.close()
+
+
+async def test_on_the_lean_selector_the_node_reads_from_the_loops_own_epoll(node: Node) -> None:
+    """On the loop `minibroker start` makes (`LeanSelector`), a client's socket is in the
+    loop's epoll, served from its `select` (one `epoll_wait` per wake-up), not in a poller's
+    own: the latency work must not be lost to a silent fallback either."""
+    selector = getattr(asyncio.get_running_loop(), "_selector", None)
+    if not isinstance(selector, LeanSelector):
+        pytest.skip("not the LeanSelector loop")
+    client, _ = await RawClient.connect(node.tcp_port, "lean-sel")
+    try:
+        link = node.broker.connected["lean-sel"].link
+        assert isinstance(link, MqttConnection)
+        transport = link.transport
+        assert isinstance(transport, SocketTransport)
+        assert selector.transports[transport._fd] is transport
+        assert transport._poller._epoll is selector.epoll
+        client.send(PingReq())
+        assert isinstance(await client.recv(), PingResp)
+    finally:
+        await client.close()

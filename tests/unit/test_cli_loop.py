@@ -1,17 +1,26 @@
-"""`minibroker start --loop`: asyncio's loop by default, uvloop when asked for (or, with
-`auto`, when it is installed)."""
+"""`minibroker start --loop`: asyncio's loop by default (on the lean transports' selector),
+uvloop when asked for (or, with `auto`, when it is installed)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
 
 from broker.cli import build_parser, loop_factory, main
+from broker.server.lean_selector import LeanSelector, new_event_loop
 
 
-def test_asyncio_means_the_default_loop() -> None:
-    assert loop_factory("asyncio") is None
+def test_asyncio_means_asyncio_loop_on_the_lean_selector() -> None:
+    factory = loop_factory("asyncio")
+    assert factory is new_event_loop
+    loop = factory()
+    try:
+        assert isinstance(loop, asyncio.SelectorEventLoop)
+        assert isinstance(loop._selector, LeanSelector)  # type: ignore[attr-defined]
+    finally:
+        loop.close()
 
 
 def test_auto_and_uvloop_use_uvloop_when_it_is_installed() -> None:
@@ -24,7 +33,7 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_an_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # makes `import uvloop` fail
-    assert loop_factory("auto") is None
+    assert loop_factory("auto") is new_event_loop
     with pytest.raises(ImportError):
         loop_factory("uvloop")
     assert main(["start", "--loop", "uvloop"]) == 2

@@ -196,6 +196,59 @@ def test_scan_frames_stops_where_a_run_starts() -> None:
     assert kinds == ["PublishFrames", "PublishRun", "PublishRun"], "a lone frame: a run of one"
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.booleans(),
+    st.binary(min_size=0, max_size=6),
+    st.sampled_from([b"", b"p", b"\x00", b"\x01\x02", b"q" * 140]),
+    st.sampled_from(["", "cut", "len", "flags", "bad", "tail", "long"]),
+)
+def test_a_lone_frame_reads_as_the_scan_reads_it(
+    v5: bool, topic: bytes, payload: bytes, spoil: str
+) -> None:
+    """`feed_runs` of a read that is one frame (`runs.lone_frame`, no scan) gives what the
+    scan gives for the same bytes, valid or not: a `PublishRun` of one with the same fields,
+    or the decoder's packets, or the same error (raw bytes: invalid UTF-8, U+0000, a 5.0
+    property length other than 0, a topic length past the end, non-minimal lengths)."""
+    body = len(topic).to_bytes(2, "big") + topic + payload
+    if spoil == "cut":  # the topic length says more than there is
+        body = (len(topic) + len(payload) + 3).to_bytes(2, "big") + topic + payload
+    length = len(body)
+    head = bytearray([0x30])
+    while True:
+        length, digit = divmod(length, 128)
+        head.append(digit | (0x80 if length else 0))
+        if not length:
+            break
+    if spoil == "len":  # a non-minimal Remaining Length (MQTT-1.5.5-1)
+        head = bytearray([0x30, (len(body) & 0x7F) | 0x80, len(body) >> 7])
+    if spoil == "flags":  # RETAIN: not a plain frame
+        head[0] = 0x31
+    data = bytes(head) + body
+    if spoil == "bad":
+        data = data[:-1] if len(data) > 2 else data
+    if spoil == "tail":  # a second, partial frame after it
+        data += b"\x30"
+    max_size = 40 if spoil == "long" else 1 << 20
+
+    def read(fast: bool) -> Any:
+        decoder = Decoder(version=MQTT_5 if v5 else MQTT_3_1_1, max_packet_size=max_size)
+        try:
+            items = decoder.feed_runs(data) if fast else decoder._feed(bytearray(data), True)
+        except Exception as exc:
+            return type(exc), str(exc)
+        if not fast:  # the scan keeps a partial frame; the lone path never takes one
+            assert decoder._buf is None or spoil in ("tail", "bad", "cut", "len")
+        return [
+            (type(i).__name__, getattr(i, "topic", None), bytes(getattr(i, "data", b"")),
+             getattr(i, "count", None), getattr(i, "frame_len", None), getattr(i, "v5", None),
+             repr(i) if not hasattr(i, "data") else None)
+            for i in items
+        ]  # fmt: skip
+
+    assert read(True) == read(False)
+
+
 class _Forwarder:
     """A cluster's `RunForwarder` as the broker sees it: `alone` says whether any other node
     has a route; no topic routes elsewhere (`run_nodes` empty)."""

@@ -54,7 +54,9 @@ POOL += [(MQTT_5, [("a/#", False, None)], "mps"), (MQTT_5, [("+/+", False, None)
 
 def plain_batches() -> st.SearchStrategy[list[list[Packet]]]:
     plain = st.builds(
-        Publish, topic=st.sampled_from(TOPICS), payload=st.sampled_from([b"x", b"y" * 40, b""])
+        Publish,
+        topic=st.sampled_from(TOPICS),
+        payload=st.sampled_from([b"x", b"y" * 40, b"", b"z" * 130]),  # 130: a 3-byte header
     )
     other = st.one_of(
         st.builds(
@@ -75,7 +77,9 @@ def plain_batches() -> st.SearchStrategy[list[list[Packet]]]:
     batch = st.lists(st.one_of(repeated, other.map(lambda p: [p])), max_size=6).map(
         lambda groups: [p for g in groups for p in g]
     )
-    return st.lists(batch, min_size=1, max_size=4)
+    # A read of one plain PUBLISH alone (`runs.lone_frame`, the low-rate path) or of more.
+    lone = plain.map(lambda p: [p])
+    return st.lists(st.one_of(lone, batch), min_size=1, max_size=4)
 
 
 def run_scenario(

@@ -1,7 +1,8 @@
 """The lean TCP transport (`broker.server.socket_transport`) keeps asyncio's transport contract:
 bytes in order, flow control at the water marks, one `connection_lost` whatever the ending, the
 socket closed after it. Each test drives it over a real loopback socket pair on asyncio's own
-loop and on uvloop's (when installed: the node uses this transport on both); every wait is
+loop (with the poller's own epoll, and on the `LeanSelector` that serves it from the loop's
+epoll) and on uvloop's (when installed: the node uses this transport on both); every wait is
 bounded."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from loops import LOOPS, loop_policy
 
+from broker.server.lean_selector import LeanSelector
 from broker.server.socket_transport import (
     HIGH_WATER,
     Poller,
@@ -20,11 +23,6 @@ from broker.server.socket_transport import (
     SocketTransport,
     available,
 )
-
-try:
-    import uvloop
-except ImportError:  # optional: the `bench` extra
-    uvloop = None  # type: ignore[assignment]
 
 TIMEOUT = 5.0
 #: SO_SNDBUF/SO_RCVBUF of the test sockets (the kernel doubles and rounds them).
@@ -36,14 +34,10 @@ KERNEL_BUFFER = 32 * 1024
 pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
 
 
-@pytest.fixture(params=["asyncio", "uvloop"], scope="module")
+@pytest.fixture(params=LOOPS, scope="module")
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Every test of this module on asyncio's loop and on uvloop's."""
-    if request.param == "uvloop":
-        if uvloop is None:
-            pytest.skip("uvloop is not installed")
-        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
-    return asyncio.DefaultEventLoopPolicy()
+    """Every test of this module on each loop of `loops.LOOPS`."""
+    return loop_policy(request.param)
 
 
 async def test_the_loop_of_this_test_can_run_the_lean_transport() -> None:
@@ -112,7 +106,7 @@ async def pair() -> AsyncIterator[tuple[SocketTransport, Recorder, socket.socket
     theirs.close()
     await asyncio.sleep(0)
     poller.close_when_idle()
-    assert poller._epoll.closed  # the last connection went: the poller closed with it
+    assert poller.closed  # the last connection went: the poller closed with it
 
 
 async def _until(condition: object, what: str) -> None:
@@ -307,3 +301,43 @@ async def test_a_poller_batch_brackets_the_handling_of_all_its_ready_sockets() -
             theirs.close()
         await asyncio.sleep(0)
         poller.close_when_idle()
+
+
+async def test_on_the_lean_selector_the_loop_and_the_transports_share_one_epoll() -> None:
+    """On a `LeanSelector` loop the poller has no epoll of its own: its sockets are in the
+    loop's, served from `select` beside the loop's own readers (both ready in one turn), and
+    closing the last connection of a closed listener leaves the loop's epoll open."""
+    loop = asyncio.get_running_loop()
+    selector = getattr(loop, "_selector", None)
+    if not isinstance(selector, LeanSelector):
+        pytest.skip("the poller's own epoll on this loop")
+    poller = Poller(loop)
+    assert poller._epoll is selector.epoll
+    ours, theirs = _tcp_pair()
+    ours.setblocking(False)
+    protocol = Recorder()
+    transport = SocketTransport(poller, ours, protocol)
+    transport.start()
+    fd = ours.fileno()
+    assert selector.transports[fd] is transport
+    other_ours, other_theirs = _tcp_pair()
+    other_ours.setblocking(False)
+    loop_reads: list[bytes] = []
+    loop.add_reader(other_ours.fileno(), lambda: loop_reads.append(other_ours.recv(100)))
+    try:
+        theirs.sendall(b"lean")
+        other_theirs.sendall(b"loop")
+        await asyncio.sleep(0.05)  # both ready before the loop looks
+        await _until(lambda: bytes(protocol.data) == b"lean" and loop_reads == [b"loop"], "reads")
+        transport.write(b"back")
+        assert theirs.recv(100) == b"back"
+    finally:
+        loop.remove_reader(other_ours.fileno())
+        other_ours.close()
+        other_theirs.close()
+        theirs.close()
+    await asyncio.wait_for(protocol.lost, TIMEOUT)
+    poller.close_when_idle()
+    assert poller.closed
+    assert fd not in selector.transports
+    assert not selector.epoll.closed and selector.open

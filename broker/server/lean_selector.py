@@ -1,0 +1,162 @@
+"""The lean transports' sockets in asyncio's own epoll: one `epoll_wait` per wake-up.
+
+`broker.server.socket_transport` gives each listener a `Poller`: an epoll of its own that the
+loop watches as one descriptor. On asyncio's selector loop that costs every wake-up for a socket
+two `epoll_wait`s and a `Handle`. A loop made by `new_event_loop` (what `minibroker start --loop
+asyncio` runs) has a `LeanSelector` instead of asyncio's `EpollSelector`; a `Poller` on such a
+loop registers its sockets in the loop's epoll, and the selector hands their readiness to them
+from `select`. uvloop and other loops keep the poller's own epoll.
+
+Only the protocol the transports offer (`Lean.ready`) is known here: this module imports
+nothing of the transport's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import select
+import selectors
+from typing import Protocol
+
+__all__ = ["MAX_LEAN_EVENTS", "Batch", "Lean", "LeanSelector", "new_event_loop"]
+
+#: Lean sockets handled per `select` at most (more stay ready for the next turn).
+MAX_LEAN_EVENTS = 1024
+
+
+class Lean(Protocol):
+    """A lean transport as the selector sees it."""
+
+    def ready(self, event: int) -> None:
+        """Its socket is ready for `event` (epoll's mask)."""
+
+
+class Batch(Protocol):
+    """Told when a poller starts and ends handling its ready sockets, so that what the reads
+    caused (writes to other connections) can be done once at the end of all of them, in this
+    loop turn (`broker.server.tcp.WriteBatch`)."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class LeanSelector(selectors.EpollSelector):
+    """asyncio's epoll selector that also serves the lean transports of the loop it is given to
+    (`new_event_loop`): their sockets are registered in the loop's own epoll, and `select` hands
+    their readiness straight to them, between a `begin` and an `end` of the pollers' batches.
+
+    Why: with a `Poller` of its own, each wake-up for a socket cost the loop's `epoll_wait`, a
+    `Handle` for the poller's callback and the poller's second `epoll_wait` (README "Latency of
+    a lone message"). Here one `epoll_wait` finds the socket and its transport reads at once.
+    Memory per connection is the same (one entry of `transports`, as in a poller's own dict).
+
+    The transports' reads run inside `select`, before the loop runs the turn's callbacks (what
+    they `call_soon` runs in this turn, not the next); an error escaping a transport goes to the
+    loop's exception handler, as a failing callback's does. A socket is looked up among the
+    transports first: a transport unregisters its socket before it closes (`Poller.forget`), so
+    a number in `transports` is never the loop's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoll: select.epoll = self._selector  # type: ignore[attr-defined]
+        self._keys: dict[int, selectors.SelectorKey] = self._fd_to_key  # type: ignore[attr-defined]
+        #: fd -> transport, for the lean sockets registered now (shared by the pollers).
+        self.transports: dict[int, Lean] = {}
+        self.open = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._attached: list[Batch | None] = []
+        #: The distinct batches of the attached pollers.
+        self._batches: list[Batch] = []
+
+    def attach(self, loop: asyncio.AbstractEventLoop, batch: Batch | None) -> None:
+        """A poller of `loop` serves its transports through this selector."""
+        self._loop = loop
+        self._attached.append(batch)
+        self._batches = _distinct(self._attached)
+
+    def detach(self, batch: Batch | None) -> None:
+        self._attached.remove(batch)
+        self._batches = _distinct(self._attached)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        transports = self.transports
+        if not transports:
+            return super().select(timeout)
+        if timeout is None:
+            wait = -1.0
+        elif timeout <= 0:
+            wait = 0.0
+        else:  # epoll's resolution is 1 ms: wait at least `timeout` (as asyncio's selector)
+            wait = math.ceil(timeout * 1e3) * 1e-3
+        keys = self._keys
+        try:
+            events = self.epoll.poll(wait, len(keys) + MAX_LEAN_EVENTS)
+        except InterruptedError:
+            return []
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        lean: list[tuple[int, int]] | None = None
+        for fd, event in events:
+            if fd in transports:
+                if lean is None:
+                    lean = []
+                lean.append((fd, event))
+                continue
+            key = keys.get(fd)
+            if key is not None:
+                mask = (selectors.EVENT_WRITE if event & ~select.EPOLLIN else 0) | (
+                    selectors.EVENT_READ if event & ~select.EPOLLOUT else 0
+                )
+                ready.append((key, mask & key.events))
+        if lean is not None:
+            self._serve(lean)
+        return ready
+
+    def _serve(self, events: list[tuple[int, int]]) -> None:
+        """Hand each socket its readiness, as `Poller._ready` does, in one batch."""
+        batches = self._batches
+        for batch in batches:
+            batch.begin()
+        try:
+            transports = self.transports
+            for fd, event in events:
+                transport = transports.get(fd)  # (a read before may have closed it)
+                if transport is None:
+                    continue
+                try:
+                    transport.ready(event)
+                except Exception as exc:  # as the loop reports a callback's error
+                    self._report(exc, transport)
+        finally:
+            for batch in batches:
+                try:
+                    batch.end()
+                except Exception as exc:
+                    self._report(exc, None)
+
+    def _report(self, exc: Exception, transport: Lean | None) -> None:
+        if self._loop is not None:
+            self._loop.call_exception_handler(
+                {"message": "lean transport failed", "exception": exc, "transport": transport}
+            )
+
+    def close(self) -> None:
+        self.open = False
+        super().close()
+
+
+def _distinct(batches: list[Batch | None]) -> list[Batch]:
+    out: list[Batch] = []
+    for batch in batches:
+        if batch is not None and not any(batch is seen for seen in out):
+            out.append(batch)
+    return out
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """asyncio's own loop, on a `LeanSelector` where epoll exists (what `minibroker start
+    --loop asyncio` runs); elsewhere `asyncio.new_event_loop()`."""
+    if not hasattr(select, "epoll"):
+        return asyncio.new_event_loop()
+    return asyncio.SelectorEventLoop(LeanSelector())
