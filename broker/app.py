@@ -119,23 +119,17 @@ class NodeApp:
             import_legacy(self.config.data_dir, self.apps.table)  # development builds' apps.json
             await self.plugins.start()
             try:
-                await self.node.start()
+                # The cluster first: the MQTT listeners open once it has its peers' routes.
+                await self.node.start(self._join_cluster if self.cluster is not None else None)
             except BaseException:
+                if self.cluster is not None:
+                    await self.cluster.stop()  # (nothing if it did not start)
                 await self.plugins.stop()
                 raise
         except BaseException:
             self.tables_store.close()
             self.banned_store.close()
             raise
-        if self.cluster is not None:
-            try:
-                await self.cluster.start()
-            except BaseException:
-                await self.node.stop()
-                await self.plugins.stop()
-                self.tables_store.close()
-                self.banned_store.close()
-                raise
         await self.alarms.start()
         if self.config.management.enabled:
             self.management = ManagementServer(
@@ -148,6 +142,16 @@ class NodeApp:
                 await self.stop()
                 raise
             self.http_port = self.management.port
+
+    async def _join_cluster(self) -> None:
+        """Start the cluster; with seeds, wait (at most `[cluster] sync_timeout` s) for a
+        peer's route table before the MQTT listeners open (`cluster.first_sync`): a node must
+        not acknowledge its clients' publishes before it can route them to other nodes."""
+        cluster = self.cluster
+        assert cluster is not None
+        await cluster.start()
+        if cluster.seeds or cluster.dns_seeds:
+            await cluster.first_sync.wait(self.config.cluster_sync_timeout)
 
     async def stop(self) -> None:
         if self.management is not None:

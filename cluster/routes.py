@@ -251,8 +251,10 @@ class RouteTable:
 
     def state_for_push_pull(self) -> list[OriginWire]:
         """Everything this node knows, in wire form (our own entry is a snapshot)."""
-        # An origin at seq 0 has no routes by definition: nothing to tell.
-        return [st.to_wire(origin) for origin, st in self._origins.items() if st.top]
+        # An origin at seq 0 has no routes by definition: nothing to tell, but for our own
+        # entry: "this run has none" replaces what a peer kept of our previous run (RouteSync).
+        node = self.node
+        return [st.to_wire(o) for o, st in self._origins.items() if st.top or o == node]
 
     def merge_full(
         self, state: Iterable[Any], accept: Callable[[str, int], bool] | None = None

@@ -74,6 +74,7 @@ from broker.core.broker import Broker, Forwarded
 from broker.core.cluster_port import WaitDrained
 from broker.core.message import Message
 from cluster.dead_hold import PeerGrace
+from cluster.first_sync import FirstSync
 from cluster.forwarder import Forwarder
 from cluster.members import LIVE_STATES
 from cluster.membership import Membership
@@ -148,6 +149,8 @@ class ClusterNode(DnsDiscovery, NodeRpc, MembershipDriver):
         self.epoch = int(time.time() * 1000)  # grows across restarts (cluster.membership)
         self.table = RouteTable(name, self.epoch)
         self.sync = RouteSync(self.table)
+        self.first_sync = FirstSync()  # what the MQTT listeners wait for (`cluster.first_sync`)
+        self.sync.on_full_state = self.first_sync.seen
         self.stats: Counter[str] = Counter()
         broker.metrics.cluster = self.stats  # shown by the management layer (Prometheus)
         self.transport = Transport(

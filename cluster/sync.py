@@ -10,8 +10,15 @@
   a newer one: a restart membership has not heard of yet): news from a dead, left or unknown
   node, or from an older run, is dropped. As memberlist's delegates, `RouteSync` is never handed
   the membership: it keeps its own view of the live runs from the member events it is told.
-  A `dead`/`left` event purges that run's routes; a `join` (fresh run) purges what is left of
-  older runs. With `keep_dead` (`[cluster] dead_hold` above 0) a `dead` event keeps the routes
+  A `dead`/`left` event purges that run's routes. A `join` of a new run of a node we knew
+  (a restart) keeps the old run's routes, frozen, until the new run's own reach us and replace
+  them whole (`RouteTable`: a newer epoch replaces an older one; a run with no routes says so
+  in its push/pull, `state_for_push_pull`). Why: a node may learn of the new run by gossip
+  before its routes (they come in the new run's own push/pull or gossip); purging at the join
+  left the restarted node, and the persistent sessions it restored, without routes meanwhile,
+  so a peer acknowledged publishes for them and routed them nowhere (issue 14: the likely
+  cause of one loss in a long restart_each run). With `keep_dead` (`[cluster] dead_hold`
+  above 0) a `dead` event keeps the routes
   (frozen: news from a dead node is still refused) until the runtime ends the grace with
   `purge_dead` (`cluster.dead_hold`); `left` purges at once.
 * A node that was wrongly declared dead (a partition, heavy loss) comes back alive in the same
@@ -23,6 +30,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cluster.delegate import Delegate, MemberEvent
@@ -54,6 +62,8 @@ class RouteSync(Delegate):
         self._live: dict[str, int] = {}
         self.malformed = 0
         self._queue: TransmitQueue[tuple[str, str]] = TransmitQueue()
+        #: Called after each peer's whole table is merged (push/pull): `cluster.first_sync`.
+        self.on_full_state: Callable[[], None] | None = None
 
     # -- the broker side ---------------------------------------------------------------------
 
@@ -108,6 +118,8 @@ class RouteSync(Delegate):
     def merge_remote_state(self, state: Any, join: bool, now: float) -> None:
         if isinstance(state, list):
             self.table.merge_full(state, self._accept)
+            if self.on_full_state is not None:
+                self.on_full_state()
 
     def on_event(self, event: MemberEvent) -> None:
         if event.kind in ("dead", "left"):  # that run, not a newer one we already heard of
@@ -115,10 +127,9 @@ class RouteSync(Delegate):
             if event.kind == "left" or not self.keep_dead:
                 self._purge(event.name, event.epoch)
             return
-        # join, alive, suspect: the member's current run (an event always names it) is live
+        # join, alive, suspect: the member's current run (an event always names it) is live;
+        # an older run's routes stay until this run's replace them (module docstring)
         self._live[event.name] = event.epoch
-        if event.kind == "join":
-            self.table.purge(event.name, older_than=event.epoch)
 
     def purge_dead(self, name: str, epoch: int) -> bool:
         """The grace of dead member `name` (run `epoch`) is over: its routes go, unless it is

@@ -245,12 +245,24 @@ def accept_connect(
             if answered:
                 return
             answered = True
+            gate = broker.commit_gate
             if state is not None and not packet.clean_start:
                 try:
                     # Even when this connection is gone meanwhile: the session stays, offline.
-                    broker.import_session(state, moved=True)
+                    session = broker.import_session(state, moved=True)
                 except ValueError as exc:
                     log.warning("session of %s from another node refused: %s", client_id, exc)
+                else:
+                    # The old node has let it go: this node's copy is now the only one. With
+                    # durable_acks the CONNACK waits for the commit that holds it (group
+                    # commit, started now), so a crash right after CONNACK cannot lose it.
+                    session.touch()
+                    if gate is not None and gate.client_acks and session.expiry_interval:
+                        gate.hold(go_on)
+                        return
+            go_on()
+
+        def go_on() -> None:
             if channel.state != TAKEOVER:
                 return  # closed while waiting
             _open(channel, packet, client_id, keepalive, ack_props, username, expiry)

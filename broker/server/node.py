@@ -15,7 +15,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -195,17 +195,29 @@ class Node:
         self.ssl_port = 0
         self.wss_port = 0
 
-    async def start(self) -> None:
+    async def start(self, before_listeners: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Open the stored state, then the listeners. `before_listeners` runs in between,
+        with the flusher running (commits made meanwhile are durable): a clustered node
+        waits there for its peers' routes (`cluster.first_sync`)."""
         raise_open_files_limit()
         persistence = self.persistence
         if persistence is None:
+            if before_listeners is not None:
+                await before_listeners()
             await self._start_listeners()
             return
         persistence.open()  # before any client: a corrupt file is a StartupError
+        if before_listeners is not None:
+            persistence.start()
         try:
+            if before_listeners is not None:
+                await before_listeners()
             await self._start_listeners()
         except BaseException:
-            persistence.close()
+            if before_listeners is not None:
+                await persistence.stop()  # the flusher ran: what it took is saved, then closed
+            else:
+                persistence.close()
             raise
         persistence.start()
 

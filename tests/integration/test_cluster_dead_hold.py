@@ -58,6 +58,10 @@ async def pair(nodes: ClusterNodes, dead_hold: float) -> tuple[NodeApp, NodeApp,
         cluster_join=[f"127.0.0.1:{rb.port}"],
         cluster_advertise=f"127.0.0.1:{ra.port}",
         cluster_dead_hold=dead_hold,
+        # b answers a's join through ra, wired to a only once a has started: a must not wait
+        # for that answer before its listeners open (`cluster.first_sync`), or it waits out
+        # sync_timeout and joins late
+        cluster_sync_timeout=0,
     )
     assert a.cluster is not None
     ra.upstream = a.cluster.port

@@ -105,6 +105,7 @@ async def test_dns_is_re_resolved_and_new_records_joined(
         B,
         cluster_join=[f"dns:minibroker-headless.test:{a.cluster_port}"],
         cluster_dns_refresh_interval=0.1,
+        cluster_sync_timeout=0,  # open at once: no peer yet (what this test watches come)
     )
     b = await start(apps, cfg)
     assert b.cluster is not None

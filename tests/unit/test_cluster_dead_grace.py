@@ -128,7 +128,9 @@ def test_a_peer_back_with_a_new_run_replaces_the_kept_routes() -> None:
     sync, _ = _synced(keep_dead=True)
     sync.on_event(MemberEvent("dead", "b", B, 5))
     sync.on_event(MemberEvent("join", "b", ("127.0.0.1", 3), 6))  # restarted elsewhere
-    assert sync.table.routes() == []  # the old run's routes go with it
+    # the old run's routes stay until the new run's own arrive (cluster.sync): its restored
+    # persistent sessions are still served meanwhile
+    assert sync.table.routes() == [("t/1", "b"), ("t/2", "b")]
     run6 = RouteTable("b", 6)
     run6.local_update("t/9", True)
     sync.merge_remote_state(run6.state_for_push_pull(), True, 0.0)

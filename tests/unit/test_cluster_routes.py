@@ -259,3 +259,34 @@ def test_route_sync_accepts_routes_of_live_runs_only_from_member_events() -> Non
     own = RouteTable("a", 2).local_update("t/self", True).to_wire()
     sync.receive_broadcasts([own], 0.0)
     assert ("t/self", "a") not in sync.table.routes()  # our own name from elsewhere: dropped
+
+
+def test_a_new_run_learnt_by_gossip_keeps_the_old_runs_routes_until_its_own_arrive() -> None:
+    """A restarted node's new run often reaches a peer by gossip (a `join` event) before its
+    routes do; the old run's routes stay meanwhile, frozen, so what is published for the
+    restarted node's restored sessions still goes there (issue 14, restart_each)."""
+    sync = RouteSync(RouteTable("a", 1))
+    sync.on_event(MemberEvent("join", "b", ("127.0.0.1", 2), 5))
+    b5 = RouteTable("b", 5)
+    sync.receive_broadcasts([b5.local_update("w/#", True).to_wire()], 0.0)
+    sync.on_event(MemberEvent("join", "b", ("127.0.0.1", 2), 6))  # restarted: learnt by gossip
+    assert sync.table.routes() == [("w/#", "b")]  # kept
+    sync.receive_broadcasts([b5.local_update("t/old", True).to_wire()], 0.0)
+    assert ("t/old", "b") not in sync.table.routes()  # frozen: the old run's news is refused
+    b6 = RouteTable("b", 6)
+    b6.local_update("w/#", True)
+    b6.local_update("t/new", True)
+    sync.merge_remote_state(b6.state_for_push_pull(), False, 0.0)
+    assert sync.table.routes() == [("t/new", "b"), ("w/#", "b")]  # the new run's, whole
+
+
+def test_a_new_run_with_no_routes_says_so_and_the_old_runs_go() -> None:
+    sync = RouteSync(RouteTable("a", 1))
+    sync.on_event(MemberEvent("join", "b", ("127.0.0.1", 2), 5))
+    sync.receive_broadcasts([RouteTable("b", 5).local_update("w/#", True).to_wire()], 0.0)
+    sync.on_event(MemberEvent("join", "b", ("127.0.0.1", 2), 6))
+    assert sync.table.routes() == [("w/#", "b")]
+    sync.merge_remote_state(RouteTable("b", 6).state_for_push_pull(), True, 0.0)  # none
+    assert sync.table.routes() == []
+    sync.on_event(MemberEvent("dead", "b", ("127.0.0.1", 2), 6))
+    assert sync.table.routes() == []

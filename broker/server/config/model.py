@@ -220,6 +220,11 @@ class BrokerConfig(CoreOptions):
         doc="seconds a peer declared dead keeps its routes and held QoS 1/2 messages (resent "
         "if it comes back in time; then dropped and counted)",
     )  # fmt: skip
+    cluster_sync_timeout: float = setting(
+        5.0, section="cluster", key="sync_timeout", kind="seconds", note="0 = do not wait",
+        doc="with seeds: the MQTT listeners open once a peer's route table is merged, or after "
+        "this many seconds (a node must not acknowledge publishes it cannot route yet)",
+    )  # fmt: skip
     cluster_tls_enable: bool = setting(
         False, section="cluster", key="tls_enable",
         doc="true: mutual TLS on the cluster link (every node of the cluster must set it)",
