@@ -475,8 +475,11 @@ class Connection(AckOrder, Closing):
         self.send_msg += sent
         counters = self.broker.metrics.counters
         counters["bytes/sent"] += size
-        for name in _QOS0_SENT:
-            counters[name] += sent
+        # Written out, not a loop over the names: this runs once per lone message.
+        counters["packets/sent"] += sent
+        counters["packets/publish/sent"] += sent
+        counters["messages/sent"] += sent
+        counters["messages/qos0/sent"] += sent
 
     # -- state and publishing -------------------------------------------------------------
 
