@@ -141,6 +141,17 @@ class Channel(Connection):
         self.last_received = self.broker.clock()
         handlers = HANDLERS
         received_counter = RECEIVED_COUNTER
+        if len(packets) == 1 and type(packets[0]) is PublishRun:
+            # A read of one run (a lone message, at a low rate): what the loop below does
+            # with it, without its queue and type tests.
+            run = packets[0]
+            if self.state == CONNECTED and handle_publish_run(self, run):
+                count = run.count
+                self.recv_pkt += count
+                counters["packets/received"] += count
+                counters["packets/publish/received"] += count
+                return
+            packets = expand_run(run)
         remaining = deque(packets)
         while remaining:
             packet = remaining.popleft()

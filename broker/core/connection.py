@@ -521,7 +521,6 @@ class Connection(AckOrder, Closing):
 
 
 #: What a QoS 0 PUBLISH passed on as bytes counts, besides its bytes.
-_QOS0_SENT = ("packets/sent", "packets/publish/sent", "messages/sent", "messages/qos0/sent")
 _QOS_SENT = ("messages/qos0/sent", "messages/qos1/sent", "messages/qos2/sent")
 #: Longest Reason String sent, in characters (it is diagnostics, not data).
 _REASON_MAX = 1000
