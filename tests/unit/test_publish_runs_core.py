@@ -200,6 +200,20 @@ def test_what_runs_decline_goes_the_packet_way() -> None:
     assert counters["messages/sent"] == 5 * 20
 
 
+@pytest.mark.parametrize(("topic", "answer"), [("a/c", 1), ("a/b", -1), ("$x/b", -1)])
+def test_a_lone_message_takes_the_same_way_as_in_a_batch(topic: str, answer: int) -> None:
+    """A read of one plain PUBLISH (the run of one `Channel._dispatch` hands over without
+    its queue): taken as bytes, or ('a/b': sub3's subscription identifier; a `$` topic)
+    handed back whole; either way what every client gets and every counter is what the
+    packet path gives."""
+    batch: list[Packet] = [Publish(topic, b"lone")]
+    calls, outcome = spied_scenario(batch)
+    assert calls == [answer]
+    with packets_only():
+        reference = run_scenario(MQTT_3_1_1, [batch], self_no_local=False, deny=None, cap=None)
+    assert outcome == reference
+
+
 def test_a_slow_subscriber_drops_from_the_same_message_as_before() -> None:
     """`max_outgoing_buffer` (QoS 0 drop policy) applies per message inside a run: a
     subscriber whose unread bytes pass the cap loses the rest of the run, counted."""
