@@ -162,18 +162,25 @@ class Handoff:
     def on_message(
         self, message: Message, now: float, sent_to: AbstractSet[str] = frozenset()
     ) -> None:
-        """`message` arrived here or was published here (and routed to the nodes `sent_to`:
-        a session that moved to one of them gets it there, and is not sent a second copy)."""
+        """`message` arrived here or was published here (and routed to the nodes `sent_to`).
+
+        A session that moved to one of the nodes `sent_to` is still sent its own copy: the
+        routed one can reach that node before the session does (the claim's answer takes the
+        longer way, through the id's owner, while a message published here just after the
+        surrender goes straight there and finds no session yet); the new node delivers one of
+        the two (the arrival window). Counted in `also_routed` (the traffic it costs)."""
         self._expire(now)
         topic = message.topic
         if self.records:
             stamp = message.stamp if message.qos == 2 else None
             for client_id, record in self.records.items():
-                if record.target not in sent_to and _matches(record.filters, topic):
+                if _matches(record.filters, topic):
                     arrived = record.arrived
                     if stamp is not None and arrived is not None and stamp < arrived:
                         self.stats["late_skipped"] += 1  # it reached the session elsewhere
                         continue
+                    if record.target in sent_to:
+                        self.stats["also_routed"] += 1
                     self._send(record.target, client_id, message, message.node or self.name)
         if self.windows:
             for window in self.windows.values():
