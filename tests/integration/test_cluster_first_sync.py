@@ -33,8 +33,8 @@ from test_cluster_processes import (
     TIMEOUT,
     NodeProc,
     _env,
+    reap,
     routed,
-    stop,
 )
 
 from broker.protocol.packets import ConnAck, PubAck, Publish, SubAck, Subscribe, SubscriptionRequest
@@ -71,10 +71,7 @@ def nodes() -> Iterator[list[NodeProc]]:
     """Every process a test starts; stopped (and resumed first, if frozen) at the end."""
     started: list[NodeProc] = []
     yield started
-    for node in started:
-        if node.proc.poll() is None:
-            os.kill(node.proc.pid, signal.SIGCONT)  # our own child, by its PID
-        stop(node)
+    reap(started)
 
 
 async def publish_once(port: int, n: int, topic: str = "fs/x") -> bool:

@@ -109,6 +109,14 @@ def spawn(
     return node
 
 
+def reap(started: list[NodeProc]) -> None:
+    """Stop every process a test started (resumed first, in case a test froze it)."""
+    for node in started:
+        if node.proc.poll() is None:
+            os.kill(node.proc.pid, signal.SIGCONT)  # our own child, by its PID
+        stop(node)
+
+
 def stop(node: NodeProc) -> None:
     if node.proc.poll() is None:
         node.proc.send_signal(signal.SIGTERM)  # our own child, by its PID

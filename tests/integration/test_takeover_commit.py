@@ -14,15 +14,13 @@ are signalled, by their PIDs; every wait is bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rawclient import RawClient
 from test_cluster_first_sync import banner, launch, publish_once
-from test_cluster_processes import TIMEOUT, NodeProc, stop
+from test_cluster_processes import TIMEOUT, NodeProc, reap
 
 from broker.protocol.packets import (
     ConnAck,
@@ -45,10 +43,7 @@ CLIENT = "tc-roam"
 def nodes() -> Iterator[list[NodeProc]]:
     started: list[NodeProc] = []
     yield started
-    for node in started:
-        if node.proc.poll() is None:
-            os.kill(node.proc.pid, signal.SIGCONT)  # our own child, by its PID
-        stop(node)
+    reap(started)
 
 
 async def test_session_moved_then_node_killed_after_connack(
