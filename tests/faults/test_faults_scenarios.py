@@ -179,7 +179,10 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         for scenario in ("skew_behind", "skew_ahead")
         for prop in ("clock_skew", "qos2_exactly_once", "acked_delivered", "no_false_death")
     },
-    ("skew_ahead", "takeover_no_loss"): ("holds", ""),
+    # skew_behind lost one message at the roaming session in 2 of 3 runs, then 1 of 10: a copy
+    # routed to the session's new node just after the surrender, arriving there before the
+    # session (cluster/handoff.py now sends the old node's own copy too); 0 in 22 runs since.
+    **{(scenario, "takeover_no_loss"): ("holds", "") for scenario in ("skew_behind", "skew_ahead")},
 }
 
 _cache: dict[str, dict[str, Result]] = {}
