@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from persistence_support import old_format_db
 
 from broker.core.broker import Broker
 from broker.core.commit_gate import KeptRecords
@@ -142,15 +143,7 @@ def test_a_malformed_record_is_not_a_duplicate_and_a_bad_row_stops_the_start(
 def test_format_3_is_migrated_in_place(tmp_path: Path) -> None:
     assert FORMAT_VERSION == 4
     path = tmp_path / FILE_NAME
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute("CREATE TABLE retained (topic TEXT PRIMARY KEY, message BLOB NOT NULL)")
-    db.execute("CREATE TABLE sessions (client_id TEXT PRIMARY KEY, state BLOB NOT NULL)")
-    db.execute("CREATE TABLE wills (client_id TEXT PRIMARY KEY, deadline REAL NOT NULL,"
-               " will BLOB NOT NULL)")  # fmt: skip
-    db.execute("CREATE TABLE delayed (id INTEGER PRIMARY KEY, due REAL NOT NULL,"
-               " message BLOB NOT NULL)")  # fmt: skip
-    db.execute("INSERT INTO meta VALUES ('version', '3')")
+    db = old_format_db(path, 3)
     message = Message("r/k", b"kept", 1, True, timestamp=5.0)
     db.execute("INSERT INTO retained VALUES ('r/k', ?)", (encode_value(message_to_dict(message)),))
     db.execute("INSERT INTO sessions VALUES ('keep', ?)", (encode_value(state("keep")),))

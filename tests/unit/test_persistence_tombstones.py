@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from persistence_support import old_format_db
+
 from broker.core.broker import Broker
 from broker.core.hlc import Stamp
 from broker.core.message import Message, message_to_dict
@@ -116,15 +118,7 @@ def test_re_clearing_moves_a_tombstone_to_the_young_end() -> None:
 
 def test_format_2_is_migrated_and_its_rows_kept(tmp_path: Path) -> None:
     path = tmp_path / FILE_NAME
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute("CREATE TABLE retained (topic TEXT PRIMARY KEY, message BLOB NOT NULL)")
-    db.execute("CREATE TABLE sessions (client_id TEXT PRIMARY KEY, state BLOB NOT NULL)")
-    db.execute("CREATE TABLE wills (client_id TEXT PRIMARY KEY, deadline REAL NOT NULL,"
-               " will BLOB NOT NULL)")  # fmt: skip
-    db.execute("CREATE TABLE delayed (id INTEGER PRIMARY KEY, due REAL NOT NULL,"
-               " message BLOB NOT NULL)")  # fmt: skip
-    db.execute("INSERT INTO meta VALUES ('version', '2')")
+    db = old_format_db(path, 2)
     kept = Message("r/k", b"kept", 1, True, timestamp=5.0)
     db.execute("INSERT INTO retained VALUES ('r/k', ?)", (encode_value(message_to_dict(kept)),))
     db.commit()
