@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import json
 import re
 import time
 from collections import Counter
@@ -59,20 +60,30 @@ def skewed(node: int, seconds: float) -> Options:
     return Options(env={node: env}, extra=seen)
 
 
-async def _broker_time(port: int) -> float | None:
-    """The node's wall clock as its REST API shows it (`datetime` of /brokers, in seconds)."""
+async def _http_get(port: int, path: str) -> str | None:
+    """The body of an authenticated GET to a node's HTTP port; None when it cannot be had."""
     try:
         async with (
             aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=5)) as http,
-            http.get(f"http://127.0.0.1:{port}/api/v3/brokers/") as reply,
+            http.get(f"http://127.0.0.1:{port}{path}") as reply,
         ):
-            body = await reply.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+            return await reply.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def _broker_time(port: int) -> float | None:
+    """The node's wall clock as its REST API shows it (`datetime` of /brokers, in seconds)."""
+    text = await _http_get(port, "/api/v3/brokers/")
+    if text is None:
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
         return None
     rows = body.get("data", body) if isinstance(body, dict) else body
     try:
-        text = rows[0]["datetime"]
-        return time.mktime(time.strptime(text, "%Y-%m-%d %H:%M:%S"))
+        return time.mktime(time.strptime(rows[0]["datetime"], "%Y-%m-%d %H:%M:%S"))
     except (LookupError, TypeError, ValueError):
         return None
 
@@ -111,13 +122,8 @@ async def skew_schedule(ctx: Ctx) -> None:
 
 async def _held_dropped(port: int) -> int | None:
     """The node's `forward/held_dropped` counter from its Prometheus exposition."""
-    try:
-        async with (
-            aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=5)) as http,
-            http.get(f"http://127.0.0.1:{port}/metrics") as reply,
-        ):
-            text = await reply.text()
-    except (aiohttp.ClientError, TimeoutError):
+    text = await _http_get(port, "/metrics")
+    if text is None:
         return None
     for line in text.splitlines():
         if line.startswith(HELD_DROPPED + "{"):
