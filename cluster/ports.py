@@ -48,6 +48,7 @@ from cluster.takeover import (
     SURRENDER_METHOD,
     ClusterSessionLocator,
 )
+from cluster.takeover_fold import COLLECT_METHOD
 from cluster.wire import Body, Hello
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class ClusterPorts:
         node.register_rpc(REGISTER_METHOD, locator.serve_register)
         node.register_rpc(RELEASE_METHOD, locator.serve_release)
         node.register_rpc(EVICT_METHOD, locator.serve_evict)
+        node.register_rpc(COLLECT_METHOD, locator.serve_collect)
         node.register_forward_kind(SHARED_KIND, self._on_shared_forward)
         node.register_forward_kind(SESSION_KIND, self._on_session_forward)
 

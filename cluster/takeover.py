@@ -92,6 +92,7 @@ from cluster.registry import (
     parse_stamp,
 )
 from cluster.rpc import NodeUnreachable, RemoteError, RpcError
+from cluster.takeover_fold import CopyCollector
 from cluster.takeover_owner import RegistryOwner
 from cluster.takeover_rounds import RegistryRounds
 from cluster.takeover_wire import (
@@ -132,7 +133,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class ClusterSessionLocator(RegistryOwner, RegistryRounds):
+class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
     """The broker's `session_locator` in a cluster, and the owner side of the registry.
 
     `live_nodes()` names the live members, this node first; `call` is `ClusterNode.call`.
@@ -184,7 +185,8 @@ class ClusterSessionLocator(RegistryOwner, RegistryRounds):
         nodes = self.live_nodes()
         stamp = self._now()
         owner = owner_of(client_id, nodes)
-        if owner == self.name:
+        # After a membership change a copy may be elsewhere too: the claim gathers them.
+        if owner == self.name and (clean_start or not self.unsettled()):
             entry = self.registry.get(client_id)
             if entry is None or entry.node == self.name or entry.node not in nodes:
                 _, stamp = self.registry.claim(client_id, self.name, stamp)
@@ -238,6 +240,8 @@ class ClusterSessionLocator(RegistryOwner, RegistryRounds):
                 self.stats["sessions_moved"] += 1
             if not confirmed:
                 self._dirty.add(client_id)
+            if not clean_start and self.unsettled():  # copies may have diverged: fold them
+                state = await self.gather(client_id, stamp, state, self.live_nodes())
         except Exception as exc:  # unreachable, timeout, remote error: go on alone
             self.stats["failures"] += 1
             self._dirty.add(client_id)

@@ -34,6 +34,7 @@ from cluster.takeover import (
     serve_surrender,
     trim_state,
 )
+from cluster.takeover_fold import COLLECT_METHOD
 
 
 class Net:
@@ -79,6 +80,7 @@ class Net:
                 RELEASE_METHOD: target.serve_release,
                 EVICT_METHOD: target.serve_evict,
                 SURRENDER_METHOD: target.serve_surrender,
+                COLLECT_METHOD: target.serve_collect,
             }[method]
             result = await handler(msgpack_roundtrip(args), origin)
             await asyncio.sleep(0)

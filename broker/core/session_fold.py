@@ -1,0 +1,135 @@
+"""Two copies of one persistent session folded into one, so that QoS 2 stays exactly once.
+
+Why: a partition can leave a copy of a session on each side (the client moved across the cut,
+or resumed a copy whose old holder was out of reach). Each copy queued what was routed to it,
+and the forwards held across the cut reach both sides after the heal, so the two queues hold
+the same QoS 2 messages while the client has had some of them from one copy already. Choosing
+one copy and dropping the other (what the registry did) delivers again what the other copy had
+delivered, or loses what only the other copy had queued. Folding keeps each QoS 2 message once:
+
+* the base is the copy the client arrived at last (`arrived`, the hybrid-clock stamp of the
+  copy's arrival on its node; ties: the one disconnected last);
+* a QoS 2 message another copy *delivered* (its publish stamp is in that copy's `qos2_seen`
+  record but not in its queue: sent to the client, or in flight) is taken out of the base's
+  queue;
+* a QoS 2 message another copy still has queued and the base never accepted is added to the
+  base's queue (no loss), and the `qos2_seen` records are joined (a later copy of either is
+  dropped as a repeat, `broker.core.qos2_once`);
+* QoS 0/1 messages of the other copies are not added (they carry no publish stamp, so what the
+  base already delivered cannot be told apart; at-least-once allows a repeat but the base's own
+  queue has the same routes' messages): they are counted as dropped, as before.
+
+Pure: exported states (`Session.export_state`) in, one state out; the cluster collects the
+copies (`cluster.takeover_fold`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.core.qos2_once import SEEN_MAX
+from broker.core.session_export import SessionState
+
+__all__ = ["FoldResult", "delivered_qos2", "fold_copies", "queued_qos2"]
+
+#: A publish stamp as a comparable value: `(ms, counter, node)` from its wire form.
+WireStamp = tuple[Any, ...]
+
+
+class FoldResult:
+    """The folded state and what the fold did (for the logs and the counters)."""
+
+    __slots__ = ("added", "dropped", "removed", "state")
+
+    def __init__(self, state: SessionState | None) -> None:
+        self.state = state
+        #: QoS 2 messages taken out of the base's queue (another copy delivered them).
+        self.removed = 0
+        #: QoS 2 messages of another copy's queue added to the base's.
+        self.added = 0
+        #: Other copies' queued messages not carried over (QoS 0/1, or QoS 2 seen by the base).
+        self.dropped = 0
+
+
+def _stamp(value: Any) -> WireStamp | None:
+    if isinstance(value, list | tuple) and len(value) == 3:
+        return tuple(value)
+    return None
+
+
+def _message_stamp(message: Any) -> WireStamp | None:
+    return _stamp(message.get("hlc")) if isinstance(message, dict) else None
+
+
+def queued_qos2(state: SessionState) -> dict[WireStamp, list[Any]]:
+    """The QoS 2 deliveries still queued in a copy, by their publish stamp."""
+    out: dict[WireStamp, list[Any]] = {}
+    for item in state.get("queue") or ():
+        if isinstance(item, list | tuple) and len(item) >= 4 and item[1] == 2:
+            stamp = _message_stamp(item[0])
+            if stamp is not None:
+                out[stamp] = list(item)
+    return out
+
+
+def _seen(state: SessionState) -> list[WireStamp]:
+    return [s for s in (_stamp(v) for v in state.get("qos2_seen") or ()) if s is not None]
+
+
+def delivered_qos2(state: SessionState) -> set[WireStamp]:
+    """The publish stamps of the QoS 2 messages a copy accepted and no longer holds queued:
+    sent to the client (or in flight to it)."""
+    return set(_seen(state)) - set(queued_qos2(state))
+
+
+def _order(state: SessionState) -> tuple[WireStamp, float]:
+    arrived = _stamp(state.get("arrived")) or (-1, -1, "")
+    disconnected = state.get("disconnected_at")
+    at = float(disconnected) if isinstance(disconnected, int | float) else float("inf")
+    return arrived, at
+
+
+def fold_copies(copies: list[SessionState | None]) -> FoldResult:
+    """One state from the copies of one session (see the module docstring); None when there
+    is none. The base is not changed in place: a new map is returned."""
+    found = [c for c in copies if isinstance(c, dict)]
+    if not found:
+        return FoldResult(None)
+    found.sort(key=_order)
+    base = found[-1]
+    others = found[:-1]
+    result = FoldResult(dict(base))
+    if not others:
+        return result
+    state = result.state
+    assert state is not None
+    delivered: set[WireStamp] = set()
+    for other in others:
+        delivered |= delivered_qos2(other)
+    queue: list[Any] = []
+    for item in base.get("queue") or ():
+        stamp = _message_stamp(item[0]) if item[1] == 2 else None
+        if stamp is not None and stamp in delivered:
+            result.removed += 1
+            continue
+        queue.append(item)
+    known = set(_seen(base)) | set(queued_qos2(base))
+    seen = set(_seen(base))
+    for other in others:
+        mine = queued_qos2(other)
+        for item in other.get("queue") or ():
+            stamp = _message_stamp(item[0]) if item[1] == 2 else None
+            if stamp is None or stamp in known or stamp not in mine:
+                result.dropped += 1
+                continue
+            known.add(stamp)
+            queue.append(list(item))
+            result.added += 1
+        seen |= set(_seen(other))
+    state["queue"] = queue
+    state["qos2_seen"] = [list(s) for s in sorted(seen)[-SEEN_MAX:]]
+    rel = list(base.get("awaiting_rel") or [])
+    for other in others:
+        rel += [i for i in other.get("awaiting_rel") or () if i not in rel]
+    state["awaiting_rel"] = rel
+    return result

@@ -1,0 +1,157 @@
+"""Two copies of one session after a partition: folded, not chosen (`broker.core.session_fold`,
+`cluster.takeover_fold`), so a QoS 2 message the client had from one copy is not delivered
+again from the other (MQTT-4.3.3-2: QoS 2 is delivered exactly once).
+
+The pure fold first, then the README's isolate_sub case over the in-memory `Net` of
+test_cluster_takeover: the client moves across the cut to the isolated node, which delivers
+what was held for it; after the heal its next node's claim takes the majority side's copy,
+whose queue holds the same messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_cluster_takeover import Net, cid_owned_by, settle
+
+from broker.core.message import Message
+from broker.core.qos2_once import SEEN_MAX
+from broker.core.session_fold import delivered_qos2, fold_copies
+from cluster.takeover_fold import COLLECT_METHOD
+
+
+def _item(stamp: list[Any] | None, qos: int = 2, payload: bytes = b"x") -> list[Any]:
+    message: dict[str, Any] = {"topic": "w/1", "payload": payload, "qos": qos}
+    if stamp is not None:
+        message["hlc"] = stamp
+    return [message, qos, False, None]
+
+
+def _copy(arrived: int, queue: list[list[Any]], seen: list[list[Any]]) -> dict[str, Any]:
+    return {
+        "client_id": "roam",
+        "arrived": [arrived, 0, "n"],
+        "disconnected_at": 1.0,
+        "queue": queue,
+        "qos2_seen": seen,
+        "awaiting_rel": [],
+        "subscriptions": [["w/#", 2, False, False, 0, None]],
+    }
+
+
+S1, S2, S3, S4 = ([10 + i, 0, "p"] for i in range(4))
+
+
+def test_what_one_copy_delivered_leaves_the_other_copys_queue() -> None:
+    # The stale copy (arrived first) queued S1..S3; the client had S1 and S2 from the later
+    # copy, which still queues S4 (the stale one never saw it).
+    stale = _copy(100, [_item(S1), _item(S2), _item(S3)], [S1, S2, S3])
+    used = _copy(200, [_item(S4)], [S1, S2, S4])
+    assert delivered_qos2(used) == {tuple(S1), tuple(S2)}
+    for order in ([stale, used], [used, stale], [None, used, stale]):
+        folded = fold_copies(order)
+        state = folded.state
+        assert state is not None
+        assert state["arrived"] == [200, 0, "n"]  # the copy the client arrived at last
+        assert [item[0]["hlc"] for item in state["queue"]] == [S4, S3]  # S3: no loss
+        assert sorted(map(tuple, state["qos2_seen"])) == [tuple(s) for s in (S1, S2, S3, S4)]
+        assert (folded.removed, folded.added, folded.dropped) == (0, 1, 2)
+
+
+def test_the_base_loses_what_the_other_copy_delivered() -> None:
+    base = _copy(300, [_item(S1), _item(S2), _item(None, qos=1)], [S1, S2])
+    other = _copy(100, [], [S1])  # delivered S1 (in its record, not queued)
+    folded = fold_copies([base, other])
+    assert folded.state is not None
+    assert [item[0].get("hlc") for item in folded.state["queue"]] == [S2, None]
+    assert folded.removed == 1
+
+
+def test_qos1_of_the_other_copy_is_counted_not_carried() -> None:
+    base = _copy(300, [], [])
+    other = _copy(100, [_item(None, qos=1)], [])
+    folded = fold_copies([base, other])
+    assert folded.state is not None and folded.state["queue"] == []
+    assert folded.dropped == 1
+
+
+def test_one_copy_or_none_is_left_as_it_is() -> None:
+    only = _copy(100, [_item(S1)], [S1])
+    assert fold_copies([None, only]).state == only
+    assert fold_copies([None]).state is None
+
+
+def test_the_joined_record_stays_bounded() -> None:
+    base = _copy(300, [], [[i, 0, "a"] for i in range(SEEN_MAX)])
+    other = _copy(100, [], [[i, 1, "b"] for i in range(SEEN_MAX)])
+    state = fold_copies([base, other]).state
+    assert state is not None and len(state["qos2_seen"]) == SEEN_MAX
+    assert state["qos2_seen"][-1] == [SEEN_MAX - 1, 1, "b"]  # the newest kept
+
+
+async def _roam_across_the_cut(fold: bool) -> list[bytes]:
+    """What the client gets at its third node (see the module docstring)."""
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    first = net.client("a")
+    first.connect(cid, clean_start=False)
+    await settle()
+    first.subscribe("w/#", qos=2)
+    first.drop()
+    await settle()
+    net.views["b"] = ["b"]  # b is cut off (it declared the others dead)
+    net.live = ["a", "c"]
+    on_b = net.client("b")
+    on_b.connect(cid, clean_start=False)  # b owns the id alone: its own fresh copy
+    await settle()
+    on_b.subscribe("w/#", qos=2)
+    # Published on the majority side during the cut: queued in a's copy, held for b.
+    held = [Message("w/1", f"m{i}".encode(), 2, publisher="p", node="a") for i in range(3)]
+    for message in held:
+        message.stamp = net.brokers["a"].hlc.now()  # as `Broker.publish` stamps it at its origin
+        net.arrive("a", message)
+    # The heal: b gets what was held for it and delivers it.
+    net.live = ["a", "b", "c"]
+    del net.views["b"]
+    for message in held:
+        net.arrive("b", message)
+    assert [p.payload for p in on_b.publishes()] == [b"m0", b"m1", b"m2"]
+    on_b.drop()
+    await settle()
+    if fold:  # c saw the membership change (b alive again); the rounds have not run yet
+        net.locators["c"]._changed_at = 1.0
+        net.locators["c"].unsettled = lambda: True  # type: ignore[method-assign]
+    last = net.client("c")
+    last.connect(cid, clean_start=False)
+    await settle()
+    assert last.connack().session_present
+    return [p.payload for p in last.publishes()]
+
+
+async def test_the_next_node_takes_the_stale_copy_without_the_fold() -> None:
+    # The mechanism, as measured in isolate_sub: the stale copy's queue is delivered again.
+    assert await _roam_across_the_cut(fold=False) == [b"m0", b"m1", b"m2"]
+
+
+async def test_after_a_membership_change_the_claim_folds_the_copies() -> None:
+    assert await _roam_across_the_cut(fold=True) == []
+
+
+async def test_a_copy_brought_by_a_newer_claim_is_not_given_up() -> None:
+    net = Net(["a", "b"])
+    cid = cid_owned_by("a", net.live)
+    client = net.client("b")
+    client.connect(cid, clean_start=False)
+    await settle()
+    newer = list(net.locators["b"].held[cid])
+    older = [newer[0] - 1, 0]
+    answer = await net.locators["b"].serve_collect(
+        {"client_id": cid, "stamp": older, "node": "a"}, "a"
+    )
+    assert answer is None and cid in net.brokers["b"].sessions
+    answer = await net.locators["b"].serve_collect(
+        {"client_id": cid, "stamp": [newer[0] + 1, 0], "node": "a"}, "a"
+    )
+    assert answer is not None and answer["client_id"] == cid
+    assert cid not in net.brokers["b"].sessions
+    assert COLLECT_METHOD == "session_collect"
