@@ -73,9 +73,20 @@ class CopyCollector:
 
         def members_changed(self, node: str, kind: str) -> None:
             """Note the change (claims gather copies for a while), then the rounds' work."""
-            if kind in ("join", "alive", "dead", "left"):
+            if self._diverging(node, kind):
                 self._changed_at = time.monotonic()
             super().members_changed(node, kind)
+
+    def _diverging(self, node: str, kind: str) -> bool:
+        """Can this change leave two copies of a session? A death, a departure, a return,
+        and a join of a node seen before (restarted with its data dir); not the first join of
+        a node while this one holds no session (a cluster forming: nothing to diverge)."""
+        seen = self.__dict__.setdefault("_seen_nodes", set())
+        first = node not in seen
+        seen.add(node)
+        if kind in ("alive", "dead", "left"):
+            return True
+        return kind == "join" and (not first or bool(self.broker.sessions))
 
     def unsettled(self) -> bool:
         """Members changed within `UNSETTLED` seconds: copies of a session may have diverged."""
