@@ -137,6 +137,52 @@ async def test_after_a_membership_change_the_claim_folds_the_copies() -> None:
     assert await _roam_across_the_cut(fold=True) == []
 
 
+async def _back_to_the_owner(fold: bool) -> list[bytes]:
+    """The other order: the client leaves the owner c just as c is cut off, is served on the
+    majority side (a copy made there), and comes back to c after the heal, where c's own copy
+    queued the forwards held for it: c resumes that copy with no claim (it owns the id)."""
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    first = net.client("c")
+    first.connect(cid, clean_start=False)
+    await settle()
+    first.subscribe("w/#", qos=2)
+    first.drop()
+    await settle()
+    net.views["c"] = ["c"]
+    net.live = ["a", "b"]  # c cut off: a claim on a goes to a stand-in, c's copy stays
+    on_a = net.client("a")
+    on_a.connect(cid, clean_start=False)
+    await settle()
+    on_a.subscribe("w/#", qos=2)
+    held = [Message("w/1", f"m{i}".encode(), 2, publisher="p", node="a") for i in range(3)]
+    for message in held:
+        message.stamp = net.brokers["a"].hlc.now()
+        net.arrive("a", message)
+    assert [p.payload for p in on_a.publishes()] == [b"m0", b"m1", b"m2"]
+    on_a.drop()
+    await settle()
+    net.live = ["a", "b", "c"]  # the heal: c gets what was held for it, into its own copy
+    del net.views["c"]
+    for message in held:
+        net.arrive("c", message)
+    if fold:
+        net.locators["c"].unsettled = lambda: True  # type: ignore[method-assign]
+    last = net.client("c")
+    last.connect(cid, clean_start=False)
+    await settle()
+    assert last.connack().session_present
+    return [p.payload for p in last.publishes()]
+
+
+async def test_the_owner_resumes_its_own_stale_copy_without_the_fold() -> None:
+    assert await _back_to_the_owner(fold=False) == [b"m0", b"m1", b"m2"]
+
+
+async def test_after_a_membership_change_the_owner_folds_its_copy_with_the_others() -> None:
+    assert await _back_to_the_owner(fold=True) == []
+
+
 async def test_a_copy_brought_by_a_newer_claim_is_not_given_up() -> None:
     net = Net(["a", "b"])
     cid = cid_owned_by("a", net.live)
