@@ -119,8 +119,10 @@ class CopyCollector:
             elif isinstance(answer, RpcError):
                 log.info("takeover of %s: %s not asked for its copy: %s", client_id, peer, answer)
         local = self.broker.sessions.get(client_id)
-        log.info("takeover of %s: copies asked of %d nodes after a membership change: %d found",
-                 client_id, len(peers), len(copies) - 1)  # fmt: skip
+        log.info("takeover of %s: copies asked of %d nodes after a membership change: %d found"
+                 " (the owner's: %s queued, ours: %s)", client_id, len(peers), len(copies) - 1,
+                 "none" if state is None else len(state.get("queue") or ()),
+                 "none" if local is None else len(local.queue))  # fmt: skip
         if len(copies) < 2 and (state is None or local is None):
             return state  # one copy at most (the owner's, or ours resumed as it is)
         if local is not None:

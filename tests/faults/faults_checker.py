@@ -99,6 +99,12 @@ def check(
                     r.bad(f"{op.value} acked by n{op.node} not at sub{i}, {when(op.end)}",
                           near_change(op.end))  # fmt: skip
 
+    def where(name: str, value: str) -> str:
+        """The node and time of each receipt (which copy delivered it, for the node logs)."""
+        return ", ".join(f"n{o.node} at {h.state(o.end).label}+{o.end - h.state(o.end).time:.1f}s"
+                         for o in h.ops if o.kind == "recv" and o.process == name
+                         and o.value == value)  # fmt: skip
+
     r = out["qos2_exactly_once"]
     for op in h.ops:
         if op.kind == "publish" and op.qos == 2:
@@ -107,8 +113,8 @@ def check(
                 if count:
                     r.checked += 1
                     if count > 1:
-                        r.bad(f"{op.value} {count}x at {name}, {when(op.end)}",
-                              near_change(op.end))  # fmt: skip
+                        r.bad(f"{op.value} {count}x at {name} ({where(name, op.value)}), "
+                              f"{when(op.end)}", near_change(op.end))  # fmt: skip
 
     quiet = [op for op in acked if h.quiet(op.end, settle)]
     r = out["takeover_no_loss"]
