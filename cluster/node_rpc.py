@@ -16,6 +16,7 @@ from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.node_config import ClusterConfig
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError
+from cluster.transport import Transport
 
 log = logging.getLogger("cluster.runtime")
 
@@ -27,6 +28,7 @@ class NodeRpc:
     name: str
     config: ClusterConfig
     rpc: RpcEndpoint
+    transport: Transport
 
     if TYPE_CHECKING:  # `ClusterNode` defines it
 
@@ -39,6 +41,27 @@ class NodeRpc:
         """Members alive or suspect: this node first, then the others by name."""
         others = sorted(m.name for m in self.membership.live_members())
         return [self.name, *others]
+
+    def linked_dead(self) -> list[str]:
+        """Members the membership does not count live whose cluster link is up again: a heal
+        the transport saw before the membership did (what was held for them flows already).
+        A takeover's gather asks them for their copy too (`cluster.takeover_fold`)."""
+        transport = self.transport
+        return sorted(
+            m.name
+            for m in self.membership.members.values()
+            if m.name != self.name and m.state not in LIVE_STATES and transport.is_up(m.address)
+        )
+
+    async def call_linked(
+        self, node: str, method: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        """`call` to a member over a link that is up, whatever the membership says of it."""
+        member = self.membership.get(node)
+        if member is None or not self.transport.is_up(member.address):
+            raise NodeUnreachable(node)
+        wait = self.config.rpc_timeout if timeout is None else timeout
+        return await self.rpc.call(node, member.address, method, args, wait)
 
     def is_live(self, node: str) -> bool:
         member = self.membership.get(node)

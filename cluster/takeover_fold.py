@@ -64,6 +64,10 @@ class CopyCollector:
     _confirmed: dict[str, tuple[str, tuple[str, ...]]]
     #: `time.monotonic()` of the last membership change seen here (0: none).
     _changed_at: float = 0.0
+    #: Members not live whose link is up again, and a call to them (`ClusterNode.linked_dead`,
+    #: `call_linked`; set by `cluster.ports`): none without a transport.
+    linked_dead: Callable[[], list[str]] = staticmethod(lambda: [])
+    call_linked: Call | None = None
 
     if TYPE_CHECKING:  # `RegistryRounds` defines it
 
@@ -103,11 +107,17 @@ class CopyCollector:
         copy of the session (the other live nodes' and this node's own)."""
         args = {"client_id": client_id, "stamp": list(stamp), "node": self.name}
         peers = [node for node in nodes if node != self.name]
+        calls = [self.call(peer, COLLECT_METHOD, args, self.timeout * 2 / 3) for peer in peers]
+        # A heal the links saw before the membership: held forwards may already have reached
+        # a copy over there (measured: the client read them there, then its next node's claim
+        # took this side's copy 0.1 s before that side was seen alive again).
+        if self.call_linked is not None:
+            for node in self.linked_dead():
+                if node not in nodes:
+                    peers.append(node)
+                    calls.append(self.call_linked(node, COLLECT_METHOD, args, self.timeout / 3))
         self.stats["collects"] = self.stats.get("collects", 0) + len(peers)
-        answers = await asyncio.gather(
-            *(self.call(peer, COLLECT_METHOD, args, self.timeout * 2 / 3) for peer in peers),
-            return_exceptions=True,
-        )
+        answers = await asyncio.gather(*calls, return_exceptions=True)
         copies: list[SessionState | None] = [state]
         for peer, answer in zip(peers, answers, strict=True):
             if isinstance(answer, dict):

@@ -89,7 +89,9 @@ def test_the_joined_record_stays_bounded() -> None:
     assert state["qos2_seen"][-1] == [SEEN_MAX - 1, 1, "b"]  # the newest kept
 
 
-async def _roam_across_the_cut(fold: bool) -> list[bytes]:
+async def _roam_across_the_cut(
+    fold: bool, sees_b: bool = True, linked: bool = False
+) -> list[bytes]:
     """What the client gets at its third node (see the module docstring)."""
     net = Net(["a", "b", "c"])
     cid = cid_owned_by("c", net.live)
@@ -121,6 +123,11 @@ async def _roam_across_the_cut(fold: bool) -> list[bytes]:
     if fold:  # c saw the membership change (b alive again); the rounds have not run yet
         net.locators["c"]._changed_at = 1.0
         net.locators["c"].unsettled = lambda: True  # type: ignore[method-assign]
+    if not sees_b:  # c's links are back but its membership still holds b dead
+        net.views["c"] = ["a", "c"]
+    if linked:
+        net.locators["c"].linked_dead = lambda: ["b"]
+        net.locators["c"].call_linked = net._caller("c")
     last = net.client("c")
     last.connect(cid, clean_start=False)
     await settle()
@@ -135,6 +142,14 @@ async def test_the_next_node_takes_the_stale_copy_without_the_fold() -> None:
 
 async def test_after_a_membership_change_the_claim_folds_the_copies() -> None:
     assert await _roam_across_the_cut(fold=True) == []
+
+
+async def test_a_node_seen_dead_whose_link_is_back_is_asked_too() -> None:
+    # The heal as the links see it before the membership does: b's copy delivered the held
+    # forwards; c does not count b live yet. Measured in isolate_sub (32 twice in 1 of 20 runs
+    # before this): the claim 0.1 s before b was seen alive took the majority side's copy.
+    assert await _roam_across_the_cut(fold=True, sees_b=False) == [b"m0", b"m1", b"m2"]
+    assert await _roam_across_the_cut(fold=True, sees_b=False, linked=True) == []
 
 
 async def _back_to_the_owner(fold: bool) -> list[bytes]:
