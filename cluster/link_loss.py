@@ -15,6 +15,10 @@ dialled again at once:
 * a peer of another run (epoch) answers: it restarted and never had those calls: they fail;
 * the same run answers: it is alive, and the calls wait for their answers as before.
 
+A dial that fails (no check running: a call made once the link's backoff had ended queued its
+request on a new connection that never came up) drops the requests queued on it: the pending
+calls to that peer fail too, as a call made while the link backs off fails at once.
+
 A link that ends while nothing is pending costs nothing here (links reconnect lazily).
 """
 
@@ -40,20 +44,31 @@ class LinkLoss:
         #: Links dialled again to see whether the peer is still there:
         #: address -> (peer name, its epoch, the last request id made before the link ended).
         self._checking: dict[Address, tuple[str, int, int]] = {}
+        #: The node that last answered on each address.
+        self._names: dict[Address, str] = {}
 
     def down(self, address: Address, peer: Hello | None) -> None:
         """Our link to `address` ended; `peer` answered on it (None: it never came up)."""
         check = self._checking.pop(address, None)
         if peer is not None:
+            self._names[address] = peer.name
             if self.rpc.pending_to(peer.name):
                 self._checking[address] = (peer.name, peer.epoch, self.rpc.last_id)
                 self.stats["rpc/link_checks"] += 1
                 self.transport.redial(address)
         elif check is not None:
             self._fail(check, "its link ended and a new one failed")
+        else:
+            # A dial failed: the requests queued for it were dropped with its queue, so no
+            # answer comes to them (the peer is unreachable now, as for a call made while
+            # the link backs off, which fails at once).
+            name = self._names.get(address)
+            if name is not None and self.rpc.pending_to(name):
+                self._fail((name, 0, self.rpc.last_id), "a link to it failed")
 
     def up(self, address: Address, hello: Hello) -> None:
         """Our link to `address` is up again: the peer of the check, or another run?"""
+        self._names[address] = hello.name
         check = self._checking.pop(address, None)
         if check is not None and (hello.name != check[0] or hello.epoch != check[1]):
             self._fail(check, "it restarted")
