@@ -24,10 +24,12 @@ Theory of operation
   (`member_event`): H *reinstates* the parked state as its own session (disconnected,
   persistent, its queue, inflight window and QoS 2 stamps as surrendered; its arrival stamp
   kept), delivers the captured messages into it (`deliver_to`: the session's QoS 2 stamps
-  refuse one it had already), and holds the id again at a stamp just below B's claim: the
-  next registration round registers it at the id's owner, where it replaces dead B's entry,
-  beats a copy B restored from disk (stamp zero) and loses to any claim made after B's (a
-  client that reconnected elsewhere meanwhile keeps its connection).
+  refuse one it had already), and holds the id again at a stamp just after B's claim (one
+  more in its counter): the next registration round registers it at the id's owner, where it
+  beats B's entry (also at an owner that has not declared B dead yet, or that still names
+  B's previous run) and a copy B restored from disk (stamp zero), and loses to a claim made
+  after B's (a client that reconnected elsewhere meanwhile keeps its connection; claims are
+  milliseconds apart, and a claim at the very same stamp is ordered by node name).
 * A parked state whose confirmation does not come within `PARK_BOUND` seconds while B stays
   a live member is dropped (counted, logged): reinstating it while B may serve the session
   would make two; B's death is found within the detection bound, far below it.
@@ -201,7 +203,7 @@ class SessionParking:
         self.handoff.reclaimed(client_id)
         delivered = self.deliver(client_id, parked.captured)
         ms, counter = parked.stamp
-        self.hold(client_id, (ms, counter - 1) if counter > 0 else (max(0, ms - 1), 1 << 30))
+        self.hold(client_id, (ms, counter + 1))  # just after B's claim (module docstring)
         self.stats["reinstated"] += 1
         log.warning(
             "client %s: %s did not commit the session moved to it; reinstated here "

@@ -40,14 +40,19 @@ async def test_the_new_node_dies_unconfirmed_and_the_old_one_reinstates() -> Non
     locator = net.locators["a"]
     claim = net.locators["c"].registry.get(cid)
     assert claim is not None and claim.node == "b"
+    net.views["c"] = list(net.live)  # the owner c has not declared b dead yet
     net.live.remove("b")
     locator.parking.member_event("b", "dead")
     assert cid not in locator.parking.parked
     session = net.brokers["a"].sessions[cid]
     assert [m.payload for m, *_ in session.queue] == [b"q0", b"q1", b"after"]
-    # Held again just below b's claim: a newer claim elsewhere would beat it.
+    # Held again just after b's claim: it beats b's entry, and a later claim beats it.
     held = locator.held[cid]
-    assert held < claim.stamp and cid in locator._dirty
+    assert claim.stamp < held < (claim.stamp[0] + 1, 0) and cid in locator._dirty
+    locator.members_changed("b", "dead")
+    await settle()
+    entry = net.locators["c"].registry.get(cid)
+    assert entry is not None and entry.node == "a" and entry.stamp == held
     back = net.client("a")
     back.connect(cid, clean_start=False)
     await settle()
