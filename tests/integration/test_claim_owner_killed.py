@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,7 @@ async def test_claim_in_flight_to_a_killed_owner_meets_the_other_at_the_stand_in
     try:
         await asyncio.sleep(0.3)  # both claims are in O's socket buffers (not an assertion)
         o.proc.kill()  # our own child, by its PID
+        killed = time.monotonic()
         o.proc.wait(TIMEOUT)
         acks = await asyncio.gather(one.recv(3 * TIMEOUT), two.recv(3 * TIMEOUT))
         assert all(isinstance(a, ConnAck) and a.reason_code == 0 for a in acks), acks
@@ -96,6 +98,7 @@ async def test_claim_in_flight_to_a_killed_owner_meets_the_other_at_the_stand_in
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         # What B and C had logged when the first of the two connections heard something.
         dead_seen = [f"node {OWNER} is dead" in (tmp_path / f"{n}.log").read_text() for n in (B, C)]
+        print(f"first packet after the CONNACKs {time.monotonic() - killed:.3f} s after the kill")
         for task in pending:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
