@@ -44,6 +44,8 @@ id's rendezvous order among the same members (`_claim_at`): two CONNECTs of one 
 see the same members meet there, and it is the id's owner once the dead one is declared dead.
 (Measured: without it, restart_each left a twin pair both up, claimed while their owner was
 down.) Such a claim is not confirmed, so the next round registers it at the owner itself.
+A claim in flight when the owner's process dies fails as soon as the link to it ends and a new
+dial is refused (`cluster.link_loss`), and goes to the stand-in then, not at its timeout.
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
 id is registered again at the next membership change, where a duplicate is resolved as above.
 The owner refuses a claim older than `STALE_CLAIMS` timeouts by its stamp: one held in a link
