@@ -96,3 +96,16 @@ async def test_a_claim_on_the_old_node_that_gets_no_state_takes_the_parked_copy(
     assert back.connack().session_present
     assert [p.payload for p in back.publishes()] == [b"q0", b"q1"]
     assert cid not in net.locators["a"].parking.parked
+
+
+async def test_a_new_run_of_the_new_node_reinstates_and_suspicion_does_not() -> None:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    await moved_unconfirmed(net, cid)
+    parking = net.locators["a"].parking
+    for kind in ("suspect", "alive"):  # the same run of b may still commit and confirm
+        parking.member_event("b", kind)
+        assert cid in parking.parked and cid not in net.brokers["a"].sessions
+    parking.member_event("b", "join")  # b restarted: its new run never had the session
+    assert cid not in parking.parked
+    assert [m.payload for m, *_ in net.brokers["a"].sessions[cid].queue] == [b"q0", b"q1"]
