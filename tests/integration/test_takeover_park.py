@@ -20,9 +20,11 @@ nothing asserts on timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +38,10 @@ from broker.protocol.packets import (
     Connect,
     Disconnect,
     PubAck,
+    PubComp,
     Publish,
+    PubRec,
+    PubRel,
     SubAck,
     Subscribe,
     SubscriptionRequest,
@@ -77,25 +82,50 @@ def logged(tmp: Path, name: str, text: str) -> bool:
     return text in (tmp / f"{name}.log").read_text(errors="replace")
 
 
-async def receive_all(client: RawClient, wanted: int) -> set[int]:
-    """The payloads received (acked) until `wanted` distinct ones came, or TIMEOUT passed."""
-    got: set[int] = set()
-    try:
+async def receive_all(client: RawClient, wanted: int) -> Counter[int]:
+    """How often each payload arrived (acked: PUBACK, or PUBREC then PUBCOMP) until `wanted`
+    distinct ones came and one more second passed without a new one (a second copy), or
+    TIMEOUT passed."""
+    got: Counter[int] = Counter()
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(TIMEOUT):
-            while len(got) < wanted:
-                packet = await client.recv(TIMEOUT)
+            while True:
+                packet = await client.recv(1.0 if len(got) >= wanted else TIMEOUT)
                 if isinstance(packet, Publish):
-                    got.add(int(packet.payload))
-                    if packet.packet_id is not None:
+                    got[int(packet.payload)] += 1
+                    if packet.qos == 1 and packet.packet_id is not None:
                         client.send(PubAck(packet.packet_id))
-    except TimeoutError:
-        pass
+                    elif packet.qos == 2 and packet.packet_id is not None:
+                        client.send(PubRec(packet.packet_id))
+                elif isinstance(packet, PubRel):
+                    client.send(PubComp(packet.packet_id))
     return got
 
 
+async def publish_qos2(port: int, n: int, topic: str) -> bool:
+    """Publish QoS 2 `topic` with payload n through to PUBCOMP; True once it came."""
+    client, ack = await RawClient.connect(port, f"tp-pub-{n}", clean_start=True)
+    try:
+        if not (isinstance(ack, ConnAck) and ack.reason_code == 0):
+            return False
+        client.send(Publish(topic, str(n).encode(), 2, packet_id=1))
+        if not isinstance(await client.recv(TIMEOUT), PubRec):
+            return False
+        client.send(PubRel(1))
+        return isinstance(await client.recv(TIMEOUT), PubComp)
+    finally:
+        await client.close()
+
+
+async def publish(port: int, n: int, qos: int) -> bool:
+    return await (publish_qos2(port, n, "tp/x") if qos == 2 else publish_once(port, n, "tp/x"))
+
+
+@pytest.mark.parametrize("qos", [1, 2])
 async def test_new_node_killed_before_its_commit_the_old_one_reinstates(
-    tmp_path: Path, nodes: list[NodeProc]
+    tmp_path: Path, nodes: list[NodeProc], qos: int
 ) -> None:
+    """QoS 2: each message once (MQTT-4.3.3: exactly once), also across the reinstatement."""
     config = tmp_path / "node.toml"
     config.write_text(
         "persistence = true\ndurable_acks = true\npersistence_interval = 3600000\n",
@@ -109,18 +139,18 @@ async def test_new_node_killed_before_its_commit_the_old_one_reinstates(
     # The persistent session on A, offline, with QUEUED messages queued into it.
     client, ack = await RawClient.connect(a.mqtt, CLIENT, clean_start=False)
     assert isinstance(ack, ConnAck) and ack.reason_code == 0
-    client.send(Subscribe(1, [SubscriptionRequest("tp/#", 1)]))
+    client.send(Subscribe(1, [SubscriptionRequest("tp/#", qos)]))
     assert isinstance(await client.recv(TIMEOUT), SubAck)
     client.send(Disconnect())
     await client.close()
     for n in range(QUEUED):
-        assert await publish_once(a.mqtt, n, "tp/x")  # acked: committed on A (durable_acks)
+        assert await publish(a.mqtt, n, qos)  # acked: committed on A (durable_acks)
     # The client CONNECTs on B: A surrenders; B's commit (and so its CONNACK) waits.
     mover = await RawClient.open(b.mqtt)
     mover.send(Connect(CLIENT, clean_start=False))
     await until(lambda: _true(logged(tmp_path, A, f"client {CLIENT} moves to {B}")), TIMEOUT)
     for n in range(QUEUED, QUEUED + PARKED):  # on A, after the surrender: A forwards them
-        assert await publish_once(a.mqtt, n, "tp/x")
+        assert await publish(a.mqtt, n, qos)
     b.proc.kill()  # our own child, by its PID, before its commit
     b.proc.wait(TIMEOUT)
     await mover.close()
@@ -130,16 +160,16 @@ async def test_new_node_killed_before_its_commit_the_old_one_reinstates(
     assert isinstance(ack, ConnAck) and ack.reason_code == 0
     assert ack.session_present, "the session moved to the killed node was lost"
     got = await receive_all(client, QUEUED + PARKED)
-    assert got == set(range(QUEUED + PARKED))
+    assert got == dict.fromkeys(range(QUEUED + PARKED), 1)
     client.send(Disconnect())
     await client.close()
     # B again (no hook): the session moves there and stays (A's parked copy is confirmed).
     b = await banner(launch(B, tmp_path, config, *join), tmp_path)
     nodes.append(b)
-    assert await publish_once(a.mqtt, 100, "tp/x")
+    assert await publish(a.mqtt, 100, qos)
     client, ack = await RawClient.connect(b.mqtt, CLIENT, clean_start=False)
     assert isinstance(ack, ConnAck) and ack.reason_code == 0 and ack.session_present
-    assert await receive_all(client, 1) == {100}
+    assert await receive_all(client, 1) == {100: 1}
     await client.close()
 
 
