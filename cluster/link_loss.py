@@ -62,8 +62,11 @@ class LinkLoss:
             # A dial failed: the requests queued for it were dropped with its queue, so no
             # answer comes to them (the peer is unreachable now, as for a call made while
             # the link backs off, which fails at once).
+            names = self.rpc.nodes_at(address)
             name = self._names.get(address)
             if name is not None and self.rpc.pending_to(name):
+                names.add(name)
+            for name in sorted(names):
                 self._fail((name, 0, self.rpc.last_id), "a link to it failed")
 
     def up(self, address: Address, hello: Hello) -> None:

@@ -87,6 +87,8 @@ class RpcEndpoint:
         #: The id of the last request made (calls up to it were sent before a given moment).
         self.last_id = 0
         self._pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
+        #: The address each pending call was sent to (`nodes_at`).
+        self._sent_to: dict[int, Address] = {}
         self._serving: set[asyncio.Task[None]] = set()
 
     def register(self, method: str, handler: MethodHandler) -> None:
@@ -110,6 +112,7 @@ class RpcEndpoint:
         if not sent:
             raise NodeUnreachable(node)
         self._pending[request_id] = (node, future)
+        self._sent_to[request_id] = address
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -118,6 +121,7 @@ class RpcEndpoint:
             raise RpcTimeout(f"{node} did not answer {method} within {timeout:g} s") from None
         finally:
             self._pending.pop(request_id, None)
+            self._sent_to.pop(request_id, None)
 
     def handle_response(self, from_node: str, body: Body) -> None:
         try:
@@ -144,6 +148,10 @@ class RpcEndpoint:
                 future.set_exception(NodeUnreachable(node))
                 failed += 1
         return failed
+
+    def nodes_at(self, address: Address) -> set[str]:
+        """The nodes of the calls pending at `address`."""
+        return {self._pending[i][0] for i, a in self._sent_to.items() if a == address}
 
     def pending_to(self, node: str) -> bool:
         """Some call to `node` waits for its answer."""

@@ -119,3 +119,18 @@ async def test_a_pending_call_fails_when_its_peer_is_gone(then: str) -> None:
     finally:
         await transport.close()
         await peer.close()
+
+
+async def test_a_call_whose_first_dial_is_refused_fails_at_once() -> None:
+    """Nothing listens at the peer's address (it died before we ever reached it): the request
+    was dropped with the link's queue, and the call fails then, not at its timeout."""
+    peer = Silent()
+    await peer.listen()
+    address = peer.address
+    await peer.close()  # the port is closed now: a dial is refused
+    transport, rpc = _node()
+    try:
+        with pytest.raises(NodeUnreachable):
+            await asyncio.wait_for(rpc.call("p", address, "m", {}, CALL_TIMEOUT), WAIT)
+    finally:
+        await transport.close()
