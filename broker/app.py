@@ -33,6 +33,7 @@ from management.cluster_view import ClusterNodeView
 from management.queries import NodeContext
 from management.server import ManagementServer, management_config
 from management.view import ClusterView, LocalView, run_query
+from management.workers_sys import WorkersSys
 from management.workers_view import WorkersView, worker_member_name
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,10 @@ class NodeApp:
         self.cluster: ClusterNode | None = None
         if worker is not None:  # the workers are a cluster, shown to the API as one node
             self.cluster = make_worker_cluster(self.broker, config, worker, self._rpc)
-            self.view = WorkersView(self.context, self.cluster, worker.index, worker.count)
+            workers_view = WorkersView(self.context, self.cluster, worker.index, worker.count)
+            self.view = workers_view
+            # $SYS describes the node: one worker gathers every worker's figures for all
+            self.node.sys_publisher = WorkersSys(workers_view).publish_round
         elif config.cluster.enabled and view is None:
             self.cluster = make_cluster_node(self.broker, config, self._rpc, cluster_config)
             self.view = ClusterNodeView(self.context, self.cluster)

@@ -40,6 +40,9 @@ TIMEOUT = 10.0
 NODE = "minibroker@127.0.0.1"
 #: Connections tried before concluding the kernel does not spread them (2**-19 by chance).
 MAX_TRIES = 20
+#: The module's node publishes `$SYS` every second.
+SYS_INTERVAL = 1
+SYS_CONNECTED = "$SYS/broker/clients/connected"
 
 
 @dataclass
@@ -73,12 +76,17 @@ class WorkersProc:
                 self.proc.wait()
 
 
-def start_workers(data_dir: Path, count: int = 2) -> WorkersProc:
+def start_workers(data_dir: Path, count: int = 2, config: str = "") -> WorkersProc:
+    """`minibroker start --workers <count>`; `config`: the text of a `-c` file, if any."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "broker.cli", "start", "--workers", str(count),
             "--host", "127.0.0.1", "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0",
             "--data-dir", str(data_dir)]  # fmt: skip
+    if config:
+        config_file = data_dir.parent / f"{data_dir.name}.toml"
+        config_file.write_text(config, "utf-8")
+        argv += ["-c", str(config_file)]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     node = WorkersProc(proc)
     threading.Thread(target=node.read_output, daemon=True).start()
@@ -132,7 +140,9 @@ class Rest:
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkersProc]:
-    node = start_workers(tmp_path_factory.mktemp("workers"))
+    node = start_workers(
+        tmp_path_factory.mktemp("workers"), config=f"sys_interval = {SYS_INTERVAL}\n"
+    )
     yield node
     node.stop()
 
@@ -233,6 +243,40 @@ async def test_client_id_taken_over_across_workers_leaves_one_connection(
         assert len(rows) == 1 and rows[0]["worker"] == worker
     finally:
         await first.close()
+
+
+async def test_sys_topics_describe_the_whole_node_on_every_worker(
+    workers: WorkersProc, rest: Rest
+) -> None:
+    """`$SYS` describes the one node: subscribers on either worker read the node-wide count of
+    connected clients (every worker's), the same figure on both, not their own worker's."""
+    clients: list[RawClient] = []
+    on: dict[int, list[RawClient]] = {0: [], 1: []}
+    try:
+        for i in range(MAX_TRIES):
+            client, _ = await RawClient.connect(workers.ports["mqtt"], f"sys-{i}")
+            clients.append(client)
+            on[await rest.worker_of(f"sys-{i}")].append(client)
+            if len(on[0]) >= 2 and len(on[1]) >= 2:
+                break
+        assert len(on[0]) >= 2 and len(on[1]) >= 2, {w: len(c) for w, c in on.items()}
+        for client in clients:
+            client.send(Subscribe(1, [SubscriptionRequest(SYS_CONNECTED, 0)]))
+        expected = str(len(clients)).encode()
+        for worker, subscribers in on.items():
+            for client in subscribers:
+                # retained at once, then every SYS_INTERVAL: wait for the figure with them all
+                latest = None
+                deadline = time.monotonic() + TIMEOUT + 5 * SYS_INTERVAL
+                while latest != expected:
+                    assert time.monotonic() < deadline, (worker, latest, expected)
+                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                        packet = await client.recv(timeout=SYS_INTERVAL)
+                        if isinstance(packet, Publish) and packet.topic == SYS_CONNECTED:
+                            latest = packet.payload
+    finally:
+        for client in clients:
+            await client.close()
 
 
 async def test_dead_worker_reported_then_sigterm_stops_all(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from broker.server.config import BrokerConfig
+from broker.server.systopics import merge_counts
 from broker.server.workers import WorkerSpec, apply_worker, parse_workers
 from management.workers_view import WorkersView, _merge_listeners, worker_member_name
 
@@ -89,3 +90,23 @@ def test_one_node_name() -> None:
     view = _view()
     assert view.node_names() == ["n@h"] and view.is_known("n@h") and not view.is_known("x")
     assert worker_member_name("n@h", 1) == "n@h/w1"
+
+
+def test_sys_counts_merge_into_one_nodes_figures() -> None:
+    """`$SYS` of a node of workers: sums, but one retained count (each worker holds them
+    all), the longest uptime, and a maximum no smaller than the clients connected now."""
+    first = {"uptime": 10, "connected": 3, "sessions": 4, "maximum": 3, "retained": 7}
+    second = {"uptime": 9, "connected": 2, "sessions": 2, "maximum": 4, "retained": 7}
+    first |= {"messages_received": 5, "limits/max_packet_size": 1}
+    second |= {"messages_received": 6, "limits/max_packet_size": 2}
+    merged = merge_counts([first, second])
+    assert merged == {
+        "uptime": 10,
+        "connected": 5,
+        "sessions": 6,
+        "maximum": 5,  # 3 + 2 connected now, more than either worker's own peak
+        "retained": 7,
+        "messages_received": 11,
+        "limits/max_packet_size": 3,
+    }
+    assert merge_counts([{"connected": 1, "maximum": 9}]) == {"connected": 1, "maximum": 9}
