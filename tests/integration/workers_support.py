@@ -34,6 +34,8 @@ class WorkersProc:
     lines: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     banner_done: threading.Event = field(default_factory=threading.Event)
+    #: The banner's last line starts so (after stripping): a node of workers, or a plain one.
+    ready: str = "workers:"
 
     def read_output(self) -> None:
         """Thread body: drain stdout+stderr (the pipe must never fill), note the banner."""
@@ -46,7 +48,7 @@ class WorkersProc:
                 match = re.search(pattern, line)
                 if match and kind not in self.ports:
                     self.ports[kind] = int(match.group(1))
-            if line.startswith("workers:"):
+            if line.strip().startswith(self.ready):
                 self.banner_done.set()
 
     def stop(self) -> None:
@@ -59,8 +61,11 @@ class WorkersProc:
                 self.proc.wait()
 
 
-def start_workers(data_dir: Path, count: int = 2, config: str = "") -> WorkersProc:
-    """`minibroker start --workers <count>`; `config`: the text of a `-c` file, if any."""
+def start_workers(
+    data_dir: Path, count: int = 2, config: str = "", extra: tuple[str, ...] = ()
+) -> WorkersProc:
+    """`minibroker start --workers <count> <extra>`; `config`: the text of a `-c` file, if
+    any. With one worker this is a plain node (its banner ends with the auth line)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "broker.cli", "start", "--workers", str(count),
@@ -70,8 +75,9 @@ def start_workers(data_dir: Path, count: int = 2, config: str = "") -> WorkersPr
         config_file = data_dir.parent / f"{data_dir.name}.toml"
         config_file.write_text(config, "utf-8")
         argv += ["-c", str(config_file)]
+    argv += extra
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    node = WorkersProc(proc)
+    node = WorkersProc(proc, ready="workers:" if count > 1 else "auth:")
     threading.Thread(target=node.read_output, daemon=True).start()
     if not node.banner_done.wait(START_TIMEOUT):
         node.stop()
@@ -80,8 +86,10 @@ def start_workers(data_dir: Path, count: int = 2, config: str = "") -> WorkersPr
 
 
 class Rest:
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+    def __init__(self, session: aiohttp.ClientSession, port: int, node_name: str = NODE) -> None:
         self.session = session
+        #: The node whose clients `worker_of` looks for.
+        self.node_name = node_name
         self.base = f"http://127.0.0.1:{port}/api/v3"
 
     async def get(self, path: str) -> Any:
@@ -92,17 +100,21 @@ class Rest:
             return body["items"]
         return body["data"] if isinstance(body, dict) and "data" in body else body
 
-    async def node(self) -> dict[str, Any]:
+    async def node(self, name: str = NODE, alone: bool = True) -> dict[str, Any]:
+        """`name`'s row of `GET /nodes` (`alone`: the only row, whatever the workers)."""
         nodes = await self.get("/nodes/")
-        assert [n["name"] for n in nodes] == [NODE]  # one node, whatever the workers
-        node: dict[str, Any] = nodes[0]
+        if alone:
+            assert [n["name"] for n in nodes] == [name]
+        node: dict[str, Any] = next((n for n in nodes if n["name"] == name), {})
         return node
 
-    async def workers_running(self, count: int) -> list[dict[str, Any]]:
+    async def workers_running(
+        self, count: int, name: str = NODE, alone: bool = True
+    ) -> list[dict[str, Any]]:
         """The `workers` rows once all `count` are Running (the workers found each other)."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            rows: list[dict[str, Any]] = (await self.node())["workers"]
+            rows: list[dict[str, Any]] = (await self.node(name, alone)).get("workers", [])
             if len(rows) == count and all(r["node_status"] == "Running" for r in rows):
                 return rows
             assert time.monotonic() < deadline, rows
@@ -115,7 +127,7 @@ class Rest:
             listed = await self.get("/connections/?_limit=1000")
             rows = [r for r in listed if r["client_id"] == client_id]
             if len(rows) == 1 and rows[0].get("connected", True):
-                assert rows[0]["node"] == NODE
+                assert rows[0]["node"] == self.node_name
                 return int(rows[0]["worker"])
             assert time.monotonic() < deadline, rows
             await asyncio.sleep(0.1)

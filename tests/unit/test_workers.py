@@ -12,7 +12,12 @@ import pytest
 from broker.server.config import BrokerConfig
 from broker.server.systopics import merge_counts
 from broker.server.workers import WorkerSpec, apply_worker, parse_workers
-from management.workers_view import WorkersView, _merge_listeners, worker_member_name
+from management.workers_view import (
+    WorkersView,
+    _merge_listeners,
+    merge_worker_answers,
+    worker_member_name,
+)
 
 
 def test_parse_workers() -> None:
@@ -69,21 +74,21 @@ def _view() -> WorkersView:
 
 
 def test_merge_rows_counters_and_actions() -> None:
-    view = _view()
-    rows = view._merge("connections", [(0, [{"client_id": "a"}]), (1, [{"client_id": "b"}])])
+    merge = merge_worker_answers
+    rows = merge("connections", [(0, [{"client_id": "a"}]), (1, [{"client_id": "b"}])])
     assert rows == [{"client_id": "a", "worker": 0}, {"client_id": "b", "worker": 1}]
-    stats = view._merge(
+    stats = merge(
         "stats",
         [(0, {"connections/count": 2, "retained/count": 5}),
          (1, {"connections/count": 3, "retained/count": 5})],
     )  # fmt: skip
     assert stats == {"connections/count": 5, "retained/count": 5}  # retained: replicated
-    assert view._merge("kick", [(0, False), (1, True)]) is True
+    assert merge("kick", [(0, False), (1, True)]) is True
     not_found = {"error": "session_not_found"}
-    assert view._merge("subscribe", [(0, not_found), (1, "ok")]) == "ok"
-    assert view._merge("subscribe", [(0, not_found), (1, not_found)]) == not_found
-    assert view._merge("local_routes", [(0, ["a", "b"]), (1, ["b", "c"])]) == ["a", "b", "c"]
-    assert view._merge("kick_banned", [(0, 1), (1, 2)]) == 3
+    assert merge("subscribe", [(0, not_found), (1, "ok")]) == "ok"
+    assert merge("subscribe", [(0, not_found), (1, not_found)]) == not_found
+    assert merge("local_routes", [(0, ["a", "b"]), (1, ["b", "c"])]) == ["a", "b", "c"]
+    assert merge("kick_banned", [(0, 1), (1, 2)]) == 3
 
 
 def test_one_node_name() -> None:
