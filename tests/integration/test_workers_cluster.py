@@ -25,7 +25,7 @@ from workers_support import (
     start_workers,
 )
 
-from broker.protocol.packets import Publish, Subscribe, SubscriptionRequest
+from broker.protocol.packets import ConnAck, Publish, Subscribe, SubscriptionRequest
 
 pytestmark = pytest.mark.cluster
 
@@ -128,6 +128,15 @@ async def test_plain_node_publish_reaches_both_workers_and_apis_show_two_nodes(
             assert len(got) == len(subscribers), (got, on)
             routes = {(r["topic"], r["node"]) for r in await on_plain.get("/routes/")}
             assert (TOPIC, WORKERS) in routes  # by node, not by worker member
+            # MQTT-3.1.4-2: a client id is unique across the nodes and the workers: the same
+            # id on the plain node closes its connection on a worker.
+            moved = subscribers[0]
+            again, connack = await RawClient.connect(plain.ports["mqtt"], "wsub-0")
+            try:
+                assert isinstance(connack, ConnAck) and connack.reason_code == 0
+                assert await moved.closed(TIMEOUT)
+            finally:
+                await again.close()
         finally:
             await publisher.close()
             for sub in subscribers:
