@@ -32,6 +32,7 @@ pytestmark = pytest.mark.cluster
 PLAIN = "plain@127.0.0.1"
 WORKERS = "workers@127.0.0.1"
 TOPIC = "across/nodes"
+SYS_CONNECTED = "$SYS/broker/clients/connected"
 
 
 def _free_port() -> int:
@@ -52,6 +53,7 @@ def nodes(tmp_path: Path) -> Iterator[tuple[WorkersProc, WorkersProc]]:
         workers = start_workers(
             tmp_path / "workers",
             count=2,
+            config="sys_interval = 1\n",
             extra=("--node-name", WORKERS, "--cluster-port", "0",
                    "--join", f"127.0.0.1:{cluster_port}"),
         )  # fmt: skip
@@ -128,6 +130,20 @@ async def test_plain_node_publish_reaches_both_workers_and_apis_show_two_nodes(
             assert len(got) == len(subscribers), (got, on)
             routes = {(r["topic"], r["node"]) for r in await on_plain.get("/routes/")}
             assert (TOPIC, WORKERS) in routes  # by node, not by worker member
+            # $SYS on each worker counts the node of workers (both workers' clients), not
+            # its own worker's nor the cluster's (the publisher is on the other node).
+            for sub in subscribers:
+                sub.send(Subscribe(2, [SubscriptionRequest(SYS_CONNECTED, 0)]))
+            expected = str(len(subscribers)).encode()
+            for sub in subscribers:
+                latest = None
+                deadline = time.monotonic() + TIMEOUT
+                while latest != expected:
+                    assert time.monotonic() < deadline, (on, latest, expected)
+                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                        packet = await sub.recv(timeout=1)
+                        if isinstance(packet, Publish) and packet.topic == SYS_CONNECTED:
+                            latest = packet.payload
             # MQTT-3.1.4-2: a client id is unique across the nodes and the workers: the same
             # id on the plain node closes its connection on a worker.
             moved = subscribers[0]
