@@ -146,10 +146,11 @@ def apply_worker(cfg: BrokerConfig, spec: WorkerSpec) -> None:
 
 
 def _host_only(advertise: str) -> str:
-    """`[cluster] advertise` without its port ("host", "host:port", "[v6]:port")."""
+    """`[cluster] advertise` without its port ("host", "host:port", "[v6]:port"): a bare IPv6
+    address is written without brackets (`broker.app.parse_advertise` reads it so)."""
     text = advertise.strip()
-    if text.startswith("["):
-        return text[: text.index("]") + 1] if "]" in text else text
+    if text.startswith("[") and "]" in text:
+        return text[1 : text.index("]")]
     return text.split(":")[0] if text.count(":") == 1 else text
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from broker.server.config import BrokerConfig
 from broker.server.systopics import merge_counts
-from broker.server.workers import WorkerSpec, apply_worker, parse_workers
+from broker.server.workers import WorkerSpec, apply_worker, joins_cluster, parse_workers
 from management.workers_view import (
     WorkersView,
     _merge_listeners,
@@ -45,6 +45,30 @@ def test_apply_worker(tmp_path: Path) -> None:
     assert not first.cluster.enabled and not other.cluster.enabled  # no TCP cluster port
     assert first.data_dir == str(tmp_path)  # worker 0 keeps the node's data
     assert other.data_dir == str(tmp_path / "worker-1") and (tmp_path / "worker-1").is_dir()
+
+
+def test_apply_worker_joining_a_cluster(tmp_path: Path) -> None:
+    """`--workers 2 --join`: every worker keeps a TCP cluster listener, worker 0 on the port
+    the parent chose, the others on an ephemeral one advertising the same host."""
+    first, other = BrokerConfig(), BrokerConfig()
+    for cfg in (first, other):
+        cfg.data_dir = str(tmp_path)
+        cfg.cluster_join = ["10.0.0.2:7946"]
+        cfg.cluster_advertise = "10.0.0.1:17946"
+    assert joins_cluster(first)
+    spec = WorkerSpec(0, 2, "/r", "c", {"tcp": 41883}, cluster_port=17946)
+    assert WorkerSpec.from_env(spec.to_env()) == spec
+    apply_worker(first, spec)
+    apply_worker(other, WorkerSpec(1, 2, "/r", "c", {"tcp": 41883}, cluster_port=17946))
+    assert first.cluster.enabled and other.cluster.enabled
+    assert (first.cluster.port, other.cluster.port) == (17946, 0)
+    assert (first.cluster_advertise, other.cluster_advertise) == ("10.0.0.1:17946", "10.0.0.1")
+    other.cluster_join = []
+    assert not joins_cluster(other)
+    v6 = BrokerConfig()
+    v6.data_dir, v6.cluster_advertise = str(tmp_path), "[fd00::1]:17946"
+    apply_worker(v6, WorkerSpec(2, 3, "/r", "c", {}, cluster_port=17946))
+    assert v6.cluster_advertise == "fd00::1"  # (the form `parse_advertise` takes without a port)
 
 
 def _listener(protocol: str, current: int, closed: dict[str, int]) -> dict[str, Any]:
