@@ -49,6 +49,7 @@ from cluster.takeover import (
     ClusterSessionLocator,
 )
 from cluster.takeover_fold import COLLECT_METHOD
+from cluster.takeover_park import CONFIRM_METHOD
 from cluster.wire import Body, Hello
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class ClusterPorts:
         node.register_rpc(RELEASE_METHOD, locator.serve_release)
         node.register_rpc(EVICT_METHOD, locator.serve_evict)
         node.register_rpc(COLLECT_METHOD, locator.serve_collect)
+        node.register_rpc(CONFIRM_METHOD, locator.parking.serve_committed)
         node.register_forward_kind(SHARED_KIND, self._on_shared_forward)
         node.register_forward_kind(SESSION_KIND, self._on_session_forward)
 
@@ -237,6 +239,7 @@ class ClusterPorts:
     def members_changed(self, node: str, kind: str) -> None:
         """A member joined, came back, died or left: registry entries move (`cluster.registry`)."""
         if self.attached:
+            self.locator.parking.member_event(node, kind)  # before the entries move
             self.locator.members_changed(node, kind)
 
     def holds_route(self, filt: str, present: bool) -> bool:

@@ -40,6 +40,7 @@ from broker.core.session_fold import fold_copies
 from cluster.handoff import Handoff
 from cluster.registry import Stamp, newer, parse_stamp
 from cluster.rpc import RemoteError, RpcError
+from cluster.takeover_park import MOVED_FROM
 from cluster.takeover_wire import Call, serve_surrender
 
 log = logging.getLogger("cluster.takeover")
@@ -153,6 +154,10 @@ class CopyCollector:
                  folded.removed, folded.added, folded.dropped)  # fmt: skip
         if folded.dropped:
             self.broker.metrics.counters["messages/dropped"] += folded.dropped
+        if folded.state is not None and state is not None and MOVED_FROM in state:
+            # The owner's holder parked its copy (`cluster.takeover_park`): it drops it once
+            # told this node committed, whichever copy the fold kept as its base.
+            folded.state[MOVED_FROM] = state[MOVED_FROM]
         return folded.state
 
     async def serve_collect(self, args: dict[str, Any], from_node: str) -> SessionState | None:
