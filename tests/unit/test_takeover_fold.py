@@ -132,6 +132,10 @@ async def _roam_across_the_cut(
     last.connect(cid, clean_start=False)
     await settle()
     assert last.connack().session_present
+    if fold and sees_b:
+        # a parked the copy it surrendered (`cluster.takeover_park`); the folded state keeps
+        # its `moved_from`, so c confirms and a drops it (else a could reinstate it later).
+        assert net.locators["a"].parking.parked == {}
     return [p.payload for p in last.publishes()]
 
 
