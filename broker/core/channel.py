@@ -43,6 +43,7 @@ from broker.core.handle_publish import (
     handle_pubrel,
 )
 from broker.core.handle_subscribe import handle_subscribe, handle_unsubscribe
+from broker.core.lone_publish import publish_lone
 from broker.core.metrics import RECEIVED_COUNTER
 from broker.core.states import BEFORE_CONNECT, CLOSED, CONNECTED, CONNECTING, TAKEOVER
 from broker.protocol.acked_runs import AckedRun
@@ -99,6 +100,8 @@ class Channel(Connection):
         self.recv_oct += len(data)
         self.recv_cnt += 1
         counters["bytes/received"] += len(data)
+        if self.state == CONNECTED and publish_lone(self, data):
+            return  # one plain QoS 0 PUBLISH, the common case: in one call (a low rate)
         try:
             # Once connected, plain QoS 0 and QoS 1 PUBLISHes come as runs of their bytes.
             if self.state == CONNECTED:
