@@ -187,8 +187,12 @@ class MqttConnection(asyncio.Protocol):
             batch._depth += 1  # `batch.begin()`, inlined: this runs per read
             try:
                 channel.data_received(data)
-            finally:
-                batch.end()
+            finally:  # `batch.end()`, inlined too
+                depth = batch._depth = batch._depth - 1
+                if not depth:
+                    batch.gen += 1
+                    if batch._dirty:
+                        batch.flush()
             self._read_used += len(data)
             if self._read_used >= READ_BUDGET and not self._paused & _TURN:
                 self._pause(_TURN)  # sit out one loop turn: see `READ_BUDGET`
