@@ -96,12 +96,12 @@ class Channel(Connection):
             if self.state == TAKEOVER:
                 self._hold(data)
             return
+        if self.state == CONNECTED and publish_lone(self, data):
+            return  # one plain QoS 0 PUBLISH, the common case: in one call (a low rate)
         counters = self.broker.metrics.counters
         self.recv_oct += len(data)
         self.recv_cnt += 1
         counters["bytes/received"] += len(data)
-        if self.state == CONNECTED and publish_lone(self, data):
-            return  # one plain QoS 0 PUBLISH, the common case: in one call (a low rate)
         try:
             # Once connected, plain QoS 0 and QoS 1 PUBLISHes come as runs of their bytes.
             if self.state == CONNECTED:

@@ -12,7 +12,8 @@ run of it, no other node routes its topic, and each subscriber gets these very b
 (`Connection.passes`, connected, below `max_outgoing_buffer`). Anything else returns False
 before any side effect, and the read takes the general way, which decides everything again.
 
-Counted as the general way counts (per message; the node's counters once per read):
+Counted as the general way counts, after the writes (the counters are not on a message's way)
+unless an ACL hook is asked, which sees them as the general way leaves them.
 `tests/unit/test_lone_publish.py` runs the same scenarios with and without this function and
 compares every client's bytes and every counter.
 """
@@ -30,7 +31,8 @@ __all__ = ["publish_lone"]
 
 def publish_lone(channel: Connection, data: bytes) -> bool:
     """Deliver `data`, a whole read of a CONNECTED channel, when it is one plain QoS 0
-    PUBLISH of the common case (module docstring); False, with nothing done, otherwise."""
+    PUBLISH of the common case (module docstring), the read counted too; False, with nothing
+    done or counted, otherwise."""
     # The frame: the checks of `lone_frame` (and so of `scan_frames`).
     n = len(data)
     if n < 4 or data[0] != PLAIN_QOS0:
@@ -117,18 +119,23 @@ def publish_lone(channel: Connection, data: bytes) -> bool:
         targets.append((target, port))
     if len(targets) > 1 and len(normal) > 1:  # one copy per client (MQTT-3.3.5-1)
         targets = list({id(target): (target, port) for target, port in targets}.values())
-    # Decided: from here on, what the general way does, counted as it counts.
-    counters = broker.metrics.counters
-    channel.last_received = broker.clock()
-    counters["messages/received"] += 1
-    counters["messages/qos0/received"] += 1
-    channel.recv_msg += 1
+    # Decided: what the general way does, counted as it counts; the writes come first (the
+    # counters are not on the message's way), unless a hook is asked, which may look at them.
     hooks = broker.hooks
-    if hooks.authorize and not hooks.run_authorize(info, "publish", topic):
-        counters["messages/dropped"] += 1
-    elif targets:
-        for target, port in targets:
+    asked = bool(hooks.authorize)
+    if asked:
+        _count_received(channel, n)
+    if not asked or hooks.run_authorize(info, "publish", topic):
+        for _, port in targets:
             port.link.write(data)
+        allowed = True
+    else:
+        allowed = False
+    if not asked:
+        _count_received(channel, n)
+    counters = broker.metrics.counters
+    if allowed and targets:
+        for target, port in targets:
             port.send_oct += n
             port.send_cnt += 1
             port.send_pkt += 1
@@ -140,9 +147,22 @@ def publish_lone(channel: Connection, data: bytes) -> bool:
         counters["packets/publish/sent"] += sent
         counters["messages/sent"] += sent
         counters["messages/qos0/sent"] += sent
-    else:
+    else:  # denied, or nobody to send it to
         counters["messages/dropped"] += 1
     channel.recv_pkt += 1
     counters["packets/received"] += 1
     counters["packets/publish/received"] += 1
     return True
+
+
+def _count_received(channel: Connection, n: int) -> None:
+    """The read (`Channel.data_received`) and the message (`handle_publish_run`), counted."""
+    broker = channel.broker
+    counters = broker.metrics.counters
+    channel.recv_oct += n
+    channel.recv_cnt += 1
+    counters["bytes/received"] += n
+    channel.last_received = broker.clock()
+    counters["messages/received"] += 1
+    counters["messages/qos0/received"] += 1
+    channel.recv_msg += 1

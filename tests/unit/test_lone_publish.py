@@ -198,3 +198,35 @@ def test_odd_lone_reads_go_the_general_way(data: bytes) -> None:
     assert calls[0] is False
     with packets_only():
         assert fused == _scenario(MQTT_3_1_1, reads, **args)
+
+
+def test_an_acl_hook_sees_the_counters_as_the_general_way_leaves_them() -> None:
+    """`publish_lone` counts after its writes, but not when a hook is asked in between."""
+
+    def observed() -> list[tuple[int, ...]]:
+        seen: list[tuple[int, ...]] = []
+
+        def hook(client: Any) -> None:
+            broker = client.channel.broker
+            counters = broker.metrics.counters
+
+            def authorize(info: Any, action: str, topic: str) -> None:
+                if action == "publish":
+                    pub = broker.connected["pub"]
+                    seen.append(
+                        (counters["messages/received"], counters["bytes/received"],
+                         pub.recv_oct, pub.recv_msg, counters["messages/sent"])
+                    )  # fmt: skip
+
+            if not broker.hooks.authorize:  # (called for each subscriber)
+                broker.hooks.authorize.append(authorize)
+
+        args: dict[str, Any] = {"self_no_local": False, "deny": None, "cap": None}
+        run_scenario(MQTT_3_1_1, [[Publish("a/c", b"1")]], subscribers=ONE, on_sub=hook, **args)
+        return seen
+
+    with lone_spy() as calls:
+        fused = observed()
+    assert calls == [True]
+    with packets_only():
+        assert fused == observed()
