@@ -97,6 +97,9 @@ class LeanSelector(selectors.EpollSelector):
             return []
         ready: list[tuple[selectors.SelectorKey, int]] = []
         lean: list[tuple[int, int]] | None = None
+        if len(events) == 1 and events[0][0] in transports:
+            lean = events  # one lean socket (a lone message): served without sorting
+            events = []
         for fd, event in events:
             if fd in transports:
                 if lean is None:
