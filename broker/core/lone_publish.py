@@ -40,38 +40,39 @@ def publish_lone(channel: Connection, data: bytes) -> bool:
     decoder = channel.decoder
     if decoder._buf is not None or n > decoder.max_packet_size:
         return False
-    length = data[1]
-    head = 2
-    if length > 0x7F:
-        second = data[2]
-        if second == 0 or second > 0x7F:  # non-minimal (MQTT-1.5.5-1) or 16 KiB and over
-            return False
-        length = (length & 0x7F) | (second << 7)
-        head = 3
-    if head + length != n:
-        return False
     v5 = decoder.version == MQTT_5
-    topic_end = head + 2 + ((data[head] << 8) | data[head + 1])
-    if v5:
-        if topic_end >= n or data[topic_end] != 0:
+    known = channel.lone_head
+    if known is not None and known[0] == n and data.startswith(known[1]):
+        topic = known[2]  # the same head as the last one: the same checks passed
+    else:
+        length = data[1]
+        head = 2
+        if length > 0x7F:
+            second = data[2]
+            if second == 0 or second > 0x7F:  # non-minimal (MQTT-1.5.5-1) or 16 KiB and over
+                return False
+            length = (length & 0x7F) | (second << 7)
+            head = 3
+        if head + length != n:
             return False
-    elif topic_end > n:
-        return False
-    try:
-        topic = str(data[head + 2 : topic_end], "utf-8")
-    except UnicodeDecodeError:
-        return False
-    # The topic: `run_declines_topic` (and `topic_limit`).
+        topic_end = head + 2 + ((data[head] << 8) | data[head + 1])
+        if v5:
+            if topic_end >= n or data[topic_end] != 0:
+                return False
+        elif topic_end > n:
+            return False
+        try:
+            topic = str(data[head + 2 : topic_end], "utf-8")
+        except UnicodeDecodeError:
+            return False
+        # The topic's own checks of `run_declines_topic`.
+        if not topic or topic[0] == "$" or "\x00" in topic or "+" in topic or "#" in topic:
+            return False
+        channel.lone_head = (n, data[: topic_end + 1 if v5 else topic_end], topic)
+    # The checks of `run_declines_topic` (and `topic_limit`) that depend on the settings.
     broker = channel.broker
     settings = broker.settings
-    if (
-        not topic
-        or topic[0] == "$"
-        or "\x00" in topic
-        or "+" in topic
-        or "#" in topic
-        or settings.publish_rate is not None
-    ):
+    if settings.publish_rate is not None:
         return False
     levels = settings.max_topic_levels
     if levels and topic.count("/") >= levels:

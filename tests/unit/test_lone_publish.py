@@ -52,15 +52,22 @@ def _encode_patch(real: Any) -> Any:
 
 @st.composite
 def lone_reads(draw: st.DrawFn, version: int) -> list[Any]:
-    """One PUBLISH frame per read: valid, or with one byte changed (header, topic, payload)."""
+    """One PUBLISH frame per read: valid, or with one byte changed (header, topic, payload),
+    or followed by more bytes (a second frame, or its first byte); topics often repeat (the
+    last head checked is remembered: `Connection.lone_head`)."""
     reads: list[Any] = []
-    for _ in range(draw(st.integers(1, 4))):
+    for _ in range(draw(st.integers(1, 6))):
         packet = Publish(
             draw(st.sampled_from(TOPICS)),
             draw(st.sampled_from([b"x", b"", b"y" * 40, b"z" * 130])),
         )
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["valid", "valid", "changed", "more"]))
+        if kind == "valid":
             reads.append([packet])
+            continue
+        if kind == "more":
+            tail = draw(st.sampled_from([b"\x30", encode(packet, version)]))
+            reads.append([_Bytes(bytes(encode(packet, version)) + tail)])
             continue
         data = bytearray(encode(packet, version))
         at = draw(st.integers(0, len(data) - 1))
