@@ -29,10 +29,11 @@ from cluster.tls import make_link_tls
 from cluster.transport import unix_address
 from cluster.wire import Address
 from management.apps import AppStore, import_legacy
-from management.cluster_view import ClusterNodeView
+from management.grouped_view import GroupedClusterView
 from management.queries import NodeContext
 from management.server import ManagementServer, management_config
 from management.view import ClusterView, LocalView, run_query
+from management.workers_sys import WorkersSys
 from management.workers_view import WorkersView, worker_member_name
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,24 @@ class NodeApp:
         # With [cluster] enabled (and no view given), the node joins the cluster and the API
         # sees every node through it; peers' RPCs run this node's management queries.
         self.cluster: ClusterNode | None = None
-        if worker is not None:  # the workers are a cluster, shown to the API as one node
+        if worker is not None and worker.cluster_port:
+            # the workers are members of a cluster of other nodes; every API groups them
+            self.cluster = make_cluster_node(
+                self.broker, config, self._rpc, cluster_config, worker_member(config, worker)
+            )
+            self.view = GroupedClusterView(self.context, self.cluster)
+            workers_view = WorkersView(self.context, self.cluster, worker.index, worker.count)
+            self.node.sys_publisher = WorkersSys(workers_view).publish_round
+        elif worker is not None:  # the workers are a cluster, shown to the API as one node
             self.cluster = make_worker_cluster(self.broker, config, worker, self._rpc)
-            self.view = WorkersView(self.context, self.cluster, worker.index, worker.count)
+            workers_view = WorkersView(self.context, self.cluster, worker.index, worker.count)
+            self.view = workers_view
+            # $SYS describes the node: one worker gathers every worker's figures for all
+            self.node.sys_publisher = WorkersSys(workers_view).publish_round
         elif config.cluster.enabled and view is None:
             self.cluster = make_cluster_node(self.broker, config, self._rpc, cluster_config)
-            self.view = ClusterNodeView(self.context, self.cluster)
+            # (grouped: a node of workers that joined shows as one node here too)
+            self.view = GroupedClusterView(self.context, self.cluster)
         self.management: ManagementServer | None = None
         self.http_port = 0
 
@@ -174,7 +187,8 @@ class NodeApp:
         bound = self.node.bound_listeners()
         if self.management is not None and self.http_port:
             bound.append(("http", self.management.config.bind, self.http_port))
-        if self.cluster is not None and self.cluster.port and self.worker is None:
+        joined = self.worker is None or self.worker.cluster_port
+        if self.cluster is not None and self.cluster.port and joined:
             bound.append(("cluster", self.config.cluster.bind, self.cluster.port))
         return bound
 
@@ -189,15 +203,27 @@ def parse_advertise(text: str) -> Address | None:
     return (text, 0)
 
 
+def worker_member(config: BrokerConfig, worker: WorkerSpec) -> tuple[str, list[Address]]:
+    """A worker of a node that joins a cluster: its member name, and its own seeds (the other
+    workers find worker 0 on the node's cluster port first, then the rest through it)."""
+    name = worker_member_name(config.node_name, worker.index)
+    if worker.index == 0:
+        return name, []
+    return name, [(config.cluster.bind, worker.cluster_port)]
+
+
 def make_cluster_node(
     broker: Broker,
     config: BrokerConfig,
     rpc_handler: Any,
     cluster_config: ClusterConfig | None = None,
+    member: tuple[str, list[Address]] | None = None,
 ) -> ClusterNode:
     """The ClusterNode that `config` asks for: [cluster] bind/port/join/advertise, [node]
-    name and cookie."""
+    name and cookie. `member`: another member name and more seeds (a worker's)."""
     seeds = [validate_host_port(s) for s in config.cluster_join if not s.startswith("dns:")]
+    if member is not None:
+        seeds = [*member[1], *seeds]
     dns_seeds = [validate_host_port(s[4:]) for s in config.cluster_join if s.startswith("dns:")]
     cluster_config = dataclasses.replace(
         cluster_config or ClusterConfig(),
@@ -220,7 +246,7 @@ def make_cluster_node(
         cluster_config = dataclasses.replace(cluster_config, transport=transport)
     return ClusterNode(
         broker,
-        config.node_name,
+        config.node_name if member is None else member[0],
         (config.cluster.bind, config.cluster.port),
         parse_advertise(config.cluster_advertise),
         seeds,

@@ -201,10 +201,6 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     worker_env = os.environ.pop(WORKER_ENV, None)
     worker = WorkerSpec.from_env(worker_env) if worker_env else None
-    if workers > 1 and cfg.cluster.enabled and cfg.cluster_join:
-        # The workers are a cluster of their own; joining other nodes as well is not built.
-        _error("--workers N > 1 cannot be combined with joining a cluster (--join, [cluster] join)")
-        return 2
     if worker is not None:
         apply_worker(cfg, worker)
     elif workers > 1:

@@ -48,6 +48,7 @@ from cluster.takeover import (
     SURRENDER_METHOD,
     ClusterSessionLocator,
 )
+from cluster.takeover_park import CONFIRM_METHOD
 from cluster.wire import Body, Hello
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class ClusterPorts:
         node.register_rpc(REGISTER_METHOD, locator.serve_register)
         node.register_rpc(RELEASE_METHOD, locator.serve_release)
         node.register_rpc(EVICT_METHOD, locator.serve_evict)
+        node.register_rpc(CONFIRM_METHOD, locator.parking.serve_committed)
         node.register_forward_kind(SHARED_KIND, self._on_shared_forward)
         node.register_forward_kind(SESSION_KIND, self._on_session_forward)
 
@@ -229,6 +231,7 @@ class ClusterPorts:
     def members_changed(self, node: str, kind: str) -> None:
         """A member joined, came back, died or left: registry entries move (`cluster.registry`)."""
         if self.attached:
+            self.locator.parking.member_event(node, kind)  # before the entries move
             self.locator.members_changed(node, kind)
 
     def holds_route(self, filt: str, present: bool) -> bool:

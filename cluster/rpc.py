@@ -84,7 +84,11 @@ class RpcEndpoint:
         self.methods: dict[str, MethodHandler] = {}
         self.stats: dict[str, int] = {"calls": 0, "timeouts": 0, "served": 0, "busy": 0}
         self._ids = itertools.count(1)
+        #: The id of the last request made (calls up to it were sent before a given moment).
+        self.last_id = 0
         self._pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
+        #: The address each pending call was sent to (`nodes_at`).
+        self._sent_to: dict[int, Address] = {}
         self._serving: set[asyncio.Task[None]] = set()
 
     def register(self, method: str, handler: MethodHandler) -> None:
@@ -96,7 +100,7 @@ class RpcEndpoint:
     async def call(
         self, node: str, address: Address, method: str, args: dict[str, Any], timeout: float
     ) -> Any:
-        request_id = next(self._ids)
+        request_id = self.last_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.stats["calls"] += 1
         try:
@@ -108,6 +112,7 @@ class RpcEndpoint:
         if not sent:
             raise NodeUnreachable(node)
         self._pending[request_id] = (node, future)
+        self._sent_to[request_id] = address
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -116,6 +121,7 @@ class RpcEndpoint:
             raise RpcTimeout(f"{node} did not answer {method} within {timeout:g} s") from None
         finally:
             self._pending.pop(request_id, None)
+            self._sent_to.pop(request_id, None)
 
     def handle_response(self, from_node: str, body: Body) -> None:
         try:
@@ -131,11 +137,25 @@ class RpcEndpoint:
         else:
             future.set_exception(RemoteError(f"{from_node}: {body.get('error')}"))
 
-    def fail_node(self, node: str) -> None:
-        """The node died or left: its pending calls fail now rather than at their timeout."""
-        for pending_node, future in list(self._pending.values()):
-            if pending_node == node and not future.done():
+    def fail_node(self, node: str, up_to: int | None = None) -> int:
+        """The node died or left: its pending calls (those with ids up to `up_to`, if given)
+        fail now rather than at their timeout; returns how many."""
+        failed = 0
+        for request_id, (pending_node, future) in list(self._pending.items()):
+            if pending_node != node or future.done():
+                continue
+            if up_to is None or request_id <= up_to:
                 future.set_exception(NodeUnreachable(node))
+                failed += 1
+        return failed
+
+    def nodes_at(self, address: Address) -> set[str]:
+        """The nodes of the calls pending at `address`."""
+        return {self._pending[i][0] for i, a in self._sent_to.items() if a == address}
+
+    def pending_to(self, node: str) -> bool:
+        """Some call to `node` waits for its answer."""
+        return any(n == node and not f.done() for n, f in self._pending.values())
 
     # -- serving ---------------------------------------------------------------------------
 

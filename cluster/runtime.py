@@ -76,6 +76,7 @@ from broker.core.message import Message
 from cluster.dead_hold import PeerGrace
 from cluster.first_sync import FirstSync
 from cluster.forwarder import Forwarder
+from cluster.link_loss import LinkLoss
 from cluster.members import LIVE_STATES
 from cluster.membership import Membership
 from cluster.node_config import ClusterConfig
@@ -165,12 +166,15 @@ class ClusterNode(DnsDiscovery, NodeRpc, MembershipDriver):
             max_held=self.config.forward_buffer,
             max_held_bytes=self.config.forward_buffer_bytes,
         )
-        self.transport.on_link_up = self.forwarder.link_up
+        self.transport.on_link_up = self._link_up
         #: Dead peers within their grace (`[cluster] dead_hold`).
         self.grace = PeerGrace(self.config.dead_hold, self.sync, self.forwarder, self.transport,
                                self.stats, self.config.membership.dead_reclaim_time)  # fmt: skip
         self._addresses: dict[str, Address] = {}  # the last address of every member seen
         self.rpc = RpcEndpoint(name, self.transport.send, rpc_handler)
+        #: Pending calls to a peer whose process is gone fail at once (`cluster.link_loss`).
+        self.link_loss = LinkLoss(self.transport, self.rpc, self.stats)
+        self.transport.on_link_down = self.link_loss.down
         #: Tables every node holds a copy of (retained, banned, the last-writer-wins tables;
         #: the app adds its own).
         self.replicas = ReplicaSet(self.call, self.rpc.register)
@@ -400,6 +404,10 @@ class ClusterNode(DnsDiscovery, NodeRpc, MembershipDriver):
                 self.stats["retained/stale"] += 1
 
     # -- frames in -------------------------------------------------------------------------
+
+    def _link_up(self, address: Address, peer: Hello) -> None:
+        self.link_loss.up(address, peer)
+        self.forwarder.link_up(address, peer)
 
     def _on_heard(self, hello: Hello) -> None:
         """Frames from `hello` arrived (once per read, not per frame: FORWARDs come by the

@@ -24,6 +24,9 @@ CONNECTs on node B (and is authenticated), B's broker asks its `session_locator`
 * H keeps a forwarding record for the moved session (`cluster.handoff`): messages that still
   reach H go to B for that client id; B holds them until its import and drops the copies that
   also came directly.
+* The move is two-phase (`cluster.takeover_park`): H keeps the surrendered state parked (not
+  served) until B, once the session is committed there, calls `session_committed` on H (a
+  third RPC, after the CONNACK); if B dies, leaves or restarts first, H reinstates it.
 
 A session that ends here is released at its owner (`registry_release`, batched per owner per
 loop turn): seen at its connection's close (`hooks.client_disconnected`) or, for one that
@@ -41,6 +44,8 @@ id's rendezvous order among the same members (`_claim_at`): two CONNECTs of one 
 see the same members meet there, and it is the id's owner once the dead one is declared dead.
 (Measured: without it, restart_each left a twin pair both up, claimed while their owner was
 down.) Such a claim is not confirmed, so the next round registers it at the owner itself.
+A claim in flight when the owner's process dies fails as soon as the link to it ends and a new
+dial is refused (`cluster.link_loss`), and goes to the stand-in then, not at its timeout.
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
 id is registered again at the next membership change, where a duplicate is resolved as above.
 The owner refuses a claim older than `STALE_CLAIMS` timeouts by its stamp: one held in a link
@@ -93,6 +98,7 @@ from cluster.registry import (
 )
 from cluster.rpc import NodeUnreachable, RemoteError, RpcError
 from cluster.takeover_owner import RegistryOwner
+from cluster.takeover_park import SessionParking
 from cluster.takeover_rounds import RegistryRounds
 from cluster.takeover_wire import (
     BATCH,
@@ -176,6 +182,10 @@ class ClusterSessionLocator(RegistryOwner, RegistryRounds):
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Held ids whose registration the owner confirmed: (owner, member view) at the time.
         self._confirmed: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: The two-phase move: surrendered states kept until the new node has committed them.
+        self.parking = SessionParking(
+            name, broker, handoff, self._send, self._spawn, self._hold_again
+        )
 
     # -- the CONNECT (broker.core.cluster_port.SessionLocator) ---------------------------------
 
@@ -191,6 +201,7 @@ class ClusterSessionLocator(RegistryOwner, RegistryRounds):
                 self.held[client_id] = stamp
                 self._confirmed[client_id] = (self.name, view_of(nodes))
                 self.handoff.reclaimed(client_id)
+                self.parking.claimed_locally(client_id)
                 self.stats["local"] += 1
                 return False
         answered = False
@@ -245,7 +256,12 @@ class ClusterSessionLocator(RegistryOwner, RegistryRounds):
         finally:
             # Nothing awaited from here on: the session is open before anything else runs.
             self._observe(stamp, owner)  # the owner's stamp, as the owner recorded it
+            state, captured = self.parking.claimed(client_id, state, clean_start)
             done(state)  # also when cancelled (the node stops): the CONNECT goes on alone
+            if captured:
+                self.parking.deliver(client_id, captured)
+            if state is not None and not clean_start:
+                self.parking.imported(client_id, state)  # confirmed to its old node
             if client_id in self.broker.sessions:
                 self.held[client_id] = stamp
                 if confirmed:
@@ -344,6 +360,8 @@ class ClusterSessionLocator(RegistryOwner, RegistryRounds):
             )
         state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
         self.stats["surrendered"] += 1
+        if state is not None and args.get("clean_start") is False:
+            self.parking.park(state, new_node, parse_stamp(args.get("stamp")))
         if state is not None:
             queued, inflight = len(state.get("queue") or ()), len(state.get("inflight") or ())
             log.info("client %s moves to %s (%d queued, %d inflight messages)",
@@ -412,6 +430,13 @@ class ClusterSessionLocator(RegistryOwner, RegistryRounds):
             else:
                 for chunk in chunks(entries):
                     self._spawn(self._send(owner, RELEASE_METHOD, {"entries": entries_wire(chunk)}))
+
+    def _hold_again(self, client_id: str, stamp: Stamp) -> None:
+        """A parked session was reinstated here (`cluster.takeover_park`): held at `stamp`,
+        registered at its owner by the next round (or the member change that caused it)."""
+        self.held[client_id] = stamp
+        self._confirmed.pop(client_id, None)
+        self._dirty.add(client_id)
 
     # -- background RPC (also the owner's and the rounds') ---------------------------------
     async def _send(self, node: str, method: str, args: dict[str, Any]) -> Any:

@@ -78,7 +78,9 @@ class RegistryOwner:
                 state = None
                 holder = previous.node if previous is not None else from_node
                 if previous is not None and holder != from_node and holder in self.live_nodes():
-                    ok, state = await self._surrender_at(holder, client_id, clean_start, from_node)
+                    ok, state = await self._surrender_at(
+                        holder, client_id, clean_start, from_node, stamp
+                    )
                     if not ok:  # it may still hold the id: evict it once it can be reached
                         self._evict_at(holder, {client_id: previous.stamp})
                 return {"state": state, "stamp": list(stamp)}
@@ -90,10 +92,11 @@ class RegistryOwner:
                 self._locks[client_id] = (lock, users - 1)
 
     async def _surrender_at(
-        self, holder: str, client_id: str, clean_start: bool, new_node: str
+        self, holder: str, client_id: str, clean_start: bool, new_node: str, stamp: Stamp
     ) -> tuple[bool, SessionState | None]:
-        """(answered, the state) of the holder's `surrender_session`."""
-        args = {**surrender_args(client_id, clean_start), "node": new_node}
+        """(answered, the state) of the holder's `surrender_session`; `stamp` is the new
+        node's claim (the holder keeps its copy parked under it, `cluster.takeover_park`)."""
+        args = {**surrender_args(client_id, clean_start), "node": new_node, "stamp": list(stamp)}
         try:
             # Shorter than the claim's own timeout: the claim still answers in time.
             answer = await self.call(holder, SURRENDER_METHOD, args, self.timeout * 2 / 3)

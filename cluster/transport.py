@@ -302,6 +302,7 @@ class _Link:
             transport.stats["link_failures"] += 1
             log.exception("cluster link to %s:%d failed", *self.address)
         finally:
+            was = self.peer  # who answered on the connection that ended (None: it never did)
             self.up = False
             self.peer = None
             if watch is not None:
@@ -313,6 +314,11 @@ class _Link:
                 self.backoff = min(self.backoff * 2, cfg.backoff_max)
             self._drop_queue("link_failed" if not self.closed else "closed")
             self.task = None
+            if not self.closed:
+                try:
+                    transport.on_link_down(self.address, was)
+                except Exception:
+                    log.exception("cluster: link-down handler for %s:%d failed", *self.address)
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Hello:
         t = self.transport
@@ -386,6 +392,10 @@ class Transport:
         #: Called when a handshake on our link to `address` completed (before the link writes
         #: its queue): the forwarder resends what the peer has not acknowledged.
         self.on_link_up: Callable[[Address, Hello], None] = _no_link_up
+        #: Called when our link to `address` ended other than by `forget`/`close`: with the
+        #: peer that had answered on it, or None when it never came up (a refused or failed
+        #: dial): pending RPCs to a peer that is gone fail at once (`cluster.link_loss`).
+        self.on_link_down: Callable[[Address, Hello | None], None] = lambda address, peer: None
         #: Called once per chunk read from a peer, before its frames: proof the peer runs.
         self.on_heard: Callable[[Hello], None] = lambda hello: None
         self.config = config or TransportConfig()
@@ -594,6 +604,13 @@ class Transport:
         loop = asyncio.get_running_loop()
         if not link.closed and link.task is None and loop.time() >= link.retry_at:
             link.task = loop.create_task(link._run())
+
+    def redial(self, address: Address) -> None:
+        """Dial `address` now even if its link is backing off (is the peer still there?)."""
+        link = self._links.get(address)
+        if link is not None and link.task is None and not link.closed:
+            link.retry_at = 0.0
+        self.connect(address)
 
     def is_up(self, address: Address) -> bool:
         link = self._links.get(address)

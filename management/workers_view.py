@@ -40,13 +40,19 @@ from management.view import LocalView, NodeDown, UnknownNode, run_query
 if TYPE_CHECKING:
     from management.queries import NodeContext
 
-__all__ = ["WorkersView", "worker_member_name"]
+__all__ = [
+    "LOCAL_ONLY",
+    "WorkersView",
+    "merge_worker_answers",
+    "worker_member_name",
+    "workers_node_info",
+]
 
 log = logging.getLogger(__name__)
 
 #: Queries answered by this worker alone: actions done once for the node, and tables that
 #: every worker holds in full.
-_LOCAL_ONLY = frozenset({"publish", "retained", "banned", "table_dump", "broker_info", "configs"})
+LOCAL_ONLY = frozenset({"publish", "retained", "banned", "table_dump", "broker_info", "configs"})
 #: Row lists whose rows say which worker holds them.
 _PER_WORKER_ROWS = frozenset(
     {"connections", "connections_by_username", "sessions", "subscriptions"}
@@ -92,6 +98,56 @@ def _merge_listeners(answers: list[list[dict[str, Any]]]) -> list[dict[str, Any]
             for reason, count in row["shutdown_count"].items():
                 have["shutdown_count"][reason] = have["shutdown_count"].get(reason, 0) + count
     return list(merged.values())
+
+
+def merge_worker_answers(name: str, answers: list[tuple[int, Any]]) -> Any:
+    """What one node answers to query `name`, from its workers' (index, answer) pairs (the
+    first is the worker that asked): see the module docstring."""
+    values = [answer for _index, answer in answers]
+    first = values[0]
+    if name in _PER_WORKER_ROWS:
+        return [{**row, "worker": index} for index, rows in answers for row in rows]
+    if name == "listeners":
+        return _merge_listeners(values)
+    if name == "local_routes":
+        return sorted({filt for routes in values for filt in routes})
+    if name in ("metrics", "stats"):
+        return _sum_counters(values, lambda key: key.startswith("retained/"))
+    if name in _ANY_OK:
+        good = [v for v in values if v is True or v == "ok"]
+        return good[0] if good else first
+    if name == "kick_banned":
+        return sum(int(v) for v in values)
+    if all(isinstance(v, list) for v in values):
+        return [row for rows in values for row in rows]
+    return first  # plugin actions, log level, ban add/delete: what this worker did
+
+
+def workers_node_info(
+    answers: list[tuple[int, Any]], details: dict[int, Any], count: int
+) -> dict[str, Any]:
+    """`node_info` of a node of `count` workers: the first answer's row with the node-wide
+    sums, plus `workers` (one row per worker; `details`: index -> `worker_info`)."""
+    info = dict(answers[0][1])
+    for key in _NODE_SUMS:
+        info[key] = sum(int(answer.get(key, 0)) for _i, answer in answers)
+    by_index = dict(answers)
+    rows = []
+    for index in range(count):
+        answer = by_index.get(index)
+        detail = details.get(index)
+        running = answer is not None and detail is not None
+        rows.append(
+            {
+                "worker": index,
+                "pid": int(detail["pid"]) if detail is not None else None,
+                "node_status": "Running" if running else "Stopped",
+                "connections": int(answer["connections"]) if answer is not None else 0,
+                "memory_used": int(answer["memory_used"]) if answer is not None else 0,
+            }
+        )
+    info["workers"] = rows
+    return info
 
 
 class WorkersView(LocalView):
@@ -145,7 +201,7 @@ class WorkersView(LocalView):
     async def call(self, node: str, query: str, args: dict[str, Any]) -> Any:
         if node != self.local_node:
             raise UnknownNode(node)
-        if query in _LOCAL_ONLY:
+        if query in LOCAL_ONLY:
             return await run_query(self.ctx, query, args)
         try:
             answers = await self.per_worker(query, args)
@@ -153,50 +209,11 @@ class WorkersView(LocalView):
             raise NodeDown(node) from exc
         if query == "node_info":
             return await self._node_info(answers)
-        return self._merge(query, answers)
+        return merge_worker_answers(query, answers)
 
     async def call_all(self, query: str, args: dict[str, Any]) -> list[tuple[str, Any]]:
         return [(self.local_node, await self.call(self.local_node, query, args))]
 
-    def _merge(self, name: str, answers: list[tuple[int, Any]]) -> Any:
-        values = [answer for _index, answer in answers]
-        first = values[0]
-        if name in _PER_WORKER_ROWS:
-            return [{**row, "worker": index} for index, rows in answers for row in rows]
-        if name == "listeners":
-            return _merge_listeners(values)
-        if name == "local_routes":
-            return sorted({filt for routes in values for filt in routes})
-        if name in ("metrics", "stats"):
-            return _sum_counters(values, lambda key: key.startswith("retained/"))
-        if name in _ANY_OK:
-            good = [v for v in values if v is True or v == "ok"]
-            return good[0] if good else first
-        if name == "kick_banned":
-            return sum(int(v) for v in values)
-        if all(isinstance(v, list) for v in values):
-            return [row for rows in values for row in rows]
-        return first  # plugin actions, log level, ban add/delete: what this worker did
-
     async def _node_info(self, answers: list[tuple[int, Any]]) -> dict[str, Any]:
-        info = dict(answers[0][1])
-        for key in _NODE_SUMS:
-            info[key] = sum(int(answer.get(key, 0)) for _i, answer in answers)
         details = dict(await self.per_worker("worker_info", {}))
-        by_index = dict(answers)
-        rows = []
-        for index in range(self.count):
-            answer = by_index.get(index)
-            detail = details.get(index)
-            running = answer is not None and detail is not None
-            rows.append(
-                {
-                    "worker": index,
-                    "pid": int(detail["pid"]) if detail is not None else None,
-                    "node_status": "Running" if running else "Stopped",
-                    "connections": int(answer["connections"]) if answer is not None else 0,
-                    "memory_used": int(answer["memory_used"]) if answer is not None else 0,
-                }
-            )
-        info["workers"] = rows
-        return info
+        return workers_node_info(answers, details, self.count)

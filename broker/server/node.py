@@ -190,6 +190,9 @@ class Node:
         self._accept_errors: AcceptErrors | None = None
         #: The TCP listeners' shared `WriteBatch` (made with the first, on the running loop).
         self._write_batch: WriteBatch | None = None
+        #: What publishes `$SYS` every `sys_interval` instead of `publish_sys` (the workers of
+        #: `start --workers N` publish node-wide figures: `management.workers_sys`).
+        self.sys_publisher: Callable[[], Awaitable[None]] | None = None
         self.tcp_port = 0
         self.ws_port = 0
         self.ssl_port = 0
@@ -319,7 +322,10 @@ class Node:
     async def _sys_publisher(self, interval: float) -> None:
         while True:
             try:
-                publish_sys(self.broker, self.version, time.time())
+                if self.sys_publisher is not None:
+                    await self.sys_publisher()
+                else:
+                    publish_sys(self.broker, self.version, time.time())
             except Exception:
                 log.exception("$SYS publish failed")
             await asyncio.sleep(interval)

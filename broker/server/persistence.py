@@ -101,6 +101,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FILE_NAME = "broker.db"
+#: Tests only (off when unset): seconds every commit waits before it starts, so a test can
+#: SIGKILL a node between a change and its commit (tests/integration/test_takeover_park.py).
+COMMIT_DELAY_ENV = "MINIBROKER_TEST_COMMIT_DELAY"
 
 #: table -> its key column, in the order a flush writes them
 _KEYS = {
@@ -131,6 +134,8 @@ class Persistence(Loading):
         self.flushes = 0
         self.save_errors = 0
         self.last_flush_rows = 0
+        #: `COMMIT_DELAY_ENV` (tests only; 0 when unset or malformed).
+        self.test_delay = _seconds(os.environ.get(COMMIT_DELAY_ENV, ""))
         #: `$delayed` messages of the delayed_publish plugin, handed to it by the plugin
         #: manager (`PluginContext.delayed_store`)
         self.delayed = DelayedStore()
@@ -387,6 +392,8 @@ class Persistence(Loading):
                     self._wakeup = None
                     timer.cancel()
             await asyncio.sleep(0)  # group commit: what this loop turn parks joins it
+            if self.test_delay:
+                await asyncio.sleep(self.test_delay)
             started = time.monotonic()
             try:
                 rows = await self._flush_async()
@@ -438,3 +445,11 @@ class Persistence(Loading):
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        return 0.0
+    return value if 0 < value < 3600 else 0.0

@@ -16,6 +16,12 @@ the MQTT/WebSocket ports). Each worker:
 * worker 0 alone serves the management API, and answers for all through the cluster RPC as one
   node (`management.workers_view`).
 
+A node of workers that joins a cluster of other nodes (`--join`) links its workers over TCP
+instead, each a member `<node>/w<index>` of that cluster (worker 0 on the node's cluster port,
+the others on ephemeral ports, seeded with worker 0 and the node's peers): the same links,
+routes and takeover between workers as between any members, and every node's API groups the
+workers back into one node (`management.grouped_view`).
+
 Port 0 (tests) would give each worker its own ephemeral port, so the parent first reserves a
 concrete port per listener with a bound, never listening, SO_REUSEPORT socket that it holds
 until the end (a port that is busy fails here, before any worker starts), and hands the ports on.
@@ -47,7 +53,14 @@ from types import FrameType
 
 from broker.server.config import BrokerConfig, ListenerConfig
 
-__all__ = ["WORKER_ENV", "WorkerSpec", "apply_worker", "parse_workers", "supervise"]
+__all__ = [
+    "WORKER_ENV",
+    "WorkerSpec",
+    "apply_worker",
+    "joins_cluster",
+    "parse_workers",
+    "supervise",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +84,9 @@ class WorkerSpec:
     cookie: str
     #: Listener kind (tcp, ssl, ws, wss) -> the port every worker binds.
     ports: dict[str, int] = field(default_factory=dict)
+    #: The node joins a cluster of other nodes (`--join`): the TCP cluster port of worker 0,
+    #: which the other workers dial first. 0: the workers link over Unix sockets only.
+    cluster_port: int = 0
 
     def socket_path(self, index: int) -> str:
         return os.path.join(self.run_dir, f"w{index}.sock")
@@ -87,6 +103,7 @@ class WorkerSpec:
             str(data["run_dir"]),
             str(data["cookie"]),
             {str(k): int(v) for k, v in data["ports"].items()},
+            int(data.get("cluster_port", 0)),
         )
 
 
@@ -100,19 +117,54 @@ def parse_workers(text: str) -> int:
     return count
 
 
+def joins_cluster(cfg: BrokerConfig) -> bool:
+    """A node of workers takes part in a cluster of other nodes when it joins one."""
+    return cfg.cluster.enabled and bool(cfg.cluster_join)
+
+
 def apply_worker(cfg: BrokerConfig, spec: WorkerSpec) -> None:
-    """Turn the node's configuration into worker `spec.index`'s: the reserved ports; no TCP
-    cluster listener (a node of workers joins no other node: `start` refuses `--join`); the
+    """Turn the node's configuration into worker `spec.index`'s: the reserved ports; the
     management API in worker 0 only; persistent files in a directory of its own (worker 0
-    keeps the node's, so going from one worker to N keeps the data)."""
+    keeps the node's, so going from one worker to N keeps the data). The TCP cluster
+    listener: none when the node joins no cluster (the workers link over Unix sockets);
+    else worker 0 takes the node's cluster port and the others an ephemeral one each, with
+    the advertised host kept and its port left to the bound one."""
     for kind, port in spec.ports.items():
         listener: ListenerConfig = getattr(cfg, kind)
         listener.port = port
-    cfg.cluster.enabled = False  # the TCP cluster port: the workers link over Unix sockets
+    if not spec.cluster_port:
+        cfg.cluster.enabled = False
+    elif spec.index == 0:
+        cfg.cluster.port = spec.cluster_port
+    else:
+        cfg.cluster.port = 0
+        cfg.cluster_advertise = _host_only(cfg.cluster_advertise)
     if spec.index > 0:
         cfg.management.enabled = False
         cfg.data_dir = os.path.join(cfg.data_dir, f"worker-{spec.index}")
         os.makedirs(cfg.data_dir, exist_ok=True)
+
+
+def _host_only(advertise: str) -> str:
+    """`[cluster] advertise` without its port ("host", "host:port", "[v6]:port"): a bare IPv6
+    address is written without brackets (`broker.app.parse_advertise` reads it so)."""
+    text = advertise.strip()
+    if text.startswith("[") and "]" in text:
+        return text[1 : text.index("]")]
+    return text.split(":")[0] if text.count(":") == 1 else text
+
+
+def _cluster_port(cfg: BrokerConfig) -> int:
+    """Worker 0's TCP cluster port when the node joins a cluster (0 when it does not): the
+    configured one, or for port 0 one the kernel picks now (freed again for worker 0)."""
+    if not joins_cluster(cfg):
+        return 0
+    if cfg.cluster.port:
+        return cfg.cluster.port
+    family = socket.AF_INET6 if ":" in cfg.cluster.bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((cfg.cluster.bind, 0))
+        return int(sock.getsockname()[1])
 
 
 def _reserve_ports(cfg: BrokerConfig) -> tuple[dict[str, int], list[socket.socket]]:
@@ -167,6 +219,7 @@ def supervise(cfg: BrokerConfig, count: int, argv: list[str]) -> int:
     """Run `count` workers of `minibroker start <argv>` until a signal or until none is left.
     Returns the exit status: 0 after a requested stop, 1 when every worker died by itself."""
     ports, held = _reserve_ports(cfg)
+    cluster_port = _cluster_port(cfg)
     run_dir = tempfile.mkdtemp(prefix="minibroker-workers-")
     os.chmod(run_dir, 0o700)
     cookie = secrets.token_hex(16)
@@ -175,7 +228,7 @@ def supervise(cfg: BrokerConfig, count: int, argv: list[str]) -> int:
     children: dict[int, subprocess.Popen[bytes]] = {}
     try:
         for index in range(count):
-            spec = WorkerSpec(index, count, run_dir, cookie, ports)
+            spec = WorkerSpec(index, count, run_dir, cookie, ports, cluster_port)
             env = {**os.environ, WORKER_ENV: spec.to_env()}
             children[index] = subprocess.Popen(
                 [sys.executable, "-m", "broker.cli", *argv],

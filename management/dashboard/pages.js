@@ -5,6 +5,7 @@ import { apps } from './apps.js';
 import { LineChart } from './charts.js';
 import { MqttWsClient } from './mqtt.js';
 import { badge, card, counts, fmt, h, maxOf, table, time, uptime, username } from './ui.js';
+import { workerColumns, workerRows } from './workers.js';
 
 const REFRESH = 5000;
 const CHART_REFRESH = 2000;
@@ -49,7 +50,7 @@ function pagedList(ctx, { path, columns, searchKeys, placeholder, extra, keep })
     }
     const pages = Math.max(1, Math.ceil(count / PAGE_SIZE));
     if (state.page > pages) { state.page = pages; return load(); }
-    holder.replaceChildren(table(columns, items));
+    holder.replaceChildren(table(workerColumns(columns, items), items));
     info.textContent = `page ${state.page} of ${pages} · ${count} rows`;
     prev.disabled = state.page <= 1;
     next.disabled = state.page >= pages;
@@ -69,6 +70,10 @@ function kv(object) {
 function overview(ctx) {
   const tiles = h('div', { class: 'tiles' });
   const nodes = h('div');
+  // `start --workers N`: one row per worker process (the card shows only when there are any)
+  const workers = h('div', { 'data-testid': 'workers' });
+  const workersCard = card('Workers', workers);
+  workersCard.hidden = true;
   const rateCanvas = h('canvas', { 'data-testid': 'rate-chart' });
   const connCanvas = h('canvas', { 'data-testid': 'conn-chart' });
   const rate = new LineChart(rateCanvas, ['messages received/s', 'messages sent/s']);
@@ -79,6 +84,7 @@ function overview(ctx) {
       card('Message rate', rate.legend(h), rateCanvas),
       card('Connections', conns.legend(h), connCanvas)),
     card('Nodes', nodes),
+    workersCard,
   );
   let last = null;
 
@@ -120,10 +126,15 @@ function overview(ctx) {
       // a Stopped node (dead or departed) has only its name and status
       ['memory', (n) => (n.memory_used === undefined ? '' : `${n.memory_used} / ${n.memory_total}`)],
       ['load 1/5/15', (n) => (n.load1 === undefined ? '' : `${n.load1} ${n.load5} ${n.load15}`)],
-      // `start --workers N`: one node, one line per worker process
-      ['workers', (n) => (n.workers ? h('div', {}, ...n.workers.map((w) => h('div', {},
-        `${w.worker}: pid ${w.pid ?? '-'}, ${w.node_status}, ${w.connections} conn.`))) : '1')],
+      // `start --workers N`: one node of N processes (their rows in the Workers card)
+      ['workers', (n) => (n.workers ? n.workers.length : 1)],
     ], nodeList.map((n) => ({ ...n, __key: n.node }))));
+    const perWorker = workerRows(nodeList);
+    workersCard.hidden = perWorker.length === 0;
+    workers.replaceChildren(table([
+      ['node', 'node'], ['worker', 'worker'], ['pid', 'pid'], ['status', 'node_status'],
+      ['connections', 'connections'], ['memory', 'memory_used'],
+    ], perWorker));
   });
 }
 

@@ -138,14 +138,16 @@ async def test_rpc_calls_per_connect_do_not_grow_with_the_peers(
     # Each CONNECT of a new id: one claim when another node owns the id, none otherwise.
     assert fresh_calls == fresh
     before = rpc_calls(*apps)
-    for i in range(12):  # each session moves to the next node: claim + surrender at most
+    # Each session moves to the next node: claim + surrender at most on the CONNECT's path,
+    # then the new node's confirmation to the old one (`cluster.takeover_park`).
+    for i in range(12):
         app = apps[(i + 1) % 3]
         client, ack = await RawClient.connect(app.node.tcp_port, f"fresh{i}", MQTT_5,
                                               clean_start=False, properties={0x11: 60})  # fmt: skip
         assert isinstance(ack, ConnAck) and ack.session_present
         await client.close()
     moved_calls = rpc_calls(*apps) - before
-    assert moved_calls <= 2 * 12
+    assert moved_calls <= 3 * 12
     print(f"RPC calls: {fresh_calls} for 12 new ids, {moved_calls} for 12 moves (3 nodes)")
 
 

@@ -16,7 +16,8 @@ from api_support import AppFactory
 from broker.server.config import ManagementConfig, parse_config
 from management.dashboard_app import ASSETS, CONTENT_TYPES
 
-SCRIPTS = ("app.js", "api.js", "pages.js", "apps.js", "alarms.js", "ui.js", "charts.js", "mqtt.js")
+SCRIPTS = ("app.js", "api.js", "pages.js", "apps.js", "alarms.js", "ui.js", "charts.js",
+           "mqtt.js", "workers.js")  # fmt: skip
 URL = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}|https?://", re.I)
 
 

@@ -12,127 +12,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import aiomqtt
 import psutil
 import pytest
-from api_support import ADMIN, basic
 from rawclient import RawClient
+from workers_support import (
+    MAX_TRIES,
+    NODE,
+    START_TIMEOUT,
+    TIMEOUT,
+    Rest,
+    WorkersProc,
+    clients_on_every_worker,
+    start_workers,
+)
 
 from broker.protocol.packets import ConnAck, Publish, Subscribe, SubscriptionRequest
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 30.0
-TIMEOUT = 10.0
-NODE = "minibroker@127.0.0.1"
-#: Connections tried before concluding the kernel does not spread them (2**-19 by chance).
-MAX_TRIES = 20
-
-
-@dataclass
-class WorkersProc:
-    proc: subprocess.Popen[bytes]
-    lines: list[str] = field(default_factory=list)
-    ports: dict[str, int] = field(default_factory=dict)
-    banner_done: threading.Event = field(default_factory=threading.Event)
-
-    def read_output(self) -> None:
-        """Thread body: drain stdout+stderr (the pipe must never fill), note the banner."""
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            for kind, pattern in (("mqtt", r"mqtt://127\.0\.0\.1:(\d+)"),
-                                  ("http", r"http://127\.0\.0\.1:(\d+)")):  # fmt: skip
-                match = re.search(pattern, line)
-                if match and kind not in self.ports:
-                    self.ports[kind] = int(match.group(1))
-            if line.startswith("workers:"):
-                self.banner_done.set()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_workers(data_dir: Path, count: int = 2) -> WorkersProc:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "broker.cli", "start", "--workers", str(count),
-            "--host", "127.0.0.1", "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0",
-            "--data-dir", str(data_dir)]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    node = WorkersProc(proc)
-    threading.Thread(target=node.read_output, daemon=True).start()
-    if not node.banner_done.wait(START_TIMEOUT):
-        node.stop()
-        pytest.fail("no banner from the workers:\n" + "\n".join(node.lines[-30:]))
-    return node
-
-
-class Rest:
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.session = session
-        self.base = f"http://127.0.0.1:{port}/api/v3"
-
-    async def get(self, path: str) -> Any:
-        async with self.session.get(self.base + path, headers=basic(*ADMIN)) as resp:
-            assert resp.status == 200, await resp.text()
-            body = await resp.json()
-        if isinstance(body, dict) and "items" in body:  # a page (the seed format)
-            return body["items"]
-        return body["data"] if isinstance(body, dict) and "data" in body else body
-
-    async def node(self) -> dict[str, Any]:
-        nodes = await self.get("/nodes/")
-        assert [n["name"] for n in nodes] == [NODE]  # one node, whatever the workers
-        node: dict[str, Any] = nodes[0]
-        return node
-
-    async def workers_running(self, count: int) -> list[dict[str, Any]]:
-        """The `workers` rows once all `count` are Running (the workers found each other)."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            rows: list[dict[str, Any]] = (await self.node())["workers"]
-            if len(rows) == count and all(r["node_status"] == "Running" for r in rows):
-                return rows
-            assert time.monotonic() < deadline, rows
-            await asyncio.sleep(0.2)
-
-    async def worker_of(self, client_id: str) -> int:
-        """The worker holding `client_id`'s one connection (waits until it is listed)."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            listed = await self.get("/connections/?_limit=1000")
-            rows = [r for r in listed if r["client_id"] == client_id]
-            if len(rows) == 1 and rows[0].get("connected", True):
-                assert rows[0]["node"] == NODE
-                return int(rows[0]["worker"])
-            assert time.monotonic() < deadline, rows
-            await asyncio.sleep(0.1)
+#: The module's node publishes `$SYS` every second.
+SYS_INTERVAL = 1
+SYS_CONNECTED = "$SYS/broker/clients/connected"
 
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkersProc]:
-    node = start_workers(tmp_path_factory.mktemp("workers"))
+    node = start_workers(
+        tmp_path_factory.mktemp("workers"), config=f"sys_interval = {SYS_INTERVAL}\n"
+    )
     yield node
     node.stop()
 
@@ -233,6 +147,31 @@ async def test_client_id_taken_over_across_workers_leaves_one_connection(
         assert len(rows) == 1 and rows[0]["worker"] == worker
     finally:
         await first.close()
+
+
+async def test_sys_topics_describe_the_whole_node_on_every_worker(
+    workers: WorkersProc, rest: Rest
+) -> None:
+    """`$SYS` describes the one node: subscribers on either worker read the node-wide count of
+    connected clients (every worker's), the same figure on both, not their own worker's."""
+    clients, on = await clients_on_every_worker(workers.ports["mqtt"], rest, "sys", 2)
+    try:
+        for client in clients:
+            client.send(Subscribe(1, [SubscriptionRequest(SYS_CONNECTED, 0)]))
+        expected = str(len(clients)).encode()
+        for client in clients:
+            # retained at once, then every SYS_INTERVAL: wait for the figure with them all
+            latest = None
+            deadline = time.monotonic() + TIMEOUT + 5 * SYS_INTERVAL
+            while latest != expected:
+                assert time.monotonic() < deadline, (on, latest, expected)
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    packet = await client.recv(timeout=SYS_INTERVAL)
+                    if isinstance(packet, Publish) and packet.topic == SYS_CONNECTED:
+                        latest = packet.payload
+    finally:
+        for client in clients:
+            await client.close()
 
 
 async def test_dead_worker_reported_then_sigterm_stops_all(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from cluster.takeover import (
     serve_surrender,
     trim_state,
 )
+from cluster.takeover_park import CONFIRM_METHOD
 
 
 class Net:
@@ -79,6 +80,7 @@ class Net:
                 RELEASE_METHOD: target.serve_release,
                 EVICT_METHOD: target.serve_evict,
                 SURRENDER_METHOD: target.serve_surrender,
+                CONFIRM_METHOD: target.parking.serve_committed,
             }[method]
             result = await handler(msgpack_roundtrip(args), origin)
             await asyncio.sleep(0)
@@ -148,7 +150,14 @@ async def test_connect_costs_at_most_two_calls_whatever_the_cluster_size() -> No
     new.connect(cid, clean_start=False)
     await settle()
     assert new.connack().session_present
-    assert net.calls == [("n3", "n1", CLAIM_METHOD), ("n1", "n2", SURRENDER_METHOD)]
+    # Two on the CONNECT's path; the third, after it, tells the old node to drop its parked
+    # copy (`cluster.takeover_park`).
+    assert net.calls == [
+        ("n3", "n1", CLAIM_METHOD),
+        ("n1", "n2", SURRENDER_METHOD),
+        ("n3", "n2", CONFIRM_METHOD),
+    ]
+    assert net.locators["n2"].parking.parked == {}
     packets = old.received()
     assert isinstance(packets[-1], Disconnect)
     assert packets[-1].reason_code == ReasonCode.SESSION_TAKEN_OVER

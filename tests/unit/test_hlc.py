@@ -74,6 +74,14 @@ def test_restore_keeps_order_across_a_restart_even_beyond_the_drift_bound() -> N
 
 # -- properties ---------------------------------------------------------------------------------
 
+
+def wall_seconds(ms: int) -> float:
+    """The wall time that reads as exactly `ms` milliseconds: `ms / 1000` can read one less once
+    scaled back (1.001 * 1000 < 1001 in floating point), which made a peer `DRIFT` ahead look
+    one millisecond further ahead than the bound."""
+    return (ms + 0.5) / 1000
+
+
 DRIFT = 5_000
 walls = st.integers(min_value=0, max_value=10_000)  # ms
 #: an operation: ("tick", wall ms) or ("recv", wall ms, peer stamp ms offset, peer counter)
@@ -99,7 +107,7 @@ def test_property_stamps_strictly_increase_and_receive_beats_both_inputs(
     clock = HybridClock("me", wall, max_drift_ms=DRIFT)
     last = clock.peek()
     for step in steps:
-        wall.t = int(step[1]) / 1000  # type: ignore[call-overload]
+        wall.t = wall_seconds(int(step[1]))  # type: ignore[call-overload]
         if step[0] == "tick":
             stamp = clock.now()
             assert stamp > last  # monotonic, whatever the wall clock did
@@ -122,7 +130,7 @@ def test_property_drift_from_the_largest_wall_time_seen_stays_bounded(
     top_wall = 0
     for step in steps:
         ms = int(step[1])  # type: ignore[call-overload]
-        wall.t = ms / 1000
+        wall.t = wall_seconds(ms)
         top_wall = max(top_wall, ms)
         if step[0] == "tick":
             clock.now()
