@@ -16,15 +16,17 @@ from broker.app import NodeApp
 from broker.core import acked_runs as acked_runs_module
 from broker.core import frames_delivery as frames_module
 from broker.core import handle_publish as handle_publish_module
+from broker.core import lone_publish as lone_module
 from broker.protocol.codec import Decoder
 
-__all__ = ["acked_spy", "packets_only", "rest_metrics", "run_spy"]
+__all__ = ["acked_spy", "packets_only", "rest_metrics", "run_spy", "without_lone"]
 
 
 @contextmanager
 def run_spy() -> Iterator[list[int]]:
     """What `handle_publish_run` answered per run: +count taken as bytes, -count handed back
-    to the packet path; and +count per call of `handle_publish_frames` that took frames."""
+    to the packet path; +count per call of `handle_publish_frames` that took frames; +1 per
+    lone read `publish_lone` took."""
     calls: list[int] = []
     real = handle_publish_module.handle_publish_run
 
@@ -44,9 +46,19 @@ def run_spy() -> Iterator[list[int]]:
             calls.append(taken)
         return left
 
+    real_lone = lone_module.publish_lone
+
+    def lone_spy(channel: Any, data: bytes) -> bool:
+        """A lone read taken whole (`publish_lone`): +1; else the spies above see it."""
+        done = real_lone(channel, data)
+        if done:
+            calls.append(1)
+        return done
+
     with (
         mock.patch("broker.core.channel.handle_publish_run", spy),
         mock.patch("broker.core.channel.handle_publish_frames", frames_spy),
+        mock.patch("broker.core.channel.publish_lone", lone_spy),
     ):
         yield calls
 
@@ -69,8 +81,22 @@ def acked_spy() -> Iterator[list[int]]:
 @contextmanager
 def packets_only() -> Iterator[None]:
     """The reference: every PUBLISH decoded into a packet, as before the fast paths."""
-    with mock.patch.object(Decoder, "feed_runs", lambda self, data: self.feed(data)):
+    with (
+        mock.patch.object(Decoder, "feed_runs", lambda self, data: self.feed(data)),
+        mock.patch("broker.core.channel.publish_lone", _never),
+    ):
         yield
+
+
+@contextmanager
+def without_lone() -> Iterator[None]:
+    """Runs as ever, but no read taken by `publish_lone`: the general way for lone reads."""
+    with mock.patch("broker.core.channel.publish_lone", _never):
+        yield
+
+
+def _never(channel: Any, data: bytes) -> bool:
+    return False
 
 
 async def rest_metrics(app: NodeApp) -> dict[str, int]:

@@ -184,6 +184,10 @@ class Connection(AckOrder, Closing):
     #: CONNECT came with the bridge bit (`Connect.bridge`): another broker bridging to us.
     is_bridge = False
     will: Will | None = None
+    #: The last lone PUBLISH frame whose topic `broker.core.lone_publish` checked: (frame
+    #: length, its bytes up to the payload, the topic). A frame of that length with that head
+    #: has that topic and passes the same checks, whatever its payload.
+    lone_head: tuple[int, bytes, str] | None = None
     #: Incoming topic aliases: the shared empty until the first alias.
     topic_aliases: dict[int, str] = NO_ALIASES
     #: Request Problem Information (MQTT-3.1.2-29), a 5.0 CONNECT property.

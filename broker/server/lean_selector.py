@@ -97,6 +97,9 @@ class LeanSelector(selectors.EpollSelector):
             return []
         ready: list[tuple[selectors.SelectorKey, int]] = []
         lean: list[tuple[int, int]] | None = None
+        if len(events) == 1 and events[0][0] in transports:
+            lean = events  # one lean socket (a lone message): served without sorting
+            events = []
         for fd, event in events:
             if fd in transports:
                 if lean is None:
@@ -109,18 +112,15 @@ class LeanSelector(selectors.EpollSelector):
                     selectors.EVENT_READ if event & ~select.EPOLLOUT else 0
                 )
                 ready.append((key, mask & key.events))
-        if lean is not None:
-            self._serve(lean)
-        return ready
-
-    def _serve(self, events: list[tuple[int, int]]) -> None:
-        """Hand each socket its readiness, as `Poller._ready` does, in one batch."""
+        if lean is None:
+            return ready
+        # Hand each socket its readiness, as `Poller._ready` does, in one batch (here, not
+        # in a method of its own: this runs once per message at a low rate).
         batches = self._batches
         for batch in batches:
             batch.begin()
         try:
-            transports = self.transports
-            for fd, event in events:
+            for fd, event in lean:
                 transport = transports.get(fd)  # (a read before may have closed it)
                 if transport is None:
                     continue
@@ -134,6 +134,7 @@ class LeanSelector(selectors.EpollSelector):
                     batch.end()
                 except Exception as exc:
                     self._report(exc, None)
+        return ready
 
     def _report(self, exc: Exception, transport: Lean | None) -> None:
         if self._loop is not None:

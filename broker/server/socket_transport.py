@@ -248,8 +248,25 @@ class SocketTransport(asyncio.Transport):
 
     def ready(self, event: int) -> None:
         """The socket is ready for `event` (epoll's mask): what `LeanSelector` calls."""
-        if event & _READ_EVENTS and self._state & _READING:
-            self.read_ready()
+        if event & _READ_EVENTS and self._state & _READING and not self._state & _CLOSING:
+            # `read_ready`, written out: this runs once per message at a low rate.
+            try:
+                data = self._sock.recv(MAX_READ)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as exc:
+                self._fatal_error(exc, "read error")
+                data = None
+            if data is not None:
+                if not data:
+                    self._eof()
+                else:
+                    try:
+                        self._protocol.data_received(data)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self._fatal_error(exc, "protocol.data_received() failed")
         if event & _WRITE_EVENTS and self._buffer is not None:
             self.write_ready()
 

@@ -1,8 +1,9 @@
 """MQTT over TCP (and TLS): an `asyncio.Protocol` per connection that drives a `Channel`.
 
-Writes are batched per connection into one transport write, and sent when what caused them is
-done (`WriteBatch`): the read that routed a message (or the lean transport's whole batch of ready
-sockets), else the end of the loop turn. A connection that
+A connection's first write in a read (or in the lean transport's batch of ready sockets) is sent
+at once; its later writes there are batched into one transport write, sent when what caused them
+is done (`WriteBatch`: the end of the read or batch), and writes made outside a read at the end of
+the loop turn. A connection that
 has read `READ_BUDGET` bytes sits out one loop turn, so a flooding client cannot starve the
 others' writes. Backpressure: when the kernel buffer fills, asyncio calls `pause_writing`; we
 then stop reading from that client too, so a client that does not read cannot make us buffer
@@ -53,7 +54,7 @@ class WriteBatch:
     also sent at the end of the read.
     """
 
-    __slots__ = ("_depth", "_dirty", "_loop", "_scheduled")
+    __slots__ = ("_depth", "_dirty", "_loop", "_scheduled", "gen")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -61,6 +62,9 @@ class WriteBatch:
         #: Open `begin`s: while above 0, writes wait for the last `end`.
         self._depth = 0
         self._scheduled = False
+        #: Counts the outermost batches (one more at each last `end`): a connection that
+        #: sent at once in this batch (`MqttConnection.write`) batches the rest of its writes.
+        self.gen = 0
 
     def add(self, conn: MqttConnection) -> None:
         """`conn` has a write waiting (once until its `_flush`)."""
@@ -74,8 +78,10 @@ class WriteBatch:
 
     def end(self) -> None:
         self._depth -= 1
-        if not self._depth and self._dirty:
-            self.flush()
+        if not self._depth:
+            self.gen += 1
+            if self._dirty:
+                self.flush()
 
     def _turn_end(self) -> None:
         self._scheduled = False
@@ -130,6 +136,7 @@ class MqttConnection(asyncio.Protocol):
         "_pending",
         "_pending_size",
         "_read_used",
+        "_sent_in",
         "channel",
         "listener",
         "transport",
@@ -148,6 +155,8 @@ class MqttConnection(asyncio.Protocol):
         #: budget, so an idle connection holds a small cached int, not an int object of its own.
         self._read_used = 0
         self._paused = 0
+        #: The `WriteBatch.gen` of the batch in which it last sent at once (`write`).
+        self._sent_in = -1
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -178,8 +187,12 @@ class MqttConnection(asyncio.Protocol):
             batch._depth += 1  # `batch.begin()`, inlined: this runs per read
             try:
                 channel.data_received(data)
-            finally:
-                batch.end()
+            finally:  # `batch.end()`, inlined too
+                depth = batch._depth = batch._depth - 1
+                if not depth:
+                    batch.gen += 1
+                    if batch._dirty:
+                        batch.flush()
             self._read_used += len(data)
             if self._read_used >= READ_BUDGET and not self._paused & _TURN:
                 self._pause(_TURN)  # sit out one loop turn: see `READ_BUDGET`
@@ -227,6 +240,20 @@ class MqttConnection(asyncio.Protocol):
             return
         pending = self._pending
         if pending is None:
+            # The first write in a read (or a batch of reads) goes out at once: a lone
+            # message's delivery does not wait for the rest of the read's work (README
+            # "Latency of a lone message"). Later ones in the batch wait for its end, so a
+            # connection still gets at most two sends per batch of reads.
+            batch = self.listener.batch
+            if batch._depth and self._sent_in != batch.gen and self.transport is not None:
+                self._sent_in = batch.gen
+                try:
+                    self.transport.write(data)
+                except Exception as exc:  # the reader's work goes on, as after a flush
+                    self.listener.loop.call_exception_handler(
+                        {"message": "writing to a connection failed", "exception": exc}
+                    )
+                return
             self._pending = [data]
         else:
             pending.append(data)

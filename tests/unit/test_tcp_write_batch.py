@@ -1,7 +1,8 @@
-"""`broker.server.tcp.WriteBatch`: what a read routes is written at the end of that read, one
-transport write per connection, not a loop turn later; writes made outside any read go out at
-the end of the loop turn, as before. Order is kept, and one connection's failure to flush does
-not keep the others' writes back."""
+"""`broker.server.tcp.WriteBatch`: what a read routes is written in that read, not a loop turn
+later: a connection's first write at once, the rest in one transport write at the end of the
+read (or of the batch of reads); writes made outside any read go out at the end of the loop
+turn, as before. Order is kept, and one connection's failure to write does not keep the others'
+writes back nor fail the read."""
 
 from __future__ import annotations
 
@@ -68,12 +69,18 @@ async def test_a_routed_message_is_written_at_the_end_of_its_read() -> None:
     assert sub_t.written == [encode(Publish("t", b"one"))], "sent before the loop turns"
 
 
-async def test_what_one_read_routes_to_a_connection_is_one_write_in_order() -> None:
+async def test_what_one_read_routes_to_a_connection_is_two_writes_at_most_in_order() -> None:
     pub, _, sub_t = await pair()
     frames = [encode(Publish("t", b"m%d" % i)) for i in range(5)]
-    # two packets of another kind between them: not a single run of frames
-    pub.data_received(frames[0] + frames[1] + encode(Publish("t", b"m2", retain=True)))
-    assert sub_t.written == [frames[0] + frames[1] + frames[2]]
+    # a run, then PUBLISHes of another kind: the run at once, the others at the read's end
+    pub.data_received(
+        frames[0]
+        + frames[1]
+        + b"".join(encode(Publish("t", b"m%d" % i, retain=True)) for i in (2, 3))
+    )
+    assert sub_t.written == [frames[0] + frames[1], frames[2] + frames[3]]
+    await asyncio.sleep(0)
+    assert len(sub_t.written) == 2, "nothing sent twice"
 
 
 async def test_an_open_batch_holds_writes_until_its_outermost_end() -> None:
@@ -83,11 +90,14 @@ async def test_an_open_batch_holds_writes_until_its_outermost_end() -> None:
     batch.begin()
     pub.data_received(encode(Publish("t", b"a")))
     pub.data_received(encode(Publish("t", b"b")))
-    assert sub_t.written == [], "inside the batch: nothing sent yet"
+    pub.data_received(encode(Publish("t", b"c")))
+    assert sub_t.written == [encode(Publish("t", b"a"))], "inside the batch: the first only"
     batch.end()
-    assert sub_t.written == [encode(Publish("t", b"a")) + encode(Publish("t", b"b"))]
+    assert sub_t.written[1:] == [encode(Publish("t", b"b")) + encode(Publish("t", b"c"))]
     await asyncio.sleep(0)
-    assert len(sub_t.written) == 1, "nothing sent twice"
+    assert len(sub_t.written) == 2, "nothing sent twice"
+    pub.data_received(encode(Publish("t", b"d")))  # the next batch: at once again
+    assert sub_t.written[2:] == [encode(Publish("t", b"d"))]
 
 
 async def test_a_write_outside_any_read_goes_out_at_the_end_of_the_loop_turn() -> None:
@@ -120,11 +130,14 @@ async def test_one_failing_connection_does_not_hold_back_the_others() -> None:
         healthy = Transport()
         second.transport = healthy  # type: ignore[assignment]
         batch.begin()
-        first.write(b"1")
+        first.write(b"1")  # at once: fails, reported, not raised to the reader
         second.write(b"2")
+        first.write(b"1b")  # at the end of the batch: fails there, reported
+        second.write(b"2b")
         batch.end()
-        assert healthy.written == [b"2"]
-        assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)
+        assert healthy.written == [b"2", b"2b"]
+        assert len(reported) == 2
+        assert all(isinstance(context["exception"], RuntimeError) for context in reported)
         first.transport = Transport()  # type: ignore[assignment]
         first.write(b"3")  # not stuck as "already scheduled"
         await asyncio.sleep(0)
