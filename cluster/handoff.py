@@ -189,6 +189,11 @@ class Handoff:
         if self.pending and len(self.early) < self.max_pending * 10:
             self.early.append(_key(message, message.node or self.name))
 
+    def pass_on(self, target: str, client_id: str, message: Message) -> None:
+        """Send `message` to the session `client_id` on `target` as a late copy (an evicted
+        copy's queue): the new node delivers it unless the session accepted it already."""
+        self._send(target, client_id, message, message.node or self.name)
+
     def _send(self, target: str, client_id: str, message: Message, origin: str) -> None:
         extra = {"kind": SESSION_KIND, "cid": client_id, "org": origin}
         if self.send(target, message, extra):

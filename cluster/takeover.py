@@ -79,13 +79,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState, TakeoverDone
 from broker.core.hlc import Stamp as ClockStamp
 from broker.core.hooks import ClientInfo
+from broker.core.session import QueuedDelivery
 from cluster.handoff import Handoff, plain_filters
 from cluster.registry import (
     ZERO,
@@ -112,6 +113,7 @@ from cluster.takeover_wire import (
     SURRENDER_METHOD,
     Call,
     chunks,
+    parse_winners,
     pick_state,
     serve_surrender,
     surrender_args,
@@ -169,7 +171,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
         self.stats: dict[str, int] = {
             "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
             "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
-            "stand_ins": 0, "stamps_rejected": 0, "stale_claims": 0,
+            "stand_ins": 0, "stamps_rejected": 0, "stale_claims": 0, "evicted/passed_on": 0,
         }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -373,12 +375,19 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
         return state
 
     async def serve_evict(self, args: dict[str, Any], from_node: str) -> int:
-        """`session_evict`: this node lost these ids to a newer claim elsewhere."""
-        return self.evict(dict(parse_entries(args.get("entries"))))
+        """`session_evict`: this node lost these ids to a newer claim elsewhere (`to`: the
+        node that holds each now, where what this copy queued is passed on)."""
+        entries = dict(parse_entries(args.get("entries")))
+        return self.evict(entries, parse_winners(args.get("to")))
 
-    def evict(self, entries: dict[str, Stamp]) -> int:
+    def evict(self, entries: dict[str, Stamp], winners: dict[str, str] | None = None) -> int:
         """Drop the ids still held here at those stamps: 0x8E to the connection, the session
-        discarded (what it had queued is counted as dropped)."""
+        discarded. What it had queued (never sent to the client) is passed on to the copy
+        that won, in `winners`, as the takeover handoff passes on late messages (the winner
+        keeps one of each QoS 2 message by its stamp); without a winner it is counted as
+        dropped. Why: a node that comes back from a kill with a stale copy (its client
+        reconnected elsewhere meanwhile) may hold the only copy of what was queued before the
+        kill."""
         done = 0
         for client_id, stamp in entries.items():
             if self.held.get(client_id) != stamp:
@@ -387,7 +396,8 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             self._confirmed.pop(client_id, None)
             session = self.broker.sessions.get(client_id)
             if session is not None:
-                self.broker.metrics.counters["messages/dropped"] += len(session.queue)
+                winner = (winners or {}).get(client_id)
+                self._pass_on_queue(client_id, session.queue, winner)
             log.warning(
                 "client %s is held by a newer claim on another node: dropped here", client_id
             )
@@ -395,6 +405,21 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             self.stats["evicted"] += 1
             done += 1
         return done
+
+    def _pass_on_queue(
+        self, client_id: str, queue: Iterable[QueuedDelivery], to: str | None
+    ) -> None:
+        queued = [delivery[0] for delivery in queue]
+        if not queued:
+            return
+        if to is None or to == self.name:
+            self.broker.metrics.counters["messages/dropped"] += len(queued)
+            return
+        for message in queued:
+            self.handoff.pass_on(to, client_id, message)
+        self.stats["evicted/passed_on"] += len(queued)
+        log.info("client %s: %d queued messages of the evicted copy passed on to %s",
+                 client_id, len(queued), to)  # fmt: skip
 
     def client_gone(self, info: ClientInfo, reason: str) -> None:
         """`hooks.client_disconnected`: a session that ended with its connection is released."""

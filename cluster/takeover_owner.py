@@ -48,7 +48,9 @@ class RegistryOwner:
 
         def _now(self) -> Stamp: ...
         def _observe(self, stamp: Stamp, node: str) -> bool: ...
-        def evict(self, entries: dict[str, Stamp]) -> int: ...
+        def evict(
+            self, entries: dict[str, Stamp], winners: dict[str, str] | None = None
+        ) -> int: ...
         def _spawn(self, coro: Any) -> None: ...
         async def _send(self, node: str, method: str, args: dict[str, Any]) -> Any: ...
 
@@ -82,7 +84,7 @@ class RegistryOwner:
                         holder, client_id, clean_start, from_node, stamp
                     )
                     if not ok:  # it may still hold the id: evict it once it can be reached
-                        self._evict_at(holder, {client_id: previous.stamp})
+                        self._evict_at(holder, {client_id: previous.stamp}, from_node)
                 return {"state": state, "stamp": list(stamp)}
         finally:
             lock, users = self._locks[client_id]
@@ -119,8 +121,12 @@ class RegistryOwner:
             if evict.node == from_node:
                 lose[client_id] = evict.stamp
             else:
-                self._evict_at(evict.node, {client_id: evict.stamp})
-        return {"evict": entries_wire(lose)}
+                self._evict_at(evict.node, {client_id: evict.stamp}, from_node)
+        # `to`: who holds each lost id now, where the loser's queue goes (`evict`)
+        winners = {
+            cid: self.registry.entries[cid].node for cid in lose if cid in self.registry.entries
+        }
+        return {"evict": entries_wire(lose), "to": winners}
 
     async def serve_release(self, args: dict[str, Any], from_node: str) -> int:
         """`registry_release`: sessions of `from_node` that ended."""
@@ -129,8 +135,10 @@ class RegistryOwner:
             released += self.registry.release(client_id, from_node, stamp)
         return released
 
-    def _evict_at(self, node: str, entries: dict[str, Stamp]) -> None:
+    def _evict_at(self, node: str, entries: dict[str, Stamp], winner: str) -> None:
+        """`node` drops these ids; `winner` holds them now (their queues go there)."""
         if node == self.name:
-            self.evict(entries)
+            self.evict(entries, dict.fromkeys(entries, winner))
         else:
-            self._spawn(self._send(node, EVICT_METHOD, {"entries": entries_wire(entries)}))
+            args = {"entries": entries_wire(entries), "to": dict.fromkeys(entries, winner)}
+            self._spawn(self._send(node, EVICT_METHOD, args))

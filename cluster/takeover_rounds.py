@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.core.broker import Broker
 from cluster.registry import ZERO, Registry, Stamp, entries_wire, moved, owner_of, parse_entries
-from cluster.takeover_wire import REGISTER_METHOD, chunks, view_of
+from cluster.takeover_wire import REGISTER_METHOD, chunks, parse_winners, view_of
 
 
 class RegistryRounds:
@@ -39,8 +39,10 @@ class RegistryRounds:
 
     if TYPE_CHECKING:  # `ClusterSessionLocator` and `RegistryOwner` define them
 
-        def evict(self, entries: dict[str, Stamp]) -> int: ...
-        def _evict_at(self, node: str, entries: dict[str, Stamp]) -> None: ...
+        def evict(
+            self, entries: dict[str, Stamp], winners: dict[str, str] | None = None
+        ) -> int: ...
+        def _evict_at(self, node: str, entries: dict[str, Stamp], winner: str) -> None: ...
         def _spawn(self, coro: Any) -> None: ...
         async def _send(self, node: str, method: str, args: dict[str, Any]) -> Any: ...
 
@@ -118,9 +120,10 @@ class RegistryRounds:
                         lose[client_id] = stamp
                         continue
                     if evict is not None:
-                        self._evict_at(evict.node, {client_id: evict.stamp})
+                        self._evict_at(evict.node, {client_id: evict.stamp}, self.name)
                     self._confirmed[client_id] = (owner, view)
-                self.evict(lose)
+                entries_now = self.registry.entries
+                self.evict(lose, {c: entries_now[c].node for c in lose if c in entries_now})
             else:
                 for chunk in chunks(entries):
                     self._spawn(self._register(owner, chunk, view))
@@ -131,7 +134,7 @@ class RegistryRounds:
             for client_id, stamp in entries.items():
                 if self.held.get(client_id) == stamp:
                     self._confirmed[client_id] = (owner, view)
-            self.evict(dict(parse_entries(answer.get("evict"))))
+            self.evict(dict(parse_entries(answer.get("evict"))), parse_winners(answer.get("to")))
         elif answer is None:
             self._dirty.update(entries)  # try again at the next change, or the next round
             for client_id in entries:

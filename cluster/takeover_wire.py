@@ -117,3 +117,11 @@ def chunks(entries: dict[str, Stamp]) -> list[dict[str, Stamp]]:
     """`entries` in pieces of at most `BATCH`, one RPC each."""
     items = list(entries.items())
     return [dict(items[i : i + BATCH]) for i in range(0, len(items), BATCH)]
+
+
+def parse_winners(value: Any) -> dict[str, str]:
+    """`to` of `session_evict` and of `registry_register`'s answer: client id -> the node that
+    holds it now (malformed pairs are left out: their queue is then counted as dropped)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}

@@ -564,7 +564,7 @@ async def test_the_registry_uses_the_nodes_one_clock_and_its_drift_rule() -> Non
     assert owner.registry.get(cid).node == "c"  # type: ignore[union-attr]
     # a registration stamped far ahead loses to the holder the owner knows
     got = await owner.serve_register({"entries": [[cid, ahead]]}, "b")
-    assert got == {"evict": [[cid, [0, 0]]]}
+    assert got == {"evict": [[cid, [0, 0]]], "to": {cid: "c"}}  # c holds it: the queue goes there
     assert owner.registry.get(cid).node == "c"  # type: ignore[union-attr]
     # the stamp of a CONNECT comes from the broker's clock
     before = net.brokers["b"].hlc.peek()

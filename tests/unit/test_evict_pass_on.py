@@ -1,0 +1,100 @@
+"""A copy of a session that loses to a newer claim passes its queue on to the copy that won.
+
+The case, from the fault suite's kill_during_takeover (2 QoS 2 messages lost at the roaming
+session in a rehearsal of `.ci/run`): the roaming session's node was killed just as the client
+moved on; the claim found no live holder and the client resumed a fresh copy elsewhere; the
+killed node came back with its persisted copy, whose queue held what was published just before
+the kill, and lost the registration round to the newer claim. Evicting it dropped that queue.
+"""
+
+from __future__ import annotations
+
+from test_cluster_takeover import Net, cid_owned_by
+from test_cluster_takeover import settle as settle_once
+
+from broker.core.message import Message
+
+
+async def settle() -> None:
+    """Claims with a surrender or a registration round take several turns of the loop."""
+    for _ in range(5):
+        await settle_once()
+
+
+async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, list[bytes]]:
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    first = net.client("a")
+    first.connect(cid, clean_start=False)
+    await settle()
+    first.subscribe("w/#", qos=2)
+    first.drop()
+    await settle()
+    # Published while the client is away: queued in a's copy (the only one).
+    queued = [Message("w/1", f"m{i}".encode(), 2, publisher="p", node="a") for i in range(2)]
+    for message in queued:
+        message.stamp = net.brokers["a"].hlc.now()
+        net.arrive("a", message)
+    # a is killed: the client resumes on b, whose claim finds no live holder (a fresh copy).
+    net.live = ["b", "c"]
+    net.views = {"b": ["b", "c"], "c": ["b", "c"]}
+    on_b = net.client("b")
+    on_b.connect(cid, clean_start=False)
+    await settle()
+    assert not on_b.connack().session_present
+    on_b.subscribe("w/#", qos=2)
+    # a is back with its copy: every node registers again; b's claim is the newer one.
+    net.live = ["a", "b", "c"]
+    net.views = {}
+    for name in ("a", "b", "c"):
+        for other in ("a", "b", "c"):
+            if other != name:
+                net.locators[name].members_changed(other, "alive")
+    await settle()
+    net.run_later()
+    await settle()
+    assert cid not in net.brokers["a"].sessions  # evicted: one session per id
+    return net, [p.payload for p in on_b.publishes()]
+
+
+async def test_the_evicted_copys_queue_reaches_the_copy_that_won() -> None:
+    net, got = await _copy_left_on_a_node_that_comes_back()
+    assert got == [b"m0", b"m1"]
+    assert net.locators["a"].stats["evicted/passed_on"] == 2
+
+
+async def test_what_the_winner_has_already_is_not_delivered_again() -> None:
+    """QoS 2 exactly once (MQTT-4.3.3): a message the winning copy accepted already is dropped
+    there as a repeat when the loser's queue arrives (its publish stamp)."""
+    net = Net(["a", "b"])
+    cid = cid_owned_by("b", net.live)
+    first = net.client("a")
+    first.connect(cid, clean_start=False)
+    await settle()
+    first.subscribe("w/#", qos=2)
+    first.drop()
+    await settle()
+    net.live = ["b"]
+    net.views = {"b": ["b"]}
+    on_b = net.client("b")
+    on_b.connect(cid, clean_start=False)
+    await settle()
+    on_b.subscribe("w/#", qos=2)
+    # Published on a's side of the cut: queued in a's copy, held for b and delivered there.
+    message = Message("w/1", b"both", 2, publisher="p", node="a")
+    net.brokers["a"].hlc.update(net.brokers["b"].hlc.peek())  # the clocks met before the cut
+    message.stamp = net.brokers["a"].hlc.now()
+    net.arrive("a", message)
+    net.arrive("b", message)
+    assert [p.payload for p in on_b.publishes()] == [b"both"]
+    net.live = ["a", "b"]
+    net.views = {}
+    for name, other in (("a", "b"), ("b", "a")):
+        net.locators[name].members_changed(other, "alive")
+    await settle()
+    net.run_later()
+    await settle()
+    assert cid not in net.brokers["a"].sessions
+    assert net.locators["a"].stats["evicted/passed_on"] == 1  # passed on ...
+    assert net.brokers["b"].qos2_repeats == 1  # ... and known there by its stamp
+    assert on_b.publishes() == []  # not delivered again
