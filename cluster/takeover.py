@@ -383,11 +383,11 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
     def evict(self, entries: dict[str, Stamp], winners: dict[str, str] | None = None) -> int:
         """Drop the ids still held here at those stamps: 0x8E to the connection, the session
         discarded. What it had queued (never sent to the client) is passed on to the copy
-        that won, in `winners`, as the takeover handoff passes on late messages (the winner
-        keeps one of each QoS 2 message by its stamp); without a winner it is counted as
-        dropped. Why: a node that comes back from a kill with a stale copy (its client
-        reconnected elsewhere meanwhile) may hold the only copy of what was queued before the
-        kill."""
+        that won, in `winners`, and what arrives for it in the next seconds too, as after a
+        surrender (the takeover handoff; the winner keeps one of each QoS 2 message by its
+        stamp); without a winner it is counted as dropped. Why: a node that comes back from a
+        kill with a stale copy (its client reconnected elsewhere meanwhile) may hold the only
+        copy of what was queued, or sent to it, before the kill."""
         done = 0
         for client_id, stamp in entries.items():
             if self.held.get(client_id) != stamp:
@@ -397,6 +397,13 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             session = self.broker.sessions.get(client_id)
             if session is not None:
                 winner = (winners or {}).get(client_id)
+                if winner is not None and winner != self.name:
+                    # As a surrender: what still arrives here for it (a forward held for this
+                    # node while it was down, sent again now) goes on to the winner.
+                    plain = [s.filter for s in session.subscriptions.values() if not s.share_group]
+                    self.handoff.surrendered(
+                        client_id, winner, plain, time.monotonic(), session.arrived
+                    )
                 self._pass_on_queue(client_id, session.queue, winner)
             log.warning(
                 "client %s is held by a newer claim on another node: dropped here", client_id

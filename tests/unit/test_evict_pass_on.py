@@ -9,6 +9,7 @@ the kill, and lost the registration round to the newer claim. Evicting it droppe
 
 from __future__ import annotations
 
+from cluster_fakes import FakeClient
 from test_cluster_takeover import Net, cid_owned_by
 from test_cluster_takeover import settle as settle_once
 
@@ -21,7 +22,7 @@ async def settle() -> None:
         await settle_once()
 
 
-async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, list[bytes]]:
+async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, FakeClient, list[bytes]]:
     net = Net(["a", "b", "c"])
     cid = cid_owned_by("c", net.live)
     first = net.client("a")
@@ -54,13 +55,25 @@ async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, list[bytes]]:
     net.run_later()
     await settle()
     assert cid not in net.brokers["a"].sessions  # evicted: one session per id
-    return net, [p.payload for p in on_b.publishes()]
+    return net, on_b, [p.payload for p in on_b.publishes()]
 
 
 async def test_the_evicted_copys_queue_reaches_the_copy_that_won() -> None:
-    net, got = await _copy_left_on_a_node_that_comes_back()
+    net, _, got = await _copy_left_on_a_node_that_comes_back()
     assert got == [b"m0", b"m1"]
     assert net.locators["a"].stats["evicted/passed_on"] == 2
+
+
+async def test_what_reaches_the_evicted_copys_node_afterwards_goes_on_too() -> None:
+    """A forward held for the killed node (sent just before the kill) is sent again when it is
+    back, possibly after the eviction: the node passes it on as after a surrender."""
+    net, on_b, _ = await _copy_left_on_a_node_that_comes_back()
+    late = Message("w/1", b"late", 2, publisher="p", node="c")
+    late.stamp = net.brokers["c"].hlc.now()
+    net.arrive("a", late)
+    net.run_later()
+    await settle()
+    assert [p.payload for p in on_b.publishes()] == [b"late"]
 
 
 async def test_what_the_winner_has_already_is_not_delivered_again() -> None:
