@@ -173,7 +173,7 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # kill_during_takeover measured only again since (2026-12-07): with the claim to a killed
     # holder failed at once (cluster/link_loss.py) and the copies folded, three rehearsals of
     # .ci/run lost 2, 1 and 2 of 72 at the roaming session, each time messages published just
-    # as the session's node was killed (the same publish number every time; 0 in 10 runs of
+    # as the session's node was killed (the same publish number every time; 0 in 6 runs of
     # the scenario alone). An evicted copy now passes its queue and what arrives for it on to
     # the winner (b084ca5, 378c7ac); the third loss came after both, cause not found yet.
     **{
