@@ -123,6 +123,16 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def persistent_then_away(net: Net, node: str, cid: str) -> None:
+    """`cid` opens a persistent session on `node`, subscribed to `w/#` at QoS 2, and drops."""
+    client = net.client(node)
+    client.connect(cid, clean_start=False)
+    await settle()
+    client.subscribe("w/#", qos=2)
+    client.drop()
+    await settle()
+
+
 def cid_owned_by(owner: str, nodes: list[str]) -> str:
     return next(f"dev{i}" for i in range(1000) if owner_of(f"dev{i}", nodes) == owner)
 

@@ -10,7 +10,7 @@ the kill, and lost the registration round to the newer claim. Evicting it droppe
 from __future__ import annotations
 
 from cluster_fakes import FakeClient
-from test_cluster_takeover import Net, cid_owned_by
+from test_cluster_takeover import Net, cid_owned_by, persistent_then_away
 from test_cluster_takeover import settle as settle_once
 
 from broker.core.message import Message
@@ -25,12 +25,7 @@ async def settle() -> None:
 async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, FakeClient, list[bytes]]:
     net = Net(["a", "b", "c"])
     cid = cid_owned_by("c", net.live)
-    first = net.client("a")
-    first.connect(cid, clean_start=False)
-    await settle()
-    first.subscribe("w/#", qos=2)
-    first.drop()
-    await settle()
+    await persistent_then_away(net, "a", cid)
     # Published while the client is away: queued in a's copy (the only one).
     queued = [Message("w/1", f"m{i}".encode(), 2, publisher="p", node="a") for i in range(2)]
     for message in queued:
@@ -81,12 +76,7 @@ async def test_what_the_winner_has_already_is_not_delivered_again() -> None:
     there as a repeat when the loser's queue arrives (its publish stamp)."""
     net = Net(["a", "b"])
     cid = cid_owned_by("b", net.live)
-    first = net.client("a")
-    first.connect(cid, clean_start=False)
-    await settle()
-    first.subscribe("w/#", qos=2)
-    first.drop()
-    await settle()
+    await persistent_then_away(net, "a", cid)
     net.live = ["b"]
     net.views = {"b": ["b"]}
     on_b = net.client("b")

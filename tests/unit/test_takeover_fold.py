@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_cluster_takeover import Net, cid_owned_by, settle
+from test_cluster_takeover import Net, cid_owned_by, persistent_then_away, settle
 
 from broker.core.message import Message
 from broker.core.qos2_once import SEEN_MAX
@@ -95,12 +95,7 @@ async def _roam_across_the_cut(
     """What the client gets at its third node (see the module docstring)."""
     net = Net(["a", "b", "c"])
     cid = cid_owned_by("c", net.live)
-    first = net.client("a")
-    first.connect(cid, clean_start=False)
-    await settle()
-    first.subscribe("w/#", qos=2)
-    first.drop()
-    await settle()
+    await persistent_then_away(net, "a", cid)
     net.views["b"] = ["b"]  # b is cut off (it declared the others dead)
     net.live = ["a", "c"]
     on_b = net.client("b")
@@ -162,12 +157,7 @@ async def _back_to_the_owner(fold: bool) -> list[bytes]:
     queued the forwards held for it: c resumes that copy with no claim (it owns the id)."""
     net = Net(["a", "b", "c"])
     cid = cid_owned_by("c", net.live)
-    first = net.client("c")
-    first.connect(cid, clean_start=False)
-    await settle()
-    first.subscribe("w/#", qos=2)
-    first.drop()
-    await settle()
+    await persistent_then_away(net, "c", cid)
     net.views["c"] = ["c"]
     net.live = ["a", "b"]  # c cut off: a claim on a goes to a stand-in, c's copy stays
     on_a = net.client("a")
