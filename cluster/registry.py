@@ -140,6 +140,12 @@ class Registry:
             return Evict(client_id, current.node, current.stamp)
         return Evict(client_id, node, stamp)
 
+    def holders(self, client_ids: Iterable[str]) -> dict[str, str]:
+        """The node that holds each of `client_ids` here (those with an entry): where a losing
+        copy's queue goes."""
+        entries = self.entries
+        return {cid: entries[cid].node for cid in client_ids if cid in entries}
+
     def release(self, client_id: str, node: str, stamp: Stamp) -> bool:
         """`node` no longer holds `client_id` (the session ended there); ignored unless the
         entry is still that claim."""

@@ -123,10 +123,7 @@ class RegistryOwner:
             else:
                 self._evict_at(evict.node, {client_id: evict.stamp}, from_node)
         # `to`: who holds each lost id now, where the loser's queue goes (`evict`)
-        winners = {
-            cid: self.registry.entries[cid].node for cid in lose if cid in self.registry.entries
-        }
-        return {"evict": entries_wire(lose), "to": winners}
+        return {"evict": entries_wire(lose), "to": self.registry.holders(lose)}
 
     async def serve_release(self, args: dict[str, Any], from_node: str) -> int:
         """`registry_release`: sessions of `from_node` that ended."""

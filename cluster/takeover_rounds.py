@@ -122,8 +122,7 @@ class RegistryRounds:
                     if evict is not None:
                         self._evict_at(evict.node, {client_id: evict.stamp}, self.name)
                     self._confirmed[client_id] = (owner, view)
-                entries_now = self.registry.entries
-                self.evict(lose, {c: entries_now[c].node for c in lose if c in entries_now})
+                self.evict(lose, self.registry.holders(lose))
             else:
                 for chunk in chunks(entries):
                     self._spawn(self._register(owner, chunk, view))
