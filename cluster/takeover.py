@@ -47,7 +47,10 @@ down.) Such a claim is not confirmed, so the next round registers it at the owne
 A claim in flight when the owner's process dies fails as soon as the link to it ends and a new
 dial is refused (`cluster.link_loss`), and goes to the stand-in then, not at its timeout.
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
-id is registered again at the next membership change, where a duplicate is resolved as above.
+id is registered again at the next membership change, where a duplicate is resolved as above,
+or at once if the members changed while the claim waited (that change's registration could
+not include an id not yet held: two CONNECTs of one id behind a partition, each waiting on the
+far-side owner while it was declared dead, both stayed up until the 10 s round).
 The owner refuses a claim older than `STALE_CLAIMS` timeouts by its stamp: one held in a link
 cut by a partition reaches it only by a TCP retransmit after the heal, when the live session
 is elsewhere and serving it would move that session to the caller's stale copy.
@@ -274,6 +277,10 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
                     self._confirmed[client_id] = (owner, view)
                 else:  # registered again by the next round
                     self._confirmed.pop(client_id, None)
+                    if view_of(self.live_nodes()) != view:
+                        # The members changed while the claim was out: that change's
+                        # registration passed this id by (not held yet), so register it now.
+                        self.register_soon(client_id)
             filters = plain_filters(state) if state is not None and not clean_start else None
             self.handoff.claim_finished(client_id, filters, time.monotonic())
 

@@ -106,6 +106,17 @@ class RegistryRounds:
         self._register_groups(groups, nodes)
         return sum(len(entries) for entries in groups.values())
 
+    def register_soon(self, client_id: str) -> None:
+        """Register one held id with its owner under the member view after this loop turn."""
+
+        def register() -> None:
+            stamp = self.held.get(client_id)
+            if stamp is not None and client_id in self.broker.sessions:
+                nodes = self.live_nodes()
+                self._register_groups({owner_of(client_id, nodes): {client_id: stamp}}, nodes)
+
+        asyncio.get_running_loop().call_soon(register)
+
     def _register_groups(self, groups: dict[str, dict[str, Stamp]], after: list[str]) -> None:
         """Register these held ids with their owners under the member list `after`."""
         view = view_of(after)

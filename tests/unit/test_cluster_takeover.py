@@ -595,3 +595,41 @@ async def test_a_claim_older_than_two_timeouts_is_refused_by_the_owner() -> None
     fresh = {"client_id": "c", "clean_start": False, "stamp": [now_ms - 500, 0]}
     answer = await owner.serve_claim(fresh, "b")
     assert answer["state"] is None and len(owner.registry) == 1
+
+
+async def test_claims_waiting_on_an_owner_declared_dead_meet_when_they_give_up() -> None:
+    """The owner is cut off by a partition (no answer, no refused link). Two CONNECTs of one
+    id on the near side each wait for it; the owner is declared dead meanwhile, and that
+    change's registration cannot include the id (held by nobody yet). When the claims time
+    out, each registers at the id's owner under the new view, so one connection stays
+    without waiting for the periodic round (fault suite split_2_3, one_session_per_id)."""
+    net = Net(["a", "b", "c", "d"])
+    cid = cid_owned_by("c", net.live)
+    cut_off = asyncio.Event()
+    for name in ("a", "b"):
+        reach = net.locators[name].call
+
+        async def call(node: str, method: str, args: dict[str, Any], timeout: float,
+                       reach: Any = reach) -> Any:  # fmt: skip
+            if node == "c":
+                await cut_off.wait()
+                raise RpcTimeout(node)
+            return await reach(node, method, args, timeout)
+
+        net.locators[name].call = call
+    first, second = net.client("a"), net.client("b")
+    first.connect(cid)
+    second.connect(cid)
+    await settle()
+    assert first.received() == second.received() == []  # both waiting on c
+    net.live = ["a", "b", "d"]
+    for name in ("a", "b", "d"):
+        net.locators[name].members_changed("c", "dead")
+    await settle()
+    cut_off.set()  # both claims time out
+    await settle()
+    assert first.connack().reason_code == second.connack().reason_code == 0
+    assert len([n for n, b in net.brokers.items() if cid in b.connected]) == 1
+    loser = first if first.link.closed else second
+    last = loser.received()[-1]
+    assert isinstance(last, Disconnect) and last.reason_code == ReasonCode.SESSION_TAKEN_OVER
