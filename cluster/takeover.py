@@ -35,8 +35,10 @@ expires or is dropped offline, by a sweep every 10 s (`cluster.ports`).
 When the members change, the ids whose owner changed are registered with their new owner
 (`registry_register`); two holders of one id
 (after a partition heals, or a claim that could not reach the owner) are resolved there: the
-newer stamp stays, the other holder gets `session_evict` and closes its connection with 0x8E
-and drops its session (its queued messages are lost, counted in `messages/dropped`).
+newer stamp stays, the other holder gets `session_evict` (naming the winner), closes its
+connection with 0x8E and drops its session, passing on to the winner what its client may not
+have had (`unreleased`: its queue and its inflight messages not awaiting PUBCOMP; counted in
+`messages/dropped` when no winner is named).
 
 An owner this node has no link to (killed or restarting, before the membership declares it
 dead: the claim fails at once with `NodeUnreachable`) is stood in for by the next node of the
