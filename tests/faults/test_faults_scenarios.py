@@ -89,6 +89,11 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
         for prop in ("qos2_exactly_once", "no_false_death")
     },
     ("flapping", "no_false_death"): ("holds", ""),
+    # The flapping link (cuts shorter than the detection bound): QoS 2 twice 0-1 per run in
+    # the runs that first measured it, then 0 in every full short profile kept since the fold
+    # and the arrival rule (15 runs: the rehearsals of .ci/run and full fault runs on main,
+    # 2026-12-06 and -07, 536-696 checked each), asserted.
+    ("flapping", "qos2_exactly_once"): ("holds", ""),
     # QoS 2 at the roaming session around a partition (README "Under faults"): a copy held for
     # a node skips session copies that arrived there after it was published (Broker.late_for),
     # a persistent session drops a repeat (Session.accept_qos2), and an owner refuses a claim
