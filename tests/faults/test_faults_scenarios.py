@@ -184,11 +184,12 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # README "The cause of the third loss"): the lost message was in the evicted copy's
     # inflight window, sent but never released (PUBREL waits for the commit), and eviction
     # passed on the queue only. It now passes on inflight messages not awaiting PUBCOMP too
-    # (462e34e; the fold carries them likewise, 07ec22b): 0 lost in 12 runs alone and in 2
-    # full short profiles since (63-72 checked per run), asserted again.
+    # (462e34e; the fold carries them likewise, 07ec22b): 0 lost in 12 runs alone, 2 full
+    # short profiles and a rehearsal since (63-72 checked per run), but 1 (publish 28 again)
+    # in the one long run made: another path remains, so still measured only.
     **{
         (scenario, "takeover_no_loss"): ("holds", "")
-        for scenario in ("baseline", "cpu_load", "kill_during_takeover", *PARTITIONED)
+        for scenario in ("baseline", "cpu_load", *PARTITIONED)
     },
     # faults_long.py (branch faults-long, 2026-12-07). A cut longer than dead_hold: every
     # acknowledged QoS 1/2 message for a session across it delivered or counted (held_dropped),
