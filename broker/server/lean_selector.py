@@ -119,25 +119,13 @@ class LeanSelector(selectors.EpollSelector):
                 return []
             if not events:
                 return []
-            ready: list[tuple[selectors.SelectorKey, int]] = []
-            lean: list[tuple[int, int]] | None = None
             if len(events) == 1 and events[0][0] in transports:
+                ready: list[tuple[selectors.SelectorKey, int]] = []
                 lean = events  # one lean socket (a lone message): served without sorting
-                events = []
-            for fd, event in events:
-                if fd in transports:
-                    if lean is None:
-                        lean = []
-                    lean.append((fd, event))
-                    continue
-                key = keys.get(fd)
-                if key is not None:
-                    mask = (selectors.EVENT_WRITE if event & ~select.EPOLLIN else 0) | (
-                        selectors.EVENT_READ if event & ~select.EPOLLOUT else 0
-                    )
-                    ready.append((key, mask & key.events))
-            if lean is None:
-                return ready
+            else:
+                ready, lean = self._sort(events)
+                if not lean:
+                    return ready
             # Hand each socket its readiness, as `Poller._ready` does, in one batch (here, not
             # in a method of its own: this runs once per message at a low rate).
             batches = self._batches
@@ -160,8 +148,8 @@ class LeanSelector(selectors.EpollSelector):
                         self._report(exc, None)
             if ready or not wait:
                 return ready
-            # Only lean sockets were ready: wait again here when the loop has nothing to do
-            # before the time it would wait for in its next turn (`_wait_again`).
+            # Only lean sockets were ready: wait again here while the loop's next turn would
+            # only wait (class docstring), as long as it would.
             loop = self._base
             if loop is None or loop._ready or loop._stopping:
                 return ready
@@ -173,11 +161,33 @@ class LeanSelector(selectors.EpollSelector):
                 left = head._when - self._clock()
                 if left < loop._clock_resolution:
                     return ready  # due: the loop's turn runs it
-                wait = math.ceil(min(left, MAXIMUM_SELECT_TIMEOUT) * 1e3) * 1e-3
+                # (`epoll.poll` rounds up to its 1 ms itself: it waits at least `left`)
+                wait = left if left < MAXIMUM_SELECT_TIMEOUT else MAXIMUM_SELECT_TIMEOUT
             else:
                 wait = -1.0
             if not transports:
                 return ready
+
+    def _sort(
+        self, events: list[tuple[int, int]]
+    ) -> tuple[list[tuple[selectors.SelectorKey, int]], list[tuple[int, int]]]:
+        """The loop's ready keys with their masks (as asyncio's `select` returns them) and the
+        lean sockets' events, in the order found."""
+        transports = self.transports
+        keys = self._keys
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        lean: list[tuple[int, int]] = []
+        for fd, event in events:
+            if fd in transports:
+                lean.append((fd, event))
+                continue
+            key = keys.get(fd)
+            if key is not None:
+                mask = (selectors.EVENT_WRITE if event & ~select.EPOLLIN else 0) | (
+                    selectors.EVENT_READ if event & ~select.EPOLLOUT else 0
+                )
+                ready.append((key, mask & key.events))
+        return ready, lean
 
     def _report(self, exc: Exception, transport: Lean | None) -> None:
         if self._loop is not None:
