@@ -35,8 +35,10 @@ expires or is dropped offline, by a sweep every 10 s (`cluster.ports`).
 When the members change, the ids whose owner changed are registered with their new owner
 (`registry_register`); two holders of one id
 (after a partition heals, or a claim that could not reach the owner) are resolved there: the
-newer stamp stays, the other holder gets `session_evict` and closes its connection with 0x8E
-and drops its session (its queued messages are lost, counted in `messages/dropped`).
+newer stamp stays, the other holder gets `session_evict` (naming the winner), closes its
+connection with 0x8E and drops its session, passing on to the winner what its client may not
+have had (`unreleased`: its queue and its inflight messages not awaiting PUBCOMP; counted in
+`messages/dropped` when no winner is named).
 
 An owner this node has no link to (killed or restarting, before the membership declares it
 dead: the claim fails at once with `NodeUnreachable`) is stood in for by the next node of the
@@ -82,14 +84,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState, TakeoverDone
 from broker.core.hlc import Stamp as ClockStamp
 from broker.core.hooks import ClientInfo
-from broker.core.session import QueuedDelivery
+from broker.core.message import Message
+from broker.core.session import Session
 from cluster.handoff import Handoff, plain_filters
 from cluster.registry import (
     ZERO,
@@ -389,12 +392,12 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
 
     def evict(self, entries: dict[str, Stamp], winners: dict[str, str] | None = None) -> int:
         """Drop the ids still held here at those stamps: 0x8E to the connection, the session
-        discarded. What it had queued (never sent to the client) is passed on to the copy
-        that won, in `winners`, and what arrives for it in the next seconds too, as after a
-        surrender (the takeover handoff; the winner keeps one of each QoS 2 message by its
-        stamp); without a winner it is counted as dropped. Why: a node that comes back from a
-        kill with a stale copy (its client reconnected elsewhere meanwhile) may hold the only
-        copy of what was queued, or sent to it, before the kill."""
+        discarded. What the client may not have had from it (`unreleased`) is passed on to
+        the copy that won, in `winners`, and what arrives for it in the next seconds too, as
+        after a surrender (the takeover handoff; the winner keeps one of each QoS 2 message by
+        its stamp); without a winner it is counted as dropped. Why: a node that comes back
+        from a kill with a stale copy (its client reconnected elsewhere meanwhile) may hold
+        the only copy of what was queued, or sent to it, before the kill."""
         done = 0
         for client_id, stamp in entries.items():
             if self.held.get(client_id) != stamp:
@@ -411,7 +414,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
                     self.handoff.surrendered(
                         client_id, winner, plain, time.monotonic(), session.arrived
                     )
-                self._pass_on_queue(client_id, session.queue, winner)
+                self._pass_on_queue(client_id, unreleased(session), winner)
             log.warning(
                 "client %s is held by a newer claim on another node: dropped here", client_id
             )
@@ -420,10 +423,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             done += 1
         return done
 
-    def _pass_on_queue(
-        self, client_id: str, queue: Iterable[QueuedDelivery], to: str | None
-    ) -> None:
-        queued = [delivery[0] for delivery in queue]
+    def _pass_on_queue(self, client_id: str, queued: list[Message], to: str | None) -> None:
         if not queued:
             return
         if to is None or to == self.name:
@@ -493,3 +493,17 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def unreleased(session: Session) -> list[Message]:
+    """What an evicted copy passes on: its inflight messages not awaiting PUBCOMP, in window
+    order, then its queue. Why the inflight ones: the copy sent them but has no ack; a QoS 1
+    one may have reached the client (a repeat is allowed), and a QoS 2 one awaiting PUBREC was
+    never released to the client (PUBREL goes only after the commit that records the PUBREC,
+    `broker.core.ack_order`), so a client that delivers on PUBREL (MQTT 4.3.3 method A, as
+    paho does) has not delivered it, and the new session (Session Present 0 to the client)
+    cannot release it. Measured: kill_during_takeover lost a QoS 2 message sent to the
+    roaming client just before its node was killed, left inflight in the restored copy. One
+    awaiting PUBCOMP was released, so the client has it."""
+    inflight = [e.message for e in session.inflight.values() if not e.awaiting_comp]
+    return [*inflight, *(delivery[0] for delivery in session.queue)]

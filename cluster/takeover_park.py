@@ -37,9 +37,11 @@ Theory of operation
 QoS 2 once: B serves the session only after its CONNACK, which with `durable_acks` comes
 after the commit, and the confirmation leaves in the same loop turn; so a reinstated copy
 holds nothing B delivered. Limits: a kill of B in the loop turn between its CONNACK and the
-confirmation's write leaves both copies (B's committed one loses at the owner, with the
-messages routed straight to B after the move); messages routed straight to B (not through
-H) before its commit are lost with B's copy; H's parked state lives in memory only (H killed
+confirmation's write leaves both copies; B's committed one loses at the owner when B comes
+back, and, evicted, passes on to the winner what its client may not have had (its queue and
+its unreleased inflight messages, `cluster.takeover.unreleased`), so what B committed after
+the move is lost only if B never comes back; messages routed straight to B (not through H)
+before its commit are lost with B's copy; H's parked state lives in memory only (H killed
 meanwhile: the move is as before).
 """
 

@@ -10,11 +10,13 @@ delivered, or loses what only the other copy had queued. Folding keeps each QoS 
 * the base is the copy the client arrived at last (`arrived`, the hybrid-clock stamp of the
   copy's arrival on its node; ties: the one disconnected last);
 * a QoS 2 message another copy *delivered* (its publish stamp is in that copy's `qos2_seen`
-  record but not in its queue: sent to the client, or in flight) is taken out of the base's
-  queue;
-* a QoS 2 message another copy still has queued and the base never accepted is added to the
-  base's queue (no loss), and the `qos2_seen` records are joined (a later copy of either is
-  dropped as a repeat, `broker.core.qos2_once`);
+  record, not in its queue and not inflight awaiting PUBREC: released to the client) is taken
+  out of the base's queue;
+* a QoS 2 message another copy still has queued, or sent without releasing it (inflight
+  awaiting PUBREC: a client that delivers on PUBREL has not delivered it, and that copy is
+  discarded, so nobody would release it), and the base never accepted is added to the base's
+  queue (no loss), and the `qos2_seen` records are joined (a later copy of either is dropped
+  as a repeat, `broker.core.qos2_once`);
 * QoS 0/1 messages of the other copies are not added (they carry no publish stamp, so what the
   base already delivered cannot be told apart; at-least-once allows a repeat but the base's own
   queue has the same routes' messages): they are counted as dropped, as before.
@@ -30,7 +32,7 @@ from typing import Any
 from broker.core.qos2_once import SEEN_MAX
 from broker.core.session_export import SessionState
 
-__all__ = ["FoldResult", "delivered_qos2", "fold_copies", "queued_qos2"]
+__all__ = ["FoldResult", "delivered_qos2", "fold_copies", "queued_qos2", "unreleased_qos2"]
 
 #: A publish stamp as a comparable value: `(ms, counter, node)` from its wire form.
 WireStamp = tuple[Any, ...]
@@ -72,14 +74,27 @@ def queued_qos2(state: SessionState) -> dict[WireStamp, list[Any]]:
     return out
 
 
+def unreleased_qos2(state: SessionState) -> dict[WireStamp, list[Any]]:
+    """The QoS 2 messages a copy sent but never released (inflight, awaiting PUBREC), by
+    their publish stamp, as queue items: a client that delivers on PUBREL (MQTT 4.3.3 method
+    A, as paho does) has not delivered them, and no other copy can release them."""
+    out: dict[WireStamp, list[Any]] = {}
+    for entry in state.get("inflight") or ():
+        if isinstance(entry, list | tuple) and len(entry) >= 6 and entry[2] == 2 and not entry[5]:
+            stamp = _message_stamp(entry[1])
+            if stamp is not None:
+                out[stamp] = [entry[1], 2, entry[3], entry[4]]
+    return out
+
+
 def _seen(state: SessionState) -> list[WireStamp]:
     return [s for s in (_stamp(v) for v in state.get("qos2_seen") or ()) if s is not None]
 
 
 def delivered_qos2(state: SessionState) -> set[WireStamp]:
-    """The publish stamps of the QoS 2 messages a copy accepted and no longer holds queued:
-    sent to the client (or in flight to it)."""
-    return set(_seen(state)) - set(queued_qos2(state))
+    """The publish stamps of the QoS 2 messages a copy accepted and no longer holds queued
+    or unreleased: released to the client (PUBREL sent, or the exchange complete)."""
+    return set(_seen(state)) - set(queued_qos2(state)) - set(unreleased_qos2(state))
 
 
 def _order(state: SessionState) -> tuple[WireStamp, float]:
@@ -116,8 +131,9 @@ def fold_copies(copies: list[SessionState | None]) -> FoldResult:
     known = set(_seen(base)) | set(queued_qos2(base))
     seen = set(_seen(base))
     for other in others:
-        mine = queued_qos2(other)
-        for item in other.get("queue") or ():
+        unreleased = unreleased_qos2(other)
+        mine = queued_qos2(other) | unreleased
+        for item in [*unreleased.values(), *(other.get("queue") or ())]:
             stamp = _message_stamp(item[0]) if item[1] == 2 else None
             if stamp is None or stamp in known or stamp not in mine:
                 result.dropped += 1

@@ -14,6 +14,7 @@ from test_cluster_takeover import Net, cid_owned_by, persistent_then_away
 from test_cluster_takeover import settle as settle_once
 
 from broker.core.message import Message
+from broker.protocol.packets import PubRec, PubRel
 
 
 async def settle() -> None:
@@ -101,3 +102,47 @@ async def test_what_the_winner_has_already_is_not_delivered_again() -> None:
     assert net.locators["a"].stats["evicted/passed_on"] == 1  # passed on ...
     assert net.brokers["b"].qos2_repeats == 1  # ... and known there by its stamp
     assert on_b.publishes() == []  # not delivered again
+
+
+async def test_what_the_client_may_not_have_had_is_passed_on_too() -> None:
+    """The evicted copy's inflight window: a QoS 1 message without PUBACK and a QoS 2 one
+    without PUBREC go on to the winner (the client delivers QoS 2 on PUBREL, MQTT 4.3.3 method
+    A, and never got one); a QoS 2 one awaiting PUBCOMP does not (its PUBREL went out, so the
+    client has it: passing it on would deliver it twice). Fault suite kill_during_takeover:
+    the QoS 2 message sent to the roaming client just before its node was killed was lost."""
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    on_a = net.client("a")
+    on_a.connect(cid, clean_start=False)
+    await settle()
+    on_a.subscribe("w/#", qos=2)
+    sent = []
+    for payload, qos in ((b"released", 2), (b"unreleased", 2), (b"unacked", 1)):
+        message = Message("w/1", payload, qos, publisher="p", node="a")
+        message.stamp = net.brokers["a"].hlc.now()
+        net.arrive("a", message)
+        sent.extend(on_a.publishes(ack=False))
+    assert [p.payload for p in sent] == [b"released", b"unreleased", b"unacked"]
+    on_a.send(PubRec(sent[0].packet_id))  # the broker answers PUBREL: the client delivers it
+    assert any(isinstance(p, PubRel) for p in on_a.received())
+    on_a.drop()  # then a is killed
+    await settle()
+    net.live = ["b", "c"]
+    net.views = {"b": ["b", "c"], "c": ["b", "c"]}
+    on_b = net.client("b")
+    on_b.connect(cid, clean_start=False)
+    await settle()
+    assert not on_b.connack().session_present
+    on_b.subscribe("w/#", qos=2)
+    net.live = ["a", "b", "c"]
+    net.views = {}
+    for name in ("a", "b", "c"):
+        for other in ("a", "b", "c"):
+            if other != name:
+                net.locators[name].members_changed(other, "alive")
+    await settle()
+    net.run_later()
+    await settle()
+    assert cid not in net.brokers["a"].sessions
+    assert [p.payload for p in on_b.publishes()] == [b"unreleased", b"unacked"]
+    assert net.locators["a"].stats["evicted/passed_on"] == 2

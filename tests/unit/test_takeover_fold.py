@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from cluster_fakes import FakeClient
 from test_cluster_takeover import Net, cid_owned_by, persistent_then_away, settle
 
 from broker.core.message import Message
 from broker.core.qos2_once import SEEN_MAX
 from broker.core.session_fold import delivered_qos2, fold_copies
+from broker.protocol.packets import PubComp, Publish, PubRec, PubRel
 from cluster.takeover_fold import COLLECT_METHOD
 
 
@@ -81,12 +83,41 @@ def test_one_copy_or_none_is_left_as_it_is() -> None:
     assert fold_copies([None]).state is None
 
 
+def test_what_the_other_copy_sent_but_never_released_is_carried() -> None:
+    """The other copy sent S1 and S2 (accepted, not queued): S1 awaits PUBREC, so a client
+    that delivers on PUBREL (MQTT 4.3.3 method A) has not had it and nobody will release it
+    once that copy is gone: carried into the base. S2 awaits PUBCOMP: released, so it is
+    delivered and leaves the base's queue, as before."""
+    base = _copy(300, [_item(S2), _item(S3)], [S2, S3])
+    other = _copy(100, [], [S1, S2])
+    other["inflight"] = [
+        [7, _item(S1)[0], 2, False, None, False],
+        [8, _item(S2)[0], 2, False, None, True],
+    ]
+    assert delivered_qos2(other) == {tuple(S2)}
+    folded = fold_copies([base, other])
+    assert folded.state is not None
+    assert [item[0]["hlc"] for item in folded.state["queue"]] == [S3, S1]
+    assert (folded.removed, folded.added) == (1, 1)
+
+
 def test_the_joined_record_stays_bounded() -> None:
     base = _copy(300, [], [[i, 0, "a"] for i in range(SEEN_MAX)])
     other = _copy(100, [], [[i, 1, "b"] for i in range(SEEN_MAX)])
     state = fold_copies([base, other]).state
     assert state is not None and len(state["qos2_seen"]) == SEEN_MAX
     assert state["qos2_seen"][-1] == [SEEN_MAX - 1, 1, "b"]  # the newest kept
+
+
+def complete_qos2(client: FakeClient) -> list[Publish]:
+    """The PUBLISHes received, each QoS 2 one taken through PUBREC, PUBREL and PUBCOMP as a
+    real client does (one that delivers on PUBREL, MQTT 4.3.3 method A, delivers it there)."""
+    got = client.publishes()
+    client.send(*(PubRec(p.packet_id) for p in got if p.qos == 2 and p.packet_id is not None))
+    released = [p for p in client.received() if isinstance(p, PubRel)]
+    assert len(released) == len([p for p in got if p.qos == 2])
+    client.send(*(PubComp(p.packet_id) for p in released))
+    return got
 
 
 async def _roam_across_the_cut(
@@ -112,7 +143,7 @@ async def _roam_across_the_cut(
     del net.views["b"]
     for message in held:
         net.arrive("b", message)
-    assert [p.payload for p in on_b.publishes()] == [b"m0", b"m1", b"m2"]
+    assert [p.payload for p in complete_qos2(on_b)] == [b"m0", b"m1", b"m2"]
     on_b.drop()
     await settle()
     if fold:  # c saw the membership change (b alive again); the rounds have not run yet
@@ -168,7 +199,7 @@ async def _back_to_the_owner(fold: bool) -> list[bytes]:
     for message in held:
         message.stamp = net.brokers["a"].hlc.now()
         net.arrive("a", message)
-    assert [p.payload for p in on_a.publishes()] == [b"m0", b"m1", b"m2"]
+    assert [p.payload for p in complete_qos2(on_a)] == [b"m0", b"m1", b"m2"]
     on_a.drop()
     await settle()
     net.live = ["a", "b", "c"]  # the heal: c gets what was held for it, into its own copy
