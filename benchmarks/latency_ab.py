@@ -8,7 +8,8 @@ every broker alike, which `compare` (each broker for seconds in turn) cannot pro
 measures is the same path (publisher socket -> broker -> subscriber socket), with a client of a
 few lines of blocking sockets that spins between messages (no wake-up of its own to measure).
 Per broker it prints the p50/p90/p99 round trip and the broker's CPU time per message (from
-/proc, wake-ups and timers included). `--loop asyncio` runs our brokers on asyncio's loop.
+/proc/PID/task/*/schedstat, in nanoseconds; wake-ups and timers included). `--loop asyncio`
+runs our brokers on asyncio's loop.
 
 Numbers are for comparing brokers within one run; the client's own cost is in every figure.
 """
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from benchmarks.brokers import RunningBroker, start_broker
-from benchmarks.procfs import cpu_seconds
+from benchmarks.procfs import cpu_seconds, runtime_seconds
 from benchmarks.stats import percentile
 
 TOPIC = b"bench/latency-ab"
@@ -79,12 +80,20 @@ def _subject(broker: RunningBroker) -> Subject:
     return Subject(broker, _connect(broker.host, broker.port, b"ab-pub"), sub)
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds of `pid` so far: the scheduler's nanoseconds, else clock ticks."""
+    runtime = runtime_seconds(pid)
+    if runtime is not None:
+        return runtime
+    return cpu_seconds(pid) or 0.0
+
+
 def measure(subjects: list[Subject], seconds: float, rate: float, block: int, size: int) -> None:
     """Lone messages to each subject in turn, `block` at a time, for `seconds`."""
     frame = _packet(0x30, _string(TOPIC) + b"x" * size)
     period = 1.0 / rate
     for s in subjects:
-        s.cpu_start = cpu_seconds(s.broker.pid) or 0.0
+        s.cpu_start = _cpu(s.broker.pid)
     clock = time.perf_counter
     due = clock()
     end = time.monotonic() + seconds
@@ -99,7 +108,7 @@ def measure(subjects: list[Subject], seconds: float, rate: float, block: int, si
                 _read(s.sub, len(frame))
                 s.rtt_ns.append(time.perf_counter_ns() - t0)
     for s in subjects:
-        s.cpu_s = (cpu_seconds(s.broker.pid) or 0.0) - s.cpu_start
+        s.cpu_s = _cpu(s.broker.pid) - s.cpu_start
 
 
 def report(subjects: list[Subject]) -> str:

@@ -98,6 +98,12 @@ class Channel(Connection):
             return
         if self.state == CONNECTED and publish_lone(self, data):
             return  # one plain QoS 0 PUBLISH, the common case: in one call (a low rate)
+        self.decode_read(data)
+
+    def decode_read(self, data: bytes) -> None:
+        """A read of a CONNECTING or CONNECTED channel that `publish_lone` did not take: counted,
+        decoded and handled. (`broker.server.tcp.MqttConnection` calls `publish_lone` and then
+        this itself for a CONNECTED channel: one call less per lone message.)"""
         counters = self.broker.metrics.counters
         self.recv_oct += len(data)
         self.recv_cnt += 1

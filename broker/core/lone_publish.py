@@ -132,9 +132,15 @@ def publish_lone(channel: Connection, data: bytes) -> bool:
         allowed = True
     else:
         allowed = False
-    if not asked:
-        _count_received(channel, n)
     counters = broker.metrics.counters
+    if not asked:  # `_count_received`, written out (one call less per message)
+        channel.recv_oct += n
+        channel.recv_cnt += 1
+        counters["bytes/received"] += n
+        channel.last_received = broker.clock()
+        counters["messages/received"] += 1
+        counters["messages/qos0/received"] += 1
+        channel.recv_msg += 1
     if allowed and targets:
         for target, port in targets:
             port.send_oct += n

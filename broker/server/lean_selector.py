@@ -17,12 +17,18 @@ import asyncio
 import math
 import select
 import selectors
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 __all__ = ["MAX_LEAN_EVENTS", "Batch", "Lean", "LeanSelector", "new_event_loop"]
 
-#: Lean sockets handled per `select` at most (more stay ready for the next turn).
+#: Lean sockets handled per `epoll_wait` at most (more stay ready for the next one).
 MAX_LEAN_EVENTS = 1024
+#: The longest wait of asyncio's loop (`asyncio.base_events.MAXIMUM_SELECT_TIMEOUT`).
+MAXIMUM_SELECT_TIMEOUT = 24 * 3600
+#: What `_base_loop` needs of asyncio's loop to tell that a turn of it would do nothing.
+_LOOP_STATE = ("_ready", "_scheduled", "_stopping", "_clock_resolution")
 
 
 class Lean(Protocol):
@@ -56,7 +62,15 @@ class LeanSelector(selectors.EpollSelector):
     they `call_soon` runs in this turn, not the next); an error escaping a transport goes to the
     loop's exception handler, as a failing callback's does. A socket is looked up among the
     transports first: a transport unregisters its socket before it closes (`Poller.forget`), so
-    a number in `transports` is never the loop's."""
+    a number in `transports` is never the loop's.
+
+    When a wake-up found only lean sockets, `select` waits again itself instead of returning,
+    as long as the loop's next turn would do nothing but wait: no callback ready, not stopping,
+    and its first timer (not cancelled) not due; it then waits as long as that turn would. What
+    the reads scheduled (a `call_soon`, an earlier timer) makes it return. Why: at a low rate
+    each message paid for the loop's empty turn around `select` (its timer bookkeeping, clock
+    reads and timeout arithmetic): about 4-6 us of CPU per message, cold (README "Latency of a
+    lone message", round four)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,6 +80,10 @@ class LeanSelector(selectors.EpollSelector):
         self.transports: dict[int, Lean] = {}
         self.open = True
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The loop again, when `select` may look at its state (`_base_loop`), else None.
+        self._base: Any = None
+        #: The loop's clock: `time.monotonic` itself unless its `time` is another.
+        self._clock: Callable[[], float] = time.monotonic
         self._attached: list[Batch | None] = []
         #: The distinct batches of the attached pollers.
         self._batches: list[Batch] = []
@@ -73,6 +91,8 @@ class LeanSelector(selectors.EpollSelector):
     def attach(self, loop: asyncio.AbstractEventLoop, batch: Batch | None) -> None:
         """A poller of `loop` serves its transports through this selector."""
         self._loop = loop
+        self._base = _base_loop(loop)
+        self._clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
         self._attached.append(batch)
         self._batches = _distinct(self._attached)
 
@@ -91,19 +111,74 @@ class LeanSelector(selectors.EpollSelector):
         else:  # epoll's resolution is 1 ms: wait at least `timeout` (as asyncio's selector)
             wait = math.ceil(timeout * 1e3) * 1e-3
         keys = self._keys
-        try:
-            events = self.epoll.poll(wait, len(keys) + MAX_LEAN_EVENTS)
-        except InterruptedError:
-            return []
+        epoll = self.epoll
+        while True:
+            try:
+                events = epoll.poll(wait, len(keys) + MAX_LEAN_EVENTS)
+            except InterruptedError:
+                return []
+            if not events:
+                return []
+            if len(events) == 1 and events[0][0] in transports:
+                ready: list[tuple[selectors.SelectorKey, int]] = []
+                lean = events  # one lean socket (a lone message): served without sorting
+            else:
+                ready, lean = self._sort(events)
+                if not lean:
+                    return ready
+            # Hand each socket its readiness, as `Poller._ready` does, in one batch (here, not
+            # in a method of its own: this runs once per message at a low rate).
+            batches = self._batches
+            for batch in batches:
+                batch.begin()
+            try:
+                for fd, event in lean:
+                    transport = transports.get(fd)  # (a read before may have closed it)
+                    if transport is None:
+                        continue
+                    try:
+                        transport.ready(event)
+                    except Exception as exc:  # as the loop reports a callback's error
+                        self._report(exc, transport)
+            finally:
+                for batch in batches:
+                    try:
+                        batch.end()
+                    except Exception as exc:
+                        self._report(exc, None)
+            if ready or not wait:
+                return ready
+            # Only lean sockets were ready: wait again here while the loop's next turn would
+            # only wait (class docstring), as long as it would.
+            loop = self._base
+            if loop is None or loop._ready or loop._stopping:
+                return ready
+            scheduled = loop._scheduled
+            if scheduled:
+                head = scheduled[0]
+                if head._cancelled:
+                    return ready  # the loop's turn drops it
+                left = head._when - self._clock()
+                if left < loop._clock_resolution:
+                    return ready  # due: the loop's turn runs it
+                # (`epoll.poll` rounds up to its 1 ms itself: it waits at least `left`)
+                wait = left if left < MAXIMUM_SELECT_TIMEOUT else MAXIMUM_SELECT_TIMEOUT
+            else:
+                wait = -1.0
+            if not transports:
+                return ready
+
+    def _sort(
+        self, events: list[tuple[int, int]]
+    ) -> tuple[list[tuple[selectors.SelectorKey, int]], list[tuple[int, int]]]:
+        """The loop's ready keys with their masks (as asyncio's `select` returns them) and the
+        lean sockets' events, in the order found."""
+        transports = self.transports
+        keys = self._keys
         ready: list[tuple[selectors.SelectorKey, int]] = []
-        lean: list[tuple[int, int]] | None = None
-        if len(events) == 1 and events[0][0] in transports:
-            lean = events  # one lean socket (a lone message): served without sorting
-            events = []
+        lean: list[tuple[int, int]] = []
         for fd, event in events:
             if fd in transports:
-                if lean is None:
-                    lean = []
                 lean.append((fd, event))
                 continue
             key = keys.get(fd)
@@ -112,29 +187,7 @@ class LeanSelector(selectors.EpollSelector):
                     selectors.EVENT_READ if event & ~select.EPOLLOUT else 0
                 )
                 ready.append((key, mask & key.events))
-        if lean is None:
-            return ready
-        # Hand each socket its readiness, as `Poller._ready` does, in one batch (here, not
-        # in a method of its own: this runs once per message at a low rate).
-        batches = self._batches
-        for batch in batches:
-            batch.begin()
-        try:
-            for fd, event in lean:
-                transport = transports.get(fd)  # (a read before may have closed it)
-                if transport is None:
-                    continue
-                try:
-                    transport.ready(event)
-                except Exception as exc:  # as the loop reports a callback's error
-                    self._report(exc, transport)
-        finally:
-            for batch in batches:
-                try:
-                    batch.end()
-                except Exception as exc:
-                    self._report(exc, None)
-        return ready
+        return ready, lean
 
     def _report(self, exc: Exception, transport: Lean | None) -> None:
         if self._loop is not None:
@@ -145,6 +198,15 @@ class LeanSelector(selectors.EpollSelector):
     def close(self) -> None:
         self.open = False
         super().close()
+
+
+def _base_loop(loop: asyncio.AbstractEventLoop) -> Any:
+    """`loop` if it is asyncio's own (`BaseEventLoop`, with the state `select` reads to tell
+    that the loop's next turn would only wait again), else None: then `select` returns after
+    every wake-up, as asyncio's selector does."""
+    if isinstance(loop, asyncio.BaseEventLoop) and all(hasattr(loop, n) for n in _LOOP_STATE):
+        return loop
+    return None
 
 
 def _distinct(batches: list[Batch | None]) -> list[Batch]:

@@ -19,6 +19,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from broker.core.channel import Channel
+from broker.core.lone_publish import publish_lone
+from broker.core.states import CONNECTED
 from broker.server.tls import cert_common_name
 
 if TYPE_CHECKING:
@@ -186,7 +188,12 @@ class MqttConnection(asyncio.Protocol):
             batch = self.listener.batch
             batch._depth += 1  # `batch.begin()`, inlined: this runs per read
             try:
-                channel.data_received(data)
+                # `channel.data_received`, written out for a CONNECTED channel: a lone
+                # message goes to `publish_lone` with one call less.
+                if channel.state != CONNECTED:
+                    channel.data_received(data)
+                elif not publish_lone(channel, data):
+                    channel.decode_read(data)
             finally:  # `batch.end()`, inlined too
                 depth = batch._depth = batch._depth - 1
                 if not depth:

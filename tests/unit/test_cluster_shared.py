@@ -72,6 +72,20 @@ def test_shared_routes_match_apart_from_normal_routes() -> None:
     assert b.match_shared("s/1") == [] and b.shared_count() == 0
 
 
+def test_has_groups_follows_the_shared_routes_of_the_table() -> None:
+    """`has_groups` (what a lone PUBLISH asks first) reads the table's count of shared routes:
+    it answers as `match_shared` does, before the first group, with one, and after the last."""
+    a, b = RouteTable("a", 1), RouteTable("b", 1)
+    dispatcher = ClusterSharedDispatcher(b, "b", lambda *_: 0, lambda *_: False)
+    assert not dispatcher.has_groups("s/1")
+    b.apply(a.local_update("s/1", True))  # a normal route only
+    assert not dispatcher.has_groups("s/1")
+    b.apply(a.local_shared_update("g", "s/+", True))
+    assert dispatcher.has_groups("s/1") and not dispatcher.has_groups("n/1")
+    b.apply(a.local_shared_update("g", "s/+", False))
+    assert not dispatcher.has_groups("s/1")
+
+
 def test_shared_routes_travel_by_push_pull_and_are_purged() -> None:
     a, c = RouteTable("a", 1), RouteTable("c", 1)
     a.local_shared_update("g", "x", True)

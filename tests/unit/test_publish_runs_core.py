@@ -134,7 +134,7 @@ def run_scenario(
             bytes(client.link.out),
             channel.recv_oct, channel.recv_pkt, channel.recv_msg,
             channel.send_oct, channel.send_cnt, channel.send_pkt, channel.send_msg,
-            session.deliver_msg, session.mqueue_dropped,
+            session.deliver_msg, session.mqueue_dropped, channel.recv_cnt,
         )  # fmt: skip
     return outcome
 
