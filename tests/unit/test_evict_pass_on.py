@@ -32,7 +32,14 @@ async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, FakeClient, list[
     for message in queued:
         message.stamp = net.brokers["a"].hlc.now()
         net.arrive("a", message)
-    # a is killed: the client resumes on b, whose claim finds no live holder (a fresh copy).
+    on_b = await killed_then_back(net, cid)
+    return net, on_b, [p.payload for p in on_b.publishes()]
+
+
+async def killed_then_back(net: Net, cid: str) -> FakeClient:
+    """a is killed: the client resumes on b, whose claim finds no live holder (a fresh copy).
+    Then a is back with its copy: every node registers again, b's claim is the newer one, and
+    a's copy is evicted. Returns the client on b."""
     net.live = ["b", "c"]
     net.views = {"b": ["b", "c"], "c": ["b", "c"]}
     on_b = net.client("b")
@@ -40,7 +47,6 @@ async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, FakeClient, list[
     await settle()
     assert not on_b.connack().session_present
     on_b.subscribe("w/#", qos=2)
-    # a is back with its copy: every node registers again; b's claim is the newer one.
     net.live = ["a", "b", "c"]
     net.views = {}
     for name in ("a", "b", "c"):
@@ -51,7 +57,7 @@ async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, FakeClient, list[
     net.run_later()
     await settle()
     assert cid not in net.brokers["a"].sessions  # evicted: one session per id
-    return net, on_b, [p.payload for p in on_b.publishes()]
+    return on_b
 
 
 async def test_the_evicted_copys_queue_reaches_the_copy_that_won() -> None:
@@ -127,22 +133,6 @@ async def test_what_the_client_may_not_have_had_is_passed_on_too() -> None:
     assert any(isinstance(p, PubRel) for p in on_a.received())
     on_a.drop()  # then a is killed
     await settle()
-    net.live = ["b", "c"]
-    net.views = {"b": ["b", "c"], "c": ["b", "c"]}
-    on_b = net.client("b")
-    on_b.connect(cid, clean_start=False)
-    await settle()
-    assert not on_b.connack().session_present
-    on_b.subscribe("w/#", qos=2)
-    net.live = ["a", "b", "c"]
-    net.views = {}
-    for name in ("a", "b", "c"):
-        for other in ("a", "b", "c"):
-            if other != name:
-                net.locators[name].members_changed(other, "alive")
-    await settle()
-    net.run_later()
-    await settle()
-    assert cid not in net.brokers["a"].sessions
+    on_b = await killed_then_back(net, cid)
     assert [p.payload for p in on_b.publishes()] == [b"unreleased", b"unacked"]
     assert net.locators["a"].stats["evicted/passed_on"] == 2
