@@ -167,7 +167,8 @@ class RouteTable:
         self._by_filter: dict[str, set[str]] = {}
         self._trie: SubscriptionTrie[None] = SubscriptionTrie()
         self._len = 0
-        self._shared_len = 0
+        #: The number of shared routes (`shared_count`; read as an attribute on the PUBLISH path).
+        self.shared_len = 0
 
     # -- the local node's own routes ---------------------------------------------------------
 
@@ -384,11 +385,11 @@ class RouteTable:
 
     def shared_count(self) -> int:
         """The number of (group, filter, node) shared routes."""
-        return self._shared_len
+        return self.shared_len
 
     def __len__(self) -> int:
         """The number of normal (filter, node) routes."""
-        return self._len - self._shared_len
+        return self._len - self.shared_len
 
     # -- the materialized view ---------------------------------------------------------------
 
@@ -404,7 +405,7 @@ class RouteTable:
         self._trie.add(filt, origin, None)
         self._len += 1
         if filt.startswith(_SHARED_KEY_START):
-            self._shared_len += 1
+            self.shared_len += 1
 
     def _index_remove(self, origin: str, filt: str) -> None:
         nodes = self._by_filter[filt]
@@ -414,7 +415,7 @@ class RouteTable:
         self._trie.remove(filt, origin)
         self._len -= 1
         if filt.startswith(_SHARED_KEY_START):
-            self._shared_len -= 1
+            self.shared_len -= 1
 
 
 def _parse_origin(item: Any) -> tuple[str, int, int, set[str], list[tuple[str, int, bool]]]:

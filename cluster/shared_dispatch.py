@@ -68,8 +68,8 @@ class ClusterSharedDispatcher:
 
     def has_groups(self, topic: str) -> bool:
         """True when a shared group in the cluster matches `topic`."""
-        table = self.table  # its count read, not asked (`shared_count`): once per PUBLISH
-        return table._shared_len > 0 and bool(table.match_shared(topic))
+        table = self.table  # its count read as an attribute: this runs once per PUBLISH
+        return table.shared_len > 0 and bool(table.match_shared(topic))
 
     def dispatch(self, message: Message) -> int:
         """One member per matching group in the cluster; the deliveries made or sent."""
