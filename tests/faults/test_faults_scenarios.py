@@ -185,8 +185,8 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # inflight window, sent but never released (PUBREL waits for the commit), and eviction
     # passed on the queue only. It now passes on inflight messages not awaiting PUBCOMP too
     # (462e34e; the fold carries them likewise, 07ec22b): 0 lost in 12 runs alone, 2 full
-    # short profiles and a rehearsal since (63-72 checked per run), but 1 (publish 28 again)
-    # in the one long run made: another path remains, so still measured only.
+    # short profiles and two rehearsals since (63-72 checked per run), but 1 (publish 28
+    # again) in 36 long runs (the first): another path remains, so still measured only.
     **{
         (scenario, "takeover_no_loss"): ("holds", "")
         for scenario in ("baseline", "cpu_load", *PARTITIONED)
