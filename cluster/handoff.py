@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
@@ -50,6 +51,7 @@ from typing import Any
 from broker.core.broker import Broker
 from broker.core.hlc import Stamp
 from broker.core.message import Message
+from broker.core.session import Session
 from broker.core.topics import topic_matches
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,12 @@ class Handoff:
         while len(self.records) > self.max_records:
             self.records.popitem(last=False)
             self.stats["records/evicted"] += 1
+
+    def surrendered_session(self, session: Session, target: str) -> None:
+        """`session` goes to `target` now (a surrender, a collected copy, an eviction): a
+        forwarding record for its non-shared filters, from this moment, with its arrival."""
+        filters = [s.filter for s in session.subscriptions.values() if s.share_group is None]
+        self.surrendered(session.client_id, target, filters, time.monotonic(), session.arrived)
 
     def reclaimed(self, client_id: str) -> None:
         """The client came back here: nothing to forward for it any more."""

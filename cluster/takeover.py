@@ -370,10 +370,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             session = self.broker.sessions.get(client_id)
         if session is not None and args.get("clean_start") is False:
             # Before the session goes: its routes are then kept while the record lives.
-            filters = [s.filter for s in session.subscriptions.values() if s.share_group is None]
-            self.handoff.surrendered(
-                session.client_id, new_node, filters, time.monotonic(), session.arrived
-            )
+            self.handoff.surrendered_session(session, new_node)
         state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
         self.stats["surrendered"] += 1
         if state is not None and args.get("clean_start") is False:
@@ -410,11 +407,8 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
                 if winner is not None and winner != self.name:
                     # As a surrender: what still arrives here for it (a forward held for this
                     # node while it was down, sent again now) goes on to the winner.
-                    plain = [s.filter for s in session.subscriptions.values() if not s.share_group]
-                    self.handoff.surrendered(
-                        client_id, winner, plain, time.monotonic(), session.arrived
-                    )
-                self._pass_on_queue(client_id, unreleased(session), winner)
+                    self.handoff.surrendered_session(session, winner)
+                self._pass_on(client_id, unreleased(session), winner)
             log.warning(
                 "client %s is held by a newer claim on another node: dropped here", client_id
             )
@@ -423,17 +417,18 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             done += 1
         return done
 
-    def _pass_on_queue(self, client_id: str, queued: list[Message], to: str | None) -> None:
-        if not queued:
+    def _pass_on(self, client_id: str, messages: list[Message], to: str | None) -> None:
+        """An evicted copy's `unreleased` messages go to the winner `to` (none: dropped)."""
+        if not messages:
             return
         if to is None or to == self.name:
-            self.broker.metrics.counters["messages/dropped"] += len(queued)
+            self.broker.metrics.counters["messages/dropped"] += len(messages)
             return
-        for message in queued:
+        for message in messages:
             self.handoff.pass_on(to, client_id, message)
-        self.stats["evicted/passed_on"] += len(queued)
-        log.info("client %s: %d queued messages of the evicted copy passed on to %s",
-                 client_id, len(queued), to)  # fmt: skip
+        self.stats["evicted/passed_on"] += len(messages)
+        log.info("client %s: %d messages of the evicted copy passed on to %s",
+                 client_id, len(messages), to)  # fmt: skip
 
     def client_gone(self, info: ClientInfo, reason: str) -> None:
         """`hooks.client_disconnected`: a session that ended with its connection is released."""

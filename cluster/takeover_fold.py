@@ -179,10 +179,7 @@ class CopyCollector:
             return None
         self.held.pop(client_id, None)
         self._confirmed.pop(client_id, None)
-        filters = [s.filter for s in session.subscriptions.values() if s.share_group is None]
-        self.handoff.surrendered(
-            session.client_id, new_node, filters, time.monotonic(), session.arrived
-        )
+        self.handoff.surrendered_session(session, new_node)
         args = {"client_id": client_id, "clean_start": False}
         state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
         if state is not None:
