@@ -4,7 +4,9 @@ little on a shared machine).
 
 A goal is either relative (our median / the baseline's median, the baseline being mosquitto) or
 absolute (our median alone, e.g. bytes per idle connection). Rows are matched by the start of
-their variant (`benchmarks.report.variant`, e.g. "fan-in q0") and their metric.
+their variant (`benchmarks.report.variant`, e.g. "fan-in q0") and their metric. The latency
+percentiles are judged on every round's samples pooled instead, with a confidence interval of
+the ratio (`Goal.met_within`, `benchmarks.report`): met only when the whole interval is.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ class Goal:
         else:
             value = mine
         return value >= self.bound if self.op == ">=" else value <= self.bound
+
+    def met_within(self, low: float, high: float) -> bool | None:
+        """Whether a ratio goal is met by a whole confidence interval `low`..`high` of the
+        ratio: True when every value in it meets the bound, False when none does, None when it
+        holds the bound (parity: this run does not resolve the goal)."""
+        if self.op == ">=":
+            return True if low >= self.bound else False if high < self.bound else None
+        return True if high <= self.bound else False if low > self.bound else None
 
 
 GOALS: tuple[Goal, ...] = (

@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.goals import goal_for
 from benchmarks.results import append_jsonl, summary_line
-from benchmarks.stats import median
+from benchmarks.stats import hist_percentile, median, pooled_ratio_ci
 
 __all__ = [
     "Row",
@@ -37,6 +37,9 @@ Record = dict[str, Any]
 
 #: Parameters named in a row's title when they differ from the scenario's usual meaning.
 _VARIANT_KEYS = ("qos", "publishers", "subscribers", "connections", "size", "rate", "filters")
+#: Latency percentiles whose goal is judged on the rounds' samples pooled, with a confidence
+#: interval (`pooled_verdict`), when the records carry them (`latency_hist`).
+POOLED = {"p50_ms": 50.0, "p99_ms": 99.0}
 #: Metrics whose ratio means nothing (a percentage of loss next to another).
 _NO_RATIO = frozenset({"loss_pct"})
 _UNITS = {
@@ -78,6 +81,8 @@ class Row:
     metric: str
     better: str
     values: dict[str, list[float]] = field(default_factory=dict)  # label -> one per run
+    #: label -> round -> that run's latency samples (`stats.log_histogram`), for `POOLED` rows.
+    hists: dict[str, dict[int, dict[int, int]]] = field(default_factory=dict)
 
     def median(self, label: str) -> float | None:
         runs = self.values.get(label)
@@ -104,7 +109,71 @@ def build_rows(records: Iterable[Record]) -> tuple[list[Row], list[str]]:
             )
             row = rows.setdefault((name, metric), Row(name, metric, better))
             row.values.setdefault(label, []).append(float(metrics[metric]))
+            if metric in POOLED and record.get("latency_hist"):
+                rounds = row.hists.setdefault(label, {})
+                number = int(record.get("round", len(rounds) + 1))
+                rounds[number] = {int(k): int(n) for k, n in record["latency_hist"]}
     return list(rows.values()), labels
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """A latency percentile over every paired round, ours against the baseline."""
+
+    rounds: int
+    mine_ms: float
+    base_ms: float
+    ratio: float
+    low: float
+    high: float
+    #: The goal's verdict on the whole interval: True, False, or None (not resolved).
+    met: bool | None
+
+
+#: Bootstrap resamples and confidence of `pooled_verdict`.
+RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+def pooled_verdict(row: Row, label: str, baseline: str | None) -> Pooled | None:
+    """`label`'s percentile of `row` against the baseline's, each over the rounds both ran
+    (paired by round number), with the ratio's confidence interval
+    (`stats.pooled_ratio_ci`) and the goal's verdict on it; None when the row has no goal,
+    is not a `POOLED` metric or lacks the samples."""
+    goal = goal_for(row.variant, row.metric)
+    if goal is None or goal.of != "ratio" or row.metric not in POOLED or baseline is None:
+        return None
+    mine, base = row.hists.get(label, {}), row.hists.get(baseline, {})
+    paired = sorted(set(mine) & set(base))
+    if not paired:
+        return None
+    p = POOLED[row.metric]
+    ours, theirs = [mine[r] for r in paired], [base[r] for r in paired]
+    ratio, low, high = pooled_ratio_ci(ours, theirs, p, resamples=RESAMPLES, confidence=CONFIDENCE)
+    return Pooled(
+        len(paired),
+        hist_percentile(_merge(ours), p) * 1e-6,
+        hist_percentile(_merge(theirs), p) * 1e-6,
+        ratio,
+        low,
+        high,
+        goal.met_within(low, high),
+    )
+
+
+def _merge(hists: Iterable[dict[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for hist in hists:
+        for k, n in hist.items():
+            out[k] = out.get(k, 0) + n
+    return out
+
+
+_WORDS = {True: "met", False: "not met", None: "not resolved"}
+
+
+def _verdict(met: bool | None) -> str:
+    return "not resolved" if met is None else ("yes" if met else "**no**")
 
 
 def default_baseline(labels: Sequence[str]) -> str | None:
@@ -123,13 +192,16 @@ def markdown_table(
 ) -> str:
     """A Markdown table: one column per label (medians), then `label / baseline` ratios; with
     `goals`, issue 15's goal of each row and, for each of our brokers' labels, whether its
-    median met it in this run."""
+    median met it in this run; for a latency percentile with samples (`POOLED`), whether
+    the confidence interval of the pooled ratio did ("not resolved" when it holds the bound),
+    told in a note under the table."""
     others = [label for label in labels if baseline is not None and label != baseline]
     ours = [label for label in others if "minibroker" in label] if goals else []
     head = ["scenario", "metric", *labels, *(f"{o} / {baseline}" for o in others)]
     if ours:
         head += ["goal", *(f"met: {o}" for o in ours)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    notes: list[str] = []
     for row in rows:
         unit = _UNITS.get(row.metric, "ms" if row.metric.endswith("_ms") else "")
         metric = f"{row.metric} ({unit}, {row.better} is better)" if unit else row.metric
@@ -144,10 +216,28 @@ def markdown_table(
             goal = goal_for(row.variant, row.metric)
             cells.append(goal.text if goal else "")
             for label in ours:
+                pooled = pooled_verdict(row, label, baseline)
+                if pooled is not None:
+                    cells.append(_verdict(pooled.met))
+                    notes.append(_note(row, label, baseline, pooled))
+                    continue
                 met = goal.met(row.median(label), base) if goal else None
                 cells.append("" if met is None else ("yes" if met else "**no**"))
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _note(row: Row, label: str, baseline: str | None, pooled: Pooled) -> str:
+    goal = goal_for(row.variant, row.metric)
+    return (
+        f"- {row.variant} {row.metric}, every round's samples pooled ({pooled.rounds} rounds "
+        f"paired): {label} {pooled.mine_ms:.4g} ms, {baseline} {pooled.base_ms:.4g} ms, "
+        f"ratio {pooled.ratio:.3f}, {CONFIDENCE:.0%} interval {pooled.low:.3f}-{pooled.high:.3f} "
+        f"(bootstrap over rounds): goal {goal.text if goal else '?'} "
+        f"{_WORDS[pooled.met]}."
+    )
 
 
 def _slug(text: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.load import ConnRole, PubRole, SubRole
 from benchmarks.runner import LoadPlan, Outcome, run_plan
-from benchmarks.stats import latency_summary, rate
+from benchmarks.stats import latency_summary, log_histogram, rate
 from benchmarks.topics import expand, path_filters, unrelated_filters
 
 __all__ = [
@@ -93,6 +93,9 @@ class ScenarioResult:
     generator: dict[str, Any] = field(default_factory=dict)
     broker: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: latency: the samples as `stats.log_histogram` (ns) [bucket, count] pairs, so that
+    #: `report` can pool rounds for a tail percentile (`stats.pooled_ratio_ci`).
+    latency_hist: list[list[int]] = field(default_factory=list)
 
 
 def _client_id(prefix: str, i: int) -> str:
@@ -311,7 +314,9 @@ async def latency(s: Settings, p: Params) -> ScenarioResult:
     out = await _run(s, plan, "latency")
     m = _flow_metrics(out, 1.0)
     head = ["p50_ms", "p99_ms", "max_ms"]
-    return _result("latency", p, out, m, "p99_ms", head, better="lower")
+    result = _result("latency", p, out, m, "p99_ms", head, better="lower")
+    result.latency_hist = [[k, n] for k, n in sorted(log_histogram(out.latency_ns).items())]
+    return result
 
 
 async def conn_scale(s: Settings, p: Params) -> ScenarioResult:

@@ -115,6 +115,10 @@ def test_report_and_compare_arguments() -> None:
     assert compare._case_params("conn-scale", args) == {"duration": 1.0, "connections": 10_000}
     assert compare._case_params("fan-in-q1", args) == {"qos": 1, "duration": 1.0, "drain": 5.0}
     assert set(compare.SUITE) >= {"fan-in-q0", "fan-in-q1", "fan-out-q0", "latency"}
+    # the latency case runs longer than the others (a round's p99 from more samples)
+    assert compare._case_params("latency", args)["duration"] == compare.LATENCY_DURATION
+    args = _parse("compare", "--duration", "1", "--latency-duration", "7")
+    assert compare._case_params("latency", args) == {"rate": 1000.0, "duration": 7.0, "drain": 5.0}
 
 
 def test_compare_rejects_unknown_scenarios(capsys: pytest.CaptureFixture[str]) -> None:

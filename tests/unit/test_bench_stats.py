@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import pytest
 
-from benchmarks.stats import LatencySampler, latency_summary, median, percentile, rate
+from benchmarks.stats import (
+    HIST_STEP,
+    LatencySampler,
+    hist_percentile,
+    latency_summary,
+    log_histogram,
+    median,
+    percentile,
+    pooled_ratio_ci,
+    rate,
+)
 from benchmarks.topics import expand, path_filters, unrelated_filters
 
 
@@ -169,3 +180,57 @@ def test_path_filters_lie_on_the_published_paths_and_never_match() -> None:
     assert all(_matches("bench/wc/+/+", t) for t in published)
     with pytest.raises(ValueError):
         path_filters(10, 1, 0, 1)
+
+
+def test_log_histogram_buckets_and_percentiles_within_half_a_step() -> None:
+    rng = random.Random(3)
+    samples = [rng.lognormvariate(11.0, 0.8) for _ in range(5000)]
+    hist = log_histogram(samples)
+    assert sum(hist.values()) == 5000
+    assert len(hist) < 1000  # far fewer pairs than samples
+    for p in (0, 50, 90, 99, 99.9, 100):
+        exact = sorted(samples)[math.floor(p / 100 * 4999)]
+        assert abs(hist_percentile(hist, p) / exact - 1) <= (HIST_STEP - 1) / 2 + 1e-9
+    assert log_histogram([0.0, -5.0]) == {0: 2}  # (a clock step) counted, in bucket 0
+    with pytest.raises(ValueError):
+        hist_percentile({}, 50)
+    with pytest.raises(ValueError):
+        hist_percentile(hist, 101)
+
+
+def _rounds(scale: float, spreads: list[float], seed: int) -> list[dict[int, int]]:
+    """One histogram per round; a round's tail is stretched by its `spread` (the machine)."""
+    rng = random.Random(seed)
+    return [
+        log_histogram(
+            scale * (rng.expovariate(1.0) * (spread if rng.random() < 0.02 else 1.0) + 1.0)
+            for _ in range(4000)
+        )
+        for spread in spreads
+    ]
+
+
+def test_pooled_ratio_ci_holds_the_ratio_and_narrows_with_steady_rounds() -> None:
+    steady = [1.0] * 8
+    ratio, low, high = pooled_ratio_ci(_rounds(1.2, steady, 1), _rounds(1.0, steady, 2), 99)
+    assert low <= ratio <= high
+    assert low > 1.1 and high < 1.3  # 1.2x, resolved
+    # rounds whose tail swings with the machine: the same 1.2x, but the interval is wide
+    swings = [1.0, 7.0, 1.0, 3.0, 1.0, 7.0, 1.0, 3.0]
+    mine, base = _rounds(1.2, swings, 3), _rounds(1.0, [7.0, 1.0, 3.0, 1.0] * 2, 4)
+    _, wide_low, wide_high = pooled_ratio_ci(mine, base, 99)
+    assert wide_high - wide_low > 3 * (high - low)
+    assert pooled_ratio_ci(mine, base, 99) == pooled_ratio_ci(mine, base, 99)  # seeded
+
+
+def test_pooled_ratio_ci_pools_rounds_before_the_percentile() -> None:
+    # round 1: mine all 1, base all 1; round 2: mine all 3, base all 2. Pooled p99: 3 vs 2
+    mine = [{0: 100}, {round(math.log(3) / math.log(HIST_STEP)): 100}]
+    base = [{0: 100}, {round(math.log(2) / math.log(HIST_STEP)): 100}]
+    ratio, low, high = pooled_ratio_ci(mine, base, 99, resamples=200)
+    assert abs(ratio - 1.5) < 0.01
+    assert abs(low - 1.0) < 0.01 and abs(high - 1.5) < 0.01  # resamples of round 1 only: 1.0
+    with pytest.raises(ValueError):
+        pooled_ratio_ci(mine, base[:1], 99)
+    with pytest.raises(ValueError):
+        pooled_ratio_ci([], [], 99)
