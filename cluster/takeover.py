@@ -84,6 +84,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,7 @@ from cluster.registry import (
 )
 from cluster.rpc import NodeUnreachable, RemoteError, RpcError
 from cluster.takeover_fold import CopyCollector
+from cluster.takeover_heal import Apart, HealFold
 from cluster.takeover_owner import RegistryOwner
 from cluster.takeover_park import SessionParking
 from cluster.takeover_rounds import RegistryRounds
@@ -147,7 +149,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
+class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRounds):
     """The broker's `session_locator` in a cluster, and the owner side of the registry.
 
     `live_nodes()` names the live members, this node first; `call` is `ClusterNode.call`.
@@ -191,6 +193,9 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Held ids whose registration the owner confirmed: (owner, member view) at the time.
         self._confirmed: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: Ids resumed while members were apart, and evicted copies' records (`HealFold`).
+        self.apart: dict[str, Apart] = {}
+        self.gave_up: OrderedDict[str, tuple[float, list[Any]]] = OrderedDict()
         #: The two-phase move: surrendered states kept until the new node has committed them.
         self.parking = SessionParking(
             name, broker, handoff, self._send, self._spawn, self._hold_again
@@ -212,6 +217,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
                 self._confirmed[client_id] = (self.name, view_of(nodes))
                 self.handoff.reclaimed(client_id)
                 self.parking.claimed_locally(client_id)
+                self.hold_apart(client_id, clean_start)
                 self.stats["local"] += 1
                 return False
         answered = False
@@ -276,6 +282,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
                 self.parking.imported(client_id, state)  # confirmed to its old node
             if client_id in self.broker.sessions:
                 self.held[client_id] = stamp
+                self.hold_apart(client_id, clean_start)
                 if confirmed:
                     self._confirmed[client_id] = (owner, view)
                 else:  # registered again by the next round
@@ -403,6 +410,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             self._confirmed.pop(client_id, None)
             session = self.broker.sessions.get(client_id)
             if session is not None:
+                self.giving_up(session)  # its records, for a held copy that asks (`HealFold`)
                 winner = (winners or {}).get(client_id)
                 if winner is not None and winner != self.name:
                     # As a surrender: what still arrives here for it (a forward held for this
