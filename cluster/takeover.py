@@ -73,10 +73,13 @@ type is new (the registry is RPC methods and a FORWARD kind), so the wire versio
 a node of the previous version counts a FORWARD kind `session` as unknown and drops it.
 
 Where it lives: this module is the CONNECT's claim and the holder's answers
-(`ClusterSessionLocator`); the owner's side is `cluster.takeover_owner` (`RegistryOwner`), the
-registration after member changes and the periodic round `cluster.takeover_rounds`
-(`RegistryRounds`), both inherited by the locator; the RPC method names, limits and the
-surrendered state's helpers are `cluster.takeover_wire`, re-exported here.
+(`ClusterSessionLocator`); the copies a claim folds are `cluster.takeover_fold`
+(`CopyCollector`), a copy resumed while members were apart, folded when they are back,
+`cluster.takeover_heal` (`HealFold`); the owner's side is `cluster.takeover_owner`
+(`RegistryOwner`), the registration after member changes and the periodic round
+`cluster.takeover_rounds` (`RegistryRounds`), all inherited by the locator; the RPC method
+names, limits and the surrendered state's helpers are `cluster.takeover_wire`, re-exported
+here.
 """
 
 from __future__ import annotations

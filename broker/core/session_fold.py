@@ -21,6 +21,9 @@ delivered, or loses what only the other copy had queued. Folding keeps each QoS 
   base already delivered cannot be told apart; at-least-once allows a repeat but the base's own
   queue has the same routes' messages): they are counted as dropped, as before.
 
+A copy evicted lately answers a collect with its QoS 2 records alone (`SEEN_ONLY`,
+`cluster.takeover_heal`): folded as another copy, never the base.
+
 Pure: exported states (`Session.export_state`) in, one state out; the cluster collects the
 copies (`cluster.takeover_fold`).
 """
