@@ -21,12 +21,14 @@ far side's copy had delivered many of them (measured, long profile isolate_sub: 
   when the session is gone.
 
 A steady cluster pays nothing (no member apart: no hold); a resume during a partition or a
-restart costs one `session_collect` per held id when the member comes back.
+restart costs one `session_collect` per held id when the member comes back (`ASKS_AT_ONCE`
+in flight at a time).
 `ClusterSessionLocator` inherits `HealFold` first; this module never imports `cluster.takeover`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -50,6 +52,8 @@ HOLD_MAX = 120.0
 GAVE_UP_TTL = 30.0
 #: Evicted copies' records kept at most (the oldest go first).
 GAVE_UP_MAX = 10_000
+#: Asks in flight at once: a member back after a restart may be asked for thousands of ids.
+ASKS_AT_ONCE = 32
 
 
 class Apart:
@@ -80,6 +84,7 @@ class HealFold:
     gave_up: OrderedDict[str, tuple[float, list[Any]]]
     #: Members that are suspect or dead (`ClusterNode.apart_nodes`, set by `cluster.ports`).
     apart_nodes: Callable[[], list[str]] = staticmethod(lambda: [])
+    _ask_slots: asyncio.Semaphore | None = None
 
     if TYPE_CHECKING:  # `CopyCollector` and `ClusterSessionLocator` define them
 
@@ -131,7 +136,8 @@ class HealFold:
             return
         args = {"client_id": client_id, "stamp": list(stamp), "node": self.name}
         try:
-            state = await self.call(node, COLLECT_METHOD, args, self.timeout)
+            async with self._asks():
+                state = await self.call(node, COLLECT_METHOD, args, self.timeout)
         except RemoteError as exc:  # it cannot say (a node of the previous version)
             log.info("client %s: %s gave no copy: %s", client_id, node, exc)
             state = None
@@ -145,6 +151,11 @@ class HealFold:
         if isinstance(state, dict) and session is not None:
             self._fold_in(session, node, state)
         self._answered(client_id, node)
+
+    def _asks(self) -> asyncio.Semaphore:
+        if self._ask_slots is None:
+            self._ask_slots = asyncio.Semaphore(ASKS_AT_ONCE)
+        return self._ask_slots
 
     def _fold_in(self, session: Session, node: str, state: SessionState) -> None:
         try:
