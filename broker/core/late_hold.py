@@ -15,7 +15,8 @@ records joined, what only they still had delivered); `release` then delivers the
 each once. A copy that leaves this node first takes its parked messages in its queue
 (`Broker.surrender_session`), where the claim's fold sorts them. Parked deliveries are bounded
 by the session's queue limit: beyond it a late copy is delivered at once (a repeat is possible,
-nothing is lost). They are not persisted: a restart in the hold delivers none of them.
+nothing is lost). They are written to disk with the session, at the end of its queue
+(`on_disk`): a restart delivers them (a repeat is possible, nothing is lost).
 
 Pure state: no I/O, no clock of its own.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.core.hlc import stamp_from_wire
-from broker.core.message import Message, message_from_dict
+from broker.core.message import Message, message_from_dict, message_to_dict
 from broker.core.session import Session
 from broker.core.session_export import SessionState
 from broker.core.session_fold import delivered_qos2
@@ -59,7 +60,24 @@ class LateHold:
             return False
         parked.append((message, qos, retain, ids))
         self.parked += 1
+        dirty = session.dirty  # written to disk with the session (`on_disk`)
+        if dirty is not None:
+            dirty.add(session.client_id)
+            if session.expiry_interval:
+                dirty.marks += 1
         return True
+
+    def on_disk(self, client_id: str, state: SessionState) -> SessionState:
+        """The state persistence writes for `client_id`: its parked deliveries at the end of
+        its queue. A restart then delivers them (a repeat is possible, nothing is lost: the
+        peer that sent them was acknowledged once they were committed)."""
+        parked = self.waiting.get(client_id)
+        if parked:
+            state["queue"] = [*(state.get("queue") or ()), *(
+                [message_to_dict(m), qos, retain, None if ids is None else list(ids)]
+                for m, qos, retain, ids in parked
+            )]  # fmt: skip
+        return state
 
     def fold_in(self, session: Session, state: SessionState, now: float) -> tuple[int, int]:
         """Another copy of `session`, given up to this one (an exported state): the QoS 2
