@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cluster.members import LIVE_STATES
+from cluster.members import LIVE_STATES, MemberState
 from cluster.membership import Membership
 from cluster.node_config import ClusterConfig
 from cluster.rpc import MethodHandler, NodeUnreachable, RpcEndpoint, RpcError
@@ -41,6 +41,15 @@ class NodeRpc:
         """Members alive or suspect: this node first, then the others by name."""
         others = sorted(m.name for m in self.membership.live_members())
         return [self.name, *others]
+
+    def apart_nodes(self) -> list[str]:
+        """Members suspect or dead (not left): a session resumed here now may have a copy over
+        there that its client used meanwhile (`cluster.takeover_heal`)."""
+        return sorted(
+            m.name
+            for m in self.membership.members.values()
+            if m.name != self.name and m.state in (MemberState.SUSPECT, MemberState.DEAD)
+        )
 
     def linked_dead(self) -> list[str]:
         """Members the membership does not count live whose cluster link is up again: a heal

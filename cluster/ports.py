@@ -83,6 +83,7 @@ class PortsHost(Protocol):
     def is_live(self, node: str) -> bool: ...
     def live_nodes(self) -> list[str]: ...
     def linked_dead(self) -> list[str]: ...
+    def apart_nodes(self) -> list[str]: ...
     async def call_linked(
         self, node: str, method: str, args: dict[str, Any], timeout: float | None = None
     ) -> Any: ...
@@ -149,6 +150,7 @@ class ClusterPorts:
             max_state_bytes=self.max_state_bytes,
         )
         self.locator.linked_dead = node.linked_dead
+        self.locator.apart_nodes = node.apart_nodes
         self.locator.call_linked = node.call_linked
         self._held_routes: set[str] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -205,6 +207,7 @@ class ClusterPorts:
         if self.attached:
             self.locator.sweep()
             self.locator.reconcile()
+            self.locator.sweep_holds()
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep_later)
 

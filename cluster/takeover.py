@@ -73,10 +73,13 @@ type is new (the registry is RPC methods and a FORWARD kind), so the wire versio
 a node of the previous version counts a FORWARD kind `session` as unknown and drops it.
 
 Where it lives: this module is the CONNECT's claim and the holder's answers
-(`ClusterSessionLocator`); the owner's side is `cluster.takeover_owner` (`RegistryOwner`), the
-registration after member changes and the periodic round `cluster.takeover_rounds`
-(`RegistryRounds`), both inherited by the locator; the RPC method names, limits and the
-surrendered state's helpers are `cluster.takeover_wire`, re-exported here.
+(`ClusterSessionLocator`); the copies a claim folds are `cluster.takeover_fold`
+(`CopyCollector`), a copy resumed while members were apart, folded when they are back,
+`cluster.takeover_heal` (`HealFold`); the owner's side is `cluster.takeover_owner`
+(`RegistryOwner`), the registration after member changes and the periodic round
+`cluster.takeover_rounds` (`RegistryRounds`), all inherited by the locator; the RPC method
+names, limits and the surrendered state's helpers are `cluster.takeover_wire`, re-exported
+here.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +109,7 @@ from cluster.registry import (
 )
 from cluster.rpc import NodeUnreachable, RemoteError, RpcError
 from cluster.takeover_fold import CopyCollector
+from cluster.takeover_heal import Apart, HealFold
 from cluster.takeover_owner import RegistryOwner
 from cluster.takeover_park import SessionParking
 from cluster.takeover_rounds import RegistryRounds
@@ -147,7 +152,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
+class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRounds):
     """The broker's `session_locator` in a cluster, and the owner side of the registry.
 
     `live_nodes()` names the live members, this node first; `call` is `ClusterNode.call`.
@@ -191,6 +196,9 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Held ids whose registration the owner confirmed: (owner, member view) at the time.
         self._confirmed: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: Ids resumed while members were apart, and evicted copies' records (`HealFold`).
+        self.apart: dict[str, Apart] = {}
+        self.gave_up: OrderedDict[str, tuple[float, list[Any]]] = OrderedDict()
         #: The two-phase move: surrendered states kept until the new node has committed them.
         self.parking = SessionParking(
             name, broker, handoff, self._send, self._spawn, self._hold_again
@@ -212,6 +220,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
                 self._confirmed[client_id] = (self.name, view_of(nodes))
                 self.handoff.reclaimed(client_id)
                 self.parking.claimed_locally(client_id)
+                self.hold_apart(client_id, clean_start)
                 self.stats["local"] += 1
                 return False
         answered = False
@@ -276,6 +285,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
                 self.parking.imported(client_id, state)  # confirmed to its old node
             if client_id in self.broker.sessions:
                 self.held[client_id] = stamp
+                self.hold_apart(client_id, clean_start)
                 if confirmed:
                     self._confirmed[client_id] = (owner, view)
                 else:  # registered again by the next round
@@ -403,6 +413,7 @@ class ClusterSessionLocator(CopyCollector, RegistryOwner, RegistryRounds):
             self._confirmed.pop(client_id, None)
             session = self.broker.sessions.get(client_id)
             if session is not None:
+                self.giving_up(session)  # its records, for a held copy that asks (`HealFold`)
                 winner = (winners or {}).get(client_id)
                 if winner is not None and winner != self.name:
                     # As a surrender: what still arrives here for it (a forward held for this

@@ -74,9 +74,10 @@ class CopyCollector:
     linked_dead: Callable[[], list[str]] = staticmethod(lambda: [])
     call_linked: Call | None = None
 
-    if TYPE_CHECKING:  # `RegistryRounds` defines it
+    if TYPE_CHECKING:  # `RegistryRounds` and `HealFold` define them
 
         def members_changed(self, node: str, kind: str) -> None: ...
+        def records_of_gone(self, client_id: str) -> SessionState | None: ...
 
     else:
 
@@ -172,7 +173,7 @@ class CopyCollector:
             new_node = from_node
         session = self.broker.sessions.get(client_id)
         if session is None or not session.expiry_interval:
-            return None
+            return self.records_of_gone(client_id)  # evicted lately: what it had delivered
         mine = self.held.get(client_id)
         if mine is not None and newer(mine, self.name, stamp, new_node):
             self.stats["collect_refused"] = self.stats.get("collect_refused", 0) + 1

@@ -35,6 +35,7 @@ from broker.core.cluster_port import (
 from broker.core.commit_gate import CommitGate, DirtySessions
 from broker.core.hlc import HybridClock, Stamp
 from broker.core.hooks import ClientInfo, Hooks
+from broker.core.late_hold import LateHold
 from broker.core.message import Message
 from broker.core.metrics import Metrics, Stats
 from broker.core.qos2_once import is_late
@@ -121,6 +122,8 @@ class Broker(SessionRegistry, Retention):
         self.session_locator: SessionLocator | None = None
         #: QoS 2 copies not routed to a session (`late_for`): late ones, and repeats.
         self.late_skipped = self.qos2_repeats = 0
+        #: Session copies resumed behind a partition: their late QoS 2 copies wait here.
+        self.late_hold = LateHold()
         self.run_forwarder: RunForwarder | None = None
         self.wills = WillTimers()  # 5.0 wills waiting for their Will Delay Interval
         # Persistence (broker.server.persistence) sets these: the client ids and retained topics
@@ -185,16 +188,13 @@ class Broker(SessionRegistry, Retention):
         if len(normal) == 1 and not groups:
             client_id, sub = normal[0]
             session = sessions.get(client_id)
-            if (
-                session is not None
-                and not (sub.no_local and client_id == publisher)
-                and (stamp is None or not self.late_for(session, stamp, message.live))
-            ):
+            if session is not None and not (sub.no_local and client_id == publisher):
                 qos = message.qos if message.qos < sub.qos else sub.qos
                 retain = message.retain and sub.retain_as_published
                 ids = [sub.identifier] if sub.identifier is not None else None
-                session.deliver(message, qos, retain, ids, now)
-                delivered += 1
+                if stamp is None or not self.late_for(session, stamp, message, qos, retain, ids):
+                    session.deliver(message, qos, retain, ids, now)
+                    delivered += 1
         else:
             merged: dict[str, tuple[int, bool, list[int] | None]] = {}
             for client_id, sub in normal:
@@ -214,7 +214,10 @@ class Broker(SessionRegistry, Retention):
             for client_id, (qos, retain, ids) in merged.items():
                 session = sessions.get(client_id)
                 if session is not None:
-                    if stamp is not None and self.late_for(session, stamp, message.live):
+                    late = stamp is not None and self.late_for(
+                        session, stamp, message, qos, retain, ids
+                    )
+                    if late:
                         continue
                     session.deliver(message, qos, retain, ids, now)
                     delivered += 1
@@ -239,15 +242,34 @@ class Broker(SessionRegistry, Retention):
             return Published(count, wait_drained)
         return _PUBLISHED[count]
 
-    def late_for(self, session: Session, stamp: Stamp, live: bool = False) -> bool:
-        """True (counted as dropped) when a QoS 2 message stamped `stamp` predates this session
-        copy's arrival here (not asked of a `live` one) or was accepted by it already."""
-        if not live and is_late(session.arrived, stamp):
-            self.late_skipped += 1
-        elif session.accept_qos2(stamp):
+    def late_for(
+        self,
+        session: Session,
+        stamp: Stamp,
+        message: Message,
+        qos: int,
+        retain: bool,
+        ids: list[int] | None,
+    ) -> bool:
+        """True when the QoS 2 `message` stamped `stamp` is not delivered to `session` now:
+        it predates this session copy's arrival here (not asked of a `live` one) or was
+        accepted by it already (both counted as dropped), or, late from a peer and for a held
+        copy, it is parked until the other copies are folded in (`broker.core.late_hold`)."""
+        if not message.live:
+            if is_late(session.arrived, stamp):
+                self.late_skipped += 1
+                self.metrics.counters["messages/dropped"] += 1
+                return True
+            hold = self.late_hold
+            if (
+                hold.waiting
+                and stamp.node != self.node_name  # from a peer, held or sent again
+                and hold.park(session, message, qos, retain, ids)
+            ):
+                return True
+        if session.accept_qos2(stamp):
             return False
-        else:
-            self.qos2_repeats += 1
+        self.qos2_repeats += 1
         self.metrics.counters["messages/dropped"] += 1
         return True
 

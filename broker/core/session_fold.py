@@ -21,6 +21,9 @@ delivered, or loses what only the other copy had queued. Folding keeps each QoS 
   base already delivered cannot be told apart; at-least-once allows a repeat but the base's own
   queue has the same routes' messages): they are counted as dropped, as before.
 
+A copy evicted lately answers a collect with its QoS 2 records alone (`SEEN_ONLY`,
+`cluster.takeover_heal`): folded as another copy, never the base.
+
 Pure: exported states (`Session.export_state`) in, one state out; the cluster collects the
 copies (`cluster.takeover_fold`).
 """
@@ -32,7 +35,18 @@ from typing import Any
 from broker.core.qos2_once import SEEN_MAX
 from broker.core.session_export import SessionState
 
-__all__ = ["FoldResult", "delivered_qos2", "fold_copies", "queued_qos2", "unreleased_qos2"]
+__all__ = [
+    "SEEN_ONLY",
+    "FoldResult",
+    "delivered_qos2",
+    "fold_copies",
+    "queued_qos2",
+    "unreleased_qos2",
+]
+
+#: Marks a "copy" that is only the QoS 2 records of a copy evicted lately
+#: (`cluster.takeover_heal`): folded in as another copy, never the base.
+SEEN_ONLY = "seen_only"
 
 #: A publish stamp as a comparable value: `(ms, counter, node)` from its wire form.
 WireStamp = tuple[Any, ...]
@@ -107,12 +121,12 @@ def _order(state: SessionState) -> tuple[WireStamp, float]:
 def fold_copies(copies: list[SessionState | None]) -> FoldResult:
     """One state from the copies of one session (see the module docstring); None when there
     is none. The base is not changed in place: a new map is returned."""
-    found = [c for c in copies if isinstance(c, dict)]
+    found = [c for c in copies if isinstance(c, dict) and not c.get(SEEN_ONLY)]
     if not found:
         return FoldResult(None)
     found.sort(key=_order)
     base = found[-1]
-    others = found[:-1]
+    others = found[:-1] + [c for c in copies if isinstance(c, dict) and c.get(SEEN_ONLY)]
     result = FoldResult(dict(base))
     if not others:
         return result

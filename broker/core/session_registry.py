@@ -21,6 +21,7 @@ from broker.core.cluster_port import SessionState
 from broker.core.commit_gate import DirtySessions
 from broker.core.hlc import HybridClock, stamp_from_wire
 from broker.core.hooks import ClientInfo, Hooks
+from broker.core.late_hold import LateHold
 from broker.core.metrics import Metrics
 from broker.core.session import Session, Subscription
 from broker.core.session_state import subscription_from_state
@@ -52,6 +53,7 @@ class SessionRegistry:
     route_listeners: list[Callable[[str, bool], None]]
     shared_route_listeners: list[Callable[[str, str, bool], None]]
     wills: WillTimers
+    late_hold: LateHold
     dirty_sessions: DirtySessions | None
     clients_total: int
     route_count: int
@@ -238,6 +240,11 @@ class SessionRegistry:
         if pending is not None and clean_start:
             self.publish_will(pending.info, pending.will)
         session = self.sessions.get(client_id)
+        if client_id in self.late_hold:  # what was parked for it goes with it (or ends)
+            kept = None if clean_start else session
+            self.metrics.counters["messages/dropped"] += self.late_hold.release(
+                client_id, kept, self.clock()
+            )[1]
         if session is None:
             return None
         state = None if clean_start else session.export_state()

@@ -290,7 +290,8 @@ class Persistence(Loading):
             if session is None or session.expiry_interval == 0:
                 gone.append(client_id)  # clean sessions are never stored
             else:
-                rows.append((client_id, encode_value(session.export_state())))
+                state = self.broker.late_hold.on_disk(client_id, session.export_state())
+                rows.append((client_id, encode_value(state)))
         return rows, gone
 
     def _retained_rows(self, topics: list[str]) -> _Rows:

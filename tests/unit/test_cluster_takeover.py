@@ -47,6 +47,7 @@ class Net:
         self.lost: set[str] = set()  # methods whose requests are lost on the way
         self.old: set[str] = set()  # nodes of the previous version: no registry methods
         self.views: dict[str, list[str]] = {}  # a node's own member view, when it differs
+        self.heal_fold = True  # a copy resumed behind a cut holds late QoS 2 (takeover_heal)
         self.brokers: dict[str, Broker] = {}
         self.locators: dict[str, ClusterSessionLocator] = {}
         for name in names:
@@ -56,6 +57,7 @@ class Net:
             locator = ClusterSessionLocator(
                 name, broker, self._live_for(name), self._caller(name), handoff, timeout=1.0
             )
+            locator.apart_nodes = self._apart_for(name, names)
             broker.session_locator = locator
             broker.hooks.client_disconnected.append(locator.client_gone)
             self.brokers[name] = broker
@@ -63,6 +65,13 @@ class Net:
 
     def _live_for(self, name: str) -> Any:
         return lambda: [name, *sorted(n for n in self.views.get(name, self.live) if n != name)]
+
+    def _apart_for(self, name: str, names: list[str]) -> Any:
+        """The members `name` does not see live (`ClusterNode.apart_nodes`); none when
+        `heal_fold` is off (a test of what the other mechanisms do alone)."""
+        return lambda: [
+            n for n in names if self.heal_fold and n not in self.views.get(name, self.live)
+        ]
 
     def _caller(self, origin: str) -> Any:
         async def call(node: str, method: str, args: dict[str, Any], timeout: float) -> Any:

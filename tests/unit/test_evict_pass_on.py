@@ -5,16 +5,24 @@ session in a rehearsal of `.ci/run`): the roaming session's node was killed just
 moved on; the claim found no live holder and the client resumed a fresh copy elsewhere; the
 killed node came back with its persisted copy, whose queue held what was published just before
 the kill, and lost the registration round to the newer claim. Evicting it dropped that queue.
+
+Each case runs twice: with `heal_fold` off, the eviction alone (its pass-on); with it on, the
+claim on b was made while a was dead, so b holds the id and asks a for its copy when a is
+back (`cluster.takeover_heal`), which carries the same messages (or the eviction gets there
+first): the client gets the same either way.
 """
 
 from __future__ import annotations
 
+import pytest
 from cluster_fakes import FakeClient
 from test_cluster_takeover import Net, cid_owned_by, persistent_then_away
 from test_cluster_takeover import settle as settle_once
 
 from broker.core.message import Message
 from broker.protocol.packets import PubRec, PubRel
+
+HEAL_FOLD = pytest.mark.parametrize("heal_fold", [False, True], ids=["evict", "heal_fold"])
 
 
 async def settle() -> None:
@@ -23,8 +31,11 @@ async def settle() -> None:
         await settle_once()
 
 
-async def _copy_left_on_a_node_that_comes_back() -> tuple[Net, FakeClient, list[bytes]]:
+async def _copy_left_on_a_node_that_comes_back(
+    heal_fold: bool,
+) -> tuple[Net, FakeClient, list[bytes]]:
     net = Net(["a", "b", "c"])
+    net.heal_fold = heal_fold
     cid = cid_owned_by("c", net.live)
     await persistent_then_away(net, "a", cid)
     # Published while the client is away: queued in a's copy (the only one).
@@ -60,16 +71,23 @@ async def killed_then_back(net: Net, cid: str) -> FakeClient:
     return on_b
 
 
-async def test_the_evicted_copys_queue_reaches_the_copy_that_won() -> None:
-    net, _, got = await _copy_left_on_a_node_that_comes_back()
+def _passed_on(net: Net) -> int:
+    return net.locators["a"].stats["evicted/passed_on"]
+
+
+@HEAL_FOLD
+async def test_the_evicted_copys_queue_reaches_the_copy_that_won(heal_fold: bool) -> None:
+    net, _, got = await _copy_left_on_a_node_that_comes_back(heal_fold)
     assert got == [b"m0", b"m1"]
-    assert net.locators["a"].stats["evicted/passed_on"] == 2
+    if not heal_fold:
+        assert _passed_on(net) == 2
 
 
-async def test_what_reaches_the_evicted_copys_node_afterwards_goes_on_too() -> None:
+@HEAL_FOLD
+async def test_what_reaches_the_evicted_copys_node_afterwards_goes_on_too(heal_fold: bool) -> None:
     """A forward held for the killed node (sent just before the kill) is sent again when it is
     back, possibly after the eviction: the node passes it on as after a surrender."""
-    net, on_b, _ = await _copy_left_on_a_node_that_comes_back()
+    net, on_b, _ = await _copy_left_on_a_node_that_comes_back(heal_fold)
     late = Message("w/1", b"late", 2, publisher="p", node="c")
     late.stamp = net.brokers["c"].hlc.now()
     net.arrive("a", late)
@@ -80,8 +98,10 @@ async def test_what_reaches_the_evicted_copys_node_afterwards_goes_on_too() -> N
 
 async def test_what_the_winner_has_already_is_not_delivered_again() -> None:
     """QoS 2 exactly once (MQTT-4.3.3): a message the winning copy accepted already is dropped
-    there as a repeat when the loser's queue arrives (its publish stamp)."""
+    there as a repeat when the loser's queue arrives (its publish stamp). (The eviction alone:
+    with the heal fold, b would hold the late copy; the next test.)"""
     net = Net(["a", "b"])
+    net.heal_fold = False
     cid = cid_owned_by("b", net.live)
     await persistent_then_away(net, "a", cid)
     net.live = ["b"]
@@ -110,13 +130,15 @@ async def test_what_the_winner_has_already_is_not_delivered_again() -> None:
     assert on_b.publishes() == []  # not delivered again
 
 
-async def test_what_the_client_may_not_have_had_is_passed_on_too() -> None:
+@HEAL_FOLD
+async def test_what_the_client_may_not_have_had_is_passed_on_too(heal_fold: bool) -> None:
     """The evicted copy's inflight window: a QoS 1 message without PUBACK and a QoS 2 one
     without PUBREC go on to the winner (the client delivers QoS 2 on PUBREL, MQTT 4.3.3 method
     A, and never got one); a QoS 2 one awaiting PUBCOMP does not (its PUBREL went out, so the
     client has it: passing it on would deliver it twice). Fault suite kill_during_takeover:
     the QoS 2 message sent to the roaming client just before its node was killed was lost."""
     net = Net(["a", "b", "c"])
+    net.heal_fold = heal_fold
     cid = cid_owned_by("c", net.live)
     on_a = net.client("a")
     on_a.connect(cid, clean_start=False)
@@ -135,4 +157,5 @@ async def test_what_the_client_may_not_have_had_is_passed_on_too() -> None:
     await settle()
     on_b = await killed_then_back(net, cid)
     assert [p.payload for p in on_b.publishes()] == [b"unreleased", b"unacked"]
-    assert net.locators["a"].stats["evicted/passed_on"] == 2
+    if not heal_fold:
+        assert _passed_on(net) == 2

@@ -4,6 +4,7 @@ writes, and that a failed write keeps the changes for the next flush."""
 from __future__ import annotations
 
 import sqlite3
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,24 @@ def test_a_failed_write_keeps_the_changes_for_the_next_flush(
     assert store.flush() == 1
     assert set(rows(tmp_path, "sessions")) == {"keep"}
     store.close()
+
+
+def test_late_copies_parked_for_a_held_session_are_written_with_it(tmp_path: Path) -> None:
+    """A copy resumed behind a partition parks its late QoS 2 copies (`broker.core.late_hold`);
+    the peer that sent them was acknowledged once they were committed, so they are on disk, at
+    the end of the session's queue: a restart delivers them (nothing is lost)."""
+    broker = Broker(clock=lambda: 100.0)
+    store = Persistence(broker, str(tmp_path))
+    store.open()
+    subscribed = {**state("held"), "subscriptions": [["w/#", 2, False, False, 0, None]]}
+    broker.import_session(subscribed)
+    store.flush()
+    broker.late_hold.hold("held")
+    late = Message("w/1", b"late", 2, False, None, "p", 100.0, "peer")
+    late.stamp = broker.hlc.now()._replace(node="peer")
+    broker.publish(late, forward=False, shared=False)
+    assert broker.sessions["held"].queue == deque()  # parked, not queued
+    assert broker.dirty_sessions == {"held"}
+    store.flush()
+    saved = rows(tmp_path, "sessions")["held"]
+    assert [(item[0]["payload"], item[1]) for item in saved["queue"]] == [(b"late", 2)]
