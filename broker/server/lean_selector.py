@@ -26,8 +26,6 @@ __all__ = ["MAX_LEAN_EVENTS", "Batch", "Lean", "LeanSelector", "new_event_loop"]
 MAX_LEAN_EVENTS = 1024
 #: The longest wait of asyncio's loop (`asyncio.base_events.MAXIMUM_SELECT_TIMEOUT`).
 MAXIMUM_SELECT_TIMEOUT = 24 * 3600
-#: epoll's timeout unit (its waits are whole milliseconds, rounded up).
-_EPOLL_RESOLUTION = 1e-3
 #: `select.select` takes descriptors below this only (glibc's FD_SETSIZE).
 _FD_SETSIZE = 1024
 #: What `_base_loop` needs of asyncio's loop to tell that a turn of it would do nothing.
@@ -114,7 +112,7 @@ class LeanSelector(selectors.EpollSelector):
             wait = -1.0
         elif timeout <= 0:
             wait = 0.0
-        else:  # at least `timeout` (`_poll`: to the microsecond below 1 ms, else epoll's ms)
+        else:  # at least `timeout` (`_poll`: to the microsecond, not epoll's rounded ms)
             wait = timeout
         keys = self._keys
         while True:
@@ -173,20 +171,29 @@ class LeanSelector(selectors.EpollSelector):
                 return ready
 
     def _poll(self, wait: float, most: int) -> list[tuple[int, int]]:
-        """`epoll.poll(wait, most)`, but a wait shorter than epoll's 1 ms is kept to the
-        microsecond: `select.select` waits on the epoll's own descriptor, then `epoll.poll(0)`.
+        """`epoll.poll(wait, most)`, but kept to the microsecond: epoll waits the whole
+        milliseconds of `wait`, and the rest (under 1 ms) is waited by `select.select` on the
+        epoll's own descriptor, then `epoll.poll(0)`.
 
-        Why: epoll rounds a wait up to whole milliseconds, so a timer due within the next
-        millisecond fired 1 ms after the last wake-up; at 1,000 msg/s that is when the next
-        message arrives, and the timer's work (housekeeping, membership: 0.1-0.3 ms) then ran
-        right after that message's send, on the core its subscriber's client may be waiting
-        for: nearly every timer delayed a message by its whole length (README "Latency of a
-        lone message", the p99). On time, it lands between messages."""
+        Why: epoll rounds a wait up to whole milliseconds, so a timer due 0.3 ms after a
+        wake-up fired 1 ms after it; at 1,000 msg/s that is when the next message arrives,
+        and the timer's work (housekeeping, membership: 0.1-0.3 ms) then ran right after that
+        message's send, on the core its subscriber's client may be waiting for: nearly every
+        timer delayed a message by its whole length (README "Latency of a lone message", the
+        p99). On time, it lands between messages."""
         fd = self._epoll_fd
-        if 0.0 < wait < _EPOLL_RESOLUTION and fd >= 0:
-            readable, _, _ = select.select((fd,), (), (), wait)
-            return self.epoll.poll(0.0, most) if readable else []
-        return self.epoll.poll(wait, most)
+        if wait <= 0.0 or fd < 0:
+            return self.epoll.poll(wait, most)
+        whole = int(wait * 1e3) * 1e-3
+        if whole:
+            events = self.epoll.poll(whole, most)
+            if events:
+                return events
+        rest = wait - whole
+        if rest <= 0.0:
+            return []
+        readable, _, _ = select.select((fd,), (), (), rest)
+        return self.epoll.poll(0.0, most) if readable else []
 
     def _sort(
         self, events: list[tuple[int, int]]
