@@ -112,6 +112,8 @@ def build_rows(records: Iterable[Record]) -> tuple[list[Row], list[str]]:
             if metric in POOLED and record.get("latency_hist"):
                 rounds = row.hists.setdefault(label, {})
                 number = int(record.get("round", len(rounds) + 1))
+                while number in rounds:  # the same round of another run (`report` of files)
+                    number += 1000
                 rounds[number] = {int(k): int(n) for k, n in record["latency_hist"]}
     return list(rows.values()), labels
 

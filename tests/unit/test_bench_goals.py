@@ -112,3 +112,7 @@ def test_latency_goals_are_judged_on_the_pooled_rounds_with_an_interval() -> Non
     assert "6 rounds paired" in same and same.endswith("not resolved.")
     low, high = (float(x) for x in same.split("interval ")[1].split(" ")[0].split("-"))
     assert low < 1.0 < high
+    # two runs' files read together: their rounds 1..6 are all pooled, still paired
+    rows, labels = build_rows(records + records)
+    twice = markdown_table(rows, labels, baseline="mosquitto 2.0", goals=True)
+    assert "12 rounds paired" in twice
