@@ -120,7 +120,7 @@ class HealFold:
         else:
             hold.waiting.update(nodes)
         self.broker.late_hold.hold(client_id)
-        self.stats["apart/held"] = self.stats.get("apart/held", 0) + 1
+        self.stats["apart/held"] += 1
         log.info("client %s resumed while %s out of reach: its late QoS 2 copies wait",
                  client_id, ", ".join(sorted(nodes)))  # fmt: skip
 
@@ -171,7 +171,7 @@ class HealFold:
             log.warning("client %s: the copy from %s not folded: %s", session.client_id, node, exc)
             return
         self.broker.metrics.counters["messages/dropped"] += repeats
-        self.stats["apart/folded"] = self.stats.get("apart/folded", 0) + 1
+        self.stats["apart/folded"] += 1
         log.info("client %s: the copy from %s folded in (%d QoS 2 records, %d messages "
                  "carried, %d had already)", session.client_id, node,
                  len(state.get("qos2_seen") or ()), carried, repeats)  # fmt: skip
