@@ -124,6 +124,7 @@ from cluster.takeover_wire import (
     SURRENDER_METHOD,
     Call,
     chunks,
+    log_released,
     parse_winners,
     pick_state,
     serve_surrender,
@@ -415,6 +416,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
             session = self.broker.sessions.get(client_id)
             if session is not None:
                 self.giving_up(session)  # its records, for a held copy that asks (`HealFold`)
+                log_released(session, "evicted")
                 winner = (winners or {}).get(client_id)
                 if winner is not None and winner != self.name:
                     # As a surrender: what still arrives here for it (a forward held for this
