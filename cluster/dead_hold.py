@@ -13,7 +13,10 @@ forwards for it are held in its outbox within the usual bounds (`cluster.outbox`
 comes back (alive or a new run, on the same or a new address) what is held goes to it, once
 (the receiver de-duplicates). At the end of the grace what is held is dropped and counted
 (`forward/held_dropped`), and so is every later QoS 1/2 forward for it
-(`forward/held_dropped/after_grace`): its routes stay, frozen, for `count_for` seconds more (the
+(`forward/held_dropped/after_grace`) while its link is down (a link up again is a heal the
+links saw before the membership: `ClusterNode.send_forward` sends to it, measured in the fault
+suite's long_partition: 8-32 acknowledged messages per run were dropped in that window before):
+its routes stay, frozen, for `count_for` seconds more (the
 membership's `dead_reclaim_time`, the hour it retries and remembers a dead member), so that a
 message for a session on the far side of a long partition is dropped *and counted*, never sent
 nowhere in silence (a purge at the end of the grace left such messages with no route, measured

@@ -124,6 +124,7 @@ from cluster.takeover_wire import (
     SURRENDER_METHOD,
     Call,
     chunks,
+    log_released,
     parse_winners,
     pick_state,
     serve_surrender,
@@ -183,6 +184,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
             "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
             "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
             "stand_ins": 0, "stamps_rejected": 0, "stale_claims": 0, "evicted/passed_on": 0,
+            "apart/held": 0, "apart/folded": 0,
         }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -414,6 +416,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
             session = self.broker.sessions.get(client_id)
             if session is not None:
                 self.giving_up(session)  # its records, for a held copy that asks (`HealFold`)
+                log_released(session, "evicted")
                 winner = (winners or {}).get(client_id)
                 if winner is not None and winner != self.name:
                     # As a surrender: what still arrives here for it (a forward held for this

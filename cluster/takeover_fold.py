@@ -41,7 +41,7 @@ from cluster.handoff import Handoff
 from cluster.registry import Stamp, newer, parse_stamp
 from cluster.rpc import RemoteError, RpcError
 from cluster.takeover_park import MOVED_FROM
-from cluster.takeover_wire import Call, serve_surrender
+from cluster.takeover_wire import Call, log_released, serve_surrender
 
 log = logging.getLogger("cluster.takeover")
 
@@ -181,6 +181,7 @@ class CopyCollector:
         self.held.pop(client_id, None)
         self._confirmed.pop(client_id, None)
         self.handoff.surrendered_session(session, new_node)
+        log_released(session, "collected")
         args = {"client_id": client_id, "clean_start": False}
         state = serve_surrender(self.broker, args, new_node, self.max_state_bytes)
         if state is not None:

@@ -18,7 +18,8 @@ far side's copy had delivered many of them (measured, long profile isolate_sub: 
 * A member that leaves or is forgotten is not waited for; nor, once all are back, any past
   `HOLD_MAX` seconds (the sweep asks again first); nor for a session that ended. What was
   parked is then delivered (a repeat is possible, nothing is lost), or dropped and counted
-  when the session is gone.
+  when the session is gone. While a member stays apart (dead for good, remembered for an
+  hour), copies parked for `PARK_MAX` seconds are delivered and the hold goes on.
 
 A steady cluster pays nothing (no member apart: no hold); a resume during a partition or a
 restart costs one `session_collect` per held id when the member comes back (`ASKS_AT_ONCE`
@@ -46,8 +47,12 @@ from cluster.takeover_wire import Call
 
 log = logging.getLogger("cluster.takeover")
 
-#: Seconds a held id waits at most for its members to come back and answer.
+#: Seconds a held id waits at most, once its members are all back, for their answers.
 HOLD_MAX = 120.0
+#: Seconds parked copies wait at most while a member is still apart (one that never comes
+#: back, or is forgotten only after `dead_reclaim_time`): the held forwards of a heal arrive
+#: with it, so copies parked longer came from a link that dropped elsewhere.
+PARK_MAX = 20.0
 #: Seconds an evicted copy's QoS 2 records are kept for a held copy that asks for them.
 GAVE_UP_TTL = 30.0
 #: Evicted copies' records kept at most (the oldest go first).
@@ -59,12 +64,14 @@ ASKS_AT_ONCE = 32
 class Apart:
     """One held id: the members it waits for, and since when."""
 
-    __slots__ = ("asking", "since", "waiting")
+    __slots__ = ("asking", "parked_seen", "since", "waiting")
 
     def __init__(self, nodes: list[str], since: float) -> None:
         self.waiting = set(nodes)
         self.asking: set[str] = set()
         self.since = since
+        #: When a sweep first saw copies parked (None: none seen since the last flush).
+        self.parked_seen: float | None = None
 
 
 class HealFold:
@@ -113,7 +120,7 @@ class HealFold:
         else:
             hold.waiting.update(nodes)
         self.broker.late_hold.hold(client_id)
-        self.stats["apart/held"] = self.stats.get("apart/held", 0) + 1
+        self.stats["apart/held"] += 1
         log.info("client %s resumed while %s out of reach: its late QoS 2 copies wait",
                  client_id, ", ".join(sorted(nodes)))  # fmt: skip
 
@@ -164,7 +171,7 @@ class HealFold:
             log.warning("client %s: the copy from %s not folded: %s", session.client_id, node, exc)
             return
         self.broker.metrics.counters["messages/dropped"] += repeats
-        self.stats["apart/folded"] = self.stats.get("apart/folded", 0) + 1
+        self.stats["apart/folded"] += 1
         log.info("client %s: the copy from %s folded in (%d QoS 2 records, %d messages "
                  "carried, %d had already)", session.client_id, node,
                  len(state.get("qos2_seen") or ()), carried, repeats)  # fmt: skip
@@ -207,8 +214,25 @@ class HealFold:
                 for node in back - hold.asking:
                     hold.asking.add(node)
                     self._spawn(self._ask(node, client_id))
+                self._flush_overdue(client_id, hold, now)
         while self.gave_up and next(iter(self.gave_up.values()))[0] <= now:
             self.gave_up.popitem(last=False)
+
+    def _flush_overdue(self, client_id: str, hold: Apart, now: float) -> None:
+        """Copies parked for `PARK_MAX` seconds are delivered; the hold goes on."""
+        broker = self.broker
+        if not broker.late_hold.waiting.get(client_id):
+            hold.parked_seen = None
+        elif hold.parked_seen is None:
+            hold.parked_seen = now
+        elif now - hold.parked_seen >= PARK_MAX:
+            hold.parked_seen = None
+            session = broker.sessions.get(client_id)
+            delivered, dropped = broker.late_hold.flush(client_id, session, broker.clock())
+            broker.metrics.counters["messages/dropped"] += dropped
+            log.info("client %s: %d parked QoS 2 copies delivered after %.0f s, still waiting"
+                     " for %s", client_id, delivered, PARK_MAX,
+                     ", ".join(sorted(hold.waiting)))  # fmt: skip
 
     # -- the copy over there ------------------------------------------------------------------
 

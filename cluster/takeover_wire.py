@@ -17,6 +17,7 @@ from typing import Any
 
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState
+from broker.core.session import Session
 from cluster.registry import Stamp
 
 log = logging.getLogger("cluster.takeover")
@@ -125,3 +126,15 @@ def parse_winners(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def log_released(session: Session, how: str) -> None:
+    """Name the QoS 2 messages a copy that goes had released but not seen completed (awaiting
+    PUBCOMP): they are not passed on, as the client has them if the PUBREL reached it. Only
+    a kill between the commit of the release and the PUBREL's write would lose one; this line
+    is how such a loss would be traced in a node's log."""
+    released = [e.message for e in session.inflight.values() if e.awaiting_comp]
+    if released:
+        log.info("client %s: its %s copy had %d released awaiting PUBCOMP, not passed on: %s",
+                 session.client_id, how, len(released),
+                 ", ".join(repr(m.payload[:24]) for m in released[:8]))  # fmt: skip

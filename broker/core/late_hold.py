@@ -114,7 +114,19 @@ class LateHold:
         """End the hold of `client_id`: each parked delivery goes to `session` (its current
         copy here) unless the session accepted that message already. Returns (delivered,
         dropped): repeats, or every parked one when the session is gone."""
-        parked = self.waiting.pop(client_id, None) or []
+        return self._deliver(self.waiting.pop(client_id, []), session, now)
+
+    def flush(self, client_id: str, session: Session | None, now: float) -> tuple[int, int]:
+        """As `release`, but the hold goes on: what is parked now has waited long enough."""
+        parked = self.waiting.get(client_id)
+        if not parked:
+            return 0, 0
+        self.waiting[client_id] = []
+        return self._deliver(parked, session, now)
+
+    def _deliver(
+        self, parked: list[QueuedDelivery], session: Session | None, now: float
+    ) -> tuple[int, int]:
         if session is None:
             return 0, len(parked)
         delivered = dropped = 0

@@ -25,7 +25,11 @@ rules keep each QoS 2 message to one delivery per session:
   `SEEN_MAX` QoS 2 messages it accepted, moved and persisted with it (`Session.export_state`),
   and drops a copy that reaches it again (held for one node and passed on by another).
 
-Both cost one comparison and one dict operation per QoS 2 delivery, nothing for QoS 0/1.
+A third case needs the other copy itself: a copy resumed while members were out of reach gets
+late copies at the heal that the far side's copy may have delivered, and neither rule can tell.
+Those wait until that copy is folded in (`broker.core.late_hold`, `cluster.takeover_heal`).
+
+Both rules cost one comparison and one dict operation per QoS 2 delivery, nothing for QoS 0/1.
 """
 
 from __future__ import annotations

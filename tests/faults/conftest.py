@@ -1,7 +1,8 @@
 """The fault suite: real node processes in network namespaces (see faults_net.py).
 
 Short profile by default (each scenario once, bounded); `MINIBROKER_FAULTS=long` runs the long
-profile (longer workloads and more fault rounds). Everything skips, with the reason, on a machine
+profile (longer workloads and more fault rounds); `MINIBROKER_FAULT_ROUNDS=N` sets the rounds
+(a soak of one scenario, by hand). Everything skips, with the reason, on a machine
 that cannot create network namespaces (not root, no iproute2).
 """
 

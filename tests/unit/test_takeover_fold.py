@@ -20,6 +20,7 @@ from broker.core.qos2_once import SEEN_MAX
 from broker.core.session_fold import SEEN_ONLY, delivered_qos2, fold_copies
 from broker.protocol.packets import PubComp, Publish, PubRec, PubRel
 from cluster.takeover_fold import COLLECT_METHOD
+from cluster.takeover_heal import PARK_MAX
 
 
 def _item(stamp: list[Any] | None, qos: int = 2, payload: bytes = b"x") -> list[Any]:
@@ -407,3 +408,26 @@ async def test_an_evicted_copy_still_answers_with_what_it_delivered() -> None:
     folded = fold_copies([answer, base])
     assert folded.state is not None and folded.state["arrived"] == [300, 0, "n"]
     assert [item[0]["hlc"] for item in folded.state["queue"]] == [S1]
+
+
+async def test_copies_parked_long_while_a_member_stays_apart_are_delivered() -> None:
+    """A member dead for good is remembered for an hour: what was parked meanwhile (from a
+    link that dropped elsewhere) is delivered after `PARK_MAX` seconds, and the hold goes on."""
+    net = Net(["a", "b"])
+    net.views = {"a": ["a"]}
+    net.live = ["a"]
+    on_a = net.client("a")
+    on_a.connect("held", clean_start=False)
+    await settle()
+    on_a.subscribe("w/#", qos=2)
+    late = Message("w/1", b"late", 2, publisher="p", node="b")
+    net.brokers["b"].hlc.update(net.brokers["a"].hlc.peek())
+    late.stamp = net.brokers["b"].hlc.now()
+    net.arrive("a", late)
+    locator = net.locators["a"]
+    locator.sweep_holds(now=1000.0)  # first seen parked
+    locator.sweep_holds(now=1000.0 + PARK_MAX - 1)
+    assert on_a.publishes(ack=False) == []
+    locator.sweep_holds(now=1000.0 + PARK_MAX)
+    assert [p.payload for p in complete_qos2(on_a)] == [b"late"]
+    assert "held" in locator.apart and "held" in net.brokers["a"].late_hold  # still held
