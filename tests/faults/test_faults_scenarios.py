@@ -196,6 +196,11 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # (462e34e; the fold carries them likewise, 07ec22b): 0 lost in 12 runs alone, 2 full
     # short profiles and two rehearsals since (63-72 checked per run), but 1 (publish 28
     # again) in 36 long runs (the first): another path remains, so still measured only.
+    # Traced since (the evicted copy names what it had released): a QoS 2 message whose
+    # PUBREL was committed but had not reached the client when its node was killed; the
+    # client's next node starts a fresh session (Session Present 0), and the client discards
+    # the half-done exchange (MQTT-3.2.2-5). MQTT's limit here, not passed on (that would
+    # repeat the usual case, where the PUBREL arrived): 1 in about 40 runs, measured only.
     **{
         (scenario, "takeover_no_loss"): ("holds", "")
         for scenario in ("baseline", "cpu_load", *PARTITIONED)
