@@ -344,8 +344,8 @@ async def test_with_the_heal_fold_the_next_node_finds_nothing_to_repeat() -> Non
     assert last.publishes() == []
 
 
-async def test_a_local_publish_to_a_held_copy_is_not_parked() -> None:
-    """Only late copies from peers wait: one published on this node goes at once."""
+async def held_alone() -> tuple[Net, FakeClient]:
+    """a cut off from b, and the client `held` resumed on a (held: b is apart), on `w/#`."""
     net = Net(["a", "b"])
     net.views = {"a": ["a"]}
     net.live = ["a"]
@@ -354,28 +354,31 @@ async def test_a_local_publish_to_a_held_copy_is_not_parked() -> None:
     await settle()
     on_a.subscribe("w/#", qos=2)
     assert "held" in net.brokers["a"].late_hold
-    here = Message("w/1", b"here", 2, publisher="p", node="a")
-    net.brokers["a"].publish(here)
+    return net, on_a
+
+
+def late_from_b(net: Net) -> Message:
+    """A QoS 2 message b published after the resume on a, arriving at a late (held, sent
+    again): parked there."""
     late = Message("w/1", b"late", 2, publisher="p", node="b")
-    net.brokers["b"].hlc.update(net.brokers["a"].hlc.peek())  # published after the resume
+    net.brokers["b"].hlc.update(net.brokers["a"].hlc.peek())
     late.stamp = net.brokers["b"].hlc.now()
     net.arrive("a", late)
+    return late
+
+
+async def test_a_local_publish_to_a_held_copy_is_not_parked() -> None:
+    """Only late copies from peers wait: one published on this node goes at once."""
+    net, on_a = await held_alone()
+    net.brokers["a"].publish(Message("w/1", b"here", 2, publisher="p", node="a"))
+    late_from_b(net)
     assert [p.payload for p in complete_qos2(on_a)] == [b"here"]  # "late" waits
     assert len(net.brokers["a"].late_hold.waiting["held"]) == 1
 
 
 async def test_a_hold_ends_when_its_member_is_forgotten_or_the_session_ends() -> None:
-    net = Net(["a", "b"])
-    net.views = {"a": ["a"]}
-    net.live = ["a"]
-    on_a = net.client("a")
-    on_a.connect("held", clean_start=False)
-    await settle()
-    on_a.subscribe("w/#", qos=2)
-    late = Message("w/1", b"late", 2, publisher="p", node="b")
-    net.brokers["b"].hlc.update(net.brokers["a"].hlc.peek())  # published after the resume
-    late.stamp = net.brokers["b"].hlc.now()
-    net.arrive("a", late)
+    net, on_a = await held_alone()
+    late_from_b(net)
     locator = net.locators["a"]
     locator.sweep_holds()
     assert on_a.publishes(ack=False) == []  # b is still apart: still held
@@ -413,17 +416,8 @@ async def test_an_evicted_copy_still_answers_with_what_it_delivered() -> None:
 async def test_copies_parked_long_while_a_member_stays_apart_are_delivered() -> None:
     """A member dead for good is remembered for an hour: what was parked meanwhile (from a
     link that dropped elsewhere) is delivered after `PARK_MAX` seconds, and the hold goes on."""
-    net = Net(["a", "b"])
-    net.views = {"a": ["a"]}
-    net.live = ["a"]
-    on_a = net.client("a")
-    on_a.connect("held", clean_start=False)
-    await settle()
-    on_a.subscribe("w/#", qos=2)
-    late = Message("w/1", b"late", 2, publisher="p", node="b")
-    net.brokers["b"].hlc.update(net.brokers["a"].hlc.peek())
-    late.stamp = net.brokers["b"].hlc.now()
-    net.arrive("a", late)
+    net, on_a = await held_alone()
+    late_from_b(net)
     locator = net.locators["a"]
     locator.sweep_holds(now=1000.0)  # first seen parked
     locator.sweep_holds(now=1000.0 + PARK_MAX - 1)
