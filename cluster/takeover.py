@@ -200,7 +200,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
         self._confirmed: dict[str, tuple[str, tuple[str, ...]]] = {}
         #: Ids resumed while members were apart, and evicted copies' records (`HealFold`).
         self.apart: dict[str, Apart] = {}
-        self.gave_up: OrderedDict[str, tuple[float, list[Any]]] = OrderedDict()
+        self.gave_up: OrderedDict[str, tuple[float, list[Any], list[Any]]] = OrderedDict()
         #: The two-phase move: surrendered states kept until the new node has committed them.
         self.parking = SessionParking(
             name, broker, handoff, self._send, self._spawn, self._hold_again
@@ -254,6 +254,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
     ) -> None:
         state: SessionState | None = None
         confirmed = False
+        unreachable: list[str] = []  # a holder the owner could not reach
         view = view_of(nodes)
         owner = owner_of(client_id, nodes)
         args = {"client_id": client_id, "clean_start": clean_start, "stamp": list(stamp)}
@@ -266,6 +267,8 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
                 stamp = parse_stamp(answer.get("stamp")) or stamp
                 found = answer.get("state")
                 state = found if isinstance(found, dict) else None
+                holder = answer.get("unreachable")
+                unreachable = [holder] if isinstance(holder, str) and holder else []
             if state is not None:
                 self.stats["sessions_moved"] += 1
             if not confirmed:
@@ -287,7 +290,9 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
                 self.parking.imported(client_id, state)  # confirmed to its old node
             if client_id in self.broker.sessions:
                 self.held[client_id] = stamp
-                self.hold_apart(client_id, clean_start)
+                if state is None and not clean_start:
+                    self.fresh_beside(client_id, unreachable)
+                self.hold_apart(client_id, clean_start, unreachable)
                 if confirmed:
                     self._confirmed[client_id] = (owner, view)
                 else:  # registered again by the next round

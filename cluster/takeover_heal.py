@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from broker.core.broker import Broker
@@ -88,7 +89,7 @@ class HealFold:
     #: client id -> what its hold waits for.
     apart: dict[str, Apart]
     #: client id -> (expires, QoS 2 records) of a copy evicted here.
-    gave_up: OrderedDict[str, tuple[float, list[Any]]]
+    gave_up: OrderedDict[str, tuple[float, list[Any], list[Any]]]
     #: Members that are suspect or dead (`ClusterNode.apart_nodes`, set by `cluster.ports`).
     apart_nodes: Callable[[], list[str]] = staticmethod(lambda: [])
     _ask_slots: asyncio.Semaphore | None = None
@@ -107,11 +108,12 @@ class HealFold:
                 self.apart_event(node, kind)
             super().members_changed(node, kind)
 
-    def hold_apart(self, client_id: str, clean_start: bool) -> None:
-        """A CONNECT resumes (or opens) `client_id` here: hold it while members are apart."""
+    def hold_apart(self, client_id: str, clean_start: bool, also: Iterable[str] = ()) -> None:
+        """A CONNECT resumes (or opens) `client_id` here: hold it while members are apart
+        (and `also` nodes: a holder the claim could not reach, not yet seen dead)."""
         if clean_start:
             return
-        nodes = [node for node in self.apart_nodes() if node != self.name]
+        nodes = sorted({node for node in (*self.apart_nodes(), *also) if node != self.name})
         if not nodes:
             return
         hold = self.apart.get(client_id)
@@ -234,22 +236,41 @@ class HealFold:
                      " for %s", client_id, delivered, PARK_MAX,
                      ", ".join(sorted(hold.waiting)))  # fmt: skip
 
+    def fresh_beside(self, client_id: str, holders: list[str]) -> None:
+        """A persistent claim of `client_id` found no copy it could take, so the session here
+        is fresh, while an old copy may live on (`holders`: one the owner could not reach; or
+        on a node dead now, back from disk later). The client may still hold a QoS 2 message
+        that copy released just before (paho keeps it across a reconnect): the packet ids here
+        start at a random point, so that this copy does not reuse that message's id before the
+        old copy's exchange is taken over here (`Session.adopt_released`, when the holder
+        answers the hold's ask)."""
+        session = self.broker.sessions.get(client_id)
+        if session is not None and not session.inflight and not session.queue:
+            session.start_packet_ids_at(random.randint(1, 65535))
+        if holders:
+            log.info("client %s: a fresh copy, its holder %s out of reach", client_id,
+                     ", ".join(holders))  # fmt: skip
+
     # -- the copy over there ------------------------------------------------------------------
 
     def giving_up(self, session: Session) -> None:
-        """`session`'s copy is evicted here: keep its QoS 2 records for a while, for a held
-        copy elsewhere that asks for them (`session_collect` finds no copy then)."""
+        """`session`'s copy is evicted here: keep its QoS 2 records and its released
+        exchanges for a while, for a held copy elsewhere that asks for them
+        (`session_collect` finds no copy then)."""
         if session.qos2_seen is None or not session.expiry_interval:
             return
-        seen = [list(stamp) for stamp in delivered_qos2(session.export_state())]
+        state = session.export_state()
+        seen = [list(stamp) for stamp in delivered_qos2(state)]
+        released = [e for e in state.get("inflight") or () if e[5]]  # awaiting PUBCOMP
         self.gave_up.pop(session.client_id, None)
-        self.gave_up[session.client_id] = (time.monotonic() + GAVE_UP_TTL, seen)
+        self.gave_up[session.client_id] = (time.monotonic() + GAVE_UP_TTL, seen, released)
         while len(self.gave_up) > GAVE_UP_MAX:
             self.gave_up.popitem(last=False)
 
     def records_of_gone(self, client_id: str) -> SessionState | None:
-        """What `session_collect` answers for an id evicted here lately: its records only."""
+        """What `session_collect` answers for an id evicted here lately: its records, and the
+        exchanges it had released and not seen completed (taken over by the asker)."""
         kept = self.gave_up.get(client_id)
         if kept is None or kept[0] <= time.monotonic():
             return None
-        return {"client_id": client_id, SEEN_ONLY: True, "qos2_seen": kept[1]}
+        return {"client_id": client_id, SEEN_ONLY: True, "qos2_seen": kept[1], "inflight": kept[2]}

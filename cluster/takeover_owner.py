@@ -85,6 +85,8 @@ class RegistryOwner:
                     )
                     if not ok:  # it may still hold the id: evict it once it can be reached
                         self._evict_at(holder, {client_id: previous.stamp}, from_node)
+                        # (and the claimant holds its fresh copy for it, `cluster.takeover_heal`)
+                        return {"state": None, "stamp": list(stamp), "unreachable": holder}
                 return {"state": state, "stamp": list(stamp)}
         finally:
             lock, users = self._locks[client_id]

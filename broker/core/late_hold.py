@@ -38,12 +38,12 @@ __all__ = ["LateHold"]
 class LateHold:
     """The held client ids of one broker, with the deliveries parked for each."""
 
-    __slots__ = ("folded_in", "parked", "released", "repeats", "waiting")
+    __slots__ = ("adopted", "folded_in", "parked", "released", "repeats", "waiting")
 
     def __init__(self) -> None:
         #: client id -> the late QoS 2 deliveries parked for it, oldest first.
         self.waiting: dict[str, list[QueuedDelivery]] = {}
-        self.parked = self.released = self.repeats = self.folded_in = 0
+        self.parked = self.released = self.repeats = self.folded_in = self.adopted = 0
 
     def __contains__(self, client_id: object) -> bool:
         return client_id in self.waiting
@@ -85,16 +85,27 @@ class LateHold:
         repeat), and what its client may not have had from it is delivered here, as an
         evicted copy passes it on (`cluster.takeover.unreleased`): its inflight messages not
         awaiting PUBCOMP, then its queue; a QoS 2 one only if this copy never accepted it.
-        Returns (delivered, dropped as repeats). Raises ValueError on a malformed state."""
+        The exchanges it released and had not seen completed go on here
+        (`Session.adopt_released`: a PUBREL, never the message again). Returns (delivered or
+        taken over, dropped as repeats). Raises ValueError on a malformed state."""
         for wire in delivered_qos2(state):
             stamp = stamp_from_wire(list(wire))
             if stamp is not None:
                 session.accept_qos2(stamp)
-        items = [
-            [entry[1], entry[2], entry[3], entry[4]]
+        entries = [
+            entry
             for entry in state.get("inflight") or ()
-            if isinstance(entry, list | tuple) and len(entry) >= 6 and not entry[5]
+            if isinstance(entry, list | tuple) and len(entry) >= 6
         ]
+        adopted = 0
+        for entry in entries:
+            if entry[5] is True and isinstance(entry[0], int) and entry[2] == 2:
+                message = message_from_dict(entry[1])
+                adopted += session.adopt_released(
+                    entry[0], message, entry[3] is True, _ids(entry[4]), now
+                )
+        self.adopted += adopted
+        items = [[entry[1], entry[2], entry[3], entry[4]] for entry in entries if not entry[5]]
         items += [list(item) for item in state.get("queue") or ()]
         delivered = repeats = 0
         for item in items:
@@ -108,7 +119,7 @@ class LateHold:
             session.deliver(message, qos, item[2] is True, _ids(item[3]), now)
             delivered += 1
         self.folded_in += 1
-        return delivered, repeats
+        return delivered + adopted, repeats
 
     def release(self, client_id: str, session: Session | None, now: float) -> tuple[int, int]:
         """End the hold of `client_id`: each parked delivery goes to `session` (its current

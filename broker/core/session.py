@@ -485,6 +485,39 @@ class Session(SessionExport):
             self.awaiting_rel = _NO_RELS
         return True
 
+    def start_packet_ids_at(self, packet_id: int) -> None:
+        """A fresh copy of a session whose old copy may live on elsewhere (a cluster claim
+        that could not take it): its packet ids start away from the old copy's, whose
+        half-done QoS 2 exchanges the client may still hold (`adopt_released`)."""
+        self._next_packet_id = (packet_id - 1) % 65535 + 1
+
+    def adopt_released(
+        self,
+        packet_id: int,
+        message: Message,
+        retain: bool,
+        subscription_ids: list[int] | None,
+        now: float,
+    ) -> bool:
+        """Another copy of this session released a QoS 2 message (its PUBREL committed) and
+        went before the PUBCOMP: the exchange goes on here, and its PUBREL is sent (again)
+        from here. A client that completed it answers PUBCOMP; one that still holds the
+        message (the PUBREL never reached it) delivers it then (MQTT-4.3.3, method A). False
+        when `packet_id` is in use here (the client's state for it is this copy's now)."""
+        if packet_id in self.inflight or not 1 <= packet_id <= 65535:
+            return False
+        entry = InflightEntry(message, 2, retain, subscription_ids, now)
+        entry.awaiting_comp = True
+        self._own_inflight()[packet_id] = entry
+        dirty = self.dirty
+        if dirty is not None:
+            dirty.add(self.client_id)
+            if self.expiry_interval:
+                dirty.marks += 1
+        if self.outlet is not None:
+            self.outlet.send_pubrel(packet_id)
+        return True
+
     def next_packet_id(self) -> int:
         """Next free packet id in 1..65535, skipping ids still inflight (MQTT-2.2.1-3)."""
         packet_id = self._next_packet_id

@@ -20,7 +20,7 @@ from test_cluster_takeover import Net, cid_owned_by, persistent_then_away
 from test_cluster_takeover import settle as settle_once
 
 from broker.core.message import Message
-from broker.protocol.packets import PubRec, PubRel
+from broker.protocol.packets import Publish, PubRec, PubRel
 
 HEAL_FOLD = pytest.mark.parametrize("heal_fold", [False, True], ids=["evict", "heal_fold"])
 
@@ -159,3 +159,46 @@ async def test_what_the_client_may_not_have_had_is_passed_on_too(heal_fold: bool
     assert [p.payload for p in on_b.publishes()] == [b"unreleased", b"unacked"]
     if not heal_fold:
         assert _passed_on(net) == 2
+
+
+async def test_an_exchange_released_as_its_node_died_goes_on_from_the_fresh_copy() -> None:
+    """The last loss through a kill (README "The last path, traced"): a released QoS 2 message
+    (PUBREL committed) whose PUBREL never reached the client, as its node a was killed. The
+    client's next node b cannot reach a: its copy is fresh (Session Present 0), its packet ids
+    start at a random point, and it holds the id for a. When a is back (from disk), b takes the
+    exchange over: a PUBREL for that packet id (the client, paho, kept the message across the
+    reconnect and delivers it then; one that had it answers PUBCOMP), never the message
+    again (MQTT-4.3.3-2: QoS 2 exactly once)."""
+    net = Net(["a", "b", "c"])
+    cid = cid_owned_by("c", net.live)
+    on_a = net.client("a")
+    on_a.connect(cid, clean_start=False)
+    await settle()
+    on_a.subscribe("w/#", qos=2)
+    message = Message("w/1", b"released", 2, publisher="p", node="a")
+    message.stamp = net.brokers["a"].hlc.now()
+    net.arrive("a", message)
+    [sent] = on_a.publishes(ack=False)
+    assert sent.packet_id is not None
+    on_a.send(PubRec(sent.packet_id))  # a releases it: its PUBREL is lost with the node
+    assert any(isinstance(p, PubRel) for p in on_a.received())
+    on_a.drop()
+    net.live = ["b", "c"]  # a killed: not yet seen dead, but unreachable
+    on_b = net.client("b")
+    on_b.connect(cid, clean_start=False)
+    await settle()
+    assert not on_b.connack().session_present
+    assert cid in net.brokers["b"].late_hold  # held for a
+    on_b.subscribe("w/#", qos=2)
+    net.live = ["a", "b", "c"]  # a is back with its copy
+    for name in ("a", "b", "c"):
+        for other in ("a", "b", "c"):
+            if other != name:
+                net.locators[name].members_changed(other, "join" if other == "a" else "alive")
+    await settle()
+    net.run_later()
+    await settle()
+    received = on_b.received()
+    assert [p.packet_id for p in received if isinstance(p, PubRel)] == [sent.packet_id]
+    assert [p for p in received if isinstance(p, Publish)] == []
+    assert cid not in net.brokers["a"].sessions

@@ -68,8 +68,9 @@ def _state(
 def test_fold_in_records_what_the_other_copy_delivered_and_carries_the_rest() -> None:
     """The other copy delivered d (in its record, not held), released r (awaiting PUBCOMP),
     sent u without a PUBREC (a client that delivers on PUBREL has not had it), and queued q
-    and a QoS 1 message. Here: d and r are repeats from now on; u, the QoS 1 message and q
-    are delivered; q2, which this copy had already, is not."""
+    and a QoS 1 message. Here: d and r are repeats from now on; r's exchange goes on here (a
+    PUBREL for its packet id, never the message again); u, the QoS 1 message and q are
+    delivered; q2, which this copy had already, is not."""
     session, _ = make_session(max_inflight=10, max_queued=10)
     outlet = FakeOutlet()
     session.attach(outlet)
@@ -79,6 +80,23 @@ def test_fold_in_records_what_the_other_copy_delivered_and_carries_the_rest() ->
     session.accept_qos2(stamps[4])
     state = _state(stamps, [q, qos1, q2], [(r, True), (u, False)])
     hold = LateHold()
-    assert hold.fold_in(session, state, 0.0) == (3, 1)
+    assert hold.fold_in(session, state, 0.0) == (4, 1)
+    assert outlet.pubrels == [1]  # r's packet id
     assert [topic for topic, *_ in outlet.sent] == ["w/2", "w/3", "w/9"]
+    assert 1 not in [packet_id for _, _, packet_id, _ in outlet.sent]
     assert not session.accept_qos2(stamps[0]) and not session.accept_qos2(stamps[1])
+
+
+def test_a_released_exchange_is_taken_over_only_on_a_free_packet_id() -> None:
+    """`Session.adopt_released`: the PUBREL goes out, and the PUBCOMP completes it; an id
+    in use here is the client's state for this copy's own message, so it is left alone."""
+    session, _ = make_session(max_inflight=10)
+    outlet = FakeOutlet()
+    session.attach(outlet)
+    session.deliver(_qos2(0), 2, False, None, 0.0)  # packet id 1, here
+    assert not session.adopt_released(1, _qos2(1), False, None, 0.0)
+    assert session.adopt_released(7, _qos2(2), False, None, 0.0)
+    assert outlet.pubrels == [7]
+    assert session.on_pubcomp(7, 0.0) and 7 not in session.inflight
+    session.start_packet_ids_at(65535)
+    assert session.next_packet_id() == 65535 and session.next_packet_id() == 2  # 1 in use
