@@ -518,8 +518,9 @@ def unreleased(session: Session) -> list[Message]:
     paho does) has not delivered it, and the new session (Session Present 0 to the client)
     cannot release it. Measured: kill_during_takeover lost a QoS 2 message sent to the
     roaming client just before its node was killed, left inflight in the restored copy. One
-    awaiting PUBCOMP was released, so the client has it if the PUBREL reached it; a kill
-    between the release's commit and that is the loss left (traced, README "The last path,
-    traced"): passing it on would deliver it twice in the usual case, where it arrived."""
+    awaiting PUBCOMP was released, so the client has it if the PUBREL reached it; passing
+    it on would deliver it twice in that usual case. When the PUBREL did not reach it (a
+    kill just after the release's commit), the exchange is taken over by the new copy
+    instead (`cluster.takeover_heal`, `Session.adopt_released`: a PUBREL, not the message)."""
     inflight = [e.message for e in session.inflight.values() if not e.awaiting_comp]
     return [*inflight, *(delivery[0] for delivery in session.queue)]

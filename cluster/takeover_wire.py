@@ -130,9 +130,9 @@ def parse_winners(value: Any) -> dict[str, str]:
 
 def log_released(session: Session, how: str) -> None:
     """Name the QoS 2 messages a copy that goes had released but not seen completed (awaiting
-    PUBCOMP): they are not passed on, as the client has them if the PUBREL reached it. Only
-    a kill between the commit of the release and the PUBREL's write would lose one; this line
-    is how such a loss would be traced in a node's log."""
+    PUBCOMP): they are not passed on as messages, as the client has them if the PUBREL
+    reached it (a copy that asks takes the exchange over instead, `cluster.takeover_heal`).
+    This line is how a loss there would be traced in a node's log."""
     released = [e.message for e in session.inflight.values() if e.awaiting_comp]
     if released:
         log.info("client %s: its %s copy had %d released awaiting PUBCOMP, not passed on: %s",
