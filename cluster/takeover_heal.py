@@ -8,12 +8,17 @@ far side's copy had delivered many of them (measured, long profile isolate_sub: 
 3,000 QoS 2 messages delivered twice per run). So:
 
 * A resume here that is not a clean start, while members are suspect or dead
-  (`apart_nodes`), holds the id (`broker.core.late_hold`): its late QoS 2 copies are parked.
+  (`apart_nodes`) or the claim could not reach the session's holder (the owner's answer
+  names it), holds the id (`broker.core.late_hold`): its late QoS 2 copies are parked. A
+  fresh copy starts its packet ids at a random point (`fresh_beside`).
 * When one of those members is alive again (or joins: restarted), this node asks it for its
   copy (`session_collect`, at the stamp of the claim that brought the session here: a newer
   claim there refuses) and folds what it gets into the session (`LateHold.fold_in`). A copy
   there that was evicted meanwhile (the heal's registration resolved the duplicate first)
   still answers with the QoS 2 records it had (`gave_up`, kept `GAVE_UP_TTL` seconds).
+* The QoS 2 exchanges that copy had released and not seen completed go on here: a PUBREL
+  for the old packet id (`Session.adopt_released`). A kill just after a release left one
+  whose PUBREL never reached the client, which (paho) still holds the message.
 * Once every such member answered, what was parked is delivered, each message once.
 * A member that leaves or is forgotten is not waited for; nor, once all are back, any past
   `HOLD_MAX` seconds (the sweep asks again first); nor for a session that ended. What was
