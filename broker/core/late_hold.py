@@ -60,11 +60,7 @@ class LateHold:
             return False
         parked.append((message, qos, retain, ids))
         self.parked += 1
-        dirty = session.dirty  # written to disk with the session (`on_disk`)
-        if dirty is not None:
-            dirty.add(session.client_id)
-            if session.expiry_interval:
-                dirty.marks += 1
+        session.touch()  # written to disk with the session (`on_disk`)
         return True
 
     def on_disk(self, client_id: str, state: SessionState) -> SessionState:

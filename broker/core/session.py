@@ -509,11 +509,7 @@ class Session(SessionExport):
         entry = InflightEntry(message, 2, retain, subscription_ids, now)
         entry.awaiting_comp = True
         self._own_inflight()[packet_id] = entry
-        dirty = self.dirty
-        if dirty is not None:
-            dirty.add(self.client_id)
-            if self.expiry_interval:
-                dirty.marks += 1
+        self.touch()
         if self.outlet is not None:
             self.outlet.send_pubrel(packet_id)
         return True
