@@ -119,6 +119,25 @@ class Net:
     def client(self, node: str) -> FakeClient:
         return FakeClient(self.brokers[node])
 
+    def heal(self, joined: str | None = None) -> None:
+        """Every node sees every other live again (`members_changed`): "alive", or "join"
+        for `joined` (a node back from a restart)."""
+        self.views = {}
+        self.live = sorted(self.brokers)
+        for name, locator in self.locators.items():
+            for other in self.brokers:
+                if other != name:
+                    locator.members_changed(other, "join" if other == joined else "alive")
+
+    def publish_qos2(self, node: str, *payloads: bytes) -> list[Message]:
+        """QoS 2 messages published at `node` on `w/1`, stamped by its clock as
+        `Broker.publish` stamps them at their origin, and routed there."""
+        messages = [Message("w/1", payload, 2, publisher="p", node=node) for payload in payloads]
+        for message in messages:
+            message.stamp = self.brokers[node].hlc.now()
+            self.arrive(node, message)
+        return messages
+
     def arrive(self, node: str, message: Message) -> None:
         """A message reaches `node` (published there or forwarded to it)."""
         self.brokers[node].publish(message, forward=False, shared=False)
@@ -325,11 +344,7 @@ async def test_duplicates_after_a_heal_keep_the_newer_claim() -> None:
     on_b.connect(cid)  # b alone owns everything: newer claim, no call
     await settle()
     assert on_a.connack().reason_code == on_b.connack().reason_code == 0
-    net.live = ["a", "b", "c"]  # heal: everyone registers again
-    for name in ("a", "b", "c"):
-        for other in ("a", "b", "c"):
-            if other != name:
-                net.locators[name].members_changed(other, "alive")
+    net.heal()  # everyone registers again
     await settle()
     assert on_a.link.closed and not on_b.link.closed
     last = on_a.received()[-1]

@@ -39,10 +39,7 @@ async def _copy_left_on_a_node_that_comes_back(
     cid = cid_owned_by("c", net.live)
     await persistent_then_away(net, "a", cid)
     # Published while the client is away: queued in a's copy (the only one).
-    queued = [Message("w/1", f"m{i}".encode(), 2, publisher="p", node="a") for i in range(2)]
-    for message in queued:
-        message.stamp = net.brokers["a"].hlc.now()
-        net.arrive("a", message)
+    net.publish_qos2("a", b"m0", b"m1")
     on_b = await killed_then_back(net, cid)
     return net, on_b, [p.payload for p in on_b.publishes()]
 
@@ -58,12 +55,7 @@ async def killed_then_back(net: Net, cid: str) -> FakeClient:
     await settle()
     assert not on_b.connack().session_present
     on_b.subscribe("w/#", qos=2)
-    net.live = ["a", "b", "c"]
-    net.views = {}
-    for name in ("a", "b", "c"):
-        for other in ("a", "b", "c"):
-            if other != name:
-                net.locators[name].members_changed(other, "alive")
+    net.heal()
     await settle()
     net.run_later()
     await settle()
@@ -117,10 +109,7 @@ async def test_what_the_winner_has_already_is_not_delivered_again() -> None:
     net.arrive("a", message)
     net.arrive("b", message)
     assert [p.payload for p in on_b.publishes()] == [b"both"]
-    net.live = ["a", "b"]
-    net.views = {}
-    for name, other in (("a", "b"), ("b", "a")):
-        net.locators[name].members_changed(other, "alive")
+    net.heal()
     await settle()
     net.run_later()
     await settle()
@@ -175,9 +164,7 @@ async def test_an_exchange_released_as_its_node_died_goes_on_from_the_fresh_copy
     on_a.connect(cid, clean_start=False)
     await settle()
     on_a.subscribe("w/#", qos=2)
-    message = Message("w/1", b"released", 2, publisher="p", node="a")
-    message.stamp = net.brokers["a"].hlc.now()
-    net.arrive("a", message)
+    net.publish_qos2("a", b"released")
     [sent] = on_a.publishes(ack=False)
     assert sent.packet_id is not None
     on_a.send(PubRec(sent.packet_id))  # a releases it: its PUBREL is lost with the node
@@ -190,11 +177,7 @@ async def test_an_exchange_released_as_its_node_died_goes_on_from_the_fresh_copy
     assert not on_b.connack().session_present
     assert cid in net.brokers["b"].late_hold  # held for a
     on_b.subscribe("w/#", qos=2)
-    net.live = ["a", "b", "c"]  # a is back with its copy
-    for name in ("a", "b", "c"):
-        for other in ("a", "b", "c"):
-            if other != name:
-                net.locators[name].members_changed(other, "join" if other == "a" else "alive")
+    net.heal(joined="a")  # a is back with its copy
     await settle()
     net.run_later()
     await settle()

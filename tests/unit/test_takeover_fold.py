@@ -200,10 +200,7 @@ async def _back_to_the_owner(fold: bool) -> list[bytes]:
     on_a.connect(cid, clean_start=False)
     await settle()
     on_a.subscribe("w/#", qos=2)
-    held = [Message("w/1", f"m{i}".encode(), 2, publisher="p", node="a") for i in range(3)]
-    for message in held:
-        message.stamp = net.brokers["a"].hlc.now()
-        net.arrive("a", message)
+    held = net.publish_qos2("a", b"m0", b"m1", b"m2")
     assert [p.payload for p in complete_qos2(on_a)] == [b"m0", b"m1", b"m2"]
     on_a.drop()
     await settle()
@@ -248,16 +245,6 @@ async def test_a_copy_brought_by_a_newer_claim_is_not_given_up() -> None:
     assert COLLECT_METHOD == "session_collect"
 
 
-def heal(net: Net) -> None:
-    """The partition heals: every node sees every other alive again (`members_changed`)."""
-    net.views = {}
-    net.live = sorted(net.brokers)
-    for name, locator in net.locators.items():
-        for other in net.brokers:
-            if other != name:
-                locator.members_changed(other, "alive")
-
-
 async def test_a_copy_resumed_behind_a_cut_does_not_repeat_what_the_other_side_delivered() -> None:
     """c is cut off with a copy of the session. The client is served on the majority side
     (a fresh copy on a, which delivers m), then comes back to c, which resumes its own copy
@@ -278,21 +265,17 @@ async def test_a_copy_resumed_behind_a_cut_does_not_repeat_what_the_other_side_d
     await settle()
     assert not on_a.connack().session_present  # c's copy is out of reach
     on_a.subscribe("w/#", qos=2)
-    m = Message("w/1", b"m", 2, publisher="p", node="a")
-    m.stamp = net.brokers["a"].hlc.now()
-    net.arrive("a", m)
+    [m] = net.publish_qos2("a", b"m")
     assert [p.payload for p in complete_qos2(on_a)] == [b"m"]
     on_a.drop()
     await settle()
-    n = Message("w/1", b"n", 2, publisher="p", node="a")
-    n.stamp = net.brokers["a"].hlc.now()
-    net.arrive("a", n)  # queued in a's copy
+    [n] = net.publish_qos2("a", b"n")  # queued in a's copy
     on_c = net.client("c")
     on_c.connect(cid, clean_start=False)
     await settle()
     assert on_c.connack().session_present  # c's own copy, resumed alone
     assert cid in net.brokers["c"].late_hold
-    heal(net)
+    net.heal()
     net.arrive("c", m)  # the forwards held for c, before c's ask is answered
     net.arrive("c", n)
     assert on_c.publishes(ack=False) == []  # parked
@@ -321,11 +304,8 @@ async def test_with_the_heal_fold_the_next_node_finds_nothing_to_repeat() -> Non
     on_b.connect(cid, clean_start=False)
     await settle()
     on_b.subscribe("w/#", qos=2)
-    held = [Message("w/1", f"m{i}".encode(), 2, publisher="p", node="a") for i in range(3)]
-    for message in held:
-        message.stamp = net.brokers["a"].hlc.now()
-        net.arrive("a", message)
-    heal(net)
+    held = net.publish_qos2("a", b"m0", b"m1", b"m2")
+    net.heal()
     for message in held:
         net.arrive("b", message)
     for _ in range(5):
@@ -398,9 +378,7 @@ async def test_an_evicted_copy_still_answers_with_what_it_delivered() -> None:
     on_a.connect(cid, clean_start=False)
     await settle()
     on_a.subscribe("w/#", qos=2)
-    m = Message("w/1", b"m", 2, publisher="p", node="a")
-    m.stamp = net.brokers["a"].hlc.now()
-    net.arrive("a", m)
+    [m] = net.publish_qos2("a", b"m")
     complete_qos2(on_a)
     locator = net.locators["a"]
     assert locator.evict({cid: locator.held[cid]}, {cid: "b"}) == 1
