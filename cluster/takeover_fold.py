@@ -151,8 +151,9 @@ class CopyCollector:
             return state
         self.stats["folded"] = self.stats.get("folded", 0) + 1
         log.info("takeover of %s: %d copies folded (%d QoS 2 delivered elsewhere taken out, "
-                 "%d added, %d not carried)", client_id, len(copies) - copies.count(None),
-                 folded.removed, folded.added, folded.dropped)  # fmt: skip
+                 "%d added, %d not carried, %d released exchanges taken over)", client_id,
+                 len(copies) - copies.count(None), folded.removed, folded.added, folded.dropped,
+                 folded.adopted)  # fmt: skip
         if folded.dropped:
             self.broker.metrics.counters["messages/dropped"] += folded.dropped
         if folded.state is not None and state is not None and MOVED_FROM in state:

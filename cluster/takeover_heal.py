@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from broker.core.broker import Broker
 from broker.core.cluster_port import SessionState
 from broker.core.session import Session
-from broker.core.session_fold import SEEN_ONLY, delivered_qos2
+from broker.core.session_fold import SEEN_ONLY, delivered_qos2, released_qos2
 from cluster.registry import Stamp
 from cluster.rpc import RemoteError, RpcError
 from cluster.takeover_fold import COLLECT_METHOD
@@ -266,7 +266,7 @@ class HealFold:
             return
         state = session.export_state()
         seen = [list(stamp) for stamp in delivered_qos2(state)]
-        released = [e for e in state.get("inflight") or () if e[5]]  # awaiting PUBCOMP
+        released = released_qos2(state)
         self.gave_up.pop(session.client_id, None)
         self.gave_up[session.client_id] = (time.monotonic() + GAVE_UP_TTL, seen, released)
         while len(self.gave_up) > GAVE_UP_MAX:

@@ -17,6 +17,11 @@ delivered, or loses what only the other copy had queued. Folding keeps each QoS 
   discarded, so nobody would release it), and the base never accepted is added to the base's
   queue (no loss), and the `qos2_seen` records are joined (a later copy of either is dropped
   as a repeat, `broker.core.qos2_once`);
+* a QoS 2 exchange another copy released and had not seen completed (inflight awaiting
+  PUBCOMP: its PUBREL may never have reached the client, which then still holds the message,
+  as paho does across a reconnect) goes on in the base under its packet id, unless the base
+  uses that id (then the client's state for it is the base's): the base resends its PUBREL on
+  resume (MQTT-4.4.0-1), never the message, as the heal fold does (`Session.adopt_released`);
 * QoS 0/1 messages of the other copies are not added (they carry no publish stamp, so what the
   base already delivered cannot be told apart; at-least-once allows a repeat but the base's own
   queue has the same routes' messages): they are counted as dropped, as before.
@@ -41,6 +46,7 @@ __all__ = [
     "delivered_qos2",
     "fold_copies",
     "queued_qos2",
+    "released_qos2",
     "unreleased_qos2",
 ]
 
@@ -55,7 +61,7 @@ WireStamp = tuple[Any, ...]
 class FoldResult:
     """The folded state and what the fold did (for the logs and the counters)."""
 
-    __slots__ = ("added", "dropped", "removed", "state")
+    __slots__ = ("added", "adopted", "dropped", "removed", "state")
 
     def __init__(self, state: SessionState | None) -> None:
         self.state = state
@@ -65,6 +71,8 @@ class FoldResult:
         self.added = 0
         #: Other copies' queued messages not carried over (QoS 0/1, or QoS 2 seen by the base).
         self.dropped = 0
+        #: Other copies' released QoS 2 exchanges that go on in the base (a PUBREL on resume).
+        self.adopted = 0
 
 
 def _stamp(value: Any) -> WireStamp | None:
@@ -99,6 +107,17 @@ def unreleased_qos2(state: SessionState) -> dict[WireStamp, list[Any]]:
             if stamp is not None:
                 out[stamp] = [entry[1], 2, entry[3], entry[4]]
     return out
+
+
+def released_qos2(state: SessionState) -> list[list[Any]]:
+    """The QoS 2 exchanges a copy released (PUBREL sent) and had not seen completed, as its
+    inflight entries `[packet_id, message, 2, retain, ids, True]`."""
+    return [
+        list(entry)
+        for entry in state.get("inflight") or ()
+        if isinstance(entry, list | tuple) and len(entry) >= 6 and entry[2] == 2
+        and entry[5] is True and isinstance(entry[0], int) and 1 <= entry[0] <= 65535
+    ]  # fmt: skip
 
 
 def _seen(state: SessionState) -> list[WireStamp]:
@@ -162,4 +181,13 @@ def fold_copies(copies: list[SessionState | None]) -> FoldResult:
     for other in others:
         rel += [i for i in other.get("awaiting_rel") or () if i not in rel]
     state["awaiting_rel"] = rel
+    inflight = [list(entry) for entry in base.get("inflight") or ()]
+    in_use = {entry[0] for entry in inflight}
+    for other in others:
+        for entry in released_qos2(other):
+            if entry[0] not in in_use:
+                in_use.add(entry[0])
+                inflight.append(entry)
+                result.adopted += 1
+    state["inflight"] = inflight
     return result

@@ -102,6 +102,28 @@ def test_what_the_other_copy_sent_but_never_released_is_carried() -> None:
     assert (folded.removed, folded.added) == (1, 1)
 
 
+def test_what_the_other_copy_released_goes_on_under_its_packet_id() -> None:
+    """The other copy released S1 (awaiting PUBCOMP under id 8) and went: its PUBREL may never
+    have reached the client, which then still holds S1. The exchange goes on in the base
+    (resumed, it sends PUBREL 8: MQTT-4.4.0-1), never S1 again (MQTT-4.3.3-2); not when the
+    base uses id 8 itself, whose state for it is the client's now."""
+    released = [8, _item(S1)[0], 2, False, None, True]
+    other = _copy(100, [], [S1])
+    other["inflight"] = [released, [9, _item(S2)[0], 2, False, None, False]]
+    base = _copy(300, [], [])
+    base["inflight"] = [[3, _item(S3)[0], 2, False, None, False]]
+    folded = fold_copies([base, other])
+    assert folded.state is not None
+    assert [entry[0] for entry in folded.state["inflight"]] == [3, 8]
+    assert folded.state["inflight"][1] == released
+    assert [item[0]["hlc"] for item in folded.state["queue"]] == [S2]  # unreleased: carried
+    assert folded.adopted == 1
+    base["inflight"] = [[8, _item(S3)[0], 2, False, None, False]]
+    folded = fold_copies([base, other])
+    assert folded.state is not None and folded.adopted == 0
+    assert [entry[1]["hlc"] for entry in folded.state["inflight"]] == [S3]
+
+
 def test_the_joined_record_stays_bounded() -> None:
     base = _copy(300, [], [[i, 0, "a"] for i in range(SEEN_MAX)])
     other = _copy(100, [], [[i, 1, "b"] for i in range(SEEN_MAX)])
@@ -223,6 +245,53 @@ async def test_the_owner_resumes_its_own_stale_copy_without_the_fold() -> None:
 
 async def test_after_a_membership_change_the_owner_folds_its_copy_with_the_others() -> None:
     assert await _back_to_the_owner(fold=True) == []
+
+
+async def test_the_claims_fold_takes_over_what_the_stale_copy_left_half_released() -> None:
+    """a released a QoS 2 message (PUBREL sent) whose PUBREL was lost with the client's
+    connection; the client went to b, cut off then (b's copy is fresh: it could not reach
+    a), and after the heal to c. c's claim folds a's copy with b's, which is the base (the
+    client arrived there last): a's exchange goes on under its packet id (PUBREL on resume,
+    MQTT-4.4.0-1), never the message again (MQTT-4.3.3-2). Without the heal fold, as when
+    the client moves on before b's ask is answered."""
+    net = Net(["a", "b", "c"])
+    net.heal_fold = False
+    cid = cid_owned_by("c", net.live)
+    on_a = net.client("a")
+    on_a.connect(cid, clean_start=False)
+    await settle()
+    on_a.subscribe("w/#", qos=2)
+    net.publish_qos2("a", b"released")
+    [sent] = on_a.publishes(ack=False)
+    assert sent.packet_id is not None
+    on_a.send(PubRec(sent.packet_id))
+    assert any(isinstance(p, PubRel) for p in on_a.received())  # lost with the connection
+    on_a.drop()
+    await settle()
+    net.views["b"] = ["b"]  # b is cut off
+    net.live = ["a", "c"]
+    # b's clock has seen a's stamps (gossip merges them); here every wall clock stands still
+    net.brokers["b"].hlc.update(net.brokers["a"].hlc.peek())
+    on_b = net.client("b")
+    on_b.connect(cid, clean_start=False)
+    await settle()
+    assert not on_b.connack().session_present
+    on_b.drop()
+    await settle()
+    net.live = ["a", "b", "c"]
+    del net.views["b"]
+    net.brokers["c"].hlc.update(net.brokers["b"].hlc.peek())
+    net.locators["c"]._changed_at = 1.0
+    net.locators["c"].unsettled = lambda: True  # type: ignore[method-assign]
+    last = net.client("c")
+    last.connect(cid, clean_start=False)
+    await settle()
+    assert last.connack().session_present
+    received = last.received()
+    assert [p.packet_id for p in received if isinstance(p, PubRel)] == [sent.packet_id]
+    assert [p for p in received if isinstance(p, Publish)] == []
+    last.send(PubComp(sent.packet_id))
+    assert not net.brokers["c"].sessions[cid].inflight
 
 
 async def test_a_copy_brought_by_a_newer_claim_is_not_given_up() -> None:
