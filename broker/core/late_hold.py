@@ -29,7 +29,7 @@ from broker.core.hlc import stamp_from_wire
 from broker.core.message import Message, message_from_dict, message_to_dict
 from broker.core.session import Session
 from broker.core.session_export import SessionState
-from broker.core.session_fold import delivered_qos2, released_qos2
+from broker.core.session_fold import delivered_qos2, released_qos2, unacknowledged
 from broker.core.session_records import QueuedDelivery
 
 __all__ = ["LateHold"]
@@ -88,11 +88,6 @@ class LateHold:
             stamp = stamp_from_wire(list(wire))
             if stamp is not None:
                 session.accept_qos2(stamp)
-        entries = [
-            entry
-            for entry in state.get("inflight") or ()
-            if isinstance(entry, list | tuple) and len(entry) >= 6
-        ]
         adopted = 0
         for entry in released_qos2(state):
             message = message_from_dict(entry[1])
@@ -100,8 +95,7 @@ class LateHold:
                 entry[0], message, entry[3] is True, _ids(entry[4]), now
             )
         self.adopted += adopted
-        items = [[entry[1], entry[2], entry[3], entry[4]] for entry in entries if not entry[5]]
-        items += [list(item) for item in state.get("queue") or ()]
+        items = [*unacknowledged(state), *(list(item) for item in state.get("queue") or ())]
         delivered = repeats = 0
         for item in items:
             message = message_from_dict(item[0])

@@ -47,6 +47,7 @@ __all__ = [
     "fold_copies",
     "queued_qos2",
     "released_qos2",
+    "unacknowledged",
     "unreleased_qos2",
 ]
 
@@ -96,16 +97,27 @@ def queued_qos2(state: SessionState) -> dict[WireStamp, list[Any]]:
     return out
 
 
+def unacknowledged(state: SessionState) -> list[list[Any]]:
+    """A copy's inflight messages not awaiting PUBCOMP, in window order, as queue items
+    `[message, qos, retain, ids]`: sent, but not known to have reached the client (QoS 1
+    without PUBACK; QoS 2 without PUBREC, never released, so a client that delivers on PUBREL,
+    MQTT 4.3.3 method A as paho does, has not delivered it). What a copy that goes passes on
+    first, before its queue (`cluster.takeover.unreleased` is the same rule over a live one)."""
+    return [
+        [entry[1], entry[2], entry[3], entry[4]]
+        for entry in state.get("inflight") or ()
+        if isinstance(entry, list | tuple) and len(entry) >= 6 and not entry[5]
+    ]
+
+
 def unreleased_qos2(state: SessionState) -> dict[WireStamp, list[Any]]:
     """The QoS 2 messages a copy sent but never released (inflight, awaiting PUBREC), by
-    their publish stamp, as queue items: a client that delivers on PUBREL (MQTT 4.3.3 method
-    A, as paho does) has not delivered them, and no other copy can release them."""
+    their publish stamp, as queue items: no other copy can release them."""
     out: dict[WireStamp, list[Any]] = {}
-    for entry in state.get("inflight") or ():
-        if isinstance(entry, list | tuple) and len(entry) >= 6 and entry[2] == 2 and not entry[5]:
-            stamp = _message_stamp(entry[1])
-            if stamp is not None:
-                out[stamp] = [entry[1], 2, entry[3], entry[4]]
+    for item in unacknowledged(state):
+        stamp = _message_stamp(item[0]) if item[1] == 2 else None
+        if stamp is not None:
+            out[stamp] = item
     return out
 
 
