@@ -152,6 +152,7 @@ class ClusterPorts:
         self.locator.linked_dead = node.linked_dead
         self.locator.apart_nodes = node.apart_nodes
         self.locator.call_linked = node.call_linked
+        broker.metrics.cluster_parts["takeover"] = self.locator.stats  # shown on /metrics
         self._held_routes: set[str] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.attached = False

@@ -4,7 +4,9 @@ Names: `minibroker_<metric with '/' -> '_'>_total` counters for the 43 metrics a
 `minibroker_<stat with '/' -> '_'>` gauges for the 18 stats, each labelled `node`, and
 `minibroker_cluster_<counter>_total` for each counter of the cluster runtime (e.g.
 `minibroker_cluster_forward_held_dropped_total`: QoS 1/2 forwards held for a peer and dropped,
-as when its `dead_hold` grace ends; EMQX's metrics have no name for it). The node exposes its
+as when its `dead_hold` grace ends; EMQX's metrics have no name for it; and
+`minibroker_cluster_takeover_*_total` for the session locator's, e.g. `..._apart_folded_total`:
+copies folded in at a heal). The node exposes its
 own figures, as every node is scraped on its own.
 """
 

@@ -538,8 +538,13 @@ async def metrics(ctx: NodeContext, args: dict[str, Any]) -> dict[str, int]:
 
 @query("cluster_counters")
 async def cluster_counters(ctx: NodeContext, args: dict[str, Any]) -> dict[str, int]:
-    """The cluster runtime's counters (`Metrics.cluster`): why forwards were dropped or held."""
-    return {name: int(value) for name, value in ctx.broker.metrics.cluster.items()}
+    """The cluster's counters (`Metrics.cluster`: why forwards were dropped or held; then
+    each of `Metrics.cluster_parts` as `<part>/<counter>`, e.g. `takeover/apart/folded`)."""
+    metrics = ctx.broker.metrics
+    out = {name: int(value) for name, value in metrics.cluster.items()}
+    for part, counters in metrics.cluster_parts.items():
+        out.update((f"{part}/{name}", int(value)) for name, value in counters.items())
+    return out
 
 
 @query("stats")

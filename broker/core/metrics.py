@@ -127,14 +127,17 @@ class Metrics:
     `limits` counts the limit hits by `LIMIT_NAMES` (not EMQX metrics: a separate dict).
     `cluster` is the cluster runtime's own counters (`forward/held_dropped`, `dead_hold/...`;
     the runtime puts its dict here), so the management layer can show why a message was
-    dropped beyond EMQX's one `messages/dropped`; empty on a node without a cluster."""
+    dropped beyond EMQX's one `messages/dropped`; empty on a node without a cluster.
+    `cluster_parts` holds the counters of the cluster's other parts by name (`takeover`: the
+    session locator's claims, folds, holds and evictions), shown as `<part>/<counter>`."""
 
-    __slots__ = ("cluster", "counters", "limits")
+    __slots__ = ("cluster", "cluster_parts", "counters", "limits")
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = dict.fromkeys(METRIC_NAMES, 0)
         self.limits: dict[str, int] = dict.fromkeys(LIMIT_NAMES, 0)
         self.cluster: dict[str, int] = {}
+        self.cluster_parts: dict[str, dict[str, int]] = {}
 
     def inc(self, name: str, amount: int = 1) -> None:
         self.counters[name] += amount

@@ -22,7 +22,7 @@ import aiomqtt
 import pytest
 from api_support import eventually
 from cluster_support import ClusterNodes
-from test_cluster_dead_hold import TIMEOUT, B, dead_at_a, pair, partition
+from test_cluster_dead_hold import TIMEOUT, B, dead_at_a, pair, partition, prometheus_counter
 
 from broker.app import NodeApp
 from cluster.members import MemberState
@@ -100,6 +100,8 @@ async def test_a_copy_resumed_behind_a_cut_does_not_deliver_again_what_the_far_s
         assert on_a == {"m1": 1}
         assert on_b == {"m2": 1}  # m1 not again
         assert b.cluster.ports.locator.stats["apart/folded"] == 1
+        shown = await prometheus_counter(b, "minibroker_cluster_takeover_apart_folded")
+        assert shown == 1  # what an operator sees of it
     finally:
         for relay in relays:
             await relay.close()
