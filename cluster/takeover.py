@@ -49,10 +49,11 @@ down.) Such a claim is not confirmed, so the next round registers it at the owne
 A claim in flight when the owner's process dies fails as soon as the link to it ends and a new
 dial is refused (`cluster.link_loss`), and goes to the stand-in then, not at its timeout.
 A claim that gets no answer within the timeout goes on alone (the CONNECT is not refused); the
-id is registered again at the next membership change, where a duplicate is resolved as above,
-or at once if the members changed while the claim waited (that change's registration could
-not include an id not yet held: two CONNECTs of one id behind a partition, each waiting on the
-far-side owner while it was declared dead, both stayed up until the 10 s round).
+id is registered at once with its owner, where a duplicate is resolved as above (a CONNECT of
+the id elsewhere meanwhile is known only there), and again by the next round if that fails
+too. (Measured: two CONNECTs of one id behind a partition, each waiting on the far-side owner
+while it was declared dead, both stayed up until the 10 s round; so did a pair after a pause,
+whose resumed node sent its claim on a link the owner had just closed.)
 The owner refuses a claim older than `STALE_CLAIMS` timeouts by its stamp: one held in a link
 cut by a partition reaches it only by a TCP retransmit after the heal, when the live session
 is elsewhere and serving it would move that session to the caller's stale copy.
@@ -255,6 +256,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
         state: SessionState | None = None
         confirmed = False
         unreachable: list[str] = []  # a holder the owner could not reach
+        answered = True
         view = view_of(nodes)
         owner = owner_of(client_id, nodes)
         args = {"client_id": client_id, "clean_start": clean_start, "stamp": list(stamp)}
@@ -276,6 +278,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
             if not clean_start and self.unsettled():  # copies may have diverged: fold them
                 state = await self.gather(client_id, stamp, state, self.live_nodes())
         except Exception as exc:  # unreachable, timeout, remote error: go on alone
+            answered = False
             self.stats["failures"] += 1
             self._dirty.add(client_id)
             log.info("takeover of %s: owner %s did not answer: %s", client_id, owner, exc)
@@ -297,9 +300,13 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
                     self._confirmed[client_id] = (owner, view)
                 else:  # registered again by the next round
                     self._confirmed.pop(client_id, None)
-                    if view_of(self.live_nodes()) != view:
+                    if not answered or view_of(self.live_nodes()) != view:
                         # The members changed while the claim was out: that change's
                         # registration passed this id by (not held yet), so register it now.
+                        # Or the claim got no answer: a CONNECT of the id elsewhere meanwhile
+                        # is known only at the owner, so meet it there now, not at the next
+                        # round (measured: a node resumed after a pause sent its claims on
+                        # links its peers had just closed; the pair stayed up until the round).
                         self.register_soon(client_id)
             filters = plain_filters(state) if state is not None and not clean_start else None
             self.handoff.claim_finished(client_id, filters, time.monotonic())
