@@ -286,6 +286,9 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
             # Nothing awaited from here on: the session is open before anything else runs.
             self._observe(stamp, owner)  # the owner's stamp, as the owner recorded it
             state, captured = self.parking.claimed(client_id, state, clean_start)
+            resumed = state is None and not clean_start and client_id in self.broker.sessions
+            if resumed:  # the copy here resumes as it is: held first (its queue too)
+                self.hold_apart(client_id, clean_start, unreachable)
             done(state)  # also when cancelled (the node stops): the CONNECT goes on alone
             if captured:
                 self.parking.deliver(client_id, captured)
@@ -295,7 +298,8 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
                 self.held[client_id] = stamp
                 if state is None and not clean_start:
                     self.fresh_beside(client_id, unreachable)
-                self.hold_apart(client_id, clean_start, unreachable)
+                if not resumed:
+                    self.hold_apart(client_id, clean_start, unreachable)
                 if confirmed:
                     self._confirmed[client_id] = (owner, view)
                 else:  # registered again by the next round

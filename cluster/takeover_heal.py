@@ -97,6 +97,8 @@ class HealFold:
     gave_up: OrderedDict[str, tuple[float, list[Any], list[Any]]]
     #: Members that are suspect or dead (`ClusterNode.apart_nodes`, set by `cluster.ports`).
     apart_nodes: Callable[[], list[str]] = staticmethod(lambda: [])
+    #: Members not live whose link is up again (`CopyCollector.linked_dead`).
+    linked_dead: Callable[[], list[str]]
     _ask_slots: asyncio.Semaphore | None = None
 
     if TYPE_CHECKING:  # `CopyCollector` and `ClusterSessionLocator` define them
@@ -115,7 +117,9 @@ class HealFold:
 
     def hold_apart(self, client_id: str, clean_start: bool, also: Iterable[str] = ()) -> None:
         """A CONNECT resumes (or opens) `client_id` here: hold it while members are apart
-        (and `also` nodes: a holder the claim could not reach, not yet seen dead)."""
+        (and `also` nodes: a holder the claim could not reach, not yet seen dead). Called
+        before a copy here resumes as it is: while one of them is healing (its link up, not
+        yet seen alive) the copy's queued QoS 2 messages are held back too."""
         if clean_start:
             return
         nodes = sorted({node for node in (*self.apart_nodes(), *also) if node != self.name})
@@ -126,10 +130,21 @@ class HealFold:
             self.apart[client_id] = Apart(nodes, time.monotonic())
         else:
             hold.waiting.update(nodes)
-        self.broker.late_hold.hold(client_id)
+        late_hold = self.broker.late_hold
+        late_hold.hold(client_id)
         self.stats["apart/held"] += 1
         log.info("client %s resumed while %s out of reach: its late QoS 2 copies wait",
                  client_id, ", ".join(sorted(nodes)))  # fmt: skip
+        healing = sorted(set(nodes) & set(self.linked_dead()))
+        session = self.broker.sessions.get(client_id)
+        if healing and session is not None and session.queue:
+            # Called before the copy here resumes: a message published just after the heal
+            # went to both copies; hold its queue's QoS 2 until the fold (`LateHold`).
+            held = late_hold.hold_queue(session)
+            if held:
+                self.stats["apart/queue_held"] = self.stats.get("apart/queue_held", 0) + held
+                log.info("client %s: %d queued QoS 2 messages wait too, %s healing",
+                         client_id, held, ", ".join(healing))  # fmt: skip
 
     def apart_event(self, node: str, kind: str) -> None:
         """A member came back (ask it for its copies of the held ids) or left (not waited for)."""
@@ -228,7 +243,7 @@ class HealFold:
     def _flush_overdue(self, client_id: str, hold: Apart, now: float) -> None:
         """Copies parked for `PARK_MAX` seconds are delivered; the hold goes on."""
         broker = self.broker
-        if not broker.late_hold.waiting.get(client_id):
+        if not broker.late_hold.holds_any(client_id):
             hold.parked_seen = None
         elif hold.parked_seen is None:
             hold.parked_seen = now

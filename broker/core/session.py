@@ -485,6 +485,20 @@ class Session(SessionExport):
             self.awaiting_rel = _NO_RELS
         return True
 
+    def take_queued_qos2(self) -> list[QueuedDelivery]:
+        """Take the queued QoS 2 deliveries that carry a publish stamp out of the queue, in
+        order (`broker.core.late_hold.LateHold.hold_queue`: held until another copy of the
+        session is folded in); the rest stay queued."""
+        queue = self.queue
+        taken = [item for item in queue if item[1] == 2 and item[0].stamp is not None]
+        if not taken:
+            return []
+        kept = [item for item in queue if not (item[1] == 2 and item[0].stamp is not None)]
+        self.queue = deque(kept) if kept else _NO_QUEUE
+        self.queued_bytes = sum(len(item[0].payload) for item in kept)
+        self.touch()
+        return taken
+
     def start_packet_ids_at(self, packet_id: int) -> None:
         """A fresh copy of a session whose old copy may live on elsewhere (a cluster claim
         that could not take it): its packet ids start away from the old copy's, whose

@@ -100,3 +100,29 @@ def test_a_released_exchange_is_taken_over_only_on_a_free_packet_id() -> None:
     assert session.on_pubcomp(7, 0.0) and 7 not in session.inflight
     session.start_packet_ids_at(65535)
     assert session.next_packet_id() == 65535 and session.next_packet_id() == 2  # 1 in use
+
+
+def test_a_resumed_copys_queue_waits_for_the_fold_MQTT_4_3_3() -> None:
+    """`hold_queue` (a copy resumed while a member heals): its queued QoS 2 messages wait,
+    the rest of the queue does not. The other copy's fold says it delivered one of them (a
+    message published just after the heal reached both copies), so only the other is
+    delivered here at the release, without asking the repeat record that accepted both when
+    they were queued (MQTT-4.3.3-2: exactly once)."""
+    session, _ = make_session(max_queued=10)
+    both, only_here = _qos2(0, "a"), _qos2(1, "a")
+    plain = Message("w/q1", b"x", 1, publisher="p", node="a")
+    for message in (both, plain, only_here):
+        if message.stamp is not None:
+            assert session.accept_qos2(message.stamp)  # as routing here accepted it
+        session.deliver(message, message.qos, False, None, 0.0)  # offline: queued
+    hold = LateHold()
+    assert hold.hold_queue(session) == 2
+    assert [m.topic for m, *_ in session.queue] == ["w/q1"]
+    assert "c" in hold and hold.holds_any("c")
+    on_disk = hold.on_disk("c", {"queue": []})  # a restart meanwhile delivers them
+    assert [item[0]["topic"] for item in on_disk["queue"]] == ["w/0", "w/1"]
+    assert both.stamp is not None
+    hold.fold_in(session, _state([both.stamp], [], []), 0.0)
+    assert hold.release("c", session, 0.0) == (1, 0)
+    assert [m.topic for m, *_ in session.queue] == ["w/q1", "w/1"]
+    assert not hold.holds_any("c")

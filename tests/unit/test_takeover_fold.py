@@ -10,8 +10,10 @@ whose queue holds the same messages.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
 from cluster_fakes import FakeClient
 from test_cluster_takeover import Net, cid_owned_by, persistent_then_away, settle
 
@@ -472,3 +474,38 @@ async def test_copies_parked_long_while_a_member_stays_apart_are_delivered() -> 
     locator.sweep_holds(now=1000.0 + PARK_MAX)
     assert [p.payload for p in complete_qos2(on_a)] == [b"late"]
     assert "held" in locator.apart and "held" in net.brokers["a"].late_hold  # still held
+
+
+@pytest.mark.parametrize("claimed", [False, True], ids=["owner_resumes", "after_a_claim"])
+async def test_a_copy_resumed_as_a_member_heals_holds_its_queue_until_the_fold(
+    claimed: bool,
+) -> None:
+    """The long_partition case (3 QoS 2 twice in a rehearsal): just after a heal two copies of
+    the session live, and a message published then reaches both; the client reads it from
+    the other copy, then resumes the copy here. Resumed while b heals (its link up, not yet
+    seen alive), this copy holds its queued QoS 2 back until b's copy is folded in: b
+    delivered m0 (here: the records b keeps of its copy), so m0 is not delivered again
+    (MQTT-4.3.3-2); m1, which only this copy had, is delivered at the release. Both ways a
+    copy here resumes: its owner's own (no claim), and after a claim that found no other copy
+    (members changed lately: `cluster.takeover_fold`), before the CONNECT goes on."""
+    net = Net(["a", "b"])
+    await persistent_then_away(net, "a", "held")
+    m0, _ = net.publish_qos2("a", b"m0", b"m1")  # queued in a's copy (offline)
+    assert m0.stamp is not None
+    net.views = {"a": ["a"]}  # b not seen alive by a yet...
+    net.live = ["a"]
+    locator = net.locators["a"]
+    locator.linked_dead = lambda: ["b"]  # ...its link up again: healing
+    if claimed:
+        locator.unsettled = lambda: True  # type: ignore[method-assign]
+    net.locators["b"].gave_up["held"] = (time.monotonic() + 30, [list(m0.stamp)], [])
+    on_a = net.client("a")
+    on_a.connect("held", clean_start=False)
+    await settle()
+    assert on_a.connack().session_present
+    assert on_a.publishes(ack=False) == []  # held until the fold
+    assert locator.stats["apart/queue_held"] == 2
+    net.heal()
+    await settle()
+    assert [p.payload for p in complete_qos2(on_a)] == [b"m1"]
+    assert locator.stats["apart/folded"] == 1 and locator.apart == {}
