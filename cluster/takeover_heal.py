@@ -11,6 +11,12 @@ far side's copy had delivered many of them (measured, long profile isolate_sub: 
   (`apart_nodes`) or the claim could not reach the session's holder (the owner's answer
   names it), holds the id (`broker.core.late_hold`): its late QoS 2 copies are parked. A
   fresh copy starts its packet ids at a random point (`fresh_beside`).
+* While one of those members is healing (its link up, not yet seen alive: `linked_dead`), a
+  copy here that resumes as it is also holds back its queued QoS 2 messages
+  (`LateHold.hold_queue`, before the CONNECT goes on): for the seconds after a heal two
+  copies live and a message published then reaches both (measured, long_partition: 3 QoS 2
+  twice in a rehearsal). Only then: a member dead for good has no link, so it delays no
+  resume's queue.
 * When one of those members is alive again (or joins: restarted), this node asks it for its
   copy (`session_collect`, at the stamp of the claim that brought the session here: a newer
   claim there refuses) and folds what it gets into the session (`LateHold.fold_in`). A copy
