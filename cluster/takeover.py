@@ -196,6 +196,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
         self._rejoined: set[str] = set()
         self._gone: set[str] = set()
         self._rebalance_scheduled = False
+        self._settle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Held ids whose registration the owner confirmed: (owner, member view) at the time.
         self._confirmed: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -382,6 +383,9 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
             once(None)
         for bg in list(self._tasks):
             bg.cancel()
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
 
     # -- the holder ---------------------------------------------------------------------------
 
