@@ -60,7 +60,8 @@ is elsewhere and serving it would move that session to the caller's stale copy.
 
 Members can disagree for a while (a node rejoining is seen by some before others), and then two
 nodes name two owners of one id. So every holder remembers, per id, the (owner, member view) its
-registration was last confirmed under, and a periodic round (`reconcile`, with the 10 s sweep)
+registration was last confirmed under, and a periodic round (`reconcile`, with the 10 s sweep,
+and once `SETTLE_ROUND` seconds after the last member event: `cluster.takeover_rounds`)
 registers again, batched per owner, the ids whose confirmation does not match the current view:
 a registration that failed, a claim that got no answer, every id once after a membership change.
 A steady cluster sends nothing; a duplicate left by disagreeing views is resolved at the owner
