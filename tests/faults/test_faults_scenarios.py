@@ -214,6 +214,21 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # nowhere, uncounted). Its acked_delivered counts what was dropped and counted after the
     # heal before the sides saw each other (8-32 per run): measured only, as its QoS 2 twice.
     ("long_partition", "held_or_counted"): ("holds", ""),
+    # Its QoS 2 twice: 3 in one rehearsal (2026-12-07), a message published just after the heal
+    # routed to both copies of the roaming session; closed since a copy resumed while a member
+    # heals holds its queued QoS 2 until the fold (LateHold.hold_queue). 0 in the 13 runs
+    # before this soak and 0 in 36 runs of the soak (14:22-14:38 UTC), as were takeover without
+    # loss, retained and heal convergence and no false death in every one of them: asserted.
+    **{
+        ("long_partition", prop): ("holds", "")
+        for prop in (
+            "qos2_exactly_once",
+            "takeover_no_loss",
+            "retained_converge",
+            "heal_converge",
+            "no_false_death",
+        )
+    },
     # A node's wall clock 2 s behind / ahead (libfaketime): before live copies were exempt
     # from the arrival rule, 4 / 12 QoS 2 messages lost at the roaming session; 0 in 2 runs
     # of each since. skew_behind lost one QoS 1 message in one of them (not the QoS 2 rule;
