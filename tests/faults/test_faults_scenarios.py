@@ -212,7 +212,7 @@ EXPECT: dict[tuple[str, str], tuple[str, str]] = {
     # acknowledged QoS 1/2 message for a session across it delivered or counted (held_dropped),
     # 0 uncounted in 3 runs since the routes stay past the grace (before: 241 of 497 sent
     # nowhere, uncounted). Its acked_delivered counts what was dropped and counted after the
-    # heal before the sides saw each other (8-32 per run): measured only, as its QoS 2 twice.
+    # heal before the sides saw each other (8-48 per run): measured only (the policy).
     ("long_partition", "held_or_counted"): ("holds", ""),
     # Its QoS 2 twice: 3 in one rehearsal (2026-12-07), a message published just after the heal
     # routed to both copies of the roaming session; closed since a copy resumed while a member
