@@ -19,7 +19,7 @@ from broker.core.cluster_port import SessionState
 from broker.core.message import Message
 from broker.core.settings import Settings
 from broker.protocol.constants import ReasonCode
-from broker.protocol.packets import ConnAck, Disconnect, Publish
+from broker.protocol.packets import ConnAck, Disconnect, Publish, PubRec, PubRel
 from cluster.handoff import Handoff, deliver_to
 from cluster.registry import owner_of
 from cluster.rpc import NodeUnreachable, RemoteError, RpcTimeout
@@ -159,6 +159,23 @@ async def persistent_then_away(net: Net, node: str, cid: str) -> None:
     client.subscribe("w/#", qos=2)
     client.drop()
     await settle()
+
+
+async def released_then_gone(net: Net, node: str, cid: str) -> Publish:
+    """`cid` opens a persistent session on `node` (QoS 2 on `w/#`), gets one QoS 2 message and
+    answers PUBREC; the node releases it (PUBREL sent), and the client's connection drops as if
+    that PUBREL never reached it. Returns the PUBLISH it got (its packet id is the exchange's)."""
+    client = net.client(node)
+    client.connect(cid, clean_start=False)
+    await settle()
+    client.subscribe("w/#", qos=2)
+    net.publish_qos2(node, b"released")
+    [sent] = client.publishes(ack=False)
+    assert sent.packet_id is not None
+    client.send(PubRec(sent.packet_id))
+    assert any(isinstance(p, PubRel) for p in client.received())  # lost with the connection
+    client.drop()
+    return sent
 
 
 def cid_owned_by(owner: str, nodes: list[str]) -> str:

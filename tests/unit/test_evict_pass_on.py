@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 from cluster_fakes import FakeClient
-from test_cluster_takeover import Net, cid_owned_by, persistent_then_away
+from test_cluster_takeover import Net, cid_owned_by, persistent_then_away, released_then_gone
 from test_cluster_takeover import settle as settle_once
 
 from broker.core.message import Message
@@ -160,16 +160,7 @@ async def test_an_exchange_released_as_its_node_died_goes_on_from_the_fresh_copy
     again (MQTT-4.3.3-2: QoS 2 exactly once)."""
     net = Net(["a", "b", "c"])
     cid = cid_owned_by("c", net.live)
-    on_a = net.client("a")
-    on_a.connect(cid, clean_start=False)
-    await settle()
-    on_a.subscribe("w/#", qos=2)
-    net.publish_qos2("a", b"released")
-    [sent] = on_a.publishes(ack=False)
-    assert sent.packet_id is not None
-    on_a.send(PubRec(sent.packet_id))  # a releases it: its PUBREL is lost with the node
-    assert any(isinstance(p, PubRel) for p in on_a.received())
-    on_a.drop()
+    sent = await released_then_gone(net, "a", cid)  # its PUBREL is lost with the node
     net.live = ["b", "c"]  # a killed: not yet seen dead, but unreachable
     on_b = net.client("b")
     on_b.connect(cid, clean_start=False)

@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 from cluster_fakes import FakeClient
-from test_cluster_takeover import Net, cid_owned_by, persistent_then_away, settle
+from test_cluster_takeover import (
+    Net,
+    cid_owned_by,
+    persistent_then_away,
+    released_then_gone,
+    settle,
+)
 
 from broker.core.message import Message
 from broker.core.qos2_once import SEEN_MAX
@@ -259,16 +265,7 @@ async def test_the_claims_fold_takes_over_what_the_stale_copy_left_half_released
     net = Net(["a", "b", "c"])
     net.heal_fold = False
     cid = cid_owned_by("c", net.live)
-    on_a = net.client("a")
-    on_a.connect(cid, clean_start=False)
-    await settle()
-    on_a.subscribe("w/#", qos=2)
-    net.publish_qos2("a", b"released")
-    [sent] = on_a.publishes(ack=False)
-    assert sent.packet_id is not None
-    on_a.send(PubRec(sent.packet_id))
-    assert any(isinstance(p, PubRel) for p in on_a.received())  # lost with the connection
-    on_a.drop()
+    sent = await released_then_gone(net, "a", cid)
     await settle()
     net.views["b"] = ["b"]  # b is cut off
     net.live = ["a", "c"]
