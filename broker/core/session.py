@@ -489,11 +489,12 @@ class Session(SessionExport):
         """Take the queued QoS 2 deliveries that carry a publish stamp out of the queue, in
         order (`broker.core.late_hold.LateHold.hold_queue`: held until another copy of the
         session is folded in); the rest stay queued."""
-        queue = self.queue
-        taken = [item for item in queue if item[1] == 2 and item[0].stamp is not None]
+        taken: list[QueuedDelivery] = []
+        kept: list[QueuedDelivery] = []
+        for item in self.queue:
+            (taken if item[1] == 2 and item[0].stamp is not None else kept).append(item)
         if not taken:
             return []
-        kept = [item for item in queue if not (item[1] == 2 and item[0].stamp is not None)]
         self.queue = deque(kept) if kept else _NO_QUEUE
         self.queued_bytes = sum(len(item[0].payload) for item in kept)
         self.touch()
