@@ -28,6 +28,7 @@ __all__ = [
     "free_port",
     "start_amqtt",
     "start_broker",
+    "start_floor",
     "start_minibroker",
     "start_minibroker_cluster",
     "start_mosquitto",
@@ -389,6 +390,25 @@ def start_mosquitto(core: int | None = None, binary: str | None = None) -> Runni
         broker.stop()
         raise
     return broker
+
+
+def start_floor(kind: str, core: int | None = None) -> RunningBroker:
+    """`benchmarks.floor_relay` of `kind` (epoll, asyncio) on a free port, `core`-pinned: the
+    least a Python process does per lone message, for `latency_ab` only (not a broker)."""
+    workdir = Path(tempfile.mkdtemp(prefix="floor-bench-"))
+    port = free_port()
+    log = workdir / "relay.log"
+    cmd = [sys.executable, "-m", "benchmarks.floor_relay", kind, str(port)]
+    proc = _spawn(_pin(cmd, core), log, cwd=Path(__file__).resolve().parent.parent)
+    relay = RunningBroker(
+        f"floor-{kind}", f"Python floor ({kind})", "127.0.0.1", port, proc, workdir, log
+    )
+    try:
+        wait_port("127.0.0.1", port, proc=proc)
+    except BaseException:
+        relay.stop()
+        raise
+    return relay
 
 
 def find_amqtt() -> str | None:

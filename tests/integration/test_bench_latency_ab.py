@@ -32,3 +32,17 @@ def test_the_publish_frame_has_the_right_remaining_length() -> None:
     """MQTT-2.2.3: the remaining length is a variable byte integer (7 bits a byte)."""
     assert latency_ab._packet(0x30, b"x" * 5) == b"\x30\x05xxxxx"
     assert latency_ab._packet(0x30, b"x" * 200)[:3] == b"\x30\xc8\x01"
+
+
+def test_the_python_floor_relays_every_message_and_gets_a_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`floor-epoll` and `floor-asyncio` (`benchmarks.floor_relay`) answer the client's CONNECT
+    and SUBSCRIBE and relay each PUBLISH as read: every message comes back, as through a broker."""
+    argv = ["--seconds", "0.2", "--rate", "200", "--block", "5", "floor-epoll", "floor-asyncio"]
+    assert latency_ab.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| Python floor")]
+    assert len(rows) == 2, out
+    for row in rows:
+        assert int(row.strip("|").split("|")[1]) >= 5, row
