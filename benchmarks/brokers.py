@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.floor_relay import LABEL as FLOOR_LABEL
+
 __all__ = [
     "BROKERS",
     "RunningBroker",
@@ -401,7 +403,7 @@ def start_floor(kind: str, core: int | None = None) -> RunningBroker:
     cmd = [sys.executable, "-m", "benchmarks.floor_relay", kind, str(port)]
     proc = _spawn(_pin(cmd, core), log, cwd=Path(__file__).resolve().parent.parent)
     relay = RunningBroker(
-        f"floor-{kind}", f"Python floor ({kind})", "127.0.0.1", port, proc, workdir, log
+        f"floor-{kind}", f"{FLOOR_LABEL} ({kind})", "127.0.0.1", port, proc, workdir, log
     )
     try:
         wait_port("127.0.0.1", port, proc=proc)
@@ -514,6 +516,8 @@ BROKERS = ("minibroker", "mosquitto", "amqtt")
 
 
 def start_broker(name: str, core: int | None = None, use_uvloop: bool = True) -> RunningBroker:
+    if name.startswith("floor-"):
+        return start_floor(name.removeprefix("floor-"), core)
     if name == "minibroker":
         return start_minibroker(core, use_uvloop)
     tree = tree_of(name)

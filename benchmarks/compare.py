@@ -10,6 +10,9 @@ when it is installed (`minibroker start --loop auto`). Every run is appended to 
 JSON line; at the end the medians and the ratio of each broker to mosquitto per scenario are
 printed as Markdown. amqtt (`--brokers minibroker,mosquitto,amqtt`) runs from its own virtualenv
 (`AMQTT_BIN`, PATH, or /opt/amqtt-venv) and gets its own `amqtt / mosquitto` column.
+`--scenarios latency --brokers floor-epoll,minibroker,mosquitto` adds the Python floor
+(`benchmarks.floor_relay`: a relay doing nothing else), judged against the goals as our broker
+is: a goal the floor cannot meet, no Python broker can.
 
 The ratio is the figure to track: absolute numbers on a shared 2-core machine are noise.
 """
@@ -35,6 +38,7 @@ from benchmarks.brokers import (
     start_broker,
     tree_of,
 )
+from benchmarks.floor_relay import KINDS as FLOOR_KINDS
 from benchmarks.report import finish_rounds, keep_run
 from benchmarks.results import Record, make_record
 from benchmarks.scenarios import Settings, make_params, run_scenario
@@ -185,7 +189,13 @@ def select_brokers(spec: str) -> list[str] | None:
     ones that are not installed are left out with a note on stderr. None (after a message) when
     a name is unknown."""
     brokers = list(dict.fromkeys(b.strip() for b in spec.split(",") if b.strip()))
-    unknown = [b for b in brokers if b not in BROKERS and not b.startswith("minibroker@")]
+    unknown = [
+        b
+        for b in brokers
+        if b not in BROKERS
+        and not b.startswith("minibroker@")
+        and b.removeprefix("floor-") not in FLOOR_KINDS
+    ]
     for name in brokers:
         try:
             tree_of(name)
@@ -195,7 +205,8 @@ def select_brokers(spec: str) -> list[str] | None:
     if unknown:
         print(
             f"minibroker-bench compare: error: unknown brokers: {', '.join(unknown)} "
-            f"(known: {', '.join(BROKERS)})",
+            f"(known: {', '.join(BROKERS)}, minibroker@DIR, "
+            f"{', '.join('floor-' + k for k in FLOOR_KINDS)})",
             file=sys.stderr,
         )
         return None
@@ -223,6 +234,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     brokers = select_brokers(args.brokers)
     if brokers is None:
+        return 2
+    if any(b.startswith("floor-") for b in brokers) and set(names) != {"latency"}:
+        print(
+            "minibroker-bench compare: error: the floor-* relays (benchmarks.floor_relay) "
+            "serve one subscriber and run only --scenarios latency",
+            file=sys.stderr,
+        )
         return 2
     if not brokers:
         print("no broker to run", file=sys.stderr)

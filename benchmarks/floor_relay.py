@@ -20,9 +20,11 @@ import asyncio
 import select
 import socket
 
-__all__ = ["KINDS", "main"]
+__all__ = ["KINDS", "LABEL", "main"]
 
 KINDS = ("epoll", "asyncio")
+#: How a relay's results are labelled ("Python floor (epoll)"), so reports can tell them apart.
+LABEL = "Python floor"
 CONNACK = b"\x20\x02\x00\x00"
 #: PUBLISH of QoS 0 (no DUP, no RETAIN), CONNECT, and SUBSCRIBE's first byte.
 PUBLISH, CONNECT, SUBSCRIBE = 0x30, 0x10, 0x82

@@ -25,7 +25,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from benchmarks.brokers import RunningBroker, start_broker, start_floor
+from benchmarks.brokers import RunningBroker, start_broker
 from benchmarks.procfs import cpu_seconds, runtime_seconds
 from benchmarks.stats import log_histogram, percentile, pooled_ratio_ci
 
@@ -192,10 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     started: list[RunningBroker] = []
     try:
         for name in args.brokers:
-            if name.startswith("floor-"):
-                started.append(start_floor(name.removeprefix("floor-"), args.broker_core))
-            else:
-                started.append(start_broker(name, args.broker_core, args.loop == "auto"))
+            started.append(start_broker(name, args.broker_core, args.loop == "auto"))
         subjects = [_subject(b) for b in started]
         if args.load_core is not None and args.load_core in os.sched_getaffinity(0):
             os.sched_setaffinity(0, {args.load_core})

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.floor_relay import LABEL as FLOOR_LABEL
 from benchmarks.goals import goal_for
 from benchmarks.results import append_jsonl, summary_line
 from benchmarks.stats import hist_percentile, median, pooled_ratio_ci
@@ -193,12 +194,14 @@ def markdown_table(
     rows: Sequence[Row], labels: Sequence[str], baseline: str | None = None, goals: bool = False
 ) -> str:
     """A Markdown table: one column per label (medians), then `label / baseline` ratios; with
-    `goals`, issue 15's goal of each row and, for each of our brokers' labels, whether its
+    `goals`, issue 15's goal of each row and, for each of our brokers' labels (and the Python
+    floor's, `benchmarks.floor_relay`: could any Python broker meet it?), whether its
     median met it in this run; for a latency percentile with samples (`POOLED`), whether
     the confidence interval of the pooled ratio did ("not resolved" when it holds the bound),
     told in a note under the table."""
     others = [label for label in labels if baseline is not None and label != baseline]
-    ours = [label for label in others if "minibroker" in label] if goals else []
+    judged = [o for o in others if "minibroker" in o or o.startswith(FLOOR_LABEL)]
+    ours = judged if goals else []
     head = ["scenario", "metric", *labels, *(f"{o} / {baseline}" for o in others)]
     if ours:
         head += ["goal", *(f"met: {o}" for o in ours)]

@@ -116,3 +116,18 @@ def test_latency_goals_are_judged_on_the_pooled_rounds_with_an_interval() -> Non
     rows, labels = build_rows(records + records)
     twice = markdown_table(rows, labels, baseline="mosquitto 2.0", goals=True)
     assert "12 rounds paired" in twice
+
+
+def test_the_python_floor_is_judged_against_the_goals_too() -> None:
+    """`floor-*` relays (`benchmarks.floor_relay`) get a `met` column: could any Python
+    process meet the goal? Other brokers (mosquitto, amqtt) do not."""
+    records = [
+        _record("minibroker new", "fan-in", {"received_per_s": 140.0}),
+        _record("Python floor (epoll)", "fan-in", {"received_per_s": 120.0}),
+        _record("amqtt 0.11", "fan-in", {"received_per_s": 10.0}),
+        _record("mosquitto 2.0", "fan-in", {"received_per_s": 100.0}),
+    ]
+    rows, labels = build_rows(records)
+    lines = markdown_table(rows, labels, baseline="mosquitto 2.0", goals=True).splitlines()
+    assert lines[0].endswith("| goal | met: minibroker new | met: Python floor (epoll) |")
+    assert lines[2].endswith("| >= 1.3x | yes | **no** |")

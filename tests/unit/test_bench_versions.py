@@ -51,3 +51,12 @@ def test_a_broker_from_another_tree_runs_from_it(
         assert path.split(b"=", 1)[1].split(b":")[0] == str(HERE).encode()
     finally:
         broker.stop()
+
+
+def test_the_floor_relays_run_the_latency_scenario_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """`compare --brokers floor-epoll` is known, but its relay serves one subscriber and no
+    topics: any scenario other than latency is refused before anything starts."""
+    assert compare.select_brokers("floor-epoll,floor-asyncio") == ["floor-epoll", "floor-asyncio"]
+    assert compare.select_brokers("floor-uring") is None
+    assert compare.main(["--scenarios", "latency,fan-in-q0", "--brokers", "floor-epoll"]) == 2
+    assert "run only --scenarios latency" in capsys.readouterr().err
