@@ -396,7 +396,8 @@ def start_mosquitto(core: int | None = None, binary: str | None = None) -> Runni
 
 def start_floor(kind: str, core: int | None = None) -> RunningBroker:
     """`benchmarks.floor_relay` of `kind` (epoll, asyncio) on a free port, `core`-pinned: the
-    least a Python process does per lone message, for `latency_ab` only (not a broker)."""
+    least a Python process does per lone message, for `latency_ab` and `compare`'s latency
+    scenario only (not a broker)."""
     workdir = Path(tempfile.mkdtemp(prefix="floor-bench-"))
     port = free_port()
     log = workdir / "relay.log"
