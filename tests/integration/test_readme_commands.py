@@ -7,7 +7,8 @@ READMEs cannot drift. What changes before a run, and nothing else:
   `minibroker cluster` without ports gets port 0 everywhere; addresses of other machines
   (10.0.0.x, 0.0.0.0) become 127.0.0.1. `$(pidof mosquitto)` is a mosquitto started here.
 - length: bench scenarios run for about a second (`-d 1 --drain 1`, `-n` at most 100),
-  `compare` and `cluster-scale` one round of one scenario, `wildcard-goal` one round of 10 and
+  `compare` and `cluster-scale` one round of one scenario (`compare` with the Python floor:
+  one second of latency), `wildcard-goal` one round of 10 and
   20 filters, fuzzers 300 iterations.
 Commands that cannot run here are in SKIPPED with the reason; a command that is neither run nor
 skipped fails `test_every_readme_command_is_run_or_skipped`. The commands of one fenced block
@@ -471,7 +472,12 @@ class Runner:
             argv.append("--quiet")
         elif command == "compare":
             argv = _set(argv, ("--rounds",), "1")
-            argv = _set(argv, ("--scenarios",), "fan-in-q0")
+            if any(w.startswith("floor-") for b in argv for w in b.split(",")):
+                # the Python floor runs the latency scenario only: one second of it
+                argv = _set(argv, ("--scenarios",), "latency")
+                argv = _set(argv, ("--latency-duration",), "1")
+            else:
+                argv = _set(argv, ("--scenarios",), "fan-in-q0")
             argv = _set(argv, ("-d", "--duration"), "1")
             argv = _set(argv, ("--drain",), "1")
             argv = _set(argv, ("--out",), "compare.jsonl")
