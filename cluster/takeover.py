@@ -186,7 +186,7 @@ class ClusterSessionLocator(HealFold, CopyCollector, RegistryOwner, RegistryRoun
             "takeovers": 0, "local": 0, "claims_sent": 0, "sessions_moved": 0, "failures": 0,
             "surrendered": 0, "evicted": 0, "registered": 0, "released": 0, "fallbacks": 0,
             "stand_ins": 0, "stamps_rejected": 0, "stale_claims": 0, "evicted/passed_on": 0,
-            "apart/held": 0, "apart/folded": 0,
+            "apart/held": 0, "apart/folded": 0, "apart/queue_held": 0,
         }  # fmt: skip
         self._pending: dict[asyncio.Task[None], TakeoverDone] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}

@@ -148,7 +148,7 @@ class HealFold:
             # went to both copies; hold its queue's QoS 2 until the fold (`LateHold`).
             held = late_hold.hold_queue(session)
             if held:
-                self.stats["apart/queue_held"] = self.stats.get("apart/queue_held", 0) + held
+                self.stats["apart/queue_held"] += held
                 log.info("client %s: %d queued QoS 2 messages wait too, %s healing",
                          client_id, held, ", ".join(healing))  # fmt: skip
 
